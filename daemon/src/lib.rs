@@ -1,1 +1,17 @@
-//! pmoflow
+//! pmoflow: a durable workflow automation daemon for government PMOs.
+//!
+//! The binary (`main.rs`) is thin: it parses flags and calls into this library. See
+//! `ARCHITECTURE.md` at the repository root for the codemap and the invariants.
+
+pub mod actions;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod diag;
+pub mod duration;
+pub mod engine;
+pub mod schedule;
+pub mod store;
+pub mod template;
+pub mod workflow;

@@ -1,1 +1,179 @@
-fn main(){}
+//! The `pmoflow` binary: flags, logging, config, then the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use pmoflow::cli::{self, Format};
+use pmoflow::clock::SystemClock;
+use pmoflow::config::{Config, EnvOverrides, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// pmoflow: durable workflow automation for government PMOs.
+#[derive(Debug, Parser)]
+#[command(name = "pmoflow", version, about, propagate_version = true)]
+struct Cli {
+    /// Config file (default: ./pmoflow.toml if it exists, else built-in defaults).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: execute runs, fire schedules, reload workflow files.
+    Run,
+    /// Check workflow files; exit 0 if all are valid, 1 otherwise.
+    Validate {
+        /// Files or directories (default: the configured workflows directory).
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Start a run of a workflow; prints the run id. A running daemon picks it up.
+    Trigger {
+        /// Workflow id.
+        workflow: String,
+        /// Inputs as a JSON object, overriding the workflow's defaults.
+        #[arg(long, value_name = "JSON")]
+        input: Option<String>,
+    },
+    /// List runs, newest first.
+    Runs {
+        /// Only runs of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only runs with this status (pending, running, waiting, succeeded, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show one run: status and step timeline with times, attempts and errors.
+    Show {
+        /// Run id.
+        run_id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Cancel a run (at once if idle, at the next step boundary if executing).
+    Cancel {
+        /// Run id.
+        run_id: String,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), &EnvOverrides::from_env()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Command::Validate { paths, format } = &cli.command {
+        return exit(cli::validate(paths, &config.workflows_dir, *format));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async_main(cli.command, config))
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+async fn async_main(command: Command, config: Config) -> ExitCode {
+    let result = match command {
+        Command::Run => {
+            init_logging(config.log_format);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signals(shutdown.clone()));
+            return match pmoflow::daemon::run(config, Arc::new(SystemClock), shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let mut text = format!("error: {e}");
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        text.push_str(&format!("\n  caused by: {s}"));
+                        source = s.source();
+                    }
+                    eprintln!("{text}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Command::Validate { .. } => return ExitCode::SUCCESS,
+        Command::Trigger { workflow, input } => cli::trigger(&config, &workflow, input.as_deref())
+            .await
+            .map(|id| println!("{id}")),
+        Command::Runs {
+            workflow,
+            status,
+            limit,
+            format,
+        } => cli::runs(&config, workflow, status, limit, format).await,
+        Command::Show { run_id, format } => cli::show(&config, &run_id, format).await,
+        Command::Cancel { run_id } => cli::cancel(&config, &run_id).await.map(|m| println!("{m}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit(e.code)
+        }
+    }
+}
+
+/// SIGINT or SIGTERM cancel the token: the daemon stops claiming work and drains.
+async fn signals(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

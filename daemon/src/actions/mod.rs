@@ -1,0 +1,221 @@
+//! Built-in step actions, one file each, dispatched through [`ActionKind`].
+//!
+//! An action has two faces: a static one used by validation (which `with` keys it takes and what a
+//! literal value must look like) and a run-time one (`run`, given the rendered `with`). Adding an
+//! action means adding a file and one arm in each `match` here.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+
+use crate::clock::SharedClock;
+
+pub mod fail;
+pub mod log;
+pub mod wait;
+
+/// The names of the built-in actions, for hints.
+pub const BUILTINS: &[&str] = &["log", "wait", "fail"];
+
+/// One parameter an action accepts in `with`.
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    /// Key in `with`.
+    pub name: &'static str,
+    /// Whether the key must be present.
+    pub required: bool,
+}
+
+/// Which action a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Write a message to the daemon log and the step output.
+    Log,
+    /// Wait durably for a duration or until an instant.
+    Wait,
+    /// Fail the step on purpose.
+    Fail,
+}
+
+/// A static problem with a step's `with` table: which key (if any), message and hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithProblem {
+    /// The key the problem is about; `None` means the `with` table as a whole.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+/// What an action did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Finished with this output.
+    Done(Json),
+    /// Park the step until this instant; it then finishes with `{"until": …}`.
+    WaitUntil(DateTime<Utc>),
+}
+
+/// Whether a failed step may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A transient failure: retried while the step's retry policy allows.
+    Retryable,
+    /// Retrying cannot help (bad input, template error, deliberate failure).
+    Fatal,
+}
+
+/// A step failure, with the engine's retry decision in the type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// Retryable or fatal.
+    pub kind: ErrorKind,
+    /// Readable reason.
+    pub message: String,
+}
+
+impl StepError {
+    /// A failure that retrying can fix.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Fatal,
+            message: message.into(),
+        }
+    }
+}
+
+/// What an action may use while it runs.
+pub struct ActionContext<'a> {
+    /// The engine's clock.
+    pub clock: &'a SharedClock,
+    /// The run being executed.
+    pub run_id: &'a str,
+    /// The workflow id.
+    pub workflow_id: &'a str,
+    /// The step key (`id`, or `id[3]` inside a foreach).
+    pub step_key: &'a str,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+}
+
+impl ActionKind {
+    /// Looks up an action by the name written in `action = "…"`.
+    pub fn from_name(name: &str) -> Result<Self, WithProblem> {
+        match name {
+            "log" => Ok(Self::Log),
+            "wait" => Ok(Self::Wait),
+            "fail" => Ok(Self::Fail),
+            other if other.starts_with("plugin:") => Err(WithProblem {
+                key: None,
+                message: format!("plugin actions are not available in this version (`{other}`)"),
+                hint: Some(format!(
+                    "use one of the built-in actions: {}",
+                    BUILTINS.join(", ")
+                )),
+            }),
+            other => Err(WithProblem {
+                key: None,
+                message: format!("unknown action `{other}`"),
+                hint: Some(format!(
+                    "built-in actions are {}; plugins are written \"plugin:NAME\"",
+                    BUILTINS.join(", ")
+                )),
+            }),
+        }
+    }
+
+    /// The action's name as written in workflow files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Wait => "wait",
+            Self::Fail => "fail",
+        }
+    }
+
+    /// The `with` keys this action accepts.
+    pub fn params(self) -> &'static [Param] {
+        match self {
+            Self::Log => log::PARAMS,
+            Self::Wait => wait::PARAMS,
+            Self::Fail => fail::PARAMS,
+        }
+    }
+
+    /// Static checks of a `with` table: unknown and missing keys, then the action's own checks
+    /// of literal (non-template) values.
+    pub fn check_with(self, with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
+        let params = self.params();
+        let mut problems = Vec::new();
+        for key in with.keys() {
+            if !params.iter().any(|p| p.name == key) {
+                let known: Vec<_> = params.iter().map(|p| p.name).collect();
+                problems.push(WithProblem {
+                    key: Some(key.clone()),
+                    message: format!("action `{}` has no parameter `{key}`", self.name()),
+                    hint: Some(format!("its parameters are: {}", known.join(", "))),
+                });
+            }
+        }
+        for param in params.iter().filter(|p| p.required) {
+            if !with.contains_key(param.name) {
+                problems.push(WithProblem {
+                    key: None,
+                    message: format!("action `{}` needs `with.{}`", self.name(), param.name),
+                    hint: None,
+                });
+            }
+        }
+        problems.extend(match self {
+            Self::Log => log::check(with),
+            Self::Wait => wait::check(with),
+            Self::Fail => fail::check(with),
+        });
+        problems
+    }
+
+    /// Runs the action with its rendered `with` table.
+    pub async fn run(self, cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
+        match self {
+            Self::Log => log::run(cx, with),
+            Self::Wait => wait::run(cx, with),
+            Self::Fail => fail::run(cx, with),
+        }
+    }
+
+    /// Effects that must happen only after the step's result is committed.
+    pub fn after_commit(self, cx: &ActionContext<'_>, output: &Json) {
+        if self == Self::Log {
+            log::after_commit(cx, output);
+        }
+    }
+}
+
+/// Reads a string parameter from a rendered `with` table.
+pub(crate) fn str_param<'a>(with: &'a Json, key: &str) -> Result<Option<&'a str>, StepError> {
+    match with.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s)),
+        Some(other) => Err(StepError::fatal(format!(
+            "`with.{key}` must be a string, got {other}"
+        ))),
+    }
+}
+
+/// Whether a literal value contains template syntax (and so can only be checked at run time).
+pub(crate) fn is_dynamic(value: &Json) -> bool {
+    matches!(value, Json::String(s) if crate::template::is_template(s))
+}

@@ -1,0 +1,279 @@
+//! `pmoflow.toml`: read raw (typos are errors), then resolved into the types the code uses.
+//! Environment variables are read here and nowhere else.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::Diagnostic;
+use crate::duration::{DURATION_HINT, HumanDuration};
+use crate::engine::{EngineConfig, default_node_id};
+use crate::store::Durability;
+
+/// The default config file, looked for in the working directory.
+pub const DEFAULT_FILE: &str = "pmoflow.toml";
+/// The default database: embedded SQLite under `./var`.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://var/pmoflow.db";
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    workflows_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    timezone: Option<Spanned<String>>,
+    log_format: Option<LogFormat>,
+    durability: Option<Durability>,
+    node_id: Option<String>,
+    #[serde(default)]
+    engine: RawEngine,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    max_concurrent_runs: Option<Spanned<i64>>,
+    poll_interval: Option<Spanned<String>>,
+    lease: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+    reload_interval: Option<Spanned<String>>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where workflow files are.
+    pub workflows_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// Default time zone.
+    pub timezone: chrono_tz::Tz,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Commit durability.
+    pub durability: Durability,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// How often the workflows directory is re-read.
+    pub reload_interval: Duration,
+    /// The file this was read from, if any.
+    pub source: Option<PathBuf>,
+}
+
+/// A config problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` cannot be read.
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The file is invalid.
+    #[error("{0}")]
+    Invalid(Diagnostic),
+}
+
+/// Environment overrides (read once, here).
+#[derive(Debug, Default, Clone)]
+pub struct EnvOverrides {
+    /// `PMOFLOW_DATABASE_URL`
+    pub database_url: Option<String>,
+    /// `PMOFLOW_WORKFLOWS_DIR`
+    pub workflows_dir: Option<PathBuf>,
+    /// `PMOFLOW_NODE_ID`
+    pub node_id: Option<String>,
+}
+
+impl EnvOverrides {
+    /// Reads the process environment.
+    pub fn from_env() -> Self {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self {
+            database_url: get("PMOFLOW_DATABASE_URL"),
+            workflows_dir: get("PMOFLOW_WORKFLOWS_DIR").map(PathBuf::from),
+            node_id: get("PMOFLOW_NODE_ID"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or `./pmoflow.toml` if it exists, or the embedded defaults; then applies
+    /// environment overrides.
+    pub fn load(path: Option<&Path>, env: &EnvOverrides) -> Result<Config, ConfigError> {
+        let (raw, source, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::Read(p.to_path_buf(), e))?;
+                (parse(p, &text)?, Some(p.to_path_buf()), text)
+            }
+            None if Path::new(DEFAULT_FILE).is_file() => {
+                let p = Path::new(DEFAULT_FILE);
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::Read(p.to_path_buf(), e))?;
+                (parse(p, &text)?, Some(p.to_path_buf()), text)
+            }
+            None => (RawConfig::default(), None, String::new()),
+        };
+        let file = source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
+        let err = |span: std::ops::Range<usize>, msg: String, hint: Option<String>| {
+            ConfigError::Invalid(Diagnostic::span(&file, &text, span, msg, hint))
+        };
+        let timezone = match &raw.timezone {
+            None => chrono_tz::Asia::Tokyo,
+            Some(tz) => tz.get_ref().parse().map_err(|_| {
+                err(
+                    tz.span(),
+                    format!("unknown time zone `{}`", tz.get_ref()),
+                    Some("use an IANA name such as \"Asia/Tokyo\"".into()),
+                )
+            })?,
+        };
+        let duration = |v: &Option<Spanned<String>>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => HumanDuration::parse(s.get_ref())
+                .map(|d| d.0)
+                .map_err(|m| err(s.span(), m, Some(DURATION_HINT.into()))),
+        };
+        let defaults = EngineConfig::default();
+        let max_concurrent_runs = match &raw.engine.max_concurrent_runs {
+            None => defaults.max_concurrent_runs,
+            Some(n) if (1..=100_000).contains(n.get_ref()) => {
+                usize::try_from(*n.get_ref()).unwrap_or(1)
+            }
+            Some(n) => {
+                return Err(err(
+                    n.span(),
+                    format!(
+                        "max_concurrent_runs must be between 1 and 100000, got {}",
+                        n.get_ref()
+                    ),
+                    None,
+                ));
+            }
+        };
+        let lease = duration(&raw.engine.lease, Duration::from_secs(30))?;
+        if lease < Duration::from_secs(3) {
+            if let Some(l) = &raw.engine.lease {
+                return Err(err(l.span(), "lease must be at least 3s".into(), None));
+            }
+        }
+        let engine = EngineConfig {
+            node_id: env
+                .node_id
+                .clone()
+                .or(raw.node_id)
+                .unwrap_or_else(default_node_id),
+            max_concurrent_runs,
+            poll_interval: duration(&raw.engine.poll_interval, defaults.poll_interval)?,
+            lease: chrono::Duration::from_std(lease).unwrap_or(defaults.lease),
+            shutdown_grace: duration(&raw.engine.shutdown_grace, defaults.shutdown_grace)?,
+            timezone,
+        };
+        Ok(Config {
+            workflows_dir: env
+                .workflows_dir
+                .clone()
+                .or(raw.workflows_dir)
+                .unwrap_or_else(|| PathBuf::from("workflows")),
+            database_url: env
+                .database_url
+                .clone()
+                .or(raw.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+            timezone,
+            log_format: raw.log_format.unwrap_or_default(),
+            durability: raw.durability.unwrap_or_default(),
+            engine,
+            reload_interval: duration(&raw.engine.reload_interval, Duration::from_secs(2))?,
+            source,
+        })
+    }
+
+    /// The database URL with any password replaced, for logs.
+    pub fn redacted_database_url(&self) -> String {
+        redact_url(&self.database_url)
+    }
+}
+
+/// Replaces the password in `scheme://user:password@host` with `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.split_once('@') {
+            if let Some((user, _)) = creds.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        ConfigError::Invalid(Diagnostic::at(
+            path,
+            text,
+            e.span().map(|s| s.start).unwrap_or(0),
+            e.message().trim().replace('\n', "; "),
+            Some("see docs/config.md for every setting".into()),
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_located() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("pmoflow.toml");
+        std::fs::write(&p, "timezone = \"Asia/Tokyo\"\ndatabse_url = \"x\"\n").expect("write");
+        let err = Config::load(Some(&p), &EnvOverrides::default()).expect_err("typo rejected");
+        let text = err.to_string();
+        assert!(
+            text.contains(":2:1: error: unknown field `databse_url`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_timezone_and_duration_are_located() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("pmoflow.toml");
+        std::fs::write(&p, "timezone = \"Asia/Tokio\"\n").expect("write");
+        let text = Config::load(Some(&p), &EnvOverrides::default())
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            text.contains(":1:12: error: unknown time zone `Asia/Tokio`"),
+            "{text}"
+        );
+        std::fs::write(&p, "[engine]\npoll_interval = \"fast\"\n").expect("write");
+        let text = Config::load(Some(&p), &EnvOverrides::default())
+            .expect_err("bad")
+            .to_string();
+        assert!(text.contains(":2:17: error: invalid duration"), "{text}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = EnvOverrides {
+            database_url: Some("postgres://u:secret@h/db".into()),
+            ..EnvOverrides::default()
+        };
+        let cfg = Config::load(None, &env).expect("defaults");
+        assert_eq!(cfg.redacted_database_url(), "postgres://u:***@h/db");
+    }
+}

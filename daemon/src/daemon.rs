@@ -1,0 +1,153 @@
+//! The long-running daemon: one store, one engine, a workflows watcher and the scheduler, under
+//! one shutdown token. The first fatal error cancels everything; shutdown joins everything.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::engine::{Engine, Registry};
+use crate::store::{Store, StoreError};
+use crate::workflow::Catalog;
+
+mod scheduler;
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The database could not be opened or failed for good.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A task panicked.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Loads the catalog and logs every problem with its location. Invalid files are skipped; the
+/// rest keep running.
+pub fn load_catalog(config: &Config) -> Catalog {
+    let catalog = Catalog::load(&config.workflows_dir);
+    for d in &catalog.diagnostics {
+        tracing::error!(file = %d.path.display(), line = d.line, col = d.col, hint = d.hint.as_deref().unwrap_or(""), "invalid workflow file: {}", d.message);
+    }
+    catalog
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    tracing::info!(
+        database = %config.redacted_database_url(),
+        workflows = %config.workflows_dir.display(),
+        durability = ?config.durability,
+        node = %config.engine.node_id,
+        "pmoflow starting"
+    );
+    let store = Store::open(&config.database_url, config.durability).await?;
+    let registry = Arc::new(Registry::default());
+    let catalog = load_catalog(&config);
+    tracing::info!(
+        workflows = catalog.workflows.len(),
+        invalid_files = catalog.diagnostics.len(),
+        "workflows loaded"
+    );
+    registry.set_catalog(Arc::new(catalog));
+
+    let engine = Engine::new(
+        store.clone(),
+        clock.clone(),
+        config.engine.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    );
+    let mut tasks: JoinSet<Result<(), DaemonError>> = JoinSet::new();
+    {
+        let engine = engine.clone();
+        tasks.spawn(async move { Ok(engine.run().await?) });
+    }
+    {
+        let (config, registry, shutdown) = (config.clone(), registry.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            watch_workflows(&config, &registry, &shutdown).await;
+            Ok(())
+        });
+    }
+    {
+        let (engine, clock, shutdown) = (engine.clone(), clock.clone(), shutdown.clone());
+        let tz = config.timezone;
+        tasks.spawn(async move {
+            scheduler::run(&engine, &clock, tz, &shutdown).await;
+            Ok(())
+        });
+    }
+
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined
+            .map_err(|e| DaemonError::Task(e.to_string()))
+            .and_then(|r| r);
+        if let Err(err) = outcome {
+            tracing::error!(error = %err, "fatal error; shutting down");
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(err);
+            }
+        } else {
+            // Any task ending means shutdown has begun; make sure the others follow.
+            shutdown.cancel();
+        }
+    }
+    store.close().await;
+    tracing::info!("pmoflow stopped");
+    result
+}
+
+/// Re-reads the workflows directory periodically and swaps the catalog when anything changed.
+async fn watch_workflows(config: &Config, registry: &Registry, shutdown: &CancellationToken) {
+    let mut last = fingerprint(&registry.catalog());
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(config.reload_interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let dir = config.workflows_dir.clone();
+        let Ok(catalog) = tokio::task::spawn_blocking(move || Catalog::load(&dir)).await else {
+            continue;
+        };
+        let print = fingerprint(&catalog);
+        if print != last {
+            for d in &catalog.diagnostics {
+                tracing::error!(file = %d.path.display(), line = d.line, col = d.col, hint = d.hint.as_deref().unwrap_or(""), "invalid workflow file: {}", d.message);
+            }
+            tracing::info!(
+                workflows = catalog.workflows.len(),
+                invalid_files = catalog.diagnostics.len(),
+                "workflows reloaded"
+            );
+            registry.set_catalog(Arc::new(catalog));
+            last = print;
+        }
+    }
+}
+
+fn fingerprint(catalog: &Catalog) -> (BTreeMap<String, String>, Vec<String>, String) {
+    (
+        catalog
+            .workflows
+            .iter()
+            .map(|(k, w)| (k.clone(), w.hash.clone()))
+            .collect(),
+        catalog
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        catalog.data.to_string(),
+    )
+}

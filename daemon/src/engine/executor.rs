@@ -1,0 +1,726 @@
+//! Executes one leased run from its last committed step.
+//!
+//! The rule everywhere in this file: a transition is committed before the engine acts on it.
+//! An attempt is recorded as `running` before the action runs; its result is committed before
+//! anything that depends on it (the next step, the log line, a notification) happens. After a
+//! crash the run is re-read from the database and continues where the commits say it was.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::{Value as Json, json};
+
+use super::Inner;
+use crate::actions::{ActionContext, ErrorKind, Outcome, StepError};
+use crate::store::{
+    Fence, NewEvent, RunRow, RunStatus, StepRow, StepStatus, StepWrite, StoreError,
+};
+use crate::template;
+use crate::workflow::{SharedWorkflow, Step};
+
+/// How many times an attempt interrupted by a daemon crash is started again before the step is
+/// failed (so that a step that kills its daemon cannot loop forever).
+const MAX_INTERRUPTED: i64 = 5;
+
+/// What became of a step (or foreach item) in this pass.
+#[derive(Debug)]
+enum StepResult {
+    /// Finished; its output (null when skipped) and final status.
+    Done(Json, StepStatus),
+    /// Nothing more can happen before this instant.
+    Park(DateTime<Utc>),
+    /// Failed for good.
+    Failed(String),
+    /// The run was cancelled.
+    Cancelled,
+}
+
+/// Executes a run the caller has just leased.
+pub(super) async fn execute(inner: Arc<Inner>, run_id: String) {
+    let fence = Fence {
+        run_id: run_id.clone(),
+        owner: inner.config.node_id.clone(),
+        lease: inner.config.lease,
+    };
+    match execute_run(&inner, &fence).await {
+        Ok(()) => {}
+        Err(StoreError::LeaseLost(_)) => {
+            tracing::warn!(run = %run_id, "lease lost; another daemon continues this run");
+        }
+        Err(err) => {
+            // The lease will expire and the run will be picked up again; nothing is lost.
+            tracing::error!(run = %run_id, error = %err, "run execution interrupted by a database error");
+        }
+    }
+}
+
+async fn execute_run(inner: &Arc<Inner>, fence: &Fence) -> Result<(), StoreError> {
+    let store = &inner.store;
+    let Some(run) = store.get_run(&fence.run_id).await? else {
+        return Ok(());
+    };
+    if run.status.is_terminal() || run.lease_owner.as_deref() != Some(fence.owner.as_str()) {
+        return Ok(());
+    }
+    if run.cancel_requested {
+        return store
+            .finish_run(
+                fence,
+                inner.clock.now(),
+                RunStatus::Cancelled,
+                Some("cancelled"),
+            )
+            .await;
+    }
+    let wf = match inner
+        .registry
+        .get(store, &run.workflow_id, &run.version_hash)
+        .await
+    {
+        Ok(wf) => wf,
+        Err(err) => {
+            tracing::error!(run = %run.id, workflow = %run.workflow_id, error = %err, "cannot execute run");
+            return store
+                .finish_run(
+                    fence,
+                    inner.clock.now(),
+                    RunStatus::Failed,
+                    Some(&err.to_string()),
+                )
+                .await;
+        }
+    };
+    let rows: HashMap<String, StepRow> = store
+        .get_steps(&run.id)
+        .await?
+        .into_iter()
+        .map(|r| (r.step_key.clone(), r))
+        .collect();
+    let exec = RunExec {
+        inner,
+        fence,
+        run: &run,
+        wf: &wf,
+        rows: &rows,
+    };
+    let mut outputs = serde_json::Map::new();
+    for step in &wf.steps {
+        let span = tracing::info_span!("step", run = %run.id, workflow = %wf.id, step = %step.id);
+        let _entered = span.enter();
+        drop(_entered);
+        match exec.run_step(step, &outputs).await? {
+            StepResult::Done(output, status) => {
+                outputs.insert(
+                    step.id.clone(),
+                    json!({ "output": output, "status": status.as_str() }),
+                );
+            }
+            StepResult::Park(at) => {
+                store.park_run(fence, at).await?;
+                inner.wake_poller();
+                return Ok(());
+            }
+            StepResult::Failed(message) => {
+                let error = format!("step `{}` failed: {message}", step.id);
+                tracing::warn!(run = %run.id, workflow = %wf.id, step = %step.id, "{error}");
+                return store
+                    .finish_run(fence, inner.clock.now(), RunStatus::Failed, Some(&error))
+                    .await;
+            }
+            StepResult::Cancelled => {
+                tracing::info!(run = %run.id, workflow = %wf.id, "run cancelled");
+                return store
+                    .finish_run(
+                        fence,
+                        inner.clock.now(),
+                        RunStatus::Cancelled,
+                        Some("cancelled"),
+                    )
+                    .await;
+            }
+        }
+        if inner.shutdown.is_cancelled() {
+            // Hand the run back, due at once, so the next daemon (or this one after restart)
+            // continues immediately with the next step.
+            store.park_run(fence, inner.clock.now()).await?;
+            return Ok(());
+        }
+    }
+    tracing::info!(run = %run.id, workflow = %wf.id, "run succeeded");
+    store
+        .finish_run(fence, inner.clock.now(), RunStatus::Succeeded, None)
+        .await
+}
+
+struct RunExec<'a> {
+    inner: &'a Arc<Inner>,
+    fence: &'a Fence,
+    run: &'a RunRow,
+    wf: &'a SharedWorkflow,
+    rows: &'a HashMap<String, StepRow>,
+}
+
+/// One unit of execution: a plain step, or one item of a foreach step.
+struct Unit<'a> {
+    step: &'a Step,
+    key: String,
+    item: Option<(i64, Json)>,
+}
+
+impl RunExec<'_> {
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// The template context for a step.
+    fn context(
+        &self,
+        outputs: &serde_json::Map<String, Json>,
+        item: Option<&(i64, Json)>,
+    ) -> minijinja::Value {
+        let tz = self.inner.config.timezone;
+        let mut ctx = json!({
+            "inputs": self.run.inputs,
+            "steps": outputs,
+            "run": {
+                "id": self.run.id,
+                "workflow": self.run.workflow_id,
+                "trigger": self.run.trigger_kind,
+                "started_at": self.run.started_at.map(|t| t.with_timezone(&tz).to_rfc3339()),
+                "scheduled_at": self.run.scheduled_at.map(|t| t.with_timezone(&tz).to_rfc3339()),
+            },
+            "now": self.now().with_timezone(&tz).to_rfc3339(),
+            "data": *self.inner.registry.data(),
+        });
+        if let (Some((index, item)), Some(map)) = (item, ctx.as_object_mut()) {
+            map.insert("item".into(), item.clone());
+            map.insert("index".into(), json!(index));
+        }
+        template::value(&ctx)
+    }
+
+    async fn write(
+        &self,
+        unit: &Unit<'_>,
+        status: StepStatus,
+        attempt: i64,
+        started_at: Option<DateTime<Utc>>,
+        wake_at: Option<DateTime<Utc>>,
+        output: Option<&Json>,
+        state: Option<&Json>,
+        error: Option<&str>,
+        event: Option<NewEvent<'_>>,
+    ) -> Result<bool, StoreError> {
+        let now = self.now();
+        let finished = matches!(
+            status,
+            StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped
+        );
+        self.inner
+            .store
+            .write_step(
+                self.fence,
+                now,
+                &StepWrite {
+                    step_key: &unit.key,
+                    step_id: &unit.step.id,
+                    item_index: unit.item.as_ref().map(|(i, _)| *i),
+                    status,
+                    attempt,
+                    started_at: started_at.or(Some(now)),
+                    finished_at: finished.then_some(now),
+                    wake_at,
+                    output,
+                    state,
+                    error,
+                },
+                event.as_ref(),
+            )
+            .await
+    }
+
+    async fn run_step(
+        &self,
+        step: &Step,
+        outputs: &serde_json::Map<String, Json>,
+    ) -> Result<StepResult, StoreError> {
+        let unit = Unit {
+            step,
+            key: step.id.clone(),
+            item: None,
+        };
+        let row = self.rows.get(&step.id);
+        if let Some(row) = row {
+            match row.status {
+                StepStatus::Succeeded | StepStatus::Skipped => {
+                    return Ok(StepResult::Done(
+                        row.output.clone().unwrap_or(Json::Null),
+                        row.status,
+                    ));
+                }
+                StepStatus::Failed => {
+                    return Ok(StepResult::Failed(row.error.clone().unwrap_or_default()));
+                }
+                _ => {}
+            }
+        } else if let Some(cond) = &step.condition {
+            let ctx = self.context(outputs, None);
+            match template::eval(cond, &ctx) {
+                Ok(v) if !v.is_true() => {
+                    let cancel = self
+                        .write(
+                            &unit,
+                            StepStatus::Skipped,
+                            0,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                        )
+                        .await?;
+                    if cancel {
+                        return Ok(StepResult::Cancelled);
+                    }
+                    return Ok(StepResult::Done(Json::Null, StepStatus::Skipped));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    let message = format!("`if` expression (line {}): {}", step.line, err.message);
+                    return self.fail_now(&unit, 1, &message).await;
+                }
+            }
+        }
+        if step.foreach.is_some() {
+            return self.run_foreach(step, row, outputs).await;
+        }
+        let ctx = self.context(outputs, None);
+        self.run_unit(&unit, row, &ctx).await
+    }
+
+    async fn fail_now(
+        &self,
+        unit: &Unit<'_>,
+        attempt: i64,
+        message: &str,
+    ) -> Result<StepResult, StoreError> {
+        self.write(
+            unit,
+            StepStatus::Failed,
+            attempt,
+            None,
+            None,
+            None,
+            None,
+            Some(message),
+            Some(NewEvent {
+                step_key: Some(&unit.key),
+                kind: "step_failed",
+                message,
+            }),
+        )
+        .await?;
+        Ok(StepResult::Failed(message.to_string()))
+    }
+
+    async fn run_foreach(
+        &self,
+        step: &Step,
+        row: Option<&StepRow>,
+        outputs: &serde_json::Map<String, Json>,
+    ) -> Result<StepResult, StoreError> {
+        let parent = Unit {
+            step,
+            key: step.id.clone(),
+            item: None,
+        };
+        let items: Vec<Json> = match row
+            .and_then(|r| r.state.as_ref())
+            .and_then(|s| s.get("items"))
+        {
+            Some(Json::Array(items)) => items.clone(),
+            _ => {
+                let expr = step.foreach.as_deref().unwrap_or_default();
+                let ctx = self.context(outputs, None);
+                let value = match template::eval(expr, &ctx) {
+                    Ok(v) => v,
+                    Err(err) => {
+                        let message =
+                            format!("`foreach` expression (line {}): {}", step.line, err.message);
+                        return self.fail_now(&parent, 1, &message).await;
+                    }
+                };
+                let items = match serde_json::to_value(&value) {
+                    Ok(Json::Array(items)) => items,
+                    Ok(other) => {
+                        let message = format!(
+                            "`foreach` expression (line {}) must give a list, got {}",
+                            step.line,
+                            kind_of(&other)
+                        );
+                        return self.fail_now(&parent, 1, &message).await;
+                    }
+                    Err(err) => {
+                        let message = format!("`foreach` value cannot be stored: {err}");
+                        return self.fail_now(&parent, 1, &message).await;
+                    }
+                };
+                // The list is committed before any item runs, so a restart fans out over exactly
+                // the same items even if the data changed meanwhile.
+                let state = json!({ "items": items });
+                if self
+                    .write(
+                        &parent,
+                        StepStatus::Running,
+                        1,
+                        None,
+                        None,
+                        None,
+                        Some(&state),
+                        None,
+                        None,
+                    )
+                    .await?
+                {
+                    return Ok(StepResult::Cancelled);
+                }
+                items
+            }
+        };
+        let started_at = row.and_then(|r| r.started_at);
+        let units: Vec<Unit<'_>> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| Unit {
+                step,
+                key: format!("{}[{i}]", step.id),
+                item: Some((i64::try_from(i).unwrap_or(i64::MAX), item)),
+            })
+            .collect();
+        let futures: Vec<_> = units
+            .iter()
+            .map(|unit| self.run_item(unit, outputs))
+            .collect();
+        let results: Vec<Result<StepResult, StoreError>> = futures::stream::iter(futures)
+            .buffered(step.parallelism)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        let mut park: Option<DateTime<Utc>> = None;
+        let mut failures = Vec::new();
+        let mut cancelled = false;
+        for (i, result) in results.into_iter().enumerate() {
+            match result? {
+                StepResult::Done(output, _) => out.push(output),
+                StepResult::Park(at) => park = Some(park.map_or(at, |p| p.min(at))),
+                StepResult::Failed(message) => failures.push(format!("item {i}: {message}")),
+                StepResult::Cancelled => cancelled = true,
+            }
+        }
+        if cancelled {
+            return Ok(StepResult::Cancelled);
+        }
+        if !failures.is_empty() {
+            let message = failures.join("; ");
+            return self.fail_now(&parent, 1, &message).await;
+        }
+        if let Some(at) = park {
+            return Ok(StepResult::Park(at));
+        }
+        let output = Json::Array(out);
+        if self
+            .write(
+                &parent,
+                StepStatus::Succeeded,
+                1,
+                started_at,
+                None,
+                Some(&output),
+                None,
+                None,
+                None,
+            )
+            .await?
+        {
+            return Ok(StepResult::Cancelled);
+        }
+        Ok(StepResult::Done(output, StepStatus::Succeeded))
+    }
+
+    async fn run_item(
+        &self,
+        unit: &Unit<'_>,
+        outputs: &serde_json::Map<String, Json>,
+    ) -> Result<StepResult, StoreError> {
+        let ctx = self.context(outputs, unit.item.as_ref());
+        self.run_unit(unit, self.rows.get(&unit.key), &ctx).await
+    }
+
+    /// Continues one unit from its committed row.
+    async fn run_unit(
+        &self,
+        unit: &Unit<'_>,
+        row: Option<&StepRow>,
+        ctx: &minijinja::Value,
+    ) -> Result<StepResult, StoreError> {
+        let now = self.now();
+        let started_at = row.and_then(|r| r.started_at);
+        let attempt = match row {
+            None => 1,
+            Some(row) => match row.status {
+                StepStatus::Succeeded | StepStatus::Skipped => {
+                    return Ok(StepResult::Done(
+                        row.output.clone().unwrap_or(Json::Null),
+                        row.status,
+                    ));
+                }
+                StepStatus::Failed => {
+                    return Ok(StepResult::Failed(row.error.clone().unwrap_or_default()));
+                }
+                StepStatus::Waiting => {
+                    let until = row.wake_at.unwrap_or(now);
+                    if until > now {
+                        return Ok(StepResult::Park(until));
+                    }
+                    return self
+                        .succeed(
+                            unit,
+                            row.attempt,
+                            started_at,
+                            json!({ "until": until.to_rfc3339() }),
+                        )
+                        .await;
+                }
+                StepStatus::RetryWait => {
+                    if let Some(at) = row.wake_at.filter(|at| *at > now) {
+                        return Ok(StepResult::Park(at));
+                    }
+                    row.attempt + 1
+                }
+                StepStatus::Running => {
+                    // The daemon died (or lost its lease) during this attempt.
+                    let interrupted = row
+                        .state
+                        .as_ref()
+                        .and_then(|s| s.get("interrupted"))
+                        .and_then(Json::as_i64)
+                        .unwrap_or(0)
+                        + 1;
+                    let message = format!(
+                        "attempt {} was interrupted (daemon stopped); starting it again",
+                        row.attempt
+                    );
+                    tracing::warn!(run = %self.run.id, step = %unit.key, "{message}");
+                    if interrupted > MAX_INTERRUPTED {
+                        return self
+                            .fail_now(unit, row.attempt, "interrupted too many times")
+                            .await;
+                    }
+                    let state = json!({ "interrupted": interrupted });
+                    self.write(
+                        unit,
+                        StepStatus::Running,
+                        row.attempt + 1,
+                        started_at,
+                        None,
+                        None,
+                        Some(&state),
+                        None,
+                        Some(NewEvent {
+                            step_key: Some(&unit.key),
+                            kind: "attempt_interrupted",
+                            message: &message,
+                        }),
+                    )
+                    .await?;
+                    return self
+                        .attempt(unit, row.attempt + 1, started_at, ctx, true)
+                        .await;
+                }
+            },
+        };
+        self.attempt(unit, attempt, started_at, ctx, false).await
+    }
+
+    async fn succeed(
+        &self,
+        unit: &Unit<'_>,
+        attempt: i64,
+        started_at: Option<DateTime<Utc>>,
+        output: Json,
+    ) -> Result<StepResult, StoreError> {
+        let cancel = self
+            .write(
+                unit,
+                StepStatus::Succeeded,
+                attempt,
+                started_at,
+                None,
+                Some(&output),
+                None,
+                None,
+                None,
+            )
+            .await?;
+        // Effects that must not repeat happen only after the commit.
+        unit.step
+            .action
+            .after_commit(&self.action_cx(unit, attempt), &output);
+        if cancel {
+            return Ok(StepResult::Cancelled);
+        }
+        Ok(StepResult::Done(output, StepStatus::Succeeded))
+    }
+
+    fn action_cx<'b>(&'b self, unit: &'b Unit<'_>, attempt: i64) -> ActionContext<'b> {
+        ActionContext {
+            clock: &self.inner.clock,
+            run_id: &self.run.id,
+            workflow_id: &self.wf.id,
+            step_key: &unit.key,
+            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Runs attempt number `attempt`, recording it first.
+    async fn attempt(
+        &self,
+        unit: &Unit<'_>,
+        attempt: i64,
+        started_at: Option<DateTime<Utc>>,
+        ctx: &minijinja::Value,
+        already_recorded: bool,
+    ) -> Result<StepResult, StoreError> {
+        if !already_recorded
+            && self
+                .write(
+                    unit,
+                    StepStatus::Running,
+                    attempt,
+                    started_at,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+                .await?
+        {
+            return Ok(StepResult::Cancelled);
+        }
+        let started_at = started_at.or(Some(self.now()));
+        let step = unit.step;
+        let with = match template::render_json(&step.with, ctx) {
+            Ok(w) => w,
+            Err(err) => {
+                let message = format!(
+                    "template in `with` (step at line {}): {}",
+                    step.line, err.message
+                );
+                return self.fail_now(unit, attempt, &message).await;
+            }
+        };
+        let cx = self.action_cx(unit, attempt);
+        let run = step.action.run(&cx, &with);
+        let result = match step.timeout {
+            None => run.await,
+            Some(limit) => {
+                tokio::select! {
+                    r = run => r,
+                    () = self.inner.clock.sleep(chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX)) => {
+                        Err(StepError::retryable(format!("ran past its {} timeout", humantime::format_duration(limit))))
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(Outcome::Done(output)) => self.succeed(unit, attempt, started_at, output).await,
+            Ok(Outcome::WaitUntil(until)) => {
+                if until <= self.now() {
+                    return self
+                        .succeed(
+                            unit,
+                            attempt,
+                            started_at,
+                            json!({ "until": until.to_rfc3339() }),
+                        )
+                        .await;
+                }
+                if self
+                    .write(
+                        unit,
+                        StepStatus::Waiting,
+                        attempt,
+                        started_at,
+                        Some(until),
+                        None,
+                        None,
+                        None,
+                        None,
+                    )
+                    .await?
+                {
+                    return Ok(StepResult::Cancelled);
+                }
+                Ok(StepResult::Park(until))
+            }
+            Err(err) => {
+                let max = i64::from(step.retry.attempts);
+                if err.kind == ErrorKind::Retryable && attempt < max {
+                    let next = u32::try_from(attempt + 1).unwrap_or(u32::MAX);
+                    let delay = step.retry.delay_before(next, fastrand::f64());
+                    let at = self.now()
+                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    let message = format!(
+                        "attempt {attempt}/{max} failed: {}; retrying in {}",
+                        err.message,
+                        humantime::format_duration(std::time::Duration::from_secs(delay.as_secs()))
+                    );
+                    tracing::warn!(run = %self.run.id, step = %unit.key, "{message}");
+                    if self
+                        .write(
+                            unit,
+                            StepStatus::RetryWait,
+                            attempt,
+                            started_at,
+                            Some(at),
+                            None,
+                            None,
+                            Some(&err.message),
+                            Some(NewEvent {
+                                step_key: Some(&unit.key),
+                                kind: "attempt_failed",
+                                message: &message,
+                            }),
+                        )
+                        .await?
+                    {
+                        return Ok(StepResult::Cancelled);
+                    }
+                    Ok(StepResult::Park(at))
+                } else {
+                    let message = if attempt > 1 {
+                        format!("{} (after {attempt} attempts)", err.message)
+                    } else {
+                        err.message.clone()
+                    };
+                    self.fail_now(unit, attempt, &message).await
+                }
+            }
+        }
+    }
+}
+
+fn kind_of(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "none",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "a map",
+    }
+}

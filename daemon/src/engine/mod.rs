@@ -1,0 +1,342 @@
+//! The engine: claims due runs from the database and executes them.
+//!
+//! The database is the queue. A run is due when its `wake_at` has passed and nobody holds a
+//! live lease on it; the engine leases due runs (`claim_due`), executes each in its own task
+//! (bounded by a semaphore), and parks a run (gives up the lease with a new `wake_at`) when it
+//! must wait. There is no in-memory state that another daemon would need: several daemons can
+//! share one PostgreSQL database, each with its own `node_id`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::store::{Created, NewRun, Store, StoreError};
+use crate::workflow::Workflow;
+
+mod executor;
+pub mod registry;
+
+pub use registry::Registry;
+
+/// Engine settings (resolved from the config file).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This daemon's identity in leases; unique among daemons sharing a database.
+    pub node_id: String,
+    /// Runs executed at once.
+    pub max_concurrent_runs: usize,
+    /// How often the database is polled for due runs created by other processes.
+    pub poll_interval: Duration,
+    /// Lease length; a crashed daemon's runs are taken over after this.
+    pub lease: chrono::Duration,
+    /// How long in-flight steps may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Time zone for `now` and times shown to templates.
+    pub timezone: chrono_tz::Tz,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            node_id: default_node_id(),
+            max_concurrent_runs: 256,
+            poll_interval: Duration::from_millis(250),
+            lease: chrono::Duration::seconds(30),
+            shutdown_grace: Duration::from_secs(10),
+            timezone: chrono_tz::Asia::Tokyo,
+        }
+    }
+}
+
+/// The host name, which identifies this daemon in leases unless configured otherwise.
+pub fn default_node_id() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .unwrap_or_else(|_| "pmoflow".to_string())
+}
+
+/// Shared engine state.
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) clock: SharedClock,
+    pub(crate) config: EngineConfig,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) shutdown: CancellationToken,
+    wake: Notify,
+}
+
+impl Inner {
+    pub(crate) fn wake_poller(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The engine handle.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// Why a run could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// No such workflow in the catalog.
+    #[error("unknown workflow `{0}`")]
+    UnknownWorkflow(String),
+    /// Inputs not declared by the workflow.
+    #[error("workflow `{workflow}` has no input `{input}` (declared inputs: {declared})")]
+    UnknownInput {
+        /// Workflow id.
+        workflow: String,
+        /// The offending key.
+        input: String,
+        /// What it does declare.
+        declared: String,
+    },
+    /// Inputs must be a JSON object.
+    #[error("inputs must be a JSON object, got {0}")]
+    NotAnObject(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Merges `given` over the workflow's default inputs, rejecting undeclared keys.
+pub fn resolve_inputs(wf: &Workflow, given: &Json) -> Result<Json, TriggerError> {
+    let mut inputs = wf.inputs.clone();
+    match given {
+        Json::Null => {}
+        Json::Object(map) => {
+            for (k, v) in map {
+                if !wf.inputs.contains_key(k) {
+                    return Err(TriggerError::UnknownInput {
+                        workflow: wf.id.clone(),
+                        input: k.clone(),
+                        declared: if wf.inputs.is_empty() {
+                            "none".into()
+                        } else {
+                            wf.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                        },
+                    });
+                }
+                inputs.insert(k.clone(), v.clone());
+            }
+        }
+        other => return Err(TriggerError::NotAnObject(other.to_string())),
+    }
+    Ok(Json::Object(inputs))
+}
+
+/// Records the workflow's version and creates a run of it. Used by the engine, the CLI and
+/// (later) the HTTP API; it only needs the store.
+pub async fn create_run(
+    store: &Store,
+    wf: &Workflow,
+    source: &str,
+    inputs: &Json,
+    trigger_kind: &str,
+    dedup_key: Option<&str>,
+    scheduled_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Created, TriggerError> {
+    let inputs = resolve_inputs(wf, inputs)?;
+    store
+        .save_version(
+            &wf.id,
+            &wf.hash,
+            &wf.path.display().to_string(),
+            source,
+            now,
+        )
+        .await?;
+    Ok(store
+        .create_run(&NewRun {
+            workflow_id: &wf.id,
+            version_hash: &wf.hash,
+            trigger_kind,
+            dedup_key,
+            inputs: &inputs,
+            scheduled_at,
+            now,
+        })
+        .await?)
+}
+
+impl Engine {
+    /// A new engine over `store`, executing the workflows the registry knows.
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        config: EngineConfig,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                config,
+                registry,
+                shutdown,
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// Starts a run of a workflow in the live catalog and wakes the engine.
+    pub async fn trigger(
+        &self,
+        workflow_id: &str,
+        inputs: &Json,
+        trigger_kind: &str,
+        dedup_key: Option<&str>,
+        scheduled_at: Option<DateTime<Utc>>,
+    ) -> Result<Created, TriggerError> {
+        let catalog = self.inner.registry.catalog();
+        let wf = catalog
+            .workflows
+            .get(workflow_id)
+            .ok_or_else(|| TriggerError::UnknownWorkflow(workflow_id.to_string()))?;
+        let source = catalog
+            .sources
+            .get(workflow_id)
+            .ok_or_else(|| TriggerError::UnknownWorkflow(workflow_id.to_string()))?;
+        let created = create_run(
+            &self.inner.store,
+            wf,
+            source,
+            inputs,
+            trigger_kind,
+            dedup_key,
+            scheduled_at,
+            self.inner.clock.now(),
+        )
+        .await?;
+        self.inner.wake_poller();
+        Ok(created)
+    }
+
+    /// Runs until the shutdown token is cancelled, then lets in-flight steps finish within the
+    /// grace period.
+    pub async fn run(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let cfg = &inner.config;
+        let released = inner.store.release_leases(&cfg.node_id).await?;
+        if released > 0 {
+            tracing::info!(runs = released, node = %cfg.node_id, "took back runs this node was executing when it stopped");
+        }
+        let permits = Arc::new(Semaphore::new(cfg.max_concurrent_runs));
+        let mut tasks = JoinSet::new();
+        let mut renewer = tokio::spawn(renew_leases(inner.clone()));
+        let mut db_failures = 0u32;
+        loop {
+            if inner.shutdown.is_cancelled() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            let free = permits.available_permits();
+            let mut claimed_all = false;
+            if free > 0 {
+                let limit = i64::try_from(free.min(128)).unwrap_or(128);
+                match inner
+                    .store
+                    .claim_due(&cfg.node_id, inner.clock.now(), cfg.lease, limit)
+                    .await
+                {
+                    Ok(ids) => {
+                        db_failures = 0;
+                        claimed_all = i64::try_from(ids.len()).unwrap_or(0) == limit;
+                        for id in ids {
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let inner = inner.clone();
+                            tasks.spawn(async move {
+                                executor::execute(inner, id).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(err) => {
+                        db_failures += 1;
+                        tracing::error!(error = %err, failures = db_failures, "cannot claim due runs; retrying");
+                    }
+                }
+            }
+            if claimed_all {
+                continue;
+            }
+            let now = inner.clock.now();
+            let mut deadline = now
+                + chrono::Duration::from_std(cfg.poll_interval).unwrap_or(chrono::Duration::MAX);
+            if db_failures == 0 {
+                if let Ok(Some(next)) = inner.store.next_wake().await {
+                    deadline = deadline.min(next);
+                }
+            }
+            if deadline <= now && free == 0 {
+                // Everything is busy: wait for a task to finish rather than spin.
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    () = inner.shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                () = inner.clock.sleep_until(deadline) => {}
+                () = inner.wake.notified() => {}
+                () = inner.shutdown.cancelled() => {}
+                Some(_) = tasks.join_next(), if free == 0 => {}
+            }
+        }
+        tracing::info!(
+            in_flight = tasks.len(),
+            "engine stopping: no new runs are claimed"
+        );
+        let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = tasks.len(),
+                "grace period over; remaining steps are abandoned and will be retried on restart"
+            );
+            tasks.shutdown().await;
+        }
+        renewer.abort();
+        let _ = (&mut renewer).await;
+        // Leases of abandoned runs are released so that the next start picks them up at once.
+        let _ = inner.store.release_leases(&cfg.node_id).await;
+        Ok(())
+    }
+}
+
+async fn renew_leases(inner: Arc<Inner>) {
+    let every = (inner.config.lease / 3)
+        .to_std()
+        .unwrap_or(Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let until = inner.clock.now() + inner.config.lease;
+        if let Err(err) = inner.store.renew_leases(&inner.config.node_id, until).await {
+            tracing::error!(error = %err, "cannot renew run leases");
+        }
+    }
+}

@@ -1,0 +1,757 @@
+//! The only module that speaks SQL.
+//!
+//! One set of typed functions over two backends: SQLite (embedded default, WAL) and PostgreSQL
+//! (larger installs, several daemons on one database). The SQL is shared where the dialects agree;
+//! times are stored as milliseconds since the Unix epoch, JSON as text.
+//!
+//! Every write that executes a run is *fenced*: it first renews the run's lease and checks that
+//! this daemon still holds it, in the same transaction. A daemon that lost its lease (paused,
+//! partitioned) can therefore never overwrite the work of the daemon that took over.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+
+mod rows;
+
+pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// `database_url` is not usable.
+    #[error("unsupported database_url `{0}`: use sqlite://PATH or postgres://…")]
+    BadUrl(String),
+    /// This daemon no longer holds the run's lease; another daemon owns it now.
+    #[error("lease on run {0} lost")]
+    LeaseLost(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value in {0}: {1}")]
+    Corrupt(&'static str, String),
+}
+
+/// Result alias for the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a commit must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Every commit reaches stable storage before it is acknowledged: survives power loss.
+    /// SQLite `synchronous=FULL`; PostgreSQL `synchronous_commit=on`.
+    Fsync,
+    /// Commits survive the daemon being killed, but the last ones may be lost if the machine
+    /// loses power. SQLite WAL with `synchronous=NORMAL`; PostgreSQL `synchronous_commit=off`.
+    #[default]
+    Process,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs the same code against whichever pool the store holds.
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Renews the lease and checks ownership inside a transaction; evaluates to `cancel_requested`.
+/// A macro rather than a function: the same code runs on either backend's connection type.
+macro_rules! fence_in {
+    ($conn:expr, $fence:expr, $now:expr) => {{
+        let row = sqlx::query(
+            "UPDATE runs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 RETURNING cancel_requested",
+        )
+        .bind(ms($now + $fence.lease))
+        .bind($fence.run_id.as_str())
+        .bind($fence.owner.as_str())
+        .fetch_optional($conn)
+        .await?;
+        match row {
+            Some(r) => r.try_get::<i64, _>(0usize)? != 0,
+            None => return Err(StoreError::LeaseLost($fence.run_id.clone())),
+        }
+    }};
+}
+
+/// Appends a run event inside a transaction.
+macro_rules! insert_event {
+    ($conn:expr, $run_id:expr, $now:expr, $ev:expr) => {{
+        let ev: &NewEvent<'_> = $ev;
+        sqlx::query(
+            "INSERT INTO run_events (run_id, at, step_key, kind, message) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($run_id)
+        .bind(ms($now))
+        .bind(ev.step_key)
+        .bind(ev.kind)
+        .bind(ev.message)
+        .execute($conn)
+        .await?;
+    }};
+}
+
+/// Milliseconds since the epoch.
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// From milliseconds since the epoch.
+pub fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// Workflow id.
+    pub workflow_id: &'a str,
+    /// Pinned version.
+    pub version_hash: &'a str,
+    /// `manual`, `schedule`, `api`, …
+    pub trigger_kind: &'a str,
+    /// At most one run per (workflow, key), e.g. the scheduled fire time.
+    pub dedup_key: Option<&'a str>,
+    /// Resolved inputs.
+    pub inputs: &'a Json,
+    /// The fire time a schedule meant.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
+/// Whether a run was created or already existed for its dedup key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new run.
+    New(String),
+    /// The key was taken; this is the existing run.
+    Existing(String),
+}
+
+impl Created {
+    /// The run id either way.
+    pub fn id(&self) -> &str {
+        match self {
+            Created::New(id) | Created::Existing(id) => id,
+        }
+    }
+}
+
+/// Proof of holding a run's lease, carried by every fenced write.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// Run id.
+    pub run_id: String,
+    /// This daemon's node id.
+    pub owner: String,
+    /// How long each renewal extends the lease.
+    pub lease: chrono::Duration,
+}
+
+/// A step row to write.
+#[derive(Debug, Clone)]
+pub struct StepWrite<'a> {
+    /// `id` or `id[i]`.
+    pub step_key: &'a str,
+    /// The step id.
+    pub step_id: &'a str,
+    /// Foreach item index.
+    pub item_index: Option<i64>,
+    /// New status.
+    pub status: StepStatus,
+    /// Attempt number.
+    pub attempt: i64,
+    /// When the first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When a parked step is due.
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Output.
+    pub output: Option<&'a Json>,
+    /// Private state (foreach items).
+    pub state: Option<&'a Json>,
+    /// Last error.
+    pub error: Option<&'a str>,
+}
+
+/// An event to append with a transition.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// Step key, if about a step.
+    pub step_key: Option<&'a str>,
+    /// `attempt_failed`, `retry_scheduled`, `cancelled`, …
+    pub kind: &'a str,
+    /// Readable text.
+    pub message: &'a str,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The run was idle and is now cancelled.
+    Cancelled,
+    /// The run is executing; its daemon will stop it at the next step boundary.
+    Requested,
+    /// The run had already finished.
+    AlreadyFinished,
+    /// No such run.
+    NotFound,
+}
+
+/// Filters for listing runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this workflow.
+    pub workflow_id: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// At most this many (newest first).
+    pub limit: i64,
+}
+
+const RUN_COLUMNS: &str = "id, workflow_id, version_hash, status, trigger_kind, inputs, scheduled_at, \
+    created_at, started_at, finished_at, wake_at, lease_owner, cancel_requested, error";
+const STEP_COLUMNS: &str = "step_key, step_id, item_index, status, attempt, started_at, finished_at, \
+    wake_at, output, state, error";
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies migrations.
+    pub async fn open(url: &str, durability: Durability) -> Result<Store> {
+        let store = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(match durability {
+                    Durability::Fsync => SqliteSynchronous::Full,
+                    Durability::Process => SqliteSynchronous::Normal,
+                })
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            if let Some(path) = sqlite_path(url) {
+                if let Some(parent) = std::path::Path::new(&path).parent() {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+                    }
+                }
+            }
+            // One connection: SQLite has one writer anyway, and a single connection avoids
+            // lock upgrades between our own connections. Other processes (the CLI) wait on
+            // busy_timeout.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await?;
+            Store {
+                backend: Backend::Sqlite(pool),
+            }
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url)?.options([(
+                "synchronous_commit",
+                match durability {
+                    Durability::Fsync => "on",
+                    Durability::Process => "off",
+                },
+            )]);
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .connect_with(opts)
+                .await?;
+            Store {
+                backend: Backend::Postgres(pool),
+            }
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Backend::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        with_pool!(self, |pool| pool.close().await)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Records a workflow version (idempotent).
+    pub async fn save_version(
+        &self,
+        workflow_id: &str,
+        hash: &str,
+        path: &str,
+        source: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO workflow_versions (workflow_id, hash, path, source, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(workflow_id)
+            .bind(hash)
+            .bind(path)
+            .bind(source)
+            .bind(ms(now))
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// The stored source of a workflow version: `(path, source)`.
+    pub async fn load_version(
+        &self,
+        workflow_id: &str,
+        hash: &str,
+    ) -> Result<Option<(String, String)>> {
+        let row = with_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT path, source FROM workflow_versions WHERE workflow_id = $1 AND hash = $2",
+            )
+            .bind(workflow_id)
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("path")?, r.try_get("source")?)))
+            .transpose()
+        })?;
+        Ok(row)
+    }
+
+    /// Creates a run, due at once. With a dedup key, a second call returns the first run.
+    pub async fn create_run(&self, new: &NewRun<'_>) -> Result<Created> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let inputs = new.inputs.to_string();
+        let inserted = with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO runs (id, workflow_id, version_hash, status, trigger_kind, dedup_key, \
+                 inputs, scheduled_at, created_at, wake_at) \
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $8) ON CONFLICT DO NOTHING",
+            )
+            .bind(&id)
+            .bind(new.workflow_id)
+            .bind(new.version_hash)
+            .bind(new.trigger_kind)
+            .bind(new.dedup_key)
+            .bind(&inputs)
+            .bind(new.scheduled_at.map(ms))
+            .bind(ms(new.now))
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        if inserted == 1 {
+            return Ok(Created::New(id));
+        }
+        let existing: String = with_pool!(self, |pool| {
+            sqlx::query("SELECT id FROM runs WHERE workflow_id = $1 AND dedup_key = $2")
+                .bind(new.workflow_id)
+                .bind(new.dedup_key)
+                .fetch_one(pool)
+                .await?
+                .try_get("id")
+        })?;
+        Ok(Created::Existing(existing))
+    }
+
+    /// Leases up to `limit` due runs to `owner` and returns their ids.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let rows = match &self.backend {
+            Backend::Sqlite(pool) => sqlx::query(
+                "UPDATE runs SET lease_owner = $1, lease_until = $2, status = 'running', \
+                     started_at = COALESCE(started_at, $3) \
+                     WHERE id IN (SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
+                       AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4) \
+                     RETURNING id",
+            )
+            .bind(owner)
+            .bind(ms(now + lease))
+            .bind(ms(now))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<Vec<String>, _>>()?,
+            Backend::Postgres(pool) => sqlx::query(
+                "UPDATE runs SET lease_owner = $1, lease_until = $2, status = 'running', \
+                     started_at = COALESCE(started_at, $3) \
+                     WHERE id IN (SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
+                       AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4 \
+                       FOR UPDATE SKIP LOCKED) \
+                     RETURNING id",
+            )
+            .bind(owner)
+            .bind(ms(now + lease))
+            .bind(ms(now))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<Vec<String>, _>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// The earliest time an unleased run becomes due.
+    pub async fn next_wake(&self) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<i64> = with_pool!(self, |pool| {
+            sqlx::query("SELECT MIN(wake_at) AS w FROM runs WHERE wake_at IS NOT NULL AND lease_owner IS NULL")
+                .fetch_one(pool)
+                .await?
+                .try_get("w")
+        })?;
+        Ok(v.map(from_ms))
+    }
+
+    /// Drops every lease held by `owner` (a daemon starting up cannot be executing anything).
+    pub async fn release_leases(&self, owner: &str) -> Result<u64> {
+        let n = with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE runs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+            )
+            .bind(owner)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        Ok(n)
+    }
+
+    /// Extends every lease held by `owner`.
+    pub async fn renew_leases(&self, owner: &str, until: DateTime<Utc>) -> Result<u64> {
+        let n = with_pool!(self, |pool| {
+            sqlx::query("UPDATE runs SET lease_until = $1 WHERE lease_owner = $2")
+                .bind(ms(until))
+                .bind(owner)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(n)
+    }
+
+    /// One run.
+    pub async fn get_run(&self, id: &str) -> Result<Option<RunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| RunRow::from_row(&r))
+                .transpose()
+        })
+    }
+
+    /// Runs matching a filter, newest first.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE ($1 IS NULL OR workflow_id = $1) \
+             AND ($2 IS NULL OR status = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+        );
+        let status = filter.status.map(|s| s.as_str());
+        with_pool!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(filter.workflow_id.as_deref())
+                .bind(status)
+                .bind(if filter.limit > 0 { filter.limit } else { 50 })
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(RunRow::from_row)
+                .collect()
+        })
+    }
+
+    /// All step rows of a run, in the order they were first started.
+    pub async fn get_steps(&self, run_id: &str) -> Result<Vec<StepRow>> {
+        let sql = format!(
+            "SELECT {STEP_COLUMNS} FROM steps WHERE run_id = $1 ORDER BY started_at, step_key"
+        );
+        with_pool!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(run_id)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(StepRow::from_row)
+                .collect()
+        })
+    }
+
+    /// Events of a run, oldest first.
+    pub async fn get_events(&self, run_id: &str) -> Result<Vec<EventRow>> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT at, step_key, kind, message FROM run_events WHERE run_id = $1 ORDER BY at",
+            )
+            .bind(run_id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(EventRow::from_row)
+            .collect()
+        })
+    }
+
+    /// Writes a step transition (and optionally an event) under the run's lease.
+    /// Returns whether cancellation of the run has been requested.
+    pub async fn write_step(
+        &self,
+        fence: &Fence,
+        now: DateTime<Utc>,
+        step: &StepWrite<'_>,
+        event: Option<&NewEvent<'_>>,
+    ) -> Result<bool> {
+        let output = step.output.map(|o| o.to_string());
+        let state = step.state.map(|o| o.to_string());
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let cancel = fence_in!(&mut *tx, fence, now);
+            sqlx::query(
+                "INSERT INTO steps (run_id, step_key, step_id, item_index, status, attempt, \
+                 started_at, finished_at, wake_at, output, state, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (run_id, step_key) DO UPDATE SET status = excluded.status, \
+                 attempt = excluded.attempt, started_at = excluded.started_at, \
+                 finished_at = excluded.finished_at, wake_at = excluded.wake_at, \
+                 output = excluded.output, state = excluded.state, error = excluded.error",
+            )
+            .bind(&fence.run_id)
+            .bind(step.step_key)
+            .bind(step.step_id)
+            .bind(step.item_index)
+            .bind(step.status.as_str())
+            .bind(step.attempt)
+            .bind(step.started_at.map(ms))
+            .bind(step.finished_at.map(ms))
+            .bind(step.wake_at.map(ms))
+            .bind(output.as_deref())
+            .bind(state.as_deref())
+            .bind(step.error)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(ev) = event {
+                insert_event!(&mut *tx, fence.run_id.as_str(), now, ev);
+            }
+            tx.commit().await?;
+            Ok(cancel)
+        })
+    }
+
+    /// Parks a run until `wake_at` and gives up its lease.
+    pub async fn park_run(&self, fence: &Fence, wake_at: DateTime<Utc>) -> Result<()> {
+        let n = with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE runs SET status = 'waiting', wake_at = $1, lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $2 AND lease_owner = $3",
+            )
+            .bind(ms(wake_at))
+            .bind(&fence.run_id)
+            .bind(&fence.owner)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        if n == 0 {
+            return Err(StoreError::LeaseLost(fence.run_id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Ends a run with a terminal status.
+    pub async fn finish_run(
+        &self,
+        fence: &Fence,
+        now: DateTime<Utc>,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<()> {
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE runs SET status = $1, finished_at = $2, error = $3, wake_at = NULL, \
+                 lease_owner = NULL, lease_until = NULL WHERE id = $4 AND lease_owner = $5",
+            )
+            .bind(status.as_str())
+            .bind(ms(now))
+            .bind(error)
+            .bind(&fence.run_id)
+            .bind(&fence.owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(StoreError::LeaseLost(fence.run_id.clone()));
+            }
+            let message = match error {
+                Some(e) => format!("run {}: {e}", status.as_str()),
+                None => format!("run {}", status.as_str()),
+            };
+            insert_event!(
+                &mut *tx,
+                fence.run_id.as_str(),
+                now,
+                &NewEvent {
+                    step_key: None,
+                    kind: status.as_str(),
+                    message: &message,
+                }
+            );
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Asks for a run to be cancelled: at once if it is idle, at the next step boundary if a
+    /// daemon is executing it.
+    pub async fn cancel_run(
+        &self,
+        run_id: &str,
+        now: DateTime<Utc>,
+        by: &str,
+    ) -> Result<CancelOutcome> {
+        let message = format!("cancelled by {by}");
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let idle = sqlx::query(
+                "UPDATE runs SET status = 'cancelled', finished_at = $1, wake_at = NULL, \
+                 cancel_requested = 1, error = $2, lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $3 AND status IN ('pending', 'waiting') \
+                 AND (lease_owner IS NULL OR lease_until < $1)",
+            )
+            .bind(ms(now))
+            .bind(&message)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let outcome = if idle == 1 {
+                CancelOutcome::Cancelled
+            } else {
+                let busy = sqlx::query(
+                    "UPDATE runs SET cancel_requested = 1 WHERE id = $1 \
+                     AND status NOT IN ('succeeded', 'failed', 'cancelled')",
+                )
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if busy == 1 {
+                    CancelOutcome::Requested
+                } else {
+                    let exists = sqlx::query("SELECT id FROM runs WHERE id = $1")
+                        .bind(run_id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
+                    if exists {
+                        CancelOutcome::AlreadyFinished
+                    } else {
+                        CancelOutcome::NotFound
+                    }
+                }
+            };
+            if outcome != CancelOutcome::NotFound && outcome != CancelOutcome::AlreadyFinished {
+                let kind = if outcome == CancelOutcome::Cancelled {
+                    "cancelled"
+                } else {
+                    "cancel_requested"
+                };
+                insert_event!(
+                    &mut *tx,
+                    run_id,
+                    now,
+                    &NewEvent {
+                        step_key: None,
+                        kind,
+                        message: &message
+                    }
+                );
+            }
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+
+    /// Counts runs by status (for tests, `readyz` and metrics).
+    pub async fn count_runs(&self, status: RunStatus) -> Result<i64> {
+        with_pool!(self, |pool| {
+            Ok(
+                sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE status = $1")
+                    .bind(status.as_str())
+                    .fetch_one(pool)
+                    .await?
+                    .try_get::<i64, _>("n")?,
+            )
+        })
+    }
+}
+
+/// The file path inside a `sqlite:` URL, if it names a file.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| path.to_string())
+}
