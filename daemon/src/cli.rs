@@ -9,7 +9,7 @@ use serde_json::{Value as Json, json};
 
 use crate::config::Config;
 use crate::diag::Diagnostic;
-use crate::engine::create_run;
+use crate::engine::{RunRequest, create_run};
 use crate::store::{RunFilter, RunRow, RunStatus, Store, StoreError};
 use crate::workflow::Catalog;
 
@@ -151,10 +151,7 @@ pub async fn trigger(
         &store,
         wf,
         &source,
-        &inputs,
-        "manual",
-        None,
-        None,
+        &RunRequest::manual(&inputs),
         Utc::now(),
     )
     .await

@@ -164,10 +164,10 @@ impl Config {
             }
         };
         let lease = duration(&raw.engine.lease, Duration::from_secs(30))?;
-        if lease < Duration::from_secs(3) {
-            if let Some(l) = &raw.engine.lease {
-                return Err(err(l.span(), "lease must be at least 3s".into(), None));
-            }
+        if lease < Duration::from_secs(3)
+            && let Some(l) = &raw.engine.lease
+        {
+            return Err(err(l.span(), "lease must be at least 3s".into(), None));
         }
         let engine = EngineConfig {
             node_id: env
@@ -209,12 +209,11 @@ impl Config {
 
 /// Replaces the password in `scheme://user:password@host` with `***`.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((creds, host)) = rest.split_once('@') {
-            if let Some((user, _)) = creds.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, _)) = creds.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
     }
     url.to_string()
 }

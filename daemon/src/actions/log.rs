@@ -24,23 +24,23 @@ const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
 pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
     let mut problems = Vec::new();
-    if let Some(level) = with.get("level").filter(|v| !is_dynamic(v)) {
-        if !level.as_str().is_some_and(|l| LEVELS.contains(&l)) {
-            problems.push(WithProblem {
-                key: Some("level".into()),
-                message: format!("unknown log level {level}"),
-                hint: Some(format!("use one of: {}", LEVELS.join(", "))),
-            });
-        }
+    if let Some(level) = with.get("level").filter(|v| !is_dynamic(v))
+        && !level.as_str().is_some_and(|l| LEVELS.contains(&l))
+    {
+        problems.push(WithProblem {
+            key: Some("level".into()),
+            message: format!("unknown log level {level}"),
+            hint: Some(format!("use one of: {}", LEVELS.join(", "))),
+        });
     }
-    if let Some(msg) = with.get("message") {
-        if !msg.is_string() {
-            problems.push(WithProblem {
-                key: Some("message".into()),
-                message: "`message` must be a string".into(),
-                hint: None,
-            });
-        }
+    if let Some(msg) = with.get("message")
+        && !msg.is_string()
+    {
+        problems.push(WithProblem {
+            key: Some("message".into()),
+            message: "`message` must be a string".into(),
+            hint: None,
+        });
     }
     problems
 }

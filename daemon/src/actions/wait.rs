@@ -50,14 +50,14 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
             });
         }
     }
-    if let Some(u) = with.get("until").filter(|v| !is_dynamic(v)) {
-        if let Err(message) = parse_until(u) {
-            problems.push(WithProblem {
-                key: Some("until".into()),
-                message,
-                hint: Some(UNTIL_HINT.into()),
-            });
-        }
+    if let Some(u) = with.get("until").filter(|v| !is_dynamic(v))
+        && let Err(message) = parse_until(u)
+    {
+        problems.push(WithProblem {
+            key: Some("until".into()),
+            message,
+            hint: Some(UNTIL_HINT.into()),
+        });
     }
     problems
 }

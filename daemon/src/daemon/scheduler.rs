@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::engine::Engine;
+use crate::engine::{Engine, RunRequest};
 use crate::schedule::{next_fire, parse_cron};
 
 /// Fires cron triggers until shutdown.
@@ -44,10 +44,13 @@ pub async fn run(
                 while let Some(fire) = next_fire(&schedule, tz, after).filter(|f| *f <= now) {
                     let dedup = format!("cron:{i}:{}", fire.to_rfc3339());
                     let inputs = serde_json::Value::Object(trigger.inputs.clone());
-                    match engine
-                        .trigger(&wf.id, &inputs, "schedule", Some(&dedup), Some(fire))
-                        .await
-                    {
+                    let req = RunRequest {
+                        inputs: &inputs,
+                        trigger_kind: "schedule",
+                        dedup_key: Some(&dedup),
+                        scheduled_at: Some(fire),
+                    };
+                    match engine.trigger(&wf.id, &req).await {
                         Ok(created) => {
                             tracing::info!(workflow = %wf.id, run = %created.id(), fire = %fire, "scheduled fire")
                         }

@@ -162,6 +162,33 @@ struct RunExec<'a> {
     rows: &'a HashMap<String, StepRow>,
 }
 
+/// A step transition to commit.
+struct Change<'a> {
+    status: StepStatus,
+    attempt: i64,
+    started_at: Option<DateTime<Utc>>,
+    wake_at: Option<DateTime<Utc>>,
+    output: Option<&'a Json>,
+    state: Option<&'a Json>,
+    error: Option<&'a str>,
+    event: Option<NewEvent<'a>>,
+}
+
+impl Default for Change<'_> {
+    fn default() -> Self {
+        Self {
+            status: StepStatus::Running,
+            attempt: 1,
+            started_at: None,
+            wake_at: None,
+            output: None,
+            state: None,
+            error: None,
+            event: None,
+        }
+    }
+}
+
 /// One unit of execution: a plain step, or one item of a foreach step.
 struct Unit<'a> {
     step: &'a Step,
@@ -201,18 +228,17 @@ impl RunExec<'_> {
         template::value(&ctx)
     }
 
-    async fn write(
-        &self,
-        unit: &Unit<'_>,
-        status: StepStatus,
-        attempt: i64,
-        started_at: Option<DateTime<Utc>>,
-        wake_at: Option<DateTime<Utc>>,
-        output: Option<&Json>,
-        state: Option<&Json>,
-        error: Option<&str>,
-        event: Option<NewEvent<'_>>,
-    ) -> Result<bool, StoreError> {
+    async fn write(&self, unit: &Unit<'_>, change: Change<'_>) -> Result<bool, StoreError> {
+        let Change {
+            status,
+            attempt,
+            started_at,
+            wake_at,
+            output,
+            state,
+            error,
+            event,
+        } = change;
         let now = self.now();
         let finished = matches!(
             status,
@@ -272,14 +298,11 @@ impl RunExec<'_> {
                     let cancel = self
                         .write(
                             &unit,
-                            StepStatus::Skipped,
-                            0,
-                            None,
-                            None,
-                            None,
-                            None,
-                            None,
-                            None,
+                            Change {
+                                status: StepStatus::Skipped,
+                                attempt: 0,
+                                ..Change::default()
+                            },
                         )
                         .await?;
                     if cancel {
@@ -309,18 +332,17 @@ impl RunExec<'_> {
     ) -> Result<StepResult, StoreError> {
         self.write(
             unit,
-            StepStatus::Failed,
-            attempt,
-            None,
-            None,
-            None,
-            None,
-            Some(message),
-            Some(NewEvent {
-                step_key: Some(&unit.key),
-                kind: "step_failed",
-                message,
-            }),
+            Change {
+                status: StepStatus::Failed,
+                attempt,
+                error: Some(message),
+                event: Some(NewEvent {
+                    step_key: Some(&unit.key),
+                    kind: "step_failed",
+                    message,
+                }),
+                ..Change::default()
+            },
         )
         .await?;
         Ok(StepResult::Failed(message.to_string()))
@@ -374,14 +396,12 @@ impl RunExec<'_> {
                 if self
                     .write(
                         &parent,
-                        StepStatus::Running,
-                        1,
-                        None,
-                        None,
-                        None,
-                        Some(&state),
-                        None,
-                        None,
+                        Change {
+                            status: StepStatus::Running,
+                            attempt: 1,
+                            state: Some(&state),
+                            ..Change::default()
+                        },
                     )
                     .await?
                 {
@@ -434,14 +454,13 @@ impl RunExec<'_> {
         if self
             .write(
                 &parent,
-                StepStatus::Succeeded,
-                1,
-                started_at,
-                None,
-                Some(&output),
-                None,
-                None,
-                None,
+                Change {
+                    status: StepStatus::Succeeded,
+                    attempt: 1,
+                    started_at,
+                    output: Some(&output),
+                    ..Change::default()
+                },
             )
             .await?
         {
@@ -522,18 +541,18 @@ impl RunExec<'_> {
                     let state = json!({ "interrupted": interrupted });
                     self.write(
                         unit,
-                        StepStatus::Running,
-                        row.attempt + 1,
-                        started_at,
-                        None,
-                        None,
-                        Some(&state),
-                        None,
-                        Some(NewEvent {
-                            step_key: Some(&unit.key),
-                            kind: "attempt_interrupted",
-                            message: &message,
-                        }),
+                        Change {
+                            status: StepStatus::Running,
+                            attempt: row.attempt + 1,
+                            started_at,
+                            state: Some(&state),
+                            event: Some(NewEvent {
+                                step_key: Some(&unit.key),
+                                kind: "attempt_interrupted",
+                                message: &message,
+                            }),
+                            ..Change::default()
+                        },
                     )
                     .await?;
                     return self
@@ -555,14 +574,13 @@ impl RunExec<'_> {
         let cancel = self
             .write(
                 unit,
-                StepStatus::Succeeded,
-                attempt,
-                started_at,
-                None,
-                Some(&output),
-                None,
-                None,
-                None,
+                Change {
+                    status: StepStatus::Succeeded,
+                    attempt,
+                    started_at,
+                    output: Some(&output),
+                    ..Change::default()
+                },
             )
             .await?;
         // Effects that must not repeat happen only after the commit.
@@ -598,14 +616,12 @@ impl RunExec<'_> {
             && self
                 .write(
                     unit,
-                    StepStatus::Running,
-                    attempt,
-                    started_at,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
+                    Change {
+                        status: StepStatus::Running,
+                        attempt,
+                        started_at,
+                        ..Change::default()
+                    },
                 )
                 .await?
         {
@@ -652,14 +668,13 @@ impl RunExec<'_> {
                 if self
                     .write(
                         unit,
-                        StepStatus::Waiting,
-                        attempt,
-                        started_at,
-                        Some(until),
-                        None,
-                        None,
-                        None,
-                        None,
+                        Change {
+                            status: StepStatus::Waiting,
+                            attempt,
+                            started_at,
+                            wake_at: Some(until),
+                            ..Change::default()
+                        },
                     )
                     .await?
                 {
@@ -683,18 +698,19 @@ impl RunExec<'_> {
                     if self
                         .write(
                             unit,
-                            StepStatus::RetryWait,
-                            attempt,
-                            started_at,
-                            Some(at),
-                            None,
-                            None,
-                            Some(&err.message),
-                            Some(NewEvent {
-                                step_key: Some(&unit.key),
-                                kind: "attempt_failed",
-                                message: &message,
-                            }),
+                            Change {
+                                status: StepStatus::RetryWait,
+                                attempt,
+                                started_at,
+                                wake_at: Some(at),
+                                error: Some(&err.message),
+                                event: Some(NewEvent {
+                                    step_key: Some(&unit.key),
+                                    kind: "attempt_failed",
+                                    message: &message,
+                                }),
+                                ..Change::default()
+                            },
                         )
                         .await?
                     {

@@ -133,19 +133,41 @@ pub fn resolve_inputs(wf: &Workflow, given: &Json) -> Result<Json, TriggerError>
     Ok(Json::Object(inputs))
 }
 
+/// What starts a run: its inputs and where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RunRequest<'a> {
+    /// Inputs overriding the workflow's defaults (an object, or null).
+    pub inputs: &'a Json,
+    /// `manual`, `schedule`, `api`, …
+    pub trigger_kind: &'a str,
+    /// At most one run per (workflow, key).
+    pub dedup_key: Option<&'a str>,
+    /// The fire time a schedule meant.
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> RunRequest<'a> {
+    /// A manual run with these inputs.
+    pub fn manual(inputs: &'a Json) -> Self {
+        Self {
+            inputs,
+            trigger_kind: "manual",
+            dedup_key: None,
+            scheduled_at: None,
+        }
+    }
+}
+
 /// Records the workflow's version and creates a run of it. Used by the engine, the CLI and
 /// (later) the HTTP API; it only needs the store.
 pub async fn create_run(
     store: &Store,
     wf: &Workflow,
     source: &str,
-    inputs: &Json,
-    trigger_kind: &str,
-    dedup_key: Option<&str>,
-    scheduled_at: Option<DateTime<Utc>>,
+    req: &RunRequest<'_>,
     now: DateTime<Utc>,
 ) -> Result<Created, TriggerError> {
-    let inputs = resolve_inputs(wf, inputs)?;
+    let inputs = resolve_inputs(wf, req.inputs)?;
     store
         .save_version(
             &wf.id,
@@ -159,10 +181,10 @@ pub async fn create_run(
         .create_run(&NewRun {
             workflow_id: &wf.id,
             version_hash: &wf.hash,
-            trigger_kind,
-            dedup_key,
+            trigger_kind: req.trigger_kind,
+            dedup_key: req.dedup_key,
             inputs: &inputs,
-            scheduled_at,
+            scheduled_at: req.scheduled_at,
             now,
         })
         .await?)
@@ -203,31 +225,14 @@ impl Engine {
     pub async fn trigger(
         &self,
         workflow_id: &str,
-        inputs: &Json,
-        trigger_kind: &str,
-        dedup_key: Option<&str>,
-        scheduled_at: Option<DateTime<Utc>>,
+        req: &RunRequest<'_>,
     ) -> Result<Created, TriggerError> {
         let catalog = self.inner.registry.catalog();
-        let wf = catalog
-            .workflows
-            .get(workflow_id)
-            .ok_or_else(|| TriggerError::UnknownWorkflow(workflow_id.to_string()))?;
-        let source = catalog
-            .sources
-            .get(workflow_id)
-            .ok_or_else(|| TriggerError::UnknownWorkflow(workflow_id.to_string()))?;
-        let created = create_run(
-            &self.inner.store,
-            wf,
-            source,
-            inputs,
-            trigger_kind,
-            dedup_key,
-            scheduled_at,
-            self.inner.clock.now(),
-        )
-        .await?;
+        let unknown = || TriggerError::UnknownWorkflow(workflow_id.to_string());
+        let wf = catalog.workflows.get(workflow_id).ok_or_else(unknown)?;
+        let source = catalog.sources.get(workflow_id).ok_or_else(unknown)?;
+        let created =
+            create_run(&self.inner.store, wf, source, req, self.inner.clock.now()).await?;
         self.inner.wake_poller();
         Ok(created)
     }
@@ -285,10 +290,10 @@ impl Engine {
             let now = inner.clock.now();
             let mut deadline = now
                 + chrono::Duration::from_std(cfg.poll_interval).unwrap_or(chrono::Duration::MAX);
-            if db_failures == 0 {
-                if let Ok(Some(next)) = inner.store.next_wake().await {
-                    deadline = deadline.min(next);
-                }
+            if db_failures == 0
+                && let Ok(Some(next)) = inner.store.next_wake().await
+            {
+                deadline = deadline.min(next);
             }
             if deadline <= now && free == 0 {
                 // Everything is busy: wait for a task to finish rather than spin.

@@ -253,13 +253,11 @@ impl Store {
                 })
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
-            if let Some(path) = sqlite_path(url) {
-                if let Some(parent) = std::path::Path::new(&path).parent() {
-                    if !parent.as_os_str().is_empty() {
-                        std::fs::create_dir_all(parent)
-                            .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
-                    }
-                }
+            if let Some(path) = sqlite_path(url)
+                && let Some(parent) = std::path::Path::new(&path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
             }
             // One connection: SQLite has one writer anyway, and a single connection avoids
             // lock upgrades between our own connections. Other processes (the CLI) wait on

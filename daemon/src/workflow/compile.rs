@@ -283,14 +283,14 @@ fn compile_triggers(
                 Some("e.g. cron = \"0 9 * * 1-5\"".into()),
             );
         }
-        if let Some(tz) = &trig.timezone {
-            if tz.get_ref().parse::<chrono_tz::Tz>().is_err() {
-                cx.error(
-                    tz.span(),
-                    format!("unknown time zone `{}`", tz.get_ref()),
-                    Some("use an IANA name such as \"Asia/Tokyo\"".into()),
-                );
-            }
+        if let Some(tz) = &trig.timezone
+            && tz.get_ref().parse::<chrono_tz::Tz>().is_err()
+        {
+            cx.error(
+                tz.span(),
+                format!("unknown time zone `{}`", tz.get_ref()),
+                Some("use an IANA name such as \"Asia/Tokyo\"".into()),
+            );
         }
         for key in trig.inputs.keys() {
             if !inputs.contains(key.get_ref()) {
@@ -434,14 +434,15 @@ fn compile_step(cx: &mut Ctx<'_>, spanned: &Spanned<RawStep>, scope: &Scope<'_>)
             1
         }
     };
-    if step.parallelism.is_some() && step.foreach.is_none() {
-        if let Some(p) = &step.parallelism {
-            cx.error(
-                p.span(),
-                "`parallelism` only applies to a step with `foreach`",
-                None,
-            );
-        }
+    if step.parallelism.is_some()
+        && step.foreach.is_none()
+        && let Some(p) = &step.parallelism
+    {
+        cx.error(
+            p.span(),
+            "`parallelism` only applies to a step with `foreach`",
+            None,
+        );
     }
     let mut retry = RetryPolicy::default();
     if let Some(r) = &step.retry {
@@ -460,20 +461,20 @@ fn compile_step(cx: &mut Ctx<'_>, spanned: &Spanned<RawStep>, scope: &Scope<'_>)
                 );
             }
         }
-        if let Some(b) = &r.backoff {
-            if let Some(d) = duration(cx, b) {
-                retry.backoff = d;
-            }
+        if let Some(b) = &r.backoff
+            && let Some(d) = duration(cx, b)
+        {
+            retry.backoff = d;
         }
-        if let Some(b) = &r.max_backoff {
-            if let Some(d) = duration(cx, b) {
-                retry.max_backoff = d;
-            }
+        if let Some(b) = &r.max_backoff
+            && let Some(d) = duration(cx, b)
+        {
+            retry.max_backoff = d;
         }
-        if retry.max_backoff < retry.backoff {
-            if let Some(b) = &r.max_backoff {
-                cx.error(b.span(), "max_backoff is shorter than backoff", None);
-            }
+        if retry.max_backoff < retry.backoff
+            && let Some(b) = &r.max_backoff
+        {
+            cx.error(b.span(), "max_backoff is shorter than backoff", None);
         }
     }
     let timeout = step.timeout.as_ref().and_then(|t| duration(cx, t));
