@@ -21,8 +21,17 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
             }
         }
     };
-    cron::Schedule::from_str(&normalized)
-        .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))
+    cron::Schedule::from_str(&normalized).map_err(|e| {
+        // The crate's message repeats the expression with a caret on separate lines; the
+        // last line is the reason.
+        let text = e.to_string();
+        let reason = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        format!("invalid cron expression `{expr}`: {}", reason.trim())
+    })
 }
 
 /// The first fire strictly after `after`, in zone `tz`.

@@ -1,1 +1,7 @@
-fn main() {}
+//! pmoflow's integration tests: one binary, real databases, the real daemon.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod crash;
+mod engine;
+mod golden;

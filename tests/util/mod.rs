@@ -1,1 +1,326 @@
-//! Test utilities.
+//! Helpers for pmoflow's integration tests: temp projects, real databases, the real binary.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pmoflow::clock::SharedClock;
+use pmoflow::engine::{Engine, EngineConfig, Registry};
+use pmoflow::store::{Durability, RunRow, Store};
+use pmoflow::workflow::Catalog;
+use tokio_util::sync::CancellationToken;
+
+/// The PostgreSQL server the tests use (trust auth); override with PMOFLOW_TEST_PG.
+pub fn pg_admin_url() -> String {
+    std::env::var("PMOFLOW_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Which database backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database for one test: a file in a temp dir, or a new PostgreSQL database
+/// dropped when the test ends.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("pmoflow.db").display());
+                TestDb {
+                    url,
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("pmoflow_t_{}", uuid_like());
+                let admin = pg_admin_url();
+                let mut conn = {
+                    use sqlx::Connection;
+                    sqlx::postgres::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                        panic!("PostgreSQL at {admin} is required for this test (tests/run starts it): {e}")
+                    })
+                };
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test (tests/run starts it): {e}"));
+                let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Best effort, on a separate thread so that it works from inside a runtime.
+            let admin = pg_admin_url();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    use sqlx::Connection;
+                    if let Ok(mut c) = sqlx::postgres::PgConnection::connect(&admin).await {
+                        let _ = sqlx::Executor::execute(
+                            &mut c,
+                            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                        )
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        t % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A temp directory laid out like an installation: `workflows/`, `var/`, `pmoflow.toml`.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("workflows/data")).unwrap();
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn workflows(&self) -> PathBuf {
+        self.path().join("workflows")
+    }
+
+    /// Writes `workflows/NAME`.
+    pub fn workflow(&self, name: &str, text: &str) -> &Self {
+        std::fs::write(self.workflows().join(name), text).unwrap();
+        self
+    }
+
+    /// Writes `pmoflow.toml`.
+    pub fn config(&self, text: &str) -> PathBuf {
+        let p = self.path().join("pmoflow.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `pmoflow` binary built by `cargo build -p pmoflow` (tests/run builds it first).
+pub fn bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PMOFLOW_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("debug/pmoflow");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p pmoflow` first (tests/run does)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a CLI command in `dir` and returns (exit code, stdout, stderr).
+pub fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A daemon process (`pmoflow run`) with its log in a file.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `pmoflow run` in `dir`; the log goes to `dir/NAME.log`.
+    pub fn start(dir: &Path, name: &str, env: &[(&str, &str)]) -> Daemon {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("run")
+            .current_dir(dir)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Daemon { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "log never showed {needle:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls the store until the run satisfies `done`.
+pub async fn wait_run(
+    store: &Store,
+    id: &str,
+    timeout: Duration,
+    done: impl Fn(&RunRow) -> bool,
+) -> RunRow {
+    let start = Instant::now();
+    loop {
+        if let Some(run) = store.get_run(id).await.unwrap() {
+            if done(&run) {
+                return run;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "run {id} did not get there in {timeout:?}: {run:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An engine running in this process over `dir`'s workflows.
+pub struct InProcess {
+    pub engine: Engine,
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    pub async fn start(
+        url: &str,
+        durability: Durability,
+        workflows: &Path,
+        clock: SharedClock,
+        config: EngineConfig,
+    ) -> InProcess {
+        let store = Store::open(url, durability).await.unwrap();
+        let registry = Arc::new(Registry::default());
+        let catalog = Catalog::load(workflows);
+        assert!(
+            catalog.diagnostics.is_empty(),
+            "fixture workflows invalid: {:?}",
+            catalog.diagnostics
+        );
+        registry.set_catalog(Arc::new(catalog));
+        let shutdown = CancellationToken::new();
+        let engine = Engine::new(store, clock, config, registry, shutdown.clone());
+        let e = engine.clone();
+        let handle = tokio::spawn(async move {
+            e.run().await.unwrap();
+        });
+        InProcess {
+            engine,
+            shutdown,
+            handle,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap();
+    }
+}

@@ -1,0 +1,198 @@
+//! `kill -9` during a durable wait, on every backend and durability: the run completes after a
+//! restart, each step's effect happened exactly once, and the wait kept its original deadline.
+
+use std::time::Duration;
+
+use pmoflow::store::{Durability, RunStatus, StepStatus, Store};
+use pmoflow_tests::{Backend, Daemon, Project, TestDb, cli, wait_run};
+
+const CRASH_WORKFLOW: &str = r#"
+id = "crash"
+name = "クラッシュ試験"
+
+[[steps]]
+id = "first"
+action = "log"
+with = { message = "FIRST-MARK {{ run.id }}" }
+
+[[steps]]
+id = "pause"
+action = "wait"
+with = { duration = "3s" }
+
+[[steps]]
+id = "second"
+action = "log"
+with = { message = "SECOND-MARK {{ run.id }}" }
+"#;
+
+async fn crash_during_wait(backend: Backend, durability: &str) {
+    let db = TestDb::new(backend).await;
+    let project = Project::new();
+    project.workflow("crash.toml", CRASH_WORKFLOW);
+    project.config(&format!(
+        "database_url = \"{}\"\ndurability = \"{durability}\"\nnode_id = \"crash-node\"\n\n[engine]\npoll_interval = \"100ms\"\n",
+        db.url
+    ));
+    let dir = project.path();
+    let mut a = Daemon::start(dir, "a", &[]);
+    a.wait_log("workflows loaded", Duration::from_secs(20));
+
+    let (code, out, err) = cli(dir, &["trigger", "crash"]);
+    assert_eq!(code, 0, "trigger failed: {err}");
+    let id = out.trim().to_string();
+    a.wait_log(&format!("FIRST-MARK {id}"), Duration::from_secs(10));
+
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let deadline = loop {
+        let steps = store.get_steps(&id).await.unwrap();
+        if let Some(p) = steps
+            .iter()
+            .find(|s| s.step_id == "pause" && s.status == StepStatus::Waiting)
+        {
+            break p.wake_at.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    a.kill9();
+
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert!(
+        !run.status.is_terminal(),
+        "run finished before the kill: {run:?}"
+    );
+    assert!(
+        store
+            .get_steps(&id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.step_id != "second")
+    );
+
+    let mut b = Daemon::start(dir, "b", &[]);
+    let run = wait_run(&store, &id, Duration::from_secs(30), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{run:?}\n{}",
+        b.log_text()
+    );
+    b.wait_log(&format!("SECOND-MARK {id}"), Duration::from_secs(5));
+
+    let logs = a.log_text() + &b.log_text();
+    assert_eq!(
+        logs.matches(&format!("FIRST-MARK {id}")).count(),
+        1,
+        "first log not exactly once:\n{logs}"
+    );
+    assert_eq!(
+        logs.matches(&format!("SECOND-MARK {id}")).count(),
+        1,
+        "second log not exactly once:\n{logs}"
+    );
+
+    let steps = store.get_steps(&id).await.unwrap();
+    assert_eq!(steps.len(), 3);
+    for s in &steps {
+        assert_eq!(s.status, StepStatus::Succeeded, "{s:?}");
+        assert_eq!(s.attempt, 1, "step re-attempted: {s:?}");
+    }
+    let pause = steps.iter().find(|s| s.step_id == "pause").unwrap();
+    let until = pause.output.as_ref().unwrap()["until"].as_str().unwrap();
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(until).unwrap(),
+        deadline,
+        "the wait must resume with its original deadline"
+    );
+    assert!(run.finished_at.unwrap() >= deadline);
+
+    assert_eq!(
+        b.terminate(Duration::from_secs(15)),
+        Some(0),
+        "graceful shutdown must exit 0:\n{}",
+        b.log_text()
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_process_durability_survives_kill9() {
+    crash_during_wait(Backend::Sqlite, "process").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_fsync_durability_survives_kill9() {
+    crash_during_wait(Backend::Sqlite, "fsync").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_process_durability_survives_kill9() {
+    crash_during_wait(Backend::Postgres, "process").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_fsync_durability_survives_kill9() {
+    crash_during_wait(Backend::Postgres, "fsync").await;
+}
+
+/// Kills the daemon over and over at arbitrary moments while a 30-step run executes: every
+/// restart continues from the last commit, no step succeeds twice, and the run completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_kill9_at_random_moments_loses_and_repeats_nothing() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let mut wf = String::from("id = \"chain\"\n");
+    for i in 0..30 {
+        wf.push_str(&format!(
+            "\n[[steps]]\nid = \"s{i}\"\naction = \"log\"\nwith = {{ message = \"STEP-{i}-MARK {{{{ run.id }}}}\" }}\n\n[[steps]]\nid = \"w{i}\"\naction = \"wait\"\nwith = {{ duration = \"40ms\" }}\n"
+        ));
+    }
+    project.workflow("chain.toml", &wf);
+    project.config(&format!(
+        "database_url = \"{}\"\nnode_id = \"chaos\"\n\n[engine]\npoll_interval = \"50ms\"\n",
+        db.url
+    ));
+    let dir = project.path();
+    let (code, out, err) = cli(dir, &["trigger", "chain"]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let mut logs = String::new();
+    let mut kills = 0;
+    for round in 0..40 {
+        let mut d = Daemon::start(dir, &format!("d{round}"), &[]);
+        // Kill somewhere between 150 and 550 ms after start: startup, mid-step, mid-wait.
+        tokio::time::sleep(Duration::from_millis(150 + (round * 97) % 400)).await;
+        let finished = store
+            .get_run(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .is_terminal();
+        d.kill9();
+        logs.push_str(&d.log_text());
+        if finished {
+            break;
+        }
+        kills += 1;
+    }
+    let run = wait_run(&store, &id, Duration::from_secs(1), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert!(kills >= 3, "the daemon was killed only {kills} times");
+    let steps = store.get_steps(&id).await.unwrap();
+    assert_eq!(steps.len(), 60);
+    assert!(steps.iter().all(|s| s.status == StepStatus::Succeeded));
+    for i in 0..30 {
+        let n = logs.matches(&format!("STEP-{i}-MARK {id}")).count();
+        assert!(n <= 1, "step s{i} logged {n} times");
+    }
+    store.close().await;
+}

@@ -1,0 +1,522 @@
+//! The engine in-process against real SQLite and PostgreSQL: concurrency, retries, foreach,
+//! cancellation, run-time errors, version pinning and the simulated clock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use pmoflow::clock::{SharedClock, SimClock, SystemClock};
+use pmoflow::engine::{EngineConfig, RunRequest};
+use pmoflow::store::{CancelOutcome, Durability, RunFilter, RunStatus, StepStatus};
+use pmoflow::workflow::Catalog;
+use pmoflow_tests::{Backend, InProcess, Project, TestDb, wait_run};
+use serde_json::json;
+
+fn fast_config(node: &str) -> EngineConfig {
+    EngineConfig {
+        node_id: node.to_string(),
+        poll_interval: Duration::from_millis(50),
+        ..EngineConfig::default()
+    }
+}
+
+fn ten_steps() -> String {
+    let mut wf = String::from("id = \"ten\"\n[inputs]\nn = 0\n");
+    for i in 0..10 {
+        wf.push_str(&format!(
+            "\n[[steps]]\nid = \"s{i}\"\naction = \"log\"\nwith = {{ message = \"run {{{{ run.id }}}} input {{{{ inputs.n }}}} step {i}\", level = \"debug\" }}\n"
+        ));
+    }
+    wf
+}
+
+async fn hundred_concurrent_runs(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let project = Project::new();
+    project.workflow("ten.toml", &ten_steps());
+    let clock: SharedClock = Arc::new(SystemClock);
+    let engine = InProcess::start(
+        &db.url,
+        Durability::Process,
+        &project.workflows(),
+        clock,
+        fast_config("t100"),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        let inputs = json!({ "n": n });
+        ids.push(
+            engine
+                .engine
+                .trigger("ten", &RunRequest::manual(&inputs))
+                .await
+                .unwrap()
+                .id()
+                .to_string(),
+        );
+    }
+    let store = engine.engine.store().clone();
+    let start = Instant::now();
+    while store.count_runs(RunStatus::Succeeded).await.unwrap() < 100 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "100 runs did not finish in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let run = store.get_run(id).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert_eq!(run.inputs["n"], json!(n));
+        let steps = store.get_steps(id).await.unwrap();
+        assert_eq!(steps.len(), 10, "run {id} has {} step rows", steps.len());
+        for (i, s) in steps.iter().enumerate() {
+            assert_eq!(s.status, StepStatus::Succeeded);
+            assert_eq!(s.attempt, 1, "step executed more than once: {s:?}");
+            assert_eq!(
+                s.output.as_ref().unwrap()["message"],
+                json!(format!(
+                    "run {id} input {n} step {}",
+                    s.step_id.trim_start_matches('s')
+                )),
+            );
+            let _ = i;
+        }
+        let events = store.get_events(id).await.unwrap();
+        assert_eq!(events.len(), 1, "unexpected events: {events:?}");
+    }
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_100_concurrent_runs_of_10_steps() {
+    hundred_concurrent_runs(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_100_concurrent_runs_of_10_steps() {
+    hundred_concurrent_runs(Backend::Postgres).await;
+}
+
+const RETRY: &str = r#"
+id = "flaky"
+
+[[steps]]
+id = "try"
+action = "fail"
+with = { message = "gateway said 503", retryable = true }
+retry = { attempts = 3, backoff = "50ms", max_backoff = "100ms" }
+
+[[steps]]
+id = "never"
+action = "log"
+with = { message = "not reached" }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retryable_failures_are_retried_with_backoff_then_fail_the_run() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    project.workflow("flaky.toml", RETRY);
+    let engine = InProcess::start(
+        &db.url,
+        Durability::Process,
+        &project.workflows(),
+        Arc::new(SystemClock),
+        fast_config("retry"),
+    )
+    .await;
+    let id = engine
+        .engine
+        .trigger("flaky", &RunRequest::manual(&json!(null)))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let store = engine.engine.store().clone();
+    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("step `try` failed: gateway said 503 (after 3 attempts)"),
+        "{run:?}"
+    );
+    let steps = store.get_steps(&id).await.unwrap();
+    assert_eq!(steps.len(), 1, "the step after a failed step must not run");
+    assert_eq!(steps[0].attempt, 3);
+    let events = store.get_events(&id).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["attempt_failed", "attempt_failed", "step_failed", "failed"],
+        "{events:?}"
+    );
+    // Backoff was observed: at least 25 ms (half of 50 ms, jittered) between the two failures.
+    assert!(
+        (events[1].at - events[0].at).num_milliseconds() >= 25,
+        "{events:?}"
+    );
+    engine.stop().await;
+}
+
+const FOREACH: &str = r#"
+id = "fanout"
+
+[[steps]]
+id = "each"
+action = "log"
+foreach = "data.projects.projects"
+parallelism = 2
+with = { message = "{{ index }}:{{ item.code }}" }
+
+[[steps]]
+id = "summary"
+action = "log"
+with = { message = "{{ steps.each.output | length }} projects; first {{ steps.each.output[0].message }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreach_fans_out_over_reference_data_in_order() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    project.workflow("fanout.toml", FOREACH);
+    let mut data = String::new();
+    for i in 0..7 {
+        data.push_str(&format!("[[projects]]\ncode = \"P{i:03}\"\n"));
+    }
+    std::fs::write(project.workflows().join("data/projects.toml"), data).unwrap();
+    let engine = InProcess::start(
+        &db.url,
+        Durability::Process,
+        &project.workflows(),
+        Arc::new(SystemClock),
+        fast_config("fe"),
+    )
+    .await;
+    let id = engine
+        .engine
+        .trigger("fanout", &RunRequest::manual(&json!(null)))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let store = engine.engine.store().clone();
+    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let steps = store.get_steps(&id).await.unwrap();
+    let each = steps.iter().find(|s| s.step_key == "each").unwrap();
+    let messages: Vec<_> = each
+        .output
+        .as_ref()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        messages,
+        (0..7).map(|i| format!("{i}:P{i:03}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.step_id == "each" && s.item_index.is_some())
+            .count(),
+        7
+    );
+    let summary = steps.iter().find(|s| s.step_key == "summary").unwrap();
+    assert_eq!(
+        summary.output.as_ref().unwrap()["message"],
+        json!("7 projects; first 0:P000")
+    );
+    engine.stop().await;
+}
+
+const LONG_WAIT: &str = r#"
+id = "long"
+
+[inputs]
+note = "x"
+
+[[steps]]
+id = "start"
+action = "log"
+with = { message = "start" }
+
+[[steps]]
+id = "pause"
+action = "wait"
+with = { duration = "1h" }
+
+[[steps]]
+id = "after"
+action = "log"
+with = { message = "version 1: {{ inputs.note }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_simulated_clock_drives_the_same_engine() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    project.workflow("long.toml", LONG_WAIT);
+    let start = Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap();
+    let sim = SimClock::new(start);
+    let clock: SharedClock = Arc::new(sim.clone());
+    let engine = InProcess::start(
+        &db.url,
+        Durability::Process,
+        &project.workflows(),
+        clock,
+        fast_config("sim"),
+    )
+    .await;
+    let id = engine
+        .engine
+        .trigger("long", &RunRequest::manual(&json!(null)))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let store = engine.engine.store().clone();
+    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
+        r.status == RunStatus::Waiting
+    })
+    .await;
+    assert_eq!(run.wake_at, Some(start + chrono::Duration::hours(1)));
+    // Time stands still: nothing happens however long we (really) wait a little.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        store.get_run(&id).await.unwrap().unwrap().status,
+        RunStatus::Waiting
+    );
+    let real = Instant::now();
+    sim.advance(chrono::Duration::minutes(61));
+    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert!(real.elapsed() < Duration::from_secs(5));
+    assert_eq!(run.finished_at, Some(start + chrono::Duration::minutes(61)));
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_keeps_the_workflow_version_it_started_with() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    project.workflow("long.toml", &LONG_WAIT.replace("1h", "300ms"));
+    let engine = InProcess::start(
+        &db.url,
+        Durability::Process,
+        &project.workflows(),
+        Arc::new(SystemClock),
+        fast_config("ver"),
+    )
+    .await;
+    let id = engine
+        .engine
+        .trigger("long", &RunRequest::manual(&json!(null)))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let store = engine.engine.store().clone();
+    wait_run(&store, &id, Duration::from_secs(10), |r| {
+        r.status == RunStatus::Waiting
+    })
+    .await;
+    // The administrator edits the file while the run waits.
+    project.workflow(
+        "long.toml",
+        &LONG_WAIT
+            .replace("1h", "300ms")
+            .replace("version 1", "version 2"),
+    );
+    engine
+        .engine
+        .registry()
+        .set_catalog(Arc::new(Catalog::load(&project.workflows())));
+    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let steps = store.get_steps(&id).await.unwrap();
+    let after = steps.iter().find(|s| s.step_id == "after").unwrap();
+    assert_eq!(
+        after.output.as_ref().unwrap()["message"],
+        json!("version 1: x")
+    );
+    // A new run uses the new version.
+    let id2 = engine
+        .engine
+        .trigger("long", &RunRequest::manual(&json!(null)))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let run2 = wait_run(&store, &id2, Duration::from_secs(10), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_ne!(run2.version_hash, run.version_hash);
+    let steps = store.get_steps(&id2).await.unwrap();
+    let after = steps.iter().find(|s| s.step_id == "after").unwrap();
+    assert_eq!(
+        after.output.as_ref().unwrap()["message"],
+        json!("version 2: x")
+    );
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_waiting_run_stops_it() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let project = Project::new();
+    project.workflow("long.toml", LONG_WAIT);
+    let engine = InProcess::start(
+        &db.url,
+        Durability::Process,
+        &project.workflows(),
+        Arc::new(SystemClock),
+        fast_config("cancel"),
+    )
+    .await;
+    let id = engine
+        .engine
+        .trigger("long", &RunRequest::manual(&json!(null)))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let store = engine.engine.store().clone();
+    wait_run(&store, &id, Duration::from_secs(10), |r| {
+        r.status == RunStatus::Waiting
+    })
+    .await;
+    assert_eq!(
+        store.cancel_run(&id, Utc::now(), "test").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.wake_at, None);
+    assert_eq!(
+        store.cancel_run(&id, Utc::now(), "test").await.unwrap(),
+        CancelOutcome::AlreadyFinished
+    );
+    assert_eq!(
+        store.cancel_run("nope", Utc::now(), "test").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    let listed = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Cancelled),
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    engine.stop().await;
+}
+
+const RUNTIME_ERROR: &str = r#"
+id = "oops"
+
+[[steps]]
+id = "first"
+action = "log"
+with = { message = "fine" }
+
+[[steps]]
+id = "second"
+action = "log"
+with = { message = "{{ steps.first.output.no_such_field }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_error_at_run_time_fails_that_run_only() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    project.workflow("oops.toml", RUNTIME_ERROR);
+    project.workflow("ten.toml", &ten_steps());
+    let engine = InProcess::start(
+        &db.url,
+        Durability::Process,
+        &project.workflows(),
+        Arc::new(SystemClock),
+        fast_config("err"),
+    )
+    .await;
+    let bad = engine
+        .engine
+        .trigger("oops", &RunRequest::manual(&json!(null)))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let good = engine
+        .engine
+        .trigger("ten", &RunRequest::manual(&json!(null)))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let store = engine.engine.store().clone();
+    let run = wait_run(&store, &bad, Duration::from_secs(10), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert!(
+        error.contains("step `second` failed: template in `with` (step at line 9)"),
+        "{error}"
+    );
+    assert!(error.contains("undefined"), "{error}");
+    let run = wait_run(&store, &good, Duration::from_secs(10), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dedup_key_creates_at_most_one_run() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let project = Project::new();
+    project.workflow("ten.toml", &ten_steps());
+    let engine = InProcess::start(
+        &db.url,
+        Durability::Process,
+        &project.workflows(),
+        Arc::new(SystemClock),
+        fast_config("dedup"),
+    )
+    .await;
+    let fire = Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap();
+    let inputs = json!(null);
+    let req = RunRequest {
+        inputs: &inputs,
+        trigger_kind: "schedule",
+        dedup_key: Some("cron:0:2027-04-01T00:00:00+00:00"),
+        scheduled_at: Some(fire),
+    };
+    let a = engine.engine.trigger("ten", &req).await.unwrap();
+    let b = engine.engine.trigger("ten", &req).await.unwrap();
+    assert!(matches!(a, pmoflow::store::Created::New(_)));
+    assert_eq!(b, pmoflow::store::Created::Existing(a.id().to_string()));
+    engine.stop().await;
+}
