@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::diag::Diagnostic;
 use crate::engine::{RunRequest, create_run};
@@ -152,7 +153,7 @@ pub async fn trigger(
         wf,
         &source,
         &RunRequest::manual(&inputs),
-        Utc::now(),
+        SystemClock.now(),
     )
     .await
     .map_err(|e| CliError::new(e.to_string()))?;
@@ -211,7 +212,7 @@ pub async fn runs(
 pub async fn cancel(config: &Config, run_id: &str) -> Result<String, CliError> {
     use crate::store::CancelOutcome as C;
     let store = Store::open(&config.database_url, config.durability).await?;
-    let outcome = store.cancel_run(run_id, Utc::now(), "cli").await?;
+    let outcome = store.cancel_run(run_id, SystemClock.now(), "cli").await?;
     store.close().await;
     match outcome {
         C::Cancelled => Ok(format!("run {run_id} cancelled")),
