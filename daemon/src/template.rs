@@ -55,6 +55,16 @@ pub fn render(text: &str, ctx: &Value) -> Result<String, TemplateError> {
     Ok(env().render_str(text, ctx)?)
 }
 
+/// Whether any string inside a JSON value is a template.
+pub fn json_has_templates(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => is_template(s),
+        serde_json::Value::Array(items) => items.iter().any(json_has_templates),
+        serde_json::Value::Object(map) => map.values().any(json_has_templates),
+        _ => false,
+    }
+}
+
 /// Renders every string inside a JSON value.
 pub fn render_json(
     value: &serde_json::Value,

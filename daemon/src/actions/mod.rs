@@ -146,6 +146,16 @@ impl ActionKind {
         }
     }
 
+    /// Whether the action has no effect outside pmoflow's own database. An attempt of such an
+    /// action is not recorded as `running` before it runs: repeating it after a crash is
+    /// invisible, so that commit would buy nothing. Actions that reach the outside world
+    /// (email, webhooks, plugins) return false and are recorded first.
+    pub fn is_pure(self) -> bool {
+        match self {
+            Self::Log | Self::Wait | Self::Fail => true,
+        }
+    }
+
     /// The `with` keys this action accepts.
     pub fn params(self) -> &'static [Param] {
         match self {

@@ -50,8 +50,11 @@ pub(super) async fn execute(inner: Arc<Inner>, run_id: String) {
             tracing::warn!(run = %run_id, "lease lost; another daemon continues this run");
         }
         Err(err) => {
-            // The lease will expire and the run will be picked up again; nothing is lost.
-            tracing::error!(run = %run_id, error = %err, "run execution interrupted by a database error");
+            // Nothing committed is lost. Hand the run back (due shortly) so that it continues
+            // once the database answers again; if even that fails, the lease simply expires.
+            tracing::error!(run = %run_id, error = %err, "run execution interrupted by a database error; retrying shortly");
+            let retry_at = inner.clock.now() + chrono::Duration::seconds(1);
+            let _ = inner.store.park_run(&fence, retry_at).await;
         }
     }
 }
@@ -320,8 +323,7 @@ impl RunExec<'_> {
         if step.foreach.is_some() {
             return self.run_foreach(step, row, outputs).await;
         }
-        let ctx = self.context(outputs, None);
-        self.run_unit(&unit, row, &ctx).await
+        self.run_unit(&unit, row, outputs).await
     }
 
     async fn fail_now(
@@ -474,8 +476,7 @@ impl RunExec<'_> {
         unit: &Unit<'_>,
         outputs: &serde_json::Map<String, Json>,
     ) -> Result<StepResult, StoreError> {
-        let ctx = self.context(outputs, unit.item.as_ref());
-        self.run_unit(unit, self.rows.get(&unit.key), &ctx).await
+        self.run_unit(unit, self.rows.get(&unit.key), outputs).await
     }
 
     /// Continues one unit from its committed row.
@@ -483,7 +484,7 @@ impl RunExec<'_> {
         &self,
         unit: &Unit<'_>,
         row: Option<&StepRow>,
-        ctx: &minijinja::Value,
+        outputs: &serde_json::Map<String, Json>,
     ) -> Result<StepResult, StoreError> {
         let now = self.now();
         let started_at = row.and_then(|r| r.started_at);
@@ -556,12 +557,12 @@ impl RunExec<'_> {
                     )
                     .await?;
                     return self
-                        .attempt(unit, row.attempt + 1, started_at, ctx, true)
+                        .attempt(unit, row.attempt + 1, started_at, outputs, true)
                         .await;
                 }
             },
         };
-        self.attempt(unit, attempt, started_at, ctx, false).await
+        self.attempt(unit, attempt, started_at, outputs, false).await
     }
 
     async fn succeed(
@@ -609,10 +610,12 @@ impl RunExec<'_> {
         unit: &Unit<'_>,
         attempt: i64,
         started_at: Option<DateTime<Utc>>,
-        ctx: &minijinja::Value,
+        outputs: &serde_json::Map<String, Json>,
         already_recorded: bool,
     ) -> Result<StepResult, StoreError> {
+        let step = unit.step;
         if !already_recorded
+            && !step.action.is_pure()
             && self
                 .write(
                     unit,
@@ -628,8 +631,12 @@ impl RunExec<'_> {
             return Ok(StepResult::Cancelled);
         }
         let started_at = started_at.or(Some(self.now()));
-        let step = unit.step;
-        let with = match template::render_json(&step.with, ctx) {
+        let rendered = if template::json_has_templates(&step.with) {
+            template::render_json(&step.with, &self.context(outputs, unit.item.as_ref()))
+        } else {
+            Ok(step.with.clone())
+        };
+        let with = match rendered {
             Ok(w) => w,
             Err(err) => {
                 let message = format!(

@@ -69,11 +69,18 @@ pub(crate) struct Inner {
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
     wake: Notify,
+    /// Runs this daemon is executing now; only their leases are renewed. A std Mutex: held for
+    /// a set insert/remove/copy, never across an await.
+    active: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Inner {
     pub(crate) fn wake_poller(&self) {
         self.wake.notify_one();
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -207,6 +214,7 @@ impl Engine {
                 registry,
                 shutdown,
                 wake: Notify::new(),
+                active: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -272,8 +280,10 @@ impl Engine {
                                 break;
                             };
                             let inner = inner.clone();
+                            inner.active().insert(id.clone());
                             tasks.spawn(async move {
-                                executor::execute(inner, id).await;
+                                executor::execute(inner.clone(), id.clone()).await;
+                                inner.active().remove(&id);
                                 drop(permit);
                             });
                         }
@@ -340,7 +350,9 @@ async fn renew_leases(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(every).await;
         let until = inner.clock.now() + inner.config.lease;
-        if let Err(err) = inner.store.renew_leases(&inner.config.node_id, until).await {
+        let mut ids: Vec<String> = inner.active().iter().cloned().collect();
+        ids.sort();
+        if let Err(err) = inner.store.renew_leases(&inner.config.node_id, &ids, until).await {
             tracing::error!(error = %err, "cannot renew run leases");
         }
     }

@@ -18,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 mod rows;
+mod writer;
 
 pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};
 
@@ -36,6 +37,12 @@ pub enum StoreError {
     /// This daemon no longer holds the run's lease; another daemon owns it now.
     #[error("lease on run {0} lost")]
     LeaseLost(String),
+    /// A group-commit batch failed; every write in it was rolled back.
+    #[error("database error: {0}")]
+    Batch(String),
+    /// The store is closing.
+    #[error("the database connection is closed")]
+    Closed,
     /// A stored value could not be decoded.
     #[error("corrupt stored value in {0}: {1}")]
     Corrupt(&'static str, String),
@@ -67,6 +74,7 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    writer: tokio::sync::mpsc::Sender<writer::Job>,
 }
 
 /// Runs the same code against whichever pool the store holds.
@@ -77,25 +85,6 @@ macro_rules! with_pool {
             Backend::Postgres($pool) => $body,
         }
     };
-}
-
-/// Renews the lease and checks ownership inside a transaction; evaluates to `cancel_requested`.
-/// A macro rather than a function: the same code runs on either backend's connection type.
-macro_rules! fence_in {
-    ($conn:expr, $fence:expr, $now:expr) => {{
-        let row = sqlx::query(
-            "UPDATE runs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 RETURNING cancel_requested",
-        )
-        .bind(ms($now + $fence.lease))
-        .bind($fence.run_id.as_str())
-        .bind($fence.owner.as_str())
-        .fetch_optional($conn)
-        .await?;
-        match row {
-            Some(r) => r.try_get::<i64, _>(0usize)? != 0,
-            None => return Err(StoreError::LeaseLost($fence.run_id.clone())),
-        }
-    }};
 }
 
 /// Appends a run event inside a transaction.
@@ -266,8 +255,10 @@ impl Store {
                 .max_connections(1)
                 .connect_with(opts)
                 .await?;
+            let backend = Backend::Sqlite(pool);
             Store {
-                backend: Backend::Sqlite(pool),
+                writer: writer::spawn(backend.clone(), 1),
+                backend,
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?.options([(
@@ -281,8 +272,10 @@ impl Store {
                 .max_connections(16)
                 .connect_with(opts)
                 .await?;
+            let backend = Backend::Postgres(pool);
             Store {
-                backend: Backend::Postgres(pool),
+                writer: writer::spawn(backend.clone(), 4),
+                backend,
             }
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
@@ -474,16 +467,41 @@ impl Store {
         Ok(n)
     }
 
-    /// Extends every lease held by `owner`.
-    pub async fn renew_leases(&self, owner: &str, until: DateTime<Utc>) -> Result<u64> {
-        let n = with_pool!(self, |pool| {
-            sqlx::query("UPDATE runs SET lease_until = $1 WHERE lease_owner = $2")
-                .bind(ms(until))
-                .bind(owner)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
-        })?;
+    /// Extends the leases `owner` holds on `run_ids` (the runs it is executing right now).
+    /// Rows are locked in id order, the order group commits use, so the two never deadlock.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        run_ids: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<u64> {
+        if run_ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = serde_json::to_string(run_ids).unwrap_or_else(|_| "[]".into());
+        let n = match &self.backend {
+            Backend::Sqlite(pool) => sqlx::query(
+                "UPDATE runs SET lease_until = $1 WHERE lease_owner = $2 \
+                 AND id IN (SELECT value FROM json_each($3))",
+            )
+            .bind(ms(until))
+            .bind(owner)
+            .bind(&ids)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Backend::Postgres(pool) => sqlx::query(
+                "UPDATE runs SET lease_until = $1 WHERE id IN (SELECT id FROM runs \
+                 WHERE lease_owner = $2 AND id IN (SELECT json_array_elements_text($3::json)) \
+                 ORDER BY id FOR UPDATE)",
+            )
+            .bind(ms(until))
+            .bind(owner)
+            .bind(&ids)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
         Ok(n)
     }
 
@@ -551,8 +569,8 @@ impl Store {
         })
     }
 
-    /// Writes a step transition (and optionally an event) under the run's lease.
-    /// Returns whether cancellation of the run has been requested.
+    /// Writes a step transition (and optionally an event) under the run's lease, through the
+    /// group-commit writer. Returns whether cancellation of the run has been requested.
     pub async fn write_step(
         &self,
         fence: &Fence,
@@ -560,40 +578,37 @@ impl Store {
         step: &StepWrite<'_>,
         event: Option<&NewEvent<'_>>,
     ) -> Result<bool> {
-        let output = step.output.map(|o| o.to_string());
-        let state = step.state.map(|o| o.to_string());
-        with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let cancel = fence_in!(&mut *tx, fence, now);
-            sqlx::query(
-                "INSERT INTO steps (run_id, step_key, step_id, item_index, status, attempt, \
-                 started_at, finished_at, wake_at, output, state, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (run_id, step_key) DO UPDATE SET status = excluded.status, \
-                 attempt = excluded.attempt, started_at = excluded.started_at, \
-                 finished_at = excluded.finished_at, wake_at = excluded.wake_at, \
-                 output = excluded.output, state = excluded.state, error = excluded.error",
-            )
-            .bind(&fence.run_id)
-            .bind(step.step_key)
-            .bind(step.step_id)
-            .bind(step.item_index)
-            .bind(step.status.as_str())
-            .bind(step.attempt)
-            .bind(step.started_at.map(ms))
-            .bind(step.finished_at.map(ms))
-            .bind(step.wake_at.map(ms))
-            .bind(output.as_deref())
-            .bind(state.as_deref())
-            .bind(step.error)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(ev) = event {
-                insert_event!(&mut *tx, fence.run_id.as_str(), now, ev);
-            }
-            tx.commit().await?;
-            Ok(cancel)
-        })
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = writer::Job {
+            run_id: fence.run_id.clone(),
+            owner: fence.owner.clone(),
+            lease_until: ms(now + fence.lease),
+            step_key: step.step_key.to_string(),
+            step_id: step.step_id.to_string(),
+            item_index: step.item_index,
+            status: step.status.as_str(),
+            attempt: step.attempt,
+            started_at: step.started_at.map(ms),
+            finished_at: step.finished_at.map(ms),
+            wake_at: step.wake_at.map(ms),
+            output: step.output.map(|o| o.to_string()),
+            state: step.state.map(|o| o.to_string()),
+            error: step.error.map(str::to_string),
+            now: ms(now),
+            event: event.map(|e| {
+                (
+                    e.step_key.map(str::to_string),
+                    e.kind.to_string(),
+                    e.message.to_string(),
+                )
+            }),
+            reply,
+        };
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Parks a run until `wake_at` and gives up its lease.
