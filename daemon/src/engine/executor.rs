@@ -38,13 +38,14 @@ enum StepResult {
 }
 
 /// Executes a run the caller has just leased.
-pub(super) async fn execute(inner: Arc<Inner>, run_id: String) {
+pub(super) async fn execute(inner: Arc<Inner>, run: RunRow) {
+    let run_id = run.id.clone();
     let fence = Fence {
         run_id: run_id.clone(),
         owner: inner.config.node_id.clone(),
         lease: inner.config.lease,
     };
-    match execute_run(&inner, &fence).await {
+    match execute_run(&inner, &fence, run).await {
         Ok(()) => {}
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(run = %run_id, "lease lost; another daemon continues this run");
@@ -59,11 +60,8 @@ pub(super) async fn execute(inner: Arc<Inner>, run_id: String) {
     }
 }
 
-async fn execute_run(inner: &Arc<Inner>, fence: &Fence) -> Result<(), StoreError> {
+async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(), StoreError> {
     let store = &inner.store;
-    let Some(run) = store.get_run(&fence.run_id).await? else {
-        return Ok(());
-    };
     if run.status.is_terminal() || run.lease_owner.as_deref() != Some(fence.owner.as_str()) {
         return Ok(());
     }
@@ -562,7 +560,8 @@ impl RunExec<'_> {
                 }
             },
         };
-        self.attempt(unit, attempt, started_at, outputs, false).await
+        self.attempt(unit, attempt, started_at, outputs, false)
+            .await
     }
 
     async fn succeed(

@@ -272,17 +272,18 @@ impl Engine {
                     .claim_due(&cfg.node_id, inner.clock.now(), cfg.lease, limit)
                     .await
                 {
-                    Ok(ids) => {
+                    Ok(runs) => {
                         db_failures = 0;
-                        claimed_all = i64::try_from(ids.len()).unwrap_or(0) == limit;
-                        for id in ids {
+                        claimed_all = i64::try_from(runs.len()).unwrap_or(0) == limit;
+                        for run in runs {
+                            let id = run.id.clone();
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
                             };
                             let inner = inner.clone();
                             inner.active().insert(id.clone());
                             tasks.spawn(async move {
-                                executor::execute(inner.clone(), id.clone()).await;
+                                executor::execute(inner.clone(), run).await;
                                 inner.active().remove(&id);
                                 drop(permit);
                             });
@@ -352,7 +353,11 @@ async fn renew_leases(inner: Arc<Inner>) {
         let until = inner.clock.now() + inner.config.lease;
         let mut ids: Vec<String> = inner.active().iter().cloned().collect();
         ids.sort();
-        if let Err(err) = inner.store.renew_leases(&inner.config.node_id, &ids, until).await {
+        if let Err(err) = inner
+            .store
+            .renew_leases(&inner.config.node_id, &ids, until)
+            .await
+        {
             tracing::error!(error = %err, "cannot renew run leases");
         }
     }

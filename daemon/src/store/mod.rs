@@ -8,7 +8,9 @@
 //! this daemon still holds it, in the same transaction. A daemon that lost its lease (paused,
 //! partitioned) can therefore never overwrite the work of the daemon that took over.
 
+use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -75,6 +77,9 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     writer: tokio::sync::mpsc::Sender<writer::Job>,
+    /// Versions known to be stored (they are never deleted), to skip the insert. A std Mutex:
+    /// held for a set lookup or insert, never across an await.
+    saved_versions: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
 }
 
 /// Runs the same code against whichever pool the store holds.
@@ -259,6 +264,7 @@ impl Store {
             Store {
                 writer: writer::spawn(backend.clone(), 1),
                 backend,
+                saved_versions: Arc::default(),
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?.options([(
@@ -276,6 +282,7 @@ impl Store {
             Store {
                 writer: writer::spawn(backend.clone(), 4),
                 backend,
+                saved_versions: Arc::default(),
             }
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
@@ -323,6 +330,15 @@ impl Store {
         source: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let key = (workflow_id.to_string(), hash.to_string());
+        if self
+            .saved_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+        {
+            return Ok(());
+        }
         with_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO workflow_versions (workflow_id, hash, path, source, created_at) \
@@ -337,6 +353,10 @@ impl Store {
             .await
             .map(|r| r.rows_affected())
         })?;
+        self.saved_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
         Ok(())
     }
 
@@ -396,50 +416,39 @@ impl Store {
         Ok(Created::Existing(existing))
     }
 
-    /// Leases up to `limit` due runs to `owner` and returns their ids.
+    /// Leases up to `limit` due runs to `owner` and returns them.
     pub async fn claim_due(
         &self,
         owner: &str,
         now: DateTime<Utc>,
         lease: chrono::Duration,
         limit: i64,
-    ) -> Result<Vec<String>> {
-        let rows = match &self.backend {
-            Backend::Sqlite(pool) => sqlx::query(
-                "UPDATE runs SET lease_owner = $1, lease_until = $2, status = 'running', \
-                     started_at = COALESCE(started_at, $3) \
-                     WHERE id IN (SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
-                       AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4) \
-                     RETURNING id",
-            )
-            .bind(owner)
-            .bind(ms(now + lease))
-            .bind(ms(now))
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<Vec<String>, _>>()?,
-            Backend::Postgres(pool) => sqlx::query(
-                "UPDATE runs SET lease_owner = $1, lease_until = $2, status = 'running', \
-                     started_at = COALESCE(started_at, $3) \
-                     WHERE id IN (SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
-                       AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4 \
-                       FOR UPDATE SKIP LOCKED) \
-                     RETURNING id",
-            )
-            .bind(owner)
-            .bind(ms(now + lease))
-            .bind(ms(now))
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<Vec<String>, _>>()?,
+    ) -> Result<Vec<RunRow>> {
+        // PostgreSQL: SKIP LOCKED lets several daemons claim concurrently without waiting on
+        // each other. SQLite has a single writer, so the plain subquery is already atomic.
+        let lock = match &self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
         };
-        Ok(rows)
+        let sql = format!(
+            "UPDATE runs SET lease_owner = $1, lease_until = $2, status = 'running', \
+             started_at = COALESCE(started_at, $3) \
+             WHERE id IN (SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
+               AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4 {lock}) \
+             RETURNING {RUN_COLUMNS}"
+        );
+        with_pool!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(owner)
+                .bind(ms(now + lease))
+                .bind(ms(now))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(RunRow::from_row)
+                .collect()
+        })
     }
 
     /// The earliest time an unleased run becomes due.
@@ -569,13 +578,12 @@ impl Store {
         })
     }
 
-    /// Writes a step transition (and optionally an event) under the run's lease, through the
-    /// group-commit writer. Returns whether cancellation of the run has been requested.
-    pub async fn write_step(
+    /// Sends one fenced write to the group-commit writer and waits for its commit.
+    async fn submit(
         &self,
         fence: &Fence,
         now: DateTime<Utc>,
-        step: &StepWrite<'_>,
+        op: writer::Op,
         event: Option<&NewEvent<'_>>,
     ) -> Result<bool> {
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -583,18 +591,8 @@ impl Store {
             run_id: fence.run_id.clone(),
             owner: fence.owner.clone(),
             lease_until: ms(now + fence.lease),
-            step_key: step.step_key.to_string(),
-            step_id: step.step_id.to_string(),
-            item_index: step.item_index,
-            status: step.status.as_str(),
-            attempt: step.attempt,
-            started_at: step.started_at.map(ms),
-            finished_at: step.finished_at.map(ms),
-            wake_at: step.wake_at.map(ms),
-            output: step.output.map(|o| o.to_string()),
-            state: step.state.map(|o| o.to_string()),
-            error: step.error.map(str::to_string),
             now: ms(now),
+            op,
             event: event.map(|e| {
                 (
                     e.step_key.map(str::to_string),
@@ -611,24 +609,37 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Writes a step transition (and optionally an event) under the run's lease.
+    /// Returns whether cancellation of the run has been requested.
+    pub async fn write_step(
+        &self,
+        fence: &Fence,
+        now: DateTime<Utc>,
+        step: &StepWrite<'_>,
+        event: Option<&NewEvent<'_>>,
+    ) -> Result<bool> {
+        let op = writer::Op::Step {
+            step_key: step.step_key.to_string(),
+            step_id: step.step_id.to_string(),
+            item_index: step.item_index,
+            status: step.status.as_str(),
+            attempt: step.attempt,
+            started_at: step.started_at.map(ms),
+            finished_at: step.finished_at.map(ms),
+            wake_at: step.wake_at.map(ms),
+            output: step.output.map(|o| o.to_string()),
+            state: step.state.map(|o| o.to_string()),
+            error: step.error.map(str::to_string),
+        };
+        self.submit(fence, now, op, event).await
+    }
+
     /// Parks a run until `wake_at` and gives up its lease.
     pub async fn park_run(&self, fence: &Fence, wake_at: DateTime<Utc>) -> Result<()> {
-        let n = with_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE runs SET status = 'waiting', wake_at = $1, lease_owner = NULL, lease_until = NULL \
-                 WHERE id = $2 AND lease_owner = $3",
-            )
-            .bind(ms(wake_at))
-            .bind(&fence.run_id)
-            .bind(&fence.owner)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected())
-        })?;
-        if n == 0 {
-            return Err(StoreError::LeaseLost(fence.run_id.clone()));
-        }
-        Ok(())
+        let op = writer::Op::Park {
+            wake_at: ms(wake_at),
+        };
+        self.submit(fence, wake_at, op, None).await.map(|_| ())
     }
 
     /// Ends a run with a terminal status.
@@ -639,40 +650,20 @@ impl Store {
         status: RunStatus,
         error: Option<&str>,
     ) -> Result<()> {
-        with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "UPDATE runs SET status = $1, finished_at = $2, error = $3, wake_at = NULL, \
-                 lease_owner = NULL, lease_until = NULL WHERE id = $4 AND lease_owner = $5",
-            )
-            .bind(status.as_str())
-            .bind(ms(now))
-            .bind(error)
-            .bind(&fence.run_id)
-            .bind(&fence.owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 0 {
-                return Err(StoreError::LeaseLost(fence.run_id.clone()));
-            }
-            let message = match error {
-                Some(e) => format!("run {}: {e}", status.as_str()),
-                None => format!("run {}", status.as_str()),
-            };
-            insert_event!(
-                &mut *tx,
-                fence.run_id.as_str(),
-                now,
-                &NewEvent {
-                    step_key: None,
-                    kind: status.as_str(),
-                    message: &message,
-                }
-            );
-            tx.commit().await?;
-            Ok(())
-        })
+        let message = match error {
+            Some(e) => format!("run {}: {e}", status.as_str()),
+            None => format!("run {}", status.as_str()),
+        };
+        let op = writer::Op::Finish {
+            status: status.as_str(),
+            error: error.map(str::to_string),
+        };
+        let event = NewEvent {
+            step_key: None,
+            kind: status.as_str(),
+            message: &message,
+        };
+        self.submit(fence, now, op, Some(&event)).await.map(|_| ())
     }
 
     /// Asks for a run to be cancelled: at once if it is idle, at the next step boundary if a

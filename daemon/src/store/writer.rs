@@ -10,6 +10,7 @@
 //! Jobs are applied in run-id order (stable, so one run's writes keep their order), which gives
 //! every transaction that locks several runs the same lock order: no deadlocks on PostgreSQL.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::Row;
@@ -20,23 +21,38 @@ use super::{Backend, Result, StoreError};
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// One step write, owned so that it can cross to the writer task.
+/// What a job does to its run, under the run's lease.
+pub(super) enum Op {
+    /// Upsert a step row.
+    Step {
+        step_key: String,
+        step_id: String,
+        item_index: Option<i64>,
+        status: &'static str,
+        attempt: i64,
+        started_at: Option<i64>,
+        finished_at: Option<i64>,
+        wake_at: Option<i64>,
+        output: Option<String>,
+        state: Option<String>,
+        error: Option<String>,
+    },
+    /// Give up the lease until `wake_at`.
+    Park { wake_at: i64 },
+    /// End the run.
+    Finish {
+        status: &'static str,
+        error: Option<String>,
+    },
+}
+
+/// One fenced write, owned so that it can cross to the writer task.
 pub(super) struct Job {
     pub run_id: String,
     pub owner: String,
     pub lease_until: i64,
-    pub step_key: String,
-    pub step_id: String,
-    pub item_index: Option<i64>,
-    pub status: &'static str,
-    pub attempt: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub wake_at: Option<i64>,
-    pub output: Option<String>,
-    pub state: Option<String>,
-    pub error: Option<String>,
     pub now: i64,
+    pub op: Op,
     pub event: Option<(Option<String>, String, String)>,
     pub reply: oneshot::Sender<Result<bool>>,
 }
@@ -85,72 +101,149 @@ async fn writer_loop(backend: Backend, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
+/// Applies a batch in one transaction, with a handful of statements whatever its size: one
+/// fencing update for all runs, one multi-row upsert for all step rows, one multi-row insert for
+/// all events, and one update per run that parks or finishes. (Each statement costs a round trip
+/// to the database, or a hand-off to SQLite's worker thread; the per-row work is cheap.)
 macro_rules! apply_on {
-    ($pool:expr, $batch:expr) => {{
+    ($pool:expr, $batch:expr, $fence_sql:expr) => {{
+        let batch: &[Job] = $batch;
         let mut tx = $pool.begin().await?;
-        let mut results = Vec::with_capacity($batch.len());
-        for job in $batch {
-            let fenced = sqlx::query(
-                "UPDATE runs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 \
-                 RETURNING cancel_requested",
-            )
-            .bind(job.lease_until)
-            .bind(&job.run_id)
-            .bind(&job.owner)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = fenced else {
-                results.push(Err(StoreError::LeaseLost(job.run_id.clone())));
-                continue;
+        // 1. Fence and renew every run that has a step write in the batch.
+        let mut step_runs: Vec<&str> = batch
+            .iter()
+            .filter(|j| matches!(j.op, Op::Step { .. }))
+            .map(|j| j.run_id.as_str())
+            .collect();
+        step_runs.dedup();
+        let mut held: HashMap<String, bool> = HashMap::new();
+        if !step_runs.is_empty() {
+            let lease_until = batch.iter().map(|j| j.lease_until).max().unwrap_or_default();
+            let owner = batch[0].owner.as_str();
+            let ids = serde_json::to_string(&step_runs).unwrap_or_default();
+            for row in sqlx::query($fence_sql)
+                .bind(lease_until)
+                .bind(owner)
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                let id: String = row.try_get(0usize)?;
+                let cancel: i64 = row.try_get(1usize)?;
+                held.insert(id, cancel != 0);
+            }
+        }
+        let mut results: Vec<Result<bool>> = Vec::with_capacity(batch.len());
+        let mut upserts: Vec<&Job> = Vec::new();
+        let mut events: Vec<&Job> = Vec::new();
+        for job in batch {
+            let outcome = match &job.op {
+                Op::Step { .. } => match held.get(&job.run_id) {
+                    Some(cancel) if job.owner == batch[0].owner => {
+                        upserts.push(job);
+                        Ok(*cancel)
+                    }
+                    _ => Err(StoreError::LeaseLost(job.run_id.clone())),
+                },
+                Op::Park { wake_at } => {
+                    let n = sqlx::query(
+                        "UPDATE runs SET status = 'waiting', wake_at = $1, lease_owner = NULL, \
+                         lease_until = NULL WHERE id = $2 AND lease_owner = $3",
+                    )
+                    .bind(*wake_at)
+                    .bind(&job.run_id)
+                    .bind(&job.owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 { Err(StoreError::LeaseLost(job.run_id.clone())) } else { Ok(false) }
+                }
+                Op::Finish { status, error } => {
+                    let n = sqlx::query(
+                        "UPDATE runs SET status = $1, finished_at = $2, error = $3, wake_at = NULL, \
+                         lease_owner = NULL, lease_until = NULL WHERE id = $4 AND lease_owner = $5",
+                    )
+                    .bind(*status)
+                    .bind(job.now)
+                    .bind(error.as_deref())
+                    .bind(&job.run_id)
+                    .bind(&job.owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 { Err(StoreError::LeaseLost(job.run_id.clone())) } else { Ok(false) }
+                }
             };
-            let cancel = row.try_get::<i64, _>(0usize)? != 0;
-            sqlx::query(
+            if outcome.is_ok() && job.event.is_some() {
+                events.push(job);
+            }
+            results.push(outcome);
+        }
+        // 2. All step rows in one statement. A (run, step) appears at most once per batch: a
+        //    unit's writes are sequential, each awaited before the next.
+        for chunk in upserts.chunks(UPSERT_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new(
                 "INSERT INTO steps (run_id, step_key, step_id, item_index, status, attempt, \
-                 started_at, finished_at, wake_at, output, state, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (run_id, step_key) DO UPDATE SET status = excluded.status, \
+                 started_at, finished_at, wake_at, output, state, error) ",
+            );
+            qb.push_values(chunk.iter(), |mut b, job| {
+                if let Op::Step { step_key, step_id, item_index, status, attempt, started_at, finished_at, wake_at, output, state, error } = &job.op {
+                    b.push_bind(job.run_id.as_str())
+                        .push_bind(step_key.as_str())
+                        .push_bind(step_id.as_str())
+                        .push_bind(*item_index)
+                        .push_bind(*status)
+                        .push_bind(*attempt)
+                        .push_bind(*started_at)
+                        .push_bind(*finished_at)
+                        .push_bind(*wake_at)
+                        .push_bind(output.as_deref())
+                        .push_bind(state.as_deref())
+                        .push_bind(error.as_deref());
+                }
+            });
+            qb.push(
+                " ON CONFLICT (run_id, step_key) DO UPDATE SET status = excluded.status, \
                  attempt = excluded.attempt, started_at = excluded.started_at, \
                  finished_at = excluded.finished_at, wake_at = excluded.wake_at, \
                  output = excluded.output, state = excluded.state, error = excluded.error",
-            )
-            .bind(&job.run_id)
-            .bind(&job.step_key)
-            .bind(&job.step_id)
-            .bind(job.item_index)
-            .bind(job.status)
-            .bind(job.attempt)
-            .bind(job.started_at)
-            .bind(job.finished_at)
-            .bind(job.wake_at)
-            .bind(job.output.as_deref())
-            .bind(job.state.as_deref())
-            .bind(job.error.as_deref())
-            .execute(&mut *tx)
-            .await?;
-            if let Some((step_key, kind, message)) = &job.event {
-                sqlx::query(
-                    "INSERT INTO run_events (run_id, at, step_key, kind, message) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&job.run_id)
-                .bind(job.now)
-                .bind(step_key.as_deref())
-                .bind(kind.as_str())
-                .bind(message.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            results.push(Ok(cancel));
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        // 3. All events in one statement.
+        for chunk in events.chunks(UPSERT_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO run_events (run_id, at, step_key, kind, message) ",
+            );
+            qb.push_values(chunk.iter(), |mut b, job| {
+                if let Some((step_key, kind, message)) = &job.event {
+                    b.push_bind(job.run_id.as_str())
+                        .push_bind(job.now)
+                        .push_bind(step_key.as_deref())
+                        .push_bind(kind.as_str())
+                        .push_bind(message.as_str());
+                }
+            });
+            qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(results)
     }};
 }
 
+/// Rows per multi-row statement (12 parameters each; well under both backends' limits).
+const UPSERT_CHUNK: usize = 256;
+
+const FENCE_SQLITE: &str = "UPDATE runs SET lease_until = $1 WHERE lease_owner = $2 \
+     AND id IN (SELECT value FROM json_each($3)) RETURNING id, cancel_requested";
+
+const FENCE_POSTGRES: &str = "UPDATE runs SET lease_until = $1 WHERE id IN (SELECT id FROM runs \
+     WHERE lease_owner = $2 AND id IN (SELECT json_array_elements_text($3::json)) \
+     ORDER BY id FOR UPDATE) RETURNING id, cancel_requested";
+
 async fn apply(backend: &Backend, batch: &[Job]) -> Result<Vec<Result<bool>>> {
     match backend {
-        Backend::Sqlite(pool) => apply_on!(pool, batch),
-        Backend::Postgres(pool) => apply_on!(pool, batch),
+        Backend::Sqlite(pool) => apply_on!(pool, batch, FENCE_SQLITE),
+        Backend::Postgres(pool) => apply_on!(pool, batch, FENCE_POSTGRES),
     }
 }
-
