@@ -5,3 +5,5 @@ mod cli;
 mod crash;
 mod engine;
 mod golden;
+mod schedule;
+mod store;

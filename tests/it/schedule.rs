@@ -1,0 +1,54 @@
+//! Cron triggers fire runs; two daemons on one PostgreSQL database never fire the same instant
+//! twice.
+
+use std::time::Duration;
+
+use pmoflow::store::{Durability, RunFilter, RunStatus, Store};
+use pmoflow_tests::{Backend, Daemon, Project, TestDb};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_on_one_database_fire_each_instant_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let project = Project::new();
+    project.workflow(
+        "tick.toml",
+        "id = \"tick\"\n[[triggers]]\ncron = \"* * * * * *\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"TICK {{ run.scheduled_at }}\" }\n",
+    );
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n",
+        db.url
+    ));
+    let dir = project.path();
+    let mut a = Daemon::start(dir, "a", &[("PMOFLOW_NODE_ID", "node-a")]);
+    let mut b = Daemon::start(dir, "b", &[("PMOFLOW_NODE_ID", "node-b")]);
+    a.wait_log("scheduled fire", Duration::from_secs(20));
+    b.wait_log("scheduled fire", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(a.terminate(Duration::from_secs(15)), Some(0));
+    assert_eq!(b.terminate(Duration::from_secs(15)), Some(0));
+
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let runs = store
+        .list_runs(&RunFilter {
+            limit: 1000,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(runs.len() >= 4, "only {} fires in ~5 s", runs.len());
+    let mut fires: Vec<_> = runs.iter().map(|r| r.scheduled_at.unwrap()).collect();
+    fires.sort();
+    let before = fires.len();
+    fires.dedup();
+    assert_eq!(fires.len(), before, "an instant was fired twice");
+    for pair in fires.windows(2) {
+        assert_eq!((pair[1] - pair[0]).num_milliseconds() % 1000, 0);
+    }
+    assert!(runs.iter().all(|r| r.trigger_kind == "schedule"));
+    let finished = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Succeeded)
+        .count();
+    assert!(finished + 2 >= runs.len(), "runs left behind: {runs:?}");
+    store.close().await;
+}

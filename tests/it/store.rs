@@ -1,0 +1,256 @@
+//! The store's contract, run on both backends: keyed creation, exclusive leases, fencing,
+//! cancellation, listing.
+
+use chrono::{Duration, TimeZone, Utc};
+use pmoflow::store::{
+    CancelOutcome, Created, Durability, Fence, NewRun, RunFilter, RunStatus, StepStatus, StepWrite,
+    Store, StoreError,
+};
+use pmoflow_tests::{Backend, TestDb};
+use serde_json::json;
+
+fn new_run<'a>(
+    inputs: &'a serde_json::Value,
+    key: Option<&'a str>,
+    now: chrono::DateTime<Utc>,
+) -> NewRun<'a> {
+    NewRun {
+        workflow_id: "wf",
+        version_hash: "h1",
+        trigger_kind: "manual",
+        dedup_key: key,
+        inputs,
+        scheduled_at: None,
+        now,
+    }
+}
+
+fn step(key: &str, status: StepStatus) -> StepWrite<'_> {
+    StepWrite {
+        step_key: key,
+        step_id: key,
+        item_index: None,
+        status,
+        attempt: 1,
+        started_at: None,
+        finished_at: None,
+        wake_at: None,
+        output: None,
+        state: None,
+        error: None,
+    }
+}
+
+async fn contract(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    // Opening again (migrations already applied) is fine.
+    Store::open(&db.url, Durability::Fsync)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let t0 = Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap();
+    let inputs = json!({"who": "PMO"});
+
+    store
+        .save_version("wf", "h1", "wf.toml", "id = \"wf\"", t0)
+        .await
+        .unwrap();
+    store
+        .save_version("wf", "h1", "wf.toml", "id = \"wf\"", t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_version("wf", "h1").await.unwrap().unwrap().1,
+        "id = \"wf\""
+    );
+    assert!(store.load_version("wf", "h2").await.unwrap().is_none());
+
+    // Keyed creation: one run per key.
+    let a = store
+        .create_run(&new_run(&inputs, Some("k1"), t0))
+        .await
+        .unwrap();
+    let b = store
+        .create_run(&new_run(&inputs, Some("k1"), t0))
+        .await
+        .unwrap();
+    assert!(matches!(a, Created::New(_)));
+    assert_eq!(b, Created::Existing(a.id().to_string()));
+    let mut ids = vec![a.id().to_string()];
+    for _ in 0..9 {
+        ids.push(
+            store
+                .create_run(&new_run(&inputs, None, t0))
+                .await
+                .unwrap()
+                .id()
+                .to_string(),
+        );
+    }
+
+    // Two daemons claiming at once get disjoint runs, and together all of them.
+    let lease = Duration::seconds(30);
+    let (x, y) = tokio::join!(
+        store.claim_due("node-x", t0, lease, 6),
+        store.claim_due("node-y", t0, lease, 6)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut all: Vec<_> = x.iter().chain(y.iter()).map(|r| r.id.clone()).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 10, "x={} y={}", x.len(), y.len());
+    assert_eq!(x.len() + y.len(), 10, "a run was claimed twice");
+    assert!(
+        x.iter()
+            .all(|r| r.lease_owner.as_deref() == Some("node-x") && r.status == RunStatus::Running)
+    );
+    // Nothing more is due while the leases are live.
+    assert!(
+        store
+            .claim_due("node-z", t0 + Duration::seconds(1), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Fencing: a write under a lease the writer does not hold is refused.
+    let run = &x[0].id;
+    let mine = Fence {
+        run_id: run.clone(),
+        owner: "node-x".into(),
+        lease,
+    };
+    let theirs = Fence {
+        run_id: run.clone(),
+        owner: "node-y".into(),
+        lease,
+    };
+    assert!(
+        !store
+            .write_step(&mine, t0, &step("a", StepStatus::Succeeded), None)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store
+            .write_step(&theirs, t0, &step("b", StepStatus::Succeeded), None)
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(store.get_steps(run).await.unwrap().len(), 1);
+
+    // After the lease expires another daemon takes the run over; the old owner is fenced out.
+    let later = t0 + Duration::seconds(31);
+    let taken = store.claim_due("node-z", later, lease, 100).await.unwrap();
+    assert_eq!(taken.len(), 10);
+    assert!(matches!(
+        store
+            .write_step(&mine, later, &step("c", StepStatus::Succeeded), None)
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.park_run(&mine, later).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let z = Fence {
+        run_id: run.clone(),
+        owner: "node-z".into(),
+        lease,
+    };
+
+    // Cancelling an executing run is a request the executor sees on its next write.
+    assert_eq!(
+        store.cancel_run(run, later, "test").await.unwrap(),
+        CancelOutcome::Requested
+    );
+    assert!(
+        store
+            .write_step(&z, later, &step("c", StepStatus::Succeeded), None)
+            .await
+            .unwrap()
+    );
+    store
+        .finish_run(&z, later, RunStatus::Cancelled, Some("cancelled"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cancel_run(run, later, "test").await.unwrap(),
+        CancelOutcome::AlreadyFinished
+    );
+    assert_eq!(
+        store.cancel_run("missing", later, "test").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+
+    // Parking gives the lease up until the wake time.
+    let other = &taken.iter().find(|r| &r.id != run).unwrap().id;
+    let fz = Fence {
+        run_id: other.clone(),
+        owner: "node-z".into(),
+        lease,
+    };
+    store
+        .park_run(&fz, later + Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_wake().await.unwrap(),
+        Some(later + Duration::hours(1))
+    );
+    let parked = store.get_run(other).await.unwrap().unwrap();
+    assert_eq!(
+        (parked.status, parked.lease_owner),
+        (RunStatus::Waiting, None)
+    );
+    assert_eq!(
+        store.cancel_run(other, later, "test").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+
+    // Restart: a daemon takes back its own leases at once.
+    assert_eq!(store.release_leases("node-z").await.unwrap(), 8);
+    assert_eq!(
+        store
+            .claim_due("node-z", later, lease, 100)
+            .await
+            .unwrap()
+            .len(),
+        8
+    );
+
+    let cancelled = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Cancelled),
+            limit: 100,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(cancelled.len(), 2);
+    let by_wf = store
+        .list_runs(&RunFilter {
+            workflow_id: Some("wf".into()),
+            limit: 3,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_wf.len(), 3);
+    let events = store.get_events(run).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["cancel_requested", "cancelled"]);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_contract_on_sqlite() {
+    contract(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_contract_on_postgres() {
+    contract(Backend::Postgres).await;
+}
