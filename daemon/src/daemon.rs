@@ -13,7 +13,7 @@ use crate::engine::{Engine, Registry};
 use crate::store::{Store, StoreError};
 use crate::workflow::Catalog;
 
-mod scheduler;
+pub mod scheduler;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 //! `ARCHITECTURE.md` at the repository root for the codemap and the invariants.
 
 pub mod actions;
+pub mod calendar;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,8 +1,17 @@
-//! Cron triggers: parsing and next-fire computation in a time zone.
+//! When triggers fire: cron expressions and business-day rules in a time zone, with the DST
+//! policy and the business calendar applied. Pure functions of (trigger, calendar, instant):
+//! the scheduler, `pmoflow schedule` and the tests all use these.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use crate::calendar::Calendar;
+use crate::workflow::Trigger;
+use crate::workflow::raw::{DstPolicy, OnClosedDay};
 
 /// Parses a 5-field (`min hour dom mon dow`), 6-field (seconds first) or `@daily`-style
 /// expression.
@@ -34,21 +43,318 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     })
 }
 
-/// The first fire strictly after `after`, in zone `tz`.
-pub fn next_fire(
-    schedule: &cron::Schedule,
-    tz: chrono_tz::Tz,
-    after: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    schedule
-        .after(&after.with_timezone(&tz))
+/// One fire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fire {
+    /// When it happens.
+    pub at: DateTime<Utc>,
+    /// Why it is not at the time the rule alone gives (DST, closed day), for `--explain`.
+    pub note: Option<String>,
+}
+
+/// How a trigger's rule produces wall-clock times.
+#[derive(Debug, Clone)]
+enum Rule {
+    Cron(Box<cron::Schedule>),
+    BusinessDay {
+        n: i32,
+        at: chrono::NaiveTime,
+        months: Vec<u32>,
+    },
+}
+
+/// A trigger made ready to compute fires.
+#[derive(Debug, Clone)]
+pub struct TriggerSchedule {
+    rule: Rule,
+    tz: Tz,
+    dst: DstPolicy,
+    calendar: Option<Arc<Calendar>>,
+    on_closed_day: OnClosedDay,
+}
+
+/// The furthest a closed-day move can shift a fire (the longest run of closed days is well
+/// under this: the year-end closure plus a weekend, or Golden Week).
+const MAX_SHIFT_DAYS: i64 = 16;
+
+impl TriggerSchedule {
+    /// Prepares a checked trigger; `default_tz` applies when it names none.
+    pub fn new(trigger: &Trigger, default_tz: Tz, calendar: Arc<Calendar>) -> Result<Self, String> {
+        let rule = match (&trigger.cron, trigger.business_day, trigger.at) {
+            (Some(expr), _, _) => Rule::Cron(Box::new(parse_cron(expr)?)),
+            (None, Some(n), Some(at)) => Rule::BusinessDay {
+                n,
+                at,
+                months: trigger.months.clone(),
+            },
+            _ => return Err("a trigger needs `cron`, or `business_day` with `at`".into()),
+        };
+        let tz = match &trigger.timezone {
+            Some(name) => name
+                .parse()
+                .map_err(|_| format!("unknown time zone `{name}`"))?,
+            None => default_tz,
+        };
+        Ok(Self {
+            rule,
+            tz,
+            dst: trigger.dst,
+            calendar: trigger.calendar.and_then(|c| match c {
+                crate::workflow::raw::CalendarKind::JpGov => Some(calendar),
+                crate::workflow::raw::CalendarKind::None => None,
+            }),
+            on_closed_day: trigger.on_closed_day,
+        })
+    }
+
+    /// The trigger's time zone.
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    /// How far a fire can land from its rule's time, which bounds how far around an interval
+    /// the rule must be walked. Zero for the common case, so a per-second cron stays cheap.
+    fn margin(&self) -> Duration {
+        if self.calendar.is_some()
+            && self.on_closed_day != OnClosedDay::Skip
+            && matches!(self.rule, Rule::Cron(_))
+        {
+            Duration::days(MAX_SHIFT_DAYS)
+        } else if self.dst == DstPolicy::Both {
+            Duration::hours(3)
+        } else {
+            Duration::zero()
+        }
+    }
+
+    /// The next `limit` fires strictly after `after`.
+    pub fn next(&self, after: DateTime<Utc>, limit: usize) -> Vec<Fire> {
+        let margin = self.margin();
+        self.collect(after, |found, nominal| {
+            found.len() >= limit
+                && found
+                    .keys()
+                    .nth(limit - 1)
+                    .is_some_and(|last| nominal > *last + margin)
+        })
+        .into_values()
+        .take(limit)
+        .collect()
+    }
+
+    /// Every fire in `(after, until]`.
+    pub fn between(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Vec<Fire> {
+        let margin = self.margin();
+        self.collect(after, |_, nominal| nominal > until + margin)
+            .into_values()
+            .take_while(|f| f.at <= until)
+            .collect()
+    }
+
+    /// Walks the rule's wall-clock times from a little before `after` (a fire can be moved
+    /// earlier by a closed day), applies DST and the calendar, and keeps fires after `after`
+    /// until `done` says enough.
+    fn collect(
+        &self,
+        after: DateTime<Utc>,
+        done: impl Fn(&BTreeMap<DateTime<Utc>, Fire>, DateTime<Utc>) -> bool,
+    ) -> BTreeMap<DateTime<Utc>, Fire> {
+        let mut found: BTreeMap<DateTime<Utc>, Fire> = BTreeMap::new();
+        // An hour more covers a DST change right before `after`.
+        let start = (after - self.margin() - Duration::hours(1))
+            .with_timezone(&self.tz)
+            .naive_local();
+        // A hard cap keeps a rule that never fires (e.g. Feb 30) from looping forever.
+        let horizon = after + Duration::days(366 * 30);
+        for local in self.wall_times(start) {
+            let Some(nominal) = earliest(self.tz, local) else {
+                continue;
+            };
+            if nominal > horizon || done(&found, nominal) {
+                break;
+            }
+            for fire in self.place(local) {
+                if fire.at > after {
+                    found.entry(fire.at).or_insert(fire);
+                }
+            }
+        }
+        found
+    }
+
+    /// The rule's wall-clock times after `start`, in order.
+    fn wall_times(&self, start: NaiveDateTime) -> Box<dyn Iterator<Item = NaiveDateTime> + '_> {
+        match &self.rule {
+            Rule::Cron(schedule) => Box::new(
+                schedule
+                    .after(&Utc.from_utc_datetime(&start))
+                    .map(|t| t.naive_utc()),
+            ),
+            Rule::BusinessDay { n, at, months } => {
+                let cal = self.calendar.clone().unwrap_or_default();
+                let (n, at, months) = (*n, *at, months.clone());
+                let mut year = start.year();
+                let mut month = start.month();
+                Box::new(std::iter::from_fn(move || {
+                    loop {
+                        if year > start.year() + 200 {
+                            return None;
+                        }
+                        let (y, m) = (year, month);
+                        month += 1;
+                        if month > 12 {
+                            month = 1;
+                            year += 1;
+                        }
+                        if !months.is_empty() && !months.contains(&m) {
+                            continue;
+                        }
+                        if let Some(day) = cal.nth_business_day(y, m, n) {
+                            let t = day.and_time(at);
+                            if t > start {
+                                return Some(t);
+                            }
+                        }
+                    }
+                }))
+            }
+        }
+    }
+
+    /// Turns a wall-clock time into fires: DST policy, then the closed-day policy.
+    fn place(&self, local: NaiveDateTime) -> Vec<Fire> {
+        let mut out = Vec::new();
+        for (at, dst_note) in resolve(self.tz, local, self.dst) {
+            let Some(cal) = &self.calendar else {
+                out.push(Fire { at, note: dst_note });
+                continue;
+            };
+            if matches!(self.rule, Rule::BusinessDay { .. }) {
+                out.push(Fire { at, note: dst_note });
+                continue;
+            }
+            let day = at.with_timezone(&self.tz).date_naive();
+            let Some(reason) = cal.closed_reason(day) else {
+                out.push(Fire { at, note: dst_note });
+                continue;
+            };
+            let target: Option<NaiveDate> = match self.on_closed_day {
+                OnClosedDay::Skip => None,
+                OnClosedDay::Next => Some(cal.next_business_day(day)),
+                OnClosedDay::Previous => Some(cal.previous_business_day(day)),
+            };
+            if let Some(target) = target {
+                let direction = if target > day { "next" } else { "previous" };
+                let note = format!("moved from {day} ({reason}) to the {direction} business day");
+                let moved = target.and_time(local.time());
+                if let Some((at, _)) = resolve(self.tz, moved, self.dst).into_iter().next() {
+                    out.push(Fire {
+                        at,
+                        note: Some(note),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The first instant a wall-clock time maps to (or the end of the gap it falls in).
+fn earliest(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    resolve(tz, local, DstPolicy::First)
+        .into_iter()
         .next()
-        .map(|t| t.with_timezone(&Utc))
+        .map(|(t, _)| t)
+}
+
+/// Maps a wall-clock time to instants under a DST policy.
+fn resolve(tz: Tz, local: NaiveDateTime, dst: DstPolicy) -> Vec<(DateTime<Utc>, Option<String>)> {
+    match tz.from_local_datetime(&local) {
+        LocalResult::Single(t) => vec![(t.with_timezone(&Utc), None)],
+        LocalResult::Ambiguous(a, b) => {
+            let note = format!("{local} occurs twice (DST ends)");
+            match dst {
+                DstPolicy::Both => vec![
+                    (a.with_timezone(&Utc), Some(format!("{note}; first of two"))),
+                    (
+                        b.with_timezone(&Utc),
+                        Some(format!("{note}; second of two")),
+                    ),
+                ],
+                DstPolicy::First | DstPolicy::Skip => {
+                    vec![(
+                        a.with_timezone(&Utc),
+                        Some(format!("{note}; runs once, at the first")),
+                    )]
+                }
+            }
+        }
+        LocalResult::None => {
+            if dst == DstPolicy::Skip {
+                return Vec::new();
+            }
+            // The gap ends at the first valid minute after it.
+            let mut probe = local;
+            for _ in 0..(24 * 60) {
+                probe += Duration::minutes(1);
+                let probe_min = probe
+                    .date()
+                    .and_hms_opt(
+                        chrono::Timelike::hour(&probe),
+                        chrono::Timelike::minute(&probe),
+                        0,
+                    )
+                    .unwrap_or(probe);
+                if let Some(t) = tz.from_local_datetime(&probe_min).earliest() {
+                    let note = format!(
+                        "{local} does not exist (DST starts); runs at the next valid instant"
+                    );
+                    return vec![(t.with_timezone(&Utc), Some(note))];
+                }
+            }
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::raw::{CalendarKind, CatchUp, Overlap};
+
+    pub(crate) fn trigger(cron: Option<&str>, tz: &str) -> Trigger {
+        Trigger {
+            key: "t0".into(),
+            cron: cron.map(str::to_string),
+            business_day: None,
+            at: None,
+            months: Vec::new(),
+            timezone: Some(tz.into()),
+            dst: DstPolicy::First,
+            calendar: None,
+            on_closed_day: OnClosedDay::Skip,
+            catch_up: CatchUp::Latest,
+            catch_up_window: None,
+            overlap: Overlap::Allow,
+            jitter: None,
+            inputs: serde_json::Map::new(),
+        }
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("rfc3339")
+            .with_timezone(&Utc)
+    }
+
+    fn fires(tr: &Trigger, from: &str, n: usize) -> Vec<String> {
+        let s = TriggerSchedule::new(tr, chrono_tz::Asia::Tokyo, Arc::new(Calendar::computed()))
+            .expect("valid");
+        s.next(t(from), n)
+            .into_iter()
+            .map(|f| f.at.with_timezone(&s.timezone()).to_rfc3339())
+            .collect()
+    }
 
     #[test]
     fn five_and_six_fields_and_aliases() {
@@ -60,12 +366,28 @@ mod tests {
     }
 
     #[test]
-    fn next_fire_in_tokyo() {
-        let s = parse_cron("0 9 * * *").expect("valid");
-        let after = DateTime::parse_from_rfc3339("2027-04-01T01:00:00Z")
-            .expect("t")
-            .with_timezone(&Utc);
-        let next = next_fire(&s, chrono_tz::Asia::Tokyo, after).expect("fires");
-        assert_eq!(next.to_rfc3339(), "2027-04-02T00:00:00+00:00");
+    fn business_days_and_closed_day_moves() {
+        let mut tr = trigger(None, "Asia/Tokyo");
+        tr.business_day = Some(1);
+        tr.at = chrono::NaiveTime::from_hms_opt(9, 0, 0);
+        tr.months = vec![1, 4, 7, 10];
+        tr.calendar = Some(CalendarKind::JpGov);
+        assert_eq!(
+            fires(&tr, "2026-12-01T00:00:00+09:00", 4),
+            [
+                "2027-01-04T09:00:00+09:00",
+                "2027-04-01T09:00:00+09:00",
+                "2027-07-01T09:00:00+09:00",
+                "2027-10-01T09:00:00+09:00"
+            ]
+        );
+        let mut daily = trigger(Some("0 17 * * *"), "Asia/Tokyo");
+        daily.calendar = Some(CalendarKind::JpGov);
+        daily.on_closed_day = OnClosedDay::Previous;
+        // 2027-05-03..05 are holidays, 05-01/02 a weekend: all move back to 04-30.
+        assert_eq!(
+            fires(&daily, "2027-04-29T18:00:00+09:00", 2),
+            ["2027-04-30T17:00:00+09:00", "2027-05-06T17:00:00+09:00"]
+        );
     }
 }

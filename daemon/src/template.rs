@@ -15,8 +15,14 @@ pub fn env() -> &'static Environment<'static> {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_keep_trailing_newline(true);
+        helpers::register(&mut env);
         env
     })
+}
+
+/// Sets the business calendar the template helpers use (on every catalog load).
+pub fn set_calendar(calendar: Arc<crate::calendar::Calendar>) {
+    *helpers::CALENDAR.write().unwrap_or_else(|e| e.into_inner()) = Some(calendar);
 }
 
 /// Whether `text` contains template syntax at all; plain strings skip the engine.
@@ -117,6 +123,95 @@ pub fn value<T: serde::Serialize>(v: &T) -> Value {
 /// Shared, immutable reference data (`data.<stem>`).
 pub type Data = Arc<serde_json::Value>;
 
+mod helpers {
+    //! Japanese-calendar helpers for templates: `{{ now | jp_date }}` → `12月4日(金)`,
+    //! `add_business_days(date, n)`, fiscal years and quarters.
+
+    use std::sync::{Arc, RwLock};
+
+    use chrono::{DateTime, NaiveDate};
+    use minijinja::{Environment, Error, ErrorKind};
+
+    use crate::calendar::{Calendar, format};
+
+    /// The calendar of the current catalog. Process-local configuration, not run state: every
+    /// daemon loads it from the same files.
+    pub(super) static CALENDAR: RwLock<Option<Arc<Calendar>>> = RwLock::new(None);
+
+    fn calendar() -> Arc<Calendar> {
+        CALENDAR
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// A date from `YYYY-MM-DD` or an RFC 3339 instant (its own local date).
+    fn date(text: &str) -> Result<NaiveDate, Error> {
+        let t = text.trim();
+        NaiveDate::parse_from_str(t, "%Y-%m-%d")
+            .or_else(|_| DateTime::parse_from_rfc3339(t).map(|d| d.date_naive()))
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("`{text}` is not a date (YYYY-MM-DD or RFC 3339)"),
+                )
+            })
+    }
+
+    fn iso(d: NaiveDate) -> String {
+        d.format("%Y-%m-%d").to_string()
+    }
+
+    fn month(year: i32, month: u32) -> Result<(i32, u32), Error> {
+        if (1..=12).contains(&month) {
+            Ok((year, month))
+        } else {
+            Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("month must be 1…12, got {month}"),
+            ))
+        }
+    }
+
+    fn nth(year: i32, m: u32, n: i32) -> Result<String, Error> {
+        let (year, m) = month(year, m)?;
+        calendar()
+            .nth_business_day(year, m, n)
+            .map(iso)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("{year}-{m:02} has no business day {n}"),
+                )
+            })
+    }
+
+    pub(super) fn register(env: &mut Environment<'static>) {
+        env.add_filter("jp_date", |v: String| date(&v).map(format::md_ja));
+        env.add_filter("jp_era_year", |v: String| date(&v).map(format::era_year));
+        env.add_filter("fiscal_year", |v: String| date(&v).map(format::fiscal_year));
+        env.add_filter("fiscal_year_ja", |v: String| {
+            date(&v).map(|d| format::fiscal_year_ja(format::fiscal_year(d)))
+        });
+        env.add_filter("fiscal_quarter", |v: String| {
+            date(&v).map(format::fiscal_quarter)
+        });
+        env.add_filter("date", |v: String| date(&v).map(iso));
+        env.add_function("add_business_days", |v: String, n: i64| {
+            date(&v).map(|d| iso(calendar().add_business_days(d, n)))
+        });
+        env.add_function("is_business_day", |v: String| {
+            date(&v).map(|d| calendar().is_business_day(d))
+        });
+        env.add_function("nth_business_day", |year: i32, m: u32, n: i32| {
+            nth(year, m, n)
+        });
+        env.add_function("first_business_day", |year: i32, m: u32| nth(year, m, 1));
+        env.add_function("last_business_day", |year: i32, m: u32| nth(year, m, -1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +225,22 @@ mod tests {
         );
         let err = render("{{ inputs.nobody }}", &ctx).expect_err("undefined is an error");
         assert!(err.message.contains("undefined"), "{}", err.message);
+    }
+
+    #[test]
+    fn japanese_calendar_helpers() {
+        let ctx = value(&serde_json::json!({"d": "2026-12-04T17:00:00+09:00"}));
+        let out = render(
+            "{{ d | jp_date }} {{ d | jp_era_year }} {{ d | fiscal_year_ja }} Q{{ d | fiscal_quarter }} \
+             {{ add_business_days('2027-04-30', 1) }} {{ first_business_day(2027, 1) }} \
+             {{ last_business_day(2027, 5) }} {% if not is_business_day('2027-03-22') %}closed{% endif %}",
+            &ctx,
+        )
+        .expect("renders");
+        assert_eq!(
+            out,
+            "12月4日(金) 令和8年 令和8年度 Q3 2027-05-06 2027-01-04 2027-05-31 closed"
+        );
     }
 
     #[test]

@@ -509,10 +509,10 @@ async fn a_dedup_key_creates_at_most_one_run() {
     let fire = Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap();
     let inputs = json!(null);
     let req = RunRequest {
-        inputs: &inputs,
         trigger_kind: "schedule",
         dedup_key: Some("cron:0:2027-04-01T00:00:00+00:00"),
         scheduled_at: Some(fire),
+        ..RunRequest::manual(&inputs)
     };
     let a = engine.engine.trigger("ten", &req).await.unwrap();
     let b = engine.engine.trigger("ten", &req).await.unwrap();

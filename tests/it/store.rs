@@ -22,6 +22,9 @@ fn new_run<'a>(
         inputs,
         scheduled_at: None,
         now,
+        status: RunStatus::Pending,
+        wake_at: None,
+        error: None,
     }
 }
 

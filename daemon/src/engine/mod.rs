@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::store::{Created, NewRun, Store, StoreError};
+use crate::store::{Created, NewRun, RunStatus, Store, StoreError};
 use crate::workflow::Workflow;
 
 mod executor;
@@ -151,6 +151,12 @@ pub struct RunRequest<'a> {
     pub dedup_key: Option<&'a str>,
     /// The fire time a schedule meant.
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// `Pending` (the normal case), `Queued` or `Skipped`.
+    pub status: RunStatus,
+    /// When a pending run becomes due (default: now).
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Why a skipped run did not run.
+    pub error: Option<&'a str>,
 }
 
 impl<'a> RunRequest<'a> {
@@ -161,6 +167,9 @@ impl<'a> RunRequest<'a> {
             trigger_kind: "manual",
             dedup_key: None,
             scheduled_at: None,
+            status: RunStatus::Pending,
+            wake_at: None,
+            error: None,
         }
     }
 }
@@ -193,6 +202,9 @@ pub async fn create_run(
             inputs: &inputs,
             scheduled_at: req.scheduled_at,
             now,
+            status: req.status,
+            wake_at: req.wake_at,
+            error: req.error,
         })
         .await?)
 }
@@ -222,6 +234,11 @@ impl Engine {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Wakes the claim loop (a run became due).
+    pub fn wake(&self) {
+        self.inner.wake_poller();
     }
 
     /// The registry.

@@ -14,10 +14,19 @@ use crate::store::Store;
 use crate::workflow::{Catalog, SharedWorkflow, compile};
 
 /// Workflows by (id, version), plus the live catalog.
-#[derive(Default)]
 pub struct Registry {
     // std RwLock: held only for map lookups and inserts, never across an await.
     inner: RwLock<Inner>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -49,7 +58,20 @@ impl Registry {
                 .versions
                 .insert((wf.id.clone(), wf.hash.clone()), wf.clone());
         }
+        crate::template::set_calendar(catalog.calendar.clone());
         inner.catalog = catalog;
+        drop(inner);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that sees every `set_catalog`.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The current business calendar.
+    pub fn calendar(&self) -> Arc<crate::calendar::Calendar> {
+        self.catalog().calendar.clone()
     }
 
     /// The live catalog.

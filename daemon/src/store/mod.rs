@@ -136,6 +136,12 @@ pub struct NewRun<'a> {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// Now.
     pub now: DateTime<Utc>,
+    /// `Pending` (due at `wake_at`), `Queued` (due when promoted) or `Skipped` (recorded only).
+    pub status: RunStatus,
+    /// When a pending run becomes due (default: now).
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Why a skipped run did not run.
+    pub error: Option<&'a str>,
 }
 
 /// Whether a run was created or already existed for its dedup key.
@@ -384,20 +390,29 @@ impl Store {
     pub async fn create_run(&self, new: &NewRun<'_>) -> Result<Created> {
         let id = uuid::Uuid::now_v7().to_string();
         let inputs = new.inputs.to_string();
+        let (wake_at, finished_at) = match new.status {
+            RunStatus::Queued => (None, None),
+            RunStatus::Skipped => (None, Some(ms(new.now))),
+            _ => (Some(ms(new.wake_at.unwrap_or(new.now))), None),
+        };
         let inserted = with_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO runs (id, workflow_id, version_hash, status, trigger_kind, dedup_key, \
-                 inputs, scheduled_at, created_at, wake_at) \
-                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $8) ON CONFLICT DO NOTHING",
+                 inputs, scheduled_at, created_at, wake_at, finished_at, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
             )
             .bind(&id)
             .bind(new.workflow_id)
             .bind(new.version_hash)
+            .bind(new.status.as_str())
             .bind(new.trigger_kind)
             .bind(new.dedup_key)
             .bind(&inputs)
             .bind(new.scheduled_at.map(ms))
             .bind(ms(new.now))
+            .bind(wake_at)
+            .bind(finished_at)
+            .bind(new.error)
             .execute(pool)
             .await
             .map(|r| r.rows_affected())
@@ -680,7 +695,7 @@ impl Store {
             let idle = sqlx::query(
                 "UPDATE runs SET status = 'cancelled', finished_at = $1, wake_at = NULL, \
                  cancel_requested = 1, error = $2, lease_owner = NULL, lease_until = NULL \
-                 WHERE id = $3 AND status IN ('pending', 'waiting') \
+                 WHERE id = $3 AND status IN ('pending', 'waiting', 'queued') \
                  AND (lease_owner IS NULL OR lease_until < $1)",
             )
             .bind(ms(now))
@@ -694,7 +709,7 @@ impl Store {
             } else {
                 let busy = sqlx::query(
                     "UPDATE runs SET cancel_requested = 1 WHERE id = $1 \
-                     AND status NOT IN ('succeeded', 'failed', 'cancelled')",
+                     AND status NOT IN ('succeeded', 'failed', 'cancelled', 'skipped')",
                 )
                 .bind(run_id)
                 .execute(&mut *tx)
@@ -735,6 +750,110 @@ impl Store {
             tx.commit().await?;
             Ok(outcome)
         })
+    }
+
+    /// A trigger's cursor: registers the trigger at `now` the first time it is seen.
+    pub async fn trigger_cursor(
+        &self,
+        workflow_id: &str,
+        trigger_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>> {
+        let v: i64 = with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO trigger_cursors (workflow_id, trigger_key, registered_at, cursor_at) \
+                 VALUES ($1, $2, $3, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(workflow_id)
+            .bind(trigger_key)
+            .bind(ms(now))
+            .execute(pool)
+            .await?;
+            sqlx::query(
+                "SELECT cursor_at FROM trigger_cursors WHERE workflow_id = $1 AND trigger_key = $2",
+            )
+            .bind(workflow_id)
+            .bind(trigger_key)
+            .fetch_one(pool)
+            .await?
+            .try_get("cursor_at")
+        })?;
+        Ok(from_ms(v))
+    }
+
+    /// Moves a trigger's cursor forward (never back).
+    pub async fn advance_trigger_cursor(
+        &self,
+        workflow_id: &str,
+        trigger_key: &str,
+        to: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE trigger_cursors SET cursor_at = $3 \
+                 WHERE workflow_id = $1 AND trigger_key = $2 AND cursor_at < $3",
+            )
+            .bind(workflow_id)
+            .bind(trigger_key)
+            .bind(ms(to))
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Runs of a workflow that are not finished and not queued.
+    pub async fn active_runs(&self, workflow_id: &str) -> Result<i64> {
+        with_pool!(self, |pool| {
+            Ok(sqlx::query(
+                "SELECT COUNT(*) AS n FROM runs WHERE workflow_id = $1 \
+                 AND status IN ('pending', 'running', 'waiting')",
+            )
+            .bind(workflow_id)
+            .fetch_one(pool)
+            .await?
+            .try_get::<i64, _>("n")?)
+        })
+    }
+
+    /// Starts the oldest queued run of a workflow if none of its runs is active. Atomic across
+    /// daemons (PostgreSQL: a transaction-scoped advisory lock per workflow).
+    pub async fn promote_queued(
+        &self,
+        workflow_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        const PROMOTE: &str = "UPDATE runs SET status = 'pending', wake_at = $2 WHERE id = \
+             (SELECT id FROM runs WHERE workflow_id = $1 AND status = 'queued' \
+              ORDER BY created_at, id LIMIT 1) \
+             AND NOT EXISTS (SELECT 1 FROM runs WHERE workflow_id = $1 \
+              AND status IN ('pending', 'running', 'waiting')) RETURNING id";
+        match &self.backend {
+            Backend::Sqlite(pool) => Ok(sqlx::query(PROMOTE)
+                .bind(workflow_id)
+                .bind(ms(now))
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.try_get("id"))
+                .transpose()?),
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(workflow_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let id = sqlx::query(PROMOTE)
+                    .bind(workflow_id)
+                    .bind(ms(now))
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get("id"))
+                    .transpose()?;
+                tx.commit().await?;
+                Ok(id)
+            }
+        }
     }
 
     /// Counts runs by status (for tests, `readyz` and metrics).

@@ -23,6 +23,10 @@ pub enum RunStatus {
     Failed,
     /// Stopped on request.
     Cancelled,
+    /// Waiting for an earlier run of the workflow to finish (`overlap = "queue"`).
+    Queued,
+    /// A scheduled fire that did not run (missed while down, overlap, …); `error` says why.
+    Skipped,
 }
 
 impl RunStatus {
@@ -35,12 +39,17 @@ impl RunStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Queued => "queued",
+            Self::Skipped => "skipped",
         }
     }
 
     /// Whether nothing more will happen to the run.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Skipped
+        )
     }
 }
 
@@ -54,9 +63,11 @@ impl std::str::FromStr for RunStatus {
             "succeeded" => Self::Succeeded,
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
+            "queued" => Self::Queued,
+            "skipped" => Self::Skipped,
             other => {
                 return Err(format!(
-                    "unknown run status `{other}` (pending, running, waiting, succeeded, failed, cancelled)"
+                    "unknown run status `{other}` (pending, queued, running, waiting, succeeded, failed, cancelled, skipped)"
                 ));
             }
         })

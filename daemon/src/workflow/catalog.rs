@@ -11,6 +11,9 @@ use serde_json::Value as Json;
 use super::{Workflow, compile, raw::toml_to_json};
 use crate::diag::Diagnostic;
 
+/// The calendar's directory inside the workflows directory.
+pub const CALENDAR_DIR: &str = "calendar";
+
 /// A loaded workflows directory.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -22,6 +25,8 @@ pub struct Catalog {
     pub sources: BTreeMap<String, Arc<str>>,
     /// Reference data, `{ stem: table }`.
     pub data: Arc<Json>,
+    /// The business calendar (`calendar/` inside the directory).
+    pub calendar: Arc<crate::calendar::Calendar>,
     /// Every problem found.
     pub diagnostics: Vec<Diagnostic>,
     /// Workflow files looked at (valid or not).
@@ -39,6 +44,10 @@ impl Catalog {
         catalog.diagnostics.append(&mut diags);
         let data_names = data_names(&data);
         catalog.data = Arc::new(data);
+        match crate::calendar::Calendar::load(&dir.join(CALENDAR_DIR)) {
+            Ok(cal) => catalog.calendar = Arc::new(cal),
+            Err(mut diags) => catalog.diagnostics.append(&mut diags),
+        }
 
         let files = match toml_files(dir) {
             Ok(files) => files,

@@ -23,7 +23,17 @@ use crate::template;
 pub const RUN_FIELDS: &[&str] = &["id", "workflow", "started_at", "scheduled_at", "trigger"];
 
 /// Global functions of the template language, which are not context names.
-const GLOBALS: &[&str] = &["range", "dict", "debug", "namespace"];
+const GLOBALS: &[&str] = &[
+    "range",
+    "dict",
+    "debug",
+    "namespace",
+    "add_business_days",
+    "is_business_day",
+    "nth_business_day",
+    "first_business_day",
+    "last_business_day",
+];
 
 /// The id syntax for workflows and steps: it appears in URLs, CLI arguments and template paths.
 fn valid_id(id: &str) -> bool {
@@ -265,23 +275,92 @@ fn compile_triggers(
     raw: &RawWorkflow,
     inputs: &BTreeSet<String>,
 ) -> Vec<Trigger> {
+    use super::raw::CalendarKind;
     let mut out = Vec::new();
-    for t in &raw.triggers {
+    for (index, t) in raw.triggers.iter().enumerate() {
         let trig = t.get_ref();
-        if let Some(expr) = &trig.cron {
-            if let Err(message) = crate::schedule::parse_cron(expr.get_ref()) {
-                cx.error(
-                    expr.span(),
-                    message,
-                    Some("5 fields (min hour dom mon dow), 6 with seconds first, or @daily, @weekly, @monthly, @yearly".into()),
-                );
+        let errors_before = cx.diags.len();
+        match (&trig.cron, &trig.business_day) {
+            (Some(expr), None) => {
+                if let Err(message) = crate::schedule::parse_cron(expr.get_ref()) {
+                    cx.error(expr.span(), message, Some(CRON_HINT.into()));
+                }
+                if let Some(at) = &trig.at {
+                    cx.error(
+                        at.span(),
+                        "`at` goes with `business_day`; a cron expression has its own time",
+                        None,
+                    );
+                }
+                if let Some(m) = &trig.months {
+                    cx.error(m.span(), "`months` goes with `business_day`; write the months in the cron expression", None);
+                }
             }
-        } else {
-            cx.error(
+            (None, Some(n)) => {
+                let v = *n.get_ref();
+                if v == 0 || !(-23..=23).contains(&v) {
+                    cx.error(
+                        n.span(),
+                        format!("business_day must be 1…23 or -1…-23, got {v}"),
+                        Some("1 is the first business day of the month, -1 the last".into()),
+                    );
+                }
+                if trig.at.is_none() {
+                    cx.error(
+                        n.span(),
+                        "a `business_day` trigger needs `at`",
+                        Some("e.g. at = \"09:00\"".into()),
+                    );
+                }
+                if let Some(c) = &trig.calendar
+                    && *c.get_ref() == CalendarKind::None
+                {
+                    cx.error(
+                        c.span(),
+                        "`business_day` needs a business calendar",
+                        Some(
+                            "remove `calendar` (jp-gov is implied) or set calendar = \"jp-gov\""
+                                .into(),
+                        ),
+                    );
+                }
+            }
+            (Some(expr), Some(_)) => cx.error(
+                expr.span(),
+                "a trigger has either `cron` or `business_day`, not both",
+                None,
+            ),
+            (None, None) => cx.error(
                 t.span(),
-                "a trigger needs `cron`",
-                Some("e.g. cron = \"0 9 * * 1-5\"".into()),
-            );
+                "a trigger needs `cron` or `business_day`",
+                Some("e.g. cron = \"0 9 * * 1-5\", or business_day = 1 with at = \"09:00\"".into()),
+            ),
+        }
+        let at = trig.at.as_ref().and_then(|at| {
+            match chrono::NaiveTime::parse_from_str(at.get_ref(), "%H:%M") {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    cx.error(
+                        at.span(),
+                        format!("invalid time `{}`", at.get_ref()),
+                        Some("write 24-hour HH:MM, e.g. \"17:00\"".into()),
+                    );
+                    None
+                }
+            }
+        });
+        let mut months = Vec::new();
+        if let Some(list) = &trig.months {
+            for m in list.get_ref() {
+                match u32::try_from(*m.get_ref()) {
+                    Ok(v) if (1..=12).contains(&v) => months.push(v),
+                    _ => cx.error(
+                        m.span(),
+                        format!("month must be 1…12, got {}", m.get_ref()),
+                        None,
+                    ),
+                }
+            }
         }
         if let Some(tz) = &trig.timezone
             && tz.get_ref().parse::<chrono_tz::Tz>().is_err()
@@ -292,6 +371,17 @@ fn compile_triggers(
                 Some("use an IANA name such as \"Asia/Tokyo\"".into()),
             );
         }
+        if let (Some(p), None) = (&trig.on_closed_day, &trig.calendar)
+            && trig.business_day.is_none()
+        {
+            cx.error(
+                p.span(),
+                "`on_closed_day` needs a calendar",
+                Some("add calendar = \"jp-gov\"".into()),
+            );
+        }
+        let catch_up_window = trig.catch_up_window.as_ref().and_then(|w| duration(cx, w));
+        let jitter = trig.jitter.as_ref().and_then(|j| duration(cx, j));
         for key in trig.inputs.keys() {
             if !inputs.contains(key.get_ref()) {
                 cx.error(
@@ -301,18 +391,72 @@ fn compile_triggers(
                 );
             }
         }
-        out.push(Trigger {
+        if cx.diags.len() > errors_before {
+            continue;
+        }
+        let calendar = match (
+            trig.calendar.as_ref().map(|c| *c.get_ref()),
+            &trig.business_day,
+        ) {
+            (Some(CalendarKind::None), _) => None,
+            (Some(c), _) => Some(c),
+            (None, Some(_)) => Some(CalendarKind::JpGov),
+            (None, None) => None,
+        };
+        let mut trigger = Trigger {
+            key: String::new(),
             cron: trig.cron.as_ref().map(|c| c.get_ref().clone()),
+            business_day: trig
+                .business_day
+                .as_ref()
+                .and_then(|n| i32::try_from(*n.get_ref()).ok()),
+            at,
+            months,
             timezone: trig.timezone.as_ref().map(|c| c.get_ref().clone()),
+            dst: trig.dst.as_ref().map(|d| *d.get_ref()).unwrap_or_default(),
+            calendar,
+            on_closed_day: trig
+                .on_closed_day
+                .as_ref()
+                .map(|d| *d.get_ref())
+                .unwrap_or_default(),
+            catch_up: trig
+                .catch_up
+                .as_ref()
+                .map(|d| *d.get_ref())
+                .unwrap_or_default(),
+            catch_up_window,
+            overlap: trig
+                .overlap
+                .as_ref()
+                .map(|d| *d.get_ref())
+                .unwrap_or_default(),
+            jitter,
             inputs: trig
                 .inputs
                 .iter()
                 .map(|(k, v)| (k.get_ref().clone(), toml_to_json(v.get_ref())))
                 .collect(),
-        });
+        };
+        // The key changes when the schedule changes (a new schedule starts a new cursor), but
+        // not when unrelated parts of the file are edited.
+        let identity = serde_json::json!([
+            trigger.cron,
+            trigger.business_day,
+            trigger.at,
+            trigger.months,
+            trigger.timezone,
+            trigger.dst,
+            trigger.calendar,
+            trigger.on_closed_day
+        ]);
+        trigger.key = format!("t{index}-{}", &content_hash(&identity.to_string())[..12]);
+        out.push(trigger);
     }
     out
 }
+
+const CRON_HINT: &str = "5 fields (min hour dom mon dow), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly";
 
 fn check_names(
     cx: &mut Ctx<'_>,

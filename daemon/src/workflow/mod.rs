@@ -43,10 +43,41 @@ pub struct Workflow {
 /// A `[[triggers]]` entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct Trigger {
+    /// Stable identity of this trigger (position and content hash): the key of its schedule
+    /// cursor and of the runs it fires.
+    pub key: String,
     /// A cron expression, as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
-    /// IANA time zone for the cron expression.
+    /// The Nth business day of the month (negative: from the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub business_day: Option<i32>,
+    /// Wall-clock time of a business-day trigger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<chrono::NaiveTime>,
+    /// Months a business-day trigger fires in (empty: every month).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub months: Vec<u32>,
+    /// IANA time zone (default: the config's).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// DST policy.
+    pub dst: raw::DstPolicy,
+    /// Business calendar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<raw::CalendarKind>,
+    /// Closed-day policy (with a calendar).
+    pub on_closed_day: raw::OnClosedDay,
+    /// Missed-fire policy.
+    pub catch_up: raw::CatchUp,
+    /// Missed fires older than this are skipped whatever the policy.
+    #[serde(with = "opt_duration_ms", rename = "catch_up_window_ms")]
+    pub catch_up_window: Option<Duration>,
+    /// Overlap policy.
+    pub overlap: raw::Overlap,
+    /// Random delay added to each fire (the same for every daemon).
+    #[serde(with = "opt_duration_ms", rename = "jitter_ms")]
+    pub jitter: Option<Duration>,
     /// Inputs overriding the workflow's defaults for runs this trigger starts.
     pub inputs: serde_json::Map<String, Json>,
 }

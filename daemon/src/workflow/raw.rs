@@ -26,9 +26,82 @@ pub struct RawWorkflow {
 #[serde(deny_unknown_fields)]
 pub struct RawTrigger {
     pub cron: Option<Spanned<String>>,
+    pub business_day: Option<Spanned<i64>>,
+    pub at: Option<Spanned<String>>,
+    pub months: Option<Spanned<Vec<Spanned<i64>>>>,
     pub timezone: Option<Spanned<String>>,
+    pub dst: Option<Spanned<DstPolicy>>,
+    pub calendar: Option<Spanned<CalendarKind>>,
+    pub on_closed_day: Option<Spanned<OnClosedDay>>,
+    pub catch_up: Option<Spanned<CatchUp>>,
+    pub catch_up_window: Option<Spanned<String>>,
+    pub overlap: Option<Spanned<Overlap>>,
+    pub jitter: Option<Spanned<String>>,
     #[serde(default)]
     pub inputs: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+}
+
+/// What a wall-clock time that does not exist, or exists twice, does on a DST change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DstPolicy {
+    /// A missing time runs once at the next valid instant; a repeated time runs once (the first).
+    #[default]
+    First,
+    /// A missing time runs at the next valid instant; a repeated time runs twice.
+    Both,
+    /// A missing time does not run; a repeated time runs once (the first).
+    Skip,
+}
+
+/// Which business calendar moves fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum CalendarKind {
+    /// The Japanese government calendar (行政機関の休日).
+    #[serde(rename = "jp-gov")]
+    JpGov,
+    /// No calendar: every day is a business day.
+    #[serde(rename = "none")]
+    None,
+}
+
+/// What a fire that lands on a closed day does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnClosedDay {
+    /// It does not happen.
+    #[default]
+    Skip,
+    /// It moves to the next business day, same wall-clock time.
+    Next,
+    /// It moves to the previous business day, same wall-clock time.
+    Previous,
+}
+
+/// What happens to fires missed while the daemon was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// None runs; each is recorded as skipped.
+    None,
+    /// The most recent runs; the others are recorded as skipped.
+    #[default]
+    Latest,
+    /// All run, in order.
+    All,
+}
+
+/// What a fire does while an earlier run of the workflow is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Start anyway.
+    #[default]
+    Allow,
+    /// Do not start; record the fire as skipped.
+    Skip,
+    /// Start when the earlier runs have finished.
+    Queue,
 }
 
 /// One `[[steps]]` entry.
