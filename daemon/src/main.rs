@@ -69,6 +69,44 @@ enum Command {
         /// Run id.
         run_id: String,
     },
+    /// Print the next fire times of a workflow, one RFC 3339 timestamp per line.
+    Schedule {
+        /// Workflow id, or a workflow file (default: every workflow).
+        target: Option<String>,
+        /// Start after this instant (RFC 3339; default: now).
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        /// How many fires.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Say why a fire was moved (closed day, DST).
+        #[arg(long)]
+        explain: bool,
+    },
+    /// List the government closed days (national holidays, year-end closure, ministry days).
+    Calendar {
+        /// Year (default: this year).
+        #[arg(long)]
+        year: Option<i32>,
+        #[command(subcommand)]
+        action: Option<CalendarAction>,
+    },
+    /// List the workflows: version, next fire, last run, and invalid files.
+    Workflows {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CalendarAction {
+    /// Import the Cabinet Office's syukujitsu.csv (Shift_JIS); it overrides the computed
+    /// holidays for the years it covers.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -92,8 +130,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Command::Validate { paths, format } = &cli.command {
-        return exit(cli::validate(paths, &config.workflows_dir, *format));
+    match &cli.command {
+        Command::Validate { paths, format } => {
+            return exit(cli::validate(paths, &config.workflows_dir, *format));
+        }
+        Command::Schedule { target, from, count, explain } => {
+            return report(cli::schedule(&config, target.as_deref(), from.as_deref(), *count, *explain));
+        }
+        Command::Calendar { year, action } => {
+            return report(match action {
+                None => cli::calendar_list(&config, *year),
+                Some(CalendarAction::Import { file }) => {
+                    cli::calendar_import(&config, file).map(|m| println!("{m}"))
+                }
+            });
+        }
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,6 +158,16 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async_main(cli.command, config))
+}
+
+fn report(result: Result<(), cli::CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit(e.code)
+        }
+    }
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -132,7 +194,10 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
                 }
             };
         }
-        Command::Validate { .. } => return ExitCode::SUCCESS,
+        Command::Validate { .. } | Command::Schedule { .. } | Command::Calendar { .. } => {
+            return ExitCode::SUCCESS;
+        }
+        Command::Workflows { format } => cli::workflows(&config, format).await,
         Command::Trigger { workflow, input } => cli::trigger(&config, &workflow, input.as_deref())
             .await
             .map(|id| println!("{id}")),

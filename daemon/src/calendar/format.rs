@@ -20,6 +20,11 @@ pub fn md_ja(d: NaiveDate) -> String {
     format!("{}月{}日({})", d.month(), d.day(), weekday_ja(d.weekday()))
 }
 
+/// `2026-12-04 (金)`: ISO date with the Japanese weekday, for listings.
+pub fn md_ja_iso(d: NaiveDate) -> String {
+    format!("{} ({})", d.format("%Y-%m-%d"), weekday_ja(d.weekday()))
+}
+
 /// The era name and year: `令和8年` (元年 for the first year). Reiwa from 2019-05-01, Heisei
 /// from 1989-01-08.
 pub fn era_year(d: NaiveDate) -> String {
