@@ -108,16 +108,40 @@ pub async fn run(
     result
 }
 
-/// Re-reads the workflows directory periodically and swaps the catalog when anything changed.
+/// Watches the workflows directory (with `data/` and `calendar/`) and swaps the catalog when
+/// anything changed: file-system events reload within ~100 ms (events are coalesced, and editors'
+/// temp and hidden files are ignored by the loader); a periodic re-read every `reload_interval`
+/// catches anything the watcher misses (network file systems).
 async fn watch_workflows(config: &Config, registry: &Registry, shutdown: &CancellationToken) {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    });
+    match &mut watcher {
+        Ok(w) => {
+            if let Err(err) = w.watch(&config.workflows_dir, notify::RecursiveMode::Recursive) {
+                tracing::warn!(dir = %config.workflows_dir.display(), error = %err, "cannot watch the workflows directory; re-reading it every reload_interval");
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "file watching unavailable; re-reading the workflows directory every reload_interval"),
+    }
     let mut last = fingerprint(&registry.catalog());
     loop {
         tokio::select! {
             () = tokio::time::sleep(config.reload_interval) => {}
+            Some(()) = rx.recv() => {
+                // Coalesce a burst of events (write, rename, chmod) into one reload.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+            }
             () = shutdown.cancelled() => return,
         }
         let dir = config.workflows_dir.clone();
-        let Ok(catalog) = tokio::task::spawn_blocking(move || Catalog::load(&dir)).await else {
+        let previous = registry.catalog();
+        let Ok(catalog) = tokio::task::spawn_blocking(move || Catalog::reload(&dir, &previous)).await else {
             continue;
         };
         let print = fingerprint(&catalog);
@@ -125,11 +149,7 @@ async fn watch_workflows(config: &Config, registry: &Registry, shutdown: &Cancel
             for d in &catalog.diagnostics {
                 tracing::error!(file = %d.path.display(), line = d.line, col = d.col, hint = d.hint.as_deref().unwrap_or(""), "invalid workflow file: {}", d.message);
             }
-            tracing::info!(
-                workflows = catalog.workflows.len(),
-                invalid_files = catalog.diagnostics.len(),
-                "workflows reloaded"
-            );
+            tracing::info!(workflows = catalog.workflows.len(), invalid_files = catalog.diagnostics.len(), "workflows reloaded");
             registry.set_catalog(Arc::new(catalog));
             last = print;
         }

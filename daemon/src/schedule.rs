@@ -20,15 +20,19 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     let normalized = if trimmed.starts_with('@') {
         trimmed.to_string()
     } else {
-        match trimmed.split_whitespace().count() {
-            5 => format!("0 {trimmed}"),
-            6 => trimmed.to_string(),
+        let mut fields: Vec<String> = trimmed.split_whitespace().map(str::to_string).collect();
+        match fields.len() {
+            5 => fields.insert(0, "0".into()),
+            6 => {}
             n => {
                 return Err(format!(
                     "cron expression `{expr}` has {n} fields, expected 5 or 6"
                 ));
             }
         }
+        fields[5] = unix_day_of_week(&fields[5])
+            .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))?;
+        fields.join(" ")
     };
     cron::Schedule::from_str(&normalized).map_err(|e| {
         // The crate's message repeats the expression with a caret on separate lines; the
@@ -41,6 +45,45 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
             .unwrap_or("");
         format!("invalid cron expression `{expr}`: {}", reason.trim())
     })
+}
+
+/// Translates a day-of-week field from crontab's numbering (0–7, Sunday = 0 or 7, Monday = 1)
+/// to the `cron` crate's (Sunday = 1 … Saturday = 7). Numeric ranges and steps are expanded to
+/// lists so that ranges ending on Sunday (`5-7`) keep their meaning; names pass through.
+fn unix_day_of_week(field: &str) -> Result<String, String> {
+    if field.chars().any(|c| c.is_ascii_alphabetic()) || field == "*" || field == "?" {
+        return Ok(field.to_string());
+    }
+    let mut days = std::collections::BTreeSet::new();
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| format!("bad step in `{part}`"))?),
+            None => (part, 1),
+        };
+        if step == 0 {
+            return Err(format!("step 0 in `{part}`"));
+        }
+        let (lo, hi) = match range {
+            "*" => (0, 6),
+            r => match r.split_once('-') {
+                Some((a, b)) => (
+                    a.parse::<u32>().map_err(|_| format!("bad day of week `{a}`"))?,
+                    b.parse::<u32>().map_err(|_| format!("bad day of week `{b}`"))?,
+                ),
+                None => {
+                    let v = r.parse::<u32>().map_err(|_| format!("bad day of week `{r}`"))?;
+                    (v, if part.contains('/') { 6 } else { v })
+                }
+            },
+        };
+        if lo > 7 || hi > 7 || lo > hi {
+            return Err(format!("day of week must be 0–7 (0 and 7 are Sunday), got `{range}`"));
+        }
+        for v in (lo..=hi).step_by(step as usize) {
+            days.insert(v % 7 + 1);
+        }
+    }
+    Ok(days.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
 }
 
 /// One fire.
@@ -363,6 +406,20 @@ mod tests {
         assert!(parse_cron("@daily").is_ok());
         assert!(parse_cron("0 9 * *").is_err());
         assert!(parse_cron("61 9 * * *").is_err());
+    }
+
+    #[test]
+    fn day_of_week_is_numbered_as_in_crontab() {
+        // 2027-04-04 is a Sunday.
+        let weekdays = trigger(Some("0 9 * * 1-5"), "Asia/Tokyo");
+        assert_eq!(fires(&weekdays, "2027-04-03T00:00:00+09:00", 2), ["2027-04-05T09:00:00+09:00", "2027-04-06T09:00:00+09:00"]);
+        let weekend = trigger(Some("0 9 * * 6-7"), "Asia/Tokyo");
+        assert_eq!(fires(&weekend, "2027-04-05T00:00:00+09:00", 2), ["2027-04-10T09:00:00+09:00", "2027-04-11T09:00:00+09:00"]);
+        let sunday = trigger(Some("0 9 * * 0"), "Asia/Tokyo");
+        assert_eq!(fires(&sunday, "2027-04-05T00:00:00+09:00", 1), ["2027-04-11T09:00:00+09:00"]);
+        let names = trigger(Some("0 9 * * MON-FRI"), "Asia/Tokyo");
+        assert_eq!(fires(&names, "2027-04-03T00:00:00+09:00", 1), ["2027-04-05T09:00:00+09:00"]);
+        assert!(parse_cron("0 9 * * 8").is_err());
     }
 
     #[test]

@@ -89,6 +89,39 @@ impl Catalog {
         catalog
     }
 
+    /// Loads `dir` again after a change. Where a file that held a valid workflow is now broken,
+    /// the last good version stays (and the problem is reported); the same for a broken data file
+    /// or calendar file. Removed files are gone.
+    pub fn reload(dir: &Path, previous: &Catalog) -> Catalog {
+        let mut next = Catalog::load(dir);
+        let broken: BTreeSet<PathBuf> = next.diagnostics.iter().map(|d| d.path.clone()).collect();
+        for (id, wf) in &previous.workflows {
+            if broken.contains(&wf.path) && !next.workflows.contains_key(id) && wf.path.exists() {
+                tracing::warn!(workflow = %id, file = %wf.path.display(), "file is invalid; the last good version stays active");
+                next.workflows.insert(id.clone(), wf.clone());
+                if let Some(src) = previous.sources.get(id) {
+                    next.sources.insert(id.clone(), src.clone());
+                }
+            }
+        }
+        let data_dir = dir.join("data");
+        if let (Some(prev), Some(cur)) = (previous.data.as_object(), next.data.as_object()) {
+            let mut merged = cur.clone();
+            for (stem, value) in prev {
+                let file = data_dir.join(format!("{stem}.toml"));
+                if broken.contains(&file) && !merged.contains_key(stem) {
+                    merged.insert(stem.clone(), value.clone());
+                }
+            }
+            next.data = Arc::new(Json::Object(merged));
+        }
+        let cal_dir = dir.join(CALENDAR_DIR);
+        if broken.iter().any(|p| p.starts_with(&cal_dir)) {
+            next.calendar = previous.calendar.clone();
+        }
+        next
+    }
+
     /// Loads one file, with reference data from the `data/` directory beside it.
     pub fn load_file(path: &Path) -> Result<(Workflow, String), Vec<Diagnostic>> {
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -136,7 +169,11 @@ fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "toml") && entry.file_type()?.is_file() {
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.') || n.starts_with('#'));
+        if !hidden && path.extension().is_some_and(|e| e == "toml") && entry.file_type()?.is_file() {
             files.push(path);
         }
     }
