@@ -347,17 +347,32 @@ pub fn schedule(
         None => SystemClock.now(),
         Some(text) => DateTime::parse_from_rfc3339(text)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| CliError::new(format!("--from `{text}` is not an RFC 3339 instant: {e}")))?,
+            .map_err(|e| {
+                CliError::new(format!("--from `{text}` is not an RFC 3339 instant: {e}"))
+            })?,
     };
     let (workflows, calendar) = match target {
         Some(t) if std::path::Path::new(t).is_file() => {
             let path = std::path::Path::new(t);
             let (wf, _) = Catalog::load_file(path).map_err(|d| {
-                CliError::new(d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+                CliError::new(
+                    d.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
             })?;
             let dir = path.parent().unwrap_or(std::path::Path::new("."));
-            let calendar = crate::calendar::Calendar::load(&dir.join(crate::workflow::catalog::CALENDAR_DIR))
-                .map_err(|d| CliError::new(d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+            let calendar =
+                crate::calendar::Calendar::load(&dir.join(crate::workflow::catalog::CALENDAR_DIR))
+                    .map_err(|d| {
+                        CliError::new(
+                            d.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("\n"),
+                        )
+                    })?;
             (vec![std::sync::Arc::new(wf)], std::sync::Arc::new(calendar))
         }
         Some(id) => {
@@ -365,14 +380,22 @@ pub fn schedule(
             let wf = catalog.workflows.get(id).cloned().ok_or_else(|| {
                 CliError::new(format!(
                     "no workflow or file `{id}` (workflows: {})",
-                    catalog.workflows.keys().cloned().collect::<Vec<_>>().join(", ")
+                    catalog
+                        .workflows
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })?;
             (vec![wf], catalog.calendar.clone())
         }
         None => {
             let catalog = Catalog::load(&config.workflows_dir);
-            (catalog.workflows.values().cloned().collect(), catalog.calendar.clone())
+            (
+                catalog.workflows.values().cloned().collect(),
+                catalog.calendar.clone(),
+            )
         }
     };
     let several = workflows.len() > 1 || target.is_none();
@@ -420,7 +443,10 @@ pub fn calendar_list(config: &Config, year: Option<i32>) -> Result<(), CliError>
         "computed by the national holiday law"
     };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "# closed days of {year} besides Saturdays and Sundays (national holidays {source})");
+    let _ = writeln!(
+        out,
+        "# closed days of {year} besides Saturdays and Sundays (national holidays {source})"
+    );
     for (d, name) in cal.closed_days(year) {
         let _ = writeln!(out, "{}  {}", crate::calendar::format::md_ja_iso(d), name);
     }
@@ -429,13 +455,26 @@ pub fn calendar_list(config: &Config, year: Option<i32>) -> Result<(), CliError>
 
 /// `pmoflow calendar import FILE`: stores the Cabinet Office CSV next to the workflows.
 pub fn calendar_import(config: &Config, file: &std::path::Path) -> Result<String, CliError> {
-    let bytes = std::fs::read(file).map_err(|e| CliError::new(format!("cannot read {}: {e}", file.display())))?;
-    let years = crate::calendar::csv::parse(&bytes)
-        .map_err(|e| CliError::new(format!("{}:{}: error: {}", file.display(), e.line, e.message)))?;
-    let dir = config.workflows_dir.join(crate::workflow::catalog::CALENDAR_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::new(format!("cannot create {}: {e}", dir.display())))?;
+    let bytes = std::fs::read(file)
+        .map_err(|e| CliError::new(format!("cannot read {}: {e}", file.display())))?;
+    let years = crate::calendar::csv::parse(&bytes).map_err(|e| {
+        CliError::new(format!(
+            "{}:{}: error: {}",
+            file.display(),
+            e.line,
+            e.message
+        ))
+    })?;
+    let dir = config
+        .workflows_dir
+        .join(crate::workflow::catalog::CALENDAR_DIR);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", dir.display())))?;
     let target = dir.join(crate::calendar::IMPORTED_FILE);
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // Merge with earlier imports: years in this file replace, others stay.
     let mut merged = crate::calendar::Calendar::load(&dir)
         .map(|c| {
@@ -452,12 +491,21 @@ pub fn calendar_import(config: &Config, file: &std::path::Path) -> Result<String
             .iter()
             .filter(|(d, n)| computed.get(*d) != Some(*n))
             .map(|(d, n)| format!("{d} {n}"))
-            .chain(computed.iter().filter(|(d, _)| !days.contains_key(*d)).map(|(d, n)| format!("{d} {n} (computed, not in the file)")))
+            .chain(
+                computed
+                    .iter()
+                    .filter(|(d, _)| !days.contains_key(*d))
+                    .map(|(d, n)| format!("{d} {n} (computed, not in the file)")),
+            )
             .collect();
         report.push(if differ.is_empty() {
             format!("  {y}: {} days, same as computed", days.len())
         } else {
-            format!("  {y}: {} days, differs from computed: {}", days.len(), differ.join(", "))
+            format!(
+                "  {y}: {} days, differs from computed: {}",
+                days.len(),
+                differ.join(", ")
+            )
         });
         merged.insert(*y, days.clone());
     }
@@ -469,7 +517,11 @@ pub fn calendar_import(config: &Config, file: &std::path::Path) -> Result<String
     let total: usize = years.values().map(|d| d.len()).sum();
     Ok(format!(
         "imported {total} holidays for {} into {}\n{}",
-        years.keys().map(|y| y.to_string()).collect::<Vec<_>>().join(", "),
+        years
+            .keys()
+            .map(|y| y.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         target.display(),
         report.join("\n")
     ))
@@ -481,18 +533,29 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
     use crate::schedule::TriggerSchedule;
     let catalog = Catalog::load(&config.workflows_dir);
     let now = SystemClock.now();
-    let store = Store::open(&config.database_url, config.durability).await.ok();
+    let store = Store::open(&config.database_url, config.durability)
+        .await
+        .ok();
     let mut rows = Vec::new();
     for wf in catalog.workflows.values() {
         let next = wf
             .triggers
             .iter()
             .filter_map(|t| TriggerSchedule::new(t, config.timezone, catalog.calendar.clone()).ok())
-            .filter_map(|s| s.next(now, 1).into_iter().next().map(|f| f.at.with_timezone(&s.timezone()).to_rfc3339()))
+            .filter_map(|s| {
+                s.next(now, 1)
+                    .into_iter()
+                    .next()
+                    .map(|f| f.at.with_timezone(&s.timezone()).to_rfc3339())
+            })
             .min();
         let last = match &store {
             Some(s) => s
-                .list_runs(&RunFilter { workflow_id: Some(wf.id.clone()), status: None, limit: 1 })
+                .list_runs(&RunFilter {
+                    workflow_id: Some(wf.id.clone()),
+                    status: None,
+                    limit: 1,
+                })
                 .await
                 .ok()
                 .and_then(|r| r.into_iter().next()),
@@ -519,10 +582,18 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
         let _ = writeln!(out, "{:#}", Json::Array(rows));
         return Ok(());
     }
-    let _ = writeln!(out, "{:<28}  {:<12}  {:<25}  {:<10}  NAME", "WORKFLOW", "VERSION", "NEXT FIRE", "LAST RUN");
+    let _ = writeln!(
+        out,
+        "{:<28}  {:<12}  {:<25}  {:<10}  NAME",
+        "WORKFLOW", "VERSION", "NEXT FIRE", "LAST RUN"
+    );
     for r in &rows {
         if r["id"].is_null() {
-            let _ = writeln!(out, "invalid file: {}", r["error"].as_str().unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "invalid file: {}",
+                r["error"].as_str().unwrap_or_default()
+            );
             continue;
         }
         let _ = writeln!(

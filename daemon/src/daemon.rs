@@ -126,7 +126,9 @@ async fn watch_workflows(config: &Config, registry: &Registry, shutdown: &Cancel
                 tracing::warn!(dir = %config.workflows_dir.display(), error = %err, "cannot watch the workflows directory; re-reading it every reload_interval");
             }
         }
-        Err(err) => tracing::warn!(error = %err, "file watching unavailable; re-reading the workflows directory every reload_interval"),
+        Err(err) => {
+            tracing::warn!(error = %err, "file watching unavailable; re-reading the workflows directory every reload_interval")
+        }
     }
     let mut last = fingerprint(&registry.catalog());
     loop {
@@ -141,7 +143,9 @@ async fn watch_workflows(config: &Config, registry: &Registry, shutdown: &Cancel
         }
         let dir = config.workflows_dir.clone();
         let previous = registry.catalog();
-        let Ok(catalog) = tokio::task::spawn_blocking(move || Catalog::reload(&dir, &previous)).await else {
+        let Ok(catalog) =
+            tokio::task::spawn_blocking(move || Catalog::reload(&dir, &previous)).await
+        else {
             continue;
         };
         let print = fingerprint(&catalog);
@@ -149,7 +153,11 @@ async fn watch_workflows(config: &Config, registry: &Registry, shutdown: &Cancel
             for d in &catalog.diagnostics {
                 tracing::error!(file = %d.path.display(), line = d.line, col = d.col, hint = d.hint.as_deref().unwrap_or(""), "invalid workflow file: {}", d.message);
             }
-            tracing::info!(workflows = catalog.workflows.len(), invalid_files = catalog.diagnostics.len(), "workflows reloaded");
+            tracing::info!(
+                workflows = catalog.workflows.len(),
+                invalid_files = catalog.diagnostics.len(),
+                "workflows reloaded"
+            );
             registry.set_catalog(Arc::new(catalog));
             last = print;
         }

@@ -134,8 +134,19 @@ fn main() -> ExitCode {
         Command::Validate { paths, format } => {
             return exit(cli::validate(paths, &config.workflows_dir, *format));
         }
-        Command::Schedule { target, from, count, explain } => {
-            return report(cli::schedule(&config, target.as_deref(), from.as_deref(), *count, *explain));
+        Command::Schedule {
+            target,
+            from,
+            count,
+            explain,
+        } => {
+            return report(cli::schedule(
+                &config,
+                target.as_deref(),
+                from.as_deref(),
+                *count,
+                *explain,
+            ));
         }
         Command::Calendar { year, action } => {
             return report(match action {

@@ -16,6 +16,46 @@ use crate::workflow::raw::{DstPolicy, OnClosedDay};
 /// Parses a 5-field (`min hour dom mon dow`), 6-field (seconds first) or `@daily`-style
 /// expression.
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    parse_cron_set(expr).map(|mut v| v.remove(0))
+}
+
+/// Parses an expression into the schedules whose union it means. As in crontab, when both
+/// day-of-month and day-of-week are restricted a day matches if *either* does (the `cron`
+/// crate alone would require both), so such an expression becomes two schedules.
+pub fn parse_cron_set(expr: &str) -> Result<Vec<cron::Schedule>, String> {
+    let normalized = normalize_cron(expr)?;
+    let fields: Vec<&str> = normalized.split_whitespace().collect();
+    let restricted = |f: &str| f != "*" && f != "?";
+    let variants: Vec<String> =
+        if fields.len() == 6 && restricted(fields[3]) && restricted(fields[5]) {
+            let mut by_dom = fields.clone();
+            by_dom[5] = "*";
+            let mut by_dow = fields.clone();
+            by_dow[3] = "*";
+            vec![by_dom.join(" "), by_dow.join(" ")]
+        } else {
+            vec![normalized.clone()]
+        };
+    variants
+        .iter()
+        .map(|v| {
+            cron::Schedule::from_str(v).map_err(|e| {
+                // The crate's message repeats the expression with a caret on separate lines;
+                // the last line is the reason.
+                let text = e.to_string();
+                let reason = text
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                format!("invalid cron expression `{expr}`: {}", reason.trim())
+            })
+        })
+        .collect()
+}
+
+/// The expression in the `cron` crate's 6-field form (or an `@` alias).
+fn normalize_cron(expr: &str) -> Result<String, String> {
     let trimmed = expr.trim();
     let normalized = if trimmed.starts_with('@') {
         trimmed.to_string()
@@ -34,17 +74,7 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
             .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))?;
         fields.join(" ")
     };
-    cron::Schedule::from_str(&normalized).map_err(|e| {
-        // The crate's message repeats the expression with a caret on separate lines; the
-        // last line is the reason.
-        let text = e.to_string();
-        let reason = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        format!("invalid cron expression `{expr}`: {}", reason.trim())
-    })
+    Ok(normalized)
 }
 
 /// Translates a day-of-week field from crontab's numbering (0–7, Sunday = 0 or 7, Monday = 1)
@@ -57,7 +87,11 @@ fn unix_day_of_week(field: &str) -> Result<String, String> {
     let mut days = std::collections::BTreeSet::new();
     for part in field.split(',') {
         let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| format!("bad step in `{part}`"))?),
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .map_err(|_| format!("bad step in `{part}`"))?,
+            ),
             None => (part, 1),
         };
         if step == 0 {
@@ -67,23 +101,33 @@ fn unix_day_of_week(field: &str) -> Result<String, String> {
             "*" => (0, 6),
             r => match r.split_once('-') {
                 Some((a, b)) => (
-                    a.parse::<u32>().map_err(|_| format!("bad day of week `{a}`"))?,
-                    b.parse::<u32>().map_err(|_| format!("bad day of week `{b}`"))?,
+                    a.parse::<u32>()
+                        .map_err(|_| format!("bad day of week `{a}`"))?,
+                    b.parse::<u32>()
+                        .map_err(|_| format!("bad day of week `{b}`"))?,
                 ),
                 None => {
-                    let v = r.parse::<u32>().map_err(|_| format!("bad day of week `{r}`"))?;
+                    let v = r
+                        .parse::<u32>()
+                        .map_err(|_| format!("bad day of week `{r}`"))?;
                     (v, if part.contains('/') { 6 } else { v })
                 }
             },
         };
         if lo > 7 || hi > 7 || lo > hi {
-            return Err(format!("day of week must be 0–7 (0 and 7 are Sunday), got `{range}`"));
+            return Err(format!(
+                "day of week must be 0–7 (0 and 7 are Sunday), got `{range}`"
+            ));
         }
         for v in (lo..=hi).step_by(step as usize) {
             days.insert(v % 7 + 1);
         }
     }
-    Ok(days.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+    Ok(days
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 /// One fire.
@@ -98,7 +142,7 @@ pub struct Fire {
 /// How a trigger's rule produces wall-clock times.
 #[derive(Debug, Clone)]
 enum Rule {
-    Cron(Box<cron::Schedule>),
+    Cron(Vec<cron::Schedule>),
     BusinessDay {
         n: i32,
         at: chrono::NaiveTime,
@@ -124,7 +168,7 @@ impl TriggerSchedule {
     /// Prepares a checked trigger; `default_tz` applies when it names none.
     pub fn new(trigger: &Trigger, default_tz: Tz, calendar: Arc<Calendar>) -> Result<Self, String> {
         let rule = match (&trigger.cron, trigger.business_day, trigger.at) {
-            (Some(expr), _, _) => Rule::Cron(Box::new(parse_cron(expr)?)),
+            (Some(expr), _, _) => Rule::Cron(parse_cron_set(expr)?),
             (None, Some(n), Some(at)) => Rule::BusinessDay {
                 n,
                 at,
@@ -228,11 +272,29 @@ impl TriggerSchedule {
     /// The rule's wall-clock times after `start`, in order.
     fn wall_times(&self, start: NaiveDateTime) -> Box<dyn Iterator<Item = NaiveDateTime> + '_> {
         match &self.rule {
-            Rule::Cron(schedule) => Box::new(
-                schedule
-                    .after(&Utc.from_utc_datetime(&start))
-                    .map(|t| t.naive_utc()),
-            ),
+            Rule::Cron(schedules) => {
+                let start = Utc.from_utc_datetime(&start);
+                let mut iters: Vec<_> = schedules
+                    .iter()
+                    .map(|s| s.after(&start).map(|t| t.naive_utc()).peekable())
+                    .collect();
+                // Merge the (sorted) iterators, dropping times both produce.
+                let mut last: Option<NaiveDateTime> = None;
+                Box::new(std::iter::from_fn(move || {
+                    loop {
+                        let (i, t) = iters
+                            .iter_mut()
+                            .enumerate()
+                            .filter_map(|(i, it)| it.peek().map(|t| (i, *t)))
+                            .min_by_key(|(_, t)| *t)?;
+                        iters[i].next();
+                        if last != Some(t) {
+                            last = Some(t);
+                            return Some(t);
+                        }
+                    }
+                }))
+            }
             Rule::BusinessDay { n, at, months } => {
                 let cal = self.calendar.clone().unwrap_or_default();
                 let (n, at, months) = (*n, *at, months.clone());
@@ -412,13 +474,25 @@ mod tests {
     fn day_of_week_is_numbered_as_in_crontab() {
         // 2027-04-04 is a Sunday.
         let weekdays = trigger(Some("0 9 * * 1-5"), "Asia/Tokyo");
-        assert_eq!(fires(&weekdays, "2027-04-03T00:00:00+09:00", 2), ["2027-04-05T09:00:00+09:00", "2027-04-06T09:00:00+09:00"]);
+        assert_eq!(
+            fires(&weekdays, "2027-04-03T00:00:00+09:00", 2),
+            ["2027-04-05T09:00:00+09:00", "2027-04-06T09:00:00+09:00"]
+        );
         let weekend = trigger(Some("0 9 * * 6-7"), "Asia/Tokyo");
-        assert_eq!(fires(&weekend, "2027-04-05T00:00:00+09:00", 2), ["2027-04-10T09:00:00+09:00", "2027-04-11T09:00:00+09:00"]);
+        assert_eq!(
+            fires(&weekend, "2027-04-05T00:00:00+09:00", 2),
+            ["2027-04-10T09:00:00+09:00", "2027-04-11T09:00:00+09:00"]
+        );
         let sunday = trigger(Some("0 9 * * 0"), "Asia/Tokyo");
-        assert_eq!(fires(&sunday, "2027-04-05T00:00:00+09:00", 1), ["2027-04-11T09:00:00+09:00"]);
+        assert_eq!(
+            fires(&sunday, "2027-04-05T00:00:00+09:00", 1),
+            ["2027-04-11T09:00:00+09:00"]
+        );
         let names = trigger(Some("0 9 * * MON-FRI"), "Asia/Tokyo");
-        assert_eq!(fires(&names, "2027-04-03T00:00:00+09:00", 1), ["2027-04-05T09:00:00+09:00"]);
+        assert_eq!(
+            fires(&names, "2027-04-03T00:00:00+09:00", 1),
+            ["2027-04-05T09:00:00+09:00"]
+        );
         assert!(parse_cron("0 9 * * 8").is_err());
     }
 

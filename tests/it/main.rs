@@ -6,4 +6,5 @@ mod crash;
 mod engine;
 mod golden;
 mod schedule;
+mod scheduling;
 mod store;

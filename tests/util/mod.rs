@@ -319,6 +319,32 @@ impl InProcess {
         }
     }
 
+    /// An engine over `dir`'s workflows that is not running (for driving the scheduler alone).
+    pub async fn create(
+        url: &str,
+        durability: Durability,
+        workflows: &Path,
+        clock: SharedClock,
+        config: EngineConfig,
+    ) -> InProcess {
+        let store = Store::open(url, durability).await.unwrap();
+        let registry = Arc::new(Registry::default());
+        let catalog = Catalog::load(workflows);
+        assert!(
+            catalog.diagnostics.is_empty(),
+            "fixture workflows invalid: {:?}",
+            catalog.diagnostics
+        );
+        registry.set_catalog(Arc::new(catalog));
+        let shutdown = CancellationToken::new();
+        let engine = Engine::new(store, clock, config, registry, shutdown.clone());
+        InProcess {
+            engine,
+            shutdown,
+            handle: tokio::spawn(async {}),
+        }
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.handle.await.unwrap();

@@ -173,7 +173,8 @@ fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_none_or(|n| n.starts_with('.') || n.starts_with('#'));
-        if !hidden && path.extension().is_some_and(|e| e == "toml") && entry.file_type()?.is_file() {
+        if !hidden && path.extension().is_some_and(|e| e == "toml") && entry.file_type()?.is_file()
+        {
             files.push(path);
         }
     }
