@@ -410,10 +410,8 @@ pub fn schedule(
                 if several {
                     line = format!("{}\t{line}", wf.id);
                 }
-                if explain {
-                    if let Some(note) = &fire.note {
-                        line.push_str(&format!("  # {note}"));
-                    }
+                if explain && let Some(note) = &fire.note {
+                    line.push_str(&format!("  # {note}"));
                 }
                 fires.push((fire.at, line));
             }
@@ -423,7 +421,7 @@ pub fn schedule(
         fires.truncate(count);
         lines.extend(fires);
     }
-    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    lines.sort_by_key(|a| a.0);
     let mut out = std::io::stdout().lock();
     for (_, line) in lines.iter().take(if several { usize::MAX } else { count }) {
         let _ = writeln!(out, "{line}");
