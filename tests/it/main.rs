@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod engine;
 mod golden;
+mod reload;
 mod schedule;
 mod scheduling;
 mod store;
