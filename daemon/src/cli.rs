@@ -606,3 +606,64 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
     }
     Ok(())
 }
+
+/// `pmoflow outbox [--status S]`: queued, sent and dead messages.
+pub async fn outbox_list(
+    config: &Config,
+    status: Option<&str>,
+    limit: i64,
+    format: Format,
+) -> Result<(), CliError> {
+    if let Some(s) = status
+        && !matches!(s, "pending" | "sent" | "dead")
+    {
+        return Err(CliError::new(format!(
+            "unknown outbox status `{s}` (pending, sent, dead)"
+        )));
+    }
+    let store = Store::open(&config.database_url, config.durability).await?;
+    let rows = store.list_outbox(status, limit).await?;
+    store.close().await;
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        let _ = writeln!(out, "{:#}", json!(rows));
+        return Ok(());
+    }
+    let tz = config.timezone;
+    let _ = writeln!(
+        out,
+        "{:<36}  {:<7}  {:<7}  {:>8}  {:<19}  TARGET / LAST ERROR",
+        "ID", "KIND", "STATUS", "ATTEMPTS", "CREATED"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<7}  {:<7}  {:>8}  {:<19}  {}{}",
+            r.id,
+            r.kind.as_str(),
+            r.status,
+            r.attempts,
+            local(r.created_at, tz),
+            r.target,
+            r.last_error
+                .as_deref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `pmoflow outbox retry ID`: a dead message goes back to the queue.
+pub async fn outbox_retry(config: &Config, id: &str) -> Result<String, CliError> {
+    let store = Store::open(&config.database_url, config.durability).await?;
+    let ok = store.retry_outbox(id, SystemClock.now()).await?;
+    store.close().await;
+    if ok {
+        Ok(format!(
+            "message {id} queued again; a running daemon sends it shortly"
+        ))
+    } else {
+        Err(CliError::new(format!("no dead message {id}")))
+    }
+}

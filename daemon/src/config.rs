@@ -39,6 +39,51 @@ struct RawConfig {
     node_id: Option<String>,
     #[serde(default)]
     engine: RawEngine,
+    #[serde(default)]
+    mail: RawMail,
+    smtp: Option<Spanned<RawSmtp>>,
+    #[serde(default)]
+    outbox: RawOutbox,
+    #[serde(default)]
+    secrets: std::collections::BTreeMap<String, Spanned<RawSecret>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    from: Option<Spanned<String>>,
+    outbox_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    port: Option<u16>,
+    tls: Option<crate::outbox::SmtpTls>,
+    username: Option<String>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    from: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    max_attempts: Option<Spanned<i64>>,
+    max_age: Option<Spanned<String>>,
+    backoff: Option<Spanned<String>>,
+    max_backoff: Option<Spanned<String>>,
+    concurrency: Option<Spanned<i64>>,
+    poll_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: Option<String>,
+    file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +137,8 @@ pub struct EnvOverrides {
     pub workflows_dir: Option<PathBuf>,
     /// `PMOFLOW_NODE_ID`
     pub node_id: Option<String>,
+    /// Every environment variable, for secrets named with `env = "…"` / `password_env`.
+    pub vars: std::collections::BTreeMap<String, String>,
 }
 
 impl EnvOverrides {
@@ -102,6 +149,7 @@ impl EnvOverrides {
             database_url: get("PMOFLOW_DATABASE_URL"),
             workflows_dir: get("PMOFLOW_WORKFLOWS_DIR").map(PathBuf::from),
             node_id: get("PMOFLOW_NODE_ID"),
+            vars: std::env::vars().collect(),
         }
     }
 }
@@ -180,13 +228,168 @@ impl Config {
             lease: chrono::Duration::from_std(lease).unwrap_or(defaults.lease),
             shutdown_grace: duration(&raw.engine.shutdown_grace, defaults.shutdown_grace)?,
             timezone,
+            services: std::sync::Arc::default(),
         };
+        // Secrets: read once, here; missing ones are errors now, not at 3 a.m.
+        let read_secret = |span: std::ops::Range<usize>,
+                           what: &str,
+                           env_name: Option<&str>,
+                           file: Option<&Path>|
+         -> Result<crate::outbox::Secret, ConfigError> {
+            match (env_name, file) {
+                (Some(var), None) => env
+                    .vars
+                    .get(var)
+                    .cloned()
+                    .map(crate::outbox::Secret::new)
+                    .ok_or_else(|| {
+                        err(
+                            span.clone(),
+                            format!("{what}: environment variable `{var}` is not set"),
+                            Some("export it before starting pmoflow".into()),
+                        )
+                    }),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map(|v| crate::outbox::Secret::new(v.trim_end_matches(['\n', '\r'])))
+                    .map_err(|e| {
+                        err(
+                            span.clone(),
+                            format!("{what}: cannot read {}: {e}", path.display()),
+                            None,
+                        )
+                    }),
+                _ => Err(err(
+                    span.clone(),
+                    format!("{what}: give exactly one of `env` or `file`"),
+                    Some("e.g. hook_key = { env = \"PMOFLOW_HOOK_KEY\" }".into()),
+                )),
+            }
+        };
+        let mut secrets = std::collections::BTreeMap::new();
+        for (name, spec) in &raw.secrets {
+            let value = read_secret(
+                spec.span(),
+                &format!("secret `{name}`"),
+                spec.get_ref().env.as_deref(),
+                spec.get_ref().file.as_deref(),
+            )?;
+            secrets.insert(name.clone(), value);
+        }
+        let mut from = raw
+            .mail
+            .from
+            .as_ref()
+            .map(|f| (f.get_ref().clone(), f.span()));
+        let smtp = match &raw.smtp {
+            None => None,
+            Some(smtp) => {
+                let s = smtp.get_ref();
+                if let Some(f) = &s.from {
+                    from = Some((f.get_ref().clone(), f.span()));
+                }
+                let tls = s.tls.unwrap_or_default();
+                let password = match (&s.password_env, &s.password_file) {
+                    (None, None) => None,
+                    (Some(e), None) => Some(read_secret(
+                        e.span(),
+                        "smtp password",
+                        Some(e.get_ref()),
+                        None,
+                    )?),
+                    (None, Some(f)) => Some(read_secret(
+                        f.span(),
+                        "smtp password",
+                        None,
+                        Some(f.get_ref()),
+                    )?),
+                    (Some(e), Some(_)) => {
+                        return Err(err(
+                            e.span(),
+                            "give either `password_env` or `password_file`".into(),
+                            None,
+                        ));
+                    }
+                };
+                Some(crate::outbox::SmtpConfig {
+                    host: s.host.clone(),
+                    port: s.port.unwrap_or(match tls {
+                        crate::outbox::SmtpTls::Starttls => 587,
+                        crate::outbox::SmtpTls::Tls => 465,
+                        crate::outbox::SmtpTls::None => 25,
+                    }),
+                    tls,
+                    username: s.username.clone(),
+                    password,
+                    timeout: duration(&s.timeout, Duration::from_secs(30))?,
+                })
+            }
+        };
+        if let Some((f, span)) = &from
+            && f.parse::<lettre::message::Mailbox>().is_err()
+        {
+            return Err(err(
+                span.clone(),
+                format!("`{f}` is not a mail address"),
+                Some("e.g. \"PMO事務局 <pmo@example.go.jp>\"".into()),
+            ));
+        }
+        let count = |v: &Option<Spanned<i64>>,
+                     default: usize,
+                     max: i64,
+                     what: &str|
+         -> Result<usize, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(n) if (1..=max).contains(n.get_ref()) => {
+                    Ok(usize::try_from(*n.get_ref()).unwrap_or(default))
+                }
+                Some(n) => Err(err(
+                    n.span(),
+                    format!("{what} must be between 1 and {max}, got {}", n.get_ref()),
+                    None,
+                )),
+            }
+        };
+        let od = crate::outbox::OutboxConfig::default();
+        let outbox = crate::outbox::OutboxConfig {
+            max_attempts: u32::try_from(count(
+                &raw.outbox.max_attempts,
+                od.max_attempts as usize,
+                1000,
+                "max_attempts",
+            )?)
+            .unwrap_or(od.max_attempts),
+            max_age: duration(&raw.outbox.max_age, od.max_age)?,
+            backoff: duration(&raw.outbox.backoff, od.backoff)?,
+            max_backoff: duration(&raw.outbox.max_backoff, od.max_backoff)?,
+            concurrency: count(&raw.outbox.concurrency, od.concurrency, 256, "concurrency")?,
+            poll_interval: duration(&raw.outbox.poll_interval, od.poll_interval)?,
+        };
+        let workflows_dir = env
+            .workflows_dir
+            .clone()
+            .or(raw.workflows_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("workflows"));
+        let mut engine = engine;
+        engine.services = std::sync::Arc::new(crate::outbox::Services {
+            mail: crate::outbox::MailSettings {
+                from: from
+                    .map(|(f, _)| f)
+                    .unwrap_or_else(|| crate::outbox::MailSettings::default().from),
+                outbox_dir: raw
+                    .mail
+                    .outbox_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("var/outbox")),
+                smtp,
+                timezone,
+            },
+            outbox,
+            secrets,
+            workflows_dir: workflows_dir.clone(),
+        });
         Ok(Config {
-            workflows_dir: env
-                .workflows_dir
-                .clone()
-                .or(raw.workflows_dir)
-                .unwrap_or_else(|| PathBuf::from("workflows")),
+            workflows_dir,
             database_url: env
                 .database_url
                 .clone()

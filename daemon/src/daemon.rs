@@ -79,6 +79,29 @@ pub async fn run(
         });
     }
     {
+        let services = config.engine.services.clone();
+        match &services.mail.smtp {
+            Some(smtp) => {
+                tracing::info!(host = %smtp.host, port = smtp.port, tls = ?smtp.tls, from = %services.mail.from, "email goes to SMTP")
+            }
+            None => {
+                tracing::info!(dir = %services.mail.outbox_dir.display(), from = %services.mail.from, "no [smtp] configured: emails are written as .eml files")
+            }
+        }
+        let worker = crate::outbox::worker::run(
+            store.clone(),
+            clock.clone(),
+            services,
+            config.engine.node_id.clone(),
+            engine.outbox_wake(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            worker.await;
+            Ok(())
+        });
+    }
+    {
         let (engine, clock, shutdown) = (engine.clone(), clock.clone(), shutdown.clone());
         let tz = config.timezone;
         tasks.spawn(async move {

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod diag;
 pub mod duration;
 pub mod engine;
+pub mod outbox;
 pub mod schedule;
 pub mod store;
 pub mod template;

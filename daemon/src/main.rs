@@ -91,11 +91,34 @@ enum Command {
         #[command(subcommand)]
         action: Option<CalendarAction>,
     },
+    /// List outgoing messages (emails, webhooks): pending, sent, dead.
+    Outbox {
+        /// Only this status (pending, sent, dead).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(subcommand)]
+        action: Option<OutboxAction>,
+    },
     /// List the workflows: version, next fire, last run, and invalid files.
     Workflows {
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxAction {
+    /// Queue a dead message again (attempts reset).
+    Retry {
+        /// Message id (from `pmoflow outbox`).
+        id: String,
     },
 }
 
@@ -211,6 +234,17 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Workflows { format } => cli::workflows(&config, format).await,
+        Command::Outbox {
+            status,
+            limit,
+            format,
+            action,
+        } => match action {
+            None => cli::outbox_list(&config, status.as_deref(), limit, format).await,
+            Some(OutboxAction::Retry { id }) => cli::outbox_retry(&config, &id)
+                .await
+                .map(|m| println!("{m}")),
+        },
         Command::Trigger { workflow, input } => cli::trigger(&config, &workflow, input.as_deref())
             .await
             .map(|id| println!("{id}")),

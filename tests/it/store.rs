@@ -41,6 +41,7 @@ fn step(key: &str, status: StepStatus) -> StepWrite<'_> {
         output: None,
         state: None,
         error: None,
+        messages: &[],
     }
 }
 

@@ -11,12 +11,15 @@ use serde_json::Value as Json;
 
 use crate::clock::SharedClock;
 
+pub mod email;
 pub mod fail;
+pub mod http;
 pub mod log;
 pub mod wait;
+pub mod webhook;
 
 /// The names of the built-in actions, for hints.
-pub const BUILTINS: &[&str] = &["log", "wait", "fail"];
+pub const BUILTINS: &[&str] = &["log", "wait", "fail", "email", "webhook", "http"];
 
 /// One parameter an action accepts in `with`.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,12 @@ pub enum ActionKind {
     Wait,
     /// Fail the step on purpose.
     Fail,
+    /// Send an email through the outbox.
+    Email,
+    /// POST to a webhook through the outbox.
+    Webhook,
+    /// Call an HTTP API; the response is the output.
+    Http,
 }
 
 /// A static problem with a step's `with` table: which key (if any), message and hint.
@@ -57,6 +66,8 @@ pub enum Outcome {
     Done(Json),
     /// Park the step until this instant; it then finishes with `{"until": …}`.
     WaitUntil(DateTime<Utc>),
+    /// Finished with this output, and these messages go to the outbox in the same commit.
+    Emit(Json, Vec<crate::outbox::NewMessage>),
 }
 
 /// Whether a failed step may be tried again.
@@ -109,6 +120,16 @@ pub struct ActionContext<'a> {
     pub step_key: &'a str,
     /// The attempt number, from 1.
     pub attempt: u32,
+    /// Configuration the notification actions use.
+    pub services: &'a crate::outbox::Services,
+    /// Reference data (`data.*`).
+    pub data: &'a Json,
+    /// The directory of the workflow file (templates are looked up there first).
+    pub workflow_dir: &'a std::path::Path,
+    /// The step's template context, for actions that render template files.
+    pub template_ctx: Option<&'a minijinja::Value>,
+    /// The shared HTTP client.
+    pub http: &'a reqwest::Client,
 }
 
 impl ActionKind {
@@ -118,6 +139,9 @@ impl ActionKind {
             "log" => Ok(Self::Log),
             "wait" => Ok(Self::Wait),
             "fail" => Ok(Self::Fail),
+            "email" => Ok(Self::Email),
+            "webhook" => Ok(Self::Webhook),
+            "http" => Ok(Self::Http),
             other if other.starts_with("plugin:") => Err(WithProblem {
                 key: None,
                 message: format!("plugin actions are not available in this version (`{other}`)"),
@@ -143,6 +167,9 @@ impl ActionKind {
             Self::Log => "log",
             Self::Wait => "wait",
             Self::Fail => "fail",
+            Self::Email => "email",
+            Self::Webhook => "webhook",
+            Self::Http => "http",
         }
     }
 
@@ -151,9 +178,17 @@ impl ActionKind {
     /// invisible, so that commit would buy nothing. Actions that reach the outside world
     /// (email, webhooks, plugins) return false and are recorded first.
     pub fn is_pure(self) -> bool {
+        // email and webhook only *queue* a message: it is committed with the step and sent by the
+        // outbox afterwards, so they are pure in this sense too.
         match self {
-            Self::Log | Self::Wait | Self::Fail => true,
+            Self::Log | Self::Wait | Self::Fail | Self::Email | Self::Webhook => true,
+            Self::Http => false,
         }
+    }
+
+    /// Whether the action renders template files and needs the step's template context.
+    pub fn needs_context(self) -> bool {
+        self == Self::Email
     }
 
     /// The `with` keys this action accepts.
@@ -162,6 +197,9 @@ impl ActionKind {
             Self::Log => log::PARAMS,
             Self::Wait => wait::PARAMS,
             Self::Fail => fail::PARAMS,
+            Self::Email => email::PARAMS,
+            Self::Webhook => webhook::PARAMS,
+            Self::Http => http::PARAMS,
         }
     }
 
@@ -193,6 +231,9 @@ impl ActionKind {
             Self::Log => log::check(with),
             Self::Wait => wait::check(with),
             Self::Fail => fail::check(with),
+            Self::Email => email::check(with),
+            Self::Webhook => webhook::check(with),
+            Self::Http => http::check(with),
         });
         problems
     }
@@ -203,6 +244,9 @@ impl ActionKind {
             Self::Log => log::run(cx, with),
             Self::Wait => wait::run(cx, with),
             Self::Fail => fail::run(cx, with),
+            Self::Email => email::run(cx, with),
+            Self::Webhook => webhook::run(cx, with),
+            Self::Http => http::run(cx, with).await,
         }
     }
 

@@ -173,6 +173,7 @@ struct Change<'a> {
     state: Option<&'a Json>,
     error: Option<&'a str>,
     event: Option<NewEvent<'a>>,
+    messages: &'a [crate::outbox::NewMessage],
 }
 
 impl Default for Change<'_> {
@@ -186,6 +187,7 @@ impl Default for Change<'_> {
             state: None,
             error: None,
             event: None,
+            messages: &[],
         }
     }
 }
@@ -239,6 +241,7 @@ impl RunExec<'_> {
             state,
             error,
             event,
+            messages,
         } = change;
         let now = self.now();
         let finished = matches!(
@@ -262,6 +265,7 @@ impl RunExec<'_> {
                     output,
                     state,
                     error,
+                    messages,
                 },
                 event.as_ref(),
             )
@@ -509,6 +513,7 @@ impl RunExec<'_> {
                             row.attempt,
                             started_at,
                             json!({ "until": until.to_rfc3339() }),
+                            &[],
                         )
                         .await;
                 }
@@ -570,6 +575,7 @@ impl RunExec<'_> {
         attempt: i64,
         started_at: Option<DateTime<Utc>>,
         output: Json,
+        messages: &[crate::outbox::NewMessage],
     ) -> Result<StepResult, StoreError> {
         let cancel = self
             .write(
@@ -579,27 +585,43 @@ impl RunExec<'_> {
                     attempt,
                     started_at,
                     output: Some(&output),
+                    messages,
                     ..Change::default()
                 },
             )
             .await?;
         // Effects that must not repeat happen only after the commit.
+        let data = Json::Null;
         unit.step
             .action
-            .after_commit(&self.action_cx(unit, attempt), &output);
+            .after_commit(&self.action_cx(unit, attempt, &data, None), &output);
+        if !messages.is_empty() {
+            self.inner.outbox_wake.notify_one();
+        }
         if cancel {
             return Ok(StepResult::Cancelled);
         }
         Ok(StepResult::Done(output, StepStatus::Succeeded))
     }
 
-    fn action_cx<'b>(&'b self, unit: &'b Unit<'_>, attempt: i64) -> ActionContext<'b> {
+    fn action_cx<'b>(
+        &'b self,
+        unit: &'b Unit<'_>,
+        attempt: i64,
+        data: &'b Json,
+        template_ctx: Option<&'b minijinja::Value>,
+    ) -> ActionContext<'b> {
         ActionContext {
             clock: &self.inner.clock,
             run_id: &self.run.id,
             workflow_id: &self.wf.id,
             step_key: &unit.key,
             attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            services: &self.inner.config.services,
+            data,
+            workflow_dir: self.wf.path.parent().unwrap_or(std::path::Path::new(".")),
+            template_ctx,
+            http: &self.inner.http,
         }
     }
 
@@ -645,7 +667,12 @@ impl RunExec<'_> {
                 return self.fail_now(unit, attempt, &message).await;
             }
         };
-        let cx = self.action_cx(unit, attempt);
+        let data = self.inner.registry.data();
+        let template_ctx = step
+            .action
+            .needs_context()
+            .then(|| self.context(outputs, unit.item.as_ref()));
+        let cx = self.action_cx(unit, attempt, &data, template_ctx.as_ref());
         let run = step.action.run(&cx, &with);
         let result = match step.timeout {
             None => run.await,
@@ -659,7 +686,11 @@ impl RunExec<'_> {
             }
         };
         match result {
-            Ok(Outcome::Done(output)) => self.succeed(unit, attempt, started_at, output).await,
+            Ok(Outcome::Done(output)) => self.succeed(unit, attempt, started_at, output, &[]).await,
+            Ok(Outcome::Emit(output, messages)) => {
+                self.succeed(unit, attempt, started_at, output, &messages)
+                    .await
+            }
             Ok(Outcome::WaitUntil(until)) => {
                 if until <= self.now() {
                     return self
@@ -668,6 +699,7 @@ impl RunExec<'_> {
                             attempt,
                             started_at,
                             json!({ "until": until.to_rfc3339() }),
+                            &[],
                         )
                         .await;
                 }

@@ -39,6 +39,8 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// Time zone for `now` and times shown to templates.
     pub timezone: chrono_tz::Tz,
+    /// Mail, outbox and secrets configuration.
+    pub services: Arc<crate::outbox::Services>,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +52,7 @@ impl Default for EngineConfig {
             lease: chrono::Duration::seconds(30),
             shutdown_grace: Duration::from_secs(10),
             timezone: chrono_tz::Asia::Tokyo,
+            services: Arc::default(),
         }
     }
 }
@@ -72,6 +75,10 @@ pub(crate) struct Inner {
     /// Runs this daemon is executing now; only their leases are renewed. A std Mutex: held for
     /// a set insert/remove/copy, never across an await.
     active: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Notified when a commit queued outbox messages.
+    pub(crate) outbox_wake: Arc<Notify>,
+    /// Shared HTTP client for the `http` action.
+    pub(crate) http: reqwest::Client,
 }
 
 impl Inner {
@@ -227,6 +234,12 @@ impl Engine {
                 shutdown,
                 wake: Notify::new(),
                 active: std::sync::Mutex::new(std::collections::HashSet::new()),
+                outbox_wake: Arc::new(Notify::new()),
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .user_agent(concat!("pmoflow/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .unwrap_or_default(),
             }),
         }
     }
@@ -234,6 +247,16 @@ impl Engine {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Notified whenever a step commits outbox messages (the delivery worker waits on it).
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        self.inner.outbox_wake.clone()
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
     }
 
     /// Wakes the claim loop (a run became due).

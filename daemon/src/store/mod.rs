@@ -19,11 +19,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
-mod rows;
-mod writer;
-
-pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};
-
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -198,6 +193,8 @@ pub struct StepWrite<'a> {
     pub state: Option<&'a Json>,
     /// Last error.
     pub error: Option<&'a str>,
+    /// Outbox messages committed with this transition.
+    pub messages: &'a [crate::outbox::NewMessage],
 }
 
 /// An event to append with a transition.
@@ -600,6 +597,7 @@ impl Store {
         now: DateTime<Utc>,
         op: writer::Op,
         event: Option<&NewEvent<'_>>,
+        messages: Vec<crate::outbox::NewMessage>,
     ) -> Result<bool> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = writer::Job {
@@ -615,6 +613,7 @@ impl Store {
                     e.message.to_string(),
                 )
             }),
+            messages,
             reply,
         };
         self.writer
@@ -646,7 +645,8 @@ impl Store {
             state: step.state.map(|o| o.to_string()),
             error: step.error.map(str::to_string),
         };
-        self.submit(fence, now, op, event).await
+        self.submit(fence, now, op, event, step.messages.to_vec())
+            .await
     }
 
     /// Parks a run until `wake_at` and gives up its lease.
@@ -654,7 +654,9 @@ impl Store {
         let op = writer::Op::Park {
             wake_at: ms(wake_at),
         };
-        self.submit(fence, wake_at, op, None).await.map(|_| ())
+        self.submit(fence, wake_at, op, None, Vec::new())
+            .await
+            .map(|_| ())
     }
 
     /// Ends a run with a terminal status.
@@ -678,7 +680,9 @@ impl Store {
             kind: status.as_str(),
             message: &message,
         };
-        self.submit(fence, now, op, Some(&event)).await.map(|_| ())
+        self.submit(fence, now, op, Some(&event), Vec::new())
+            .await
+            .map(|_| ())
     }
 
     /// Asks for a run to be cancelled: at once if it is idle, at the next step boundary if a
@@ -878,3 +882,11 @@ fn sqlite_path(url: &str) -> Option<String> {
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then(|| path.to_string())
 }
+
+// Declared after the macros above so that they can use them.
+mod outbox;
+mod rows;
+mod writer;
+
+pub use outbox::OutboxRow;
+pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};

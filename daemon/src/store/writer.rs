@@ -54,6 +54,8 @@ pub(super) struct Job {
     pub now: i64,
     pub op: Op,
     pub event: Option<(Option<String>, String, String)>,
+    /// Outbox messages committed with this write (step writes only).
+    pub messages: Vec<crate::outbox::NewMessage>,
     pub reply: oneshot::Sender<Result<bool>>,
 }
 
@@ -136,6 +138,7 @@ macro_rules! apply_on {
         let mut results: Vec<Result<bool>> = Vec::with_capacity(batch.len());
         let mut upserts: Vec<&Job> = Vec::new();
         let mut events: Vec<&Job> = Vec::new();
+        let mut messages: Vec<(&Job, &crate::outbox::NewMessage)> = Vec::new();
         for job in batch {
             let outcome = match &job.op {
                 Op::Step { .. } => match held.get(&job.run_id) {
@@ -176,6 +179,9 @@ macro_rules! apply_on {
             };
             if outcome.is_ok() && job.event.is_some() {
                 events.push(job);
+            }
+            if outcome.is_ok() {
+                messages.extend(job.messages.iter().map(|m| (job, m)));
             }
             results.push(outcome);
         }
@@ -224,6 +230,36 @@ macro_rules! apply_on {
                         .push_bind(message.as_str());
                 }
             });
+            qb.build().execute(&mut *tx).await?;
+        }
+        // 4. Outbox messages, in the same transaction as the step that produced them. The
+        //    idempotency key makes a repeated insert a no-op.
+        for chunk in messages.chunks(UPSERT_CHUNK) {
+            let ids: Vec<String> = chunk.iter().map(|_| uuid::Uuid::now_v7().to_string()).collect();
+            let payloads: Vec<String> = chunk.iter().map(|(_, m)| m.payload.to_string()).collect();
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO outbox (id, idempotency_key, run_id, step_key, kind, target, message_id, \
+                 payload, status, attempts, next_attempt_at, created_at) ",
+            );
+            qb.push_values(chunk.iter().enumerate(), |mut b, (i, (job, m))| {
+                let step_key = match &job.op {
+                    Op::Step { step_key, .. } => Some(step_key.as_str()),
+                    _ => None,
+                };
+                b.push_bind(ids[i].as_str())
+                    .push_bind(m.key.as_str())
+                    .push_bind(job.run_id.as_str())
+                    .push_bind(step_key)
+                    .push_bind(m.kind.as_str())
+                    .push_bind(m.target.as_str())
+                    .push_bind(m.message_id.as_str())
+                    .push_bind(payloads[i].as_str())
+                    .push_bind("pending")
+                    .push_bind(0i64)
+                    .push_bind(job.now)
+                    .push_bind(job.now);
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;

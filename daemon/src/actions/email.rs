@@ -1,0 +1,288 @@
+//! `action = "email"`: renders a message and puts it in the outbox, in the same transaction that
+//! completes the step. Recipients are addresses (`"山田 太郎 <yamada@example.go.jp>"`) or
+//! `role:NAME`, resolved from the people directory (`workflows/data/people.toml`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value as Json, json};
+
+use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
+use crate::outbox::email::{EmailSpec, build, content_type_for};
+use crate::outbox::{MessageKind, NewMessage};
+
+pub(crate) const PARAMS: &[Param] = &[
+    Param {
+        name: "to",
+        required: true,
+    },
+    Param {
+        name: "cc",
+        required: false,
+    },
+    Param {
+        name: "bcc",
+        required: false,
+    },
+    Param {
+        name: "reply_to",
+        required: false,
+    },
+    Param {
+        name: "subject",
+        required: true,
+    },
+    Param {
+        name: "body",
+        required: false,
+    },
+    Param {
+        name: "template",
+        required: false,
+    },
+    Param {
+        name: "html_template",
+        required: false,
+    },
+    Param {
+        name: "attachments",
+        required: false,
+    },
+];
+
+pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
+    let mut problems = Vec::new();
+    match (with.get("body"), with.get("template")) {
+        (Some(_), Some(_)) => problems.push(WithProblem {
+            key: Some("template".into()),
+            message: "`email` takes either `body` or `template`, not both".into(),
+            hint: None,
+        }),
+        (None, None) => problems.push(WithProblem {
+            key: None,
+            message: "action `email` needs `with.body` or `with.template`".into(),
+            hint: Some(
+                "template = \"status_request.txt\" reads workflows/templates/status_request.txt"
+                    .into(),
+            ),
+        }),
+        _ => {}
+    }
+    for key in ["to", "cc", "bcc"] {
+        if let Some(v) = with.get(key) {
+            let items: Vec<&Json> = match v {
+                Json::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for item in items {
+                match item.as_str() {
+                    None => problems.push(WithProblem {
+                        key: Some(key.into()),
+                        message: format!("`{key}` must be an address, `role:NAME`, or a list of them"),
+                        hint: None,
+                    }),
+                    Some(s) if is_dynamic(item) || s.starts_with("role:") || s.contains('@') => {}
+                    Some(s) => problems.push(WithProblem {
+                        key: Some(key.into()),
+                        message: format!("`{s}` is neither an email address nor `role:NAME`"),
+                        hint: Some("e.g. \"yamada@example.go.jp\", \"山田 太郎 <yamada@example.go.jp>\" or \"role:pmo_head\"".into()),
+                    }),
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Addresses for one recipient field: literal addresses and `role:NAME` expanded.
+fn recipients(cx: &ActionContext<'_>, with: &Json, key: &str) -> Result<Vec<String>, StepError> {
+    let items: Vec<String> = match with.get(key) {
+        None | Some(Json::Null) => return Ok(Vec::new()),
+        Some(Json::String(s)) => vec![s.clone()],
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(other) => {
+            return Err(StepError::fatal(format!(
+                "`with.{key}` must be a string or a list, got {other}"
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let item = item.trim().to_string();
+        if item.is_empty() {
+            continue;
+        }
+        if let Some(role) = item.strip_prefix("role:") {
+            let people = people_with_role(cx.data, role.trim());
+            if people.is_empty() {
+                return Err(StepError::fatal(format!(
+                    "nobody has the role `{}` in workflows/data/people.toml",
+                    role.trim()
+                )));
+            }
+            out.extend(people);
+        } else {
+            out.push(item);
+        }
+    }
+    Ok(out)
+}
+
+/// `"name <email>"` for everyone in `data.people.people` with the role.
+pub fn people_with_role(data: &Json, role: &str) -> Vec<String> {
+    data["people"]["people"]
+        .as_array()
+        .map(|people| {
+            people
+                .iter()
+                .filter(|p| {
+                    p["roles"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|x| x.as_str() == Some(role)))
+                })
+                .filter_map(|p| {
+                    let email = p["email"].as_str()?;
+                    Some(match p["name"].as_str() {
+                        Some(name) => format!("{name} <{email}>"),
+                        None => email.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Finds a template file: next to the workflow, then in `workflows/templates/`.
+fn find_template(cx: &ActionContext<'_>, name: &str) -> Result<PathBuf, StepError> {
+    if name.contains("..") || Path::new(name).is_absolute() {
+        return Err(StepError::fatal(format!(
+            "template `{name}` must be a relative path inside the workflows directory"
+        )));
+    }
+    let candidates = [
+        cx.workflow_dir.join(name),
+        cx.services.workflows_dir.join("templates").join(name),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            StepError::fatal(format!(
+                "template `{name}` not found (looked in {} and {})",
+                candidates[0].display(),
+                candidates[1].display()
+            ))
+        })
+}
+
+fn render_file(cx: &ActionContext<'_>, name: &str) -> Result<String, StepError> {
+    let path = find_template(cx, name)?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| StepError::fatal(format!("cannot read template {}: {e}", path.display())))?;
+    let ctx = cx.template_ctx.cloned().unwrap_or_default();
+    crate::template::render(&text, &ctx).map_err(|e| {
+        StepError::fatal(format!(
+            "template {}:{}: {}",
+            path.display(),
+            e.line.unwrap_or(1),
+            e.message
+        ))
+    })
+}
+
+pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
+    let to = recipients(cx, with, "to")?;
+    let cc = recipients(cx, with, "cc")?;
+    let bcc = recipients(cx, with, "bcc")?;
+    let subject = str_param(with, "subject")?.unwrap_or_default().to_string();
+    let text = match (str_param(with, "body")?, str_param(with, "template")?) {
+        (Some(body), _) => body.to_string(),
+        (None, Some(name)) => render_file(cx, name)?,
+        (None, None) => {
+            return Err(StepError::fatal(
+                "action `email` needs `with.body` or `with.template`",
+            ));
+        }
+    };
+    let html = str_param(with, "html_template")?
+        .map(|n| render_file(cx, n))
+        .transpose()?;
+    let mut attachments = Vec::new();
+    if let Some(list) = with.get("attachments").and_then(Json::as_array) {
+        for item in list {
+            let rel = item
+                .as_str()
+                .ok_or_else(|| StepError::fatal("`attachments` must be a list of file paths"))?;
+            if rel.contains("..") || Path::new(rel).is_absolute() {
+                return Err(StepError::fatal(format!(
+                    "attachment `{rel}` must be a relative path inside the workflows directory"
+                )));
+            }
+            let path = cx.services.workflows_dir.join(rel);
+            let bytes = std::fs::read(&path).map_err(|e| {
+                StepError::fatal(format!("cannot read attachment {}: {e}", path.display()))
+            })?;
+            let name = Path::new(rel)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| rel.to_string());
+            attachments.push((name.clone(), bytes, content_type_for(&name).to_string()));
+        }
+    }
+    let from = cx.services.mail.from.clone();
+    let domain = from
+        .rsplit('@')
+        .next()
+        .map(|d| d.trim_end_matches('>').trim().to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "pmoflow.localhost".into());
+    let step: String = cx
+        .step_key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    // Deterministic: the same step of the same run always has the same Message-ID.
+    let message_id = format!("<{}.{}@{}>", cx.run_id, step, domain);
+    let spec = EmailSpec {
+        from,
+        to: to.clone(),
+        cc: cc.clone(),
+        bcc,
+        reply_to: str_param(with, "reply_to")?.map(str::to_string),
+        subject: subject.clone(),
+        text,
+        html,
+        attachments,
+        message_id: message_id.clone(),
+        date: cx.clock.now(),
+        timezone: cx.services.mail.timezone,
+    };
+    let built = build(&spec).map_err(StepError::fatal)?;
+    let target = to
+        .iter()
+        .chain(cc.iter())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let message = NewMessage {
+        kind: MessageKind::Email,
+        key: format!("{}:{}", cx.run_id, cx.step_key),
+        target: target.clone(),
+        message_id: message_id.clone(),
+        payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
+    };
+    Ok(Outcome::Emit(
+        json!({ "message_id": message_id, "to": to, "cc": cc, "subject": subject }),
+        vec![message],
+    ))
+}

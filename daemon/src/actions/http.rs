@@ -1,0 +1,120 @@
+//! `action = "http"`: a request whose response (status, headers, JSON or text body) becomes the
+//! step output, for workflows that read ministry systems. 5xx, 429 and network errors are
+//! retryable; other non-2xx statuses fail the step unless listed in `ok_status`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value as Json, json};
+
+use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
+
+pub(crate) const PARAMS: &[Param] = &[
+    Param {
+        name: "url",
+        required: true,
+    },
+    Param {
+        name: "method",
+        required: false,
+    },
+    Param {
+        name: "headers",
+        required: false,
+    },
+    Param {
+        name: "json",
+        required: false,
+    },
+    Param {
+        name: "body",
+        required: false,
+    },
+    Param {
+        name: "ok_status",
+        required: false,
+    },
+];
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+
+pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
+    let mut problems = Vec::new();
+    if let Some(m) = with.get("method").filter(|v| !is_dynamic(v))
+        && !m
+            .as_str()
+            .is_some_and(|m| METHODS.contains(&m.to_ascii_uppercase().as_str()))
+    {
+        problems.push(WithProblem {
+            key: Some("method".into()),
+            message: format!("unknown HTTP method {m}"),
+            hint: Some(format!("use one of {}", METHODS.join(", "))),
+        });
+    }
+    if with.contains_key("json") && with.contains_key("body") {
+        problems.push(WithProblem {
+            key: Some("body".into()),
+            message: "`http` takes either `json` or `body`, not both".into(),
+            hint: None,
+        });
+    }
+    problems
+}
+
+pub(crate) async fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
+    let url = str_param(with, "url")?.unwrap_or_default();
+    let method = str_param(with, "method")?
+        .unwrap_or("GET")
+        .to_ascii_uppercase();
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|_| StepError::fatal(format!("unknown HTTP method `{method}`")))?;
+    let mut req = cx.http.request(method, url);
+    if let Some(headers) = with.get("headers").and_then(Json::as_object) {
+        for (k, v) in headers {
+            if let Some(v) = v.as_str() {
+                req = req.header(k.as_str(), v);
+            }
+        }
+    }
+    if let Some(j) = with.get("json") {
+        req = req.json(j);
+    } else if let Some(b) = str_param(with, "body")? {
+        req = req.body(b.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| StepError::retryable(format!("HTTP request to {url} failed: {e}")))?;
+    let status = resp.status().as_u16();
+    let headers: serde_json::Map<String, Json> = resp
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.as_str().to_string(),
+                Json::String(v.to_str().ok()?.to_string()),
+            ))
+        })
+        .collect();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| StepError::retryable(format!("reading the response of {url}: {e}")))?;
+    let ok: Vec<u64> = with
+        .get("ok_status")
+        .and_then(Json::as_array)
+        .map(|a| a.iter().filter_map(Json::as_u64).collect())
+        .unwrap_or_default();
+    if !(200..300).contains(&status) && !ok.contains(&u64::from(status)) {
+        let snippet: String = text.chars().take(200).collect();
+        let message = format!("{url} answered {status}: {snippet}");
+        return Err(if status >= 500 || status == 429 || status == 408 {
+            StepError::retryable(message)
+        } else {
+            StepError::fatal(message)
+        });
+    }
+    let body = serde_json::from_str::<Json>(&text).unwrap_or(Json::String(text));
+    Ok(Outcome::Done(
+        json!({ "status": status, "headers": headers, "body": body }),
+    ))
+}

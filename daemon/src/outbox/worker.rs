@@ -1,0 +1,134 @@
+//! The delivery worker: leases due messages, delivers them (bounded concurrency), records the
+//! result. Several daemons can share one database: leases keep them from sending the same
+//! message at the same time.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::transport::Transports;
+use super::{Delivery, Services};
+use crate::clock::SharedClock;
+use crate::store::{OutboxRow, Store};
+
+/// How long a delivery may hold a message before another worker may try it.
+const LEASE: Duration = Duration::minutes(5);
+
+/// The delay before attempt `attempt + 1`, exponential with equal jitter.
+pub fn backoff(services: &Services, attempt: u32, random_unit: f64) -> std::time::Duration {
+    let cfg = &services.outbox;
+    let exp = attempt.saturating_sub(1).min(30);
+    let base = cfg.backoff.saturating_mul(1u32 << exp).min(cfg.max_backoff);
+    let half = base / 2;
+    half + half.mul_f64(random_unit.clamp(0.0, 1.0))
+}
+
+/// Delivers messages until shutdown. `wake` is notified when a step commits new messages.
+pub async fn run(
+    store: Store,
+    clock: SharedClock,
+    services: Arc<Services>,
+    node_id: String,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let transports = match Transports::new(services.clone()) {
+        Ok(t) => t,
+        Err(err) => {
+            tracing::error!(error = %err, "outbox: cannot set up delivery; messages stay queued");
+            shutdown.cancelled().await;
+            return;
+        }
+    };
+    let concurrency = services.outbox.concurrency.max(1);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let now = clock.now();
+        let limit = i64::try_from(concurrency * 8).unwrap_or(64);
+        let batch = match store.claim_outbox(&node_id, now, LEASE, limit).await {
+            Ok(b) => b,
+            Err(err) => {
+                tracing::error!(error = %err, "outbox: cannot claim messages; retrying");
+                Vec::new()
+            }
+        };
+        let full = i64::try_from(batch.len()).unwrap_or(0) == limit;
+        if !batch.is_empty() {
+            futures::stream::iter(batch)
+                .map(|row| deliver_one(&store, &clock, &services, &transports, &node_id, row))
+                .buffer_unordered(concurrency)
+                .collect::<Vec<()>>()
+                .await;
+        }
+        if full {
+            continue;
+        }
+        let poll =
+            Duration::from_std(services.outbox.poll_interval).unwrap_or(Duration::seconds(1));
+        let mut until = clock.now() + poll;
+        if let Ok(Some(next)) = store.next_outbox_due().await {
+            until = until.min(next);
+        }
+        tokio::select! {
+            () = clock.sleep_until(until) => {}
+            () = wake.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn deliver_one(
+    store: &Store,
+    clock: &SharedClock,
+    services: &Services,
+    transports: &Transports,
+    node_id: &str,
+    row: OutboxRow,
+) {
+    let now = clock.now();
+    let result = transports
+        .deliver(row.kind, &row.message_id, &row.payload, now.timestamp())
+        .await;
+    let done = clock.now();
+    let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+    let (status, retry_at, error): (&str, Option<DateTime<Utc>>, Option<String>) = match result {
+        Delivery::Sent => {
+            tracing::info!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, "message sent");
+            ("sent", None, None)
+        }
+        Delivery::Permanent(reason) => {
+            tracing::error!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, reason = %reason, "message refused; moved to dead letters");
+            ("dead", None, Some(reason))
+        }
+        Delivery::Temporary(reason) => {
+            let too_old =
+                (done - row.created_at).to_std().unwrap_or_default() > services.outbox.max_age;
+            if attempt >= services.outbox.max_attempts || too_old {
+                tracing::error!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, reason = %reason, "message undeliverable; moved to dead letters");
+                (
+                    "dead",
+                    None,
+                    Some(format!("{reason} (gave up after {attempt} attempts)")),
+                )
+            } else {
+                let delay = backoff(services, attempt, fastrand::f64());
+                let at = done + Duration::from_std(delay).unwrap_or(Duration::seconds(60));
+                tracing::warn!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, reason = %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                ("pending", Some(at), Some(reason))
+            }
+        }
+    };
+    if let Err(err) = store
+        .outbox_attempted(&row.id, node_id, done, status, retry_at, error.as_deref())
+        .await
+    {
+        // The lease expires and the message is tried again: at most a duplicate of a message
+        // the server already accepted, with the same Message-ID / Idempotency-Key.
+        tracing::error!(message_id = %row.message_id, error = %err, "outbox: cannot record delivery result");
+    }
+}
