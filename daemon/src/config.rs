@@ -115,6 +115,8 @@ pub struct Config {
     pub reload_interval: Duration,
     /// The file this was read from, if any.
     pub source: Option<PathBuf>,
+    /// Secrets that could not be read (the daemon refuses to start with any).
+    pub secret_errors: Vec<String>,
 }
 
 /// A config problem.
@@ -265,15 +267,27 @@ impl Config {
                 )),
             }
         };
+        // A missing secret stops the daemon from starting, but not the CLI commands that do not
+        // send anything.
+        let mut secret_errors = Vec::new();
+        let mut keep = |r: Result<crate::outbox::Secret, ConfigError>| match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                secret_errors.push(e.to_string());
+                None
+            }
+        };
         let mut secrets = std::collections::BTreeMap::new();
         for (name, spec) in &raw.secrets {
-            let value = read_secret(
+            let value = keep(read_secret(
                 spec.span(),
                 &format!("secret `{name}`"),
                 spec.get_ref().env.as_deref(),
                 spec.get_ref().file.as_deref(),
-            )?;
-            secrets.insert(name.clone(), value);
+            ));
+            if let Some(value) = value {
+                secrets.insert(name.clone(), value);
+            }
         }
         let mut from = raw
             .mail
@@ -290,18 +304,18 @@ impl Config {
                 let tls = s.tls.unwrap_or_default();
                 let password = match (&s.password_env, &s.password_file) {
                     (None, None) => None,
-                    (Some(e), None) => Some(read_secret(
+                    (Some(e), None) => keep(read_secret(
                         e.span(),
                         "smtp password",
                         Some(e.get_ref()),
                         None,
-                    )?),
-                    (None, Some(f)) => Some(read_secret(
+                    )),
+                    (None, Some(f)) => keep(read_secret(
                         f.span(),
                         "smtp password",
                         None,
                         Some(f.get_ref()),
-                    )?),
+                    )),
                     (Some(e), Some(_)) => {
                         return Err(err(
                             e.span(),
@@ -401,6 +415,7 @@ impl Config {
             engine,
             reload_interval: duration(&raw.engine.reload_interval, Duration::from_secs(2))?,
             source,
+            secret_errors,
         })
     }
 

@@ -21,6 +21,9 @@ pub enum DaemonError {
     /// The database could not be opened or failed for good.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The configuration names secrets that cannot be read.
+    #[error("{0}")]
+    Config(String),
     /// A task panicked.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -49,6 +52,9 @@ pub async fn run(
         node = %config.engine.node_id,
         "pmoflow starting"
     );
+    if !config.secret_errors.is_empty() {
+        return Err(DaemonError::Config(config.secret_errors.join("\n")));
+    }
     let store = Store::open(&config.database_url, config.durability).await?;
     let registry = Arc::new(Registry::default());
     let catalog = load_catalog(&config);

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod engine;
 mod golden;
+mod notify;
 mod reload;
 mod schedule;
 mod scheduling;

@@ -350,3 +350,127 @@ impl InProcess {
         self.handle.await.unwrap();
     }
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, timeout: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < timeout, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A support script under `tests/support/`.
+pub fn support(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("support")
+        .join(name)
+}
+
+/// A real SMTP server (aiosmtpd, installed by tests/run) delivering into a Maildir.
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+    pub maildir: PathBuf,
+}
+
+impl SmtpSink {
+    pub fn start(port: u16, maildir: &Path) -> SmtpSink {
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd (pip install aiosmtpd; tests/run does)");
+        wait_port(port, Duration::from_secs(20));
+        SmtpSink {
+            child,
+            port,
+            maildir: maildir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decodes every message under `dir` with Python's `email` package.
+pub fn decode_mail(dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .arg(support("decode_mail.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The test webhook receiver (`support/webhook_server.py`).
+pub struct WebhookServer {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl WebhookServer {
+    pub fn start(dir: &Path, fail_first: u32, final_status: u16) -> WebhookServer {
+        let port = free_port();
+        let log = dir.join("webhook.jsonl");
+        let child = Command::new("python3")
+            .arg(support("webhook_server.py"))
+            .args([
+                port.to_string(),
+                log.display().to_string(),
+                fail_first.to_string(),
+                final_status.to_string(),
+            ])
+            .spawn()
+            .unwrap();
+        wait_port(port, Duration::from_secs(20));
+        WebhookServer { child, port, log }
+    }
+
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for WebhookServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

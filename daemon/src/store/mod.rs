@@ -296,7 +296,23 @@ impl Store {
 
     async fn migrate(&self) -> Result<()> {
         match &self.backend {
-            Backend::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Backend::Sqlite(pool) => {
+                // sqlx takes no lock for SQLite migrations: two processes opening a new database
+                // at once (the daemon and a CLI command) can race. Each migration is one
+                // transaction, so the loser rolls back; trying again finds it applied.
+                let mut attempt = 0;
+                loop {
+                    match sqlx::migrate!("migrations/sqlite").run(pool).await {
+                        Ok(()) => break,
+                        Err(err) if attempt < 20 => {
+                            attempt += 1;
+                            tracing::debug!(error = %err, attempt, "migration raced another process; retrying");
+                            tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+            }
             Backend::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
         }
         Ok(())

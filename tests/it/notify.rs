@@ -1,0 +1,352 @@
+//! Notifications against real servers: aiosmtpd for SMTP, a Python HTTP server for webhooks,
+//! Python's `email` package to decode what arrived; the real daemon, killed with SIGKILL.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use pmoflow::outbox::webhook;
+use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::{
+    Backend, Daemon, Project, SmtpSink, TestDb, WebhookServer, cli, decode_mail, free_port,
+    wait_run,
+};
+
+const PEOPLE: &str = r#"
+# Example people directory.
+[[people]]
+name = "山田 太郎"
+email = "yamada@example.go.jp"
+roles = ["pmo_head"]
+organisation = "デジタル統括室"
+
+[[people]]
+name = "佐藤 花子"
+email = "sato@example.go.jp"
+roles = ["project_owner"]
+"#;
+
+const TEMPLATE: &str = "{{ inputs.who }} 様\n\nお疲れ様です。PMO事務局です。\n令和8年度の状況報告を{{ \"2026-12-04\" | jp_date }}17時までにお願いいたします。\n\n記\n１．総合評価：良好／注意／要対応\n２．経費（予算・執行額）：１００％\n以上\n";
+
+const MAIL_WORKFLOW: &str = r#"
+id = "notice"
+[inputs]
+who = "鈴木 一郎"
+[[steps]]
+id = "send"
+action = "email"
+[steps.with]
+to = ["role:pmo_head", "鈴木 一郎 <suzuki@example.go.jp>"]
+cc = "role:project_owner"
+bcc = "audit@example.go.jp"
+subject = "【要回答】令和8年度 状況報告のお願い（{{ inputs.who }} 様）【12/4(金)締切】"
+template = "request.txt"
+"#;
+
+fn mail_project(config: &str) -> Project {
+    let project = Project::new();
+    std::fs::write(project.workflows().join("data/people.toml"), PEOPLE).unwrap();
+    std::fs::create_dir_all(project.workflows().join("templates")).unwrap();
+    std::fs::write(project.workflows().join("templates/request.txt"), TEMPLATE).unwrap();
+    project.workflow("notice.toml", MAIL_WORKFLOW);
+    project.config(config);
+    project
+}
+
+fn expected_body() -> String {
+    TEMPLATE
+        .replace("{{ inputs.who }}", "鈴木 一郎")
+        .replace("{{ \"2026-12-04\" | jp_date }}", "12月4日(金)")
+}
+
+async fn wait_outbox(store: &Store, status: &str, n: i64, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let got = store.count_outbox(status).await.unwrap();
+        if got >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "only {got} of {n} messages {status} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn check_japanese_message(m: &serde_json::Value) {
+    assert_eq!(
+        m["subject"],
+        "【要回答】令和8年度 状況報告のお願い（鈴木 一郎 様）【12/4(金)締切】"
+    );
+    assert_eq!(
+        m["body"].as_str().unwrap().replace("\r\n", "\n"),
+        expected_body()
+    );
+    assert_eq!(m["from"], "PMO事務局 <pmo@example.go.jp>");
+    assert_eq!(
+        m["to"],
+        serde_json::json!([
+            "山田 太郎 <yamada@example.go.jp>",
+            "鈴木 一郎 <suzuki@example.go.jp>"
+        ])
+    );
+    assert_eq!(
+        m["cc"],
+        serde_json::json!(["佐藤 花子 <sato@example.go.jp>"])
+    );
+    assert_eq!(m["bcc_header"], false, "Bcc must not appear in the headers");
+    assert_eq!(m["auto_submitted"], "auto-generated");
+    assert_eq!(m["auto_response_suppress"], "OOF, AutoReply");
+    assert!(
+        m["date"].as_str().unwrap().ends_with("+0900"),
+        "{}",
+        m["date"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn japanese_email_arrives_intact_through_a_real_smtp_server() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = free_port();
+    let project = mail_project(&format!(
+        "database_url = \"{}\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n",
+        db.url
+    ));
+    let maildir = project.path().join("maildir");
+    let _smtp = SmtpSink::start(port, &maildir);
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("email goes to SMTP", Duration::from_secs(20));
+    let (code, out, err) = cli(project.path(), &["trigger", "notice"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    wait_outbox(&store, "sent", 1, Duration::from_secs(20)).await;
+    let rows = store.list_outbox(Some("sent"), 10).await.unwrap();
+    let messages = decode_mail(&maildir);
+    assert_eq!(messages.len(), 1);
+    check_japanese_message(&messages[0]);
+    assert_eq!(
+        messages[0]["message_id"], rows[0].message_id,
+        "the Message-ID recorded by pmoflow"
+    );
+    // The step output names the message.
+    let steps = store.get_steps(&run.id).await.unwrap();
+    assert_eq!(
+        steps[0].output.as_ref().unwrap()["message_id"],
+        rows[0].message_id.as_str()
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_smtp_messages_become_eml_files() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = mail_project(&format!(
+        "database_url = \"{}\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n",
+        db.url
+    ));
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("emails are written as .eml files", Duration::from_secs(20));
+    let (code, _, err) = cli(project.path(), &["trigger", "notice"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    wait_outbox(&store, "sent", 1, Duration::from_secs(20)).await;
+    let dir = project.path().join("var/outbox");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with(".eml"));
+    let messages = decode_mail(&dir);
+    check_japanese_message(&messages[0]);
+    let (code, out, _) = cli(project.path(), &["outbox", "--status", "sent"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("山田 太郎 <yamada@example.go.jp>"), "{out}");
+    store.close().await;
+}
+
+const FIFTY: &str = r#"
+id = "fifty"
+[[steps]]
+id = "each"
+action = "email"
+foreach = "range(50)"
+parallelism = 10
+with = { to = "user{{ item }}@example.go.jp", subject = "【ご連絡】テスト {{ item }} 件目", body = "本文 {{ item }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_messages_survive_a_down_server_and_a_kill9_and_arrive_once() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = free_port();
+    let project = Project::new();
+    project.workflow("fifty.toml", FIFTY);
+    project.config(&format!(
+        "database_url = \"{}\"\nnode_id = \"mailer\"\n[mail]\nfrom = \"pmo@example.go.jp\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = \"2s\"\n[outbox]\nbackoff = \"200ms\"\nmax_backoff = \"1s\"\nmax_attempts = 1000\n",
+        db.url
+    ));
+    let dir = project.path();
+    let mut a = Daemon::start(dir, "a", &[]);
+    let (code, out, err) = cli(dir, &["trigger", "fifty"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
+        r.status == RunStatus::Succeeded
+    })
+    .await;
+    // The server is down: every message is pending and has failed at least once.
+    let start = Instant::now();
+    loop {
+        let rows = store.list_outbox(Some("pending"), 100).await.unwrap();
+        if rows.len() == 50 && rows.iter().all(|r| r.attempts >= 1) {
+            assert!(
+                rows.iter()
+                    .all(|r| r.last_error.as_deref().unwrap_or("").contains("SMTP")),
+                "{:?}",
+                rows[0].last_error
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "messages not retried: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill9();
+    let _b = Daemon::start(dir, "b", &[]);
+    let maildir = dir.join("maildir");
+    let started = Instant::now();
+    let _smtp = SmtpSink::start(port, &maildir);
+    wait_outbox(&store, "sent", 50, Duration::from_secs(30)).await;
+    println!(
+        "50 messages delivered {} ms after the SMTP server came up",
+        started.elapsed().as_millis()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let messages = decode_mail(&maildir);
+    let ids: BTreeSet<String> = messages
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(messages.len(), 50, "duplicates or losses");
+    assert_eq!(ids.len(), 50);
+    let subjects: BTreeSet<String> = messages
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert!(subjects.contains("【ご連絡】テスト 49 件目"));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_retries_until_accepted_and_is_signed() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let project = Project::new();
+    let server = WebhookServer::start(project.path(), 3, 200);
+    project.workflow(
+        "hook.toml",
+        &format!("id = \"hook\"\n[[steps]]\nid = \"notify\"\naction = \"webhook\"\nwith = {{ url = \"http://127.0.0.1:{}/incident\", json = {{ severity = \"S1\", summary = \"基幹システム停止\" }}, secret = \"hook_key\" }}\n", server.port),
+    );
+    project.config(&format!(
+        "database_url = \"{}\"\n[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\n[secrets]\nhook_key = {{ env = \"TEST_HOOK_SECRET\" }}\n",
+        db.url
+    ));
+    let d = Daemon::start(project.path(), "d", &[("TEST_HOOK_SECRET", "s3cret-値")]);
+    let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    wait_outbox(&store, "sent", 1, Duration::from_secs(20)).await;
+    let rows = store.list_outbox(Some("sent"), 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "one delivery recorded");
+    assert_eq!(rows[0].attempts, 4);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 4);
+    let keys: BTreeSet<_> = requests
+        .iter()
+        .map(|r| {
+            r["headers"]["idempotency-key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys.len(), 1, "retries carry the same Idempotency-Key");
+    let last = &requests[3];
+    assert_eq!(last["status"], 200);
+    let body = last["body"].as_str().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["summary"],
+        "基幹システム停止"
+    );
+    let ts = last["headers"]["x-pmoflow-timestamp"].as_str().unwrap();
+    let sig = last["headers"]["x-pmoflow-signature"].as_str().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    webhook::verify("s3cret-値".as_bytes(), ts, body.as_bytes(), sig, now, 300)
+        .expect("signature verifies");
+    assert!(webhook::verify(b"wrong", ts, body.as_bytes(), sig, now, 300).is_err());
+    // The same request replayed ten minutes later is recognisable as a replay.
+    assert_eq!(
+        webhook::verify(
+            "s3cret-値".as_bytes(),
+            ts,
+            body.as_bytes(),
+            sig,
+            now + 600,
+            300
+        ),
+        Err(webhook::VerifyError::Stale(300))
+    );
+    // The secret never appears in the logs.
+    assert!(!d.log_text().contains("s3cret"), "{}", d.log_text());
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_refusal_is_a_dead_letter_that_can_be_retried() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let server = WebhookServer::start(project.path(), 0, 404);
+    project.workflow(
+        "hook.toml",
+        &format!("id = \"hook\"\n[[steps]]\nid = \"notify\"\naction = \"webhook\"\nwith = {{ url = \"http://127.0.0.1:{}/gone\", format = \"slack\", text = \"テスト\" }}\n", server.port),
+    );
+    project.config(&format!(
+        "database_url = \"{}\"\n[outbox]\nbackoff = \"100ms\"\n",
+        db.url
+    ));
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("workflows loaded", Duration::from_secs(20));
+    let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    wait_outbox(&store, "dead", 1, Duration::from_secs(20)).await;
+    assert_eq!(server.requests().len(), 1, "a 404 is not retried");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(server.requests()[0]["body"].as_str().unwrap())
+            .unwrap(),
+        serde_json::json!({"text": "テスト"})
+    );
+    let (code, out, _) = cli(project.path(), &["outbox", "--status", "dead"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("HTTP 404"), "{out}");
+    let id = store.list_outbox(Some("dead"), 1).await.unwrap()[0]
+        .id
+        .clone();
+    let (code, out, _) = cli(project.path(), &["outbox", "retry", &id]);
+    assert_eq!(code, 0, "{out}");
+    let start = Instant::now();
+    while server.requests().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "retry not sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _, err) = cli(project.path(), &["outbox", "retry", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no dead message nope"), "{err}");
+    store.close().await;
+}

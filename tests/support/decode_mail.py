@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Decodes every message in a Maildir or a directory of .eml files with Python's `email`
+package (an implementation independent of pmoflow's) and prints them as JSON."""
+import email.policy
+import json
+import pathlib
+import sys
+from email.parser import BytesParser
+
+root = pathlib.Path(sys.argv[1])
+files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+out = []
+for path in files:
+    msg = BytesParser(policy=email.policy.default).parsebytes(path.read_bytes())
+    body = msg.get_body(preferencelist=("plain",))
+    html = msg.get_body(preferencelist=("html",))
+    out.append({
+        "file": path.name,
+        "message_id": msg["Message-ID"],
+        "from": str(msg["From"]),
+        "to": [str(a) for a in (msg["To"].addresses if msg["To"] else [])],
+        "cc": [str(a) for a in (msg["Cc"].addresses if msg["Cc"] else [])],
+        "bcc_header": msg["Bcc"] is not None,
+        "subject": str(msg["Subject"]),
+        "date": str(msg["Date"]),
+        "auto_submitted": msg["Auto-Submitted"],
+        "auto_response_suppress": msg["X-Auto-Response-Suppress"],
+        "body": body.get_content() if body is not None else None,
+        "html": html.get_content() if html is not None else None,
+        "attachments": [a.get_filename() for a in msg.iter_attachments()],
+    })
+print(json.dumps(out, ensure_ascii=False))
