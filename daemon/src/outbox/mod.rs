@@ -98,7 +98,7 @@ impl Default for OutboxConfig {
             max_age: Duration::from_secs(2 * 24 * 3600),
             backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(3600),
-            concurrency: 8,
+            concurrency: 32,
             poll_interval: Duration::from_secs(1),
         }
     }

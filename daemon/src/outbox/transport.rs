@@ -39,7 +39,13 @@ impl Transports {
                         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)
                     }
                 };
-                let mut builder = builder.port(cfg.port).timeout(Some(cfg.timeout));
+                // One pooled connection per concurrent delivery.
+                let pool = lettre::transport::smtp::PoolConfig::new()
+                    .max_size(u32::try_from(services.outbox.concurrency).unwrap_or(8));
+                let mut builder = builder
+                    .port(cfg.port)
+                    .timeout(Some(cfg.timeout))
+                    .pool_config(pool);
                 if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
                     builder = builder
                         .credentials(Credentials::new(user.clone(), pass.expose().to_string()));

@@ -1,0 +1,150 @@
+//! Outbox benchmark: 1,000 templated Japanese emails through the real engine and delivery worker
+//! to a local SMTP sink (aiosmtpd's discarding `Sink` handler, `pip install aiosmtpd`; the
+//! Maildir handler's disk writes would measure the sink, not pmoflow). Prints messages/s;
+//! asserts nothing.
+//!
+//! Run: `cargo bench -p pmoflow --bench outbox`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pmoflow::clock::SystemClock;
+use pmoflow::engine::{Engine, EngineConfig, Registry, RunRequest};
+use pmoflow::outbox::{MailSettings, OutboxConfig, Services, SmtpConfig, SmtpTls};
+use pmoflow::store::{Durability, Store};
+use pmoflow::workflow::Catalog;
+use tokio_util::sync::CancellationToken;
+
+const WORKFLOW: &str = r#"
+id = "bulk"
+[[steps]]
+id = "mail"
+action = "email"
+foreach = "range(1000)"
+parallelism = 64
+[steps.with]
+to = "PJMO担当 {{ item }} <pjmo{{ item }}@example.go.jp>"
+subject = "【要回答】令和8年度 第3四半期 状況報告のお願い（No.{{ item }}）【{{ '2026-12-04' | jp_date }}締切】"
+body = "PJMO担当者 様\n\nお疲れ様です。PMO事務局です。\n第3四半期の状況報告を{{ '2026-12-04' | jp_date }}17時までにご提出ください。\n\n記\n１．総合評価\n２．経費\n３．進捗\n以上\n\nよろしくお願いいたします。\n"
+"#;
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf_dir = dir.path().join("workflows");
+    std::fs::create_dir_all(&wf_dir).unwrap();
+    std::fs::write(wf_dir.join("bulk.toml"), WORKFLOW).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sink = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Sink",
+        ])
+        .spawn()
+        .expect("python3 -m aiosmtpd (pip install aiosmtpd)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let store = Store::open(&url, Durability::Process).await.unwrap();
+    let registry = Arc::new(Registry::default());
+    registry.set_catalog(Arc::new(Catalog::load(&wf_dir)));
+    let services = Arc::new(Services {
+        mail: MailSettings {
+            from: "PMO事務局 <pmo@example.go.jp>".into(),
+            smtp: Some(SmtpConfig {
+                host: "127.0.0.1".into(),
+                port,
+                tls: SmtpTls::None,
+                username: None,
+                password: None,
+                timeout: Duration::from_secs(10),
+            }),
+            ..MailSettings::default()
+        },
+        outbox: OutboxConfig {
+            concurrency: std::env::var("BENCH_CONCURRENCY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(OutboxConfig::default().concurrency),
+            ..OutboxConfig::default()
+        },
+        workflows_dir: wf_dir.clone(),
+        ..Services::default()
+    });
+    let services_concurrency = services.outbox.concurrency;
+    let shutdown = CancellationToken::new();
+    let config = EngineConfig {
+        node_id: "bench".into(),
+        services: services.clone(),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        config,
+        registry,
+        shutdown.clone(),
+    );
+    let e = engine.clone();
+    let engine_task = tokio::spawn(async move { e.run().await.unwrap() });
+    let worker = tokio::spawn(pmoflow::outbox::worker::run(
+        store.clone(),
+        Arc::new(SystemClock),
+        services,
+        "bench".into(),
+        engine.outbox_wake(),
+        shutdown.clone(),
+    ));
+
+    let start = Instant::now();
+    engine
+        .trigger("bulk", &RunRequest::manual(&serde_json::Value::Null))
+        .await
+        .unwrap();
+    let mut committed_at = None;
+    loop {
+        if committed_at.is_none()
+            && store.count_outbox("pending").await.unwrap()
+                + store.count_outbox("sent").await.unwrap()
+                >= 1000
+        {
+            committed_at = Some(start.elapsed());
+        }
+        if store.count_outbox("sent").await.unwrap() >= 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let total = start.elapsed();
+    println!(
+        "pmoflow outbox benchmark (2 cores; aiosmtpd sink on loopback; [outbox] concurrency = {})",
+        services_concurrency
+    );
+    println!();
+    println!(
+        "| messages | rendered + committed | all accepted by SMTP | messages/s (end to end) |"
+    );
+    println!("|----------|----------------------|---------------------|-------------------------|");
+    println!(
+        "| 1000     | {:>18.2} s | {:>17.2} s | {:>23.0} |",
+        committed_at.unwrap_or(total).as_secs_f64(),
+        total.as_secs_f64(),
+        1000.0 / total.as_secs_f64(),
+    );
+    shutdown.cancel();
+    let _ = engine_task.await;
+    let _ = worker.await;
+    let _ = sink.kill();
+}
