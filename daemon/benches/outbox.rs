@@ -147,4 +147,5 @@ async fn main() {
     let _ = engine_task.await;
     let _ = worker.await;
     let _ = sink.kill();
+    let _ = sink.wait();
 }
