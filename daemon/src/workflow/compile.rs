@@ -491,6 +491,56 @@ fn check_templates(cx: &mut Ctx<'_>, span: Range<usize>, value: &Json, scope: &S
     }
 }
 
+/// Checks a template file an `email` step names: it exists (next to the workflow or in
+/// `templates/`), parses, and reads only names that will exist.
+fn check_template_file(cx: &mut Ctx<'_>, span: Range<usize>, name: &str, scope: &Scope<'_>) {
+    let dir = cx.path.parent().unwrap_or(Path::new("."));
+    let candidates = [dir.join(name), dir.join("templates").join(name)];
+    let Some(file) = candidates.iter().find(|p| p.is_file()) else {
+        cx.error(
+            span,
+            format!("template file `{name}` not found"),
+            Some(format!(
+                "looked in {} and {}",
+                candidates[0].display(),
+                candidates[1].display()
+            )),
+        );
+        return;
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            cx.error(
+                span,
+                format!("cannot read template file {}: {e}", file.display()),
+                None,
+            );
+            return;
+        }
+    };
+    match template::template_names(&text) {
+        Err(err) => cx.diags.push(Diagnostic {
+            path: file.clone(),
+            line: err.line.unwrap_or(1),
+            col: 1,
+            message: format!("invalid template: {}", err.message),
+            hint: None,
+        }),
+        Ok(names) => {
+            for n in names {
+                if let Some((message, hint)) = scope.check(&n) {
+                    cx.error(
+                        span.clone(),
+                        format!("{message} in template file {}", file.display()),
+                        hint,
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn duration(cx: &mut Ctx<'_>, value: &Spanned<String>) -> Option<std::time::Duration> {
     match HumanDuration::parse(value.get_ref()) {
         Ok(d) => Some(d.0),
@@ -533,9 +583,23 @@ fn compile_step(cx: &mut Ctx<'_>, spanned: &Spanned<RawStep>, scope: &Scope<'_>)
             cx.error(span, problem.message, problem.hint);
         }
     }
-    for (key, value) in &step.with {
+    for value in step.with.values() {
         check_templates(cx, value.span(), &toml_to_json(value.get_ref()), scope);
-        let _ = key;
+    }
+    if action == Some(ActionKind::Email) {
+        for key in ["template", "html_template"] {
+            let Some((_, value)) = step.with.get_key_value(key) else {
+                continue;
+            };
+            let Some(name) = value
+                .get_ref()
+                .as_str()
+                .filter(|n| !template::is_template(n))
+            else {
+                continue;
+            };
+            check_template_file(cx, value.span(), name, scope);
+        }
     }
     if let Some(cond) = &step.condition {
         let cond_scope = Scope {
