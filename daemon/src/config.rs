@@ -52,6 +52,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMail {
     from: Option<Spanned<String>>,
+    charset: Option<crate::outbox::Charset>,
     outbox_dir: Option<PathBuf>,
 }
 
@@ -397,6 +398,7 @@ impl Config {
                     .unwrap_or_else(|| PathBuf::from("var/outbox")),
                 smtp,
                 timezone,
+                charset: raw.mail.charset.unwrap_or_default(),
             },
             outbox,
             secrets,

@@ -350,3 +350,56 @@ async fn a_permanent_refusal_is_a_dead_letter_that_can_be_retried() {
     assert!(err.contains("no dead message nope"), "{err}");
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iso_2022_jp_for_gateways_that_need_it() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = mail_project(&format!(
+        "database_url = \"{}\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\ncharset = \"iso-2022-jp\"\n",
+        db.url
+    ));
+    project.workflow(
+        "bad.toml",
+        "id = \"bad\"\n[[steps]]\nid = \"send\"\naction = \"email\"\nwith = { to = \"a@example.go.jp\", subject = \"お詫び🙇\", body = \"本文\" }\n",
+    );
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("workflows loaded", Duration::from_secs(20));
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let (_, out, _) = cli(project.path(), &["trigger", "notice"]);
+    let ok = out.trim().to_string();
+    let (_, out, _) = cli(project.path(), &["trigger", "bad"]);
+    let bad = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(bad.status, RunStatus::Failed);
+    assert!(
+        bad.error
+            .as_deref()
+            .unwrap()
+            .contains("cannot be encoded in ISO-2022-JP: \"🙇\""),
+        "{bad:?}"
+    );
+    wait_run(&store, &ok, Duration::from_secs(20), |r| {
+        r.status == RunStatus::Succeeded
+    })
+    .await;
+    wait_outbox(&store, "sent", 1, Duration::from_secs(20)).await;
+    let dir = project.path().join("var/outbox");
+    let raw = std::fs::read_to_string(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    assert!(
+        raw.contains("Content-Type: text/plain; charset=ISO-2022-JP"),
+        "{raw}"
+    );
+    assert!(raw.is_ascii());
+    check_japanese_message(&decode_mail(&dir)[0]);
+    store.close().await;
+}

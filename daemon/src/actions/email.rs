@@ -266,6 +266,7 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
         message_id: message_id.clone(),
         date: cx.clock.now(),
         timezone: cx.services.mail.timezone,
+        charset: cx.services.mail.charset,
     };
     let built = build(&spec).map_err(StepError::fatal)?;
     let target = to

@@ -34,6 +34,8 @@ pub struct EmailSpec {
     pub date: DateTime<Utc>,
     /// Zone of the `Date:` header.
     pub timezone: chrono_tz::Tz,
+    /// Character set.
+    pub charset: super::Charset,
 }
 
 /// A built message: its bytes and its envelope.
@@ -79,6 +81,9 @@ fn mailbox(text: &str) -> Result<Mailbox, String> {
 
 /// Builds the message.
 pub fn build(spec: &EmailSpec) -> Result<Built, String> {
+    if spec.charset == super::Charset::Iso2022Jp {
+        return iso2022jp::build(spec);
+    }
     let from = mailbox(&spec.from)?;
     let mut b = Message::builder()
         .from(from.clone())
@@ -151,6 +156,125 @@ fn with_local_date(raw: &str, date: DateTime<Utc>, tz: chrono_tz::Tz) -> String 
     format!("{head}{rest}")
 }
 
+mod iso2022jp {
+    //! ISO-2022-JP messages, built by hand (lettre writes UTF-8 only): `=?ISO-2022-JP?B?…?=`
+    //! encoded words (each self-contained, at most 75 characters, folded), a 7bit body.
+
+    use base64::Engine;
+
+    use super::{Built, EmailSpec, mailbox};
+
+    fn encode(text: &str) -> Result<Vec<u8>, String> {
+        let (bytes, _, unmappable) = encoding_rs::ISO_2022_JP.encode(text);
+        if unmappable {
+            let bad: String = text
+                .chars()
+                .filter(|c| encoding_rs::ISO_2022_JP.encode(&c.to_string()).2)
+                .collect();
+            return Err(format!(
+                "cannot be encoded in ISO-2022-JP: {bad:?} (use charset = \"utf-8\", or replace these characters)"
+            ));
+        }
+        Ok(bytes.into_owned())
+    }
+
+    /// RFC 2047 encoded words for a header value (ASCII-only text is left as it is).
+    fn words(text: &str) -> Result<String, String> {
+        if text.is_ascii() {
+            return Ok(text.to_string());
+        }
+        let mut out = Vec::new();
+        let mut chunk = String::new();
+        for c in text.chars() {
+            chunk.push(c);
+            if chunk.chars().count() >= 10 {
+                out.push(std::mem::take(&mut chunk));
+            }
+        }
+        if !chunk.is_empty() {
+            out.push(chunk);
+        }
+        let encoded = out
+            .iter()
+            .map(|part| {
+                encode(part).map(|b| {
+                    format!(
+                        "=?ISO-2022-JP?B?{}?=",
+                        base64::engine::general_purpose::STANDARD.encode(b)
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(encoded.join("\r\n "))
+    }
+
+    fn address(text: &str) -> Result<(String, String), String> {
+        let m = mailbox(text)?;
+        let header = match &m.name {
+            Some(name) if !name.is_empty() => format!("{} <{}>", words(name)?, m.email),
+            _ => m.email.to_string(),
+        };
+        Ok((header, m.email.to_string()))
+    }
+
+    pub(super) fn build(spec: &EmailSpec) -> Result<Built, String> {
+        if spec.html.is_some() || !spec.attachments.is_empty() {
+            return Err(
+                "charset iso-2022-jp supports plain-text messages without attachments".into(),
+            );
+        }
+        let (from, envelope_from) = address(&spec.from)?;
+        let mut envelope_to = Vec::new();
+        let mut list = |items: &[String]| -> Result<Vec<String>, String> {
+            items
+                .iter()
+                .map(|t| {
+                    address(t).map(|(h, e)| {
+                        envelope_to.push(e);
+                        h
+                    })
+                })
+                .collect()
+        };
+        let to = list(&spec.to)?;
+        let cc = list(&spec.cc)?;
+        let _bcc = list(&spec.bcc)?;
+        if envelope_to.is_empty() {
+            return Err("the message has no recipients".into());
+        }
+        let mut head = vec![
+            format!("From: {from}"),
+            format!("To: {}", to.join(",\r\n ")),
+        ];
+        if !cc.is_empty() {
+            head.push(format!("Cc: {}", cc.join(",\r\n ")));
+        }
+        if let Some(r) = &spec.reply_to {
+            head.push(format!("Reply-To: {}", address(r)?.0));
+        }
+        head.push(format!("Subject: {}", words(&spec.subject)?));
+        head.push(format!("Message-ID: {}", spec.message_id));
+        head.push(format!(
+            "Date: {}",
+            spec.date.with_timezone(&spec.timezone).to_rfc2822()
+        ));
+        head.push("Auto-Submitted: auto-generated".into());
+        head.push("X-Auto-Response-Suppress: OOF, AutoReply".into());
+        head.push("MIME-Version: 1.0".into());
+        head.push("Content-Type: text/plain; charset=ISO-2022-JP".into());
+        head.push("Content-Transfer-Encoding: 7bit".into());
+        let text = spec.text.replace("\r\n", "\n").replace('\n', "\r\n");
+        let body = encode(&text)?;
+        let body =
+            String::from_utf8(body).map_err(|_| "ISO-2022-JP output is not 7-bit".to_string())?;
+        Ok(Built {
+            raw: format!("{}\r\n\r\n{body}", head.join("\r\n")),
+            envelope_from,
+            envelope_to,
+        })
+    }
+}
+
 /// A content type for an attachment, from its extension.
 pub fn content_type_for(name: &str) -> &'static str {
     let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
@@ -188,6 +312,7 @@ mod tests {
                 .expect("t")
                 .with_timezone(&Utc),
             timezone: chrono_tz::Asia::Tokyo,
+            charset: crate::outbox::Charset::Utf8,
         };
         let built = build(&spec).expect("builds");
         assert!(built.raw.is_ascii());
@@ -203,6 +328,28 @@ mod tests {
         assert_eq!(
             built.envelope_to,
             ["yamada@example.go.jp", "audit@example.go.jp"]
+        );
+
+        let jis = EmailSpec {
+            charset: crate::outbox::Charset::Iso2022Jp,
+            ..spec.clone()
+        };
+        let built = build(&jis).expect("builds");
+        assert!(built.raw.is_ascii());
+        assert!(
+            built.raw.contains("Subject: =?ISO-2022-JP?B?"),
+            "{}",
+            built.raw
+        );
+        assert!(built.raw.contains("charset=ISO-2022-JP"));
+        let bad = EmailSpec {
+            text: "お詫び🙇".into(),
+            ..jis
+        };
+        let err = build(&bad).expect_err("emoji are not in ISO-2022-JP");
+        assert!(
+            err.contains("cannot be encoded in ISO-2022-JP") && err.contains('🙇'),
+            "{err}"
         );
     }
 }

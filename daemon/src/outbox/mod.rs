@@ -104,6 +104,19 @@ impl Default for OutboxConfig {
     }
 }
 
+/// The character set of outgoing mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum Charset {
+    /// UTF-8 with RFC 2047 headers and base64/quoted-printable bodies.
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// ISO-2022-JP (JIS X 0208), 7bit, for gateways that require it. Plain-text messages only;
+    /// characters outside the set (e.g. emoji) are an error, not mojibake.
+    #[serde(rename = "iso-2022-jp")]
+    Iso2022Jp,
+}
+
 /// What notification steps need from the configuration.
 #[derive(Debug, Clone)]
 pub struct MailSettings {
@@ -115,11 +128,14 @@ pub struct MailSettings {
     pub smtp: Option<SmtpConfig>,
     /// Time zone of the `Date:` header.
     pub timezone: chrono_tz::Tz,
+    /// Character set.
+    pub charset: Charset,
 }
 
 impl Default for MailSettings {
     fn default() -> Self {
         Self {
+            charset: Charset::Utf8,
             from: "pmoflow <pmoflow@localhost>".into(),
             outbox_dir: PathBuf::from("var/outbox"),
             smtp: None,
