@@ -403,3 +403,53 @@ async fn iso_2022_jp_for_gateways_that_need_it() {
     check_japanese_message(&decode_mail(&dir)[0]);
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_step_output_is_the_response_and_5xx_is_retried() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let server = WebhookServer::start(project.path(), 1, 200);
+    project.workflow(
+        "call.toml",
+        &format!(
+            "id = \"call\"\n[[steps]]\nid = \"ask\"\naction = \"http\"\nwith = {{ url = \"http://127.0.0.1:{}/api\", method = \"POST\", json = {{ q = \"予算\" }} }}\nretry = {{ attempts = 3, backoff = \"100ms\" }}\n[[steps]]\nid = \"use\"\naction = \"log\"\nwith = {{ message = \"status {{{{ steps.ask.output.status }}}} ok {{{{ steps.ask.output.body.ok }}}}\" }}\n",
+            server.port
+        ),
+    );
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"50ms\"\n",
+        db.url
+    ));
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("workflows loaded", Duration::from_secs(20));
+    let (_, out, _) = cli(project.path(), &["trigger", "call"]);
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let steps = store.get_steps(&run.id).await.unwrap();
+    let ask = steps.iter().find(|s| s.step_id == "ask").unwrap();
+    assert_eq!(ask.attempt, 2, "the 500 was retried once");
+    assert_eq!(ask.output.as_ref().unwrap()["status"], 200);
+    let used = steps.iter().find(|s| s.step_id == "use").unwrap();
+    assert_eq!(
+        used.output.as_ref().unwrap()["message"],
+        "status 200 ok True"
+    ); // minijinja renders booleans the Python way
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(requests[1]["body"].as_str().unwrap()).unwrap()["q"],
+        "予算"
+    );
+    let events = store.get_events(&run.id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "attempt_failed" && e.message.contains("500")),
+        "{events:?}"
+    );
+    store.close().await;
+}
