@@ -582,8 +582,8 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
     }
     let _ = writeln!(
         out,
-        "{:<28}  {:<12}  {:<25}  {:<10}  NAME",
-        "WORKFLOW", "VERSION", "NEXT FIRE", "LAST RUN"
+        "{:<28}  {:<12}  {:<25}  {:<10}  {:<24}  LAST ERROR",
+        "WORKFLOW", "VERSION", "NEXT FIRE", "LAST RUN", "NAME"
     );
     for r in &rows {
         if r["id"].is_null() {
@@ -596,12 +596,16 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
         }
         let _ = writeln!(
             out,
-            "{:<28}  {:<12}  {:<25}  {:<10}  {}",
+            "{:<28}  {:<12}  {:<25}  {:<10}  {:<24}  {}",
             r["id"].as_str().unwrap_or_default(),
             r["version"].as_str().unwrap_or_default(),
             r["next_fire"].as_str().unwrap_or("-"),
             r["last_run"]["status"].as_str().unwrap_or("-"),
             r["name"].as_str().unwrap_or_default(),
+            r["last_run"]["error"]
+                .as_str()
+                .map(|e| e.chars().take(80).collect::<String>())
+                .unwrap_or_default(),
         );
     }
     Ok(())

@@ -240,3 +240,33 @@ async fn trigger_runs_show_and_cancel_from_the_command_line() {
     );
     store.close().await;
 }
+
+#[test]
+fn workflows_lists_versions_next_fires_and_invalid_files() {
+    let project = Project::new();
+    project.workflow(
+        "daily.toml",
+        "id = \"daily\"\nname = \"毎朝の確認\"\n[[triggers]]\ncron = \"0 9 * * *\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"x\" }\n",
+    );
+    project.workflow("broken.toml", "id = \"broken\"\n[[steps]\n");
+    let (code, out, err) = cli(project.path(), &["workflows"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("daily"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("T09:00:00+09:00") && line.contains("毎朝の確認"),
+        "{line}"
+    );
+    assert!(
+        out.contains("invalid file: workflows/broken.toml:2:9: error: unclosed array table"),
+        "{out}"
+    );
+    let (code, out, _) = cli(project.path(), &["workflows", "--format", "json"]);
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows[0]["id"], "daily");
+    assert_eq!(rows[0]["version"].as_str().unwrap().len(), 12);
+}

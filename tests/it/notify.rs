@@ -453,3 +453,31 @@ async fn http_step_output_is_the_response_and_5xx_is_retried() {
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_5xx_smtp_reply_is_a_dead_letter_at_once_with_the_servers_reply() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = free_port();
+    let _smtp = SmtpSink::rejecting(port);
+    let project = Project::new();
+    project.workflow("m.toml", "id = \"m\"\n[[steps]]\nid = \"send\"\naction = \"email\"\nwith = { to = \"nobody@example.go.jp\", subject = \"件名\", body = \"本文\" }\n");
+    project.config(&format!(
+        "database_url = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n[outbox]\nbackoff = \"100ms\"\n",
+        db.url
+    ));
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("workflows loaded", Duration::from_secs(20));
+    cli(project.path(), &["trigger", "m"]);
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    wait_outbox(&store, "dead", 1, Duration::from_secs(20)).await;
+    let dead = &store.list_outbox(Some("dead"), 1).await.unwrap()[0];
+    assert_eq!(dead.attempts, 1, "a permanent refusal is not retried");
+    assert!(
+        dead.last_error.as_deref().unwrap().contains("550"),
+        "{:?}",
+        dead.last_error
+    );
+    let (_, out, _) = cli(project.path(), &["outbox", "--status", "dead"]);
+    assert!(out.contains("User unknown"), "{out}");
+    store.close().await;
+}

@@ -408,6 +408,33 @@ impl SmtpSink {
     }
 }
 
+impl SmtpSink {
+    /// A real SMTP server that refuses every recipient with 550.
+    pub fn rejecting(port: u16) -> SmtpSink {
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "reject_smtp.Reject",
+            ])
+            .env("PYTHONPATH", support(""))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd");
+        wait_port(port, Duration::from_secs(20));
+        SmtpSink {
+            child,
+            port,
+            maildir: PathBuf::new(),
+        }
+    }
+}
+
 impl Drop for SmtpSink {
     fn drop(&mut self) {
         let _ = self.child.kill();
