@@ -534,6 +534,18 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
     let store = Store::open(&config.database_url, config.durability)
         .await
         .ok();
+    // What running daemons have loaded (possibly the last good version of a now broken file).
+    let loaded = match &store {
+        Some(s) => s.loaded_workflows().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let loaded_of = |id: &str| -> Vec<Json> {
+        loaded
+            .iter()
+            .filter(|(_, wid, _, _)| wid == id)
+            .map(|(node, _, hash, _)| json!({"node": node, "version": &hash[..12.min(hash.len())]}))
+            .collect()
+    };
     let mut rows = Vec::new();
     for wf in catalog.workflows.values() {
         let next = wf
@@ -566,11 +578,18 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
             "version": &wf.hash[..12],
             "next_fire": next,
             "last_run": last.as_ref().map(|r| json!({"id": r.id, "status": r.status, "error": r.error})),
+            "loaded": loaded_of(&wf.id),
             "error": null,
         }));
     }
     for d in &catalog.diagnostics {
-        rows.push(json!({"id": null, "path": d.path, "error": d.to_string()}));
+        let path = d.path.display().to_string();
+        let kept: Vec<Json> = loaded
+            .iter()
+            .filter(|(_, _, _, p)| *p == path)
+            .map(|(node, id, hash, _)| json!({"node": node, "id": id, "version": &hash[..12.min(hash.len())]}))
+            .collect();
+        rows.push(json!({"id": null, "path": d.path, "error": d.to_string(), "loaded": kept}));
     }
     if let Some(s) = store {
         s.close().await;
@@ -582,8 +601,8 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
     }
     let _ = writeln!(
         out,
-        "{:<28}  {:<12}  {:<25}  {:<10}  {:<24}  LAST ERROR",
-        "WORKFLOW", "VERSION", "NEXT FIRE", "LAST RUN", "NAME"
+        "{:<28}  {:<12}  {:<12}  {:<25}  {:<10}  {:<24}  LAST ERROR",
+        "WORKFLOW", "VERSION", "RUNNING", "NEXT FIRE", "LAST RUN", "NAME"
     );
     for r in &rows {
         if r["id"].is_null() {
@@ -592,13 +611,23 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
                 "invalid file: {}",
                 r["error"].as_str().unwrap_or_default()
             );
+            for k in r["loaded"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  the daemon `{}` keeps running the last good version {} of `{}`",
+                    k["node"].as_str().unwrap_or_default(),
+                    k["version"].as_str().unwrap_or_default(),
+                    k["id"].as_str().unwrap_or_default()
+                );
+            }
             continue;
         }
         let _ = writeln!(
             out,
-            "{:<28}  {:<12}  {:<25}  {:<10}  {:<24}  {}",
+            "{:<28}  {:<12}  {:<12}  {:<25}  {:<10}  {:<24}  {}",
             r["id"].as_str().unwrap_or_default(),
             r["version"].as_str().unwrap_or_default(),
+            running(r),
             r["next_fire"].as_str().unwrap_or("-"),
             r["last_run"]["status"].as_str().unwrap_or("-"),
             r["name"].as_str().unwrap_or_default(),
@@ -609,6 +638,22 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
         );
     }
     Ok(())
+}
+
+/// The RUNNING column: `same` when every daemon runs the file's version, `-` when none has it
+/// loaded, else the versions daemons run.
+fn running(row: &Json) -> String {
+    let versions: Vec<&str> = row["loaded"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["version"].as_str()).collect())
+        .unwrap_or_default();
+    if versions.is_empty() {
+        "-".into()
+    } else if versions.iter().all(|v| Some(*v) == row["version"].as_str()) {
+        "same".into()
+    } else {
+        versions.join(",")
+    }
 }
 
 /// `pmoflow outbox [--status S]`: queued, sent and dead messages.

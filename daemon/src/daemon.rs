@@ -63,6 +63,7 @@ pub async fn run(
         invalid_files = catalog.diagnostics.len(),
         "workflows loaded"
     );
+    record_catalog(&store, &config.engine.node_id, &catalog, clock.now()).await;
     registry.set_catalog(Arc::new(catalog));
 
     let engine = Engine::new(
@@ -79,8 +80,9 @@ pub async fn run(
     }
     {
         let (config, registry, shutdown) = (config.clone(), registry.clone(), shutdown.clone());
+        let (store, clock) = (store.clone(), clock.clone());
         tasks.spawn(async move {
-            watch_workflows(&config, &registry, &shutdown).await;
+            watch_workflows(&config, &registry, &store, &clock, &shutdown).await;
             Ok(())
         });
     }
@@ -141,7 +143,13 @@ pub async fn run(
 /// anything changed: file-system events reload within ~100 ms (events are coalesced, and editors'
 /// temp and hidden files are ignored by the loader); a periodic re-read every `reload_interval`
 /// catches anything the watcher misses (network file systems).
-async fn watch_workflows(config: &Config, registry: &Registry, shutdown: &CancellationToken) {
+async fn watch_workflows(
+    config: &Config,
+    registry: &Registry,
+    store: &Store,
+    clock: &SharedClock,
+    shutdown: &CancellationToken,
+) {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -187,13 +195,42 @@ async fn watch_workflows(config: &Config, registry: &Registry, shutdown: &Cancel
                 invalid_files = catalog.diagnostics.len(),
                 "workflows reloaded"
             );
+            record_catalog(store, &config.engine.node_id, &catalog, clock.now()).await;
             registry.set_catalog(Arc::new(catalog));
             last = print;
         }
     }
 }
 
-fn fingerprint(catalog: &Catalog) -> (BTreeMap<String, String>, Vec<String>, String) {
+/// Tells the database what this daemon runs, for `pmoflow workflows` (best effort: a failure is
+/// logged, nothing else depends on it).
+async fn record_catalog(
+    store: &Store,
+    node_id: &str,
+    catalog: &Catalog,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let workflows: Vec<(String, String, String)> = catalog
+        .workflows
+        .values()
+        .map(|w| (w.id.clone(), w.hash.clone(), w.path.display().to_string()))
+        .collect();
+    let errors: Vec<(String, String)> = catalog
+        .diagnostics
+        .iter()
+        .map(|d| (d.path.display().to_string(), d.to_string()))
+        .collect();
+    if let Err(err) = store
+        .record_catalog(node_id, &workflows, &errors, now)
+        .await
+    {
+        tracing::warn!(error = %err, "cannot record the loaded workflows in the database");
+    }
+}
+
+type Fingerprint = (BTreeMap<String, String>, Vec<String>, String, String);
+
+fn fingerprint(catalog: &Catalog) -> Fingerprint {
     (
         catalog
             .workflows
@@ -206,5 +243,6 @@ fn fingerprint(catalog: &Catalog) -> (BTreeMap<String, String>, Vec<String>, Str
             .map(ToString::to_string)
             .collect(),
         catalog.data.to_string(),
+        format!("{:?}", catalog.calendar),
     )
 }

@@ -114,6 +114,20 @@ async fn hot_reload_within_a_second_keeps_the_last_good_version() {
         log.contains("tick.toml") && log.contains("line=4") && log.contains("col=9"),
         "{log}"
     );
+    // `pmoflow workflows` shows both the problem and the version the daemon keeps running.
+    let (code, listing, _) = pmoflow_tests::cli(dir, &["workflows"]);
+    assert_eq!(code, 0);
+    assert!(
+        listing.contains("invalid file: workflows/tick.toml:4:9"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!(
+            "keeps running the last good version {} of `tick`",
+            &v1[..12]
+        )),
+        "{listing}"
+    );
     let count_before = runs(&store).await.len();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let after: Vec<_> = runs(&store).await;

@@ -876,6 +876,72 @@ impl Store {
         }
     }
 
+    /// Replaces what `node_id` reports as loaded: `(workflow id, hash, path)` and `(path, error)`.
+    pub async fn record_catalog(
+        &self,
+        node_id: &str,
+        workflows: &[(String, String, String)],
+        errors: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM daemon_catalog WHERE node_id = $1")
+                .bind(node_id)
+                .execute(&mut *tx)
+                .await?;
+            for (id, hash, path) in workflows {
+                sqlx::query(
+                    "INSERT INTO daemon_catalog (node_id, kind, item, hash, detail, updated_at) \
+                     VALUES ($1, 'workflow', $2, $3, $4, $5)",
+                )
+                .bind(node_id)
+                .bind(id)
+                .bind(hash)
+                .bind(path)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (path, error) in errors {
+                sqlx::query(
+                    "INSERT INTO daemon_catalog (node_id, kind, item, hash, detail, updated_at) \
+                     VALUES ($1, 'error', $2, NULL, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(node_id)
+                .bind(path)
+                .bind(error)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// What daemons report as loaded: `(node, workflow id, hash, path)`.
+    pub async fn loaded_workflows(&self) -> Result<Vec<(String, String, String, String)>> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT node_id, item, hash, detail FROM daemon_catalog WHERE kind = 'workflow' \
+                 ORDER BY item, node_id",
+            )
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("node_id")?,
+                    r.try_get("item")?,
+                    r.try_get::<Option<String>, _>("hash")?.unwrap_or_default(),
+                    r.try_get("detail")?,
+                ))
+            })
+            .collect()
+        })
+    }
+
     /// Counts runs by status (for tests, `readyz` and metrics).
     pub async fn count_runs(&self, status: RunStatus) -> Result<i64> {
         with_pool!(self, |pool| {
