@@ -32,6 +32,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     workflows_dir: Option<PathBuf>,
+    plugins_dir: Option<PathBuf>,
     database_url: Option<String>,
     timezone: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
@@ -102,6 +103,8 @@ struct RawEngine {
 pub struct Config {
     /// Where workflow files are.
     pub workflows_dir: PathBuf,
+    /// Where plugins are installed (`<dir>/<name>/plugin.toml`).
+    pub plugins_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
     /// Default time zone.
@@ -403,9 +406,14 @@ impl Config {
             outbox,
             secrets,
             workflows_dir: workflows_dir.clone(),
+            plugins: None,
         });
         Ok(Config {
             workflows_dir,
+            plugins_dir: raw
+                .plugins_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("plugins")),
             database_url: env
                 .database_url
                 .clone()

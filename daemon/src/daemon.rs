@@ -66,6 +66,27 @@ pub async fn run(
     record_catalog(&store, &config.engine.node_id, &catalog, clock.now()).await;
     registry.set_catalog(Arc::new(catalog));
 
+    let mut config = config;
+    if config.plugins_dir.is_dir() {
+        let dir = config.plugins_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::plugins::PluginHost::load(&dir, crate::plugins::Limits::default())
+        })
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))?;
+        match loaded {
+            Ok((host, problems)) => {
+                for p in problems {
+                    tracing::error!("plugin not loaded: {p}");
+                }
+                tracing::info!(plugins = ?host.names(), "plugins ready");
+                let mut services = (*config.engine.services).clone();
+                services.plugins = Some(Arc::new(host));
+                config.engine.services = Arc::new(services);
+            }
+            Err(e) => tracing::error!(error = %e, "plugins unavailable"),
+        }
+    }
     let engine = Engine::new(
         store.clone(),
         clock.clone(),

@@ -13,6 +13,7 @@ pub mod diag;
 pub mod duration;
 pub mod engine;
 pub mod outbox;
+pub mod plugins;
 pub mod schedule;
 pub mod store;
 pub mod template;

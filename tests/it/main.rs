@@ -6,6 +6,7 @@ mod crash;
 mod engine;
 mod golden;
 mod notify;
+mod plugins;
 mod reload;
 mod schedule;
 mod scheduling;

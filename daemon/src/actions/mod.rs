@@ -15,6 +15,7 @@ pub mod email;
 pub mod fail;
 pub mod http;
 pub mod log;
+pub mod plugin;
 pub mod wait;
 pub mod webhook;
 
@@ -46,6 +47,8 @@ pub enum ActionKind {
     Webhook,
     /// Call an HTTP API; the response is the output.
     Http,
+    /// Run a sandboxed WebAssembly plugin (`plugin:NAME`; the name is on the step).
+    Plugin,
 }
 
 /// A static problem with a step's `with` table: which key (if any), message and hint.
@@ -130,6 +133,8 @@ pub struct ActionContext<'a> {
     pub template_ctx: Option<&'a minijinja::Value>,
     /// The shared HTTP client.
     pub http: &'a reqwest::Client,
+    /// The plugin a `plugin:NAME` step runs.
+    pub plugin: Option<&'a str>,
 }
 
 impl ActionKind {
@@ -142,14 +147,22 @@ impl ActionKind {
             "email" => Ok(Self::Email),
             "webhook" => Ok(Self::Webhook),
             "http" => Ok(Self::Http),
-            other if other.starts_with("plugin:") => Err(WithProblem {
-                key: None,
-                message: format!("plugin actions are not available in this version (`{other}`)"),
-                hint: Some(format!(
-                    "use one of the built-in actions: {}",
-                    BUILTINS.join(", ")
-                )),
-            }),
+            other if other.starts_with("plugin:") => {
+                let name = &other["plugin:".len()..];
+                let ok = !name.is_empty()
+                    && name.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+                    });
+                if ok {
+                    Ok(Self::Plugin)
+                } else {
+                    Err(WithProblem {
+                        key: None,
+                        message: format!("invalid plugin name in `{other}`"),
+                        hint: Some("write \"plugin:NAME\" with the name of a directory under plugins/ (lowercase letters, digits, '-', '_')".into()),
+                    })
+                }
+            }
             other => Err(WithProblem {
                 key: None,
                 message: format!("unknown action `{other}`"),
@@ -170,6 +183,7 @@ impl ActionKind {
             Self::Email => "email",
             Self::Webhook => "webhook",
             Self::Http => "http",
+            Self::Plugin => "plugin",
         }
     }
 
@@ -182,7 +196,7 @@ impl ActionKind {
         // outbox afterwards, so they are pure in this sense too.
         match self {
             Self::Log | Self::Wait | Self::Fail | Self::Email | Self::Webhook => true,
-            Self::Http => false,
+            Self::Http | Self::Plugin => false,
         }
     }
 
@@ -200,12 +214,17 @@ impl ActionKind {
             Self::Email => email::PARAMS,
             Self::Webhook => webhook::PARAMS,
             Self::Http => http::PARAMS,
+            Self::Plugin => &[],
         }
     }
 
     /// Static checks of a `with` table: unknown and missing keys, then the action's own checks
     /// of literal (non-template) values.
     pub fn check_with(self, with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
+        if self == Self::Plugin {
+            // A plugin's parameters are its own (its descriptor's input schema).
+            return Vec::new();
+        }
         let params = self.params();
         let mut problems = Vec::new();
         for key in with.keys() {
@@ -234,6 +253,7 @@ impl ActionKind {
             Self::Email => email::check(with),
             Self::Webhook => webhook::check(with),
             Self::Http => http::check(with),
+            Self::Plugin => Vec::new(),
         });
         problems
     }
@@ -247,6 +267,7 @@ impl ActionKind {
             Self::Email => email::run(cx, with),
             Self::Webhook => webhook::run(cx, with),
             Self::Http => http::run(cx, with).await,
+            Self::Plugin => plugin::run(cx, with).await,
         }
     }
 

@@ -622,6 +622,7 @@ impl RunExec<'_> {
             workflow_dir: self.wf.path.parent().unwrap_or(std::path::Path::new(".")),
             template_ctx,
             http: &self.inner.http,
+            plugin: unit.step.plugin.as_deref(),
         }
     }
 

@@ -155,6 +155,8 @@ pub struct Services {
     pub secrets: BTreeMap<String, Secret>,
     /// The workflows directory (templates, attachments).
     pub workflows_dir: PathBuf,
+    /// Installed WebAssembly plugins.
+    pub plugins: Option<std::sync::Arc<crate::plugins::PluginHost>>,
 }
 
 /// Kinds of outgoing messages.

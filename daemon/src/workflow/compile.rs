@@ -698,6 +698,11 @@ fn compile_step(cx: &mut Ctx<'_>, spanned: &Spanned<RawStep>, scope: &Scope<'_>)
             .map(|n| n.get_ref().clone())
             .unwrap_or_else(|| step.id.get_ref().clone()),
         action: action?,
+        plugin: step
+            .action
+            .get_ref()
+            .strip_prefix("plugin:")
+            .map(str::to_string),
         with: Json::Object(with.into_iter().collect()),
         condition: step.condition.as_ref().map(|c| c.get_ref().clone()),
         foreach: step.foreach.as_ref().map(|c| c.get_ref().clone()),

@@ -91,6 +91,9 @@ pub struct Step {
     pub name: String,
     /// What it does.
     pub action: ActionKind,
+    /// The plugin of a `plugin:NAME` step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
     /// Parameters, with templates still unrendered.
     pub with: Json,
     /// Run only when this expression is true.
