@@ -259,10 +259,24 @@ impl Store {
             // One connection: SQLite has one writer anyway, and a single connection avoids
             // lock upgrades between our own connections. Other processes (the CLI) wait on
             // busy_timeout.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(opts)
-                .await?;
+            // Two processes creating a new database at once (the daemon and a CLI command started
+            // together) can meet while one switches it to WAL: "database is locked" from the
+            // connect itself, which busy_timeout does not cover. Try again briefly.
+            let mut attempt = 0u64;
+            let pool = loop {
+                match SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone())
+                    .await
+                {
+                    Ok(pool) => break pool,
+                    Err(err) if attempt < 50 && is_locked(&err) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(20 * attempt.min(10))).await;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            };
             let backend = Backend::Sqlite(pool);
             Store {
                 writer: writer::spawn(backend.clone(), 1),
@@ -953,6 +967,19 @@ impl Store {
                     .try_get::<i64, _>("n")?,
             )
         })
+    }
+}
+
+/// Whether an error is SQLite's "database is locked" / "busy".
+fn is_locked(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            matches!(
+                db.code().as_deref(),
+                Some("5") | Some("6") | Some("261") | Some("517")
+            ) || db.message().contains("locked")
+        }
+        _ => false,
     }
 }
 
