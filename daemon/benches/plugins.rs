@@ -1,0 +1,57 @@
+//! Plugin benchmark: per-invocation overhead of a no-op plugin step (fresh store, instantiate,
+//! call, teardown) with the `echo` component, and its cold load (compile) time. Prints figures;
+//! asserts nothing. Build the plugins first: `cd plugins && cargo build --release`.
+//!
+//! Run: `cargo bench -p pmoflow --bench plugins`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use pmoflow::plugins::{Limits, PluginCall, PluginHost};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let start = Instant::now();
+    let (host, problems) = PluginHost::load(&dir, Limits::default()).unwrap();
+    let load = start.elapsed();
+    assert!(problems.is_empty(), "{problems:?}");
+    let call = PluginCall {
+        run_id: "bench",
+        workflow_id: "bench",
+        step_key: "echo",
+        attempt: 1,
+        now_ms: 0,
+    };
+    let input = r#"{"greeting":"こんにちは"}"#;
+    for _ in 0..200 {
+        host.invoke("echo", &call, input).await.unwrap();
+    }
+    let n = 5_000;
+    let mut samples: Vec<Duration> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        host.invoke("echo", &call, input).await.unwrap();
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
+    println!(
+        "pmoflow plugin benchmark (2 cores; echo component, {} KiB)",
+        std::fs::metadata(dir.join("target/wasm32-wasip2/release/echo.wasm"))
+            .map(|m| m.len() / 1024)
+            .unwrap_or(0)
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| load + compile 2 plugins (no cache) | {:.1} ms |",
+        load.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| invocation p50 (fresh store, instantiate, call, drop) | {:.1} µs |",
+        pct(50).as_secs_f64() * 1e6
+    );
+    println!("| invocation p99 | {:.1} µs |", pct(99).as_secs_f64() * 1e6);
+}
