@@ -41,7 +41,14 @@ async fn engine(db: &TestDb, project: &Project) -> InProcess {
         ..Limits::default()
     };
     let (host, problems) = PluginHost::load(&plugins_dir(), limits).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    // The fixture that imports an interface nobody granted is refused at load; the rest load.
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(
+            "greedy/plugin.toml: imports interfaces it was not granted: pmoflow:secret/keys@0.1.0"
+        ),
+        "{problems:?}"
+    );
     assert_eq!(host.names(), ["echo", "hostile"]);
     let services = Services {
         plugins: Some(Arc::new(host)),
