@@ -33,6 +33,7 @@ pub enum LogFormat {
 struct RawConfig {
     workflows_dir: Option<PathBuf>,
     plugins_dir: Option<PathBuf>,
+    plugin_cache_dir: Option<PathBuf>,
     database_url: Option<String>,
     timezone: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
@@ -105,6 +106,8 @@ pub struct Config {
     pub workflows_dir: PathBuf,
     /// Where plugins are installed (`<dir>/<name>/plugin.toml`).
     pub plugins_dir: PathBuf,
+    /// Where compiled plugin code is cached.
+    pub plugin_cache_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
     /// Default time zone.
@@ -414,6 +417,10 @@ impl Config {
                 .plugins_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("plugins")),
+            plugin_cache_dir: raw
+                .plugin_cache_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("var/plugin-cache")),
             database_url: env
                 .database_url
                 .clone()

@@ -69,8 +69,9 @@ pub async fn run(
     let mut config = config;
     if config.plugins_dir.is_dir() {
         let dir = config.plugins_dir.clone();
+        let cache = config.plugin_cache_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            crate::plugins::PluginHost::load(&dir, crate::plugins::Limits::default())
+            crate::plugins::PluginHost::load(&dir, crate::plugins::Limits::default(), Some(&cache))
         })
         .await
         .map_err(|e| DaemonError::Task(e.to_string()))?;

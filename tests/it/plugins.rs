@@ -40,7 +40,15 @@ async fn engine(db: &TestDb, project: &Project) -> InProcess {
         timeout: Duration::from_secs(2),
         ..Limits::default()
     };
-    let (host, problems) = PluginHost::load(&plugins_dir(), limits).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (host, problems) = PluginHost::load(&plugins_dir(), limits, Some(cache.path())).unwrap();
+    // A second host loads from the precompiled cache.
+    let (again, _) = PluginHost::load(&plugins_dir(), limits, Some(cache.path())).unwrap();
+    assert_eq!(again.names(), ["echo", "hostile"]);
+    assert!(
+        std::fs::read_dir(cache.path()).unwrap().count() >= 2,
+        "compiled code cached"
+    );
     // The fixture that imports an interface nobody granted is refused at load; the rest load.
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(

@@ -225,8 +225,13 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 impl PluginHost {
     /// Loads every `*/plugin.toml` under `dir`. Problems are returned, one line per plugin; the
-    /// other plugins still load.
-    pub fn load(dir: &Path, limits: Limits) -> Result<(Self, Vec<String>), String> {
+    /// other plugins still load. Compiled code is cached in `cache` (if given), keyed by the
+    /// component's content hash and the engine's compatibility hash.
+    pub fn load(
+        dir: &Path,
+        limits: Limits,
+        cache: Option<&Path>,
+    ) -> Result<(Self, Vec<String>), String> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| format!("wasmtime: {e}"))?;
@@ -276,7 +281,7 @@ impl PluginHost {
         }
         manifests.sort();
         for path in manifests {
-            match host.load_one(&linker, &path) {
+            match host.load_one(&linker, &path, cache) {
                 Ok(name) => {
                     tracing::info!(plugin = %name, manifest = %path.display(), "plugin loaded")
                 }
@@ -286,14 +291,20 @@ impl PluginHost {
         Ok((host, problems))
     }
 
-    fn load_one(&mut self, linker: &Linker<State>, path: &Path) -> Result<String, String> {
+    fn load_one(
+        &mut self,
+        linker: &Linker<State>,
+        path: &Path,
+        cache: Option<&Path>,
+    ) -> Result<String, String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| e.message().to_string())?;
         let file = path
             .parent()
             .unwrap_or(Path::new("."))
             .join(&manifest.component);
-        let component = Component::from_file(&self.engine, &file)
+        let component = self
+            .component(&file, cache)
             .map_err(|e| format!("cannot load component {}: {e}", file.display()))?;
         let ty = component.component_type();
         let refused: Vec<String> = ty
@@ -316,6 +327,54 @@ impl PluginHost {
         self.plugins
             .insert(name.clone(), Arc::new(Loaded { manifest, pre }));
         Ok(name)
+    }
+
+    /// Compiles a component, or loads its compiled code from the cache.
+    fn component(&self, file: &Path, cache: Option<&Path>) -> Result<Component, String> {
+        use sha2::Digest;
+        use std::hash::{Hash, Hasher};
+        let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+        let Some(cache) = cache else {
+            return Component::new(&self.engine, &bytes).map_err(|e| e.to_string());
+        };
+        let mut compat = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        let key = format!(
+            "{}-{:016x}.cwasm",
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            compat.finish()
+        );
+        let cached = cache.join(key);
+        if cached.is_file() {
+            // SAFETY: `deserialize_file` trusts the file to be wasmtime-compiled code for this
+            // engine. The file was written below by this host from `precompile_component`, under
+            // a name that binds the source's SHA-256 and the engine's compatibility hash, in the
+            // daemon's own state directory; anyone able to write there can already replace the
+            // daemon itself.
+            #[allow(unsafe_code)]
+            let loaded = unsafe { Component::deserialize_file(&self.engine, &cached) };
+            match loaded {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(file = %cached.display(), error = %e, "ignoring an unusable compiled-plugin cache entry")
+                }
+            }
+        }
+        let compiled = self
+            .engine
+            .precompile_component(&bytes)
+            .map_err(|e| e.to_string())?;
+        let written = std::fs::create_dir_all(cache).and_then(|()| {
+            let tmp = cache.join(format!(".{}.tmp", std::process::id()));
+            std::fs::write(&tmp, &compiled)?;
+            std::fs::rename(&tmp, &cached)
+        });
+        if let Err(e) = written {
+            tracing::warn!(dir = %cache.display(), error = %e, "cannot cache compiled plugin code");
+        }
+        Component::new(&self.engine, &bytes).map_err(|e| e.to_string())
     }
 
     /// Installed plugin names.
