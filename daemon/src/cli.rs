@@ -716,3 +716,44 @@ pub async fn outbox_retry(config: &Config, id: &str) -> Result<String, CliError>
         Err(CliError::new(format!("no dead message {id}")))
     }
 }
+
+/// `pmoflow plugin inspect FILE.wasm`: the component's imports and descriptor, as JSON. Exit 1 if
+/// the host would refuse it.
+pub async fn plugin_inspect(file: &std::path::Path) -> Result<(), CliError> {
+    let limits = crate::plugins::Limits::default();
+    let (host, name, imports) = crate::plugins::PluginHost::single(file, limits)
+        .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+    let descriptor = host
+        .describe(&name)
+        .await
+        .map_err(|e| CliError::new(format!("{}: describe() failed: {e}", file.display())))?;
+    let doc = json!({ "file": file, "descriptor": descriptor, "imports": imports });
+    println!("{doc:#}");
+    Ok(())
+}
+
+/// `pmoflow plugin run FILE.wasm --input JSON`: one invocation outside any workflow. The output
+/// goes to stdout, the plugin's log lines to stderr.
+pub async fn plugin_run(file: &std::path::Path, input: &str) -> Result<(), CliError> {
+    let input: Json = serde_json::from_str(input)
+        .map_err(|e| CliError::new(format!("--input is not valid JSON: {e}")))?;
+    let limits = crate::plugins::Limits::default();
+    let (host, name, _) = crate::plugins::PluginHost::single(file, limits)
+        .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+    let call = crate::plugins::PluginCall {
+        run_id: "cli",
+        workflow_id: "cli",
+        step_key: "run",
+        attempt: 1,
+        now_ms: SystemClock.now().timestamp_millis(),
+    };
+    let (output, logs) = host
+        .invoke(&name, &call, &input.to_string())
+        .await
+        .map_err(|e| CliError::new(format!("plugin failed: {e}")))?;
+    for (level, message) in logs {
+        eprintln!("[{level}] {message}");
+    }
+    println!("{output}");
+    Ok(())
+}

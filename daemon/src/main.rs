@@ -105,11 +105,33 @@ enum Command {
         #[command(subcommand)]
         action: Option<OutboxAction>,
     },
+    /// Develop WebAssembly plugins: inspect or run a component outside any workflow.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// List the workflows: version, next fire, last run, and invalid files.
     Workflows {
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// Print a component's descriptor and imports (exit 1 if the host would refuse it).
+    Inspect {
+        /// The component (`.wasm`).
+        file: PathBuf,
+    },
+    /// Run a component once with a JSON input; prints its output.
+    Run {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// The input, as the `with` table of a step would be.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        input: String,
     },
 }
 
@@ -234,6 +256,10 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Workflows { format } => cli::workflows(&config, format).await,
+        Command::Plugin { action } => match action {
+            PluginAction::Inspect { file } => cli::plugin_inspect(&file).await,
+            PluginAction::Run { file, input } => cli::plugin_run(&file, &input).await,
+        },
         Command::Outbox {
             status,
             limit,

@@ -183,3 +183,57 @@ async fn a_plugin_that_is_not_installed_fails_the_step_clearly() {
     );
     engine.stop().await;
 }
+
+#[test]
+fn plugin_inspect_and_run_from_the_command_line() {
+    let wasm = plugins_dir().join("target/wasm32-wasip2/release");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = pmoflow_tests::cli(
+        dir.path(),
+        &[
+            "plugin",
+            "inspect",
+            wasm.join("echo.wasm").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["descriptor"]["name"], "echo");
+    assert_eq!(doc["descriptor"]["capabilities"], json!(["log"]));
+    assert!(
+        doc["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "pmoflow:plugin/log@0.1.0")
+    );
+    let (code, out, err) = pmoflow_tests::cli(
+        dir.path(),
+        &[
+            "plugin",
+            "run",
+            wasm.join("echo.wasm").to_str().unwrap(),
+            "--input",
+            "{\"件名\": \"テスト\"}",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        json!({ "echo": { "件名": "テスト" }, "attempt": 1 })
+    );
+    assert!(err.contains("[info] echo for run cli"), "{err}");
+    let (code, _, err) = pmoflow_tests::cli(
+        dir.path(),
+        &[
+            "plugin",
+            "inspect",
+            wasm.join("greedy.wasm").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("imports interfaces it was not granted: pmoflow:secret/keys@0.1.0"),
+        "{err}"
+    );
+}

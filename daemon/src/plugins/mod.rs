@@ -224,14 +224,8 @@ impl Drop for PluginHost {
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 impl PluginHost {
-    /// Loads every `*/plugin.toml` under `dir`. Problems are returned, one line per plugin; the
-    /// other plugins still load. Compiled code is cached in `cache` (if given), keyed by the
-    /// component's content hash and the engine's compatibility hash.
-    pub fn load(
-        dir: &Path,
-        limits: Limits,
-        cache: Option<&Path>,
-    ) -> Result<(Self, Vec<String>), String> {
+    /// A host with no plugins yet, and the linker plugins are instantiated with.
+    fn empty(limits: Limits) -> Result<(Self, Linker<State>), String> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| format!("wasmtime: {e}"))?;
@@ -253,12 +247,122 @@ impl PluginHost {
             .map_err(|e| format!("linking WASI: {e}"))?;
         bindings::Step::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| format!("linking pmoflow interfaces: {e}"))?;
-        let mut host = PluginHost {
+        let host = PluginHost {
             engine,
             plugins: BTreeMap::new(),
             limits,
             _ticker: stop,
         };
+        Ok((host, linker))
+    }
+
+    /// For development (`pmoflow plugin run|inspect`): a host with one component file, named
+    /// after the file. Returns the host, the plugin name and the component's imports.
+    pub fn single(file: &Path, limits: Limits) -> Result<(Self, String, Vec<String>), String> {
+        let (mut host, linker) = Self::empty(limits)?;
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        let component = host.component(file, None)?;
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&host.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let pre = Self::link(&host.engine, &linker, &component)?;
+        let manifest = Manifest {
+            name: name.clone(),
+            version: String::new(),
+            description: String::new(),
+            component: file.to_path_buf(),
+            capabilities: Vec::new(),
+        };
+        host.plugins
+            .insert(name.clone(), Arc::new(Loaded { manifest, pre }));
+        Ok((host, name, imports))
+    }
+
+    /// Checks a component's imports against what the host offers and prepares it.
+    fn link(
+        engine: &Engine,
+        linker: &Linker<State>,
+        component: &Component,
+    ) -> Result<bindings::StepPre<State>, String> {
+        let refused: Vec<String> = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|n| !allowed_import(n))
+            .collect();
+        if !refused.is_empty() {
+            return Err(format!(
+                "imports interfaces it was not granted: {}",
+                refused.join(", ")
+            ));
+        }
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("cannot link: {e}"))?;
+        bindings::StepPre::new(pre).map_err(|e| format!("not a pmoflow:plugin/step component: {e}"))
+    }
+
+    /// Calls a plugin's `describe` (fresh store, same limits as `run`).
+    pub async fn describe(&self, name: &str) -> Result<serde_json::Value, PluginError> {
+        let plugin = self
+            .plugins
+            .get(name)
+            .ok_or_else(|| PluginError::NotInstalled(name.to_string()))?;
+        let mut store = Store::new(
+            &self.engine,
+            State {
+                wasi: WasiCtxBuilder::new().build(),
+                table: ResourceTable::new(),
+                limiter: MemLimiter {
+                    max: self.limits.memory,
+                    exceeded: false,
+                },
+                logs: Vec::new(),
+                log_bytes: 0,
+                max_log: self.limits.max_log,
+                now_ms: 0,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let fut = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance.call_describe(&mut store).await
+        };
+        let d = match tokio::time::timeout(self.limits.timeout, fut).await {
+            Err(_) => return Err(PluginError::Timeout(self.limits.timeout.as_secs().max(1))),
+            Ok(Err(e)) => return Err(PluginError::Trap(trap_reason(&e))),
+            Ok(Ok(d)) => d,
+        };
+        let schema = |s: &str| {
+            serde_json::from_str::<serde_json::Value>(s)
+                .unwrap_or(serde_json::Value::String(s.to_string()))
+        };
+        Ok(serde_json::json!({
+            "name": d.name,
+            "version": d.version,
+            "description": d.description,
+            "input_schema": schema(&d.input_schema),
+            "output_schema": schema(&d.output_schema),
+            "capabilities": d.capabilities,
+        }))
+    }
+
+    /// Loads every `*/plugin.toml` under `dir`. Problems are returned, one line per plugin; the
+    /// other plugins still load. Compiled code is cached in `cache` (if given), keyed by the
+    /// component's content hash and the engine's compatibility hash.
+    pub fn load(
+        dir: &Path,
+        limits: Limits,
+        cache: Option<&Path>,
+    ) -> Result<(Self, Vec<String>), String> {
+        let (mut host, linker) = Self::empty(limits)?;
         let mut problems = Vec::new();
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Ok((host, problems));
@@ -306,23 +410,7 @@ impl PluginHost {
         let component = self
             .component(&file, cache)
             .map_err(|e| format!("cannot load component {}: {e}", file.display()))?;
-        let ty = component.component_type();
-        let refused: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .filter(|n| !allowed_import(n))
-            .collect();
-        if !refused.is_empty() {
-            return Err(format!(
-                "imports interfaces it was not granted: {}",
-                refused.join(", ")
-            ));
-        }
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("cannot link: {e}"))?;
-        let pre = bindings::StepPre::new(pre)
-            .map_err(|e| format!("not a pmoflow:plugin/step component: {e}"))?;
+        let pre = Self::link(&self.engine, linker, &component)?;
         let name = manifest.name.clone();
         self.plugins
             .insert(name.clone(), Arc::new(Loaded { manifest, pre }));
