@@ -50,7 +50,12 @@ impl From<StoreError> for CliError {
 }
 
 /// `pmoflow validate [PATH…]`: returns the exit code (0 valid, 1 invalid).
-pub fn validate(paths: &[PathBuf], default_dir: &std::path::Path, format: Format) -> i32 {
+pub fn validate(
+    paths: &[PathBuf],
+    default_dir: &std::path::Path,
+    plugins_dir: &std::path::Path,
+    format: Format,
+) -> i32 {
     let paths: Vec<PathBuf> = if paths.is_empty() {
         vec![default_dir.to_path_buf()]
     } else {
@@ -58,21 +63,51 @@ pub fn validate(paths: &[PathBuf], default_dir: &std::path::Path, format: Format
     };
     let mut diags: Vec<Diagnostic> = Vec::new();
     let mut valid: Vec<(String, PathBuf)> = Vec::new();
+    let mut workflows: Vec<std::sync::Arc<crate::workflow::Workflow>> = Vec::new();
     for path in &paths {
         if path.is_dir() {
             let catalog = Catalog::load(path);
             diags.extend(catalog.diagnostics);
-            valid.extend(
-                catalog
-                    .workflows
-                    .values()
-                    .map(|w| (w.id.clone(), w.path.clone())),
-            );
+            workflows.extend(catalog.workflows.values().cloned());
         } else {
             match Catalog::load_file(path) {
-                Ok((wf, _)) => valid.push((wf.id, wf.path)),
+                Ok((wf, _)) => workflows.push(std::sync::Arc::new(wf)),
                 Err(d) => diags.extend(d),
             }
+        }
+    }
+    // `plugin:NAME` steps name an installed plugin.
+    let installed = crate::plugins::installed(plugins_dir);
+    for wf in &workflows {
+        let before = diags.len();
+        for step in &wf.steps {
+            if let Some(name) = step
+                .plugin
+                .as_deref()
+                .filter(|n| !installed.iter().any(|i| i == n))
+            {
+                diags.push(Diagnostic {
+                    path: wf.path.clone(),
+                    line: step.line,
+                    col: 1,
+                    message: format!(
+                        "step `{}` uses plugin `{name}`, which is not installed",
+                        step.id
+                    ),
+                    hint: Some(if installed.is_empty() {
+                        format!("no plugins in {}", plugins_dir.display())
+                    } else {
+                        format!(
+                            "installed in {}: {}",
+                            plugins_dir.display(),
+                            installed.join(", ")
+                        )
+                    }),
+                });
+            }
+        }
+        if diags.len() == before {
+            valid.push((wf.id.clone(), wf.path.clone()));
         }
     }
     let ok = diags.is_empty();

@@ -179,7 +179,12 @@ fn main() -> ExitCode {
     };
     match &cli.command {
         Command::Validate { paths, format } => {
-            return exit(cli::validate(paths, &config.workflows_dir, *format));
+            return exit(cli::validate(
+                paths,
+                &config.workflows_dir,
+                &config.plugins_dir,
+                *format,
+            ));
         }
         Command::Schedule {
             target,

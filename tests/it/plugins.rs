@@ -237,3 +237,18 @@ fn plugin_inspect_and_run_from_the_command_line() {
         "{err}"
     );
 }
+
+#[test]
+fn validate_checks_that_plugins_are_installed() {
+    let project = Project::new();
+    project.workflow("p.toml", WORKFLOW);
+    project.workflow(
+        "q.toml",
+        "id = \"q\"\n[[steps]]\nid = \"a\"\naction = \"plugin:domain-check\"\n",
+    );
+    project.config(&format!("plugins_dir = \"{}\"\n", plugins_dir().display()));
+    let (code, out, _) = pmoflow_tests::cli(project.path(), &["validate"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("workflows/q.toml:2:1: error: step `a` uses plugin `domain-check`, which is not installed"), "{out}");
+    assert!(out.contains("1 error(s); 1 workflow(s) valid"), "{out}");
+}

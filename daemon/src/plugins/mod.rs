@@ -364,27 +364,7 @@ impl PluginHost {
     ) -> Result<(Self, Vec<String>), String> {
         let (mut host, linker) = Self::empty(limits)?;
         let mut problems = Vec::new();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok((host, problems));
-        };
-        let mut manifests: Vec<PathBuf> = Vec::new();
-        for entry in entries.flatten() {
-            let p = entry.path().join("plugin.toml");
-            if p.is_file() {
-                manifests.push(p);
-            }
-            // One level deeper for grouped plugins (e.g. plugins/fixtures/*).
-            if let Ok(sub) = std::fs::read_dir(entry.path()) {
-                for e in sub.flatten() {
-                    let p = e.path().join("plugin.toml");
-                    if p.is_file() {
-                        manifests.push(p);
-                    }
-                }
-            }
-        }
-        manifests.sort();
-        for path in manifests {
+        for path in manifests(dir) {
             match host.load_one(&linker, &path, cache) {
                 Ok(name) => {
                     tracing::info!(plugin = %name, manifest = %path.display(), "plugin loaded")
@@ -587,6 +567,40 @@ impl PluginHost {
             Ok(Ok(Ok(out))) => Ok((out, logs)),
         }
     }
+}
+
+/// The `plugin.toml` manifests under `dir` (one level of grouping allowed), sorted.
+pub fn manifests(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path().join("plugin.toml");
+        if p.is_file() {
+            out.push(p);
+        }
+        if let Ok(sub) = std::fs::read_dir(entry.path()) {
+            for e in sub.flatten() {
+                let p = e.path().join("plugin.toml");
+                if p.is_file() {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Names of the plugins installed under `dir`, from their manifests (nothing is compiled).
+pub fn installed(dir: &Path) -> Vec<String> {
+    manifests(dir)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|t| toml::from_str::<Manifest>(&t).ok())
+        .map(|m| m.name)
+        .collect()
 }
 
 /// A trap's reason, without wasmtime's backtrace.
