@@ -297,26 +297,12 @@ impl InProcess {
         clock: SharedClock,
         config: EngineConfig,
     ) -> InProcess {
-        let store = Store::open(url, durability).await.unwrap();
-        let registry = Arc::new(Registry::default());
-        let catalog = Catalog::load(workflows);
-        assert!(
-            catalog.diagnostics.is_empty(),
-            "fixture workflows invalid: {:?}",
-            catalog.diagnostics
-        );
-        registry.set_catalog(Arc::new(catalog));
-        let shutdown = CancellationToken::new();
-        let engine = Engine::new(store, clock, config, registry, shutdown.clone());
-        let e = engine.clone();
-        let handle = tokio::spawn(async move {
+        let mut engine = Self::create(url, durability, workflows, clock, config).await;
+        let e = engine.engine.clone();
+        engine.handle = tokio::spawn(async move {
             e.run().await.unwrap();
         });
-        InProcess {
-            engine,
-            shutdown,
-            handle,
-        }
+        engine
     }
 
     /// An engine over `dir`'s workflows that is not running (for driving the scheduler alone).
