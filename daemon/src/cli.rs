@@ -50,12 +50,9 @@ impl From<StoreError> for CliError {
 }
 
 /// `pmoflow validate [PATH…]`: returns the exit code (0 valid, 1 invalid).
-pub fn validate(
-    paths: &[PathBuf],
-    default_dir: &std::path::Path,
-    plugins_dir: &std::path::Path,
-    format: Format,
-) -> i32 {
+pub fn validate(paths: &[PathBuf], config: &Config, format: Format) -> i32 {
+    let default_dir = &config.workflows_dir;
+    let plugins_dir = &config.plugins_dir;
     let paths: Vec<PathBuf> = if paths.is_empty() {
         vec![default_dir.to_path_buf()]
     } else {
@@ -109,6 +106,19 @@ pub fn validate(
         if diags.len() == before {
             valid.push((wf.id.clone(), wf.path.clone()));
         }
+    }
+    // `with` tables fit the input schema of their plugin.
+    let used: std::collections::BTreeSet<&str> = workflows
+        .iter()
+        .flat_map(|wf| wf.steps.iter().filter_map(|s| s.plugin.as_deref()))
+        .filter(|n| installed.iter().any(|i| i == n))
+        .collect();
+    if !used.is_empty() {
+        let problems = check_plugin_inputs(config, &workflows, &used);
+        let bad: std::collections::BTreeSet<PathBuf> =
+            problems.iter().map(|d| d.path.clone()).collect();
+        valid.retain(|(_, p)| !bad.contains(p));
+        diags.extend(problems);
     }
     let ok = diags.is_empty();
     let mut out = std::io::stdout().lock();
@@ -752,11 +762,122 @@ pub async fn outbox_retry(config: &Config, id: &str) -> Result<String, CliError>
     }
 }
 
+/// Loads the plugins `used` (with their grants, through the compiled-code cache), and checks
+/// every `plugin:NAME` step's `with` against the plugin's input schema. Values that are
+/// templates are checked only once rendered, at run time.
+fn check_plugin_inputs(
+    config: &Config,
+    workflows: &[std::sync::Arc<crate::workflow::Workflow>],
+    used: &std::collections::BTreeSet<&str>,
+) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let loaded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            let (mut host, mut problems) = crate::plugins::PluginHost::load(
+                &config.plugins_dir,
+                &config.plugin_grants,
+                Some(&config.plugin_cache_dir),
+            )?;
+            problems.extend(rt.block_on(host.prepare()));
+            Ok((host, problems))
+        });
+    let (host, problems) = match loaded {
+        Ok(ok) => ok,
+        Err(e) => {
+            diags.push(Diagnostic {
+                path: config.plugins_dir.clone(),
+                line: 1,
+                col: 1,
+                message: format!("cannot load plugins: {e}"),
+                hint: None,
+            });
+            return diags;
+        }
+    };
+    for wf in workflows {
+        for step in &wf.steps {
+            let Some(name) = step.plugin.as_deref().filter(|n| used.contains(n)) else {
+                continue;
+            };
+            let diag = |message: String, hint: Option<String>| Diagnostic {
+                path: wf.path.clone(),
+                line: step.line,
+                col: 1,
+                message,
+                hint,
+            };
+            let Some(schema) = host.input_schema(name) else {
+                let why = problems
+                    .iter()
+                    .find(|p| p.contains(&format!("plugin `{name}`")) || p.contains(name))
+                    .cloned()
+                    .unwrap_or_else(|| "it could not be loaded".into());
+                diags.push(diag(
+                    format!(
+                        "step `{}` uses plugin `{name}`, which cannot be loaded: {why}",
+                        step.id
+                    ),
+                    None,
+                ));
+                continue;
+            };
+            let with = if step.with.is_null() {
+                json!({})
+            } else {
+                step.with.clone()
+            };
+            let problems: Vec<String> = schema
+                .iter_errors(&with)
+                .filter(|e| !is_template(e.instance()))
+                .take(5)
+                .map(|e| {
+                    let path = e.instance_path().to_string();
+                    if path.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{path}: {e}")
+                    }
+                })
+                .collect();
+            if !problems.is_empty() {
+                diags.push(diag(
+                    format!(
+                        "step `{}`: `with` does not fit the input of plugin `{name}`: {}",
+                        step.id,
+                        problems.join("; ")
+                    ),
+                    Some(format!(
+                        "`pmoflow plugin inspect` shows the input schema of `{name}`"
+                    )),
+                ));
+            }
+        }
+    }
+    diags
+}
+
+/// Whether a value is a template string (checked once rendered, at run time).
+fn is_template(v: &Json) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.contains("{{") || s.contains("{%"))
+}
+
 /// `pmoflow plugin inspect FILE.wasm`: the component's imports and descriptor, as JSON. Exit 1 if
 /// the host would refuse it.
 pub async fn plugin_inspect(file: &std::path::Path) -> Result<(), CliError> {
-    let limits = crate::plugins::Limits::default();
-    let (host, name, imports) = crate::plugins::PluginHost::single(file, limits)
+    // Inspection grants everything so that it can show what the component imports; nothing
+    // runs but `describe`.
+    let grant = crate::plugins::Grant {
+        capabilities: crate::plugins::grant::KNOWN
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..crate::plugins::Grant::default()
+    };
+    let (host, name, imports) = crate::plugins::PluginHost::single(file, grant)
         .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
     let descriptor = host
         .describe(&name)
@@ -769,12 +890,41 @@ pub async fn plugin_inspect(file: &std::path::Path) -> Result<(), CliError> {
 
 /// `pmoflow plugin run FILE.wasm --input JSON`: one invocation outside any workflow. The output
 /// goes to stdout, the plugin's log lines to stderr.
-pub async fn plugin_run(file: &std::path::Path, input: &str) -> Result<(), CliError> {
+pub async fn plugin_run(
+    file: &std::path::Path,
+    input: &str,
+    grants: &[String],
+    allow_hosts: &[String],
+    timeout: Option<&str>,
+) -> Result<(), CliError> {
     let input: Json = serde_json::from_str(input)
         .map_err(|e| CliError::new(format!("--input is not valid JSON: {e}")))?;
-    let limits = crate::plugins::Limits::default();
-    let (host, name, _) = crate::plugins::PluginHost::single(file, limits)
+    let mut grant = crate::plugins::Grant::default();
+    for cap in grants {
+        if !crate::plugins::grant::KNOWN.contains(&cap.as_str()) {
+            return Err(CliError::new(format!(
+                "--grant {cap}: unknown capability (known: {})",
+                crate::plugins::grant::KNOWN.join(", ")
+            )));
+        }
+        grant.capabilities.insert(cap.clone());
+    }
+    for host in allow_hosts {
+        grant.allow_hosts.push(
+            crate::plugins::HostRule::parse(host)
+                .map_err(|e| CliError::new(format!("--allow-host: {e}")))?,
+        );
+    }
+    if let Some(t) = timeout {
+        grant.limits.timeout = crate::duration::HumanDuration::parse(t)
+            .map_err(|e| CliError::new(format!("--timeout: {e}")))?
+            .0;
+    }
+    let (mut host, name, _) = crate::plugins::PluginHost::single(file, grant)
         .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+    if let Some(problem) = host.prepare().await.first() {
+        return Err(CliError::new(format!("{}: {problem}", file.display())));
+    }
     let call = crate::plugins::PluginCall {
         run_id: "cli",
         workflow_id: "cli",
@@ -791,4 +941,172 @@ pub async fn plugin_run(file: &std::path::Path, input: &str) -> Result<(), CliEr
     }
     println!("{output}");
     Ok(())
+}
+
+/// `pmoflow plugin new NAME`: a plugin crate that builds with
+/// `cargo build --release --target wasm32-wasip2`, with its `plugin.toml`.
+pub fn plugin_new(
+    name: &str,
+    dir: &std::path::Path,
+    sdk: Option<&std::path::Path>,
+) -> Result<String, CliError> {
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if !valid {
+        return Err(CliError::new(format!(
+            "`{name}` is not a plugin name: use lower-case letters, digits and `-`, starting with a letter"
+        )));
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        return Err(CliError::new(format!("{} already exists", root.display())));
+    }
+    let sdk = match sdk {
+        Some(p) => p.to_path_buf(),
+        None => [dir.join("sdk"), dir.join("plugins/sdk"), dir.join("../sdk")]
+            .into_iter()
+            .find(|p| p.join("Cargo.toml").is_file())
+            .ok_or_else(|| {
+                CliError::new(format!(
+                    "cannot find the plugin SDK next to {}; pass --sdk PATH (the `plugins/sdk` directory of pmoflow's sources)",
+                    dir.display()
+                ))
+            })?,
+    };
+    let sdk = sdk
+        .canonicalize()
+        .map_err(|e| CliError::new(format!("--sdk {}: {e}", sdk.display())))?;
+    if !sdk.join("Cargo.toml").is_file() {
+        return Err(CliError::new(format!(
+            "{} is not the plugin SDK (no Cargo.toml)",
+            sdk.display()
+        )));
+    }
+    let module = name.replace('-', "_");
+    let ty: String = name
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let files = [
+        (
+            "Cargo.toml",
+            format!(
+                r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+description = "A pmoflow step plugin"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+pmoflow-plugin-sdk = {{ path = "{sdk}" }}
+serde = {{ version = "1", features = ["derive"] }}
+serde_json = "1"
+
+[profile.release]
+opt-level = "s"
+debug = false
+# Keep the name section: readable backtraces in the step log.
+strip = false
+
+# A workspace of its own, wherever it is created.
+[workspace]
+"#,
+                sdk = sdk.display().to_string().replace('\\', "/")
+            ),
+        ),
+        (
+            "plugin.toml",
+            format!(
+                r#"name = "{name}"
+version = "0.1.0"
+description = "A pmoflow step plugin"
+component = "target/wasm32-wasip2/release/{module}.wasm"
+# Every capability the component imports must be listed here, and granted in pmoflow.toml
+# ([plugins.{name}]) if it is more than log and clock.
+capabilities = ["log"]
+"#
+            ),
+        ),
+        (
+            "src/lib.rs",
+            format!(
+                r##"//! `{name}`: a pmoflow step plugin. `with = {{ name = "…" }}` in a workflow step becomes
+//! the `Input` below; the returned `Output` is the step output.
+
+use pmoflow_plugin_sdk::{{Context, Descriptor, Guest, Level, StepError, export_plugin, log}};
+use serde::{{Deserialize, Serialize}};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {{
+    name: String,
+}}
+
+#[derive(Serialize)]
+struct Output {{
+    greeting: String,
+}}
+
+struct {ty};
+
+impl Guest for {ty} {{
+    fn describe() -> Descriptor {{
+        Descriptor {{
+            name: "{name}".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "A pmoflow step plugin".into(),
+            input_schema: r#"{{"type":"object","required":["name"],"additionalProperties":false,"properties":{{"name":{{"type":"string"}}}}}}"#.into(),
+            output_schema: r#"{{"type":"object","properties":{{"greeting":{{"type":"string"}}}}}}"#.into(),
+            capabilities: vec!["log".into()],
+        }}
+    }}
+
+    fn run(ctx: Context, input: String) -> Result<String, StepError> {{
+        let input: Input = serde_json::from_str(&input)
+            .map_err(|e| StepError::InvalidInput(e.to_string()))?;
+        log(Level::Info, &format!("run {{}} step {{}}", ctx.run_id, ctx.step_key));
+        let output = Output {{
+            greeting: format!("こんにちは、{{}}さん", input.name),
+        }};
+        serde_json::to_string(&output).map_err(|e| StepError::Internal(e.to_string()))
+    }}
+}}
+
+export_plugin!({ty});
+"##
+            ),
+        ),
+        (
+            "README.md",
+            format!(
+                "# {name}\n\nA pmoflow step plugin.\n\n```sh\nrustup target add wasm32-wasip2\ncargo build --release --target wasm32-wasip2\npmoflow plugin run target/wasm32-wasip2/release/{module}.wasm --input '{{\"name\": \"山田\"}}'\n```\n\nInstall it by copying this directory (with the built component) into the daemon's\n`plugins_dir`; see pmoflow's `plugins/README.md`.\n"
+            ),
+        ),
+    ];
+    for (path, text) in &files {
+        let file = root.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| CliError::new(format!("{}: {e}", parent.display())))?;
+        }
+        std::fs::write(&file, text)
+            .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+    }
+    Ok(format!(
+        "created {}\nnext: cd {} && cargo build --release --target wasm32-wasip2",
+        root.display(),
+        root.display()
+    ))
 }

@@ -48,6 +48,26 @@ struct RawConfig {
     outbox: RawOutbox,
     #[serde(default)]
     secrets: std::collections::BTreeMap<String, Spanned<RawSecret>>,
+    #[serde(default)]
+    plugins: std::collections::BTreeMap<String, Spanned<RawGrant>>,
+}
+
+/// `[plugins.NAME]`: what an administrator grants one plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    #[serde(default)]
+    capabilities: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_hosts: Vec<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    net_timeout: Option<Spanned<String>>,
+    memory_mib: Option<Spanned<i64>>,
+    max_input_kib: Option<Spanned<i64>>,
+    max_output_kib: Option<Spanned<i64>>,
+    max_response_kib: Option<Spanned<i64>>,
+    kv_max_keys: Option<Spanned<i64>>,
+    kv_max_kib: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +128,8 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     /// Where compiled plugin code is cached.
     pub plugin_cache_dir: PathBuf,
+    /// What each plugin is granted (`[plugins.NAME]`).
+    pub plugin_grants: crate::plugins::Grants,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
     /// Default time zone.
@@ -386,6 +408,63 @@ impl Config {
             concurrency: count(&raw.outbox.concurrency, od.concurrency, 256, "concurrency")?,
             poll_interval: duration(&raw.outbox.poll_interval, od.poll_interval)?,
         };
+        let mut plugin_grants = crate::plugins::Grants::default();
+        for (name, raw) in &raw.plugins {
+            let g = raw.get_ref();
+            let mut grant = crate::plugins::Grant::default();
+            for cap in &g.capabilities {
+                if !crate::plugins::grant::KNOWN.contains(&cap.get_ref().as_str()) {
+                    return Err(err(
+                        cap.span(),
+                        format!("unknown capability `{}`", cap.get_ref()),
+                        Some(format!(
+                            "capabilities are {}",
+                            crate::plugins::grant::KNOWN.join(", ")
+                        )),
+                    ));
+                }
+                grant.capabilities.insert(cap.get_ref().clone());
+            }
+            for host in &g.allow_hosts {
+                let rule = crate::plugins::HostRule::parse(host.get_ref())
+                    .map_err(|m| err(host.span(), m, None))?;
+                grant.allow_hosts.push(rule);
+            }
+            let network = ["http", "tls", "whois"]
+                .iter()
+                .any(|c| grant.capabilities.contains(*c));
+            if network && grant.allow_hosts.is_empty() {
+                return Err(err(
+                    raw.span(),
+                    format!("[plugins.{name}] grants a network capability but no allow_hosts"),
+                    Some(
+                        "list the hosts it may reach, e.g. allow_hosts = [\"rdap.example.jp\"]"
+                            .into(),
+                    ),
+                ));
+            }
+            let d = crate::plugins::Limits::default();
+            let kib = |v: &Option<Spanned<i64>>, default: usize, max: i64, what: &str| {
+                count(v, default >> 10, max, what).map(|n| n << 10)
+            };
+            grant.limits = crate::plugins::Limits {
+                timeout: duration(&g.timeout, d.timeout)?,
+                net_timeout: duration(&g.net_timeout, d.net_timeout)?,
+                memory: count(&g.memory_mib, d.memory >> 20, 4096, "memory_mib")? << 20,
+                max_input: kib(&g.max_input_kib, d.max_input, 1 << 20, "max_input_kib")?,
+                max_output: kib(&g.max_output_kib, d.max_output, 1 << 20, "max_output_kib")?,
+                max_response: kib(
+                    &g.max_response_kib,
+                    d.max_response,
+                    1 << 20,
+                    "max_response_kib",
+                )?,
+                kv_max_keys: count(&g.kv_max_keys, d.kv_max_keys, 1_000_000, "kv_max_keys")?,
+                kv_max_bytes: kib(&g.kv_max_kib, d.kv_max_bytes, 1 << 20, "kv_max_kib")?,
+                max_log: d.max_log,
+            };
+            plugin_grants.plugins.insert(name.clone(), grant);
+        }
         let workflows_dir = env
             .workflows_dir
             .clone()
@@ -421,6 +500,7 @@ impl Config {
                 .plugin_cache_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("var/plugin-cache")),
+            plugin_grants,
             database_url: env
                 .database_url
                 .clone()

@@ -70,13 +70,16 @@ pub async fn run(
     if config.plugins_dir.is_dir() {
         let dir = config.plugins_dir.clone();
         let cache = config.plugin_cache_dir.clone();
+        let grants = config.plugin_grants.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            crate::plugins::PluginHost::load(&dir, crate::plugins::Limits::default(), Some(&cache))
+            crate::plugins::PluginHost::load(&dir, &grants, Some(&cache))
         })
         .await
         .map_err(|e| DaemonError::Task(e.to_string()))?;
         match loaded {
-            Ok((host, problems)) => {
+            Ok((mut host, mut problems)) => {
+                problems.extend(host.prepare().await);
+                let host = host.with_kv_store(store.clone());
                 for p in problems {
                     tracing::error!("plugin not loaded: {p}");
                 }

@@ -120,6 +120,17 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PluginAction {
+    /// Create a plugin crate (Rust, the pmoflow SDK) that builds for wasm32-wasip2.
+    New {
+        /// The plugin name (lower case, digits, `-`).
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK (`plugins/sdk` in pmoflow's sources); found next to --dir if omitted.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Print a component's descriptor and imports (exit 1 if the host would refuse it).
     Inspect {
         /// The component (`.wasm`).
@@ -132,6 +143,16 @@ enum PluginAction {
         /// The input, as the `with` table of a step would be.
         #[arg(long, value_name = "JSON", default_value = "{}")]
         input: String,
+        /// Grant a capability beyond `log` and `clock` (`kv`, `http`, `tls`, `whois`); repeat
+        /// for several. `kv` lives for this one run.
+        #[arg(long, value_name = "CAPABILITY")]
+        grant: Vec<String>,
+        /// A host the network capabilities may reach, as in `allow_hosts`; repeatable.
+        #[arg(long, value_name = "HOST")]
+        allow_host: Vec<String>,
+        /// Wall-time limit (default 5s).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
     },
 }
 
@@ -179,12 +200,7 @@ fn main() -> ExitCode {
     };
     match &cli.command {
         Command::Validate { paths, format } => {
-            return exit(cli::validate(
-                paths,
-                &config.workflows_dir,
-                &config.plugins_dir,
-                *format,
-            ));
+            return exit(cli::validate(paths, &config, *format));
         }
         Command::Schedule {
             target,
@@ -199,6 +215,11 @@ fn main() -> ExitCode {
                 *count,
                 *explain,
             ));
+        }
+        Command::Plugin {
+            action: PluginAction::New { name, dir, sdk },
+        } => {
+            return report(cli::plugin_new(name, dir, sdk.as_deref()).map(|m| println!("{m}")));
         }
         Command::Calendar { year, action } => {
             return report(match action {
@@ -262,8 +283,15 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
         }
         Command::Workflows { format } => cli::workflows(&config, format).await,
         Command::Plugin { action } => match action {
+            PluginAction::New { .. } => unreachable!("handled before the runtime starts"),
             PluginAction::Inspect { file } => cli::plugin_inspect(&file).await,
-            PluginAction::Run { file, input } => cli::plugin_run(&file, &input).await,
+            PluginAction::Run {
+                file,
+                input,
+                grant,
+                allow_host,
+                timeout,
+            } => cli::plugin_run(&file, &input, &grant, &allow_host, timeout.as_deref()).await,
         },
         Command::Outbox {
             status,

@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod domain_check;
 mod engine;
 mod golden;
 mod notify;

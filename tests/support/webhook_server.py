@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A webhook receiver for tests: answers 500 to the first N requests, then 200 (or always
-STATUS if given). Each request is appended to LOG as a JSON line (method, path, headers, body)."""
+STATUS if given), to POST and GET. Each request is appended to LOG as a JSON line (method, path, headers, body)."""
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +24,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(b'{"ok": true}' if status == 200 else b'{"error": "try later"}')
+
+    do_GET = do_POST
 
     def log_message(self, *args):
         pass

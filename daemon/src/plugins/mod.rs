@@ -7,13 +7,21 @@
 //! a fresh `Store` with a memory limit, an epoch deadline that yields to tokio, and a wall-clock
 //! timeout. Whatever a plugin does, the worst outcome is a failed step with a readable reason.
 //!
-//! At load, the component's actual imports are compared with what the host offers; a plugin that
-//! imports anything else is refused.
+//! At load, the component's actual imports are compared with its manifest and with the
+//! administrator's grant (`[plugins.NAME]` in `pmoflow.toml`, see [`grant`]); a plugin that
+//! imports more than it was granted is refused. Capabilities beyond `log` and `clock` — `kv`,
+//! `http`, `tls`, `whois` — exist only for plugins granted them, and the network ones reach only
+//! the hosts in the grant's `allow_hosts` ([`net`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+pub mod grant;
+pub mod net;
+
+pub use grant::{Grant, HostRule};
 
 use serde::Deserialize;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -26,9 +34,17 @@ mod bindings {
         path: "../plugins/wit",
         world: "step",
         exports: { default: async },
+        imports: {
+            "pmoflow:plugin/http.fetch": async,
+            "pmoflow:plugin/tls.peer-certificates": async,
+            "pmoflow:plugin/whois.query": async,
+        },
     });
 }
 
+use bindings::pmoflow::plugin::http::{
+    HttpError, Request as HttpRequest, Response as HttpResponse,
+};
 use bindings::pmoflow::plugin::log::Level;
 use bindings::pmoflow::plugin::types::{Context, StepError as GuestError};
 
@@ -45,6 +61,14 @@ pub struct Limits {
     pub max_output: usize,
     /// Captured stdout/stderr and log lines, bytes each.
     pub max_log: usize,
+    /// Time of one network operation (`http`, `tls`, `whois`).
+    pub net_timeout: Duration,
+    /// Body of one HTTP response or WHOIS answer, bytes.
+    pub max_response: usize,
+    /// Keys in the plugin's `kv` namespace.
+    pub kv_max_keys: usize,
+    /// Total bytes (keys and values) in the plugin's `kv` namespace.
+    pub kv_max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -55,7 +79,35 @@ impl Default for Limits {
             max_input: 1 << 20,
             max_output: 1 << 20,
             max_log: 64 << 10,
+            net_timeout: Duration::from_secs(10),
+            max_response: 1 << 20,
+            kv_max_keys: 1000,
+            kv_max_bytes: 1 << 20,
         }
+    }
+}
+
+/// Every grant: `[plugins.NAME]` tables, and the default for plugins without one.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// By plugin name.
+    pub plugins: BTreeMap<String, Grant>,
+    /// For plugins without a table: `log` and `clock`, default limits.
+    pub default: Grant,
+}
+
+impl Grants {
+    /// Every plugin gets `grant`'s capabilities, hosts and limits (tests, benchmarks).
+    pub fn all(grant: Grant) -> Self {
+        Self {
+            plugins: BTreeMap::new(),
+            default: grant,
+        }
+    }
+
+    /// The grant of `name`.
+    pub fn get(&self, name: &str) -> &Grant {
+        self.plugins.get(name).unwrap_or(&self.default)
     }
 }
 
@@ -103,6 +155,9 @@ pub struct Manifest {
     /// Capabilities requested.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Loaded from a bare component file (`pmoflow plugin run|inspect`), named after the file.
+    #[serde(skip)]
+    pub bare_file: bool,
 }
 
 struct MemLimiter {
@@ -147,6 +202,85 @@ struct State {
     log_bytes: usize,
     max_log: usize,
     now_ms: i64,
+    grant: Arc<Grant>,
+    http: Option<reqwest::Client>,
+    kv: Kv,
+}
+
+impl State {
+    fn new(wasi: WasiCtx, grant: Arc<Grant>, http: Option<reqwest::Client>, now_ms: i64) -> Self {
+        let limits = grant.limits;
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemLimiter {
+                max: limits.memory,
+                exceeded: false,
+            },
+            logs: Vec::new(),
+            log_bytes: 0,
+            max_log: limits.max_log,
+            now_ms,
+            grant,
+            http,
+            kv: Kv::default(),
+        }
+    }
+
+    fn denied(&self, capability: &str) -> String {
+        format!("capability `{capability}` is not granted")
+    }
+}
+
+/// One invocation's view of the plugin's key-value namespace: what was stored when it started,
+/// plus its own writes (committed only if `run` returns).
+#[derive(Default)]
+struct Kv {
+    data: BTreeMap<String, String>,
+    changes: BTreeMap<String, Option<String>>,
+    bytes: usize,
+}
+
+impl Kv {
+    fn load(rows: Vec<(String, String)>) -> Self {
+        let bytes = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+        Kv {
+            data: rows.into_iter().collect(),
+            changes: BTreeMap::new(),
+            bytes,
+        }
+    }
+
+    fn set(&mut self, key: String, value: String, limits: &Limits) -> Result<(), String> {
+        if key.is_empty() || key.len() > 256 {
+            return Err("a kv key is 1 to 256 bytes".into());
+        }
+        let old = self.data.get(&key).map(|v| key.len() + v.len());
+        if old.is_none() && self.data.len() >= limits.kv_max_keys {
+            return Err(format!(
+                "kv quota: at most {} keys per plugin",
+                limits.kv_max_keys
+            ));
+        }
+        let bytes = self.bytes - old.unwrap_or(0) + key.len() + value.len();
+        if bytes > limits.kv_max_bytes {
+            return Err(format!(
+                "kv quota: at most {} KiB per plugin",
+                limits.kv_max_bytes >> 10
+            ));
+        }
+        self.bytes = bytes;
+        self.changes.insert(key.clone(), Some(value.clone()));
+        self.data.insert(key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) {
+        if let Some(v) = self.data.remove(&key) {
+            self.bytes -= key.len() + v.len();
+            self.changes.insert(key, None);
+        }
+    }
 }
 
 impl WasiView for State {
@@ -183,24 +317,131 @@ impl bindings::pmoflow::plugin::clock::Host for State {
     }
 }
 
+impl bindings::pmoflow::plugin::kv::Host for State {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.kv.data.get(&key).cloned()
+    }
+
+    fn set(&mut self, key: String, value: String) -> Result<(), String> {
+        if !self.grant.allows("kv") {
+            return Err(self.denied("kv"));
+        }
+        let limits = self.grant.limits;
+        self.kv.set(key, value, &limits)
+    }
+
+    fn delete(&mut self, key: String) {
+        self.kv.delete(key);
+    }
+
+    fn keys(&mut self, prefix: String) -> Vec<String> {
+        self.kv
+            .data
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+impl bindings::pmoflow::plugin::http::Host for State {
+    async fn fetch(&mut self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let Some(client) = self.http.clone() else {
+            return Err(HttpError::Denied(self.denied("http")));
+        };
+        let grant = self.grant.clone();
+        net::fetch(
+            &client,
+            &grant,
+            &req.method,
+            &req.url,
+            &req.headers,
+            req.body,
+        )
+        .await
+        .map(|r| HttpResponse {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        })
+        .map_err(|e| match e {
+            net::FetchError::Denied(m) => HttpError::Denied(m),
+            net::FetchError::Timeout(m) => HttpError::Timeout(m),
+            net::FetchError::TooLarge(m) => HttpError::TooLarge(m),
+            net::FetchError::Failed(m) => HttpError::Failed(m),
+        })
+    }
+}
+
+impl bindings::pmoflow::plugin::tls::Host for State {
+    async fn peer_certificates(
+        &mut self,
+        address: String,
+        server_name: String,
+    ) -> Result<Vec<bindings::pmoflow::plugin::tls::Certificate>, String> {
+        if !self.grant.allows("tls") {
+            return Err(self.denied("tls"));
+        }
+        let grant = self.grant.clone();
+        let chain = net::peer_certificates(&grant, &address, &server_name).await?;
+        Ok(chain
+            .into_iter()
+            .map(|c| bindings::pmoflow::plugin::tls::Certificate {
+                subject: c.subject,
+                issuer: c.issuer,
+                dns_names: c.dns_names,
+                not_before_ms: c.not_before_ms,
+                not_after_ms: c.not_after_ms,
+                serial: c.serial,
+            })
+            .collect())
+    }
+}
+
+impl bindings::pmoflow::plugin::whois::Host for State {
+    async fn query(&mut self, server: String, query: String) -> Result<String, String> {
+        if !self.grant.allows("whois") {
+            return Err(self.denied("whois"));
+        }
+        let grant = self.grant.clone();
+        net::whois(&grant, &server, &query).await
+    }
+}
+
 struct Loaded {
     manifest: Manifest,
     pre: bindings::StepPre<State>,
+    grant: Arc<Grant>,
+    http: Option<reqwest::Client>,
+    /// From `describe()`, called once when the plugin is loaded.
+    descriptor: OnceLock<serde_json::Value>,
+    /// The compiled input schema.
+    input_schema: OnceLock<jsonschema::Validator>,
 }
 
-/// Interfaces a plugin may import: the WASI ones (linked default-deny) and the pmoflow ones.
-fn allowed_import(name: &str) -> bool {
-    name.starts_with("wasi:")
-        || name.starts_with("pmoflow:plugin/types@0.1")
-        || name.starts_with("pmoflow:plugin/log@0.1")
-        || name.starts_with("pmoflow:plugin/clock@0.1")
+/// The capability an import stands for: `Ok(None)` for interfaces every plugin may import
+/// (WASI, linked default-deny, and the shared types), `Err` for interfaces the host does not
+/// offer at all.
+fn capability_of(import: &str) -> Result<Option<&'static str>, ()> {
+    if import.starts_with("wasi:") || import.starts_with("pmoflow:plugin/types@0.") {
+        return Ok(None);
+    }
+    for cap in grant::KNOWN {
+        if let Some(version) = import.strip_prefix(&format!("pmoflow:plugin/{cap}@"))
+            && version.starts_with("0.1.")
+        {
+            return Ok(Some(cap));
+        }
+    }
+    Err(())
 }
 
 /// The plugin host: one wasmtime engine, the installed plugins, ready to instantiate.
 pub struct PluginHost {
     engine: Engine,
     plugins: BTreeMap<String, Arc<Loaded>>,
-    limits: Limits,
+    kv_store: Option<crate::store::Store>,
+    slots: Arc<tokio::sync::Semaphore>,
     _ticker: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -223,12 +464,22 @@ impl Drop for PluginHost {
 /// at which a timeout can stop it).
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Instances the pooling allocator keeps slots for. Invocations beyond this many at once wait
+/// for a slot (`PluginHost::slots`) instead of failing.
+const POOL_INSTANCES: u32 = 128;
+
 impl PluginHost {
-    /// A host with no plugins yet, and the linker plugins are instantiated with.
-    fn empty(limits: Limits) -> Result<(Self, Linker<State>), String> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| format!("wasmtime: {e}"))?;
+    /// A host with no plugins yet, and the linker plugins are instantiated with. `max_memory` is
+    /// the largest memory limit of any grant (the pooling allocator's slot size).
+    fn empty(max_memory: usize) -> Result<(Self, Linker<State>), String> {
+        let engine = match Engine::new(&Self::config(Some(max_memory))) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // Pooling reserves address space up front; some sandboxes refuse that.
+                tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand");
+                Engine::new(&Self::config(None)).map_err(|e| format!("wasmtime: {e}"))?
+            }
+        };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             let (engine, stop) = (engine.clone(), stop.clone());
@@ -250,16 +501,39 @@ impl PluginHost {
         let host = PluginHost {
             engine,
             plugins: BTreeMap::new(),
-            limits,
+            kv_store: None,
+            slots: Arc::new(tokio::sync::Semaphore::new(POOL_INSTANCES as usize)),
             _ticker: stop,
         };
         Ok((host, linker))
     }
 
+    fn config(pool_memory: Option<usize>) -> Config {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        if let Some(max_memory) = pool_memory {
+            let mut pool = wasmtime::PoolingAllocationConfig::new();
+            pool.total_component_instances(POOL_INSTANCES)
+                .total_core_instances(POOL_INSTANCES * 4)
+                .total_memories(POOL_INSTANCES * 2)
+                .total_tables(POOL_INSTANCES * 4)
+                .max_memory_size(max_memory.max(1 << 20));
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
+        config
+    }
+
+    /// Persists the `kv` capability in `store` (without one, `kv` lives for one invocation).
+    pub fn with_kv_store(mut self, store: crate::store::Store) -> Self {
+        self.kv_store = Some(store);
+        self
+    }
+
     /// For development (`pmoflow plugin run|inspect`): a host with one component file, named
-    /// after the file. Returns the host, the plugin name and the component's imports.
-    pub fn single(file: &Path, limits: Limits) -> Result<(Self, String, Vec<String>), String> {
-        let (mut host, linker) = Self::empty(limits)?;
+    /// after the file, with `grant`. Returns the host, the plugin name and the component's
+    /// imports.
+    pub fn single(file: &Path, grant: Grant) -> Result<(Self, String, Vec<String>), String> {
+        let (mut host, linker) = Self::empty(grant.limits.memory)?;
         let name = file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -270,41 +544,86 @@ impl PluginHost {
             .imports(&host.engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        let pre = Self::link(&host.engine, &linker, &component)?;
         let manifest = Manifest {
             name: name.clone(),
             version: String::new(),
             description: String::new(),
             component: file.to_path_buf(),
-            capabilities: Vec::new(),
+            // The component itself is the only declaration there is.
+            capabilities: grant::KNOWN.iter().map(|s| s.to_string()).collect(),
+            bare_file: true,
         };
-        host.plugins
-            .insert(name.clone(), Arc::new(Loaded { manifest, pre }));
+        let loaded = Self::link(&host.engine, &linker, &component, manifest, grant)?;
+        host.plugins.insert(name.clone(), Arc::new(loaded));
         Ok((host, name, imports))
     }
 
-    /// Checks a component's imports against what the host offers and prepares it.
+    /// Checks a component's imports against its manifest and its grant, and prepares it.
     fn link(
         engine: &Engine,
         linker: &Linker<State>,
         component: &Component,
-    ) -> Result<bindings::StepPre<State>, String> {
-        let refused: Vec<String> = component
-            .component_type()
-            .imports(engine)
-            .map(|(name, _)| name.to_string())
-            .filter(|n| !allowed_import(n))
-            .collect();
-        if !refused.is_empty() {
+        manifest: Manifest,
+        grant: Grant,
+    ) -> Result<Loaded, String> {
+        let (mut unknown, mut undeclared, mut ungranted) = (Vec::new(), Vec::new(), Vec::new());
+        for (import, _) in component.component_type().imports(engine) {
+            match capability_of(import) {
+                Err(()) => unknown.push(import.to_string()),
+                Ok(None) => {}
+                Ok(Some(cap)) => {
+                    if !manifest.capabilities.iter().any(|c| c == cap) {
+                        undeclared.push(cap);
+                    }
+                    if !grant.allows(cap) {
+                        ungranted.push(cap);
+                    }
+                }
+            }
+        }
+        if !unknown.is_empty() {
             return Err(format!(
                 "imports interfaces it was not granted: {}",
-                refused.join(", ")
+                unknown.join(", ")
+            ));
+        }
+        if !undeclared.is_empty() {
+            return Err(format!(
+                "imports capabilities its manifest does not declare: {} (add them to `capabilities` in plugin.toml)",
+                undeclared.join(", ")
+            ));
+        }
+        if !ungranted.is_empty() {
+            return Err(format!(
+                "imports capabilities it was not granted: {} (an administrator grants them with `capabilities = [{}]` under [plugins.{}] in pmoflow.toml)",
+                ungranted.join(", "),
+                ungranted
+                    .iter()
+                    .map(|c| format!("\"{c}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                manifest.name
             ));
         }
         let pre = linker
             .instantiate_pre(component)
             .map_err(|e| format!("cannot link: {e}"))?;
-        bindings::StepPre::new(pre).map_err(|e| format!("not a pmoflow:plugin/step component: {e}"))
+        let pre = bindings::StepPre::new(pre)
+            .map_err(|e| format!("not a pmoflow:plugin/step component: {e}"))?;
+        let grant = Arc::new(grant);
+        let http = if grant.allows("http") {
+            Some(net::http_client(grant.clone())?)
+        } else {
+            None
+        };
+        Ok(Loaded {
+            manifest,
+            pre,
+            grant,
+            http,
+            descriptor: OnceLock::new(),
+            input_schema: OnceLock::new(),
+        })
     }
 
     /// Calls a plugin's `describe` (fresh store, same limits as `run`).
@@ -313,20 +632,13 @@ impl PluginHost {
             .plugins
             .get(name)
             .ok_or_else(|| PluginError::NotInstalled(name.to_string()))?;
+        if let Some(d) = plugin.descriptor.get() {
+            return Ok(d.clone());
+        }
+        let limits = plugin.grant.limits;
         let mut store = Store::new(
             &self.engine,
-            State {
-                wasi: WasiCtxBuilder::new().build(),
-                table: ResourceTable::new(),
-                limiter: MemLimiter {
-                    max: self.limits.memory,
-                    exceeded: false,
-                },
-                logs: Vec::new(),
-                log_bytes: 0,
-                max_log: self.limits.max_log,
-                now_ms: 0,
-            },
+            State::new(WasiCtxBuilder::new().build(), plugin.grant.clone(), None, 0),
         );
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -335,8 +647,8 @@ impl PluginHost {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             instance.call_describe(&mut store).await
         };
-        let d = match tokio::time::timeout(self.limits.timeout, fut).await {
-            Err(_) => return Err(PluginError::Timeout(self.limits.timeout.as_secs().max(1))),
+        let d = match tokio::time::timeout(limits.timeout, fut).await {
+            Err(_) => return Err(PluginError::Timeout(limits.timeout.as_secs().max(1))),
             Ok(Err(e)) => return Err(PluginError::Trap(trap_reason(&e))),
             Ok(Ok(d)) => d,
         };
@@ -354,35 +666,99 @@ impl PluginHost {
         }))
     }
 
-    /// Loads every `*/plugin.toml` under `dir`. Problems are returned, one line per plugin; the
-    /// other plugins still load. Compiled code is cached in `cache` (if given), keyed by the
-    /// component's content hash and the engine's compatibility hash.
+    /// Loads every `*/plugin.toml` under `dir`, each with its grant. Problems are returned, one
+    /// line per plugin; the other plugins still load. Compiled code is cached in `cache` (if
+    /// given), keyed by the component's content hash and the engine's compatibility hash. Call
+    /// [`PluginHost::prepare`] before use.
     pub fn load(
         dir: &Path,
-        limits: Limits,
+        grants: &Grants,
         cache: Option<&Path>,
     ) -> Result<(Self, Vec<String>), String> {
-        let (mut host, linker) = Self::empty(limits)?;
+        let max_memory = grants
+            .plugins
+            .values()
+            .map(|g| g.limits.memory)
+            .fold(grants.default.limits.memory, usize::max);
+        let (mut host, linker) = Self::empty(max_memory)?;
         let mut problems = Vec::new();
         for path in manifests(dir) {
-            match host.load_one(&linker, &path, cache) {
+            match host.load_one(&linker, &path, grants, cache) {
                 Ok(name) => {
                     tracing::info!(plugin = %name, manifest = %path.display(), "plugin loaded")
                 }
                 Err(e) => problems.push(format!("{}: {e}", path.display())),
             }
         }
+        for name in grants.plugins.keys() {
+            if !host.plugins.contains_key(name) {
+                tracing::warn!(plugin = %name, "pmoflow.toml grants capabilities to a plugin that is not loaded");
+            }
+        }
         Ok((host, problems))
+    }
+
+    /// Calls every plugin's `describe` once and compiles its input schema. A plugin whose
+    /// descriptor is unusable is dropped, with a problem line.
+    pub async fn prepare(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut dropped = Vec::new();
+        for (name, plugin) in &self.plugins {
+            let checked = match self.describe(name).await {
+                Err(e) => Err(format!("describe() failed: {e}")),
+                Ok(d) if d["name"] != serde_json::json!(name) && !plugin.manifest.bare_file => {
+                    Err(format!(
+                        "describe() names the plugin {}, but its manifest says `{name}`",
+                        d["name"]
+                    ))
+                }
+                Ok(d) => match &d["input_schema"] {
+                    serde_json::Value::Object(_) | serde_json::Value::Bool(_) => {
+                        jsonschema::validator_for(&d["input_schema"])
+                            .map(|v| (d.clone(), v))
+                            .map_err(|e| {
+                                format!("its input schema is not a valid JSON Schema: {e}")
+                            })
+                    }
+                    _ => Err("its input schema is not a JSON object".to_string()),
+                },
+            };
+            match checked {
+                Ok((d, v)) => {
+                    let _ = plugin.descriptor.set(d);
+                    let _ = plugin.input_schema.set(v);
+                }
+                Err(e) => {
+                    problems.push(format!("plugin `{name}`: {e}"));
+                    dropped.push(name.clone());
+                }
+            }
+        }
+        for name in dropped {
+            self.plugins.remove(&name);
+        }
+        problems
     }
 
     fn load_one(
         &mut self,
         linker: &Linker<State>,
         path: &Path,
+        grants: &Grants,
         cache: Option<&Path>,
     ) -> Result<String, String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| e.message().to_string())?;
+        if let Some(bad) = manifest
+            .capabilities
+            .iter()
+            .find(|c| !grant::KNOWN.contains(&c.as_str()))
+        {
+            return Err(format!(
+                "unknown capability `{bad}` (known: {})",
+                grant::KNOWN.join(", ")
+            ));
+        }
         let file = path
             .parent()
             .unwrap_or(Path::new("."))
@@ -390,10 +766,10 @@ impl PluginHost {
         let component = self
             .component(&file, cache)
             .map_err(|e| format!("cannot load component {}: {e}", file.display()))?;
-        let pre = Self::link(&self.engine, linker, &component)?;
         let name = manifest.name.clone();
-        self.plugins
-            .insert(name.clone(), Arc::new(Loaded { manifest, pre }));
+        let grant = grants.get(&name).clone();
+        let loaded = Self::link(&self.engine, linker, &component, manifest, grant)?;
+        self.plugins.insert(name.clone(), Arc::new(loaded));
         Ok(name)
     }
 
@@ -445,6 +821,11 @@ impl PluginHost {
         Component::new(&self.engine, &bytes).map_err(|e| e.to_string())
     }
 
+    /// The compiled input schema of a prepared plugin.
+    pub fn input_schema(&self, name: &str) -> Option<&jsonschema::Validator> {
+        self.plugins.get(name).and_then(|p| p.input_schema.get())
+    }
+
     /// Installed plugin names.
     pub fn names(&self) -> Vec<String> {
         self.plugins.keys().cloned().collect()
@@ -467,7 +848,7 @@ impl PluginHost {
             .plugins
             .get(name)
             .ok_or_else(|| PluginError::NotInstalled(name.to_string()))?;
-        let limits = self.limits;
+        let limits = plugin.grant.limits;
         if input.len() > limits.max_input {
             return Err(PluginError::Size(format!(
                 "input of {} bytes exceeds the {} KiB limit",
@@ -475,27 +856,47 @@ impl PluginHost {
                 limits.max_input >> 10
             )));
         }
+        if let Some(schema) = plugin.input_schema.get() {
+            let value: serde_json::Value =
+                serde_json::from_str(input).map_err(|e| PluginError::Step {
+                    message: format!("invalid input: not JSON: {e}"),
+                    retryable: false,
+                })?;
+            let problems = schema_problems(schema, &value);
+            if !problems.is_empty() {
+                return Err(PluginError::Step {
+                    message: format!("invalid input: {}", problems.join("; ")),
+                    retryable: false,
+                });
+            }
+        }
+        let kv = if plugin.grant.allows("kv")
+            && let Some(store) = &self.kv_store
+        {
+            let rows = store
+                .plugin_kv_load(name)
+                .await
+                .map_err(|e| PluginError::Step {
+                    message: format!("cannot read the plugin's kv namespace: {e}"),
+                    retryable: true,
+                })?;
+            Kv::load(rows)
+        } else {
+            Kv::default()
+        };
+        let _slot = self.slots.acquire().await.map_err(|_| PluginError::Step {
+            message: "the plugin host is shutting down".into(),
+            retryable: true,
+        })?;
         let stdout = MemoryOutputPipe::new(limits.max_log);
         let stderr = MemoryOutputPipe::new(limits.max_log);
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .build();
-        let mut store = Store::new(
-            &self.engine,
-            State {
-                wasi,
-                table: ResourceTable::new(),
-                limiter: MemLimiter {
-                    max: limits.memory,
-                    exceeded: false,
-                },
-                logs: Vec::new(),
-                log_bytes: 0,
-                max_log: limits.max_log,
-                now_ms: ctx.now_ms,
-            },
-        );
+        let mut state = State::new(wasi, plugin.grant.clone(), plugin.http.clone(), ctx.now_ms);
+        state.kv = kv;
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
@@ -523,7 +924,24 @@ impl PluginHost {
             }
         }
         let exceeded = store.data().limiter.exceeded;
+        let kv_changes: Vec<(String, Option<String>)> =
+            std::mem::take(&mut store.data_mut().kv.changes)
+                .into_iter()
+                .collect();
         drop(store);
+        // The guest returned (with an output or a step error): its kv writes stand.
+        if matches!(outcome, Ok(Ok(_)))
+            && let Some(kv_store) = &self.kv_store
+        {
+            let now = chrono::DateTime::from_timestamp_millis(ctx.now_ms).unwrap_or_default();
+            kv_store
+                .plugin_kv_save(name, &kv_changes, now)
+                .await
+                .map_err(|e| PluginError::Step {
+                    message: format!("cannot save the plugin's kv namespace: {e}"),
+                    retryable: true,
+                })?;
+        }
         match outcome {
             Err(_) => Err(PluginError::Timeout(limits.timeout.as_secs().max(1))),
             Ok(Err(_)) if exceeded => Err(PluginError::Memory(limits.memory >> 20)),
@@ -600,6 +1018,22 @@ pub fn installed(dir: &Path) -> Vec<String> {
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .filter_map(|t| toml::from_str::<Manifest>(&t).ok())
         .map(|m| m.name)
+        .collect()
+}
+
+/// Why `value` does not fit `schema`, one line per problem (at most five).
+pub fn schema_problems(schema: &jsonschema::Validator, value: &serde_json::Value) -> Vec<String> {
+    schema
+        .iter_errors(value)
+        .take(5)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            if path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{path}: {e}")
+            }
+        })
         .collect()
 }
 

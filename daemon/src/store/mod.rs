@@ -956,6 +956,60 @@ impl Store {
         })
     }
 
+    /// A plugin's key-value namespace.
+    pub async fn plugin_kv_load(&self, plugin: &str) -> Result<Vec<(String, String)>> {
+        with_pool!(self, |pool| {
+            sqlx::query("SELECT key, value FROM plugin_kv WHERE plugin = $1 ORDER BY key")
+                .bind(plugin)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
+                .collect()
+        })
+    }
+
+    /// Applies a plugin's key-value changes (`None` deletes) in one transaction.
+    pub async fn plugin_kv_save(
+        &self,
+        plugin: &str,
+        changes: &[(String, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for (key, value) in changes {
+                match value {
+                    Some(v) => {
+                        sqlx::query(
+                            "INSERT INTO plugin_kv (plugin, key, value, updated_at) \
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (plugin, key) \
+                             DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                        )
+                        .bind(plugin)
+                        .bind(key)
+                        .bind(v)
+                        .bind(ms(now))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM plugin_kv WHERE plugin = $1 AND key = $2")
+                            .bind(plugin)
+                            .bind(key)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     /// Counts runs by status (for tests, `readyz` and metrics).
     pub async fn count_runs(&self, status: RunStatus) -> Result<i64> {
         with_pool!(self, |pool| {

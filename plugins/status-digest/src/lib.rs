@@ -1,0 +1,333 @@
+//! `status-digest`: turns the answers of a PJMO status collection into a portfolio summary —
+//! counts by 総合評価, late and unanswered projects, cost overruns, the projects that need a
+//! PJMO支援 case — and a CSV with one line per project (UTF-8 with BOM, so that Excel opens it).
+//!
+//! Input: `projects` (the register: `id`, `name`, `lead`, optional `budget` in yen) and
+//! `responses` (one per project: `project`, `status` answered/late/unanswered/bounced,
+//! `fields` as parsed from the reply, optional `days_late`). Amounts in the `経費` field are read
+//! from text such as `予算 1,200万円 / 契約額 1,100万円 / 執行額 600万円 / 見込 1,350万円`.
+
+use pmoflow_plugin_sdk::{Context, Descriptor, Guest, StepError, export_plugin};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    projects: Vec<Project>,
+    #[serde(default)]
+    responses: Vec<Response>,
+    /// A forecast more than this many percent over budget is an overrun.
+    #[serde(default = "ten")]
+    overrun_percent: f64,
+    /// More than this many days late opens a support case.
+    #[serde(default = "thirty")]
+    late_days: i64,
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
+fn thirty() -> i64 {
+    30
+}
+
+#[derive(Deserialize)]
+struct Project {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    lead: String,
+    /// Budget in yen, if the register has it (else read from the answer).
+    budget: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    project: String,
+    #[serde(default = "unanswered")]
+    status: String,
+    #[serde(default)]
+    fields: Map<String, Value>,
+    #[serde(default)]
+    days_late: Option<i64>,
+}
+
+fn unanswered() -> String {
+    "unanswered".into()
+}
+
+const INPUT_SCHEMA: &str = r#"{
+  "type": "object",
+  "required": ["projects"],
+  "additionalProperties": false,
+  "properties": {
+    "projects": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {
+          "id": { "type": "string" },
+          "name": { "type": "string" },
+          "lead": { "type": "string" },
+          "budget": { "type": "number" }
+        }
+      }
+    },
+    "responses": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "required": ["project"],
+        "properties": {
+          "project": { "type": "string" },
+          "status": { "enum": ["answered", "late", "unanswered", "bounced"] },
+          "fields": { "type": "object" },
+          "days_late": { "type": "integer" }
+        }
+      }
+    },
+    "overrun_percent": { "type": "number", "minimum": 0 },
+    "late_days": { "type": "integer", "minimum": 0 }
+  }
+}"#;
+
+/// The ratings, in the order the summary lists them.
+const RATINGS: [&str; 3] = ["良好", "注意", "要対応"];
+
+struct StatusDigest;
+
+impl Guest for StatusDigest {
+    fn describe() -> Descriptor {
+        Descriptor {
+            name: "status-digest".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Portfolio summary and CSV from PJMO status answers".into(),
+            input_schema: INPUT_SCHEMA.into(),
+            output_schema: r#"{"type":"object"}"#.into(),
+            capabilities: vec!["log".into()],
+        }
+    }
+
+    fn run(_ctx: Context, input: String) -> Result<String, StepError> {
+        let input: Input = serde_json::from_str(&input)
+            .map_err(|e| StepError::InvalidInput(format!("status-digest: {e}")))?;
+        Ok(digest(&input).to_string())
+    }
+}
+
+fn digest(input: &Input) -> Value {
+    let mut by_rating: Map<String, Value> = RATINGS
+        .iter()
+        .chain(&["未回答"])
+        .map(|r| (r.to_string(), json!(0)))
+        .collect();
+    let (mut late, mut unanswered, mut overruns, mut cases, mut rows) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut csv = String::from(
+        "\u{feff}プロジェクトID,プロジェクト名,PJMO,回答状況,総合評価,予算(円),見込(円),超過率(%),遅延日数,支援\r\n",
+    );
+    for p in &input.projects {
+        let r = input.responses.iter().rev().find(|r| r.project == p.id);
+        let status = r.map(|r| r.status.as_str()).unwrap_or("unanswered");
+        let answered = matches!(status, "answered" | "late");
+        let field = |k: &str| {
+            r.and_then(|r| r.fields.get(k))
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .unwrap_or("")
+        };
+        let rating = if answered {
+            normalise_rating(field("総合評価"))
+        } else {
+            "未回答".to_string()
+        };
+        if let Some(n) = by_rating.get_mut(&rating) {
+            *n = json!(n.as_i64().unwrap_or(0) + 1);
+        } else {
+            by_rating.insert(rating.clone(), json!(1));
+        }
+        let cost = field("経費");
+        let budget = p.budget.or_else(|| amount_after(cost, &["予算"]));
+        let forecast = amount_after(cost, &["見込", "見通し", "執行見込"]);
+        let over = match (budget, forecast) {
+            (Some(b), Some(f)) if b > 0.0 => Some(((f - b) / b * 1000.0).round() / 10.0),
+            _ => None,
+        };
+        let days_late = r.and_then(|r| r.days_late).unwrap_or(0);
+        let mut reasons = Vec::new();
+        if rating == "要対応" {
+            reasons.push("総合評価が要対応".to_string());
+        }
+        if days_late > input.late_days {
+            reasons.push(format!("{days_late}日遅延"));
+        }
+        if let Some(o) = over
+            && o > input.overrun_percent
+        {
+            reasons.push(format!("経費超過 {o}%"));
+            overruns.push(json!({
+                "project": p.id, "name": p.name, "budget": budget, "forecast": forecast, "over_percent": o,
+            }));
+        }
+        let entry = json!({ "project": p.id, "name": p.name, "lead": p.lead });
+        match status {
+            "late" => late.push(entry.clone()),
+            "answered" => {}
+            _ => unanswered
+                .push(json!({ "project": p.id, "name": p.name, "lead": p.lead, "status": status })),
+        }
+        if !reasons.is_empty() {
+            cases.push(json!({ "project": p.id, "name": p.name, "reasons": reasons }));
+        }
+        let label = match status {
+            "answered" => "回答済",
+            "late" => "期限後回答",
+            "bounced" => "不達",
+            _ => "未回答",
+        };
+        let num = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_default();
+        csv.push_str(
+            &[
+                p.id.clone(),
+                p.name.clone(),
+                p.lead.clone(),
+                label.to_string(),
+                rating.clone(),
+                num(budget),
+                num(forecast),
+                over.map(|o| o.to_string()).unwrap_or_default(),
+                days_late.to_string(),
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    reasons.join("・")
+                },
+            ]
+            .iter()
+            .map(|c| csv_cell(c))
+            .collect::<Vec<_>>()
+            .join(","),
+        );
+        csv.push_str("\r\n");
+        rows.push(json!({
+            "project": p.id, "name": p.name, "lead": p.lead, "status": status, "rating": rating,
+            "budget": budget, "forecast": forecast, "over_percent": over, "days_late": days_late,
+            "support": reasons,
+        }));
+    }
+    let answered = rows
+        .iter()
+        .filter(|r| matches!(r["status"].as_str(), Some("answered" | "late")))
+        .count();
+    json!({
+        "total": input.projects.len(),
+        "answered": answered,
+        "by_rating": by_rating,
+        "late": late,
+        "unanswered": unanswered,
+        "cost_overruns": overruns,
+        "support_cases": cases,
+        "rows": rows,
+        "csv": csv,
+    })
+}
+
+/// `良好`, `注意`, `要対応` as people write them (full-width spaces, 「」, trailing notes).
+fn normalise_rating(value: &str) -> String {
+    let v: String = value
+        .chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '「' | '」' | '【' | '】'))
+        .collect();
+    RATINGS
+        .iter()
+        .find(|r| v.starts_with(*r))
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| {
+            if v.is_empty() {
+                "記載なし".into()
+            } else {
+                v
+            }
+        })
+}
+
+/// The first amount after one of `keys`: `1,200万円`, `１２００万円`, `3.5億円`, `12000000円`,
+/// `1200千円`. In yen.
+fn amount_after(text: &str, keys: &[&str]) -> Option<f64> {
+    let text: String = text.chars().map(narrow).collect();
+    let start = keys
+        .iter()
+        .filter_map(|k| text.find(k).map(|i| i + k.len()))
+        .min()?;
+    let rest = &text[start..];
+    let begin = rest.find(|c: char| c.is_ascii_digit())?;
+    // Stop at the next key: `予算: -, 見込 100万円` has no budget.
+    if rest[..begin].contains(['/', '、', ','])
+        && !rest[..begin].trim_start_matches([':', ' ']).is_empty()
+    {
+        return None;
+    }
+    let digits: String = rest[begin..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',' || *c == '.')
+        .filter(|c| *c != ',')
+        .collect();
+    let value: f64 = digits.parse().ok()?;
+    let unit =
+        rest[begin..].trim_start_matches(|c: char| c.is_ascii_digit() || c == ',' || c == '.');
+    let factor = if unit.starts_with("億") {
+        1e8
+    } else if unit.starts_with("万") {
+        1e4
+    } else if unit.starts_with("千") {
+        1e3
+    } else {
+        1.0
+    };
+    Some(value * factor)
+}
+
+/// Full-width digits and punctuation to ASCII.
+fn narrow(c: char) -> char {
+    match c {
+        '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
+        '，' => ',',
+        '．' => '.',
+        '：' => ':',
+        '／' => '/',
+        '　' => ' ',
+        _ => c,
+    }
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+export_plugin!(StatusDigest);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts() {
+        let cost = "予算 1,200万円 / 契約額 1,100万円 / 執行額 600万円 / 見込 １，３５０万円";
+        assert_eq!(amount_after(cost, &["予算"]), Some(12_000_000.0));
+        assert_eq!(amount_after(cost, &["見込"]), Some(13_500_000.0));
+        assert_eq!(
+            amount_after("予算: 3.5億円", &["予算"]),
+            Some(350_000_000.0)
+        );
+        assert_eq!(amount_after("契約額 100万円", &["予算"]), None);
+        assert_eq!(normalise_rating("「要対応」（詳細は別紙）"), "要対応");
+    }
+}
