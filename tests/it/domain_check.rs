@@ -89,19 +89,28 @@ async fn whois_server() -> u16 {
     port
 }
 
-/// A TLS server for `name` presenting leaf (expires in `leaf_days`) + CA (in `ca_days`).
-async fn tls_server(name: &str, leaf_days: i64, ca_days: i64) -> u16 {
+/// A TLS server for `name` presenting leaf (expires in `leaf_days`) ← intermediate (in
+/// `intermediate_days`) ← self-signed root (expired ten days ago: a cross-signed root sent along
+/// must not raise an alarm).
+async fn tls_server(name: &str, leaf_days: i64, intermediate_days: i64) -> u16 {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let now = time::OffsetDateTime::now_utc();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "Test Government CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.not_before = now - time::Duration::days(30);
-    ca.not_after = now + time::Duration::days(ca_days) + time::Duration::hours(1);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
+    let ca = |cn: &str, days: i64| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.not_before = now - time::Duration::days(800);
+        p.not_after = now + time::Duration::days(days) + time::Duration::hours(1);
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root = ca("Test Root CA", -10);
+    let root_cert = root.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root, root_key);
+    let mid_key = KeyPair::generate().unwrap();
+    let mid = ca("Test Government CA", intermediate_days);
+    let mid_cert = mid.signed_by(&mid_key, &root_issuer).unwrap();
+    let issuer = Issuer::new(mid, mid_key);
     let leaf_key = KeyPair::generate().unwrap();
     let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
     leaf.distinguished_name.push(DnType::CommonName, name);
@@ -115,7 +124,14 @@ async fn tls_server(name: &str, leaf_days: i64, ca_days: i64) -> u16 {
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![leaf_cert.der().clone(), ca_cert.der().clone()], key)
+    .with_single_cert(
+        vec![
+            leaf_cert.der().clone(),
+            mid_cert.der().clone(),
+            root_cert.der().clone(),
+        ],
+        key,
+    )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -169,7 +185,7 @@ fn call(now_ms: i64) -> PluginCall<'static> {
     }
 }
 
-/// Milliseconds of 2026-11-27 12:00 JST.
+/// Now, in milliseconds.
 fn today_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -231,12 +247,16 @@ async fn domain_check_reads_rdap_jprs_whois_and_tls_chains() {
     );
     assert_eq!(d[0]["registration"]["status"], "Connected (2027/01/31)");
     assert_eq!(d[0]["info"]["owner"], "PJMO-A");
-    // TLS: the leaf expires in 20 days, the CA in 400; the chain is reported leaf first.
+    // TLS: the leaf expires in 20 days, the intermediate in 400, the root sent along expired
+    // ten days ago and is ignored; the chain is reported leaf first.
     let t = &d[0]["tls"];
     assert_eq!(t["leaf_days_left"], 20, "{t:#}");
+    assert_eq!(t["chain_days_left"], 400);
     assert_eq!(t["days_left"], 20);
-    assert_eq!(t["chain"].as_array().unwrap().len(), 2);
+    assert_eq!(t["chain"].as_array().unwrap().len(), 3);
     assert_eq!(t["chain"][1]["days_left"], 400);
+    assert_eq!(t["chain"][2]["days_left"], -10);
+    assert_eq!(t["chain"][2]["self_signed"], true);
     assert!(t["subject"].as_str().unwrap().contains("example.go.jp"));
     assert!(t["issuer"].as_str().unwrap().contains("Test Government CA"));
     assert_eq!(t["chain"][0]["dns_names"], json!(["example.go.jp"]));
@@ -275,7 +295,7 @@ async fn domain_check_reads_rdap_jprs_whois_and_tls_chains() {
 async fn domain_check_cannot_reach_what_it_was_not_granted() {
     let (rdap, hits) = rdap_server(vec![]).await;
     let whois = whois_server().await;
-    let tls = tls_server("example.go.jp", 5, 50).await;
+    let tls = tls_server("example.go.jp", 5, 3).await;
     // Only the WHOIS server is granted, and only by a wildcard entry: loopback stays closed.
     let host = host(grant(&[format!("*:{whois}"), "rdap.example.jp".into()])).await;
     let input = json!({
@@ -306,7 +326,9 @@ async fn domain_check_cannot_reach_what_it_was_not_granted() {
         .await
         .unwrap();
     let out: Value = serde_json::from_str(&out).unwrap();
+    // An intermediate that expires before the leaf is what counts.
     assert_eq!(out["domains"][0]["tls"]["leaf_days_left"], 5);
+    assert_eq!(out["domains"][0]["tls"]["days_left"], 3);
     assert_eq!(out["domains"][0]["registration"]["expires"], "2027-01-31");
     // `localhost` is not listed exactly (only 127.0.0.1 is): refused after resolution.
     let e = out["domains"][2]["errors"][0].as_str().unwrap();

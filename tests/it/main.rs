@@ -9,6 +9,7 @@ mod golden;
 mod notify;
 mod plugins;
 mod reload;
+mod replies;
 mod schedule;
 mod scheduling;
 mod store;

@@ -255,14 +255,28 @@ fn tls_facts(chain: &[tls::Certificate], today: NaiveDate) -> Value {
                 "not_after": not_after.format("%Y-%m-%d").to_string(),
                 "days_left": (not_after - today).num_days(),
                 "serial": c.serial,
+                "self_signed": c.subject == c.issuer,
             })
         })
         .collect();
     let leaf = &certs[0];
+    // Intermediates matter (a server presenting an expired one breaks clients); self-signed
+    // roots do not (clients use their own trust store), so an expired cross-signed root sent
+    // along does not raise a false alarm.
+    let chain_days_left = chain
+        .iter()
+        .zip(&certs)
+        .skip(1)
+        .filter(|(c, _)| c.subject != c.issuer)
+        .filter_map(|(_, f)| f["days_left"].as_i64())
+        .min();
+    let leaf_days = leaf["days_left"].as_i64();
+    let days_left = [leaf_days, chain_days_left].into_iter().flatten().min();
     json!({
         "not_after": leaf["not_after"],
-        "leaf_days_left": leaf["days_left"],
-        "days_left": certs.iter().filter_map(|c| c["days_left"].as_i64()).min(),
+        "leaf_days_left": leaf_days,
+        "chain_days_left": chain_days_left,
+        "days_left": days_left,
         "subject": leaf["subject"],
         "issuer": leaf["issuer"],
         "chain": certs,

@@ -1,0 +1,471 @@
+//! Mail that comes back: replies to status requests, acknowledgements, auto-replies and bounces.
+//!
+//! This module turns raw RFC 5322 bytes into an [`Inbound`] message: decoded (UTF-8,
+//! ISO-2022-JP, Shift_JIS/CP932, base64, quoted-printable; HTML-only bodies as text, all through
+//! mail-parser with its full encoding support), classified ([`Kind`]: a reply, an auto-reply, a
+//! bounce), with the keys that correlate it to a request ([`correlate`]) and the new text of the
+//! reply with quoted history and signatures removed ([`reply`]). It never panics on bad input:
+//! a message it cannot read is an error to quarantine, not a crash.
+
+pub mod correlate;
+pub mod reply;
+
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
+use serde::Serialize;
+
+/// The largest message accepted (bigger ones are quarantined unread).
+pub const DEFAULT_MAX_SIZE: usize = 10 << 20;
+
+/// What a message is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kind {
+    /// A person wrote it (an answer, or something to quarantine).
+    Reply,
+    /// An automatic answer (RFC 3834 and the usual out-of-office signs): recorded, never an
+    /// answer.
+    AutoReply {
+        /// Which sign gave it away.
+        reason: String,
+    },
+    /// A delivery failure report.
+    Bounce {
+        /// Recipients the report says failed.
+        recipients: Vec<String>,
+        /// The Message-ID of the message that bounced, if the report includes its headers.
+        original_message_id: Option<String>,
+    },
+}
+
+/// An attachment of a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    /// File name, decoded.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// The content (not serialised; stored by the caller).
+    #[serde(skip)]
+    pub content: Vec<u8>,
+}
+
+/// A parsed incoming message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inbound {
+    /// `Message-ID`, without angle brackets.
+    pub message_id: Option<String>,
+    /// The sender's address, lower case.
+    pub from: Option<String>,
+    /// The sender's display name.
+    pub from_name: Option<String>,
+    /// `To`, `Cc`, `Delivered-To` and `X-Original-To` addresses, lower case.
+    pub recipients: Vec<String>,
+    /// Subject, decoded.
+    pub subject: String,
+    /// `In-Reply-To` and `References` ids, without angle brackets.
+    pub references: Vec<String>,
+    /// What the message is.
+    #[serde(flatten)]
+    pub kind: Kind,
+    /// The whole body as text.
+    pub text: String,
+    /// Attachments (not for bounces).
+    pub attachments: Vec<Attachment>,
+}
+
+/// Why a message cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboundError {
+    /// Larger than the limit.
+    #[error("message of {0} bytes exceeds the {1} MiB limit")]
+    TooLarge(usize, usize),
+    /// Not an RFC 5322 message.
+    #[error("not a readable email message")]
+    Unreadable,
+}
+
+/// Parses and classifies a raw message.
+pub fn parse(raw: &[u8], max_size: usize) -> Result<Inbound, InboundError> {
+    if raw.len() > max_size {
+        return Err(InboundError::TooLarge(raw.len(), max_size >> 20));
+    }
+    let msg = MessageParser::default()
+        .parse(raw)
+        .ok_or(InboundError::Unreadable)?;
+    if msg.headers().is_empty() {
+        return Err(InboundError::Unreadable);
+    }
+    let first = |a: Option<&Address<'_>>| {
+        a.and_then(|a| a.first())
+            .map(|a| {
+                (
+                    a.address().map(|s| s.trim().to_lowercase()),
+                    a.name().map(|s| s.trim().to_string()),
+                )
+            })
+            .unwrap_or((None, None))
+    };
+    let (from, from_name) = first(msg.from());
+    let mut recipients = Vec::new();
+    for list in [msg.to(), msg.cc()].into_iter().flatten() {
+        recipients.extend(
+            list.iter()
+                .filter_map(|a| a.address())
+                .map(|s| s.trim().to_lowercase()),
+        );
+    }
+    for name in ["Delivered-To", "X-Original-To", "Envelope-To"] {
+        for v in msg.header_values(name) {
+            if let Some(t) = v.as_text() {
+                recipients.push(strip_brackets(t).to_lowercase());
+            }
+        }
+    }
+    recipients.dedup();
+    let ids = |v: &HeaderValue<'_>| -> Vec<String> {
+        match v {
+            HeaderValue::Text(t) => vec![strip_brackets(t)],
+            HeaderValue::TextList(l) => l.iter().map(|t| strip_brackets(t)).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut references = ids(msg.in_reply_to());
+    references.extend(ids(msg.references()));
+    references.dedup();
+    let subject = msg.subject().unwrap_or("").to_string();
+    let text = body_text(&msg);
+    let kind = classify(&msg, from.as_deref(), &subject);
+    let attachments = if matches!(kind, Kind::Bounce { .. }) {
+        Vec::new()
+    } else {
+        msg.attachments()
+            .filter(|p| !matches!(p.body, PartType::Message(_)))
+            .map(|p| {
+                use sha2::Digest;
+                let content = p.contents().to_vec();
+                Attachment {
+                    name: p.attachment_name().unwrap_or("attachment").to_string(),
+                    content_type: p
+                        .content_type()
+                        .map(|c| match c.subtype() {
+                            Some(s) => format!("{}/{}", c.ctype(), s),
+                            None => c.ctype().to_string(),
+                        })
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    size: content.len(),
+                    sha256: hex::encode(sha2::Sha256::digest(&content)),
+                    content,
+                }
+            })
+            .collect()
+    };
+    Ok(Inbound {
+        message_id: msg.message_id().map(strip_brackets),
+        from,
+        from_name,
+        recipients,
+        subject,
+        references,
+        kind,
+        text,
+        attachments,
+    })
+}
+
+fn strip_brackets(s: &str) -> String {
+    s.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
+}
+
+/// The body as text: the first text/plain part, or the first HTML part converted by
+/// [`html_to_text`] (blocks become lines, `blockquote` becomes `>` lines).
+fn body_text(msg: &mail_parser::Message<'_>) -> String {
+    let plain = msg
+        .text_body
+        .first()
+        .and_then(|&i| msg.parts.get(i as usize))
+        .filter(|p| matches!(p.body, PartType::Text(_)));
+    let text = match plain {
+        Some(p) => p.text_contents().unwrap_or("").to_string(),
+        None => match msg.body_html(0) {
+            Some(html) => html_to_text(&html),
+            None => msg.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
+        },
+    };
+    text.replace("\r\n", "\n").replace('\u{a0}', " ")
+}
+
+/// HTML to text for reply parsing: block elements and `<br>` end lines, `<blockquote>` content
+/// is prefixed with `> `, `<style>`/`<script>`/`<head>` are dropped, entities are decoded.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0usize;
+    let mut rest = html;
+    let mut at_line_start = true;
+    let newline = |out: &mut String, at_line_start: &mut bool| {
+        if !*at_line_start {
+            out.push('\n');
+            *at_line_start = true;
+        }
+    };
+    while !rest.is_empty() {
+        if let Some(tag_start) = rest.strip_prefix('<') {
+            let end = tag_start.find('>').unwrap_or(tag_start.len());
+            let tag = &tag_start[..end];
+            rest = tag_start.get(end + 1..).unwrap_or("");
+            let closing = tag.starts_with('/');
+            let name: String = tag
+                .trim_start_matches('/')
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect::<String>()
+                .to_ascii_lowercase();
+            match name.as_str() {
+                "style" | "script" | "head" | "title" if !closing => {
+                    let close = format!("</{name}");
+                    let lower = rest.to_ascii_lowercase();
+                    rest = match lower.find(&close) {
+                        Some(i) => &rest[i..],
+                        None => "",
+                    };
+                }
+                "br" => {
+                    at_line_start = false;
+                    newline(&mut out, &mut at_line_start);
+                }
+                "blockquote" => {
+                    newline(&mut out, &mut at_line_start);
+                    depth = if closing {
+                        depth.saturating_sub(1)
+                    } else {
+                        depth + 1
+                    };
+                }
+                "p" | "div" | "li" | "tr" | "table" | "ul" | "ol" | "h1" | "h2" | "h3" | "h4"
+                | "h5" | "h6" | "hr" | "pre" => newline(&mut out, &mut at_line_start),
+                _ => {}
+            }
+            continue;
+        }
+        let next = rest.find('<').unwrap_or(rest.len());
+        let chunk = decode_entities(&rest[..next]);
+        rest = &rest[next..];
+        for c in chunk.chars() {
+            let c = if c == '\n' || c == '\r' || c == '\t' {
+                ' '
+            } else {
+                c
+            };
+            if at_line_start {
+                if c == ' ' {
+                    continue;
+                }
+                for _ in 0..depth {
+                    out.push_str("> ");
+                }
+                at_line_start = false;
+            }
+            if c == ' ' && out.ends_with(' ') {
+                continue;
+            }
+            out.push(c);
+        }
+    }
+    let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    let mut text = String::new();
+    let mut blanks = 0;
+    for l in lines {
+        if l.is_empty() {
+            blanks += 1;
+            if blanks > 1 {
+                continue;
+            }
+        } else {
+            blanks = 0;
+        }
+        text.push_str(l);
+        text.push('\n');
+    }
+    text.trim().to_string()
+}
+
+fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let end = rest.find(';').filter(|&e| e <= 10);
+        let Some(end) = end else {
+            out.push('&');
+            rest = &rest[1..];
+            continue;
+        };
+        let entity = &rest[1..end];
+        let decoded = match entity {
+            "nbsp" => Some(' '),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "amp" => Some('&'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .or_else(|| entity.strip_prefix("#X"))
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Auto-reply signs (RFC 3834 and the de facto ones), then delivery reports.
+fn classify(msg: &mail_parser::Message<'_>, from: Option<&str>, subject: &str) -> Kind {
+    if let Some(bounce) = bounce(msg, from) {
+        return bounce;
+    }
+    let header = |name: &str| msg.header_raw(name).map(|v| v.trim().to_ascii_lowercase());
+    let auto = |reason: String| Kind::AutoReply { reason };
+    if let Some(v) = header("Auto-Submitted")
+        && v != "no"
+    {
+        return auto(format!("Auto-Submitted: {v}"));
+    }
+    for name in ["X-Autoreply", "X-Autorespond", "X-Auto-Reply"] {
+        if header(name).is_some() {
+            return auto(format!("{name} header"));
+        }
+    }
+    if let Some(v) = header("Precedence")
+        && matches!(v.as_str(), "bulk" | "junk" | "list" | "auto_reply")
+    {
+        return auto(format!("Precedence: {v}"));
+    }
+    if let Some(f) = from {
+        let local = f.split('@').next().unwrap_or("");
+        if ["noreply", "no-reply", "donotreply", "do-not-reply"].contains(&local) {
+            return auto(format!("sender {f}"));
+        }
+    }
+    let s = correlate::nfkc(subject).to_lowercase();
+    for sign in [
+        "不在",
+        "自動応答",
+        "自動返信",
+        "out of office",
+        "out of the office",
+        "automatic reply",
+        "auto reply",
+        "autoreply",
+        "休暇",
+    ] {
+        if s.contains(sign) {
+            return auto(format!("subject contains `{sign}`"));
+        }
+    }
+    Kind::Reply
+}
+
+/// A delivery status notification (`multipart/report; report-type=delivery-status`), or a
+/// message from the mailer daemon.
+fn bounce(msg: &mail_parser::Message<'_>, from: Option<&str>) -> Option<Kind> {
+    let is_report = msg.content_type().is_some_and(|c| {
+        c.ctype().eq_ignore_ascii_case("multipart")
+            && c.subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+    });
+    let daemon = from.is_some_and(|f| {
+        let local = f.split('@').next().unwrap_or("");
+        local.eq_ignore_ascii_case("mailer-daemon") || local.eq_ignore_ascii_case("postmaster")
+    });
+    if !is_report && !daemon {
+        return None;
+    }
+    let mut recipients = Vec::new();
+    let mut original = None;
+    for part in msg.parts.iter() {
+        let ct = part
+            .content_type()
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c.ctype().to_ascii_lowercase(),
+                    c.subtype().unwrap_or("").to_ascii_lowercase()
+                )
+            })
+            .unwrap_or_default();
+        match ct.as_str() {
+            "message/delivery-status" | "message/global-delivery-status" => {
+                let text = String::from_utf8_lossy(part.contents()).to_string();
+                let mut failed = false;
+                let mut current = None;
+                for line in text.lines() {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("final-recipient:") {
+                        current = Some(v.rsplit(';').next().unwrap_or(v).trim().to_string());
+                    } else if let Some(v) = lower.strip_prefix("action:") {
+                        failed = v.trim() == "failed";
+                    }
+                    if line.trim().is_empty() || lower.starts_with("status:") {
+                        if failed && let Some(r) = current.take() {
+                            recipients.push(r);
+                        }
+                        failed = false;
+                    }
+                }
+                if failed && let Some(r) = current.take() {
+                    recipients.push(r);
+                }
+            }
+            "text/rfc822-headers" | "message/rfc822-headers" => {
+                let text = String::from_utf8_lossy(part.contents()).to_string();
+                original = original.or_else(|| message_id_in(&text));
+            }
+            _ => {}
+        }
+        if let PartType::Message(inner) = &part.body {
+            original = original.or_else(|| inner.message_id().map(strip_brackets));
+        }
+    }
+    if !is_report && recipients.is_empty() && original.is_none() {
+        // A note from the postmaster that is not a report: treat it as an auto-reply.
+        return Some(Kind::AutoReply {
+            reason: format!("sender {}", from.unwrap_or("")),
+        });
+    }
+    recipients.dedup();
+    Some(Kind::Bounce {
+        recipients,
+        original_message_id: original,
+    })
+}
+
+fn message_id_in(headers: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("message-id")
+            .then(|| strip_brackets(v))
+    })
+}

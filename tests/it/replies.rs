@@ -1,0 +1,234 @@
+//! The reply corpus (`tests/fixtures/replies/*.eml`, made by `make_corpus.py`): messages shaped
+//! like real clients' answers to a status request. Each is parsed, classified, correlated and
+//! its answers read; the outcome is compared with `golden/NAME.json` (`BLESS=1` rewrites them),
+//! and the cases that matter most are also asserted one by one below.
+
+use std::path::Path;
+
+use pmoflow::inbound::{self, Kind, correlate, reply};
+use serde_json::{Value, json};
+
+const PATTERN: &str = "pmo+{token}@example.go.jp";
+const TOKEN: &str = "k7x2m4p6q5r3s5t7v2w4y6z3ab";
+const LEAD: &str = "yamada@pjmo-a.example.go.jp";
+
+fn outcome(raw: &[u8]) -> Value {
+    let msg = match inbound::parse(raw, inbound::DEFAULT_MAX_SIZE) {
+        Ok(m) => m,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    let fields: Vec<String> = ["総合評価", "進捗", "経費", "リスク", "課題"]
+        .map(String::from)
+        .to_vec();
+    let text = reply::new_text(&msg.text);
+    let answers = reply::parse_fields(&text, &fields);
+    let mut out = serde_json::to_value(&msg.kind).unwrap();
+    let rest = json!({
+        "from": msg.from,
+        "sender_is_addressee": msg.from.as_deref() == Some(LEAD),
+        "subject": msg.subject,
+        "keys": correlate::keys(&msg, PATTERN),
+        "fields": answers.fields,
+        "free_text": answers.free_text,
+        "attachments": msg.attachments.iter().map(|a| json!({
+            "name": a.name, "content_type": a.content_type, "size": a.size,
+        })).collect::<Vec<_>>(),
+    });
+    out.as_object_mut()
+        .unwrap()
+        .extend(rest.as_object().unwrap().clone());
+    out
+}
+
+fn corpus() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn reply_corpus_matches_golden_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies/golden");
+    let bless = std::env::var_os("BLESS").is_some();
+    let corpus = corpus();
+    assert!(corpus.len() >= 30, "corpus missing: {}", corpus.len());
+    let mut mismatches = Vec::new();
+    for (name, raw) in &corpus {
+        let got = serde_json::to_string_pretty(&outcome(raw)).unwrap() + "\n";
+        let file = dir.join(format!("{name}.json"));
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&file, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_default();
+        if want != got {
+            mismatches.push(format!("{name}:\n{got}"));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "golden mismatches (rerun with BLESS=1 if intended):\n{}",
+        mismatches.join("\n")
+    );
+}
+
+fn case(name: &str) -> Value {
+    let (_, raw) = corpus()
+        .into_iter()
+        .find(|(n, _)| n.starts_with(name))
+        .unwrap_or_else(|| panic!("no case {name}"));
+    outcome(&raw)
+}
+
+fn address_key() -> Value {
+    json!({ "by": "address", "value": TOKEN })
+}
+
+#[test]
+fn answers_are_read_from_every_client_shape() {
+    // Gmail top-posting: the five fields, the closing line as free text, the quote gone.
+    let c = case("01-");
+    assert_eq!(c["kind"], "reply");
+    assert_eq!(c["keys"][0], address_key());
+    assert_eq!(c["keys"][1], json!({ "by": "message_id", "value": TOKEN }));
+    assert_eq!(c["keys"][2], json!({ "by": "subject_tag", "value": 12 }));
+    assert_eq!(c["fields"]["総合評価"], "注意");
+    assert_eq!(c["fields"]["進捗"], 85);
+    assert_eq!(
+        c["fields"]["経費"],
+        "予算 1,200万円 / 契約額 1,100万円 / 執行額 600万円 / 見込 1,250万円"
+    );
+    assert_eq!(c["free_text"], "よろしくお願いします。\n山田");
+    // Inline answers between quoted lines.
+    let c = case("02-");
+    assert_eq!(c["fields"]["総合評価"], "良好");
+    assert_eq!(c["fields"]["進捗"], 100);
+    assert_eq!(c["fields"]["課題"], "なし");
+    assert_eq!(
+        c["free_text"],
+        "お疲れ様です。山田です。下記のとおり回答します。"
+    );
+    // Outlook HTML only: converted, full-width colons and digits normalised.
+    let c = case("03-");
+    assert_eq!(c["fields"]["総合評価"], "要対応");
+    assert_eq!(c["fields"]["進捗"], "60%(3週間遅延)");
+    assert_eq!(c["fields"]["リスク"], "移行データの品質");
+    assert!(!c["free_text"].as_str().unwrap().contains("差出人"));
+    for (name, rating) in [
+        ("04-", "良好"),
+        ("05-", "注意"),
+        ("06-", "良好"),
+        ("07-", "注意"),
+        ("08-", "注意"),
+        ("09-", "良好"),
+        ("10-", "良好"),
+        ("11-", "注意"),
+        ("12-", "要対応"),
+        ("16-", "良好"),
+        ("26-", "注意"),
+        ("30-", "良好"),
+    ] {
+        let c = case(name);
+        assert_eq!(c["kind"], "reply", "{name}");
+        assert_eq!(c["fields"]["総合評価"], rating, "{name}: {c:#}");
+        assert!(c["sender_is_addressee"].as_bool().unwrap(), "{name}");
+        assert!(
+            !c["free_text"].as_str().unwrap().contains("PMO事務局です"),
+            "{name}: the quoted request leaked into the answer: {c:#}"
+        );
+    }
+    // CP932 extension characters survive a Shift_JIS label.
+    assert_eq!(
+        case("08-")["fields"]["課題"],
+        "①サーバ調達の遅延\n②髙橋課長へ要相談(12/10～)"
+    );
+    assert_eq!(case("07-")["fields"]["リスク"], "調達の遅れ");
+    assert_eq!(case("10-")["fields"]["進捗"], 95);
+    assert_eq!(case("10-")["fields"]["経費"], 102);
+    assert_eq!(case("11-")["fields"]["進捗"], 80);
+    assert_eq!(
+        case("12-")["fields"]["課題"],
+        "・仕様変更への対応\n・テスト環境の不足"
+    );
+    assert_eq!(case("12-")["free_text"], "引き続きご支援をお願いします。");
+    assert_eq!(case("09-")["free_text"], "");
+    assert_eq!(case("31-")["fields"]["総合評価"], "リョウコウ");
+    assert_eq!(case("29-")["attachments"][0]["name"], "状況報告.pdf");
+    assert_eq!(
+        case("29-")["attachments"][0]["content_type"],
+        "application/pdf"
+    );
+    assert_eq!(case("27-")["free_text"], "了解しました。対応します。");
+}
+
+#[test]
+fn correlation_falls_back_from_address_to_references_to_subject_tag() {
+    assert_eq!(
+        case("13-")["keys"],
+        json!([{ "by": "subject_tag", "value": 12 }])
+    );
+    assert_eq!(
+        case("14-")["keys"],
+        json!([{ "by": "message_id", "value": TOKEN }])
+    );
+    assert_eq!(case("15-")["keys"], json!([address_key()]));
+    assert_eq!(case("25-")["keys"], json!([]));
+    assert_eq!(
+        case("31-")["keys"][2],
+        json!({ "by": "subject_tag", "value": 12 })
+    );
+    // A third address is found and correlated, and flagged: the caller quarantines it.
+    let c = case("24-");
+    assert_eq!(c["keys"][0], address_key());
+    assert_eq!(c["sender_is_addressee"], false);
+}
+
+#[test]
+fn auto_replies_and_bounces_are_recognised() {
+    for (name, reason) in [
+        ("17-", "Auto-Submitted: auto-replied"),
+        ("18-", "subject contains `自動返信`"),
+        ("19-", "subject contains `out of office`"),
+        ("20-", "X-Autoreply header"),
+        ("21-", "Precedence: bulk"),
+        ("32-", "sender no-reply@cloud.example.com"),
+    ] {
+        let c = case(name);
+        assert_eq!(c["kind"], "auto_reply", "{name}: {c:#}");
+        assert_eq!(c["reason"], reason, "{name}");
+    }
+    for name in ["22-", "23-"] {
+        let c = case(name);
+        assert_eq!(c["kind"], "bounce", "{name}: {c:#}");
+        assert_eq!(c["recipients"], json!([LEAD]), "{name}");
+        assert_eq!(
+            c["original_message_id"],
+            format!("pmoflow.{TOKEN}@example.go.jp"),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        case("33-")["error"],
+        "not a readable email message",
+        "malformed input is an error, not a crash"
+    );
+    // The kinds serialise as the tags used above.
+    assert_eq!(
+        serde_json::to_value(Kind::Reply).unwrap(),
+        json!({ "kind": "reply" })
+    );
+}
