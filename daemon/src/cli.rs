@@ -1017,8 +1017,8 @@ serde_json = "1"
 [profile.release]
 opt-level = "s"
 debug = false
-# Keep the name section: readable backtraces in the step log.
-strip = false
+# Drop DWARF but keep the name section: small, with readable backtraces in the step log.
+strip = "debuginfo"
 
 # A workspace of its own, wherever it is created.
 [workspace]

@@ -12,13 +12,53 @@ use pmoflow::store::{Durability, RunStatus};
 use pmoflow_tests::{Backend, InProcess, Project, TestDb, wait_run};
 use serde_json::json;
 
-pub(crate) fn plugins_dir() -> std::path::PathBuf {
+/// The source tree's `plugins/` (SDK, lock file, built components).
+pub(crate) fn repo_plugins() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
     assert!(
         dir.join("target/wasm32-wasip2/release/echo.wasm").exists(),
         "plugins are not built: run `cargo build --release` in plugins/ (tests/run does)"
     );
     dir
+}
+
+/// A plugins directory as the tests install it: the shipped plugins and the test fixtures (whose
+/// manifests are `fixture.toml` in the source tree, so that a daemon started in the repository
+/// does not load them), with absolute component paths.
+pub(crate) fn plugins_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let repo = repo_plugins();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("plugins-{}", std::process::id()));
+        for (name, manifest) in [
+            ("echo", "echo/plugin.toml"),
+            ("domain-check", "domain-check/plugin.toml"),
+            ("status-digest", "status-digest/plugin.toml"),
+            ("hostile", "fixtures/hostile/fixture.toml"),
+            ("greedy", "fixtures/greedy/fixture.toml"),
+        ] {
+            let source = repo.join(manifest);
+            let mut doc: toml::Table =
+                toml::from_str(&std::fs::read_to_string(&source).unwrap()).unwrap();
+            let component = source
+                .parent()
+                .unwrap()
+                .join(doc["component"].as_str().unwrap());
+            doc.insert(
+                "component".into(),
+                toml::Value::String(component.display().to_string()),
+            );
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(
+                dir.join(name).join("plugin.toml"),
+                toml::to_string(&doc).unwrap(),
+            )
+            .unwrap();
+        }
+        dir
+    })
+    .clone()
 }
 
 const WORKFLOW: &str = r#"
@@ -272,7 +312,7 @@ async fn a_plugin_that_is_not_installed_fails_the_step_clearly() {
 
 #[test]
 fn plugin_inspect_and_run_from_the_command_line() {
-    let wasm = plugins_dir().join("target/wasm32-wasip2/release");
+    let wasm = repo_plugins().join("target/wasm32-wasip2/release");
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = pmoflow_tests::cli(
         dir.path(),
@@ -460,7 +500,7 @@ async fn kv_is_persistent_per_plugin_and_committed_only_when_run_returns() {
 #[test]
 fn plugin_new_scaffolds_a_crate_that_builds_and_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let sdk = plugins_dir().join("sdk");
+    let sdk = repo_plugins().join("sdk");
     let (code, out, err) = pmoflow_tests::cli(
         dir.path(),
         &[
@@ -485,8 +525,8 @@ fn plugin_new_scaffolds_a_crate_that_builds_and_runs() {
     assert!(err.contains("`Hello` is not a plugin name"), "{err}");
     // Build it as an integrator would; the lock file pins the versions the SDK was built with,
     // and the shared target directory reuses their compiled code.
-    std::fs::copy(plugins_dir().join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
-    let target = plugins_dir().join("target");
+    std::fs::copy(repo_plugins().join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
+    let target = repo_plugins().join("target");
     let status = std::process::Command::new("cargo")
         .args(["build", "--release", "--target", "wasm32-wasip2"])
         .current_dir(&root)

@@ -441,6 +441,7 @@ pub struct PluginHost {
     engine: Engine,
     plugins: BTreeMap<String, Arc<Loaded>>,
     kv_store: Option<crate::store::Store>,
+    linker: Arc<Linker<State>>,
     slots: Arc<tokio::sync::Semaphore>,
     _ticker: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -471,8 +472,11 @@ const POOL_INSTANCES: u32 = 128;
 impl PluginHost {
     /// A host with no plugins yet, and the linker plugins are instantiated with. `max_memory` is
     /// the largest memory limit of any grant (the pooling allocator's slot size).
-    fn empty(max_memory: usize) -> Result<(Self, Linker<State>), String> {
-        let engine = match Engine::new(&Self::config(Some(max_memory))) {
+    fn empty(max_memory: usize) -> Result<(Self, Arc<Linker<State>>), String> {
+        // `PMOFLOW_PLUGIN_POOLING=0` allocates on demand (for hosts that refuse large
+        // address-space reservations, and for comparison in the benchmark).
+        let pooling = std::env::var("PMOFLOW_PLUGIN_POOLING").map_or(true, |v| v != "0");
+        let engine = match Engine::new(&Self::config(pooling.then_some(max_memory))) {
             Ok(engine) => engine,
             Err(e) => {
                 // Pooling reserves address space up front; some sandboxes refuse that.
@@ -498,10 +502,12 @@ impl PluginHost {
             .map_err(|e| format!("linking WASI: {e}"))?;
         bindings::Step::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| format!("linking pmoflow interfaces: {e}"))?;
+        let linker = Arc::new(linker);
         let host = PluginHost {
             engine,
             plugins: BTreeMap::new(),
             kv_store: None,
+            linker: linker.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(POOL_INSTANCES as usize)),
             _ticker: stop,
         };
@@ -680,22 +686,29 @@ impl PluginHost {
             .values()
             .map(|g| g.limits.memory)
             .fold(grants.default.limits.memory, usize::max);
-        let (mut host, linker) = Self::empty(max_memory)?;
-        let mut problems = Vec::new();
-        for path in manifests(dir) {
-            match host.load_one(&linker, &path, grants, cache) {
-                Ok(name) => {
-                    tracing::info!(plugin = %name, manifest = %path.display(), "plugin loaded")
-                }
-                Err(e) => problems.push(format!("{}: {e}", path.display())),
-            }
-        }
+        let (mut host, _) = Self::empty(max_memory)?;
+        let problems = host.load_dir(dir, grants, cache);
         for name in grants.plugins.keys() {
             if !host.plugins.contains_key(name) {
                 tracing::warn!(plugin = %name, "pmoflow.toml grants capabilities to a plugin that is not loaded");
             }
         }
         Ok((host, problems))
+    }
+
+    /// Loads the plugins under `dir` into this host (its engine, with its memory ceiling).
+    pub fn load_dir(&mut self, dir: &Path, grants: &Grants, cache: Option<&Path>) -> Vec<String> {
+        let linker = self.linker.clone();
+        let mut problems = Vec::new();
+        for path in manifests(dir) {
+            match self.load_one(&linker, &path, grants, cache) {
+                Ok(name) => {
+                    tracing::info!(plugin = %name, manifest = %path.display(), "plugin loaded")
+                }
+                Err(e) => problems.push(format!("{}: {e}", path.display())),
+            }
+        }
+        problems
     }
 
     /// Calls every plugin's `describe` once and compiles its input schema. A plugin whose
@@ -862,8 +875,9 @@ impl PluginHost {
                     message: format!("invalid input: not JSON: {e}"),
                     retryable: false,
                 })?;
-            let problems = schema_problems(schema, &value);
-            if !problems.is_empty() {
+            // `is_valid` is the fast path; the readable errors are collected only on failure.
+            if !schema.is_valid(&value) {
+                let problems = schema_problems(schema, &value);
                 return Err(PluginError::Step {
                     message: format!("invalid input: {}", problems.join("; ")),
                     retryable: false,
