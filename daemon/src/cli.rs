@@ -1110,3 +1110,51 @@ export_plugin!({ty});
         root.display()
     ))
 }
+
+/// `pmoflow inbound explain [FILE]`: how pmoflow reads one message, as JSON.
+pub fn inbound_explain(
+    file: Option<&std::path::Path>,
+    fields: &[String],
+    reply_address: &str,
+) -> Result<(), CliError> {
+    use std::io::Read;
+    let raw = match file {
+        Some(p) if p != std::path::Path::new("-") => std::fs::read(p)
+            .map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))?,
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(crate::inbound::DEFAULT_MAX_SIZE as u64 + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| CliError::new(format!("cannot read standard input: {e}")))?;
+            buf
+        }
+    };
+    if !reply_address.contains("{token}") {
+        return Err(CliError::new(format!(
+            "--reply-address `{reply_address}` has no {{token}}"
+        )));
+    }
+    let msg = crate::inbound::parse(&raw, crate::inbound::DEFAULT_MAX_SIZE)
+        .map_err(|e| CliError::new(format!("the message cannot be read: {e}")))?;
+    let text = crate::inbound::reply::new_text(&msg.text);
+    let answers = crate::inbound::reply::parse_fields(&text, fields);
+    let mut doc = serde_json::to_value(&msg.kind).unwrap_or_else(|_| json!({}));
+    let rest = json!({
+        "message_id": msg.message_id,
+        "from": msg.from,
+        "from_name": msg.from_name,
+        "recipients": msg.recipients,
+        "subject": msg.subject,
+        "keys": crate::inbound::correlate::keys(&msg, reply_address),
+        "new_text": text,
+        "fields": answers.fields,
+        "free_text": answers.free_text,
+        "attachments": msg.attachments,
+    });
+    if let (Some(d), Some(r)) = (doc.as_object_mut(), rest.as_object()) {
+        d.extend(r.clone());
+    }
+    println!("{doc:#}");
+    Ok(())
+}

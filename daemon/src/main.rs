@@ -105,6 +105,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<OutboxAction>,
     },
+    /// Incoming mail. `explain` shows how pmoflow reads one message: its kind (reply,
+    /// auto-reply, bounce), the keys that correlate it to a request, the new text and the fields.
+    Inbound {
+        #[command(subcommand)]
+        action: InboundAction,
+    },
     /// Develop WebAssembly plugins: inspect or run a component outside any workflow.
     Plugin {
         #[command(subcommand)]
@@ -115,6 +121,25 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InboundAction {
+    /// Parse one message (a file, or standard input) and print what pmoflow reads in it, as JSON.
+    Explain {
+        /// The message (`.eml`); standard input if omitted or `-`.
+        file: Option<PathBuf>,
+        /// The fields a request asked for, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "総合評価,進捗,経費,リスク,課題"
+        )]
+        fields: Vec<String>,
+        /// The reply-address pattern of requests.
+        #[arg(long, default_value = "pmo+{token}@example.go.jp")]
+        reply_address: String,
     },
 }
 
@@ -216,6 +241,16 @@ fn main() -> ExitCode {
                 *explain,
             ));
         }
+        Command::Inbound {
+            action:
+                InboundAction::Explain {
+                    file,
+                    fields,
+                    reply_address,
+                },
+        } => {
+            return report(cli::inbound_explain(file.as_deref(), fields, reply_address));
+        }
         Command::Plugin {
             action: PluginAction::New { name, dir, sdk },
         } => {
@@ -278,7 +313,10 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
                 }
             };
         }
-        Command::Validate { .. } | Command::Schedule { .. } | Command::Calendar { .. } => {
+        Command::Validate { .. }
+        | Command::Schedule { .. }
+        | Command::Calendar { .. }
+        | Command::Inbound { .. } => {
             return ExitCode::SUCCESS;
         }
         Command::Workflows { format } => cli::workflows(&config, format).await,

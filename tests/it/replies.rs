@@ -232,3 +232,55 @@ fn auto_replies_and_bounces_are_recognised() {
         json!({ "kind": "reply" })
     );
 }
+
+#[test]
+fn inbound_explain_shows_how_a_message_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies/08-shift-jis-cp932.eml");
+    let (code, out, err) =
+        pmoflow_tests::cli(dir.path(), &["inbound", "explain", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["kind"], "reply");
+    assert_eq!(doc["from"], LEAD);
+    assert_eq!(doc["keys"][0], address_key());
+    assert_eq!(doc["fields"]["総合評価"], "注意");
+    // Standard input, other fields, another reply-address pattern.
+    let mut child = std::process::Command::new(pmoflow_tests::bin())
+        .args([
+            "inbound",
+            "explain",
+            "--fields",
+            "リスク",
+            "--reply-address",
+            "kanri+{token}@example.go.jp",
+        ])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let raw = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies/07-iso-2022-jp.eml"),
+    )
+    .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&raw).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["fields"], json!({ "リスク": "調達の遅れ" }));
+    assert_eq!(doc["keys"][0]["by"], "message_id", "{doc:#}");
+    // Unreadable input is a clear error, exit 1.
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies/33-malformed.eml");
+    let (code, _, err) =
+        pmoflow_tests::cli(dir.path(), &["inbound", "explain", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the message cannot be read: not a readable email message"),
+        "{err}"
+    );
+}
