@@ -649,9 +649,12 @@ impl PluginHost {
             return Ok(d.clone());
         }
         let limits = plugin.grant.limits;
+        // `describe` reaches nothing: no network (so `pmoflow validate` stays offline) and no kv,
+        // whatever the grant says.
+        let offline = Arc::new(Grant::with_limits(limits));
         let mut store = Store::new(
             &self.engine,
-            State::new(WasiCtxBuilder::new().build(), plugin.grant.clone(), None, 0),
+            State::new(WasiCtxBuilder::new().build(), offline, None, 0),
         );
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
