@@ -829,19 +829,7 @@ fn check_plugin_inputs(
             } else {
                 step.with.clone()
             };
-            let problems: Vec<String> = schema
-                .iter_errors(&with)
-                .filter(|e| !is_template(e.instance()))
-                .take(5)
-                .map(|e| {
-                    let path = e.instance_path().to_string();
-                    if path.is_empty() {
-                        e.to_string()
-                    } else {
-                        format!("{path}: {e}")
-                    }
-                })
-                .collect();
+            let problems = crate::plugins::schema_problems_except(schema, &with, is_template);
             if !problems.is_empty() {
                 diags.push(diag(
                     format!(

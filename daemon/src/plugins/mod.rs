@@ -1047,8 +1047,19 @@ pub fn installed(dir: &Path) -> Vec<String> {
 
 /// Why `value` does not fit `schema`, one line per problem (at most five).
 pub fn schema_problems(schema: &jsonschema::Validator, value: &serde_json::Value) -> Vec<String> {
+    schema_problems_except(schema, value, |_| false)
+}
+
+/// Like [`schema_problems`], ignoring problems whose offending value `skip` accepts (templates
+/// not rendered yet, in `pmoflow validate`).
+pub fn schema_problems_except(
+    schema: &jsonschema::Validator,
+    value: &serde_json::Value,
+    skip: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<String> {
     schema
         .iter_errors(value)
+        .filter(|e| !skip(e.instance()))
         .take(5)
         .map(|e| {
             let path = e.instance_path().to_string();
