@@ -50,6 +50,35 @@ struct RawConfig {
     secrets: std::collections::BTreeMap<String, Spanned<RawSecret>>,
     #[serde(default)]
     plugins: std::collections::BTreeMap<String, Spanned<RawGrant>>,
+    #[serde(default)]
+    replies: RawReplies,
+    imap: Option<Spanned<RawImap>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplies {
+    address: Option<Spanned<String>>,
+    notify: Option<Spanned<String>>,
+    max_size_kib: Option<Spanned<i64>>,
+    token_ttl: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImap {
+    host: String,
+    port: Option<u16>,
+    tls: Option<crate::inbound::imap::ImapTls>,
+    username: String,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    mailbox: Option<String>,
+    processed_mailbox: Option<String>,
+    poll_interval: Option<Spanned<String>>,
+    idle: Option<bool>,
+    timeout: Option<Spanned<String>>,
 }
 
 /// `[plugins.NAME]`: what an administrator grants one plugin.
@@ -146,6 +175,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Secrets that could not be read (the daemon refuses to start with any).
     pub secret_errors: Vec<String>,
+    /// `[imap]`: the mailbox replies arrive in, if any.
+    pub imap: Option<crate::inbound::imap::ImapConfig>,
 }
 
 /// A config problem.
@@ -393,6 +424,101 @@ impl Config {
                 )),
             }
         };
+        let imap = match &raw.imap {
+            None => None,
+            Some(imap) => {
+                let s = imap.get_ref();
+                let tls = s.tls.unwrap_or_default();
+                let password = match (&s.password_env, &s.password_file) {
+                    (Some(e), None) => keep(read_secret(
+                        e.span(),
+                        "imap password",
+                        Some(e.get_ref()),
+                        None,
+                    )),
+                    (None, Some(f)) => keep(read_secret(
+                        f.span(),
+                        "imap password",
+                        None,
+                        Some(f.get_ref()),
+                    )),
+                    _ => {
+                        return Err(err(
+                            imap.span(),
+                            "[imap] needs exactly one of `password_env` or `password_file`".into(),
+                            Some("e.g. password_env = \"PMOFLOW_IMAP_PASSWORD\"".into()),
+                        ));
+                    }
+                };
+                Some(crate::inbound::imap::ImapConfig {
+                    host: s.host.clone(),
+                    port: s.port.unwrap_or(match tls {
+                        crate::inbound::imap::ImapTls::Tls => 993,
+                        _ => 143,
+                    }),
+                    tls,
+                    username: s.username.clone(),
+                    password: password.unwrap_or_else(|| crate::outbox::Secret::new("")),
+                    mailbox: s.mailbox.clone().unwrap_or_else(|| "INBOX".into()),
+                    processed_mailbox: s.processed_mailbox.clone(),
+                    poll_interval: duration(&s.poll_interval, Duration::from_secs(60))?,
+                    idle: s.idle.unwrap_or(true),
+                    timeout: duration(&s.timeout, Duration::from_secs(30))?,
+                })
+            }
+        };
+        let replies = {
+            let r = &raw.replies;
+            if let Some(a) = &r.address {
+                let text = a.get_ref();
+                let valid = text.matches("{token}").count() == 1
+                    && text
+                        .replace("{token}", "t")
+                        .parse::<lettre::Address>()
+                        .is_ok();
+                if !valid {
+                    return Err(err(
+                        a.span(),
+                        format!("`{text}` is not a reply-address pattern"),
+                        Some("write an address with {token} once, e.g. \"pmo+{token}@example.go.jp\"".into()),
+                    ));
+                }
+            }
+            if let Some(u) = &r.public_url
+                && !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://"))
+            {
+                return Err(err(
+                    u.span(),
+                    format!("`{}` is not an http(s) URL", u.get_ref()),
+                    Some("e.g. public_url = \"https://pmoflow.example.go.jp\"".into()),
+                ));
+            }
+            crate::outbox::ReplySettings {
+                address: r.address.as_ref().map(|a| a.get_ref().clone()),
+                notify: r.notify.as_ref().map(|a| a.get_ref().clone()),
+                max_size: match &r.max_size_kib {
+                    None => crate::inbound::DEFAULT_MAX_SIZE,
+                    Some(n) if (1..=1 << 20).contains(n.get_ref()) => {
+                        usize::try_from(*n.get_ref()).unwrap_or(1) << 10
+                    }
+                    Some(n) => {
+                        return Err(err(
+                            n.span(),
+                            format!(
+                                "max_size_kib must be between 1 and 1048576, got {}",
+                                n.get_ref()
+                            ),
+                            None,
+                        ));
+                    }
+                },
+                token_ttl: duration(&r.token_ttl, Duration::from_secs(60 * 24 * 3600))?,
+                public_url: r
+                    .public_url
+                    .as_ref()
+                    .map(|u| u.get_ref().trim_end_matches('/').to_string()),
+            }
+        };
         let od = crate::outbox::OutboxConfig::default();
         let outbox = crate::outbox::OutboxConfig {
             max_attempts: u32::try_from(count(
@@ -485,6 +611,7 @@ impl Config {
                 timezone,
                 charset: raw.mail.charset.unwrap_or_default(),
             },
+            replies,
             outbox,
             secrets,
             workflows_dir: workflows_dir.clone(),
@@ -513,6 +640,7 @@ impl Config {
             reload_interval: duration(&raw.engine.reload_interval, Duration::from_secs(2))?,
             source,
             secret_errors,
+            imap,
         })
     }
 

@@ -25,6 +25,11 @@ pub fn set_calendar(calendar: Arc<crate::calendar::Calendar>) {
     *helpers::CALENDAR.write().unwrap_or_else(|e| e.into_inner()) = Some(calendar);
 }
 
+/// The business-day calendar of the current catalog (the computed one until a catalog loads).
+pub fn calendar() -> Arc<crate::calendar::Calendar> {
+    helpers::calendar()
+}
+
 /// Whether `text` contains template syntax at all; plain strings skip the engine.
 pub fn is_template(text: &str) -> bool {
     text.contains("{{") || text.contains("{%") || text.contains("{#")
@@ -138,7 +143,7 @@ mod helpers {
     /// daemon loads it from the same files.
     pub(super) static CALENDAR: RwLock<Option<Arc<Calendar>>> = RwLock::new(None);
 
-    fn calendar() -> Arc<Calendar> {
+    pub(super) fn calendar() -> Arc<Calendar> {
         CALENDAR
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -95,7 +95,11 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
 }
 
 /// Addresses for one recipient field: literal addresses and `role:NAME` expanded.
-fn recipients(cx: &ActionContext<'_>, with: &Json, key: &str) -> Result<Vec<String>, StepError> {
+pub(crate) fn recipients(
+    cx: &ActionContext<'_>,
+    with: &Json,
+    key: &str,
+) -> Result<Vec<String>, StepError> {
     let items: Vec<String> = match with.get(key) {
         None | Some(Json::Null) => return Ok(Vec::new()),
         Some(Json::String(s)) => vec![s.clone()],
@@ -180,11 +184,20 @@ fn find_template(cx: &ActionContext<'_>, name: &str) -> Result<PathBuf, StepErro
 }
 
 fn render_file(cx: &ActionContext<'_>, name: &str) -> Result<String, StepError> {
+    let ctx = cx.template_ctx.cloned().unwrap_or_default();
+    render_file_with(cx, name, &ctx)
+}
+
+/// Renders template file `name` with `ctx`.
+pub(crate) fn render_file_with(
+    cx: &ActionContext<'_>,
+    name: &str,
+    ctx: &minijinja::Value,
+) -> Result<String, StepError> {
     let path = find_template(cx, name)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| StepError::fatal(format!("cannot read template {}: {e}", path.display())))?;
-    let ctx = cx.template_ctx.cloned().unwrap_or_default();
-    crate::template::render(&text, &ctx).map_err(|e| {
+    crate::template::render(&text, ctx).map_err(|e| {
         StepError::fatal(format!(
             "template {}:{}: {}",
             path.display(),

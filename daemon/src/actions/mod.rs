@@ -16,11 +16,12 @@ pub mod fail;
 pub mod http;
 pub mod log;
 pub mod plugin;
+pub mod request;
 pub mod wait;
 pub mod webhook;
 
 /// The names of the built-in actions, for hints.
-pub const BUILTINS: &[&str] = &["log", "wait", "fail", "email", "webhook", "http"];
+pub const BUILTINS: &[&str] = &["log", "wait", "fail", "email", "webhook", "http", "request"];
 
 /// One parameter an action accepts in `with`.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +50,8 @@ pub enum ActionKind {
     Http,
     /// Run a sandboxed WebAssembly plugin (`plugin:NAME`; the name is on the step).
     Plugin,
+    /// Ask people by email and wait for their answers.
+    Request,
 }
 
 /// A static problem with a step's `with` table: which key (if any), message and hint.
@@ -71,6 +74,19 @@ pub enum Outcome {
     WaitUntil(DateTime<Utc>),
     /// Finished with this output, and these messages go to the outbox in the same commit.
     Emit(Json, Vec<crate::outbox::NewMessage>),
+    /// Park the step until `until` and call the action again then, or earlier when what it
+    /// waits for happens (an answer arrives), with `state`. The messages and requests are
+    /// committed with the park.
+    Suspend {
+        /// When to call the action again at the latest.
+        until: DateTime<Utc>,
+        /// Handed back to the next call as `ActionContext::state`.
+        state: Json,
+        /// Outbox messages committed with the park.
+        messages: Vec<crate::outbox::NewMessage>,
+        /// Request rows committed with the park.
+        requests: Vec<crate::store::NewRequest>,
+    },
 }
 
 /// Whether a failed step may be tried again.
@@ -135,6 +151,10 @@ pub struct ActionContext<'a> {
     pub http: &'a reqwest::Client,
     /// The plugin a `plugin:NAME` step runs.
     pub plugin: Option<&'a str>,
+    /// What the previous call of a suspended step saved (`Outcome::Suspend`).
+    pub state: Option<&'a Json>,
+    /// The database, for actions that read what arrived while they waited.
+    pub store: Option<&'a crate::store::Store>,
 }
 
 impl ActionKind {
@@ -147,6 +167,7 @@ impl ActionKind {
             "email" => Ok(Self::Email),
             "webhook" => Ok(Self::Webhook),
             "http" => Ok(Self::Http),
+            "request" => Ok(Self::Request),
             other if other.starts_with("plugin:") => {
                 let name = &other["plugin:".len()..];
                 let ok = !name.is_empty()
@@ -184,6 +205,7 @@ impl ActionKind {
             Self::Webhook => "webhook",
             Self::Http => "http",
             Self::Plugin => "plugin",
+            Self::Request => "request",
         }
     }
 
@@ -195,14 +217,22 @@ impl ActionKind {
         // email and webhook only *queue* a message: it is committed with the step and sent by the
         // outbox afterwards, so they are pure in this sense too.
         match self {
-            Self::Log | Self::Wait | Self::Fail | Self::Email | Self::Webhook => true,
+            Self::Log | Self::Wait | Self::Fail | Self::Email | Self::Webhook | Self::Request => {
+                true
+            }
             Self::Http | Self::Plugin => false,
         }
     }
 
     /// Whether the action renders template files and needs the step's template context.
     pub fn needs_context(self) -> bool {
-        self == Self::Email
+        matches!(self, Self::Email | Self::Request)
+    }
+
+    /// Whether a parked step of this action is resumed by calling the action again (rather
+    /// than finishing when its wait is over).
+    pub fn resumes(self) -> bool {
+        self == Self::Request
     }
 
     /// The `with` keys this action accepts.
@@ -215,6 +245,7 @@ impl ActionKind {
             Self::Webhook => webhook::PARAMS,
             Self::Http => http::PARAMS,
             Self::Plugin => &[],
+            Self::Request => request::PARAMS,
         }
     }
 
@@ -254,6 +285,7 @@ impl ActionKind {
             Self::Webhook => webhook::check(with),
             Self::Http => http::check(with),
             Self::Plugin => Vec::new(),
+            Self::Request => request::check(with),
         });
         problems
     }
@@ -268,6 +300,7 @@ impl ActionKind {
             Self::Webhook => webhook::run(cx, with),
             Self::Http => http::run(cx, with).await,
             Self::Plugin => plugin::run(cx, with).await,
+            Self::Request => request::run(cx, with).await,
         }
     }
 

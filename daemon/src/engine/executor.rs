@@ -174,6 +174,7 @@ struct Change<'a> {
     error: Option<&'a str>,
     event: Option<NewEvent<'a>>,
     messages: &'a [crate::outbox::NewMessage],
+    requests: &'a [crate::store::NewRequest],
 }
 
 impl Default for Change<'_> {
@@ -188,6 +189,7 @@ impl Default for Change<'_> {
             error: None,
             event: None,
             messages: &[],
+            requests: &[],
         }
     }
 }
@@ -242,6 +244,7 @@ impl RunExec<'_> {
             error,
             event,
             messages,
+            requests,
         } = change;
         let now = self.now();
         let finished = matches!(
@@ -266,6 +269,7 @@ impl RunExec<'_> {
                     state,
                     error,
                     messages,
+                    requests,
                 },
                 event.as_ref(),
             )
@@ -502,6 +506,13 @@ impl RunExec<'_> {
                 StepStatus::Failed => {
                     return Ok(StepResult::Failed(row.error.clone().unwrap_or_default()));
                 }
+                StepStatus::Waiting if unit.step.action.resumes() => {
+                    // Called again at its time, or earlier when something it waits for arrived
+                    // (the run was nudged); the action decides whether there is anything to do.
+                    return self
+                        .attempt(unit, row.attempt, started_at, outputs, Some(row))
+                        .await;
+                }
                 StepStatus::Waiting => {
                     let until = row.wake_at.unwrap_or(now);
                     if until > now {
@@ -560,13 +571,12 @@ impl RunExec<'_> {
                     )
                     .await?;
                     return self
-                        .attempt(unit, row.attempt + 1, started_at, outputs, true)
+                        .attempt(unit, row.attempt + 1, started_at, outputs, Some(row))
                         .await;
                 }
             },
         };
-        self.attempt(unit, attempt, started_at, outputs, false)
-            .await
+        self.attempt(unit, attempt, started_at, outputs, None).await
     }
 
     async fn succeed(
@@ -594,7 +604,7 @@ impl RunExec<'_> {
         let data = Json::Null;
         unit.step
             .action
-            .after_commit(&self.action_cx(unit, attempt, &data, None), &output);
+            .after_commit(&self.action_cx(unit, attempt, &data, None, None), &output);
         if !messages.is_empty() {
             self.inner.outbox_wake.notify_one();
         }
@@ -610,6 +620,7 @@ impl RunExec<'_> {
         attempt: i64,
         data: &'b Json,
         template_ctx: Option<&'b minijinja::Value>,
+        state: Option<&'b Json>,
     ) -> ActionContext<'b> {
         ActionContext {
             clock: &self.inner.clock,
@@ -623,19 +634,26 @@ impl RunExec<'_> {
             template_ctx,
             http: &self.inner.http,
             plugin: unit.step.plugin.as_deref(),
+            state,
+            store: Some(&self.inner.store),
         }
     }
 
-    /// Runs attempt number `attempt`, recording it first.
+    /// Runs attempt number `attempt`, recording it first. `prior` is the step's row when the
+    /// attempt is already recorded: restarted after an interruption, or a suspended step being
+    /// called again (its saved state is handed to the action).
     async fn attempt(
         &self,
         unit: &Unit<'_>,
         attempt: i64,
         started_at: Option<DateTime<Utc>>,
         outputs: &serde_json::Map<String, Json>,
-        already_recorded: bool,
+        prior: Option<&StepRow>,
     ) -> Result<StepResult, StoreError> {
         let step = unit.step;
+        let already_recorded = prior.is_some();
+        let resumed = prior.filter(|r| r.status == StepStatus::Waiting);
+        let saved_state = resumed.and_then(|r| r.state.as_ref());
         if !already_recorded
             && !step.action.is_pure()
             && self
@@ -673,7 +691,7 @@ impl RunExec<'_> {
             .action
             .needs_context()
             .then(|| self.context(outputs, unit.item.as_ref()));
-        let cx = self.action_cx(unit, attempt, &data, template_ctx.as_ref());
+        let cx = self.action_cx(unit, attempt, &data, template_ctx.as_ref(), saved_state);
         let run = step.action.run(&cx, &with);
         let result = match step.timeout {
             None => run.await,
@@ -691,6 +709,41 @@ impl RunExec<'_> {
             Ok(Outcome::Emit(output, messages)) => {
                 self.succeed(unit, attempt, started_at, output, &messages)
                     .await
+            }
+            Ok(Outcome::Suspend {
+                until,
+                state,
+                messages,
+                requests,
+            }) => {
+                // Nothing new since the last call: no write.
+                let unchanged = resumed
+                    .is_some_and(|r| r.wake_at == Some(until) && r.state.as_ref() == Some(&state))
+                    && messages.is_empty()
+                    && requests.is_empty();
+                if !unchanged
+                    && self
+                        .write(
+                            unit,
+                            Change {
+                                status: StepStatus::Waiting,
+                                attempt,
+                                started_at,
+                                wake_at: Some(until),
+                                state: Some(&state),
+                                messages: &messages,
+                                requests: &requests,
+                                ..Change::default()
+                            },
+                        )
+                        .await?
+                {
+                    return Ok(StepResult::Cancelled);
+                }
+                if !messages.is_empty() {
+                    self.inner.outbox_wake.notify_one();
+                }
+                Ok(StepResult::Park(until))
             }
             Ok(Outcome::WaitUntil(until)) => {
                 if until <= self.now() {

@@ -112,6 +112,8 @@ pub fn keys(msg: &Inbound, pattern: &str) -> Vec<Key> {
         if let Some(token) = id
             .strip_prefix("pmoflow.")
             .and_then(|rest| rest.split('@').next())
+            // Reminders are `pmoflow.{token}.r2@…`.
+            .and_then(|local| local.split('.').next())
             && is_token(token)
         {
             push(&mut keys, Key::MessageId(token.to_string()));

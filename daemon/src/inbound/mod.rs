@@ -8,6 +8,8 @@
 //! a message it cannot read is an error to quarantine, not a crash.
 
 pub mod correlate;
+pub mod imap;
+pub mod intake;
 pub mod reply;
 
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};

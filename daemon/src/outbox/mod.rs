@@ -144,11 +144,48 @@ impl Default for MailSettings {
     }
 }
 
+/// `[replies]`, resolved: how requests are answered.
+#[derive(Debug, Clone, Default)]
+pub struct ReplySettings {
+    /// Reply-address pattern with `{token}`, e.g. `pmo+{token}@example.go.jp`; `None` derives it
+    /// from `[mail] from` (`local+{token}@domain`).
+    pub address: Option<String>,
+    /// Who is told about quarantined messages; `None` means the `[mail] from` address.
+    pub notify: Option<String>,
+    /// Largest inbound message accepted, in bytes.
+    pub max_size: usize,
+    /// How long a token stays valid after its request's deadline (or creation, without one).
+    pub token_ttl: Duration,
+    /// Base URL for links in emails (`[http] public_url`), if the HTTP listener is reachable.
+    pub public_url: Option<String>,
+}
+
+impl ReplySettings {
+    /// The reply-address pattern in effect.
+    pub fn pattern(&self, from: &str) -> String {
+        if let Some(p) = &self.address {
+            return p.clone();
+        }
+        let bare = from
+            .rsplit('<')
+            .next()
+            .unwrap_or(from)
+            .trim_end_matches('>')
+            .trim();
+        match bare.split_once('@') {
+            Some((local, domain)) => format!("{local}+{{token}}@{domain}"),
+            None => "pmoflow+{token}@localhost".into(),
+        }
+    }
+}
+
 /// Everything actions and the delivery worker use besides the store and the clock.
 #[derive(Debug, Clone, Default)]
 pub struct Services {
     /// Mail settings.
     pub mail: MailSettings,
+    /// Reply settings.
+    pub replies: ReplySettings,
     /// Delivery policy.
     pub outbox: OutboxConfig,
     /// Named secrets (`[secrets]`).

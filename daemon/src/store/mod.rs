@@ -195,6 +195,8 @@ pub struct StepWrite<'a> {
     pub error: Option<&'a str>,
     /// Outbox messages committed with this transition.
     pub messages: &'a [crate::outbox::NewMessage],
+    /// Requests (reply tokens) committed with this transition.
+    pub requests: &'a [NewRequest],
 }
 
 /// An event to append with a transition.
@@ -474,7 +476,7 @@ impl Store {
         };
         let sql = format!(
             "UPDATE runs SET lease_owner = $1, lease_until = $2, status = 'running', \
-             started_at = COALESCE(started_at, $3) \
+             started_at = COALESCE(started_at, $3), nudged_at = NULL \
              WHERE id IN (SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
                AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4 {lock}) \
              RETURNING {RUN_COLUMNS}"
@@ -628,6 +630,7 @@ impl Store {
         op: writer::Op,
         event: Option<&NewEvent<'_>>,
         messages: Vec<crate::outbox::NewMessage>,
+        requests: Vec<NewRequest>,
     ) -> Result<bool> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = writer::Job {
@@ -644,6 +647,7 @@ impl Store {
                 )
             }),
             messages,
+            requests,
             reply,
         };
         self.writer
@@ -675,8 +679,15 @@ impl Store {
             state: step.state.map(|o| o.to_string()),
             error: step.error.map(str::to_string),
         };
-        self.submit(fence, now, op, event, step.messages.to_vec())
-            .await
+        self.submit(
+            fence,
+            now,
+            op,
+            event,
+            step.messages.to_vec(),
+            step.requests.to_vec(),
+        )
+        .await
     }
 
     /// Parks a run until `wake_at` and gives up its lease.
@@ -684,7 +695,7 @@ impl Store {
         let op = writer::Op::Park {
             wake_at: ms(wake_at),
         };
-        self.submit(fence, wake_at, op, None, Vec::new())
+        self.submit(fence, wake_at, op, None, Vec::new(), Vec::new())
             .await
             .map(|_| ())
     }
@@ -710,7 +721,7 @@ impl Store {
             kind: status.as_str(),
             message: &message,
         };
-        self.submit(fence, now, op, Some(&event), Vec::new())
+        self.submit(fence, now, op, Some(&event), Vec::new(), Vec::new())
             .await
             .map(|_| ())
     }
@@ -1048,8 +1059,10 @@ fn sqlite_path(url: &str) -> Option<String> {
 
 // Declared after the macros above so that they can use them.
 mod outbox;
+pub mod requests;
 mod rows;
 mod writer;
 
 pub use outbox::OutboxRow;
+pub use requests::{AnswerRow, Disposition, InboundRow, NewAnswer, NewRequest, RequestRow};
 pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};

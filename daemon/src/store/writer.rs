@@ -56,6 +56,8 @@ pub(super) struct Job {
     pub event: Option<(Option<String>, String, String)>,
     /// Outbox messages committed with this write (step writes only).
     pub messages: Vec<crate::outbox::NewMessage>,
+    /// Request rows committed with this write (step writes only).
+    pub requests: Vec<super::NewRequest>,
     pub reply: oneshot::Sender<Result<bool>>,
 }
 
@@ -149,9 +151,11 @@ macro_rules! apply_on {
                     _ => Err(StoreError::LeaseLost(job.run_id.clone())),
                 },
                 Op::Park { wake_at } => {
+                    // A run nudged while it executed (an answer arrived) wakes at once.
                     let n = sqlx::query(
-                        "UPDATE runs SET status = 'waiting', wake_at = $1, lease_owner = NULL, \
-                         lease_until = NULL WHERE id = $2 AND lease_owner = $3",
+                        "UPDATE runs SET status = 'waiting', wake_at = CASE WHEN nudged_at IS NOT \
+                         NULL AND nudged_at < $1 THEN nudged_at ELSE $1 END, nudged_at = NULL, \
+                         lease_owner = NULL, lease_until = NULL WHERE id = $2 AND lease_owner = $3",
                     )
                     .bind(*wake_at)
                     .bind(&job.run_id)
@@ -261,6 +265,14 @@ macro_rules! apply_on {
             });
             qb.push(" ON CONFLICT DO NOTHING");
             qb.build().execute(&mut *tx).await?;
+        }
+        // 5. Request rows (reply tokens) of the steps that sent them.
+        for (job, result) in batch.iter().zip(&results) {
+            if result.is_ok() && !job.requests.is_empty()
+                && let Op::Step { step_key, .. } = &job.op
+            {
+                super::requests::insert_requests!(tx, job.run_id.as_str(), step_key.as_str(), job.now, &job.requests);
+            }
         }
         tx.commit().await?;
         Ok(results)

@@ -73,6 +73,8 @@ struct Scope<'a> {
     all_steps: &'a BTreeSet<String>,
     data: &'a BTreeSet<String>,
     has_item: bool,
+    /// A `request` step's template file, which also reads `request.*`.
+    has_request: bool,
 }
 
 impl Scope<'_> {
@@ -137,6 +139,7 @@ impl Scope<'_> {
                 })
             }),
             "now" => None,
+            "request" if self.has_request => None,
             "item" | "index" if self.has_item => None,
             "item" | "index" => Some((
                 format!("`{head}` is only defined in a step with `foreach`"),
@@ -240,6 +243,7 @@ pub fn compile(
             all_steps: &all_steps,
             data,
             has_item: step.foreach.is_some(),
+            has_request: false,
         };
         if let Some(step) = compile_step(&mut cx, spanned, &scope) {
             steps.push(step);
@@ -585,6 +589,19 @@ fn compile_step(cx: &mut Ctx<'_>, spanned: &Spanned<RawStep>, scope: &Scope<'_>)
     }
     for value in step.with.values() {
         check_templates(cx, value.span(), &toml_to_json(value.get_ref()), scope);
+    }
+    if let Some(ActionKind::Request) = action
+        && let Some(value) = step.with.get("template")
+        && let Some(name) = value
+            .get_ref()
+            .as_str()
+            .filter(|n| !template::is_template(n))
+    {
+        let request_scope = Scope {
+            has_request: true,
+            ..*scope
+        };
+        check_template_file(cx, value.span(), name, &request_scope);
     }
     if action == Some(ActionKind::Email) {
         for key in ["template", "html_template"] {

@@ -1,0 +1,778 @@
+//! `action = "request"`: ask people for an answer by email and wait for it, durably.
+//!
+//! First call: one request per addressee, each with its own single-use token (in the reply
+//! address, the Message-ID and the answer link) and a short subject tag; the mails and the request
+//! rows are committed with the step's park. Every later call (at a reminder time, at the close, or
+//! at once when an answer or a bounce arrived) reads the requests back from the database and
+//! decides: all answered → done; reminders due → queue them for those who have not answered;
+//! closed → done with 未回答 recorded, or failed when `on_timeout = "fail"`. Every call is
+//! idempotent (reminders are keyed by request and number), so a crash anywhere repeats nothing.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveTime, TimeZone, Utc};
+use serde_json::{Value as Json, json};
+
+use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
+use crate::inbound::correlate;
+use crate::inbound::reply::CUT_MARKER;
+use crate::outbox::email::{EmailSpec, build};
+use crate::outbox::{MessageKind, NewMessage};
+use crate::store::{AnswerRow, NewRequest, RequestRow};
+
+pub(crate) const PARAMS: &[Param] = &[
+    Param {
+        name: "to",
+        required: true,
+    },
+    Param {
+        name: "cc",
+        required: false,
+    },
+    Param {
+        name: "delegates",
+        required: false,
+    },
+    Param {
+        name: "subject",
+        required: true,
+    },
+    Param {
+        name: "body",
+        required: false,
+    },
+    Param {
+        name: "template",
+        required: false,
+    },
+    Param {
+        name: "fields",
+        required: false,
+    },
+    Param {
+        name: "required",
+        required: false,
+    },
+    Param {
+        name: "deadline",
+        required: false,
+    },
+    Param {
+        name: "remind",
+        required: false,
+    },
+    Param {
+        name: "wait_after_deadline",
+        required: false,
+    },
+    Param {
+        name: "on_timeout",
+        required: false,
+    },
+];
+
+const REMIND_HINT: &str = "write offsets from the deadline: \"-1d@10:00\" (the day before at 10:00), \
+    \"-3bd\" (3 business days before), \"+1d@09:00\" (a day late), or a table \
+    { at = \"+1d\", subject_prefix = \"【再送・要回答】\", cc = [\"…\"] }";
+
+pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
+    let mut problems = Vec::new();
+    if with.contains_key("body") && with.contains_key("template") {
+        problems.push(WithProblem {
+            key: Some("template".into()),
+            message: "`request` takes either `body` or `template`, not both".into(),
+            hint: None,
+        });
+    }
+    if !with.contains_key("body") && !with.contains_key("template") {
+        problems.push(WithProblem {
+            key: None,
+            message: "action `request` needs `with.body` or `with.template`".into(),
+            hint: Some("template = \"status_request.txt\"".into()),
+        });
+    }
+    if let Some(v) = with.get("on_timeout").filter(|v| !is_dynamic(v))
+        && !matches!(v.as_str(), Some("continue" | "fail"))
+    {
+        problems.push(WithProblem {
+            key: Some("on_timeout".into()),
+            message: format!("`on_timeout` must be \"continue\" or \"fail\", got {v}"),
+            hint: None,
+        });
+    }
+    for key in ["fields", "required"] {
+        if let Some(v) = with.get(key)
+            && !is_dynamic(v)
+            && !v
+                .as_array()
+                .is_some_and(|a| a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty())))
+        {
+            problems.push(WithProblem {
+                key: Some(key.into()),
+                message: format!("`{key}` must be a list of field names"),
+                hint: Some("e.g. fields = [\"総合評価\", \"進捗\"]".into()),
+            });
+        }
+    }
+    if let (Some(Json::Array(required)), Some(Json::Array(fields))) =
+        (with.get("required"), with.get("fields"))
+    {
+        for r in required {
+            if !is_dynamic(r) && !fields.contains(r) {
+                problems.push(WithProblem {
+                    key: Some("required".into()),
+                    message: format!("required field {r} is not in `fields`"),
+                    hint: None,
+                });
+            }
+        }
+    }
+    if let Some(Json::Array(list)) = with.get("remind") {
+        for item in list {
+            let at = match item {
+                Json::Object(m) => m.get("at"),
+                other => Some(other),
+            };
+            let problem = match at {
+                Some(v) if is_dynamic(v) => None,
+                Some(Json::String(s)) => parse_offset(s).err(),
+                _ => Some(format!("reminder {item} has no `at` offset")),
+            };
+            if let Some(message) = problem {
+                problems.push(WithProblem {
+                    key: Some("remind".into()),
+                    message,
+                    hint: Some(REMIND_HINT.into()),
+                });
+            }
+        }
+    } else if let Some(v) = with.get("remind").filter(|v| !is_dynamic(v)) {
+        problems.push(WithProblem {
+            key: Some("remind".into()),
+            message: format!("`remind` must be a list, got {v}"),
+            hint: Some(REMIND_HINT.into()),
+        });
+    }
+    if let Some(v) = with.get("wait_after_deadline").filter(|v| !is_dynamic(v))
+        && let Some(message) = match v.as_str() {
+            Some(t) => crate::duration::HumanDuration::parse(t).err(),
+            None => Some(format!("`wait_after_deadline` must be a duration, got {v}")),
+        }
+    {
+        problems.push(WithProblem {
+            key: Some("wait_after_deadline".into()),
+            message,
+            hint: Some(crate::duration::DURATION_HINT.into()),
+        });
+    }
+    problems
+}
+
+/// An offset from the deadline: `-1d@10:00`, `+2bd`, `-30s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Offset {
+    /// Whole business days (`bd`), if that unit was used.
+    business_days: Option<i64>,
+    /// Otherwise a signed duration.
+    duration: chrono::Duration,
+    /// The local time of day to move to, if given.
+    at: Option<NaiveTime>,
+}
+
+fn parse_offset(text: &str) -> Result<Offset, String> {
+    let t = text.trim();
+    let (sign, rest) = match t.chars().next() {
+        Some('-') => (-1, &t[1..]),
+        Some('+') => (1, &t[1..]),
+        _ => {
+            return Err(format!(
+                "reminder offset `{text}` needs a sign: `-` before the deadline, `+` after"
+            ));
+        }
+    };
+    let (amount, at) = match rest.split_once('@') {
+        Some((a, time)) => {
+            let time = NaiveTime::parse_from_str(time.trim(), "%H:%M")
+                .map_err(|_| format!("`{time}` in `{text}` is not a time like 10:00"))?;
+            (a.trim(), Some(time))
+        }
+        None => (rest.trim(), None),
+    };
+    if let Some(n) = amount.strip_suffix("bd") {
+        let n: i64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{amount}` in `{text}` is not a number of business days"))?;
+        return Ok(Offset {
+            business_days: Some(sign * n),
+            duration: chrono::Duration::zero(),
+            at,
+        });
+    }
+    let d = crate::duration::HumanDuration::parse(amount)
+        .map_err(|e| format!("reminder offset `{text}`: {e}"))?;
+    Ok(Offset {
+        business_days: None,
+        duration: d.to_chrono() * i32::try_from(sign).unwrap_or(1),
+        at,
+    })
+}
+
+fn apply_offset(deadline: DateTime<Utc>, off: Offset, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let local = deadline.with_timezone(&tz);
+    let (date, time) = match off.business_days {
+        Some(n) => (
+            crate::template::calendar().add_business_days(local.date_naive(), n),
+            local.time(),
+        ),
+        None => {
+            let moved = local + off.duration;
+            (moved.date_naive(), moved.time())
+        }
+    };
+    let time = off.at.unwrap_or(time);
+    tz.from_local_datetime(&date.and_time(time))
+        .earliest()
+        .map_or(deadline + off.duration, |t| t.with_timezone(&Utc))
+}
+
+/// A deadline: an RFC 3339 instant, a date (`2027-05-31`, meaning the end of that day in the
+/// daemon's zone), or a duration from now (`5d`).
+fn parse_deadline(
+    text: &str,
+    now: DateTime<Utc>,
+    tz: chrono_tz::Tz,
+) -> Result<DateTime<Utc>, String> {
+    let t = text.trim();
+    if let Ok(i) = DateTime::parse_from_rfc3339(t) {
+        return Ok(i.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        let end = d.and_hms_opt(23, 59, 59).unwrap_or_default();
+        return tz
+            .from_local_datetime(&end)
+            .earliest()
+            .map(|x| x.with_timezone(&Utc))
+            .ok_or_else(|| format!("deadline `{t}` does not exist in {tz}"));
+    }
+    crate::duration::HumanDuration::parse(t)
+        .map(|d| now + d.to_chrono())
+        .map_err(|_| {
+            format!(
+                "deadline `{t}` is neither an RFC 3339 instant, a date (YYYY-MM-DD) nor a duration"
+            )
+        })
+}
+
+fn strings(with: &Json, key: &str) -> Result<Vec<String>, StepError> {
+    match with.get(key) {
+        None | Some(Json::Null) => Ok(Vec::new()),
+        Some(Json::String(s)) if s.trim().is_empty() => Ok(Vec::new()),
+        Some(Json::String(s)) => Ok(vec![s.trim().to_string()]),
+        Some(Json::Array(a)) => Ok(a
+            .iter()
+            .filter_map(|v| v.as_str())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()),
+        Some(other) => Err(StepError::fatal(format!(
+            "`with.{key}` must be a string or a list, got {other}"
+        ))),
+    }
+}
+
+/// The bare address of `"名前 <a@b>"`, lower case.
+pub(crate) fn bare(addr: &str) -> String {
+    let a = addr.trim();
+    let inner = match (a.rfind('<'), a.rfind('>')) {
+        (Some(l), Some(r)) if l < r => &a[l + 1..r],
+        _ => a,
+    };
+    inner.trim().to_lowercase()
+}
+
+fn domain_of(from: &str) -> String {
+    bare(from)
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "pmoflow.localhost".into())
+}
+
+/// What the step keeps between calls (committed with each park).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct State {
+    deadline: Option<DateTime<Utc>>,
+    close_at: DateTime<Utc>,
+    on_timeout: String,
+    reminders: Vec<Reminder>,
+    /// Reminders already queued (a prefix of `reminders`).
+    sent: usize,
+    text: String,
+    cc: Vec<String>,
+    single: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Reminder {
+    at: DateTime<Utc>,
+    subject_prefix: String,
+    cc: Vec<String>,
+}
+
+pub(crate) async fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
+    let saved = cx
+        .state
+        .and_then(|s| s.get("request"))
+        .map(|s| serde_json::from_value::<State>(s.clone()));
+    match saved {
+        Some(Ok(state)) => resume(cx, state).await,
+        Some(Err(e)) => Err(StepError::fatal(format!(
+            "stored request state unreadable: {e}"
+        ))),
+        None => start(cx, with),
+    }
+}
+
+fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
+    let now = cx.clock.now();
+    let tz = cx.services.mail.timezone;
+    let to = super::email::recipients(cx, with, "to")?;
+    if to.is_empty() {
+        return Err(StepError::fatal("`with.to` names nobody"));
+    }
+    let cc = super::email::recipients(cx, with, "cc")?;
+    let delegates: Vec<String> = super::email::recipients(cx, with, "delegates")?
+        .iter()
+        .map(|d| bare(d))
+        .collect();
+    let subject = str_param(with, "subject")?.unwrap_or_default().to_string();
+    let fields = strings(with, "fields")?;
+    let required = strings(with, "required")?;
+    if let Some(r) = required.iter().find(|r| !fields.contains(r)) {
+        return Err(StepError::fatal(format!(
+            "required field `{r}` is not in `fields`"
+        )));
+    }
+    let deadline = str_param(with, "deadline")?
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| parse_deadline(d, now, tz))
+        .transpose()
+        .map_err(StepError::fatal)?;
+    let wait_after = str_param(with, "wait_after_deadline")?
+        .map(crate::duration::HumanDuration::parse)
+        .transpose()
+        .map_err(StepError::fatal)?
+        .map_or_else(chrono::Duration::zero, |d| d.to_chrono());
+    let on_timeout = str_param(with, "on_timeout")?
+        .unwrap_or("continue")
+        .to_string();
+    if on_timeout != "continue" && on_timeout != "fail" {
+        return Err(StepError::fatal(format!(
+            "`on_timeout` must be \"continue\" or \"fail\", got \"{on_timeout}\""
+        )));
+    }
+    let mut reminders = Vec::new();
+    if let Some(list) = with.get("remind").and_then(Json::as_array) {
+        let Some(deadline) = deadline else {
+            return Err(StepError::fatal(
+                "`remind` needs a `deadline` to count from",
+            ));
+        };
+        for item in list {
+            let (at, prefix, rcc) = match item {
+                Json::String(s) => (s.clone(), None, Vec::new()),
+                Json::Object(m) => (
+                    m.get("at").and_then(Json::as_str).unwrap_or("").to_string(),
+                    m.get("subject_prefix")
+                        .and_then(Json::as_str)
+                        .map(str::to_string),
+                    super::email::recipients(cx, &Json::Object(m.clone()), "cc")?,
+                ),
+                other => {
+                    return Err(StepError::fatal(format!(
+                        "reminder {other} is not an offset"
+                    )));
+                }
+            };
+            let off = parse_offset(&at).map_err(StepError::fatal)?;
+            let when = apply_offset(deadline, off, tz);
+            let after = when > deadline;
+            reminders.push(Reminder {
+                at: when,
+                subject_prefix: prefix.unwrap_or_else(|| {
+                    if after {
+                        "【再送・要回答】".into()
+                    } else {
+                        "【リマインド】".into()
+                    }
+                }),
+                cc: rcc,
+            });
+        }
+        // Reminders already past when the request goes out are not sent.
+        reminders.retain(|r| r.at > now);
+        reminders.sort_by_key(|r| r.at);
+    }
+    let close_at = match deadline {
+        Some(d) => d + wait_after,
+        None => now + chrono::Duration::from_std(cx.services.replies.token_ttl).unwrap_or_default(),
+    };
+    let pattern = cx.services.replies.pattern(&cx.services.mail.from);
+    let domain = domain_of(&cx.services.mail.from);
+    let expires_at =
+        close_at + chrono::Duration::from_std(cx.services.replies.token_ttl).unwrap_or_default();
+
+    // The body: pmoflow's cut marker first (everything of ours is below it when it comes back
+    // quoted), then the rendered template, with the form appended unless the template placed it.
+    let form: String = fields.iter().map(|f| format!("{f}: \n")).collect();
+    let deadline_ja = deadline.map(|d| format_ja(d, tz));
+    let mut requests = Vec::new();
+    let mut messages = Vec::new();
+    let mut text_for_state = String::new();
+    for (i, addr) in to.iter().enumerate() {
+        let token = correlate::new_token().map_err(StepError::retryable)?;
+        let tag = fastrand::i64(10_000..1_000_000);
+        let reply_to = correlate::reply_address(&pattern, &token);
+        let answer_url = cx
+            .services
+            .replies
+            .public_url
+            .as_ref()
+            .map(|u| format!("{u}/answer/{token}"));
+        let request_ctx = json!({
+            "fields": fields,
+            "required": required,
+            "form": form,
+            "deadline": deadline.map(|d| d.with_timezone(&tz).to_rfc3339()),
+            "deadline_ja": deadline_ja,
+            "reply_to": reply_to,
+            "answer_url": answer_url,
+            "tag": tag,
+            "to": addr,
+        });
+        let body = render_body(cx, with, &request_ctx)?;
+        let mut text = format!("{CUT_MARKER}\n{body}");
+        if !fields.is_empty() && !body.contains(form.trim_end()) {
+            text.push_str("\n\n");
+            text.push_str(&form);
+        }
+        if let Some(url) = &answer_url
+            && !body.contains(url.as_str())
+        {
+            text.push_str(&format!("\nWebフォームからもご回答いただけます:\n{url}\n"));
+        }
+        if i == 0 {
+            text_for_state = body;
+        }
+        let full_subject = format!("{subject} {}", correlate::subject_tag(tag as u64));
+        let message_id = correlate::message_id(&token, &domain);
+        let spec = EmailSpec {
+            from: cx.services.mail.from.clone(),
+            to: vec![addr.clone()],
+            cc: cc.clone(),
+            bcc: Vec::new(),
+            reply_to: Some(reply_to.clone()),
+            subject: full_subject.clone(),
+            text,
+            html: None,
+            attachments: Vec::new(),
+            message_id: format!("<{message_id}>"),
+            date: now,
+            timezone: tz,
+            charset: cx.services.mail.charset,
+        };
+        let built = build(&spec).map_err(StepError::fatal)?;
+        let recipient = bare(addr);
+        messages.push(NewMessage {
+            kind: MessageKind::Email,
+            key: format!("{}:{}:request:{recipient}", cx.run_id, cx.step_key),
+            target: std::iter::once(addr.clone())
+                .chain(cc.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message_id: format!("<{message_id}>"),
+            payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
+        });
+        let mut allowed = vec![recipient.clone()];
+        allowed.extend(delegates.iter().cloned());
+        requests.push(NewRequest {
+            token,
+            workflow_id: cx.workflow_id.to_string(),
+            kind: "request".into(),
+            recipient,
+            allowed,
+            tag,
+            message_id,
+            subject: full_subject,
+            fields: fields.clone(),
+            required: required.clone(),
+            deadline,
+            expires_at,
+        });
+    }
+    let state = State {
+        deadline,
+        close_at,
+        on_timeout,
+        reminders,
+        sent: 0,
+        text: text_for_state,
+        cc,
+        single: matches!(with.get("to"), Some(Json::String(s)) if !s.starts_with("role:")),
+    };
+    let until = next_wake(&state);
+    Ok(Outcome::Suspend {
+        until,
+        state: json!({ "request": state }),
+        messages,
+        requests,
+    })
+}
+
+fn next_wake(state: &State) -> DateTime<Utc> {
+    state
+        .reminders
+        .get(state.sent)
+        .map_or(state.close_at, |r| r.at.min(state.close_at))
+}
+
+fn render_body(cx: &ActionContext<'_>, with: &Json, request: &Json) -> Result<String, StepError> {
+    let base = cx.template_ctx.cloned().unwrap_or_default();
+    let ctx = minijinja::context! { request => minijinja::Value::from_serialize(request), ..base };
+    match (str_param(with, "body")?, str_param(with, "template")?) {
+        // `body` was rendered with the step's `with` (it cannot read `request.*`).
+        (Some(body), _) => Ok(body.to_string()),
+        (None, Some(name)) => super::email::render_file_with(cx, name, &ctx),
+        (None, None) => Err(StepError::fatal(
+            "action `request` needs `with.body` or `with.template`",
+        )),
+    }
+}
+
+/// `12月4日(金)17:00` in the daemon's zone.
+fn format_ja(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+    let local = t.with_timezone(&tz);
+    format!(
+        "{}{}",
+        crate::calendar::format::md_ja(local.date_naive()),
+        local.format("%H:%M")
+    )
+}
+
+async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, StepError> {
+    let now = cx.clock.now();
+    let store = cx
+        .store
+        .ok_or_else(|| StepError::retryable("no database for a request step"))?;
+    let rows = store
+        .requests_for_step(cx.run_id, cx.step_key)
+        .await
+        .map_err(|e| StepError::retryable(e.to_string()))?;
+    let tokens: Vec<String> = rows.iter().map(|r| r.token.clone()).collect();
+    let answers = store
+        .answers_for(&tokens)
+        .await
+        .map_err(|e| StepError::retryable(e.to_string()))?;
+    let open: Vec<&RequestRow> = rows.iter().filter(|r| r.status == "open").collect();
+    if open.is_empty() || now >= state.close_at {
+        if !open.is_empty() {
+            store
+                .close_requests(cx.run_id, cx.step_key)
+                .await
+                .map_err(|e| StepError::retryable(e.to_string()))?;
+        }
+        let output = output(&rows, &answers, &state);
+        if !open.is_empty() && state.on_timeout == "fail" {
+            let who: Vec<&str> = open.iter().map(|r| r.recipient.as_str()).collect();
+            return Err(StepError::fatal(format!(
+                "未回答 (no answer by the deadline): {}",
+                who.join(", ")
+            )));
+        }
+        return Ok(Outcome::Done(output));
+    }
+    let mut messages = Vec::new();
+    while let Some(reminder) = state.reminders.get(state.sent).cloned() {
+        if reminder.at > now {
+            break;
+        }
+        let n = state.sent + 1;
+        for req in &open {
+            messages.push(reminder_mail(cx, &state, &reminder, n, req)?);
+        }
+        state.sent = n;
+    }
+    Ok(Outcome::Suspend {
+        until: next_wake(&state),
+        state: json!({ "request": state }),
+        messages,
+        requests: Vec::new(),
+    })
+}
+
+fn reminder_mail(
+    cx: &ActionContext<'_>,
+    state: &State,
+    reminder: &Reminder,
+    n: usize,
+    req: &RequestRow,
+) -> Result<NewMessage, StepError> {
+    let tz = cx.services.mail.timezone;
+    let pattern = cx.services.replies.pattern(&cx.services.mail.from);
+    let domain = domain_of(&cx.services.mail.from);
+    let base = req
+        .subject
+        .strip_prefix("【要回答】")
+        .unwrap_or(&req.subject);
+    let subject = format!("{}{base}", reminder.subject_prefix);
+    let deadline = state.deadline.map(|d| format_ja(d, tz));
+    let preface = match (
+        deadline,
+        reminder.at > state.deadline.unwrap_or(reminder.at),
+    ) {
+        (Some(d), true) => format!(
+            "{d}締切のご回答がまだ確認できておりません。\nお手数をおかけしますが、至急ご回答くださいますようお願いいたします。\n"
+        ),
+        (Some(d), false) => format!(
+            "ご回答の締切（{d}）が近づいております。\nまだご回答いただいていない場合は、ご回答をお願いいたします。\n"
+        ),
+        (None, _) => "ご回答がまだ確認できておりません。ご回答をお願いいたします。\n".to_string(),
+    };
+    let answer_url = cx
+        .services
+        .replies
+        .public_url
+        .as_ref()
+        .map(|u| format!("{u}/answer/{}", req.token));
+    let mut text = format!("{CUT_MARKER}\n{preface}\n{}", state.text);
+    let form: String = req.fields.iter().map(|f| format!("{f}: \n")).collect();
+    if !form.is_empty() && !state.text.contains(form.trim_end()) {
+        text.push_str("\n\n");
+        text.push_str(&form);
+    }
+    if let Some(url) = answer_url {
+        text.push_str(&format!("\nWebフォームからもご回答いただけます:\n{url}\n"));
+    }
+    let message_id = format!("pmoflow.{}.r{n}@{domain}", req.token);
+    let mut cc = state.cc.clone();
+    cc.extend(reminder.cc.iter().cloned());
+    let spec = EmailSpec {
+        from: cx.services.mail.from.clone(),
+        to: vec![req.recipient.clone()],
+        cc: cc.clone(),
+        bcc: Vec::new(),
+        reply_to: Some(correlate::reply_address(&pattern, &req.token)),
+        subject,
+        text,
+        html: None,
+        attachments: Vec::new(),
+        message_id: format!("<{message_id}>"),
+        date: cx.clock.now(),
+        timezone: tz,
+        charset: cx.services.mail.charset,
+    };
+    let built = build(&spec).map_err(StepError::fatal)?;
+    Ok(NewMessage {
+        kind: MessageKind::Email,
+        key: format!("{}:{}:remind:{n}:{}", cx.run_id, cx.step_key, req.recipient),
+        target: std::iter::once(req.recipient.clone())
+            .chain(cc)
+            .collect::<Vec<_>>()
+            .join(", "),
+        message_id: format!("<{message_id}>"),
+        payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
+    })
+}
+
+/// Per addressee: status, when, the fields and text of the latest complete answer, its history.
+fn output(rows: &[RequestRow], answers: &[AnswerRow], state: &State) -> Json {
+    let per: Vec<Json> = rows
+        .iter()
+        .map(|r| {
+            let mine: Vec<&AnswerRow> = answers.iter().filter(|a| a.token == r.token).collect();
+            let latest = r
+                .answer_id
+                .as_ref()
+                .and_then(|id| mine.iter().find(|a| &a.id == id));
+            let status = match (r.status.as_str(), latest) {
+                ("bounced", _) => "bounced",
+                (_, Some(a)) if a.late => "late",
+                (_, Some(_)) => "answered",
+                _ => "unanswered",
+            };
+            json!({
+                "to": r.recipient,
+                "status": status,
+                "status_ja": match status {
+                    "answered" => "回答済",
+                    "late" => "遅延回答",
+                    "bounced" => "不達",
+                    _ => "未回答",
+                },
+                "answered_at": latest.map(|a| a.received_at.to_rfc3339()),
+                "via": latest.map(|a| a.via.clone()),
+                "fields": latest.map_or_else(|| json!({}), |a| a.fields.clone()),
+                "text": latest.map_or("", |a| a.text.as_str()),
+                "attachments": latest.map_or_else(|| json!([]), |a| a.attachments.clone()),
+                "message_id": latest.and_then(|a| a.message_id.clone()),
+                "from": latest.and_then(|a| a.from.clone()),
+                "bounce": r.bounce,
+                "request_message_id": format!("<{}>", r.message_id),
+                "tag": r.tag,
+                "history": mine.iter().map(|a| json!({
+                    "received_at": a.received_at.to_rfc3339(),
+                    "via": a.via,
+                    "from": a.from,
+                    "fields": a.fields,
+                    "text": a.text,
+                    "late": a.late,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if state.single && per.len() == 1 {
+        per.into_iter().next().unwrap_or(Json::Null)
+    } else {
+        Json::Array(per)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn offsets_from_the_deadline() {
+        let tz = chrono_tz::Asia::Tokyo;
+        // Friday 2026-12-04 17:00 JST.
+        let deadline = tz
+            .with_ymd_and_hms(2026, 12, 4, 17, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |s: &str| {
+            apply_offset(deadline, parse_offset(s).unwrap(), tz)
+                .with_timezone(&tz)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        };
+        assert_eq!(at("-1d@10:00"), "2026-12-03 10:00");
+        assert_eq!(at("+1d@09:00"), "2026-12-05 09:00");
+        // Business days skip the weekend: 1 business day after Friday is Monday.
+        assert_eq!(at("+1bd@09:00"), "2026-12-07 09:00");
+        assert_eq!(at("-3bd"), "2026-12-01 17:00");
+        assert_eq!(at("-30m"), "2026-12-04 16:30");
+        assert!(parse_offset("1d").unwrap_err().contains("needs a sign"));
+        assert!(parse_offset("-1d@25:00").is_err());
+    }
+
+    #[test]
+    fn bare_addresses() {
+        assert_eq!(
+            bare("山田 太郎 <Yamada@Example.go.jp>"),
+            "yamada@example.go.jp"
+        );
+        assert_eq!(bare(" a@b.jp "), "a@b.jp");
+    }
+}

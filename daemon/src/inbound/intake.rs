@@ -1,0 +1,483 @@
+//! Inbound mail, from arrival to the waiting run.
+//!
+//! Two phases, each one transaction: [`Intake::receive`] stores the raw message under an
+//! idempotency key (nothing else); [`Intake::process_pending`] decides what each stored message
+//! is and applies that decision together with marking the message processed. A crash between
+//! the two leaves the message `pending`, and it is processed exactly once after the restart;
+//! two daemons processing at once cannot both apply it (the status update is conditional).
+//!
+//! Decisions: a reply from the addressee (or a delegate) to an open request is an answer; from
+//! anyone else it is quarantined and the PMO is told; an auto-reply is recorded and never counts;
+//! a bounce marks the addressee bounced; unmatched, unreadable, too large or expired → quarantined.
+//! pmoflow never answers an unmatched message or an automatic one.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use super::correlate::{self, Key};
+use super::{Inbound, Kind, reply};
+use crate::clock::SharedClock;
+use crate::outbox::email::{EmailSpec, build};
+use crate::outbox::{MessageKind, NewMessage, Services};
+use crate::store::{Disposition, InboundRow, NewAnswer, RequestRow, Store, StoreError};
+
+/// Receives and processes inbound messages.
+#[derive(Clone)]
+pub struct Intake {
+    store: Store,
+    clock: SharedClock,
+    services: Arc<Services>,
+    /// Woken when an answer nudged a run (the engine's poller), if in the daemon.
+    engine_wake: Option<Arc<Notify>>,
+    /// Woken when a notice was queued.
+    outbox_wake: Option<Arc<Notify>>,
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Processed {
+    /// The inbound row.
+    pub id: String,
+    /// `done` or `quarantined`.
+    pub status: String,
+    /// `answer`, `incomplete_answer`, `auto_reply`, `bounce`, `unmatched`, `wrong_sender`, …
+    pub outcome: String,
+    /// Why, for people.
+    pub detail: String,
+    /// The run woken, if any.
+    pub run_id: Option<String>,
+}
+
+/// The idempotency key for a message that arrived without an IMAP UID: its Message-ID (so the
+/// same message delivered twice, by pipe and by HTTP say, is taken once), or its bytes.
+pub fn source_key(raw: &[u8]) -> String {
+    let id = mail_parser::MessageParser::default()
+        .parse_headers(raw)
+        .and_then(|m| m.message_id().map(str::to_string));
+    let mut h = Sha256::new();
+    match &id {
+        Some(id) => h.update(id.trim().as_bytes()),
+        None => h.update(raw),
+    }
+    let kind = if id.is_some() { "msgid" } else { "sha256" };
+    format!("{kind}:{}", hex::encode(h.finalize()))
+}
+
+impl Intake {
+    /// An intake over `store`.
+    pub fn new(store: Store, clock: SharedClock, services: Arc<Services>) -> Self {
+        Self {
+            store,
+            clock,
+            services,
+            engine_wake: None,
+            outbox_wake: None,
+        }
+    }
+
+    /// Wakes these when a run was nudged / a notice queued.
+    pub fn with_wakers(mut self, engine: Arc<Notify>, outbox: Arc<Notify>) -> Self {
+        self.engine_wake = Some(engine);
+        self.outbox_wake = Some(outbox);
+        self
+    }
+
+    /// Stores a message; `None` if it was stored before.
+    pub async fn receive(&self, via: &str, raw: &[u8]) -> Result<Option<String>, StoreError> {
+        let key = source_key(raw);
+        self.store
+            .inbound_store(&key, via, raw, raw.len(), self.clock.now(), None)
+            .await
+    }
+
+    /// Processes every pending message; returns what happened to each.
+    pub async fn process_pending(&self) -> Result<Vec<Processed>, StoreError> {
+        let mut out = Vec::new();
+        loop {
+            let batch = self.store.inbound_pending(64).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len();
+            for row in batch {
+                if let Some(p) = self.process(&row).await? {
+                    out.push(p);
+                }
+            }
+            if n < 64 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Processes one stored message; `None` if someone else processed it first.
+    pub async fn process(&self, row: &InboundRow) -> Result<Option<Processed>, StoreError> {
+        let now = self.clock.now();
+        let (from, subject, disposition) = self.decide(row, now).await?;
+        let (status, outcome, detail) = describe(&disposition);
+        let (applied, run) = self
+            .store
+            .inbound_apply(
+                &row.id,
+                now,
+                from.as_deref(),
+                subject.as_deref(),
+                &disposition,
+            )
+            .await?;
+        if !applied {
+            return Ok(None);
+        }
+        match status {
+            "quarantined" => tracing::warn!(
+                inbound = %row.id, outcome, from = from.as_deref().unwrap_or("-"), "{detail}"
+            ),
+            _ => tracing::info!(
+                inbound = %row.id, outcome, from = from.as_deref().unwrap_or("-"),
+                run = run.as_deref().unwrap_or("-"), "inbound message processed"
+            ),
+        }
+        if run.is_some()
+            && let Some(w) = &self.engine_wake
+        {
+            w.notify_one();
+        }
+        let queued = matches!(
+            &disposition,
+            Disposition::Quarantine {
+                notify: Some(_),
+                ..
+            } | Disposition::Answer {
+                notice: Some(_),
+                ..
+            }
+        );
+        if queued && let Some(w) = &self.outbox_wake {
+            w.notify_one();
+        }
+        Ok(Some(Processed {
+            id: row.id.clone(),
+            status: status.to_string(),
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+            run_id: run,
+        }))
+    }
+
+    async fn decide(
+        &self,
+        row: &InboundRow,
+        now: DateTime<Utc>,
+    ) -> Result<(Option<String>, Option<String>, Disposition), StoreError> {
+        let max = self.services.replies.max_size;
+        let size = usize::try_from(row.size).unwrap_or(usize::MAX);
+        if size > max {
+            let head = mail_parser::MessageParser::default().parse_headers(&row.raw[..]);
+            let from = head.as_ref().and_then(|m| {
+                m.from()
+                    .and_then(|a| a.first())
+                    .and_then(|a| a.address())
+                    .map(str::to_lowercase)
+            });
+            let subject = head.as_ref().and_then(|m| m.subject().map(str::to_string));
+            let detail = format!(
+                "message of {size} bytes exceeds the limit of {} KiB",
+                max >> 10
+            );
+            let notify = self.pmo_notice(row, from.as_deref(), subject.as_deref(), &detail);
+            return Ok((from, subject, quarantine("too_large", None, detail, notify)));
+        }
+        let msg = match super::parse(&row.raw, max) {
+            Ok(m) => m,
+            Err(e) => {
+                let detail = format!("unreadable message: {e}");
+                let notify = self.pmo_notice(row, None, None, &detail);
+                return Ok((None, None, quarantine("unreadable", None, detail, notify)));
+            }
+        };
+        let from = msg.from.clone();
+        let subject = Some(msg.subject.clone());
+        let found = self.correlate(&msg).await?;
+        let disposition = match (&msg.kind, found) {
+            (Kind::Bounce { recipients, .. }, Some((req, _))) => Disposition::Bounce {
+                token: req.token.clone(),
+                detail: format!("delivery to {} failed", recipients.join(", ")),
+            },
+            (Kind::Bounce { .. }, None) => Disposition::Record {
+                outcome: "bounce".into(),
+                token: None,
+                detail: "delivery failure report for a message that is not a request".into(),
+            },
+            (Kind::AutoReply { reason }, found) => Disposition::Record {
+                outcome: "auto_reply".into(),
+                token: found.map(|(r, _)| r.token),
+                detail: format!("automatic reply ({reason}); not an answer"),
+            },
+            (Kind::Reply, None) => {
+                let detail = "no request matches this message (no reply token, no Message-ID of \
+                              ours, no subject tag)"
+                    .to_string();
+                let notify = self.pmo_notice(row, from.as_deref(), subject.as_deref(), &detail);
+                quarantine("unmatched", None, detail, notify)
+            }
+            (Kind::Reply, Some((req, by))) => self.answer(row, &msg, req, &by, now),
+        };
+        Ok((from, subject, disposition))
+    }
+
+    /// The request a message belongs to, strongest key first. A subject tag alone only matches
+    /// an open request whose addressee (or delegate) sent the message.
+    async fn correlate(&self, msg: &Inbound) -> Result<Option<(RequestRow, Key)>, StoreError> {
+        let pattern = self.services.replies.pattern(&self.services.mail.from);
+        let mut keys = correlate::keys(msg, &pattern);
+        if let Kind::Bounce {
+            original_message_id: Some(id),
+            ..
+        } = &msg.kind
+        {
+            let probe = Inbound {
+                references: vec![id.clone()],
+                recipients: Vec::new(),
+                subject: String::new(),
+                ..msg.clone()
+            };
+            keys.splice(0..0, correlate::keys(&probe, &pattern));
+        }
+        for key in keys {
+            let found = match &key {
+                Key::Address(t) | Key::MessageId(t) => self.store.request_by_token(t).await?,
+                Key::SubjectTag(n) => {
+                    let from = msg.from.clone().unwrap_or_default();
+                    self.store
+                        .requests_by_tag(i64::try_from(*n).unwrap_or(-1))
+                        .await?
+                        .into_iter()
+                        .find(|r| r.status == "open" && r.allowed.contains(&from))
+                }
+            };
+            if let Some(req) = found {
+                return Ok(Some((req, key)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn answer(
+        &self,
+        row: &InboundRow,
+        msg: &Inbound,
+        req: RequestRow,
+        by: &Key,
+        now: DateTime<Utc>,
+    ) -> Disposition {
+        let from = msg.from.clone().unwrap_or_default();
+        if !req.allowed.contains(&from) {
+            let detail = format!(
+                "sender {from} is not the addressee of request {} ({}){}",
+                req.tag,
+                req.recipient,
+                if req.allowed.len() > 1 {
+                    " nor one of its delegates"
+                } else {
+                    ""
+                }
+            );
+            let notify = self.pmo_notice(row, Some(&from), Some(&msg.subject), &detail);
+            return quarantine("wrong_sender", Some(req.token), detail, notify);
+        }
+        if now > req.expires_at {
+            let detail = format!(
+                "request {} expired on {}; the answer was not accepted",
+                req.tag,
+                req.expires_at.to_rfc3339()
+            );
+            let notify = self.pmo_notice(row, Some(&from), Some(&msg.subject), &detail);
+            return quarantine("expired", Some(req.token), detail, notify);
+        }
+        let text = reply::new_text(&msg.text);
+        let parsed = reply::parse_fields(&text, &req.fields);
+        let missing: Vec<&String> =
+            req.required
+                .iter()
+                .filter(|f| {
+                    parsed.fields.get(*f).is_none_or(|v| {
+                        v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())
+                    })
+                })
+                .collect();
+        let attachments: Vec<Json> = msg
+            .attachments
+            .iter()
+            .map(|a| {
+                json!({
+                    "name": a.name,
+                    "content_type": a.content_type,
+                    "size": a.size,
+                    "sha256": hex::encode(Sha256::digest(&a.content)),
+                    "content_base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &a.content),
+                })
+            })
+            .collect();
+        let notice = (!missing.is_empty() && req.status == "open")
+            .then(|| self.missing_notice(row, msg, &req, &missing))
+            .flatten();
+        tracing::debug!(request = req.tag, by = ?by, "reply correlated");
+        Disposition::Answer {
+            answer: NewAnswer {
+                token: req.token,
+                via: "email".into(),
+                from: Some(from),
+                message_id: msg.message_id.clone(),
+                fields: serde_json::to_value(&parsed.fields).unwrap_or_default(),
+                text: parsed.free_text,
+                attachments: Json::Array(attachments),
+                complete: missing.is_empty(),
+            },
+            notice,
+        }
+    }
+
+    fn domain(&self) -> String {
+        crate::actions::request::bare(&self.services.mail.from)
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_else(|| "pmoflow.localhost".into())
+    }
+
+    /// To the sender of an answer that misses required fields (a person, matched and verified:
+    /// never an automatic or unmatched message).
+    fn missing_notice(
+        &self,
+        row: &InboundRow,
+        msg: &Inbound,
+        req: &RequestRow,
+        missing: &[&String],
+    ) -> Option<NewMessage> {
+        let pattern = self.services.replies.pattern(&self.services.mail.from);
+        let list: Vec<String> = missing.iter().map(|f| format!("  {f}: ")).collect();
+        let text = format!(
+            "{}\nご回答ありがとうございます。\n以下の必須項目が確認できませんでした。お手数ですが、ご記入のうえ本メールにご返信ください。\n\n{}\n\n（本メールは pmoflow により自動送信されています）\n",
+            reply::CUT_MARKER,
+            list.join("\n")
+        );
+        let message_id = format!("<pmoflow.{}.m{}@{}>", req.token, row.id, self.domain());
+        let spec = EmailSpec {
+            from: self.services.mail.from.clone(),
+            to: vec![msg.from.clone()?],
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            reply_to: Some(correlate::reply_address(&pattern, &req.token)),
+            subject: format!(
+                "【要再回答】{}",
+                req.subject.trim_start_matches("【要回答】")
+            ),
+            text,
+            html: None,
+            attachments: Vec::new(),
+            message_id: message_id.clone(),
+            date: self.clock.now(),
+            timezone: self.services.mail.timezone,
+            charset: self.services.mail.charset,
+        };
+        let built = build(&spec).ok()?;
+        Some(NewMessage {
+            kind: MessageKind::Email,
+            key: format!("inbound:{}:missing", row.id),
+            target: spec.to.join(", "),
+            message_id,
+            payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
+        })
+    }
+
+    /// To the PMO: a message was held for a person to look at.
+    fn pmo_notice(
+        &self,
+        row: &InboundRow,
+        from: Option<&str>,
+        subject: Option<&str>,
+        detail: &str,
+    ) -> Option<NewMessage> {
+        let to = self
+            .services
+            .replies
+            .notify
+            .clone()
+            .unwrap_or_else(|| self.services.mail.from.clone());
+        let text = format!(
+            "受信したメールを保留しました。内容をご確認ください。\n\n\
+             差出人: {}\n件名: {}\n受信日時: {}\n理由: {detail}\n受信ID: {}\n\n\
+             確認: pmoflow inbound show {}\n\n（本メールは pmoflow により自動送信されています）\n",
+            from.unwrap_or("（不明）"),
+            subject.unwrap_or("（なし）"),
+            row.received_at
+                .with_timezone(&self.services.mail.timezone)
+                .format("%Y-%m-%d %H:%M"),
+            row.id,
+            row.id
+        );
+        let message_id = format!("<pmoflow.inbound.{}@{}>", row.id, self.domain());
+        let spec = EmailSpec {
+            from: self.services.mail.from.clone(),
+            to: vec![to.clone()],
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            reply_to: None,
+            subject: "【pmoflow】受信メールを保留しました".into(),
+            text,
+            html: None,
+            attachments: Vec::new(),
+            message_id: message_id.clone(),
+            date: self.clock.now(),
+            timezone: self.services.mail.timezone,
+            charset: self.services.mail.charset,
+        };
+        let built = build(&spec).ok()?;
+        Some(NewMessage {
+            kind: MessageKind::Email,
+            key: format!("inbound:{}:quarantine", row.id),
+            target: to,
+            message_id,
+            payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
+        })
+    }
+}
+
+fn quarantine(
+    outcome: &str,
+    token: Option<String>,
+    detail: String,
+    notify: Option<NewMessage>,
+) -> Disposition {
+    Disposition::Quarantine {
+        outcome: outcome.into(),
+        token,
+        detail,
+        notify,
+    }
+}
+
+fn describe(d: &Disposition) -> (&'static str, &str, &str) {
+    match d {
+        Disposition::Answer { answer, .. } => (
+            "done",
+            if answer.complete {
+                "answer"
+            } else {
+                "incomplete_answer"
+            },
+            "",
+        ),
+        Disposition::Bounce { detail, .. } => ("done", "bounce", detail),
+        Disposition::Record {
+            outcome, detail, ..
+        } => ("done", outcome, detail),
+        Disposition::Quarantine {
+            outcome, detail, ..
+        } => ("quarantined", outcome, detail),
+    }
+}
