@@ -177,6 +177,9 @@ pub struct Config {
     pub secret_errors: Vec<String>,
     /// `[imap]`: the mailbox replies arrive in, if any.
     pub imap: Option<crate::inbound::imap::ImapConfig>,
+    /// `PMOFLOW_FAILPOINT`, for crash tests only: `after-intake` aborts the process right after
+    /// an IMAP message is stored and before it is processed.
+    pub failpoint: Option<String>,
 }
 
 /// A config problem.
@@ -641,6 +644,7 @@ impl Config {
             source,
             secret_errors,
             imap,
+            failpoint: env.vars.get("PMOFLOW_FAILPOINT").cloned(),
         })
     }
 

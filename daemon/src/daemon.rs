@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +133,53 @@ pub async fn run(
         tasks.spawn(async move {
             worker.await;
             Ok(())
+        });
+    }
+    {
+        // Inbound mail: the IMAP poller (if configured) stores and processes; this loop also
+        // processes what other intakes stored (`pmoflow inbound --queue`, a crash before
+        // processing).
+        let intake = crate::inbound::intake::Intake::new(
+            store.clone(),
+            clock.clone(),
+            config.engine.services.clone(),
+        )
+        .with_engine(engine.clone());
+        let max_size = config.engine.services.replies.max_size;
+        if let Some(imap) = config.imap.clone() {
+            let (store, clock, intake, shutdown) = (
+                store.clone(),
+                clock.clone(),
+                intake.clone(),
+                shutdown.clone(),
+            );
+            let failpoint = config.failpoint.clone();
+            tasks.spawn(async move {
+                crate::inbound::imap::run(
+                    imap, store, clock, intake, max_size, failpoint, shutdown,
+                )
+                .await;
+                Ok(())
+            });
+        }
+        let shutdown = shutdown.clone();
+        // (The crash-test failpoint needs the poller's store → abort window to itself.)
+        let crash_test = config.failpoint.as_deref() == Some("after-intake");
+        let every = config.engine.poll_interval.max(Duration::from_millis(500)) * 4;
+        tasks.spawn(async move {
+            loop {
+                if crash_test {
+                    shutdown.cancelled().await;
+                    return Ok(());
+                }
+                if let Err(e) = intake.process_pending().await {
+                    tracing::warn!(error = %e, "processing inbound mail failed; it stays pending");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
         });
     }
     {

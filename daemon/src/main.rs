@@ -107,9 +107,31 @@ enum Command {
     },
     /// Incoming mail. `explain` shows how pmoflow reads one message: its kind (reply,
     /// auto-reply, bounce), the keys that correlate it to a request, the new text and the fields.
+    ///
+    /// Without a subcommand: receive one message from standard input (or FILE), as an MTA
+    /// delivering by pipe does (`| pmoflow inbound`); it is stored, then processed at once
+    /// (or by the running daemon with `--queue`). Exit 0 once stored.
+    #[command(args_conflicts_with_subcommands = true)]
     Inbound {
         #[command(subcommand)]
-        action: InboundAction,
+        action: Option<InboundAction>,
+        /// The message (`.eml`); standard input if omitted or `-`.
+        file: Option<PathBuf>,
+        /// Only store the message; a running daemon processes it.
+        #[arg(long)]
+        queue: bool,
+    },
+    /// List requests (who was asked what, who has answered), newest first.
+    Requests {
+        /// Only this status (open, answered, bounced, closed).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Develop WebAssembly plugins: inspect or run a component outside any workflow.
     Plugin {
@@ -141,6 +163,25 @@ enum InboundAction {
         #[arg(long, default_value = "pmo+{token}@example.go.jp")]
         reply_address: String,
     },
+    /// List received messages, newest first: what each was taken for, or why it is held.
+    List {
+        /// Only this status (pending, done, quarantined).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show one received message: its headers, outcome and the raw text.
+    Show {
+        /// Message id (from `pmoflow inbound list`).
+        id: String,
+    },
+    /// Poll the configured IMAP mailbox once and process what arrived (checks `[imap]`).
+    Poll,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,11 +284,12 @@ fn main() -> ExitCode {
         }
         Command::Inbound {
             action:
-                InboundAction::Explain {
+                Some(InboundAction::Explain {
                     file,
                     fields,
                     reply_address,
-                },
+                }),
+            ..
         } => {
             return report(cli::inbound_explain(file.as_deref(), fields, reply_address));
         }
@@ -313,6 +355,33 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
                 }
             };
         }
+        Command::Inbound {
+            action: None,
+            file,
+            queue,
+        } => cli::inbound_receive(&config, file.as_deref(), queue).await,
+        Command::Inbound {
+            action:
+                Some(InboundAction::List {
+                    status,
+                    limit,
+                    format,
+                }),
+            ..
+        } => cli::inbound_list(&config, status.as_deref(), limit, format).await,
+        Command::Inbound {
+            action: Some(InboundAction::Show { id }),
+            ..
+        } => cli::inbound_show(&config, &id).await,
+        Command::Inbound {
+            action: Some(InboundAction::Poll),
+            ..
+        } => cli::inbound_poll(&config).await,
+        Command::Requests {
+            status,
+            limit,
+            format,
+        } => cli::requests(&config, status.as_deref(), limit, format).await,
         Command::Validate { .. }
         | Command::Schedule { .. }
         | Command::Calendar { .. }

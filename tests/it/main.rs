@@ -10,6 +10,7 @@ mod notify;
 mod plugins;
 mod reload;
 mod replies;
+mod requests;
 mod schedule;
 mod scheduling;
 mod store;

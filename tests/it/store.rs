@@ -42,6 +42,7 @@ fn step(key: &str, status: StepStatus) -> StepWrite<'_> {
         state: None,
         error: None,
         messages: &[],
+        requests: &[],
     }
 }
 

@@ -8,10 +8,16 @@ import sys
 from email.parser import BytesParser
 
 root = pathlib.Path(sys.argv[1])
-files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+# A Maildir's tmp/ holds messages still being written; they show up in new/ when complete.
+files = sorted(p for p in root.rglob("*")
+               if p.is_file() and not p.name.startswith(".") and p.parent.name != "tmp")
 out = []
 for path in files:
-    msg = BytesParser(policy=email.policy.default).parsebytes(path.read_bytes())
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        continue
+    msg = BytesParser(policy=email.policy.default).parsebytes(data)
     body = msg.get_body(preferencelist=("plain",))
     html = msg.get_body(preferencelist=("html",))
     out.append({
@@ -22,6 +28,7 @@ for path in files:
         "cc": [str(a) for a in (msg["Cc"].addresses if msg["Cc"] else [])],
         "bcc_header": msg["Bcc"] is not None,
         "subject": str(msg["Subject"]),
+        "reply_to": str(msg["Reply-To"]) if msg["Reply-To"] else None,
         "date": str(msg["Date"]),
         "auto_submitted": msg["Auto-Submitted"],
         "auto_response_suppress": msg["X-Auto-Response-Suppress"],

@@ -487,3 +487,173 @@ impl Drop for WebhookServer {
         let _ = self.child.wait();
     }
 }
+
+/// A real IMAP server: Debian's Dovecot, in the foreground, with its config, mail and state in a
+/// temp dir, on a free loopback port (installed by tests/run: `apt-get install dovecot-imapd`).
+pub struct Dovecot {
+    child: Child,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Dovecot {
+    pub fn start() -> Dovecot {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let root = dir.path();
+        for sub in ["mail", "base", "state", "run"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let user = "pmo".to_string();
+        let password = "imap-test-pass".to_string();
+        std::fs::write(
+            root.join("passwd"),
+            format!("{user}:{{PLAIN}}{password}::::::\n"),
+        )
+        .unwrap();
+        let conf = format!(
+            r#"protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+base_dir = {root}/base
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+info_log_path = {root}/dovecot.log
+default_login_user = dovenull
+default_internal_user = dovecot
+mail_location = maildir:{root}/mail/%u
+passdb {{
+  driver = passwd-file
+  args = {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={root}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+protocol imap {{
+  mail_max_userip_connections = 100
+}}
+"#,
+            root = root.display()
+        );
+        std::fs::write(root.join("dovecot.conf"), conf).unwrap();
+        let status = Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(root.join("mail"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Dovecot refuses a base_dir its unprivileged processes cannot reach.
+        let _ = Command::new("chmod").arg("755").arg(root).status();
+        let child = Command::new("dovecot")
+            .args(["-F", "-c"])
+            .arg(root.join("dovecot.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dovecot (apt-get install dovecot-imapd; tests/run does)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = std::fs::read_to_string(root.join("dovecot.log")).unwrap_or_default();
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "dovecot did not start:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Dovecot {
+            child,
+            port,
+            user,
+            password,
+            dir,
+        }
+    }
+
+    /// The `[imap]` table for pmoflow.toml (password from `PMOFLOW_IMAP_PASSWORD`).
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[imap]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"{}\"\npassword_env = \"PMOFLOW_IMAP_PASSWORD\"\n{extra}\n",
+            self.port, self.user
+        )
+    }
+
+    /// Appends messages to `mailbox` with Python's imaplib; returns the mailbox's message count.
+    pub fn append(&self, mailbox: &str, files: &[PathBuf]) -> usize {
+        let out = Command::new("python3")
+            .arg(support("imap_append.py"))
+            .arg(self.port.to_string())
+            .arg(&self.user)
+            .arg(&self.password)
+            .arg(mailbox)
+            .args(files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "imap append failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Appends raw messages (written to temp files first).
+    pub fn append_raw(&self, mailbox: &str, messages: &[Vec<u8>]) -> usize {
+        let files: Vec<PathBuf> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let p = self
+                    .dir
+                    .path()
+                    .join(format!("append-{}-{i}.eml", uuid_like()));
+                std::fs::write(&p, m).unwrap();
+                p
+            })
+            .collect();
+        self.append(mailbox, &files)
+    }
+
+    /// The mail config for the pmoflow library, in-process.
+    pub fn imap_config(&self) -> pmoflow::inbound::imap::ImapConfig {
+        pmoflow::inbound::imap::ImapConfig {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            tls: pmoflow::inbound::imap::ImapTls::None,
+            username: self.user.clone(),
+            password: pmoflow::outbox::Secret::new(self.password.clone()),
+            mailbox: "INBOX".into(),
+            processed_mailbox: None,
+            poll_interval: Duration::from_secs(60),
+            idle: true,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        let _ = self.child.wait();
+    }
+}

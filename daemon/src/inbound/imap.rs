@@ -41,3 +41,425 @@ pub struct ImapConfig {
     /// Connect and command timeout.
     pub timeout: Duration,
 }
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::intake::Intake;
+use crate::clock::SharedClock;
+use crate::store::Store;
+
+/// A connection, plain or TLS.
+#[derive(Debug)]
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type Session = async_imap::Session<Conn>;
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    /// Network or protocol.
+    #[error("imap: {0}")]
+    Imap(#[from] async_imap::error::Error),
+    /// Network.
+    #[error("imap connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A step took too long.
+    #[error("imap: no answer within {0:?}")]
+    Timeout(Duration),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Login refused or the mailbox is unusable.
+    #[error("imap: {0}")]
+    Refused(String),
+}
+
+async fn within<T, E: Into<ImapError>>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ImapError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(ImapError::Timeout(limit)),
+    }
+}
+
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let config = config.unwrap_or_else(|_| {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+        .unwrap_or_else(|_| unreachable_config())
+    });
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[allow(clippy::panic)] // ring always supports TLS 1.3; this cannot happen.
+fn unreachable_config() -> rustls::ClientConfig {
+    panic!("no TLS protocol version available")
+}
+
+async fn tls_wrap(cfg: &ImapConfig, tcp: TcpStream) -> Result<Conn, ImapError> {
+    let name = rustls::pki_types::ServerName::try_from(cfg.host.clone())
+        .map_err(|e| ImapError::Refused(format!("bad host name {}: {e}", cfg.host)))?;
+    let tls = within(cfg.timeout, tls_connector().connect(name, tcp)).await?;
+    Ok(Conn::Tls(Box::new(tls)))
+}
+
+/// Connects and logs in.
+async fn connect(cfg: &ImapConfig) -> Result<Session, ImapError> {
+    let tcp = within(
+        cfg.timeout,
+        TcpStream::connect((cfg.host.as_str(), cfg.port)),
+    )
+    .await?;
+    let conn = match cfg.tls {
+        ImapTls::Tls => tls_wrap(cfg, tcp).await?,
+        ImapTls::None => Conn::Plain(tcp),
+        ImapTls::Starttls => {
+            let mut client = async_imap::Client::new(tcp);
+            within(cfg.timeout, client.read_response()).await?;
+            within(
+                cfg.timeout,
+                client.run_command_and_check_ok("STARTTLS", None),
+            )
+            .await?;
+            tls_wrap(cfg, client.into_inner()).await?
+        }
+    };
+    let mut client = async_imap::Client::new(conn);
+    if cfg.tls != ImapTls::Starttls {
+        // The greeting (after STARTTLS there is none).
+        within(cfg.timeout, client.read_response()).await?;
+    }
+    match tokio::time::timeout(
+        cfg.timeout,
+        client.login(&cfg.username, cfg.password.expose()),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err((e, _))) => Err(ImapError::Refused(format!(
+            "login as {} refused: {e}",
+            cfg.username
+        ))),
+        Err(_) => Err(ImapError::Timeout(cfg.timeout)),
+    }
+}
+
+/// The key under which a mailbox's position is stored.
+pub fn mailbox_key(cfg: &ImapConfig) -> String {
+    format!("{}@{}:{}/{}", cfg.username, cfg.host, cfg.port, cfg.mailbox)
+}
+
+/// What one poll did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PollStats {
+    /// Messages fetched and stored.
+    pub stored: usize,
+    /// Fetched but already stored (a crash after storing, before the UID advanced).
+    pub duplicates: usize,
+    /// Older than the mailbox's registration: skipped.
+    pub skipped_old: usize,
+}
+
+/// A fetched message: UID, bytes (possibly cut at the size limit), full size, arrival.
+type Fetched = (i64, Vec<u8>, usize, Option<chrono::DateTime<chrono::Utc>>);
+
+/// Fetches what is new in the selected mailbox and stores it (raw, pending).
+async fn poll(
+    session: &mut Session,
+    cfg: &ImapConfig,
+    store: &Store,
+    clock: &SharedClock,
+    max_size: usize,
+) -> Result<PollStats, ImapError> {
+    let mailbox = within(cfg.timeout, session.select(&cfg.mailbox)).await?;
+    let uidvalidity = i64::from(mailbox.uid_validity.unwrap_or(0));
+    let key = mailbox_key(cfg);
+    let now = clock.now();
+    let (last_uid, registered_at) = match store.imap_mailbox(&key).await? {
+        Some((v, last, reg)) if v == uidvalidity => (last, reg),
+        Some((old, _, reg)) => {
+            // UIDs were reset: look at everything again, but never at mail older than the
+            // registration; messages already taken are recognised by their Message-ID.
+            tracing::warn!(mailbox = %key, old, new = uidvalidity, "UIDVALIDITY changed; rescanning the mailbox");
+            store.imap_register(&key, uidvalidity, 0, reg).await?;
+            (0, reg)
+        }
+        None => {
+            // First contact: what is already there predates pmoflow and is never processed.
+            let last = i64::from(mailbox.uid_next.unwrap_or(1)).saturating_sub(1);
+            store.imap_register(&key, uidvalidity, last, now).await?;
+            tracing::info!(mailbox = %key, uidvalidity, after_uid = last, "mailbox registered; earlier messages are ignored");
+            (last, now)
+        }
+    };
+    let mut stats = PollStats::default();
+    if mailbox.exists == 0 {
+        return Ok(stats);
+    }
+    let range = format!("{}:*", last_uid + 1);
+    let query = format!(
+        "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{}>)",
+        max_size + 1
+    );
+    let fetches: Vec<async_imap::types::Fetch> = within(cfg.timeout * 4, async {
+        let stream = session.uid_fetch(&range, &query).await?;
+        stream.try_collect::<Vec<_>>().await
+    })
+    .await?;
+    let mut fetched: Vec<Fetched> = fetches
+        .iter()
+        .filter_map(|f| {
+            let uid = i64::from(f.uid?);
+            // `N:*` always returns the last message, even when its UID is below N.
+            (uid > last_uid).then(|| {
+                let body = f.body().unwrap_or_default().to_vec();
+                let size = f.size.map_or(body.len(), |s| s as usize);
+                let date = f.internal_date().map(|d| d.with_timezone(&chrono::Utc));
+                (uid, body, size, date)
+            })
+        })
+        .collect();
+    fetched.sort_by_key(|(uid, ..)| *uid);
+    let mut moved = Vec::new();
+    for (uid, body, size, date) in fetched {
+        if date.is_some_and(|d| d < registered_at - chrono::Duration::minutes(5)) {
+            stats.skipped_old += 1;
+            store
+                .inbound_store(
+                    &format!("imap:{key}:{uidvalidity}:{uid}:old"),
+                    "imap-skipped",
+                    b"",
+                    0,
+                    now,
+                    Some((&key, uidvalidity, uid)),
+                )
+                .await?;
+            continue;
+        }
+        // The Message-ID key recognises a message seen under another UID (a UIDVALIDITY reset,
+        // a copy); the UID advances in the same transaction as the insert.
+        let source = if body.is_empty() {
+            format!("imap:{key}:{uidvalidity}:{uid}")
+        } else {
+            super::intake::source_key(&body)
+        };
+        match store
+            .inbound_store(
+                &source,
+                "imap",
+                &body,
+                size,
+                now,
+                Some((&key, uidvalidity, uid)),
+            )
+            .await?
+        {
+            Some(_) => stats.stored += 1,
+            None => {
+                stats.duplicates += 1;
+                // Still advance past it.
+                store
+                    .inbound_store(
+                        &format!("imap:{key}:{uidvalidity}:{uid}:dup"),
+                        "imap-duplicate",
+                        b"",
+                        0,
+                        now,
+                        Some((&key, uidvalidity, uid)),
+                    )
+                    .await?;
+            }
+        }
+        moved.push(uid);
+    }
+    if let Some(target) = &cfg.processed_mailbox
+        && !moved.is_empty()
+    {
+        let set: Vec<String> = moved.iter().map(i64::to_string).collect();
+        if let Err(e) = within(cfg.timeout, session.uid_mv(set.join(","), target)).await {
+            tracing::warn!(mailbox = %key, error = %e, "could not move processed messages to {target}");
+        }
+    }
+    Ok(stats)
+}
+
+/// Polls the mailbox until shutdown: IDLE when offered, otherwise every `poll_interval`.
+/// Connection errors are logged and retried with backoff; they never stop the daemon.
+pub async fn run(
+    cfg: ImapConfig,
+    store: Store,
+    clock: SharedClock,
+    intake: Intake,
+    max_size: usize,
+    failpoint: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_secs(1);
+    while !shutdown.is_cancelled() {
+        match session_loop(
+            &cfg,
+            &store,
+            &clock,
+            &intake,
+            max_size,
+            failpoint.as_deref(),
+            &shutdown,
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(host = %cfg.host, mailbox = %cfg.mailbox, error = %e, "imap polling failed; retrying in {}s", backoff.as_secs());
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+            }
+        }
+    }
+}
+
+async fn session_loop(
+    cfg: &ImapConfig,
+    store: &Store,
+    clock: &SharedClock,
+    intake: &Intake,
+    max_size: usize,
+    failpoint: Option<&str>,
+    shutdown: &CancellationToken,
+) -> Result<(), ImapError> {
+    let mut session = connect(cfg).await?;
+    let idle = cfg.idle
+        && within(cfg.timeout, session.capabilities())
+            .await?
+            .has_str("IDLE");
+    tracing::info!(host = %cfg.host, mailbox = %cfg.mailbox, idle, "imap connected");
+    loop {
+        let stats = poll(&mut session, cfg, store, clock, max_size).await?;
+        if stats.stored + stats.duplicates + stats.skipped_old > 0 {
+            tracing::info!(
+                stored = stats.stored,
+                duplicates = stats.duplicates,
+                skipped_old = stats.skipped_old,
+                "imap poll"
+            );
+            if stats.stored > 0 && failpoint == Some("after-intake") {
+                // Crash tests: die like `kill -9` between storing and processing.
+                tracing::error!("failpoint after-intake: aborting");
+                std::process::abort();
+            }
+        }
+        if let Err(e) = intake.process_pending().await {
+            tracing::warn!(error = %e, "processing inbound mail failed; it stays pending");
+        }
+        if shutdown.is_cancelled() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
+            return Ok(());
+        }
+        if idle {
+            let mut handle = session.idle();
+            within(cfg.timeout, handle.init()).await?;
+            let wait = cfg.poll_interval.min(Duration::from_secs(25 * 60));
+            let (fut, stop) = handle.wait_with_timeout(wait);
+            let stopped = tokio::select! {
+                r = fut => { r?; false }
+                () = shutdown.cancelled() => true,
+            };
+            drop(stop);
+            session = within(cfg.timeout, handle.done()).await?;
+            if stopped {
+                let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
+                return Ok(());
+            }
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(cfg.poll_interval) => {}
+                () = shutdown.cancelled() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Polls once (connect, fetch, store, log out) and returns the stats; for `pmoflow inbound
+/// poll` and tests.
+pub async fn poll_once(
+    cfg: &ImapConfig,
+    store: &Store,
+    clock: &SharedClock,
+    max_size: usize,
+) -> Result<PollStats, ImapError> {
+    let mut session = connect(cfg).await?;
+    let stats = poll(&mut session, cfg, store, clock, max_size).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
+    Ok(stats)
+}

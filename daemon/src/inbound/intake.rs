@@ -16,7 +16,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
 use super::correlate::{self, Key};
 use super::{Inbound, Kind, reply};
@@ -31,10 +30,8 @@ pub struct Intake {
     store: Store,
     clock: SharedClock,
     services: Arc<Services>,
-    /// Woken when an answer nudged a run (the engine's poller), if in the daemon.
-    engine_wake: Option<Arc<Notify>>,
-    /// Woken when a notice was queued.
-    outbox_wake: Option<Arc<Notify>>,
+    /// The engine, in the daemon: woken when an answer nudged a run or a notice was queued.
+    engine: Option<crate::engine::Engine>,
 }
 
 /// What happened to one message.
@@ -74,15 +71,14 @@ impl Intake {
             store,
             clock,
             services,
-            engine_wake: None,
-            outbox_wake: None,
+            engine: None,
         }
     }
 
-    /// Wakes these when a run was nudged / a notice queued.
-    pub fn with_wakers(mut self, engine: Arc<Notify>, outbox: Arc<Notify>) -> Self {
-        self.engine_wake = Some(engine);
-        self.outbox_wake = Some(outbox);
+    /// Wakes `engine` (its claim loop and its outbox worker) when a run was nudged or a
+    /// notice queued.
+    pub fn with_engine(mut self, engine: crate::engine::Engine) -> Self {
+        self.engine = Some(engine);
         self
     }
 
@@ -143,9 +139,9 @@ impl Intake {
             ),
         }
         if run.is_some()
-            && let Some(w) = &self.engine_wake
+            && let Some(e) = &self.engine
         {
-            w.notify_one();
+            e.wake();
         }
         let queued = matches!(
             &disposition,
@@ -157,8 +153,8 @@ impl Intake {
                 ..
             }
         );
-        if queued && let Some(w) = &self.outbox_wake {
-            w.notify_one();
+        if queued && let Some(e) = &self.engine {
+            e.outbox_wake().notify_one();
         }
         Ok(Some(Processed {
             id: row.id.clone(),
@@ -202,6 +198,15 @@ impl Intake {
         };
         let from = msg.from.clone();
         let subject = Some(msg.subject.clone());
+        if from.is_none() && !matches!(msg.kind, Kind::Bounce { .. }) {
+            let detail = "unreadable message: no From address".to_string();
+            let notify = self.pmo_notice(row, None, subject.as_deref(), &detail);
+            return Ok((
+                None,
+                subject,
+                quarantine("unreadable", None, detail, notify),
+            ));
+        }
         let found = self.correlate(&msg).await?;
         let disposition = match (&msg.kind, found) {
             (Kind::Bounce { recipients, .. }, Some((req, _))) => Disposition::Bounce {

@@ -1,0 +1,551 @@
+//! The `request` action end to end: requests go out through a real SMTP server (aiosmtpd),
+//! replies come back through a real IMAP server (Dovecot, appended with Python's imaplib) or
+//! through `pmoflow inbound` on standard input, and the waiting run continues with the parsed
+//! answers. The real daemon, killed with SIGKILL or aborted at a failpoint.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::{
+    Backend, Daemon, Dovecot, Project, SmtpSink, TestDb, cli, decode_mail, free_port, wait_run,
+};
+use serde_json::Value as Json;
+
+const PROJECTS: &str = r#"
+# Example projects.
+[[projects]]
+name = "電子申請基盤"
+lead = "山田 太郎"
+lead_email = "yamada@pjmo-a.example.go.jp"
+
+[[projects]]
+name = "文書管理システム"
+lead = "鈴木 一郎"
+lead_email = "suzuki@pjmo-b.example.go.jp"
+"#;
+
+const TEMPLATE: &str = "{{ item.lead }} 様\n\nお疲れ様です。PMO事務局です。\n{{ item.name }}の状況報告を{{ request.deadline_ja }}までにお願いいたします。\n\n以下の項目を返信メールの本文にご記入ください。\n\n{{ request.form }}\nよろしくお願いいたします。\nPMO事務局\n";
+
+fn workflow(deadline: &str, extra: &str) -> String {
+    format!(
+        r#"
+id = "status"
+[[steps]]
+id = "ask"
+action = "request"
+foreach = "data.projects.projects"
+[steps.with]
+to = "{{{{ item.lead }}}} <{{{{ item.lead_email }}}}>"
+subject = "【要回答】{{{{ item.name }}}} 状況報告のお願い"
+template = "status_request.txt"
+fields = ["総合評価", "進捗", "経費", "リスク", "課題"]
+required = ["総合評価"]
+deadline = "{deadline}"
+{extra}
+
+[[steps]]
+id = "done"
+action = "log"
+[steps.with]
+message = "{{{{ steps.ask.output | map(attribute='status') | join(',') }}}}"
+"#
+    )
+}
+
+struct Setup {
+    project: Project,
+    db: TestDb,
+    _smtp: SmtpSink,
+}
+
+async fn setup(deadline: &str, extra_step: &str, extra_config: &str) -> Setup {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = free_port();
+    let project = Project::new();
+    std::fs::write(project.workflows().join("data/projects.toml"), PROJECTS).unwrap();
+    std::fs::create_dir_all(project.workflows().join("templates")).unwrap();
+    std::fs::write(
+        project.workflows().join("templates/status_request.txt"),
+        TEMPLATE,
+    )
+    .unwrap();
+    project.workflow("status.toml", &workflow(deadline, extra_step));
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n[outbox]\npoll_interval = \"200ms\"\n[replies]\naddress = \"pmo+{{token}}@example.go.jp\"\nnotify = \"pmo-desk@example.go.jp\"\n{extra_config}\n",
+        db.url
+    ));
+    let smtp = SmtpSink::start(port, &project.path().join("maildir"));
+    Setup {
+        project,
+        db,
+        _smtp: smtp,
+    }
+}
+
+/// Waits until at least `n` messages arrived at the SMTP sink; returns them all.
+fn wait_mail(dir: &Path, n: usize, timeout: Duration) -> Vec<Json> {
+    let start = Instant::now();
+    loop {
+        if dir.exists() {
+            let mails = decode_mail(dir);
+            if mails.len() >= n {
+                return mails;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "only {} of {n} mails arrived: {mails:#?}",
+                mails.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn to_addr(m: &Json) -> String {
+    m["to"][0].as_str().unwrap().to_string()
+}
+
+fn mail_to<'a>(mails: &'a [Json], who: &str) -> &'a Json {
+    mails
+        .iter()
+        .find(|m| {
+            to_addr(m).contains(who) && m["subject"].as_str().unwrap().starts_with("【要回答】")
+        })
+        .unwrap_or_else(|| panic!("no request to {who} in {mails:#?}"))
+}
+
+fn bare(reply_to: &str) -> String {
+    reply_to
+        .rsplit('<')
+        .next()
+        .unwrap()
+        .trim_end_matches('>')
+        .to_string()
+}
+
+/// A reply as Gmail JP would send it: answer on top, the request quoted below.
+fn gmail_reply(from: &str, to: &str, request: &Json, body: &str, extra: &str) -> Vec<u8> {
+    let quoted: String = request["body"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| format!("> {l}\r\n"))
+        .collect();
+    let subject = format!("Re: {}", request["subject"].as_str().unwrap());
+    let encoded = format!("=?UTF-8?B?{}?=", base64(subject.as_bytes()));
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {encoded}\r\nDate: Mon, 30 Nov 2026 10:00:00 +0900\r\nMessage-ID: <reply-{n}@mail.example.go.jp>\r\nIn-Reply-To: {irt}\r\nReferences: {irt}\r\n{extra}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n\r\n2026年11月30日(月) 9:00 PMO事務局 <pmo@example.go.jp>:\r\n{quoted}",
+        n = uuid(),
+        irt = request["message_id"].as_str().unwrap(),
+        body = body.replace('\n', "\r\n"),
+    )
+    .into_bytes()
+}
+
+fn uuid() -> String {
+    format!(
+        "{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn step_output(store: &Store, run_id: &str, step: &str) -> Json {
+    store
+        .get_steps(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.step_key == step)
+        .and_then(|s| s.output)
+        .unwrap_or(Json::Null)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
+    let imap = Dovecot::start();
+    let s = setup("10m", "", &imap.config("poll_interval = \"2s\"")).await;
+    let maildir = s.project.path().join("maildir");
+    let d = Daemon::start(
+        s.project.path(),
+        "d",
+        &[("PMOFLOW_IMAP_PASSWORD", imap.password.as_str())],
+    );
+    d.wait_log("imap connected", Duration::from_secs(20));
+    d.wait_log("mailbox registered", Duration::from_secs(20));
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let yamada = mail_to(&mails, "yamada@");
+    let suzuki = mail_to(&mails, "suzuki@");
+    // Each request has its own reply address with a 26-character token, the token in the
+    // Message-ID, a subject tag, the cut marker first and the form.
+    let reply_y = bare(yamada["reply_to"].as_str().unwrap());
+    let reply_s = bare(suzuki["reply_to"].as_str().unwrap());
+    assert_ne!(reply_y, reply_s);
+    let token = reply_y
+        .strip_prefix("pmo+")
+        .unwrap()
+        .strip_suffix("@example.go.jp")
+        .unwrap();
+    assert_eq!(token.len(), 26, "{reply_y}");
+    assert!(yamada["message_id"].as_str().unwrap().contains(token));
+    assert!(yamada["subject"].as_str().unwrap().contains("[#"));
+    let body = yamada["body"].as_str().unwrap().replace("\r\n", "\n");
+    assert!(
+        body.starts_with("――――― この線より上にご記入ください"),
+        "{body}"
+    );
+    assert!(body.contains("山田 太郎 様"), "{body}");
+    assert!(body.contains("総合評価: \n進捗: "), "{body}");
+
+    // A third address using Yamada's reply address: quarantined, never an answer.
+    let forged = gmail_reply(
+        "attacker@evil.example.com",
+        &reply_y,
+        yamada,
+        "総合評価: 要対応\n進捗: 0%",
+        "",
+    );
+    // An out-of-office reply: recorded, never an answer.
+    let ooo = gmail_reply(
+        "yamada@pjmo-a.example.go.jp",
+        &reply_y,
+        yamada,
+        "不在にしております。",
+        "Auto-Submitted: auto-replied\r\n",
+    );
+    // Yamada answers on top (full-width digits and percent); Suzuki's client drops the
+    // sub-address, so only In-Reply-To correlates it.
+    let answer_y = gmail_reply(
+        "山田 太郎 <Yamada@pjmo-a.example.go.jp>",
+        &reply_y,
+        yamada,
+        "総合評価：良好\n進捗：９０％\nリスク: 特になし\n\n引き続きよろしくお願いします。",
+        "",
+    );
+    let answer_s = gmail_reply(
+        "suzuki@pjmo-b.example.go.jp",
+        "pmo@example.go.jp",
+        suzuki,
+        "総合評価: 注意\n経費: 予算比 112%\n課題: ベンダー交代の調整中",
+        "",
+    );
+    let n = imap.append_raw("INBOX", &[forged, ooo, answer_y, answer_s]);
+    assert_eq!(n, 4);
+
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(40), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{run:?}\n{}",
+        d.log_text()
+    );
+    let out = step_output(&store, &run_id, "ask").await;
+    let y = &out[0];
+    let z = &out[1];
+    assert_eq!(y["status"], "answered", "{out:#}");
+    assert_eq!(y["from"], "yamada@pjmo-a.example.go.jp");
+    assert_eq!(y["fields"]["総合評価"], "良好");
+    assert_eq!(y["fields"]["進捗"], 90);
+    assert_eq!(y["fields"]["リスク"], "特になし");
+    assert_eq!(y["text"], "引き続きよろしくお願いします。");
+    assert_eq!(y["via"], "email");
+    assert_eq!(y["history"].as_array().unwrap().len(), 1, "{out:#}");
+    assert_eq!(z["status"], "answered");
+    assert_eq!(z["fields"]["総合評価"], "注意");
+    assert_eq!(z["fields"]["課題"], "ベンダー交代の調整中");
+    assert_eq!(
+        step_output(&store, &run_id, "done").await["message"],
+        "answered,answered"
+    );
+
+    // The forged reply is held and the PMO desk was told; the auto-reply is only recorded.
+    let (code, list, err) = cli(s.project.path(), &["inbound", "list", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Json = serde_json::from_str(&list).unwrap();
+    let outcome = |from: &str, outcome: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["from"] == from && r["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(
+        outcome("attacker@evil.example.com", "wrong_sender"),
+        1,
+        "{list:#}"
+    );
+    assert_eq!(
+        outcome("yamada@pjmo-a.example.go.jp", "auto_reply"),
+        1,
+        "{list:#}"
+    );
+    assert_eq!(
+        outcome("yamada@pjmo-a.example.go.jp", "answer"),
+        1,
+        "{list:#}"
+    );
+    assert_eq!(
+        outcome("suzuki@pjmo-b.example.go.jp", "answer"),
+        1,
+        "{list:#}"
+    );
+    let mails = wait_mail(&maildir, 3, Duration::from_secs(20));
+    let notice = mails
+        .iter()
+        .find(|m| m["to"][0] == "pmo-desk@example.go.jp")
+        .expect("the PMO desk is told about the held message");
+    assert!(
+        notice["body"]
+            .as_str()
+            .unwrap()
+            .contains("attacker@evil.example.com")
+    );
+    assert!(
+        d.log_text().contains("is not the addressee"),
+        "the rejection is logged"
+    );
+    // Nothing was ever sent back to the attacker or the auto-responder.
+    assert!(
+        mails
+            .iter()
+            .all(|m| !to_addr(m).contains("evil.example.com"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_stored_but_not_processed_when_the_daemon_dies_is_processed_exactly_once() {
+    let imap = Dovecot::start();
+    let s = setup("10m", "", &imap.config("poll_interval = \"1s\"")).await;
+    let maildir = s.project.path().join("maildir");
+    let env = [("PMOFLOW_IMAP_PASSWORD", imap.password.as_str())];
+    let crash_env = [
+        ("PMOFLOW_IMAP_PASSWORD", imap.password.as_str()),
+        ("PMOFLOW_FAILPOINT", "after-intake"),
+    ];
+    let mut d = Daemon::start(s.project.path(), "d1", &crash_env);
+    d.wait_log("mailbox registered", Duration::from_secs(20));
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let yamada = mail_to(&mails, "yamada@");
+    let reply = bare(yamada["reply_to"].as_str().unwrap());
+    imap.append_raw(
+        "INBOX",
+        &[gmail_reply(
+            "yamada@pjmo-a.example.go.jp",
+            &reply,
+            yamada,
+            "総合評価: 良好",
+            "",
+        )],
+    );
+    // The daemon stores the reply, then dies before processing it.
+    let start = Instant::now();
+    while d.is_running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log_text().contains("failpoint after-intake"));
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let pending = store.inbound_list(Some("pending"), 10).await.unwrap();
+    assert_eq!(pending.len(), 1, "the reply is stored, unprocessed");
+
+    // Restart: processed once; the IMAP UID is not fetched again.
+    let _d2 = Daemon::start(s.project.path(), "d2", &env);
+    let start = Instant::now();
+    loop {
+        let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
+        if rows[0].status == "answered" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give the poller a few more rounds to (wrongly) take the message again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
+    let answers = store.answers_for(&[rows[0].token.clone()]).await.unwrap();
+    assert_eq!(answers.len(), 1, "exactly one answer: {answers:?}");
+    let all = store.inbound_list(None, 100).await.unwrap();
+    let real: Vec<_> = all.iter().filter(|r| r.via == "imap").collect();
+    assert_eq!(real.len(), 1, "stored once: {all:?}");
+    assert_eq!(real[0].status, "done");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_records_unanswered() {
+    let s = setup("6s", "remind = [\"-4s\"]\non_timeout = \"continue\"", "").await;
+    let maildir = s.project.path().join("maildir");
+    let _d = Daemon::start(s.project.path(), "d", &[]);
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let yamada = mail_to(&mails, "yamada@");
+    // Yamada answers through standard input, as an MTA pipe would deliver it.
+    let reply = gmail_reply(
+        "yamada@pjmo-a.example.go.jp",
+        &bare(yamada["reply_to"].as_str().unwrap()),
+        yamada,
+        "総合評価: 良好",
+        "",
+    );
+    let path = s.project.path().join("reply.eml");
+    std::fs::write(&path, &reply).unwrap();
+    let out = std::process::Command::new(pmoflow_tests::bin())
+        .arg("inbound")
+        .current_dir(s.project.path())
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("answer (done)"));
+    // The same message delivered again is taken once.
+    let (code, again, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(again.contains("already received"), "{again}");
+
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(30), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let out = step_output(&store, &run_id, "ask").await;
+    assert_eq!(out[0]["status"], "answered");
+    assert_eq!(out[1]["status"], "unanswered");
+    assert_eq!(out[1]["status_ja"], "未回答");
+    let mails = wait_mail(&maildir, 3, Duration::from_secs(10));
+    let reminders: Vec<&Json> = mails
+        .iter()
+        .filter(|m| m["subject"].as_str().unwrap().starts_with("【リマインド】"))
+        .collect();
+    assert_eq!(reminders.len(), 1, "{mails:#?}");
+    assert!(to_addr(reminders[0]).contains("suzuki@"));
+    assert_eq!(
+        bare(reminders[0]["reply_to"].as_str().unwrap()),
+        bare(mail_to(&mails, "suzuki@")["reply_to"].as_str().unwrap()),
+        "the reminder carries the same reply address"
+    );
+    // A late answer after the close is recorded but changes nothing.
+    let suzuki = mail_to(&mails, "suzuki@");
+    let late = gmail_reply(
+        "suzuki@pjmo-b.example.go.jp",
+        &bare(suzuki["reply_to"].as_str().unwrap()),
+        suzuki,
+        "総合評価: 注意",
+        "",
+    );
+    std::fs::write(&path, &late).unwrap();
+    let (code, _, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        step_output(&store, &run_id, "ask").await[1]["status"],
+        "unanswered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_and_unmatched_replies_never_reach_the_run() {
+    let s = setup("10m", "", "").await;
+    let maildir = s.project.path().join("maildir");
+    let _d = Daemon::start(s.project.path(), "d", &[]);
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let yamada = mail_to(&mails, "yamada@");
+    let reply = bare(yamada["reply_to"].as_str().unwrap());
+    let token = reply
+        .strip_prefix("pmo+")
+        .unwrap()
+        .strip_suffix("@example.go.jp")
+        .unwrap()
+        .to_string();
+    // A guessed token (one character changed), an unknown Message-ID, a made-up tag.
+    let mut forged_token = token.clone().into_bytes();
+    forged_token[25] = if forged_token[25] == b'a' { b'b' } else { b'a' };
+    let forged_token = String::from_utf8(forged_token).unwrap();
+    let mut fake = yamada.clone();
+    fake["message_id"] = Json::String("<pmoflow.aaaaaaaaaaaaaaaaaaaaaaaaaa@example.go.jp>".into());
+    fake["subject"] = Json::String("【要回答】状況報告 [#1]".into());
+    let cases = [
+        (
+            gmail_reply(
+                "yamada@pjmo-a.example.go.jp",
+                &format!("pmo+{forged_token}@example.go.jp"),
+                &fake,
+                "総合評価: 良好",
+                "",
+            ),
+            "unmatched",
+        ),
+        (
+            gmail_reply(
+                "someone@pjmo-a.example.go.jp",
+                &reply,
+                yamada,
+                "総合評価: 良好",
+                "",
+            ),
+            "wrong_sender",
+        ),
+        (b"this is not an email".to_vec(), "unreadable"),
+    ];
+    for (raw, expected) in cases {
+        let path = s.project.path().join("msg.eml");
+        std::fs::write(&path, &raw).unwrap();
+        let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("{expected} (quarantined)")), "{out}");
+    }
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
+    assert_eq!(rows[0].status, "open");
+    assert!(
+        store
+            .answers_for(&[rows[0].token.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert!(!run.status.is_terminal());
+}
