@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
@@ -99,8 +100,13 @@ impl Intake {
                 break;
             }
             let n = batch.len();
-            for row in batch {
-                if let Some(p) = self.process(&row).await? {
+            // A few at once: each is a handful of round trips to the database, and applying is
+            // conditional, so concurrent processing can never apply a message twice.
+            let futures: Vec<_> = batch.iter().map(|row| self.process(row)).collect();
+            let results: Vec<Result<Option<Processed>, StoreError>> =
+                futures::stream::iter(futures).buffered(8).collect().await;
+            for r in results {
+                if let Some(p) = r? {
                     out.push(p);
                 }
             }
