@@ -548,4 +548,43 @@ async fn forged_and_unmatched_replies_never_reach_the_run() {
     );
     let run = store.get_run(&run_id).await.unwrap().unwrap();
     assert!(!run.status.is_terminal());
+
+    // A delivery failure report for Suzuki's request marks him bounced; once Yamada answers,
+    // nobody is left to wait for.
+    let suzuki = mail_to(&mails, "suzuki@");
+    let bounce = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies/22-bounce-dsn-headers.eml"),
+    )
+    .unwrap()
+    .replace("yamada@pjmo-a.example.go.jp", "suzuki@pjmo-b.example.go.jp")
+    .replace(
+        "<pmoflow.k7x2m4p6q5r3s5t7v2w4y6z3ab@example.go.jp>",
+        suzuki["message_id"].as_str().unwrap(),
+    )
+    .replace("bounces+k7x2m4p6q5r3s5t7v2w4y6z3ab@", "pmo@");
+    let path = s.project.path().join("bounce.eml");
+    std::fs::write(&path, bounce).unwrap();
+    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bounce (done)"), "{out}");
+    let answer = gmail_reply(
+        "yamada@pjmo-a.example.go.jp",
+        &reply,
+        yamada,
+        "総合評価: 良好",
+        "",
+    );
+    std::fs::write(&path, answer).unwrap();
+    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("answer (done)"), "{out}");
+    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let out = step_output(&store, &run_id, "ask").await;
+    assert_eq!(out[0]["status"], "answered", "{out:#}");
+    assert_eq!(out[1]["status"], "bounced", "{out:#}");
+    assert!(out[1]["bounce"].as_str().unwrap().contains("suzuki@"), "{out:#}");
 }
