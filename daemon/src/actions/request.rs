@@ -69,6 +69,14 @@ pub(crate) const PARAMS: &[Param] = &[
         name: "on_timeout",
         required: false,
     },
+    Param {
+        name: "ack",
+        required: false,
+    },
+    Param {
+        name: "complete_when",
+        required: false,
+    },
 ];
 
 const REMIND_HINT: &str = "write offsets from the deadline: \"-1d@10:00\" (the day before at 10:00), \
@@ -89,6 +97,31 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
             key: None,
             message: "action `request` needs `with.body` or `with.template`".into(),
             hint: Some("template = \"status_request.txt\"".into()),
+        });
+    }
+    if let Some(v) = with.get("complete_when").filter(|v| !is_dynamic(v))
+        && !matches!(v.as_str(), Some("all" | "any"))
+    {
+        problems.push(WithProblem {
+            key: Some("complete_when".into()),
+            message: format!("`complete_when` must be \"all\" or \"any\", got {v}"),
+            hint: None,
+        });
+    }
+    if let Some(v) = with.get("ack").filter(|v| !is_dynamic(v))
+        && !v.is_boolean()
+    {
+        problems.push(WithProblem {
+            key: Some("ack".into()),
+            message: format!("`ack` must be true or false, got {v}"),
+            hint: None,
+        });
+    }
+    if with.get("ack") == Some(&Json::Bool(true)) && with.contains_key("fields") {
+        problems.push(WithProblem {
+            key: Some("fields".into()),
+            message: "an acknowledgement (`ack = true`) asks for no fields".into(),
+            hint: Some("remove `fields`/`required`, or `ack`".into()),
         });
     }
     if let Some(v) = with.get("on_timeout").filter(|v| !is_dynamic(v))
@@ -311,6 +344,10 @@ struct State {
     text: String,
     cc: Vec<String>,
     single: bool,
+    #[serde(default)]
+    ack: bool,
+    #[serde(default)]
+    any: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -347,7 +384,21 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         .map(|d| bare(d))
         .collect();
     let subject = str_param(with, "subject")?.unwrap_or_default().to_string();
-    let fields = strings(with, "fields")?;
+    let ack = with.get("ack").and_then(Json::as_bool).unwrap_or(false);
+    let any = match str_param(with, "complete_when")?.unwrap_or("all") {
+        "all" => false,
+        "any" => true,
+        other => {
+            return Err(StepError::fatal(format!(
+                "`complete_when` must be \"all\" or \"any\", got \"{other}\""
+            )));
+        }
+    };
+    let fields = if ack {
+        Vec::new()
+    } else {
+        strings(with, "fields")?
+    };
     let required = strings(with, "required")?;
     if let Some(r) = required.iter().find(|r| !fields.contains(r)) {
         return Err(StepError::fatal(format!(
@@ -457,7 +508,9 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
             text.push_str("\n\n");
             text.push_str(&form);
         }
-        if let Some(url) = &answer_url
+        if ack {
+            text.push_str(&ack_instructions(cx, &token));
+        } else if let Some(url) = &answer_url
             && !body.contains(url.as_str())
         {
             text.push_str(&format!("\nWebフォームからもご回答いただけます:\n{url}\n"));
@@ -499,7 +552,7 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         requests.push(NewRequest {
             token,
             workflow_id: cx.workflow_id.to_string(),
-            kind: "request".into(),
+            kind: if ack { "ack" } else { "request" }.into(),
             recipient,
             allowed,
             tag,
@@ -520,6 +573,8 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         text: text_for_state,
         cc,
         single: matches!(with.get("to"), Some(Json::String(s)) if !s.starts_with("role:")),
+        ack,
+        any,
     };
     let until = next_wake(&state);
     Ok(Outcome::Suspend {
@@ -575,6 +630,14 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
         .await
         .map_err(|e| StepError::retryable(e.to_string()))?;
     let open: Vec<&RequestRow> = rows.iter().filter(|r| r.status == "open").collect();
+    if state.any && rows.iter().any(|r| r.status == "answered") {
+        // One acknowledgement (or answer) is enough: the others are not waited for.
+        store
+            .close_requests(cx.run_id, cx.step_key)
+            .await
+            .map_err(|e| StepError::retryable(e.to_string()))?;
+        return Ok(Outcome::Done(output(&rows, &answers, &state)));
+    }
     if open.is_empty() || now >= state.close_at {
         if !open.is_empty() {
             store
@@ -651,7 +714,9 @@ fn reminder_mail(
         text.push_str("\n\n");
         text.push_str(&form);
     }
-    if let Some(url) = answer_url {
+    if state.ack {
+        text.push_str(&ack_instructions(cx, &req.token));
+    } else if let Some(url) = answer_url {
         text.push_str(&format!("\nWebフォームからもご回答いただけます:\n{url}\n"));
     }
     let message_id = format!("pmoflow.{}.r{n}@{domain}", req.token);
@@ -685,6 +750,20 @@ fn reminder_mail(
     })
 }
 
+/// How to acknowledge: reply with a word, or open the link (a page with a button: mail scanners
+/// that open links must not acknowledge anything).
+fn ack_instructions(cx: &ActionContext<'_>, token: &str) -> String {
+    let mut t = String::from(
+        "\n確認しましたら、本メールに「了解」（ACK / 承知 でも可）とご返信ください。\n",
+    );
+    if let Some(u) = &cx.services.replies.public_url {
+        t.push_str(&format!(
+            "次のリンクから確認することもできます:\n{u}/ack/{token}\n"
+        ));
+    }
+    t
+}
+
 /// Per addressee: status, when, the fields and text of the latest complete answer, its history.
 fn output(rows: &[RequestRow], answers: &[AnswerRow], state: &State) -> Json {
     let per: Vec<Json> = rows
@@ -697,8 +776,10 @@ fn output(rows: &[RequestRow], answers: &[AnswerRow], state: &State) -> Json {
                 .and_then(|id| mine.iter().find(|a| &a.id == id));
             let status = match (r.status.as_str(), latest) {
                 ("bounced", _) => "bounced",
+                (_, Some(_)) if state.ack => "acknowledged",
                 (_, Some(a)) if a.late => "late",
                 (_, Some(_)) => "answered",
+                _ if state.ack => "unacknowledged",
                 _ => "unanswered",
             };
             json!({
@@ -706,6 +787,8 @@ fn output(rows: &[RequestRow], answers: &[AnswerRow], state: &State) -> Json {
                 "status": status,
                 "status_ja": match status {
                     "answered" => "回答済",
+                    "acknowledged" => "確認済",
+                    "unacknowledged" => "未確認",
                     "late" => "遅延回答",
                     "bounced" => "不達",
                     _ => "未回答",

@@ -311,6 +311,28 @@ impl Intake {
             return quarantine("expired", Some(req.token), detail, notify);
         }
         let text = reply::new_text(&msg.text);
+        if req.kind == "ack" {
+            if !reply::is_ack(&text) {
+                return Disposition::Record {
+                    outcome: "not_an_ack".into(),
+                    token: Some(req.token),
+                    detail: "a reply to an acknowledgement request without ACK/了解/承知".into(),
+                };
+            }
+            return Disposition::Answer {
+                answer: NewAnswer {
+                    token: req.token,
+                    via: "email".into(),
+                    from: Some(from),
+                    message_id: msg.message_id.clone(),
+                    fields: json!({ "ack": true }),
+                    text,
+                    attachments: json!([]),
+                    complete: true,
+                },
+                notice: None,
+            };
+        }
         let parsed = reply::parse_fields(&text, &req.fields);
         let missing: Vec<&String> =
             req.required

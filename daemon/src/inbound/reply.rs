@@ -183,6 +183,21 @@ fn strip_signature<'a>(lines: &[&'a str]) -> Vec<&'a str> {
     lines.to_vec()
 }
 
+/// Whether the new text of a reply acknowledges: a line that starts with ACK / OK, or contains
+/// 了解, 承知, 確認しました or 対応します (after width folding, any case).
+pub fn is_ack(text: &str) -> bool {
+    text.lines().any(|line| {
+        let l = super::correlate::fold_width(line).trim().to_lowercase();
+        let first = l.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("");
+        first == "ack"
+            || first == "ok"
+            || first == "acknowledged"
+            || ["了解", "承知", "確認しました", "対応します"]
+                .iter()
+                .any(|w| l.contains(w))
+    })
+}
+
 /// The answers found in a reply.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Answers {
