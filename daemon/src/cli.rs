@@ -1371,3 +1371,20 @@ pub async fn requests(
     }
     Ok(())
 }
+
+/// `pmoflow token new --name N --role R`.
+pub fn token_new(name: &str, role: &str) -> Result<(), CliError> {
+    if crate::http::Role::parse(role).is_none() {
+        return Err(CliError::new(format!(
+            "unknown role `{role}` (viewer, operator, admin)"
+        )));
+    }
+    if name.is_empty() || name.contains('"') {
+        return Err(CliError::new("--name must be a plain name"));
+    }
+    let (token, hash) = crate::http::new_token().map_err(CliError::new)?;
+    println!("token (shown once; give it to the client, keep it secret):\n  {token}\n");
+    println!("add to pmoflow.toml:\n");
+    println!("[[http.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nhash = \"{hash}\"");
+    Ok(())
+}

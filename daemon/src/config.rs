@@ -53,6 +53,26 @@ struct RawConfig {
     #[serde(default)]
     replies: RawReplies,
     imap: Option<Spanned<RawImap>>,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    tokens: Vec<Spanned<RawToken>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    role: Spanned<String>,
+    hash: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,7 +82,6 @@ struct RawReplies {
     notify: Option<Spanned<String>>,
     max_size_kib: Option<Spanned<i64>>,
     token_ttl: Option<Spanned<String>>,
-    public_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +196,8 @@ pub struct Config {
     pub secret_errors: Vec<String>,
     /// `[imap]`: the mailbox replies arrive in, if any.
     pub imap: Option<crate::inbound::imap::ImapConfig>,
+    /// `[http]`: the daemon's HTTP listener.
+    pub http: crate::http::HttpConfig,
     /// `PMOFLOW_FAILPOINT`, for crash tests only: `after-intake` aborts the process right after
     /// an IMAP message is stored and before it is processed.
     pub failpoint: Option<String>,
@@ -487,7 +508,7 @@ impl Config {
                     ));
                 }
             }
-            if let Some(u) = &r.public_url
+            if let Some(u) = &raw.http.public_url
                 && !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://"))
             {
                 return Err(err(
@@ -516,10 +537,52 @@ impl Config {
                     }
                 },
                 token_ttl: duration(&r.token_ttl, Duration::from_secs(60 * 24 * 3600))?,
-                public_url: r
+                public_url: raw
+                    .http
                     .public_url
                     .as_ref()
                     .map(|u| u.get_ref().trim_end_matches('/').to_string()),
+            }
+        };
+        let http = {
+            let h = &raw.http;
+            let listen = match &h.listen {
+                None => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+                Some(l) => l.get_ref().parse().map_err(|_| {
+                    err(
+                        l.span(),
+                        format!("`{}` is not a listen address", l.get_ref()),
+                        Some("e.g. listen = \"127.0.0.1:8080\"".into()),
+                    )
+                })?,
+            };
+            let mut tokens = Vec::new();
+            for t in &h.tokens {
+                let tr = t.get_ref();
+                let role = crate::http::Role::parse(tr.role.get_ref()).ok_or_else(|| {
+                    err(
+                        tr.role.span(),
+                        format!("unknown role `{}`", tr.role.get_ref()),
+                        Some("roles are viewer, operator, admin".into()),
+                    )
+                })?;
+                if argon2::PasswordHash::new(tr.hash.get_ref()).is_err() {
+                    return Err(err(
+                        tr.hash.span(),
+                        format!("the hash of token `{}` is not a PHC string", tr.name),
+                        Some("make one with `pmoflow token new --name NAME --role ROLE`".into()),
+                    ));
+                }
+                tokens.push(crate::http::ApiToken {
+                    name: tr.name.clone(),
+                    role,
+                    hash: tr.hash.get_ref().clone(),
+                });
+            }
+            crate::http::HttpConfig {
+                enabled: h.enabled.unwrap_or(true),
+                listen,
+                tokens,
             }
         };
         let od = crate::outbox::OutboxConfig::default();
@@ -645,6 +708,7 @@ impl Config {
             secret_errors,
             imap,
             failpoint: env.vars.get("PMOFLOW_FAILPOINT").cloned(),
+            http,
         })
     }
 

@@ -191,6 +191,24 @@ pub async fn run(
         });
     }
 
+    if config.http.enabled {
+        let state = crate::http::AppState::new(
+            store.clone(),
+            clock.clone(),
+            config.engine.services.clone(),
+            Some(engine.clone()),
+            config.http.tokens.clone(),
+        )
+        .await?;
+        let (listen, shutdown) = (config.http.listen, shutdown.clone());
+        tasks.spawn(async move {
+            crate::http::serve(listen, state, shutdown.clone()).await;
+            // A listener that could not start leaves the rest running.
+            shutdown.cancelled().await;
+            Ok(())
+        });
+    }
+
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
         let outcome = joined

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod diag;
 pub mod duration;
 pub mod engine;
+pub mod http;
 pub mod inbound;
 pub mod outbox;
 pub mod plugins;

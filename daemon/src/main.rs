@@ -121,6 +121,11 @@ enum Command {
         #[arg(long)]
         queue: bool,
     },
+    /// API tokens for `[[http.tokens]]`.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// List requests (who was asked what, who has answered), newest first.
     Requests {
         /// Only this status (open, answered, bounced, closed).
@@ -223,6 +228,20 @@ enum PluginAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Make a new random token; prints it once, with the `[[http.tokens]]` entry (its argon2
+    /// hash) to put in pmoflow.toml.
+    New {
+        /// Who or what will use it (e.g. `mta`, `monitoring`).
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "operator")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum OutboxAction {
     /// Queue a dead message again (attempts reset).
     Retry {
@@ -292,6 +311,11 @@ fn main() -> ExitCode {
             ..
         } => {
             return report(cli::inbound_explain(file.as_deref(), fields, reply_address));
+        }
+        Command::Token {
+            action: TokenAction::New { name, role },
+        } => {
+            return report(cli::token_new(name, role));
         }
         Command::Plugin {
             action: PluginAction::New { name, dir, sdk },
@@ -385,7 +409,8 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
         Command::Validate { .. }
         | Command::Schedule { .. }
         | Command::Calendar { .. }
-        | Command::Inbound { .. } => {
+        | Command::Inbound { .. }
+        | Command::Token { .. } => {
             return ExitCode::SUCCESS;
         }
         Command::Workflows { format } => cli::workflows(&config, format).await,

@@ -716,8 +716,13 @@ impl Store {
 
     /// Records an answer that did not come by email (the web form, the API): stored as an
     /// inbound row of its own and applied like a reply.
-    pub async fn record_answer(&self, now: DateTime<Utc>, answer: &NewAnswer) -> Result<bool> {
-        let key = format!("{}:{}", answer.via, uuid::Uuid::now_v7());
+    /// `key` makes the submission idempotent (a replayed form is not recorded twice).
+    pub async fn record_answer(
+        &self,
+        now: DateTime<Utc>,
+        answer: &NewAnswer,
+        key: &str,
+    ) -> Result<bool> {
         let Some(id) = self
             .inbound_store(&key, &answer.via, b"", 0, now, None)
             .await?
@@ -782,6 +787,34 @@ impl Store {
             .execute(pool)
             .await?;
             Ok(())
+        })
+    }
+}
+
+impl Store {
+    /// The shared setting `name`, created with `make()` by whichever daemon asks first.
+    pub async fn setting_or_insert(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        make: impl FnOnce() -> String,
+    ) -> Result<String> {
+        let value = make();
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO settings (name, value, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(&value)
+            .bind(ms(now))
+            .execute(pool)
+            .await?;
+            let r = sqlx::query("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_one(pool)
+                .await?;
+            Ok(r.try_get(0usize)?)
         })
     }
 }

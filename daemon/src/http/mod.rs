@@ -1,0 +1,841 @@
+//! The daemon's HTTP face (axum): answer forms and acknowledgement pages behind the links in
+//! request mails, raw-message intake for MTAs (`POST /inbound/email`), acknowledgements by API
+//! (`POST /api/acks`), and health.
+//!
+//! Links carry the request's single-use token, which is the key (no login). Pages never change
+//! state on GET (mail scanners open links); forms carry a nonce signed with a key shared by all
+//! daemons on the database (`settings` table) that expires after two hours and is accepted once:
+//! a replayed submission is refused with 409. API calls need `Authorization: Bearer`, checked
+//! against argon2 hashes in `[[http.tokens]]`, each with a role.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::inbound::intake::Intake;
+use crate::outbox::Services;
+use crate::store::{NewAnswer, RequestRow, Store, requests::lookup_of};
+
+/// A role of an API token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Can trigger, acknowledge, deliver mail.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// From `viewer`, `operator`, `admin`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API token as configured: its name, role and argon2 hash (never the token).
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    /// Who it belongs to (shown in logs and the audit trail).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// PHC string.
+    pub hash: String,
+}
+
+/// `[http]`, resolved.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// API tokens.
+    pub tokens: Vec<ApiToken>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// How long a form's nonce is accepted.
+const NONCE_TTL_MS: i64 = 2 * 3600 * 1000;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    store: Store,
+    clock: SharedClock,
+    services: Arc<Services>,
+    intake: Intake,
+    engine: Option<crate::engine::Engine>,
+    key: Arc<Vec<u8>>,
+    tokens: Arc<Vec<ApiToken>>,
+    /// SHA-256 of tokens already verified against their argon2 hash → (name, role).
+    verified: Arc<Mutex<HashMap<[u8; 32], (String, Role)>>>,
+    pages: Arc<minijinja::Environment<'static>>,
+}
+
+impl AppState {
+    /// State over `store`; the form key is read from (or created in) the database.
+    pub async fn new(
+        store: Store,
+        clock: SharedClock,
+        services: Arc<Services>,
+        engine: Option<crate::engine::Engine>,
+        tokens: Vec<ApiToken>,
+    ) -> Result<AppState, crate::store::StoreError> {
+        let key = store
+            .setting_or_insert("form_key", clock.now(), || {
+                let mut k = [0u8; 32];
+                let _ = getrandom::fill(&mut k);
+                hex::encode(k)
+            })
+            .await?;
+        let mut intake = Intake::new(store.clone(), clock.clone(), services.clone());
+        if let Some(e) = &engine {
+            intake = intake.with_engine(e.clone());
+        }
+        Ok(AppState {
+            store,
+            clock,
+            services,
+            intake,
+            engine,
+            key: Arc::new(hex::decode(&key).unwrap_or_else(|_| key.into_bytes())),
+            tokens: Arc::new(tokens),
+            verified: Arc::default(),
+            pages: Arc::new(pages()),
+        })
+    }
+}
+
+fn pages() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+    for (name, text) in [
+        ("base.html", include_str!("templates/base.html")),
+        ("answer.html", include_str!("templates/answer.html")),
+        ("ack.html", include_str!("templates/ack.html")),
+        ("message.html", include_str!("templates/message.html")),
+    ] {
+        // The templates are part of the binary; a broken one fails the unit test below.
+        let _ = env.add_template(name, text);
+    }
+    env
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    let max = state.services.replies.max_size + (64 << 10);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/static/pmoflow.css", get(css))
+        .route("/answer/{token}", get(answer_page).post(answer_submit))
+        .route("/ack/{token}", get(ack_page).post(ack_submit))
+        .route("/api/acks", post(api_ack))
+        .route("/inbound/email", post(inbound_email))
+        .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Links carry tokens: never leak them in a Referer.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("templates/pmoflow.css"),
+    )
+}
+
+/// Serves until `shutdown`. A listen address that cannot be bound is logged and the HTTP face
+/// stays off; the rest of the daemon keeps running.
+pub async fn serve(listen: SocketAddr, state: AppState, shutdown: CancellationToken) {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%listen, error = %e, "cannot listen for HTTP; answer links, acknowledgement links and the API are unavailable");
+            return;
+        }
+    };
+    tracing::info!(%listen, "http listening");
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+fn page(state: &AppState, status: StatusCode, name: &str, ctx: Json) -> Response {
+    match state
+        .pages
+        .get_template(name)
+        .and_then(|t| t.render(minijinja::Value::from_serialize(&ctx)))
+    {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, template = name, "page cannot be rendered");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
+}
+
+fn message(state: &AppState, status: StatusCode, title: &str, text: &str, kind: &str) -> Response {
+    page(
+        state,
+        status,
+        "message.html",
+        json!({ "title": title, "message": text, "kind": kind }),
+    )
+}
+
+/// Why a token link is refused.
+enum Refused {
+    Unknown,
+    Expired,
+    Closed,
+}
+
+async fn find(state: &AppState, token: &str, kind: &str) -> Result<RequestRow, Refused> {
+    if !crate::inbound::correlate::is_token(token) {
+        return Err(Refused::Unknown);
+    }
+    let row = match state.store.request_by_token(token).await {
+        Ok(Some(r)) if r.kind == kind => r,
+        Ok(_) => return Err(Refused::Unknown),
+        Err(e) => {
+            tracing::error!(error = %e, "request lookup failed");
+            return Err(Refused::Unknown);
+        }
+    };
+    if state.clock.now() > row.expires_at {
+        return Err(Refused::Expired);
+    }
+    if row.status == "closed" || row.status == "bounced" {
+        return Err(Refused::Closed);
+    }
+    Ok(row)
+}
+
+fn refused(state: &AppState, token: &str, why: Refused, what: &str) -> Response {
+    let prefix = lookup_of(token).chars().take(8).collect::<String>();
+    match why {
+        Refused::Unknown => {
+            tracing::warn!(token_prefix = %prefix, what, "link with an unknown or forged token refused");
+            message(
+                state,
+                StatusCode::NOT_FOUND,
+                "リンクが無効です",
+                "このリンクは無効です。メールに記載されたリンクをもう一度ご確認ください。",
+                "error",
+            )
+        }
+        Refused::Expired => {
+            tracing::warn!(token_prefix = %prefix, what, "link with an expired token refused");
+            message(
+                state,
+                StatusCode::GONE,
+                "有効期限切れ",
+                "このリンクは有効期限が切れています。PMO事務局にお問い合わせください。",
+                "error",
+            )
+        }
+        Refused::Closed => {
+            tracing::warn!(token_prefix = %prefix, what, "link to a closed request refused");
+            message(
+                state,
+                StatusCode::GONE,
+                "受付終了",
+                "この依頼の受付は終了しました。PMO事務局にお問い合わせください。",
+                "error",
+            )
+        }
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn sign(key: &[u8], token: &str, issued: i64, salt: &str) -> Vec<u8> {
+    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| {
+        // HMAC takes keys of any length; this branch cannot run.
+        HmacSha256::new_from_slice(&[0u8; 32]).unwrap_or_else(|_| unreachable_mac())
+    });
+    mac.update(format!("{token}|{issued}|{salt}").as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+#[allow(clippy::panic)] // HMAC accepts every key length.
+fn unreachable_mac() -> HmacSha256 {
+    panic!("HMAC rejected a key")
+}
+
+fn new_nonce(state: &AppState, token: &str) -> String {
+    let issued = state.clock.now().timestamp_millis();
+    let mut salt = [0u8; 8];
+    let _ = getrandom::fill(&mut salt);
+    let salt = hex::encode(salt);
+    let sig = hex::encode(sign(&state.key, token, issued, &salt));
+    format!("{issued}.{salt}.{sig}")
+}
+
+/// Checks a form nonce: signed by us for this token, and not older than two hours.
+fn check_nonce(state: &AppState, token: &str, nonce: &str) -> Result<(), &'static str> {
+    let mut parts = nonce.splitn(3, '.');
+    let (Some(issued), Some(salt), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("malformed");
+    };
+    let issued: i64 = issued.parse().map_err(|_| "malformed")?;
+    let sig = hex::decode(sig).map_err(|_| "malformed")?;
+    let mut mac = HmacSha256::new_from_slice(&state.key).map_err(|_| "key")?;
+    mac.update(format!("{token}|{issued}|{salt}").as_bytes());
+    mac.verify_slice(&sig).map_err(|_| "bad signature")?;
+    let age = state.clock.now().timestamp_millis() - issued;
+    if !(0..=NONCE_TTL_MS).contains(&age) {
+        return Err("expired");
+    }
+    Ok(())
+}
+
+fn local(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+    let l = t.with_timezone(&tz);
+    format!(
+        "{}{}",
+        crate::calendar::format::md_ja(l.date_naive()),
+        l.format("%H:%M")
+    )
+}
+
+async fn latest_answer(state: &AppState, row: &RequestRow) -> Option<crate::store::AnswerRow> {
+    let answers = state
+        .store
+        .answers_for(std::slice::from_ref(&row.token))
+        .await
+        .ok()?;
+    let id = row.answer_id.as_ref()?;
+    answers.into_iter().find(|a| &a.id == id)
+}
+
+async fn answer_form(
+    state: &AppState,
+    token: &str,
+    row: &RequestRow,
+    status: StatusCode,
+    values: &HashMap<String, String>,
+    errors: &[String],
+) -> Response {
+    let tz = state.services.mail.timezone;
+    let latest = latest_answer(state, row).await;
+    let fields: Vec<Json> = row
+        .fields
+        .iter()
+        .map(|f| {
+            let value = values.get(&format!("field:{f}")).cloned().or_else(|| {
+                latest.as_ref().and_then(|a| match a.fields.get(f) {
+                    Some(Json::String(s)) => Some(s.clone()),
+                    Some(Json::Null) | None => None,
+                    Some(other) => Some(other.to_string()),
+                })
+            });
+            json!({ "name": f, "required": row.required.contains(f), "value": value.unwrap_or_default() })
+        })
+        .collect();
+    let text = values
+        .get("text")
+        .cloned()
+        .or_else(|| latest.as_ref().map(|a| a.text.clone()))
+        .unwrap_or_default();
+    page(
+        state,
+        status,
+        "answer.html",
+        json!({
+            "title": "回答フォーム",
+            "subject": row.subject,
+            "recipient": row.recipient,
+            "deadline": row.deadline.map(|d| local(d, tz)),
+            "answered": row.answered_at.map(|d| local(d, tz)),
+            "fields": fields,
+            "text": text,
+            "errors": errors,
+            "nonce": new_nonce(state, token),
+            "action": format!("/answer/{token}"),
+        }),
+    )
+}
+
+async fn answer_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+    match find(&state, &token, "request").await {
+        Ok(row) => answer_form(&state, &token, &row, StatusCode::OK, &HashMap::new(), &[]).await,
+        Err(why) => refused(&state, &token, why, "answer form"),
+    }
+}
+
+async fn answer_submit(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let row = match find(&state, &token, "request").await {
+        Ok(row) => row,
+        Err(why) => return refused(&state, &token, why, "answer submission"),
+    };
+    let nonce = form.get("nonce").cloned().unwrap_or_default();
+    if let Err(why) = check_nonce(&state, &token, &nonce) {
+        tracing::warn!(token_prefix = %lookup_of(&token), why, "answer form with a bad nonce refused");
+        return message(
+            &state,
+            StatusCode::FORBIDDEN,
+            "送信できませんでした",
+            "フォームの有効期限が切れたか、不正な送信です。ページを開き直してから送信してください。",
+            "error",
+        );
+    }
+    let mut fields = serde_json::Map::new();
+    let mut missing = Vec::new();
+    for f in &row.fields {
+        let v = form
+            .get(&format!("field:{f}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        if v.is_empty() {
+            if row.required.contains(f) {
+                missing.push(format!("「{f}」は必須項目です。"));
+            }
+            continue;
+        }
+        fields.insert(
+            f.clone(),
+            crate::inbound::reply::normalise_value(&crate::inbound::correlate::fold_width(&v)),
+        );
+    }
+    if !missing.is_empty() {
+        return answer_form(
+            &state,
+            &token,
+            &row,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &form,
+            &missing,
+        )
+        .await;
+    }
+    let answer = NewAnswer {
+        token: token.clone(),
+        via: "web".into(),
+        from: Some(row.recipient.clone()),
+        message_id: None,
+        fields: Json::Object(fields),
+        text: form.get("text").map(|s| s.trim().to_string()).unwrap_or_default(),
+        attachments: json!([]),
+        complete: true,
+    };
+    let key = format!("web:{}", hex::encode(Sha256::digest(nonce.as_bytes())));
+    match state.store.record_answer(state.clock.now(), &answer, &key).await {
+        Ok(true) => {
+            if let Some(e) = &state.engine {
+                e.wake();
+            }
+            tracing::info!(request = row.tag, via = "web", "answer recorded");
+            message(
+                &state,
+                StatusCode::OK,
+                "回答を受け付けました",
+                "ご回答ありがとうございました。回答を受け付けました。締切までは同じリンクから修正できます。",
+                "ok",
+            )
+        }
+        Ok(false) => {
+            tracing::warn!(token_prefix = %lookup_of(&token), "replayed answer form refused");
+            message(
+                &state,
+                StatusCode::CONFLICT,
+                "送信済みです",
+                "この回答は既に受け付けています。修正する場合はリンクを開き直してください。",
+                "error",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "answer could not be stored");
+            message(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "一時的なエラー",
+                "一時的に回答を保存できませんでした。しばらくしてからもう一度送信してください。",
+                "error",
+            )
+        }
+    }
+}
+
+async fn ack_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+    match find(&state, &token, "ack").await {
+        Ok(row) => {
+            let done = (row.status == "answered").then(|| {
+                format!(
+                    "{}に確認済みです。",
+                    row.answered_at
+                        .map(|d| local(d, state.services.mail.timezone))
+                        .unwrap_or_default()
+                )
+            });
+            page(
+                &state,
+                StatusCode::OK,
+                "ack.html",
+                json!({
+                    "title": "確認",
+                    "subject": row.subject,
+                    "recipient": row.recipient,
+                    "done": done,
+                    "nonce": new_nonce(&state, &token),
+                    "action": format!("/ack/{token}"),
+                }),
+            )
+        }
+        Err(why) => refused(&state, &token, why, "ack page"),
+    }
+}
+
+/// Records an acknowledgement once per request; `Ok(false)` if it was acknowledged before.
+async fn acknowledge(
+    state: &AppState,
+    row: &RequestRow,
+    via: &str,
+    by: Option<String>,
+    key: &str,
+) -> Result<bool, crate::store::StoreError> {
+    if row.status == "answered" {
+        return Ok(false);
+    }
+    let answer = NewAnswer {
+        token: row.token.clone(),
+        via: via.into(),
+        from: by.or_else(|| Some(row.recipient.clone())),
+        message_id: None,
+        fields: json!({ "ack": true }),
+        text: String::new(),
+        attachments: json!([]),
+        complete: true,
+    };
+    let done = state
+        .store
+        .record_answer(state.clock.now(), &answer, key)
+        .await?;
+    if done && let Some(e) = &state.engine {
+        e.wake();
+    }
+    Ok(done)
+}
+
+async fn ack_submit(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let row = match find(&state, &token, "ack").await {
+        Ok(row) => row,
+        Err(why) => return refused(&state, &token, why, "ack submission"),
+    };
+    let nonce = form.get("nonce").cloned().unwrap_or_default();
+    if let Err(why) = check_nonce(&state, &token, &nonce) {
+        tracing::warn!(token_prefix = %lookup_of(&token), why, "ack form with a bad nonce refused");
+        return message(
+            &state,
+            StatusCode::FORBIDDEN,
+            "送信できませんでした",
+            "ページの有効期限が切れたか、不正な送信です。リンクを開き直してください。",
+            "error",
+        );
+    }
+    let key = format!("web:{}", hex::encode(Sha256::digest(nonce.as_bytes())));
+    match acknowledge(&state, &row, "web", None, &key).await {
+        Ok(true) => {
+            tracing::info!(request = row.tag, via = "web", "acknowledged");
+            message(
+                &state,
+                StatusCode::OK,
+                "確認を記録しました",
+                "ご確認ありがとうございました。確認を記録しました。",
+                "ok",
+            )
+        }
+        Ok(false) => message(
+            &state,
+            StatusCode::OK,
+            "確認済みです",
+            "この依頼は既に確認済みです。",
+            "ok",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "acknowledgement could not be stored");
+            message(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "一時的なエラー",
+                "一時的に記録できませんでした。しばらくしてからもう一度お試しください。",
+                "error",
+            )
+        }
+    }
+}
+
+fn api_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// Checks `Authorization: Bearer` against the configured hashes; returns the caller.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    need: Role,
+) -> Result<(String, Role), Response> {
+    let unauthorized = || {
+        let mut r = api_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"pmoflow\""),
+        );
+        r
+    };
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    else {
+        return Err(unauthorized());
+    };
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let cached = state
+        .verified
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&digest)
+        .cloned();
+    let who = match cached {
+        Some(w) => Some(w),
+        None => {
+            let tokens = state.tokens.clone();
+            let token = token.to_string();
+            let found = tokio::task::spawn_blocking(move || {
+                use argon2::PasswordVerifier;
+                tokens.iter().find_map(|t| {
+                    let hash = argon2::PasswordHash::new(&t.hash).ok()?;
+                    argon2::Argon2::default()
+                        .verify_password(token.as_bytes(), &hash)
+                        .ok()
+                        .map(|()| (t.name.clone(), t.role))
+                })
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(w) = &found {
+                state
+                    .verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(digest, w.clone());
+            }
+            found
+        }
+    };
+    match who {
+        None => {
+            tracing::warn!("API call with an unknown bearer token refused");
+            Err(unauthorized())
+        }
+        Some((name, role)) if role < need => {
+            tracing::warn!(token = %name, ?role, "API call refused: role too low");
+            Err(api_error(
+                StatusCode::FORBIDDEN,
+                &format!("token `{name}` has role {role:?}; this needs {need:?} or higher"),
+            ))
+        }
+        Some(w) => Ok(w),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AckBody {
+    token: String,
+    by: Option<String>,
+}
+
+async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let (name, _) = match authorize(&state, &headers, Role::Operator).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let body: AckBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be {{\"token\": \"…\", \"by\": \"…\"}}: {e}"),
+            );
+        }
+    };
+    let row = match find(&state, &body.token, "ack").await {
+        Ok(r) => r,
+        Err(Refused::Unknown) => {
+            tracing::warn!(token = %name, "API ack for an unknown token refused");
+            return api_error(StatusCode::NOT_FOUND, "no acknowledgement request has this token");
+        }
+        Err(_) => return api_error(StatusCode::GONE, "this acknowledgement request is closed or expired"),
+    };
+    let by = Some(body.by.unwrap_or_else(|| format!("api:{name}")));
+    match acknowledge(&state, &row, "api", by, &format!("api:{}", row.token)).await {
+        Ok(true) => (
+            StatusCode::CREATED,
+            axum::Json(json!({ "status": "acknowledged", "tag": row.tag })),
+        )
+            .into_response(),
+        Ok(false) => (
+            StatusCode::OK,
+            axum::Json(json!({ "status": "already_acknowledged", "tag": row.tag })),
+        )
+            .into_response(),
+        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn inbound_email(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Operator).await {
+        return r;
+    }
+    if body.is_empty() {
+        return api_error(StatusCode::BAD_REQUEST, "empty body: send the raw RFC 5322 message");
+    }
+    if body.len() > state.services.replies.max_size {
+        return api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "message of {} bytes exceeds the limit of {} KiB",
+                body.len(),
+                state.services.replies.max_size >> 10
+            ),
+        );
+    }
+    let id = match state.intake.receive("http", &body).await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            return (StatusCode::OK, axum::Json(json!({ "status": "duplicate" }))).into_response();
+        }
+        Err(e) => return api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let row = match state.store.inbound_get(&id).await {
+        Ok(Some(r)) => r,
+        _ => {
+            return (StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "status": "pending" })))
+                .into_response();
+        }
+    };
+    match state.intake.process(&row).await {
+        Ok(Some(p)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "id": id, "status": p.status, "outcome": p.outcome, "detail": p.detail })),
+        )
+            .into_response(),
+        _ => (StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "status": "pending" })))
+            .into_response(),
+    }
+}
+
+/// A new API token and its PHC hash (for `pmoflow token new`).
+pub fn new_token() -> Result<(String, String), String> {
+    use argon2::PasswordHasher;
+    let mut raw = [0u8; 24];
+    getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
+    let token = format!("pmo_{}", hex::encode(raw));
+    let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    let hash = argon2::Argon2::default()
+        .hash_password(token.as_bytes(), &salt)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    Ok((token, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn pages_parse() {
+        let env = pages();
+        for name in ["base.html", "answer.html", "ack.html", "message.html"] {
+            env.get_template(name).unwrap();
+        }
+        let html = env
+            .get_template("message.html")
+            .unwrap()
+            .render(minijinja::context! { title => "<b>", message => "x", kind => "ok" })
+            .unwrap();
+        assert!(html.contains("&lt;b&gt;"), "auto-escaped: {html}");
+    }
+
+    #[test]
+    fn token_hashes_verify() {
+        use argon2::PasswordVerifier;
+        let (token, hash) = new_token().unwrap();
+        let parsed = argon2::PasswordHash::new(&hash).unwrap();
+        assert!(argon2::Argon2::default()
+            .verify_password(token.as_bytes(), &parsed)
+            .is_ok());
+        assert!(argon2::Argon2::default()
+            .verify_password(b"pmo_wrong", &parsed)
+            .is_err());
+    }
+}
