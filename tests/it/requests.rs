@@ -588,3 +588,331 @@ async fn forged_and_unmatched_replies_never_reach_the_run() {
     assert_eq!(out[1]["status"], "bounced", "{out:#}");
     assert!(out[1]["bounce"].as_str().unwrap().contains("suzuki@"), "{out:#}");
 }
+
+fn url_in(body: &str, path: &str) -> String {
+    body.lines()
+        .find(|l| l.contains(path))
+        .unwrap_or_else(|| panic!("no {path} link in {body}"))
+        .trim()
+        .to_string()
+}
+
+fn nonce_in(html: &str) -> String {
+    let start = html.find("name=\"nonce\" value=\"").expect("a nonce") + 20;
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
+/// `pmoflow token new`: (token, the TOML entry).
+fn make_token(dir: &Path, name: &str, role: &str) -> (String, String) {
+    let (code, out, err) = cli(dir, &["token", "new", "--name", name, "--role", role]);
+    assert_eq!(code, 0, "{err}");
+    let token = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("pmo_"))
+        .unwrap()
+        .to_string();
+    let entry = out[out.find("[[http.tokens]]").unwrap()..].to_string();
+    (token, entry)
+}
+
+fn http_config(port: u16, dir: &Path) -> (String, String, String) {
+    let (operator, op_entry) = make_token(dir, "mta", "operator");
+    let (viewer, viewer_entry) = make_token(dir, "monitor", "viewer");
+    (
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\n{op_entry}\n{viewer_entry}\n"
+        ),
+        operator,
+        viewer,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answer_links_open_a_form_that_records_the_answer_once() {
+    let port = free_port();
+    let scratch = tempfile::tempdir().unwrap();
+    let (http, operator, viewer) = http_config(port, scratch.path());
+    let s = setup("10m", "", &http).await;
+    let maildir = s.project.path().join("maildir");
+    let d = Daemon::start(s.project.path(), "d", &[]);
+    d.wait_log("http listening", Duration::from_secs(20));
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let yamada = mail_to(&mails, "yamada@");
+    let url = url_in(yamada["body"].as_str().unwrap(), "/answer/");
+    assert!(url.starts_with(&format!("http://127.0.0.1:{port}/answer/")), "{url}");
+    let web = reqwest::Client::new();
+
+    // GET shows the form (and changes nothing), with the security headers.
+    let res = web.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("script-src"), "{csp}");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    let html = res.text().await.unwrap();
+    assert!(html.contains("総合評価") && html.contains("必須"), "{html}");
+    // A required field left empty: 422 and the form again, with the reason.
+    let res = web
+        .post(&url)
+        .form(&[("nonce", nonce_in(&html).as_str()), ("field:進捗", "80%")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("「総合評価」は必須項目です"), "{html}");
+    let nonce = nonce_in(&html);
+    let answer = [
+        ("nonce", nonce.as_str()),
+        ("field:総合評価", "良好"),
+        ("field:進捗", "８０％"),
+        ("text", "順調です"),
+    ];
+    let res = web.post(&url).form(&answer).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("回答を受け付けました"));
+    // The same submission again (a replay): refused.
+    let res = web.post(&url).form(&answer).send().await.unwrap();
+    assert_eq!(res.status(), 409);
+    // A tampered nonce, a forged token, garbage: refused and logged.
+    let mut bad = nonce.clone();
+    bad.pop();
+    bad.push(if nonce.ends_with('0') { '1' } else { '0' });
+    let res = web
+        .post(&url)
+        .form(&[("nonce", bad.as_str()), ("field:総合評価", "要対応")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let token = url.rsplit('/').next().unwrap();
+    let mut forged = token.to_string().into_bytes();
+    forged[25] = if forged[25] == b'a' { b'b' } else { b'a' };
+    let forged = String::from_utf8(forged).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for path in [format!("/answer/{forged}"), "/answer/../../etc/passwd".into(), "/answer/x".into()] {
+        let res = web.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+    }
+    assert!(d.log_text().contains("unknown or forged token refused"));
+    assert!(d.log_text().contains("replayed answer form refused"));
+
+    // Suzuki's reply delivered by an MTA over HTTP: bearer token with the operator role.
+    let suzuki = mail_to(&mails, "suzuki@");
+    let raw = gmail_reply(
+        "suzuki@pjmo-b.example.go.jp",
+        &bare(suzuki["reply_to"].as_str().unwrap()),
+        suzuki,
+        "総合評価: 注意",
+        "",
+    );
+    let inbound = format!("{base}/inbound/email");
+    let res = web.post(&inbound).body(raw.clone()).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().contains_key("www-authenticate"));
+    let res = web
+        .post(&inbound)
+        .bearer_auth("pmo_not_a_token")
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = web
+        .post(&inbound)
+        .bearer_auth(&viewer)
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let res = web
+        .post(&inbound)
+        .bearer_auth(&operator)
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let body: Json = res.json().await.unwrap();
+    assert_eq!(body["outcome"], "answer", "{body}");
+    let res = web
+        .post(&inbound)
+        .bearer_auth(&operator)
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the same message again is a duplicate");
+
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let out = step_output(&store, &run_id, "ask").await;
+    assert_eq!(out[0]["via"], "web", "{out:#}");
+    assert_eq!(out[0]["fields"]["総合評価"], "良好");
+    assert_eq!(out[0]["fields"]["進捗"], 80);
+    assert_eq!(out[0]["text"], "順調です");
+    assert_eq!(out[0]["history"].as_array().unwrap().len(), 1, "{out:#}");
+    assert_eq!(out[1]["via"], "email");
+}
+
+const INCIDENT: &str = r#"
+id = "incident"
+[[steps]]
+id = "page"
+action = "request"
+[steps.with]
+to = ["oncall1@example.go.jp", "oncall2@example.go.jp"]
+subject = "【至急】障害発生のお知らせ"
+body = "システム障害が発生しました。"
+ack = true
+complete_when = "any"
+deadline = "10m"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledgements_by_reply_link_and_api() {
+    let port = free_port();
+    let scratch = tempfile::tempdir().unwrap();
+    let (http, operator, viewer) = http_config(port, scratch.path());
+    let s = setup("10m", "", &http).await;
+    s.project.workflow("incident.toml", INCIDENT);
+    let maildir = s.project.path().join("maildir");
+    let d = Daemon::start(s.project.path(), "d", &[]);
+    d.wait_log("http listening", Duration::from_secs(20));
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let web = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+
+    // 1. Acknowledged by a reply saying 了解.
+    let (code, out, err) = cli(s.project.path(), &["trigger", "incident"]);
+    assert_eq!(code, 0, "{err}");
+    let run1 = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let page1 = mails
+        .iter()
+        .find(|m| to_addr(m).contains("oncall1@"))
+        .unwrap();
+    let body = page1["body"].as_str().unwrap();
+    assert!(body.contains("「了解」"), "{body}");
+    let not_ack = gmail_reply(
+        "oncall1@example.go.jp",
+        &bare(page1["reply_to"].as_str().unwrap()),
+        page1,
+        "詳細を教えてください。",
+        "",
+    );
+    let path = s.project.path().join("r.eml");
+    std::fs::write(&path, not_ack).unwrap();
+    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert!(out.contains("not_an_ack"), "{out}");
+    let ack = gmail_reply(
+        "oncall1@example.go.jp",
+        &bare(page1["reply_to"].as_str().unwrap()),
+        page1,
+        "了解しました。対応します。",
+        "",
+    );
+    std::fs::write(&path, ack).unwrap();
+    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert!(out.contains("answer (done)"), "{out}");
+    let run = wait_run(&store, &run1, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let out = step_output(&store, &run1, "page").await;
+    assert_eq!(out[0]["status"], "acknowledged", "{out:#}");
+    assert_eq!(out[0]["status_ja"], "確認済");
+    assert_eq!(out[1]["status"], "unacknowledged");
+
+    // 2. The link: GET shows a button and acknowledges nothing; the API acknowledges.
+    let (code, out, err) = cli(s.project.path(), &["trigger", "incident"]);
+    assert_eq!(code, 0, "{err}");
+    let run2 = out.trim().to_string();
+    let mails = wait_mail(&maildir, 4, Duration::from_secs(30));
+    let second: Vec<&Json> = mails
+        .iter()
+        .filter(|m| m["message_id"] != page1["message_id"])
+        .filter(|m| m["subject"].as_str().unwrap().starts_with("【至急】"))
+        .collect();
+    let link = |who: &str| {
+        let m = second
+            .iter()
+            .filter(|m| to_addr(m).contains(who))
+            .find(|m| {
+                let t = url_in(m["body"].as_str().unwrap(), "/ack/");
+                !mails
+                    .iter()
+                    .any(|x| x["message_id"] == page1["message_id"] && x["body"].as_str().unwrap().contains(&t))
+            })
+            .unwrap();
+        url_in(m["body"].as_str().unwrap(), "/ack/")
+    };
+    let (link1, link2) = (link("oncall1@"), link("oncall2@"));
+    let res = web.get(&link1).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("確認しました"), "{html}");
+    let nonce1 = nonce_in(&html);
+    assert_eq!(
+        store.requests_for_step(&run2, "page").await.unwrap().iter().filter(|r| r.status == "open").count(),
+        2,
+        "opening the link acknowledged nothing"
+    );
+    let acks = format!("{base}/api/acks");
+    let token2 = link2.rsplit('/').next().unwrap().to_string();
+    let body = serde_json::json!({ "token": token2, "by": "佐藤（当番）" });
+    let res = web.post(&acks).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = web.post(&acks).bearer_auth(&viewer).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let res = web
+        .post(&acks)
+        .bearer_auth(&operator)
+        .json(&serde_json::json!({ "token": "aaaaaaaaaaaaaaaaaaaaaaaaaa" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = web
+        .post(&acks)
+        .bearer_auth(&operator)
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = web.post(&acks).bearer_auth(&operator).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    let res = web.post(&acks).bearer_auth(&operator).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let again: Json = res.json().await.unwrap();
+    assert_eq!(again["status"], "already_acknowledged");
+    let run = wait_run(&store, &run2, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let out = step_output(&store, &run2, "page").await;
+    assert_eq!(out[1]["status"], "acknowledged", "{out:#}");
+    assert_eq!(out[1]["via"], "api");
+    assert_eq!(out[1]["from"], "佐藤（当番）");
+    // The chain is over: oncall1's link no longer acknowledges.
+    let res = web
+        .post(&link1)
+        .form(&[("nonce", nonce1.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 410);
+}
