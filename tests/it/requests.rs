@@ -916,3 +916,65 @@ async fn acknowledgements_by_reply_link_and_api() {
         .unwrap();
     assert_eq!(res.status(), 410);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link() {
+    let port = free_port();
+    let s = setup(
+        "3s",
+        "delegates = [\"deputy@pjmo-a.example.go.jp\"]",
+        &format!(
+            "token_ttl = \"1s\"\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n"
+        ),
+    )
+    .await;
+    let maildir = s.project.path().join("maildir");
+    let d = Daemon::start(s.project.path(), "d", &[]);
+    d.wait_log("http listening", Duration::from_secs(20));
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let yamada = mail_to(&mails, "yamada@");
+    let path = s.project.path().join("r.eml");
+    // Yamada's deputy answers for him.
+    let by_deputy = gmail_reply(
+        "deputy@pjmo-a.example.go.jp",
+        &bare(yamada["reply_to"].as_str().unwrap()),
+        yamada,
+        "総合評価: 良好",
+        "",
+    );
+    std::fs::write(&path, by_deputy).unwrap();
+    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert!(out.contains("answer (done)"), "{out}");
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    let out = step_output(&store, &run_id, "ask").await;
+    assert_eq!(out[0]["status"], "answered");
+    assert_eq!(out[0]["from"], "deputy@pjmo-a.example.go.jp");
+    assert_eq!(out[1]["status"], "unanswered");
+    // A second past the close, Suzuki's token has expired: his reply and his link are refused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let suzuki = mail_to(&mails, "suzuki@");
+    let late = gmail_reply(
+        "suzuki@pjmo-b.example.go.jp",
+        &bare(suzuki["reply_to"].as_str().unwrap()),
+        suzuki,
+        "総合評価: 注意",
+        "",
+    );
+    std::fs::write(&path, late).unwrap();
+    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert!(out.contains("expired (quarantined)"), "{out}");
+    let url = url_in(suzuki["body"].as_str().unwrap(), "/answer/");
+    let res = reqwest::get(&url).await.unwrap();
+    assert_eq!(res.status(), 410);
+    assert!(res.text().await.unwrap().contains("有効期限"));
+    assert!(d.log_text().contains("link with an expired token refused"));
+    let rows = store.requests_for_step(&run_id, "ask[1]").await.unwrap();
+    assert!(store.answers_for(&[rows[0].token.clone()]).await.unwrap().is_empty());
+}
