@@ -586,7 +586,10 @@ async fn forged_and_unmatched_replies_never_reach_the_run() {
     let out = step_output(&store, &run_id, "ask").await;
     assert_eq!(out[0]["status"], "answered", "{out:#}");
     assert_eq!(out[1]["status"], "bounced", "{out:#}");
-    assert!(out[1]["bounce"].as_str().unwrap().contains("suzuki@"), "{out:#}");
+    assert!(
+        out[1]["bounce"].as_str().unwrap().contains("suzuki@"),
+        "{out:#}"
+    );
 }
 
 fn url_in(body: &str, path: &str) -> String {
@@ -643,7 +646,10 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
     let yamada = mail_to(&mails, "yamada@");
     let url = url_in(yamada["body"].as_str().unwrap(), "/answer/");
-    assert!(url.starts_with(&format!("http://127.0.0.1:{port}/answer/")), "{url}");
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{port}/answer/")),
+        "{url}"
+    );
     let web = reqwest::Client::new();
 
     // GET shows the form (and changes nothing), with the security headers.
@@ -651,7 +657,10 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     assert_eq!(res.status(), 200);
     let h = res.headers().clone();
     let csp = h["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("script-src"), "{csp}");
+    assert!(
+        csp.contains("frame-ancestors 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["referrer-policy"], "no-referrer");
     let html = res.text().await.unwrap();
@@ -695,7 +704,11 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     forged[25] = if forged[25] == b'a' { b'b' } else { b'a' };
     let forged = String::from_utf8(forged).unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    for path in [format!("/answer/{forged}"), "/answer/../../etc/passwd".into(), "/answer/x".into()] {
+    for path in [
+        format!("/answer/{forged}"),
+        "/answer/../../etc/passwd".into(),
+        "/answer/x".into(),
+    ] {
         let res = web.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(res.status(), 404, "{path}");
     }
@@ -851,9 +864,10 @@ async fn acknowledgements_by_reply_link_and_api() {
             .filter(|m| to_addr(m).contains(who))
             .find(|m| {
                 let t = url_in(m["body"].as_str().unwrap(), "/ack/");
-                !mails
-                    .iter()
-                    .any(|x| x["message_id"] == page1["message_id"] && x["body"].as_str().unwrap().contains(&t))
+                !mails.iter().any(|x| {
+                    x["message_id"] == page1["message_id"]
+                        && x["body"].as_str().unwrap().contains(&t)
+                })
             })
             .unwrap();
         url_in(m["body"].as_str().unwrap(), "/ack/")
@@ -865,7 +879,13 @@ async fn acknowledgements_by_reply_link_and_api() {
     assert!(html.contains("確認しました"), "{html}");
     let nonce1 = nonce_in(&html);
     assert_eq!(
-        store.requests_for_step(&run2, "page").await.unwrap().iter().filter(|r| r.status == "open").count(),
+        store
+            .requests_for_step(&run2, "page")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.status == "open")
+            .count(),
         2,
         "opening the link acknowledged nothing"
     );
@@ -874,7 +894,13 @@ async fn acknowledgements_by_reply_link_and_api() {
     let body = serde_json::json!({ "token": token2, "by": "佐藤（当番）" });
     let res = web.post(&acks).json(&body).send().await.unwrap();
     assert_eq!(res.status(), 401);
-    let res = web.post(&acks).bearer_auth(&viewer).json(&body).send().await.unwrap();
+    let res = web
+        .post(&acks)
+        .bearer_auth(&viewer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 403);
     let res = web
         .post(&acks)
@@ -892,9 +918,21 @@ async fn acknowledgements_by_reply_link_and_api() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
-    let res = web.post(&acks).bearer_auth(&operator).json(&body).send().await.unwrap();
+    let res = web
+        .post(&acks)
+        .bearer_auth(&operator)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201);
-    let res = web.post(&acks).bearer_auth(&operator).json(&body).send().await.unwrap();
+    let res = web
+        .post(&acks)
+        .bearer_auth(&operator)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let again: Json = res.json().await.unwrap();
     assert_eq!(again["status"], "already_acknowledged");
@@ -976,5 +1014,11 @@ async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link
     assert!(res.text().await.unwrap().contains("有効期限"));
     assert!(d.log_text().contains("link with an expired token refused"));
     let rows = store.requests_for_step(&run_id, "ask[1]").await.unwrap();
-    assert!(store.answers_for(&[rows[0].token.clone()]).await.unwrap().is_empty());
+    assert!(
+        store
+            .answers_for(&[rows[0].token.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

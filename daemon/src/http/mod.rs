@@ -88,6 +88,9 @@ impl Default for HttpConfig {
 /// How long a form's nonce is accepted.
 const NONCE_TTL_MS: i64 = 2 * 3600 * 1000;
 
+/// SHA-256 of a bearer token → who it is.
+type VerifiedTokens = HashMap<[u8; 32], (String, Role)>;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -99,7 +102,7 @@ pub struct AppState {
     key: Arc<Vec<u8>>,
     tokens: Arc<Vec<ApiToken>>,
     /// SHA-256 of tokens already verified against their argon2 hash → (name, role).
-    verified: Arc<Mutex<HashMap<[u8; 32], (String, Role)>>>,
+    verified: Arc<Mutex<VerifiedTokens>>,
     pages: Arc<minijinja::Environment<'static>>,
 }
 
@@ -475,12 +478,19 @@ async fn answer_submit(
         from: Some(row.recipient.clone()),
         message_id: None,
         fields: Json::Object(fields),
-        text: form.get("text").map(|s| s.trim().to_string()).unwrap_or_default(),
+        text: form
+            .get("text")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
         attachments: json!([]),
         complete: true,
     };
     let key = format!("web:{}", hex::encode(Sha256::digest(nonce.as_bytes())));
-    match state.store.record_answer(state.clock.now(), &answer, &key).await {
+    match state
+        .store
+        .record_answer(state.clock.now(), &answer, &key)
+        .await
+    {
         Ok(true) => {
             if let Some(e) = &state.engine {
                 e.wake();
@@ -731,9 +741,17 @@ async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         Ok(r) => r,
         Err(Refused::Unknown) => {
             tracing::warn!(token = %name, "API ack for an unknown token refused");
-            return api_error(StatusCode::NOT_FOUND, "no acknowledgement request has this token");
+            return api_error(
+                StatusCode::NOT_FOUND,
+                "no acknowledgement request has this token",
+            );
         }
-        Err(_) => return api_error(StatusCode::GONE, "this acknowledgement request is closed or expired"),
+        Err(_) => {
+            return api_error(
+                StatusCode::GONE,
+                "this acknowledgement request is closed or expired",
+            );
+        }
     };
     let by = Some(body.by.unwrap_or_else(|| format!("api:{name}")));
     match acknowledge(&state, &row, "api", by, &format!("api:{}", row.token)).await {
@@ -756,7 +774,10 @@ async fn inbound_email(State(state): State<AppState>, headers: HeaderMap, body: 
         return r;
     }
     if body.is_empty() {
-        return api_error(StatusCode::BAD_REQUEST, "empty body: send the raw RFC 5322 message");
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "empty body: send the raw RFC 5322 message",
+        );
     }
     if body.len() > state.services.replies.max_size {
         return api_error(
@@ -778,17 +799,25 @@ async fn inbound_email(State(state): State<AppState>, headers: HeaderMap, body: 
     let row = match state.store.inbound_get(&id).await {
         Ok(Some(r)) => r,
         _ => {
-            return (StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "status": "pending" })))
+            return (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "id": id, "status": "pending" })),
+            )
                 .into_response();
         }
     };
     match state.intake.process(&row).await {
         Ok(Some(p)) => (
             StatusCode::ACCEPTED,
-            axum::Json(json!({ "id": id, "status": p.status, "outcome": p.outcome, "detail": p.detail })),
+            axum::Json(
+                json!({ "id": id, "status": p.status, "outcome": p.outcome, "detail": p.detail }),
+            ),
         )
             .into_response(),
-        _ => (StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "status": "pending" })))
+        _ => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "id": id, "status": "pending" })),
+        )
             .into_response(),
     }
 }
@@ -799,7 +828,8 @@ pub fn new_token() -> Result<(String, String), String> {
     let mut raw = [0u8; 24];
     getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
     let token = format!("pmo_{}", hex::encode(raw));
-    let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    let salt =
+        argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     let hash = argon2::Argon2::default()
         .hash_password(token.as_bytes(), &salt)
         .map_err(|e| e.to_string())?
@@ -831,11 +861,15 @@ mod tests {
         use argon2::PasswordVerifier;
         let (token, hash) = new_token().unwrap();
         let parsed = argon2::PasswordHash::new(&hash).unwrap();
-        assert!(argon2::Argon2::default()
-            .verify_password(token.as_bytes(), &parsed)
-            .is_ok());
-        assert!(argon2::Argon2::default()
-            .verify_password(b"pmo_wrong", &parsed)
-            .is_err());
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(token.as_bytes(), &parsed)
+                .is_ok()
+        );
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(b"pmo_wrong", &parsed)
+                .is_err()
+        );
     }
 }

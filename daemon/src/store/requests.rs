@@ -724,7 +724,7 @@ impl Store {
         key: &str,
     ) -> Result<bool> {
         let Some(id) = self
-            .inbound_store(&key, &answer.via, b"", 0, now, None)
+            .inbound_store(key, &answer.via, b"", 0, now, None)
             .await?
         else {
             return Ok(false);
