@@ -187,6 +187,9 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
     let imap = Dovecot::start();
     let s = setup("10m", "", &imap.config("poll_interval = \"2s\"")).await;
     let maildir = s.project.path().join("maildir");
+    // Mail already in the mailbox before pmoflow first sees it is never processed.
+    let old_mail = b"From: someone@example.go.jp\r\nTo: pmo@example.go.jp\r\nSubject: old\r\nMessage-ID: <old-1@example.go.jp>\r\n\r\nold mail\r\n".to_vec();
+    assert_eq!(imap.append_raw("INBOX", &[old_mail]), 1);
     let d = Daemon::start(
         s.project.path(),
         "d",
@@ -254,7 +257,7 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
         "",
     );
     let n = imap.append_raw("INBOX", &[forged, ooo, answer_y, answer_s]);
-    assert_eq!(n, 4);
+    assert_eq!(n, 5);
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
     let run = wait_run(&store, &run_id, Duration::from_secs(40), |r| {
@@ -316,6 +319,11 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
         outcome("suzuki@pjmo-b.example.go.jp", "answer"),
         1,
         "{list:#}"
+    );
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        4,
+        "the old message was never taken: {list:#}"
     );
     let mails = wait_mail(&maildir, 3, Duration::from_secs(20));
     let notice = mails
@@ -441,6 +449,18 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
     let (code, again, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(again.contains("already received"), "{again}");
+    // Yamada answers again before the deadline: the latest answer wins, both are kept.
+    let again = gmail_reply(
+        "yamada@pjmo-a.example.go.jp",
+        &bare(yamada["reply_to"].as_str().unwrap()),
+        yamada,
+        "総合評価: 注意\n課題: 要員不足",
+        "",
+    );
+    std::fs::write(&path, &again).unwrap();
+    let (code, out2, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out2.contains("answer (done)"), "{out2}");
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
     let run = wait_run(&store, &run_id, Duration::from_secs(30), |r| {
@@ -450,6 +470,14 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
     assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
     let out = step_output(&store, &run_id, "ask").await;
     assert_eq!(out[0]["status"], "answered");
+    assert_eq!(
+        out[0]["fields"]["総合評価"], "注意",
+        "the latest answer wins: {out:#}"
+    );
+    assert_eq!(out[0]["fields"]["課題"], "要員不足");
+    let history = out[0]["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{out:#}");
+    assert_eq!(history[0]["fields"]["総合評価"], "良好");
     assert_eq!(out[1]["status"], "unanswered");
     assert_eq!(out[1]["status_ja"], "未回答");
     let mails = wait_mail(&maildir, 3, Duration::from_secs(10));
@@ -853,24 +881,17 @@ async fn acknowledgements_by_reply_link_and_api() {
     assert_eq!(code, 0, "{err}");
     let run2 = out.trim().to_string();
     let mails = wait_mail(&maildir, 4, Duration::from_secs(30));
-    let second: Vec<&Json> = mails
-        .iter()
-        .filter(|m| m["message_id"] != page1["message_id"])
-        .filter(|m| m["subject"].as_str().unwrap().starts_with("【至急】"))
-        .collect();
+    let rows = store.requests_for_step(&run2, "page").await.unwrap();
     let link = |who: &str| {
-        let m = second
-            .iter()
-            .filter(|m| to_addr(m).contains(who))
-            .find(|m| {
-                let t = url_in(m["body"].as_str().unwrap(), "/ack/");
-                !mails.iter().any(|x| {
-                    x["message_id"] == page1["message_id"]
-                        && x["body"].as_str().unwrap().contains(&t)
-                })
-            })
-            .unwrap();
-        url_in(m["body"].as_str().unwrap(), "/ack/")
+        let row = rows.iter().find(|r| r.recipient.starts_with(who)).unwrap();
+        let url = format!("{base}/ack/{}", row.token);
+        assert!(
+            mails
+                .iter()
+                .any(|m| to_addr(m).contains(who) && m["body"].as_str().unwrap().contains(&url)),
+            "the mail to {who} carries {url}"
+        );
+        url
     };
     let (link1, link2) = (link("oncall1@"), link("oncall2@"));
     let res = web.get(&link1).send().await.unwrap();
