@@ -415,7 +415,7 @@ async fn a_reply_stored_but_not_processed_when_the_daemon_dies_is_processed_exac
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_records_unanswered() {
-    let s = setup("6s", "remind = [\"-4s\"]\non_timeout = \"continue\"", "").await;
+    let s = setup("15s", "remind = [\"-12s\"]\non_timeout = \"continue\"", "").await;
     let maildir = s.project.path().join("maildir");
     let _d = Daemon::start(s.project.path(), "d", &[]);
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
@@ -492,7 +492,7 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
         bare(mail_to(&mails, "suzuki@")["reply_to"].as_str().unwrap()),
         "the reminder carries the same reply address"
     );
-    // A late answer after the close is recorded but changes nothing.
+    // An answer after the close is kept as a message but changes nothing.
     let suzuki = mail_to(&mails, "suzuki@");
     let late = gmail_reply(
         "suzuki@pjmo-b.example.go.jp",
@@ -502,8 +502,9 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
         "",
     );
     std::fs::write(&path, &late).unwrap();
-    let (code, _, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("after_close (done)"), "{out}");
     assert_eq!(
         step_output(&store, &run_id, "ask").await[1]["status"],
         "unanswered"
@@ -980,7 +981,7 @@ async fn acknowledgements_by_reply_link_and_api() {
 async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link() {
     let port = free_port();
     let s = setup(
-        "3s",
+        "8s",
         "delegates = [\"deputy@pjmo-a.example.go.jp\"]",
         &format!(
             "token_ttl = \"1s\"\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n"

@@ -310,6 +310,16 @@ impl Intake {
             let notify = self.pmo_notice(row, Some(&from), Some(&msg.subject), &detail);
             return quarantine("expired", Some(req.token), detail, notify);
         }
+        if req.status == "closed" {
+            return Disposition::Record {
+                outcome: "after_close".into(),
+                token: Some(req.token),
+                detail: format!(
+                    "request {} was already closed; the message is kept but not taken as an answer",
+                    req.tag
+                ),
+            };
+        }
         let text = reply::new_text(&msg.text);
         if req.kind == "ack" {
             if !reply::is_ack(&text) {
