@@ -678,6 +678,7 @@ impl Config {
                 charset: raw.mail.charset.unwrap_or_default(),
             },
             replies,
+            metrics: std::sync::Arc::default(),
             outbox,
             secrets,
             workflows_dir: workflows_dir.clone(),

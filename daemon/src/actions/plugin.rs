@@ -21,6 +21,15 @@ pub(crate) async fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, 
         now_ms: cx.clock.now().timestamp_millis(),
     };
     let result = host.invoke(name, &call, &with.to_string()).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(PluginError::Timeout(_) | PluginError::Memory(_) | PluginError::Size(_)) => "limit",
+        Err(_) => "error",
+    };
+    cx.services.metrics.inc(
+        "pmoflow_plugin_invocations_total",
+        &[("plugin", name), ("result", outcome)],
+    );
     let (output, logs) = match result {
         Ok(ok) => ok,
         Err(PluginError::Step {

@@ -99,6 +99,17 @@ async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(
         .into_iter()
         .map(|r| (r.step_key.clone(), r))
         .collect();
+    if rows.is_empty()
+        && run.trigger_kind == "schedule"
+        && let Some(at) = run.scheduled_at
+    {
+        let lag = (inner.clock.now() - at).num_milliseconds() as f64 / 1000.0;
+        inner.config.services.metrics.observe(
+            "pmoflow_scheduler_lag_seconds",
+            &[("workflow", run.workflow_id.as_str())],
+            lag,
+        );
+    }
     let exec = RunExec {
         inner,
         fence,
@@ -353,7 +364,24 @@ impl RunExec<'_> {
             },
         )
         .await?;
+        self.observe(unit, None, "failed");
         Ok(StepResult::Failed(message.to_string()))
+    }
+
+    fn observe(&self, unit: &Unit<'_>, started_at: Option<DateTime<Utc>>, outcome: &str) {
+        let started = started_at
+            .or_else(|| self.rows.get(&unit.key).and_then(|r| r.started_at))
+            .unwrap_or_else(|| self.now());
+        let secs = (self.now() - started).num_milliseconds() as f64 / 1000.0;
+        self.inner.config.services.metrics.observe(
+            "pmoflow_step_duration_seconds",
+            &[
+                ("workflow", self.wf.id.as_str()),
+                ("action", unit.step.action.name()),
+                ("outcome", outcome),
+            ],
+            secs,
+        );
     }
 
     async fn run_foreach(
@@ -600,6 +628,7 @@ impl RunExec<'_> {
                 },
             )
             .await?;
+        self.observe(unit, started_at, "succeeded");
         // Effects that must not repeat happen only after the commit.
         let data = Json::Null;
         unit.step

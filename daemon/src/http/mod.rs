@@ -29,6 +29,8 @@ use crate::inbound::intake::Intake;
 use crate::outbox::Services;
 use crate::store::{NewAnswer, RequestRow, Store, requests::lookup_of};
 
+mod api;
+
 /// A role of an API token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,6 +162,17 @@ pub fn router(state: AppState) -> Router {
     let max = state.services.replies.max_size + (64 << 10);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/hooks/{workflow}", post(api::hook))
+        .route("/api/workflows", get(api::workflows))
+        .route("/api/runs", get(api::runs).post(api::trigger))
+        .route("/api/runs/{id}", get(api::run))
+        .route("/api/runs/{id}/cancel", post(api::cancel))
+        .route("/api/requests", get(api::requests))
+        .route("/api/outbox", get(api::outbox))
+        .route("/api/outbox/{id}/retry", post(api::outbox_retry))
+        .route("/api/audit", get(api::audit_log))
         .route("/static/pmoflow.css", get(css))
         .route("/answer/{token}", get(answer_page).post(answer_submit))
         .route("/ack/{token}", get(ack_page).post(ack_submit))
@@ -755,11 +768,23 @@ async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     };
     let by = Some(body.by.unwrap_or_else(|| format!("api:{name}")));
     match acknowledge(&state, &row, "api", by, &format!("api:{}", row.token)).await {
-        Ok(true) => (
+        Ok(true) => {
+            let _ = state
+                .store
+                .audit(
+                    state.clock.now(),
+                    &name,
+                    "ack",
+                    Some(&row.run_id),
+                    Some(&format!("request #{} ({})", row.tag, row.recipient)),
+                )
+                .await;
+            (
             StatusCode::CREATED,
             axum::Json(json!({ "status": "acknowledged", "tag": row.tag })),
         )
-            .into_response(),
+            .into_response()
+        }
         Ok(false) => (
             StatusCode::OK,
             axum::Json(json!({ "status": "already_acknowledged", "tag": row.tag })),
@@ -770,9 +795,10 @@ async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
 }
 
 async fn inbound_email(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Operator).await {
-        return r;
-    }
+    let (actor, _) = match authorize(&state, &headers, Role::Operator).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     if body.is_empty() {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -790,7 +816,13 @@ async fn inbound_email(State(state): State<AppState>, headers: HeaderMap, body: 
         );
     }
     let id = match state.intake.receive("http", &body).await {
-        Ok(Some(id)) => id,
+        Ok(Some(id)) => {
+            let _ = state
+                .store
+                .audit(state.clock.now(), &actor, "inbound", Some(&id), None)
+                .await;
+            id
+        }
         Ok(None) => {
             return (StatusCode::OK, axum::Json(json!({ "status": "duplicate" }))).into_response();
         }

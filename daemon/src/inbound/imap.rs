@@ -402,7 +402,16 @@ async fn session_loop(
             .has_str("IDLE");
     tracing::info!(host = %cfg.host, mailbox = %cfg.mailbox, idle, "imap connected");
     loop {
-        let stats = poll(&mut session, cfg, store, clock, max_size).await?;
+        let stats = match poll(&mut session, cfg, store, clock, max_size).await {
+            Ok(s) => {
+                intake.metrics().inc("pmoflow_imap_polls_total", &[("result", "ok")]);
+                s
+            }
+            Err(e) => {
+                intake.metrics().inc("pmoflow_imap_polls_total", &[("result", "error")]);
+                return Err(e);
+            }
+        };
         if stats.stored + stats.duplicates + stats.skipped_old > 0 {
             tracing::info!(
                 stored = stats.stored,

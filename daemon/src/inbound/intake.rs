@@ -83,6 +83,11 @@ impl Intake {
         self
     }
 
+    /// This process's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.services.metrics
+    }
+
     /// Stores a message; `None` if it was stored before.
     pub async fn receive(&self, via: &str, raw: &[u8]) -> Result<Option<String>, StoreError> {
         let key = source_key(raw);
@@ -135,6 +140,9 @@ impl Intake {
         if !applied {
             return Ok(None);
         }
+        self.services
+            .metrics
+            .inc("pmoflow_inbound_messages_total", &[("outcome", outcome)]);
         match status {
             "quarantined" => tracing::warn!(
                 inbound = %row.id, outcome, from = from.as_deref().unwrap_or("-"), "{detail}"

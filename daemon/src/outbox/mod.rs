@@ -186,6 +186,8 @@ pub struct Services {
     pub mail: MailSettings,
     /// Reply settings.
     pub replies: ReplySettings,
+    /// This process's metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Delivery policy.
     pub outbox: OutboxConfig,
     /// Named secrets (`[secrets]`).

@@ -1064,5 +1064,7 @@ mod rows;
 mod writer;
 
 pub use outbox::OutboxRow;
-pub use requests::{AnswerRow, Disposition, InboundRow, NewAnswer, NewRequest, RequestRow};
+pub use requests::{
+    AnswerRow, AuditRow, Disposition, InboundRow, NewAnswer, NewRequest, RequestRow,
+};
 pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};

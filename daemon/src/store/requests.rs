@@ -818,3 +818,84 @@ impl Store {
         })
     }
 }
+
+/// An audit-log entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who (token name).
+    pub actor: String,
+    /// What (`trigger`, `cancel`, `retry_outbox`, `ack`, `inbound`, `hook`).
+    pub action: String,
+    /// On what (run id, message id, workflow).
+    pub target: Option<String>,
+    /// Details.
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Appends to the audit log.
+    pub async fn audit(
+        &self,
+        now: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(ms(now))
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// The newest audit entries.
+    pub async fn list_audit(&self, limit: i64) -> Result<Vec<AuditRow>> {
+        with_pool!(self, |pool| {
+            let mut out = Vec::new();
+            for r in sqlx::query(
+                "SELECT at, actor, action, target, detail FROM audit_log ORDER BY at DESC, id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            {
+                out.push(AuditRow {
+                    at: from_ms(r.try_get(0usize)?),
+                    actor: r.try_get(1usize)?,
+                    action: r.try_get(2usize)?,
+                    target: r.try_get(3usize)?,
+                    detail: r.try_get(4usize)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Runs counted by workflow and status.
+    pub async fn run_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        with_pool!(self, |pool| {
+            let mut out = Vec::new();
+            for r in sqlx::query(
+                "SELECT workflow_id, status, COUNT(*) FROM runs GROUP BY workflow_id, status ORDER BY workflow_id, status",
+            )
+            .fetch_all(pool)
+            .await?
+            {
+                out.push((r.try_get(0usize)?, r.try_get(1usize)?, r.try_get(2usize)?));
+            }
+            Ok(out)
+        })
+    }
+}

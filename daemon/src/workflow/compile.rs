@@ -200,7 +200,7 @@ pub fn compile(
         .collect();
     let input_names: BTreeSet<String> = inputs.keys().cloned().collect();
 
-    let triggers = compile_triggers(&mut cx, &raw, &input_names);
+    let (triggers, webhook) = compile_triggers(&mut cx, &raw, &input_names);
 
     let all_steps: BTreeSet<String> = raw
         .steps
@@ -262,6 +262,7 @@ pub fn compile(
         description: raw.description.map(|d| d.into_inner()).unwrap_or_default(),
         id,
         triggers,
+        webhook,
         inputs,
         steps,
         hash: content_hash(source),
@@ -278,12 +279,72 @@ fn compile_triggers(
     cx: &mut Ctx<'_>,
     raw: &RawWorkflow,
     inputs: &BTreeSet<String>,
-) -> Vec<Trigger> {
+) -> (Vec<Trigger>, Option<super::WebhookTrigger>) {
     use super::raw::CalendarKind;
     let mut out = Vec::new();
+    let mut webhook: Option<super::WebhookTrigger> = None;
     for (index, t) in raw.triggers.iter().enumerate() {
         let trig = t.get_ref();
         let errors_before = cx.diags.len();
+        if let Some(w) = &trig.webhook {
+            if !*w.get_ref() {
+                cx.error(
+                    w.span(),
+                    "`webhook = false` does nothing",
+                    Some("remove the trigger, or write webhook = true".into()),
+                );
+                continue;
+            }
+            let scheduled = [
+                trig.cron.as_ref().map(|v| v.span()),
+                trig.business_day.as_ref().map(|v| v.span()),
+                trig.at.as_ref().map(|v| v.span()),
+                trig.months.as_ref().map(|v| v.span()),
+                trig.timezone.as_ref().map(|v| v.span()),
+                trig.dst.as_ref().map(|v| v.span()),
+                trig.calendar.as_ref().map(|v| v.span()),
+                trig.on_closed_day.as_ref().map(|v| v.span()),
+                trig.catch_up.as_ref().map(|v| v.span()),
+                trig.catch_up_window.as_ref().map(|v| v.span()),
+                trig.overlap.as_ref().map(|v| v.span()),
+                trig.jitter.as_ref().map(|v| v.span()),
+            ];
+            if let Some(span) = scheduled.into_iter().flatten().next() {
+                cx.error(
+                    span,
+                    "a webhook trigger has no schedule",
+                    Some("put the schedule in a [[triggers]] entry of its own".into()),
+                );
+            }
+            if webhook.is_some() {
+                cx.error(w.span(), "a workflow has at most one webhook trigger", None);
+            }
+            for key in trig.inputs.keys() {
+                if !inputs.contains(key.get_ref()) {
+                    cx.error(
+                        key.span(),
+                        format!("trigger sets unknown input `{}`", key.get_ref()),
+                        Some("a trigger can only override inputs declared under [inputs]".into()),
+                    );
+                }
+            }
+            webhook = Some(super::WebhookTrigger {
+                secret: trig.secret.as_ref().map(|s| s.get_ref().clone()),
+                inputs: trig
+                    .inputs
+                    .iter()
+                    .map(|(k, v)| (k.get_ref().clone(), toml_to_json(v.get_ref())))
+                    .collect(),
+            });
+            continue;
+        }
+        if let Some(s) = &trig.secret {
+            cx.error(
+                s.span(),
+                "`secret` belongs to a webhook trigger",
+                Some("add webhook = true, or remove `secret`".into()),
+            );
+        }
         match (&trig.cron, &trig.business_day) {
             (Some(expr), None) => {
                 if let Err(message) = crate::schedule::parse_cron(expr.get_ref()) {
@@ -457,7 +518,7 @@ fn compile_triggers(
         trigger.key = format!("t{index}-{}", &content_hash(&identity.to_string())[..12]);
         out.push(trigger);
     }
-    out
+    (out, webhook)
 }
 
 const CRON_HINT: &str = "5 fields (min hour dom mon dow), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly";

@@ -30,6 +30,8 @@ pub struct Workflow {
     pub description: String,
     /// When it starts by itself.
     pub triggers: Vec<Trigger>,
+    /// Whether (and how) `POST /hooks/{id}` may start it.
+    pub webhook: Option<WebhookTrigger>,
     /// Default inputs.
     pub inputs: serde_json::Map<String, Json>,
     /// Steps, in order.
@@ -38,6 +40,16 @@ pub struct Workflow {
     pub hash: String,
     /// Where it was read from.
     pub path: PathBuf,
+}
+
+/// A `[[triggers]]` entry with `webhook = true`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookTrigger {
+    /// The `[secrets]` entry that signs calls; without it only bearer tokens are accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Inputs this trigger sets (the request body overrides them).
+    pub inputs: serde_json::Map<String, Json>,
 }
 
 /// A `[[triggers]]` entry.

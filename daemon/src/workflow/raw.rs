@@ -37,6 +37,10 @@ pub struct RawTrigger {
     pub catch_up_window: Option<Spanned<String>>,
     pub overlap: Option<Spanned<Overlap>>,
     pub jitter: Option<Spanned<String>>,
+    /// `webhook = true`: started by `POST /hooks/{workflow}` instead of a schedule.
+    pub webhook: Option<Spanned<bool>>,
+    /// The `[secrets]` entry whose value signs webhook calls (HMAC, as outgoing webhooks).
+    pub secret: Option<Spanned<String>>,
     #[serde(default)]
     pub inputs: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 }
