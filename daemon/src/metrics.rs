@@ -174,15 +174,25 @@ mod tests {
         m.inc("pmoflow_imap_polls_total", &[("result", "ok")]);
         m.observe(
             "pmoflow_step_duration_seconds",
-            &[("workflow", "a\"b"), ("action", "log"), ("outcome", "succeeded")],
+            &[
+                ("workflow", "a\"b"),
+                ("action", "log"),
+                ("outcome", "succeeded"),
+            ],
             0.02,
         );
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("pmoflow_imap_polls_total{result=\"ok\"} 2"), "{out}");
+        assert!(
+            out.contains("pmoflow_imap_polls_total{result=\"ok\"} 2"),
+            "{out}"
+        );
         assert!(out.contains("le=\"0.05\"} 1"), "{out}");
         assert!(out.contains("le=\"0.01\"} 0"), "{out}");
         assert!(out.contains("workflow=\"a\\\"b\""), "{out}");
-        assert!(out.contains("pmoflow_step_duration_seconds_count{"), "{out}");
+        assert!(
+            out.contains("pmoflow_step_duration_seconds_count{"),
+            "{out}"
+        );
     }
 }

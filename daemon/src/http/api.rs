@@ -74,7 +74,10 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     }
     state.services.metrics.render(&mut out);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()
@@ -125,7 +128,10 @@ pub(super) async fn hook(
                 .as_ref()
                 .and_then(|name| state.services.secrets.get(name))
             else {
-                tracing::warn!(workflow, "signed webhook call, but the trigger has no usable secret");
+                tracing::warn!(
+                    workflow,
+                    "signed webhook call, but the trigger has no usable secret"
+                );
                 return api_error(
                     StatusCode::UNAUTHORIZED,
                     "this workflow does not accept signed calls (no secret configured)",
@@ -187,10 +193,7 @@ pub(super) async fn hook(
             audit(&state, &actor, "hook", Some(&id), &workflow).await;
             ok(StatusCode::ACCEPTED, json!({ "run_id": id }))
         }
-        Ok(Created::Existing(id)) => ok(
-            StatusCode::OK,
-            json!({ "run_id": id, "duplicate": true }),
-        ),
+        Ok(Created::Existing(id)) => ok(StatusCode::OK, json!({ "run_id": id, "duplicate": true })),
         Err(e) => trigger_error(&e),
     }
 }
@@ -376,7 +379,10 @@ pub(super) async fn cancel(
         }
         Ok(CancelOutcome::Requested) => {
             audit(&state, &actor, "cancel", Some(&id), "requested").await;
-            ok(StatusCode::ACCEPTED, json!({ "status": "cancel_requested" }))
+            ok(
+                StatusCode::ACCEPTED,
+                json!({ "status": "cancel_requested" }),
+            )
         }
         Ok(CancelOutcome::AlreadyFinished) => {
             api_error(StatusCode::CONFLICT, "the run has already finished")
@@ -429,7 +435,10 @@ pub(super) async fn outbox(
     if let Some(s) = &q.status
         && !matches!(s.as_str(), "pending" | "sent" | "dead")
     {
-        return api_error(StatusCode::BAD_REQUEST, "unknown status (pending, sent, dead)");
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "unknown status (pending, sent, dead)",
+        );
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     match state.store.list_outbox(q.status.as_deref(), limit).await {

@@ -780,10 +780,10 @@ async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
                 )
                 .await;
             (
-            StatusCode::CREATED,
-            axum::Json(json!({ "status": "acknowledged", "tag": row.tag })),
-        )
-            .into_response()
+                StatusCode::CREATED,
+                axum::Json(json!({ "status": "acknowledged", "tag": row.tag })),
+            )
+                .into_response()
         }
         Ok(false) => (
             StatusCode::OK,

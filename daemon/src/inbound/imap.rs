@@ -404,11 +404,15 @@ async fn session_loop(
     loop {
         let stats = match poll(&mut session, cfg, store, clock, max_size).await {
             Ok(s) => {
-                intake.metrics().inc("pmoflow_imap_polls_total", &[("result", "ok")]);
+                intake
+                    .metrics()
+                    .inc("pmoflow_imap_polls_total", &[("result", "ok")]);
                 s
             }
             Err(e) => {
-                intake.metrics().inc("pmoflow_imap_polls_total", &[("result", "error")]);
+                intake
+                    .metrics()
+                    .inc("pmoflow_imap_polls_total", &[("result", "error")]);
                 return Err(e);
             }
         };
