@@ -105,6 +105,9 @@ pub struct AppState {
     tokens: Arc<Vec<ApiToken>>,
     /// SHA-256 of tokens already verified against their argon2 hash → (name, role).
     verified: Arc<Mutex<VerifiedTokens>>,
+    /// One argon2 verification at a time: a burst of calls with a new token costs one
+    /// verification, not one per call (and cannot exhaust the CPU).
+    verifying: Arc<tokio::sync::Mutex<()>>,
     pages: Arc<minijinja::Environment<'static>>,
 }
 
@@ -137,6 +140,7 @@ impl AppState {
             key: Arc::new(hex::decode(&key).unwrap_or_else(|_| key.into_bytes())),
             tokens: Arc::new(tokens),
             verified: Arc::default(),
+            verifying: Arc::default(),
             pages: Arc::new(pages()),
         })
     }
@@ -680,12 +684,22 @@ async fn authorize(
         return Err(unauthorized());
     };
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let cached = state
-        .verified
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&digest)
-        .cloned();
+    let lookup = || {
+        state
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .cloned()
+    };
+    let mut cached = lookup();
+    let _guard = if cached.is_none() {
+        let guard = state.verifying.lock().await;
+        cached = lookup();
+        Some(guard)
+    } else {
+        None
+    };
     let who = match cached {
         Some(w) => Some(w),
         None => {

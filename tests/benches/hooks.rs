@@ -1,0 +1,128 @@
+//! Webhook load check (not a timed test): 1,000 `POST /hooks/{workflow}` calls over loopback at
+//! 200 requests/s against the real daemon (SQLite), each starting a run of a one-step workflow.
+//! Prints accepted count, latency p50/p99 and how long until every run finished.
+//!
+//! Run: `cargo build -p pmoflow && cargo bench -p pmoflow-tests --bench hooks`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::{Backend, Daemon, Project, TestDb, cli, free_port};
+
+const N: usize = 1000;
+const RATE: u64 = 200;
+
+const HOOK: &str = r#"
+id = "alert"
+[[triggers]]
+webhook = true
+[inputs]
+n = 0
+[[steps]]
+id = "note"
+action = "log"
+with = { message = "alert {{ inputs.n }}" }
+"#;
+
+#[tokio::main]
+async fn main() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    project.workflow("alert.toml", HOOK);
+    let (code, out, _) = cli(
+        project.path(),
+        &["token", "new", "--name", "load", "--role", "operator"],
+    );
+    assert_eq!(code, 0);
+    let token = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("pmo_"))
+        .unwrap()
+        .to_string();
+    let entry = &out[out.find("[[http.tokens]]").unwrap()..];
+    let port = free_port();
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n{entry}\n",
+        db.url
+    ));
+    let daemon = Daemon::start(project.path(), "d", &[("RUST_LOG", "warn")]);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/hooks/alert");
+    // The token's first use costs one argon2 verification; measured once, apart.
+    let t = Instant::now();
+    let res = client
+        .post(&url)
+        .bearer_auth(&token)
+        .body("{\"n\": -1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let first = t.elapsed();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    let mut tasks = Vec::with_capacity(N);
+    let began = Instant::now();
+    for i in 0..N {
+        tick.tick().await;
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let res = client
+                .post(&url)
+                .bearer_auth(&token)
+                .body(format!("{{\"n\": {i}}}"))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), t.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(N);
+    let mut accepted = 0;
+    for t in tasks {
+        let (status, d) = t.await.unwrap();
+        if status == 202 {
+            accepted += 1;
+        }
+        latencies.push(d);
+    }
+    let sent_in = began.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    loop {
+        let done = store.count_runs(RunStatus::Succeeded).await.unwrap();
+        if done as usize > N {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "only {done} runs finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "hooks: {accepted}/{N} accepted (202) at {RATE}/s, sent in {:.2} s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all {N} runs succeeded {:.2} s after the first call",
+        sent_in.as_secs_f64(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+        began.elapsed().as_secs_f64()
+    );
+    println!(
+        "hooks: the token's first use (one argon2 verification, this build): {:.0} ms",
+        first.as_secs_f64() * 1e3
+    );
+    drop(daemon);
+}
