@@ -460,3 +460,97 @@ async fn the_rest_api_with_roles_and_an_audit_trail() {
         "{text}"
     );
 }
+
+const FLAKY: &str = r#"
+id = "flaky"
+[[steps]]
+id = "first"
+action = "log"
+with = { message = "first-step-ran" }
+
+[[steps]]
+id = "needs_flag"
+action = "log"
+with = { message = "flag is {{ data.flag.ok }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_run_can_be_retried_from_its_failed_step() {
+    let api = start().await;
+    let dir = api._project.path().to_path_buf();
+    std::fs::write(dir.join("workflows/data/flag.toml"), "other = 1\n").unwrap();
+    std::fs::write(dir.join("workflows/flaky.toml"), FLAKY).unwrap();
+    let web = reqwest::Client::new();
+    let post = |path: String, token: &str| {
+        web.post(format!("{}{path}", api.base))
+            .bearer_auth(token)
+            .json(&json!({ "workflow": "flaky" }))
+            .send()
+    };
+    // Wait for the reload to pick the new workflow up.
+    let start = std::time::Instant::now();
+    let run_id = loop {
+        let res = post("/api/runs".into(), &api.operator).await.unwrap();
+        if res.status() == 201 {
+            break res.json::<Json>().await.unwrap()["run_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let store = Store::open(&api.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Failed);
+    // Not retryable yet by a viewer, nor a run that did not fail.
+    assert_eq!(
+        post(format!("/api/runs/{run_id}/retry"), &api.viewer)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        post("/api/runs/nope/retry".into(), &api.operator)
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // Fix the data, retry: the failed step runs again, the first one does not.
+    std::fs::write(dir.join("workflows/data/flag.toml"), "ok = \"yes\"\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let res = post(format!("/api/runs/{run_id}/retry"), &api.operator)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let steps = store.get_steps(&run_id).await.unwrap();
+    assert_eq!(
+        steps[0].attempt, 1,
+        "the step that succeeded did not run again"
+    );
+    assert_eq!(steps[1].attempt, 2);
+    assert_eq!(steps[1].output.as_ref().unwrap()["message"], "flag is yes");
+    assert_eq!(
+        post(format!("/api/runs/{run_id}/retry"), &api.operator)
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    let log = api.daemon.log_text();
+    assert_eq!(log.matches("first-step-ran").count(), 1, "{log}");
+}

@@ -392,6 +392,40 @@ pub(super) async fn cancel(
     }
 }
 
+/// `POST /api/runs/{id}/retry` (operator): a failed run's failed steps get another attempt.
+pub(super) async fn retry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (actor, _) = match authorize(&state, &headers, Role::Operator).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match state
+        .store
+        .retry_run(&id, state.clock.now(), &format!("api:{actor}"))
+        .await
+    {
+        Ok(Some(n)) => {
+            audit(&state, &actor, "retry", Some(&id), &format!("{n} step(s)")).await;
+            if let Some(e) = &state.engine {
+                e.wake();
+            }
+            ok(
+                StatusCode::ACCEPTED,
+                json!({ "status": "retrying", "steps": n }),
+            )
+        }
+        Ok(None) => match state.store.get_run(&id).await {
+            Ok(Some(_)) => api_error(StatusCode::CONFLICT, "only a failed run can be retried"),
+            Ok(None) => api_error(StatusCode::NOT_FOUND, &format!("no run {id}")),
+            Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        },
+        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
 /// Query with a status and a limit.
 #[derive(serde::Deserialize)]
 pub(super) struct ListQuery {

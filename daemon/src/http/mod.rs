@@ -173,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs", get(api::runs).post(api::trigger))
         .route("/api/runs/{id}", get(api::run))
         .route("/api/runs/{id}/cancel", post(api::cancel))
+        .route("/api/runs/{id}/retry", post(api::retry))
         .route("/api/requests", get(api::requests))
         .route("/api/outbox", get(api::outbox))
         .route("/api/outbox/{id}/retry", post(api::outbox_retry))

@@ -776,6 +776,13 @@ impl Store {
                 }
             };
             if outcome != CancelOutcome::NotFound && outcome != CancelOutcome::AlreadyFinished {
+                // Nobody is asked any more: links and replies to its requests are refused.
+                sqlx::query(
+                    "UPDATE requests SET status = 'closed' WHERE run_id = $1 AND status = 'open'",
+                )
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
                 let kind = if outcome == CancelOutcome::Cancelled {
                     "cancelled"
                 } else {
@@ -794,6 +801,52 @@ impl Store {
             }
             tx.commit().await?;
             Ok(outcome)
+        })
+    }
+
+    /// Gives a failed run another go: its failed steps (and foreach items) get one more attempt,
+    /// due now. Returns the number of steps retried, or `None` if the run is not failed.
+    pub async fn retry_run(
+        &self,
+        run_id: &str,
+        now: DateTime<Utc>,
+        by: &str,
+    ) -> Result<Option<u64>> {
+        let message = format!("failed steps retried by {by}");
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE runs SET status = 'waiting', wake_at = $1, finished_at = NULL, error = NULL,                  cancel_requested = 0 WHERE id = $2 AND status = 'failed'",
+            )
+            .bind(ms(now))
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let steps = sqlx::query(
+                "UPDATE steps SET status = 'retry_wait', wake_at = $1, finished_at = NULL                  WHERE run_id = $2 AND status = 'failed'",
+            )
+            .bind(ms(now))
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            insert_event!(
+                &mut *tx,
+                run_id,
+                now,
+                &NewEvent {
+                    step_key: None,
+                    kind: "retried",
+                    message: &message
+                }
+            );
+            tx.commit().await?;
+            Ok(Some(steps))
         })
     }
 
