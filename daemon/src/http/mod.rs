@@ -30,6 +30,7 @@ use crate::outbox::Services;
 use crate::store::{NewAnswer, RequestRow, Store, requests::lookup_of};
 
 mod api;
+mod pages;
 
 /// A role of an API token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -154,6 +155,11 @@ fn pages() -> minijinja::Environment<'static> {
         ("answer.html", include_str!("templates/answer.html")),
         ("ack.html", include_str!("templates/ack.html")),
         ("message.html", include_str!("templates/message.html")),
+        ("login.html", include_str!("templates/login.html")),
+        ("dashboard.html", include_str!("templates/dashboard.html")),
+        ("run.html", include_str!("templates/run.html")),
+        ("requests.html", include_str!("templates/requests.html")),
+        ("status.html", include_str!("templates/status.html")),
     ] {
         // The templates are part of the binary; a broken one fails the unit test below.
         let _ = env.add_template(name, text);
@@ -165,6 +171,13 @@ fn pages() -> minijinja::Environment<'static> {
 pub fn router(state: AppState) -> Router {
     let max = state.services.replies.max_size + (64 << 10);
     Router::new()
+        .route("/", get(pages::dashboard))
+        .route("/login", get(pages::login_page).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/runs/{id}", get(pages::run_page))
+        .route("/runs/{id}/{action}", post(pages::run_action))
+        .route("/requests", get(pages::requests_page))
+        .route("/status", get(pages::status_board))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -661,29 +674,12 @@ fn api_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// Checks `Authorization: Bearer` against the configured hashes; returns the caller.
-async fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    need: Role,
-) -> Result<(String, Role), Response> {
-    let unauthorized = || {
-        let mut r = api_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"pmoflow\""),
-        );
-        r
-    };
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    else {
-        return Err(unauthorized());
-    };
+/// The configured token `token` is, if any: (name, role). Verified against the argon2 hashes
+/// once, then from a cache of SHA-256 digests.
+pub(super) async fn verify_token(state: &AppState, token: &str) -> Option<(String, Role)> {
+    if token.is_empty() {
+        return None;
+    }
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let lookup = || {
         state
@@ -729,6 +725,33 @@ async fn authorize(
             found
         }
     };
+    who
+}
+
+/// Checks `Authorization: Bearer` against the configured hashes; returns the caller.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    need: Role,
+) -> Result<(String, Role), Response> {
+    let unauthorized = || {
+        let mut r = api_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"pmoflow\""),
+        );
+        r
+    };
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    else {
+        return Err(unauthorized());
+    };
+    let who = verify_token(state, token).await;
     match who {
         None => {
             tracing::warn!("API call with an unknown bearer token refused");
@@ -892,7 +915,17 @@ mod tests {
     #[test]
     fn pages_parse() {
         let env = pages();
-        for name in ["base.html", "answer.html", "ack.html", "message.html"] {
+        for name in [
+            "base.html",
+            "answer.html",
+            "ack.html",
+            "message.html",
+            "login.html",
+            "dashboard.html",
+            "run.html",
+            "requests.html",
+            "status.html",
+        ] {
             env.get_template(name).unwrap();
         }
         let html = env

@@ -899,3 +899,79 @@ impl Store {
         })
     }
 }
+
+/// A browser session.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    /// The API token it was opened with (its name).
+    pub token_name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The CSRF token of its forms.
+    pub csrf: String,
+    /// When it ends.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Opens a session under the SHA-256 of its cookie value.
+    pub async fn session_create(
+        &self,
+        id_hash: &str,
+        session: &SessionRow,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+                .bind(ms(now))
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO sessions (id_hash, token_name, role, csrf, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id_hash)
+            .bind(&session.token_name)
+            .bind(&session.role)
+            .bind(&session.csrf)
+            .bind(ms(now))
+            .bind(ms(session.expires_at))
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// The live session with this id hash.
+    pub async fn session_get(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<SessionRow>> {
+        with_pool!(self, |pool| {
+            let r = sqlx::query(
+                "SELECT token_name, role, csrf, expires_at FROM sessions WHERE id_hash = $1 AND expires_at > $2",
+            )
+            .bind(id_hash)
+            .bind(ms(now))
+            .fetch_optional(pool)
+            .await?;
+            match r {
+                Some(r) => Ok(Some(SessionRow {
+                    token_name: r.try_get(0usize)?,
+                    role: r.try_get(1usize)?,
+                    csrf: r.try_get(2usize)?,
+                    expires_at: from_ms(r.try_get(3usize)?),
+                })),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Ends a session.
+    pub async fn session_delete(&self, id_hash: &str) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+                .bind(id_hash)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+}
