@@ -697,7 +697,7 @@ pub(super) async fn verify_token(state: &AppState, token: &str) -> Option<(Strin
     } else {
         None
     };
-    let who = match cached {
+    match cached {
         Some(w) => Some(w),
         None => {
             let tokens = state.tokens.clone();
@@ -724,8 +724,7 @@ pub(super) async fn verify_token(state: &AppState, token: &str) -> Option<(Strin
             }
             found
         }
-    };
-    who
+    }
 }
 
 /// Checks `Authorization: Bearer` against the configured hashes; returns the caller.

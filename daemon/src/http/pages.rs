@@ -96,9 +96,16 @@ fn redact(v: &Json) -> Json {
             m.iter()
                 .map(|(k, v)| {
                     let lk = k.to_lowercase();
-                    let secret = ["password", "secret", "token", "authorization", "api_key", "apikey"]
-                        .iter()
-                        .any(|s| lk.contains(s));
+                    let secret = [
+                        "password",
+                        "secret",
+                        "token",
+                        "authorization",
+                        "api_key",
+                        "apikey",
+                    ]
+                    .iter()
+                    .any(|s| lk.contains(s));
                     (k.clone(), if secret { json!("***") } else { redact(v) })
                 })
                 .collect(),
@@ -171,7 +178,13 @@ fn csrf_ok(user: &User, form: &HashMap<String, String>) -> bool {
 }
 
 fn forbidden(state: &AppState, text: &str) -> Response {
-    super::message(state, StatusCode::FORBIDDEN, "操作できません", text, "error")
+    super::message(
+        state,
+        StatusCode::FORBIDDEN,
+        "操作できません",
+        text,
+        "error",
+    )
 }
 
 pub(super) async fn logout(
@@ -381,13 +394,22 @@ pub(super) async fn run_action(
         "cancel" => state.store.cancel_run(&id, now, &by).await.map(|_| ()),
         "retry" => state.store.retry_run(&id, now, &by).await.map(|_| ()),
         _ => {
-            return super::message(&state, StatusCode::NOT_FOUND, "見つかりません", "不明な操作です。", "error");
+            return super::message(
+                &state,
+                StatusCode::NOT_FOUND,
+                "見つかりません",
+                "不明な操作です。",
+                "error",
+            );
         }
     };
     if let Err(e) = done {
         tracing::error!(error = %e, "run action failed");
     } else {
-        let _ = state.store.audit(now, &u.name, &action, Some(&id), Some("web")).await;
+        let _ = state
+            .store
+            .audit(now, &u.name, &action, Some(&id), Some("web"))
+            .await;
         if let Some(e) = &state.engine {
             e.wake();
         }
@@ -413,7 +435,11 @@ pub(super) async fn requests_page(State(state): State<AppState>, headers: Header
         return to_login();
     };
     let tz = state.services.mail.timezone;
-    let rows = state.store.list_requests(None, 200).await.unwrap_or_default();
+    let rows = state
+        .store
+        .list_requests(None, 200)
+        .await
+        .unwrap_or_default();
     let tokens: Vec<String> = rows.iter().map(|r| r.token.clone()).collect();
     let answers = state.store.answers_for(&tokens).await.unwrap_or_default();
     let list: Vec<Json> = rows
@@ -447,8 +473,16 @@ pub(super) async fn status_board(State(state): State<AppState>, headers: HeaderM
     };
     let tz = state.services.mail.timezone;
     // The latest run that asked for 総合評価.
-    let all = state.store.list_requests(Some("open"), 1).await.unwrap_or_default();
-    let recent = state.store.list_requests(None, 500).await.unwrap_or_default();
+    let all = state
+        .store
+        .list_requests(Some("open"), 1)
+        .await
+        .unwrap_or_default();
+    let recent = state
+        .store
+        .list_requests(None, 500)
+        .await
+        .unwrap_or_default();
     let latest_run = recent
         .iter()
         .chain(all.iter())
@@ -459,7 +493,11 @@ pub(super) async fn status_board(State(state): State<AppState>, headers: HeaderM
     if let Some(run_id) = latest_run
         && let Ok(Some(run)) = state.store.get_run(&run_id).await
     {
-        let mut rows: Vec<_> = recent.iter().filter(|r| r.run_id == run_id).cloned().collect();
+        let mut rows: Vec<_> = recent
+            .iter()
+            .filter(|r| r.run_id == run_id)
+            .cloned()
+            .collect();
         rows.sort_by(|a, b| a.step_key.cmp(&b.step_key));
         let tokens: Vec<String> = rows.iter().map(|r| r.token.clone()).collect();
         let answers = state.store.answers_for(&tokens).await.unwrap_or_default();

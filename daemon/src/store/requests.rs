@@ -943,7 +943,11 @@ impl Store {
     }
 
     /// The live session with this id hash.
-    pub async fn session_get(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<SessionRow>> {
+    pub async fn session_get(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRow>> {
         with_pool!(self, |pool| {
             let r = sqlx::query(
                 "SELECT token_name, role, csrf, expires_at FROM sessions WHERE id_hash = $1 AND expires_at > $2",

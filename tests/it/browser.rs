@@ -1,0 +1,384 @@
+//! End to end in a real browser: headless Chromium driven over WebDriver (chromedriver, from
+//! Debian's `chromium-driver`; tests/run installs it). Log in with a token, see a run started by a
+//! webhook appear on the dashboard, answer a request through the form and watch the waiting run
+//! continue. Screenshots of the main pages are kept in `$CARGO_TARGET_TMPDIR/screenshots/`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::{
+    Backend, Daemon, Project, SmtpSink, TestDb, cli, decode_mail, free_port, wait_run,
+};
+use serde_json::{Value as Json, json};
+
+const PROJECTS: &str = r#"
+# Example projects.
+[[projects]]
+name = "電子申請基盤"
+lead = "山田 太郎"
+lead_email = "yamada@pjmo-a.example.go.jp"
+
+[[projects]]
+name = "文書管理システム"
+lead = "鈴木 一郎"
+lead_email = "suzuki@pjmo-b.example.go.jp"
+"#;
+
+const STATUS: &str = r#"
+id = "status"
+name = "PJMO状況報告"
+[[steps]]
+id = "ask"
+action = "request"
+foreach = "data.projects.projects"
+[steps.with]
+to = "{{ item.lead }} <{{ item.lead_email }}>"
+subject = "【要回答】{{ item.name }} 状況報告のお願い"
+body = "{{ item.lead }} 様\n\n状況報告をお願いいたします。"
+fields = ["総合評価", "進捗", "課題"]
+required = ["総合評価"]
+deadline = "10m"
+"#;
+
+const HOOK: &str = r#"
+id = "incident"
+name = "緊急連絡"
+[[triggers]]
+webhook = true
+[inputs]
+summary = ""
+[[steps]]
+id = "hold"
+action = "wait"
+with = { duration = "1h" }
+"#;
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn browser() -> (Driver, Client) {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (apt-get install chromium-driver; tests/run does)");
+    let driver = Driver(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000", "--lang=ja"],
+        }),
+    );
+    // Two rustls crypto providers are linked into the tests (ring, and aws-lc-rs through the
+    // WebDriver client): pick one for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a Chromium session");
+    (driver, client)
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.len() > 1000, "a real screenshot");
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Reloads until the page source contains `needle`.
+async fn until_page_has(c: &Client, needle: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let src = c.source().await.unwrap();
+        if src.contains(needle) {
+            return src;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the page never showed {needle:?}:\n{src}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.refresh().await.unwrap();
+    }
+}
+
+/// Waits (without reloading) until the page source contains `needle`: after a click, the next
+/// page may still be loading.
+async fn wait_source(c: &Client, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let src = c.source().await.unwrap_or_default();
+        if src.contains(needle) {
+            return src;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the page never showed {needle:?}:\n{src}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn wait_mail(dir: &std::path::Path, n: usize) -> Vec<Json> {
+    let start = Instant::now();
+    loop {
+        if dir.exists() {
+            let m = decode_mail(dir);
+            if m.len() >= n {
+                return m;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "mail did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    std::fs::write(project.workflows().join("data/projects.toml"), PROJECTS).unwrap();
+    project.workflow("status.toml", STATUS);
+    project.workflow("incident.toml", HOOK);
+    let (code, out, err) = cli(
+        project.path(),
+        &["token", "new", "--name", "pmo-desk", "--role", "operator"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("pmo_"))
+        .unwrap()
+        .to_string();
+    let entry = &out[out.find("[[http.tokens]]").unwrap()..];
+    let (smtp_port, http_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{http_port}");
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n[outbox]\npoll_interval = \"200ms\"\n[replies]\naddress = \"pmo+{{token}}@example.go.jp\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"{base}\"\n\n{entry}\n",
+        db.url
+    ));
+    let maildir = project.path().join("maildir");
+    let _smtp = SmtpSink::start(smtp_port, &maildir);
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("http listening", Duration::from_secs(20));
+    let (_driver, c) = browser().await;
+
+    // Not logged in: the dashboard sends us to the login page. A wrong token is refused.
+    c.goto(&format!("{base}/")).await.unwrap();
+    assert!(c.current_url().await.unwrap().as_str().ends_with("/login"));
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys("pmo_wrong")
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_source(&c, "トークンが正しくありません").await;
+    shot(&c, "login").await;
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_source(&c, "pmo-desk").await;
+
+    // A monitoring system calls the webhook; the run shows up on the dashboard.
+    let web = reqwest::Client::new();
+    let res = web
+        .post(format!("{base}/hooks/incident"))
+        .bearer_auth(&token)
+        .json(&json!({ "summary": "電子申請が応答しない" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let hook_run = res.json::<Json>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    until_page_has(&c, &hook_run, Duration::from_secs(15)).await;
+    shot(&c, "dashboard").await;
+    // Its page, and cancelling it from there (a form with the session's CSRF token).
+    c.goto(&format!("{base}/runs/{hook_run}")).await.unwrap();
+    assert_eq!(
+        c.find(Locator::Id("run-status"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "待機中"
+    );
+    c.find(Locator::Css("form[action$='/cancel'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_source(&c, ">中止<").await;
+    assert_eq!(
+        c.find(Locator::Id("run-status"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "中止"
+    );
+
+    // A status collection: Yamada answers through the form behind the link in his mail.
+    let (code, out, err) = cli(project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2);
+    let yamada = mails
+        .iter()
+        .find(|m| m["to"][0].as_str().unwrap().contains("yamada@"))
+        .unwrap();
+    let link = yamada["body"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("/answer/"))
+        .unwrap()
+        .trim()
+        .to_string();
+    c.goto(&link).await.unwrap();
+    shot(&c, "answer-form").await;
+    c.find(Locator::Css("textarea[name='field:総合評価']"))
+        .await
+        .unwrap()
+        .send_keys("良好")
+        .await
+        .unwrap();
+    c.find(Locator::Css("textarea[name='field:進捗']"))
+        .await
+        .unwrap()
+        .send_keys("80%")
+        .await
+        .unwrap();
+    c.find(Locator::Css("textarea[name='text']"))
+        .await
+        .unwrap()
+        .send_keys("順調です")
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_source(&c, "回答を受け付けました").await;
+
+    // The run still waits for Suzuki; the board shows who answered what.
+    c.goto(&format!("{base}/status")).await.unwrap();
+    let board = c.source().await.unwrap();
+    assert!(
+        board.contains("良好") && board.contains("回答待ち"),
+        "{board}"
+    );
+    shot(&c, "status-board").await;
+    // Suzuki answers by mail (pipe delivery); the run continues.
+    let suzuki = mails
+        .iter()
+        .find(|m| m["to"][0].as_str().unwrap().contains("suzuki@"))
+        .unwrap();
+    let reply_to = suzuki["reply_to"]
+        .as_str()
+        .unwrap()
+        .rsplit('<')
+        .next()
+        .unwrap()
+        .trim_end_matches('>')
+        .to_string();
+    let raw = format!(
+        "From: suzuki@pjmo-b.example.go.jp\r\nTo: {reply_to}\r\nSubject: Re: status\r\nMessage-ID: <b-{run_id}@x>\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n総合評価: 注意\r\n"
+    );
+    let path = project.path().join("r.eml");
+    std::fs::write(&path, raw).unwrap();
+    let (code, out, err) = cli(project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("answer (done)"), "{out}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    c.goto(&format!("{base}/runs/{run_id}")).await.unwrap();
+    until_page_has(&c, "成功", Duration::from_secs(10)).await;
+    assert_eq!(
+        c.find(Locator::Id("run-status"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "成功"
+    );
+    shot(&c, "run").await;
+    c.goto(&format!("{base}/requests")).await.unwrap();
+    let reqs = c.source().await.unwrap();
+    assert!(
+        reqs.contains("yamada@pjmo-a.example.go.jp") && reqs.contains("回答済"),
+        "{reqs}"
+    );
+    shot(&c, "requests").await;
+    c.close().await.unwrap();
+    for name in [
+        "login",
+        "dashboard",
+        "answer-form",
+        "status-board",
+        "run",
+        "requests",
+    ] {
+        assert!(screenshots().join(format!("{name}.png")).exists());
+    }
+}
