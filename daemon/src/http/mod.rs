@@ -30,6 +30,7 @@ use crate::outbox::Services;
 use crate::store::{NewAnswer, RequestRow, Store, requests::lookup_of};
 
 mod api;
+pub mod openapi;
 mod pages;
 
 /// A role of an API token.
@@ -170,7 +171,7 @@ fn pages() -> minijinja::Environment<'static> {
 /// The routes.
 pub fn router(state: AppState) -> Router {
     let max = state.services.replies.max_size + (64 << 10);
-    Router::new()
+    let pages = Router::new()
         .route("/", get(pages::dashboard))
         .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
@@ -178,27 +179,50 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/{action}", post(pages::run_action))
         .route("/requests", get(pages::requests_page))
         .route("/status", get(pages::status_board))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
-        .route("/hooks/{workflow}", post(api::hook))
-        .route("/api/workflows", get(api::workflows))
-        .route("/api/runs", get(api::runs).post(api::trigger))
-        .route("/api/runs/{id}", get(api::run))
-        .route("/api/runs/{id}/cancel", post(api::cancel))
-        .route("/api/runs/{id}/retry", post(api::retry))
-        .route("/api/requests", get(api::requests))
-        .route("/api/outbox", get(api::outbox))
-        .route("/api/outbox/{id}/retry", post(api::outbox_retry))
-        .route("/api/audit", get(api::audit_log))
         .route("/static/pmoflow.css", get(css))
         .route("/answer/{token}", get(answer_page).post(answer_submit))
-        .route("/ack/{token}", get(ack_page).post(ack_submit))
-        .route("/api/acks", post(api_ack))
-        .route("/inbound/email", post(inbound_email))
+        .route("/ack/{token}", get(ack_page).post(ack_submit));
+    openapi::routes(pages)
         .layer(DefaultBodyLimit::max(max))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// Longest a request may take before it is answered 503.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A request id for every request (in the log span and the `X-Request-Id` header), a time
+/// limit, and one log line per request. Paths carrying tokens are logged without them.
+async fn request_context(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let path = req.uri().path();
+    let shown = match path.split('/').nth(1) {
+        Some(p @ ("answer" | "ack")) => format!("/{p}/…"),
+        _ => path.to_string(),
+    };
+    let span = tracing::info_span!("http", request_id = %id, method = %req.method(), path = %shown);
+    let started = std::time::Instant::now();
+    let mut res =
+        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req).instrument(span.clone())).await {
+            Ok(res) => res,
+            Err(_) => {
+                span.in_scope(|| tracing::warn!("request timed out"));
+                (StatusCode::SERVICE_UNAVAILABLE, "timed out").into_response()
+            }
+        };
+    span.in_scope(|| {
+        tracing::debug!(
+            status = res.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
 }
 
 async fn security_headers(mut res: Response) -> Response {
