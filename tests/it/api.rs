@@ -253,6 +253,21 @@ async fn the_rest_api_with_roles_and_an_audit_trail() {
         .collect();
     assert_eq!(ids, ["incident", "slow"]);
     assert_eq!(wf["workflows"][0]["webhook"], true);
+    let one: Json = get("/api/workflows/incident", Some(&api.viewer))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["name"], "緊急連絡");
+    assert_eq!(one["steps"][0]["action"], "log");
+    assert_eq!(
+        get("/api/workflows/nope", Some(&api.viewer))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     // Triggering needs operator.
     let post = |path: &str, token: &str, body: Json| {
@@ -422,8 +437,13 @@ async fn the_rest_api_with_roles_and_an_audit_trail() {
     };
     assert!(has("trigger") && has("cancel"), "{audit:#}");
 
-    // /metrics parses as Prometheus text and has the runs and step durations.
-    let text = get("/metrics", None).await.unwrap().text().await.unwrap();
+    // /metrics, fetched with curl, parses as Prometheus text and has the runs and step durations.
+    let curl = std::process::Command::new("curl")
+        .args(["-sf", &format!("{}/metrics", api.base)])
+        .output()
+        .expect("curl");
+    assert!(curl.status.success());
+    let text = String::from_utf8(curl.stdout).unwrap();
     let out = std::process::Command::new("python3")
         .args([
             "-c",
@@ -610,5 +630,5 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
             checked += 1;
         }
     }
-    assert_eq!(checked, 13, "every operation that needs a token");
+    assert_eq!(checked, 14, "every operation that needs a token");
 }

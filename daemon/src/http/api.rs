@@ -254,6 +254,61 @@ pub(super) async fn workflows(State(state): State<AppState>, headers: HeaderMap)
     )
 }
 
+/// `GET /api/workflows/{id}`: one workflow with its next fires, triggers and last error.
+pub(super) async fn workflow(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Viewer).await {
+        return r;
+    }
+    let Some(engine) = &state.engine else {
+        return api_error(StatusCode::SERVICE_UNAVAILABLE, "no engine in this process");
+    };
+    let catalog = engine.registry().catalog();
+    let Some(wf) = catalog.workflows.get(&id) else {
+        return api_error(StatusCode::NOT_FOUND, &format!("no workflow `{id}`"));
+    };
+    let tz = engine.config().timezone;
+    let now = state.clock.now();
+    let mut fires: Vec<String> = Vec::new();
+    for t in &wf.triggers {
+        use crate::schedule::TriggerSchedule;
+        if let Ok(s) = TriggerSchedule::new(t, tz, catalog.calendar.clone()) {
+            fires.extend(
+                s.next(now, 5)
+                    .into_iter()
+                    .map(|f| f.at.with_timezone(&s.timezone()).to_rfc3339()),
+            );
+        }
+    }
+    fires.sort();
+    fires.truncate(5);
+    let runs = state
+        .store
+        .list_runs(&RunFilter {
+            workflow_id: Some(id.clone()),
+            status: None,
+            limit: 20,
+        })
+        .await
+        .unwrap_or_default();
+    let last_error = runs
+        .iter()
+        .find(|r| r.status == RunStatus::Failed)
+        .map(|r| json!({ "run_id": r.id, "error": r.error, "finished_at": r.finished_at }));
+    ok(
+        StatusCode::OK,
+        json!({
+            "id": wf.id, "name": wf.name, "description": wf.description, "version": wf.hash,
+            "path": wf.path, "triggers": wf.triggers, "webhook": wf.webhook,
+            "inputs": wf.inputs, "steps": wf.steps.iter().map(|s| json!({ "id": s.id, "action": s.action.name() })).collect::<Vec<_>>(),
+            "next_fires": fires, "last_error": last_error, "recent_runs": runs,
+        }),
+    )
+}
+
 /// Query of `GET /api/runs`.
 #[derive(serde::Deserialize)]
 pub(super) struct RunsQuery {

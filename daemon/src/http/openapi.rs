@@ -86,6 +86,15 @@ pub(super) fn ops() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/api/workflows/{id}",
+            role: Some(Role::Viewer),
+            summary: "One workflow: triggers, next 5 fires, last error, recent runs",
+            body: None,
+            responses: &[(200, "the workflow"), (404, "no such workflow")],
+            handler: || get(api::workflow),
+        },
+        Op {
+            method: "get",
             path: "/api/runs",
             role: Some(Role::Viewer),
             summary: "Runs, newest first (query: workflow, status, limit)",

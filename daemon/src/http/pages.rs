@@ -520,7 +520,7 @@ pub(super) async fn status_board(State(state): State<AppState>, headers: HeaderM
                     None => "b-none",
                 };
                 json!({
-                    "recipient": r.recipient, "badge": badge, "status_ja": ja, "rating": rating,
+                    "recipient": r.recipient, "step_key": r.step_key, "badge": badge, "status_ja": ja, "rating": rating,
                     "rating_badge": rating_badge, "answered": r.answered_at.map(|d| local(Some(d), tz)),
                     "subject": r.subject,
                 })
