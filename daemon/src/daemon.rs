@@ -243,6 +243,7 @@ async fn watch_workflows(
 ) {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let rescan = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.send(());
@@ -259,6 +260,9 @@ async fn watch_workflows(
         }
     }
     let mut last = fingerprint(&registry.catalog());
+    // A file dropped between the first load and the watch being in place raised no event:
+    // look once more now that the watch is there.
+    let _ = rescan.send(());
     loop {
         tokio::select! {
             () = tokio::time::sleep(config.reload_interval) => {}

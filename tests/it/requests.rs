@@ -60,7 +60,11 @@ struct Setup {
 }
 
 async fn setup(deadline: &str, extra_step: &str, extra_config: &str) -> Setup {
-    let db = TestDb::new(Backend::Sqlite).await;
+    setup_on(Backend::Sqlite, deadline, extra_step, extra_config).await
+}
+
+async fn setup_on(backend: Backend, deadline: &str, extra_step: &str, extra_config: &str) -> Setup {
+    let db = TestDb::new(backend).await;
     let port = free_port();
     let project = Project::new();
     std::fs::write(project.workflows().join("data/projects.toml"), PROJECTS).unwrap();
@@ -350,8 +354,17 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_stored_but_not_processed_when_the_daemon_dies_is_processed_exactly_once() {
+    reply_survives_a_crash(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_survives_a_crash_on_postgres_too() {
+    reply_survives_a_crash(Backend::Postgres).await;
+}
+
+async fn reply_survives_a_crash(backend: Backend) {
     let imap = Dovecot::start();
-    let s = setup("10m", "", &imap.config("poll_interval = \"1s\"")).await;
+    let s = setup_on(backend, "10m", "", &imap.config("poll_interval = \"1s\"")).await;
     let maildir = s.project.path().join("maildir");
     let env = [("PMOFLOW_IMAP_PASSWORD", imap.password.as_str())];
     let crash_env = [
