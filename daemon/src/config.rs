@@ -98,6 +98,7 @@ struct RawImap {
     poll_interval: Option<Spanned<String>>,
     idle: Option<bool>,
     timeout: Option<Spanned<String>>,
+    ca_file: Option<PathBuf>,
 }
 
 /// `[plugins.NAME]`: what an administrator grants one plugin.
@@ -488,6 +489,7 @@ impl Config {
                     poll_interval: duration(&s.poll_interval, Duration::from_secs(60))?,
                     idle: s.idle.unwrap_or(true),
                     timeout: duration(&s.timeout, Duration::from_secs(30))?,
+                    ca_file: s.ca_file.clone(),
                 })
             }
         };

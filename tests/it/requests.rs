@@ -1057,3 +1057,45 @@ async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imap_over_starttls_and_implicit_tls_with_a_ministry_ca() {
+    let (ca, cert, key) = pmoflow_tests::test_ca_and_server_cert();
+    let imap = Dovecot::start_tls(&cert, &key);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let clock: pmoflow::clock::SharedClock = std::sync::Arc::new(pmoflow::clock::SystemClock);
+    let max = pmoflow::inbound::DEFAULT_MAX_SIZE;
+    let base = imap.imap_config();
+    // (Dovecot allows plain logins from loopback even with `ssl = required`, so only the TLS
+    // paths are asserted here.)
+    for (tls, port) in [
+        (pmoflow::inbound::imap::ImapTls::Starttls, imap.port),
+        (pmoflow::inbound::imap::ImapTls::Tls, imap.imaps_port),
+    ] {
+        // Without the CA the server's certificate is refused.
+        let cfg = pmoflow::inbound::imap::ImapConfig {
+            tls,
+            port,
+            ..base.clone()
+        };
+        let err = pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, max)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+        // With it: logged in over TLS, mailbox registered.
+        let cfg = pmoflow::inbound::imap::ImapConfig {
+            ca_file: Some(ca_file.clone()),
+            ..cfg
+        };
+        pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, max)
+            .await
+            .unwrap_or_else(|e| panic!("{tls:?}: {e}"));
+    }
+}

@@ -493,15 +493,48 @@ impl Drop for WebhookServer {
 pub struct Dovecot {
     child: Child,
     pub port: u16,
+    /// Implicit-TLS port (0 without TLS).
+    pub imaps_port: u16,
     pub user: String,
     pub password: String,
     pub dir: tempfile::TempDir,
 }
 
+/// A test CA and a server certificate for 127.0.0.1 signed by it (PEM): `(ca, cert, key)`.
+pub fn test_ca_and_server_cert() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "pmoflow test ministry CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    leaf.distinguished_name
+        .push(DnType::CommonName, "imap.test");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
 impl Dovecot {
     pub fn start() -> Dovecot {
+        Self::start_with(None)
+    }
+
+    /// With TLS: STARTTLS on `port` (plain login refused before it) and implicit TLS on
+    /// `imaps_port`, with this certificate and key (PEM).
+    pub fn start_tls(cert: &str, key: &str) -> Dovecot {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Dovecot {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let imaps_port = if tls.is_some() { free_port() } else { 0 };
         let root = dir.path();
         for sub in ["mail", "base", "state", "run"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
@@ -513,11 +546,22 @@ impl Dovecot {
             format!("{user}:{{PLAIN}}{password}::::::\n"),
         )
         .unwrap();
+        let ssl = match tls {
+            None => "ssl = no\ndisable_plaintext_auth = no".to_string(),
+            Some((cert, key)) => {
+                std::fs::write(root.join("cert.pem"), cert).unwrap();
+                std::fs::write(root.join("key.pem"), key).unwrap();
+                format!(
+                    "ssl = required\nssl_cert = <{}\nssl_key = <{}\ndisable_plaintext_auth = yes",
+                    root.join("cert.pem").display(),
+                    root.join("key.pem").display()
+                )
+            }
+        };
         let conf = format!(
             r#"protocols = imap
 listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
+{ssl}
 auth_mechanisms = plain login
 base_dir = {root}/base
 state_dir = {root}/state
@@ -540,7 +584,9 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
+    ssl = yes
   }}
 }}
 service anvil {{
@@ -583,6 +629,7 @@ protocol imap {{
         Dovecot {
             child,
             port,
+            imaps_port,
             user,
             password,
             dir,
@@ -646,6 +693,7 @@ protocol imap {{
             poll_interval: Duration::from_secs(60),
             idle: true,
             timeout: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct ImapConfig {
     pub idle: bool,
     /// Connect and command timeout.
     pub timeout: Duration,
+    /// Extra CA certificates (PEM) to trust besides the public roots: a ministry's own CA.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 use std::pin::Pin;
@@ -134,10 +136,27 @@ async fn within<T, E: Into<ImapError>>(
     }
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    let roots = rustls::RootCertStore {
+fn tls_connector(cfg: &ImapConfig) -> Result<tokio_rustls::TlsConnector, ImapError> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(path) = &cfg.ca_file {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| {
+            ImapError::Refused(format!("cannot read ca_file {}: {e}", path.display()))
+        })?;
+        for cert in certs {
+            let cert = cert.map_err(|e| {
+                ImapError::Refused(format!("bad certificate in {}: {e}", path.display()))
+            })?;
+            roots.add(cert).map_err(|e| {
+                ImapError::Refused(format!(
+                    "unusable CA certificate in {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -154,7 +173,7 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
         })
         .unwrap_or_else(|_| unreachable_config())
     });
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 #[allow(clippy::panic)] // ring always supports TLS 1.3; this cannot happen.
@@ -165,7 +184,7 @@ fn unreachable_config() -> rustls::ClientConfig {
 async fn tls_wrap(cfg: &ImapConfig, tcp: TcpStream) -> Result<Conn, ImapError> {
     let name = rustls::pki_types::ServerName::try_from(cfg.host.clone())
         .map_err(|e| ImapError::Refused(format!("bad host name {}: {e}", cfg.host)))?;
-    let tls = within(cfg.timeout, tls_connector().connect(name, tcp)).await?;
+    let tls = within(cfg.timeout, tls_connector(cfg)?.connect(name, tcp)).await?;
     Ok(Conn::Tls(Box::new(tls)))
 }
 
