@@ -100,7 +100,7 @@ async fn tls_server(name: &str, leaf_days: i64, intermediate_days: i64) -> u16 {
         p.distinguished_name.push(DnType::CommonName, cn);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.not_before = now - time::Duration::days(800);
-        p.not_after = now + time::Duration::days(days) + time::Duration::hours(1);
+        p.not_after = jst_noon(days);
         p
     };
     let root_key = KeyPair::generate().unwrap();
@@ -115,7 +115,7 @@ async fn tls_server(name: &str, leaf_days: i64, intermediate_days: i64) -> u16 {
     let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
     leaf.distinguished_name.push(DnType::CommonName, name);
     leaf.not_before = now - time::Duration::days(1);
-    leaf.not_after = now + time::Duration::days(leaf_days) + time::Duration::hours(1);
+    leaf.not_after = jst_noon(leaf_days);
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -188,6 +188,14 @@ fn call(now_ms: i64) -> PluginCall<'static> {
 /// Now, in milliseconds.
 fn today_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Noon in Tokyo, `days` calendar days from today in Tokyo: a certificate ending then has
+/// exactly `days` days left whatever the time of day the test runs (days are counted in JST).
+fn jst_noon(days: i64) -> time::OffsetDateTime {
+    let today = (time::OffsetDateTime::now_utc() + time::Duration::hours(9)).date();
+    let day = today + time::Duration::days(days);
+    time::PrimitiveDateTime::new(day, time::Time::from_hms(3, 0, 0).unwrap()).assume_utc()
 }
 
 fn days_until(date: &str) -> i64 {

@@ -1099,3 +1099,59 @@ async fn imap_over_starttls_and_implicit_tls_with_a_ministry_ca() {
             .unwrap_or_else(|e| panic!("{tls:?}: {e}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_answers_and_attachments_are_recorded() {
+    let s = setup("2s", "wait_after_deadline = \"1m\"", "").await;
+    let maildir = s.project.path().join("maildir");
+    let _d = Daemon::start(s.project.path(), "d", &[]);
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let yamada = mail_to(&mails, "yamada@");
+    let suzuki = mail_to(&mails, "suzuki@");
+    let path = s.project.path().join("r.eml");
+    // Yamada answers on time, with a spreadsheet attached.
+    let csv = "項目,値\r\n進捗,90\r\n".as_bytes();
+    let raw = format!(
+        "From: yamada@pjmo-a.example.go.jp\r\nTo: {}\r\nSubject: Re: x\r\nMessage-ID: <att-{run_id}@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n総合評価: 良好\r\n--b1\r\nContent-Type: text/csv; name=\"report.csv\"\r\nContent-Disposition: attachment; filename=\"report.csv\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        bare(yamada["reply_to"].as_str().unwrap()),
+        base64(csv)
+    );
+    std::fs::write(&path, raw).unwrap();
+    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert!(out.contains("answer (done)"), "{out}");
+    // Suzuki answers after the deadline, while the step still waits.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let late = gmail_reply(
+        "suzuki@pjmo-b.example.go.jp",
+        &bare(suzuki["reply_to"].as_str().unwrap()),
+        suzuki,
+        "総合評価: 注意",
+        "",
+    );
+    std::fs::write(&path, late).unwrap();
+    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert!(out.contains("answer (done)"), "{out}");
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let out = step_output(&store, &run_id, "ask").await;
+    assert_eq!(out[0]["status"], "answered", "{out:#}");
+    let att = &out[0]["attachments"][0];
+    assert_eq!(att["name"], "report.csv", "{out:#}");
+    assert_eq!(att["size"], csv.len());
+    assert_eq!(att["content_type"], "text/csv");
+    assert_eq!(att["sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        att.get("content_base64").is_none(),
+        "the bytes stay out of the step output"
+    );
+    assert_eq!(out[1]["status"], "late", "{out:#}");
+    assert_eq!(out[1]["status_ja"], "遅延回答");
+    assert_eq!(out[1]["history"][0]["late"], true);
+}

@@ -764,6 +764,24 @@ fn ack_instructions(cx: &ActionContext<'_>, token: &str) -> String {
     t
 }
 
+/// Attachment metadata for the step output: the bytes stay in the answers table.
+fn without_content(attachments: &Json) -> Json {
+    match attachments {
+        Json::Array(list) => Json::Array(
+            list.iter()
+                .map(|a| {
+                    let mut a = a.clone();
+                    if let Some(m) = a.as_object_mut() {
+                        m.remove("content_base64");
+                    }
+                    a
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// Per addressee: status, when, the fields and text of the latest complete answer, its history.
 fn output(rows: &[RequestRow], answers: &[AnswerRow], state: &State) -> Json {
     let per: Vec<Json> = rows
@@ -797,7 +815,7 @@ fn output(rows: &[RequestRow], answers: &[AnswerRow], state: &State) -> Json {
                 "via": latest.map(|a| a.via.clone()),
                 "fields": latest.map_or_else(|| json!({}), |a| a.fields.clone()),
                 "text": latest.map_or("", |a| a.text.as_str()),
-                "attachments": latest.map_or_else(|| json!([]), |a| a.attachments.clone()),
+                "attachments": latest.map_or_else(|| json!([]), |a| without_content(&a.attachments)),
                 "message_id": latest.and_then(|a| a.message_id.clone()),
                 "from": latest.and_then(|a| a.from.clone()),
                 "bounce": r.bounce,
