@@ -1155,3 +1155,28 @@ async fn late_answers_and_attachments_are_recorded() {
     assert_eq!(out[1]["status_ja"], "遅延回答");
     assert_eq!(out[1]["history"][0]["late"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_timeout_fail_fails_the_step_naming_who_did_not_answer() {
+    let s = setup("1s", "on_timeout = \"fail\"", "").await;
+    let _d = Daemon::start(s.project.path(), "d", &[]);
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("未回答")
+            && (error.contains("yamada@pjmo-a.example.go.jp")
+                || error.contains("suzuki@pjmo-b.example.go.jp")),
+        "{error}"
+    );
+    // Nobody can answer a closed request any more.
+    let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
+    assert_eq!(rows[0].status, "closed");
+}
