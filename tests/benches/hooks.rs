@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, TestDb, cli, free_port};
+use pmoflow_tests::{Backend, Daemon, Project, TestDb, free_port};
 
 const N: usize = 1000;
 const RATE: u64 = 200;
@@ -30,18 +30,7 @@ async fn main() {
     let db = TestDb::new(Backend::Sqlite).await;
     let project = Project::new();
     project.workflow("alert.toml", HOOK);
-    let (code, out, _) = cli(
-        project.path(),
-        &["token", "new", "--name", "load", "--role", "operator"],
-    );
-    assert_eq!(code, 0);
-    let token = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("pmo_"))
-        .unwrap()
-        .to_string();
-    let entry = &out[out.find("[[http.tokens]]").unwrap()..];
+    let (token, entry) = pmoflow_tests::new_api_token(project.path(), "load", "operator");
     let port = free_port();
     project.config(&format!(
         "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n{entry}\n",

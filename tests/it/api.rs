@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, TestDb, cli, free_port, wait_run};
+use pmoflow_tests::{Backend, Daemon, Project, TestDb, free_port, wait_run};
 use serde_json::{Value as Json, json};
 
 const INCIDENT: &str = r#"
@@ -46,29 +46,14 @@ struct Api {
     url: String,
 }
 
-fn token(dir: &std::path::Path, name: &str, role: &str) -> (String, String) {
-    let (code, out, err) = cli(dir, &["token", "new", "--name", name, "--role", role]);
-    assert_eq!(code, 0, "{err}");
-    let token = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("pmo_"))
-        .unwrap()
-        .to_string();
-    (
-        token,
-        out[out.find("[[http.tokens]]").unwrap()..].to_string(),
-    )
-}
-
 async fn start() -> Api {
     let db = TestDb::new(Backend::Sqlite).await;
     let project = Project::new();
     project.workflow("incident.toml", INCIDENT);
     project.workflow("slow.toml", SLOW);
-    let (admin, a) = token(project.path(), "root", "admin");
-    let (operator, o) = token(project.path(), "monitoring", "operator");
-    let (viewer, v) = token(project.path(), "dashboard", "viewer");
+    let (admin, a) = pmoflow_tests::new_api_token(project.path(), "root", "admin");
+    let (operator, o) = pmoflow_tests::new_api_token(project.path(), "monitoring", "operator");
+    let (viewer, v) = pmoflow_tests::new_api_token(project.path(), "dashboard", "viewer");
     let port = free_port();
     project.config(&format!(
         "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[secrets]\nhook_key = {{ env = \"PMOFLOW_HOOK_KEY\" }}\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n{a}\n{o}\n{v}\n",

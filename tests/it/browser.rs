@@ -172,18 +172,7 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
     std::fs::write(project.workflows().join("data/projects.toml"), PROJECTS).unwrap();
     project.workflow("status.toml", STATUS);
     project.workflow("incident.toml", HOOK);
-    let (code, out, err) = cli(
-        project.path(),
-        &["token", "new", "--name", "pmo-desk", "--role", "operator"],
-    );
-    assert_eq!(code, 0, "{err}");
-    let token = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("pmo_"))
-        .unwrap()
-        .to_string();
-    let entry = &out[out.find("[[http.tokens]]").unwrap()..];
+    let (token, entry) = pmoflow_tests::new_api_token(project.path(), "pmo-desk", "operator");
     let (smtp_port, http_port) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{http_port}");
     project.config(&format!(

@@ -647,23 +647,9 @@ fn nonce_in(html: &str) -> String {
     html[start..start + html[start..].find('"').unwrap()].to_string()
 }
 
-/// `pmoflow token new`: (token, the TOML entry).
-fn make_token(dir: &Path, name: &str, role: &str) -> (String, String) {
-    let (code, out, err) = cli(dir, &["token", "new", "--name", name, "--role", role]);
-    assert_eq!(code, 0, "{err}");
-    let token = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("pmo_"))
-        .unwrap()
-        .to_string();
-    let entry = out[out.find("[[http.tokens]]").unwrap()..].to_string();
-    (token, entry)
-}
-
 fn http_config(port: u16, dir: &Path) -> (String, String, String) {
-    let (operator, op_entry) = make_token(dir, "mta", "operator");
-    let (viewer, viewer_entry) = make_token(dir, "monitor", "viewer");
+    let (operator, op_entry) = pmoflow_tests::new_api_token(dir, "mta", "operator");
+    let (viewer, viewer_entry) = pmoflow_tests::new_api_token(dir, "monitor", "viewer");
     (
         format!(
             "[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\n{op_entry}\n{viewer_entry}\n"

@@ -180,6 +180,21 @@ pub fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `pmoflow token new --name NAME --role ROLE` run in `dir`: the token and its
+/// `[[http.tokens]]` entry for pmoflow.toml.
+pub fn new_api_token(dir: &Path, name: &str, role: &str) -> (String, String) {
+    let (code, out, err) = cli(dir, &["token", "new", "--name", name, "--role", role]);
+    assert_eq!(code, 0, "{err}");
+    let token = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("pmo_"))
+        .expect("the token")
+        .to_string();
+    let entry = out[out.find("[[http.tokens]]").expect("the entry")..].to_string();
+    (token, entry)
+}
+
 /// A daemon process (`pmoflow run`) with its log in a file.
 pub struct Daemon {
     pub child: Child,
