@@ -2,7 +2,7 @@
 //! database directly, so they also work while no daemon is running.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
@@ -266,6 +266,74 @@ pub async fn cancel(config: &Config, run_id: &str) -> Result<String, CliError> {
         )),
         C::AlreadyFinished => Err(CliError::new(format!("run {run_id} has already finished"))),
         C::NotFound => Err(CliError::new(format!("no run {run_id}"))),
+    }
+}
+
+/// `pmoflow simulate WORKFLOW --from --until [--answers FILE]`.
+pub async fn simulate(
+    config: &Config,
+    workflow: &str,
+    from: &str,
+    until: &str,
+    answers: Option<&Path>,
+    format: Format,
+    bodies: bool,
+) -> Result<(), CliError> {
+    use crate::simulate as sim;
+    let tz = config.engine.timezone;
+    let from =
+        sim::parse_time(from, tz, false).map_err(|e| CliError::new(format!("--from: {e}")))?;
+    let until =
+        sim::parse_time(until, tz, true).map_err(|e| CliError::new(format!("--until: {e}")))?;
+    if until <= from {
+        return Err(CliError::new("--until must be after --from"));
+    }
+    let scenario = match answers {
+        Some(p) => sim::load_scenario(p).map_err(|e| CliError::new(e.to_string()))?,
+        None => sim::Scenario::default(),
+    };
+    let timeline = sim::simulate(config, workflow, from, until, &scenario)
+        .await
+        .map_err(|e| CliError::new(e.to_string()))?;
+    match format {
+        Format::Text => print!("{}", sim::render_text(&timeline, tz, bodies)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&timeline).unwrap_or_default()
+        ),
+    }
+    Ok(())
+}
+
+/// `pmoflow resolve RUN_ID`: ends a run's escalation; the run sends the 最終報.
+pub async fn resolve(
+    config: &Config,
+    run_id: &str,
+    by: Option<&str>,
+    note: &str,
+) -> Result<String, CliError> {
+    let store = Store::open(&config.database_url, config.durability).await?;
+    let by = by.map_or_else(
+        || {
+            format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "operator".into())
+            )
+        },
+        str::to_string,
+    );
+    let done = store
+        .resolve_incident(run_id, SystemClock.now(), "cli", &by, note)
+        .await?;
+    store.close().await;
+    if done {
+        Ok(format!(
+            "run {run_id}: incident resolved; the 最終報 goes out when the daemon picks it up"
+        ))
+    } else {
+        Err(CliError::new(format!(
+            "run {run_id} has no open escalation (unknown run, not an escalation, or already resolved)"
+        )))
     }
 }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod plugins;
 pub mod schedule;
+pub mod simulate;
 pub mod store;
 pub mod template;
 pub mod workflow;

@@ -69,6 +69,39 @@ enum Command {
         /// Run id.
         run_id: String,
     },
+    /// Run a workflow on a simulated clock with a simulated mailbox and print the timeline:
+    /// every fire, email, webhook, reminder and escalation. Nothing is sent; a throw-away
+    /// database is used. `--answers` scripts what people do (see docs/simulate.md).
+    Simulate {
+        /// Workflow id (in the workflows directory).
+        workflow: String,
+        /// Start: a date (its 00:00), a local time `2027-04-01 09:00`, or RFC 3339.
+        #[arg(long)]
+        from: String,
+        /// End: a date (its 23:59:59), a local time, or RFC 3339.
+        #[arg(long)]
+        until: String,
+        /// Scenario file: who answers when and what, triggers, resolutions, plugin results.
+        #[arg(long)]
+        answers: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Print each email's body (text format).
+        #[arg(long)]
+        bodies: bool,
+    },
+    /// Resolve a run's open escalation (`escalate` step): the chain stops and the 最終報 goes out.
+    Resolve {
+        /// Run id.
+        run_id: String,
+        /// What was done (goes into the 最終報).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Who resolved it (default: cli:$USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Print the next fire times of a workflow, one RFC 3339 timestamp per line.
     Schedule {
         /// Workflow id, or a workflow file (default: every workflow).
@@ -414,6 +447,25 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Workflows { format } => cli::workflows(&config, format).await,
+        Command::Simulate {
+            workflow,
+            from,
+            until,
+            answers,
+            format,
+            bodies,
+        } => {
+            cli::simulate(
+                &config,
+                &workflow,
+                &from,
+                &until,
+                answers.as_deref(),
+                format,
+                bodies,
+            )
+            .await
+        }
         Command::Plugin { action } => match action {
             PluginAction::New { .. } => unreachable!("handled before the runtime starts"),
             PluginAction::Inspect { file } => cli::plugin_inspect(&file).await,
@@ -447,6 +499,11 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
         } => cli::runs(&config, workflow, status, limit, format).await,
         Command::Show { run_id, format } => cli::show(&config, &run_id, format).await,
         Command::Cancel { run_id } => cli::cancel(&config, &run_id).await.map(|m| println!("{m}")),
+        Command::Resolve { run_id, note, by } => {
+            cli::resolve(&config, &run_id, by.as_deref(), &note)
+                .await
+                .map(|m| println!("{m}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,22 +76,61 @@ pub fn json_has_templates(value: &serde_json::Value) -> bool {
     }
 }
 
-/// Renders every string inside a JSON value.
+/// The expression of a string that is exactly one `{{ … }}` and nothing else.
+fn single_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%"))
+        .then_some(inner.trim())
+}
+
+/// Renders every string inside a JSON value. A string that is one `{{ expression }}` whose
+/// value is a list, a table, a number or a boolean becomes that value.
 pub fn render_json(
     value: &serde_json::Value,
     ctx: &Value,
 ) -> Result<serde_json::Value, TemplateError> {
+    render_json_with(value, ctx, false)
+}
+
+/// [`render_json`]; with `scalars`, a single expression giving a number or a boolean also keeps
+/// its type (plugin inputs, which are checked against a JSON schema).
+pub fn render_json_with(
+    value: &serde_json::Value,
+    ctx: &Value,
+    scalars: bool,
+) -> Result<serde_json::Value, TemplateError> {
     Ok(match value {
-        serde_json::Value::String(s) => serde_json::Value::String(render(s, ctx)?),
+        serde_json::Value::String(s) => match single_expression(s) {
+            // `"{{ data.projects.projects }}"` is that list, not its text; likewise maps,
+            // numbers and booleans. Anything else renders as text.
+            Some(expr) => {
+                let v = eval(expr, ctx)?;
+                let native = match v.kind() {
+                    minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Map => true,
+                    minijinja::value::ValueKind::Number | minijinja::value::ValueKind::Bool => {
+                        scalars
+                    }
+                    _ => false,
+                };
+                match native {
+                    true => serde_json::to_value(&v)
+                        .unwrap_or_else(|_| serde_json::Value::String(v.to_string())),
+                    false => serde_json::Value::String(render(s, ctx)?),
+                }
+            }
+            None => serde_json::Value::String(render(s, ctx)?),
+        },
         serde_json::Value::Array(items) => serde_json::Value::Array(
             items
                 .iter()
-                .map(|v| render_json(v, ctx))
+                .map(|v| render_json_with(v, ctx, scalars))
                 .collect::<Result<_, _>>()?,
         ),
         serde_json::Value::Object(map) => serde_json::Value::Object(
             map.iter()
-                .map(|(k, v)| Ok((k.clone(), render_json(v, ctx)?)))
+                .map(|(k, v)| Ok((k.clone(), render_json_with(v, ctx, scalars)?)))
                 .collect::<Result<_, TemplateError>>()?,
         ),
         other => other.clone(),
@@ -214,6 +253,30 @@ mod helpers {
         });
         env.add_function("first_business_day", |year: i32, m: u32| nth(year, m, 1));
         env.add_function("last_business_day", |year: i32, m: u32| nth(year, m, -1));
+        env.add_function("days_between", |a: String, b: String| {
+            Ok::<_, Error>((date(&b)? - date(&a)?).num_days())
+        });
+        env.add_function("business_day_on_or_before", |v: String| {
+            date(&v).map(|d| {
+                let cal = calendar();
+                let mut d = d;
+                while !cal.is_business_day(d) {
+                    d = d.pred_opt().unwrap_or(d);
+                }
+                iso(d)
+            })
+        });
+        env.add_filter("yen", |v: i64| {
+            let digits = v.unsigned_abs().to_string();
+            let mut out = String::new();
+            for (i, c) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i) % 3 == 0 {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            format!("{}{out}円", if v < 0 { "-" } else { "" })
+        });
     }
 }
 
@@ -246,6 +309,16 @@ mod tests {
             out,
             "12月4日(金) 令和8年 令和8年度 Q3 2027-05-06 2027-01-04 2027-05-31 closed"
         );
+    }
+
+    #[test]
+    fn day_counts_and_amounts() {
+        let out = render(
+            "{{ days_between('2027-04-01', '2027-05-01') }} {{ business_day_on_or_before('2027-08-29') }} {{ business_day_on_or_before('2027-08-31') }} {{ 120000000 | yen }} {{ -1500 | yen }}",
+            &value(&serde_json::json!({})),
+        )
+        .expect("renders");
+        assert_eq!(out, "30 2027-08-27 2027-08-31 120,000,000円 -1,500円");
     }
 
     #[test]

@@ -227,9 +227,29 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
     let mut attachments = Vec::new();
     if let Some(list) = with.get("attachments").and_then(Json::as_array) {
         for item in list {
-            let rel = item
-                .as_str()
-                .ok_or_else(|| StepError::fatal("`attachments` must be a list of file paths"))?;
+            if let Json::Object(m) = item {
+                // Generated content: `{ name = "summary.csv", content = "{{ … }}" }`.
+                let name = m.get("name").and_then(Json::as_str).unwrap_or("").trim();
+                let content = m.get("content").and_then(Json::as_str);
+                let (false, Some(content)) =
+                    (name.is_empty() || name.contains(['/', '\\']), content)
+                else {
+                    return Err(StepError::fatal(
+                        "an attachment table needs `name` (a file name) and `content` (text)",
+                    ));
+                };
+                attachments.push((
+                    name.to_string(),
+                    content.as_bytes().to_vec(),
+                    content_type_for(name).to_string(),
+                ));
+                continue;
+            }
+            let rel = item.as_str().ok_or_else(|| {
+                StepError::fatal(
+                    "`attachments` must be a list of file paths or { name, content } tables",
+                )
+            })?;
             if rel.contains("..") || Path::new(rel).is_absolute() {
                 return Err(StepError::fatal(format!(
                     "attachment `{rel}` must be a relative path inside the workflows directory"

@@ -12,6 +12,7 @@ use serde_json::Value as Json;
 use crate::clock::SharedClock;
 
 pub mod email;
+pub mod escalate;
 pub mod fail;
 pub mod http;
 pub mod log;
@@ -21,7 +22,9 @@ pub mod wait;
 pub mod webhook;
 
 /// The names of the built-in actions, for hints.
-pub const BUILTINS: &[&str] = &["log", "wait", "fail", "email", "webhook", "http", "request"];
+pub const BUILTINS: &[&str] = &[
+    "log", "wait", "fail", "email", "webhook", "http", "request", "escalate",
+];
 
 /// One parameter an action accepts in `with`.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +55,8 @@ pub enum ActionKind {
     Plugin,
     /// Ask people by email and wait for their answers.
     Request,
+    /// Alert a chain of people until someone acknowledges; follow up until resolved.
+    Escalate,
 }
 
 /// A static problem with a step's `with` table: which key (if any), message and hint.
@@ -168,6 +173,7 @@ impl ActionKind {
             "webhook" => Ok(Self::Webhook),
             "http" => Ok(Self::Http),
             "request" => Ok(Self::Request),
+            "escalate" => Ok(Self::Escalate),
             other if other.starts_with("plugin:") => {
                 let name = &other["plugin:".len()..];
                 let ok = !name.is_empty()
@@ -206,6 +212,7 @@ impl ActionKind {
             Self::Http => "http",
             Self::Plugin => "plugin",
             Self::Request => "request",
+            Self::Escalate => "escalate",
         }
     }
 
@@ -217,22 +224,26 @@ impl ActionKind {
         // email and webhook only *queue* a message: it is committed with the step and sent by the
         // outbox afterwards, so they are pure in this sense too.
         match self {
-            Self::Log | Self::Wait | Self::Fail | Self::Email | Self::Webhook | Self::Request => {
-                true
-            }
+            Self::Log
+            | Self::Wait
+            | Self::Fail
+            | Self::Email
+            | Self::Webhook
+            | Self::Request
+            | Self::Escalate => true,
             Self::Http | Self::Plugin => false,
         }
     }
 
     /// Whether the action renders template files and needs the step's template context.
     pub fn needs_context(self) -> bool {
-        matches!(self, Self::Email | Self::Request)
+        matches!(self, Self::Email | Self::Request | Self::Escalate)
     }
 
     /// Whether a parked step of this action is resumed by calling the action again (rather
     /// than finishing when its wait is over).
     pub fn resumes(self) -> bool {
-        self == Self::Request
+        matches!(self, Self::Request | Self::Escalate)
     }
 
     /// The `with` keys this action accepts.
@@ -246,6 +257,7 @@ impl ActionKind {
             Self::Http => http::PARAMS,
             Self::Plugin => &[],
             Self::Request => request::PARAMS,
+            Self::Escalate => escalate::PARAMS,
         }
     }
 
@@ -286,6 +298,7 @@ impl ActionKind {
             Self::Http => http::check(with),
             Self::Plugin => Vec::new(),
             Self::Request => request::check(with),
+            Self::Escalate => escalate::check(with),
         });
         problems
     }
@@ -301,6 +314,7 @@ impl ActionKind {
             Self::Http => http::run(cx, with).await,
             Self::Plugin => plugin::run(cx, with).await,
             Self::Request => request::run(cx, with).await,
+            Self::Escalate => escalate::run(cx, with).await,
         }
     }
 

@@ -188,6 +188,9 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
     }
     if let Some(v) = with.get("wait_after_deadline").filter(|v| !is_dynamic(v))
         && let Some(message) = match v.as_str() {
+            Some(t) if t.contains("bd") || t.contains('@') => {
+                parse_offset(&format!("+{}", t.trim_start_matches('+'))).err()
+            }
             Some(t) => crate::duration::HumanDuration::parse(t).err(),
             None => Some(format!("`wait_after_deadline` must be a duration, got {v}")),
         }
@@ -269,9 +272,27 @@ fn apply_offset(deadline: DateTime<Utc>, off: Offset, tz: chrono_tz::Tz) -> Date
         .map_or(deadline + off.duration, |t| t.with_timezone(&Utc))
 }
 
+/// `wait_after_deadline`: a duration (`3d`), or business days with an optional time of day
+/// (`3bd`, `3bd@09:00`), counted from the deadline.
+fn wait_after_deadline(
+    text: &str,
+    deadline: Option<DateTime<Utc>>,
+    tz: chrono_tz::Tz,
+) -> Result<chrono::Duration, String> {
+    let t = text.trim();
+    if t.contains("bd") || t.contains('@') {
+        let Some(deadline) = deadline else {
+            return Err("`wait_after_deadline` in business days needs a `deadline`".into());
+        };
+        let off = parse_offset(&format!("+{}", t.trim_start_matches('+')))?;
+        return Ok(apply_offset(deadline, off, tz) - deadline);
+    }
+    crate::duration::HumanDuration::parse(t).map(|d| d.to_chrono())
+}
+
 /// A deadline: an RFC 3339 instant, a date (`2027-05-31`, meaning the end of that day in the
 /// daemon's zone), or a duration from now (`5d`).
-fn parse_deadline(
+pub(crate) fn parse_deadline(
     text: &str,
     now: DateTime<Utc>,
     tz: chrono_tz::Tz,
@@ -324,7 +345,7 @@ pub(crate) fn bare(addr: &str) -> String {
     inner.trim().to_lowercase()
 }
 
-fn domain_of(from: &str) -> String {
+pub(crate) fn domain_of(from: &str) -> String {
     bare(from)
         .rsplit_once('@')
         .map(|(_, d)| d.to_string())
@@ -411,10 +432,10 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         .transpose()
         .map_err(StepError::fatal)?;
     let wait_after = str_param(with, "wait_after_deadline")?
-        .map(crate::duration::HumanDuration::parse)
+        .map(|t| wait_after_deadline(t, deadline, tz))
         .transpose()
         .map_err(StepError::fatal)?
-        .map_or_else(chrono::Duration::zero, |d| d.to_chrono());
+        .unwrap_or_else(chrono::Duration::zero);
     let on_timeout = str_param(with, "on_timeout")?
         .unwrap_or("continue")
         .to_string();
@@ -592,7 +613,11 @@ fn next_wake(state: &State) -> DateTime<Utc> {
         .map_or(state.close_at, |r| r.at.min(state.close_at))
 }
 
-fn render_body(cx: &ActionContext<'_>, with: &Json, request: &Json) -> Result<String, StepError> {
+pub(crate) fn render_body(
+    cx: &ActionContext<'_>,
+    with: &Json,
+    request: &Json,
+) -> Result<String, StepError> {
     let base = cx.template_ctx.cloned().unwrap_or_default();
     let ctx = minijinja::context! { request => minijinja::Value::from_serialize(request), ..base };
     match (str_param(with, "body")?, str_param(with, "template")?) {
@@ -606,7 +631,7 @@ fn render_body(cx: &ActionContext<'_>, with: &Json, request: &Json) -> Result<St
 }
 
 /// `12月4日(金)17:00` in the daemon's zone.
-fn format_ja(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+pub(crate) fn format_ja(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
     let local = t.with_timezone(&tz);
     format!(
         "{}{}",
@@ -752,7 +777,7 @@ fn reminder_mail(
 
 /// How to acknowledge: reply with a word, or open the link (a page with a button: mail scanners
 /// that open links must not acknowledge anything).
-fn ack_instructions(cx: &ActionContext<'_>, token: &str) -> String {
+pub(crate) fn ack_instructions(cx: &ActionContext<'_>, token: &str) -> String {
     let mut t = String::from(
         "\n確認しましたら、本メールに「了解」（ACK / 承知 でも可）とご返信ください。\n",
     );

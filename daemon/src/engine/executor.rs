@@ -311,7 +311,7 @@ impl RunExec<'_> {
                 }
                 _ => {}
             }
-        } else if let Some(cond) = &step.condition {
+        } else if let Some(cond) = step.condition.as_ref().filter(|c| !per_item(step, c)) {
             let ctx = self.context(outputs, None);
             match template::eval(cond, &ctx) {
                 Ok(v) if !v.is_true() => {
@@ -510,7 +510,42 @@ impl RunExec<'_> {
         unit: &Unit<'_>,
         outputs: &serde_json::Map<String, Json>,
     ) -> Result<StepResult, StoreError> {
-        self.run_unit(unit, self.rows.get(&unit.key), outputs).await
+        let row = self.rows.get(&unit.key);
+        if row.is_none()
+            && let Some(cond) = unit
+                .step
+                .condition
+                .as_ref()
+                .filter(|c| per_item(unit.step, c))
+        {
+            // An `if` that reads `item` is decided for each item: false skips that item only.
+            let ctx = self.context(outputs, unit.item.as_ref());
+            match template::eval(cond, &ctx) {
+                Ok(v) if !v.is_true() => {
+                    let cancel = self
+                        .write(
+                            unit,
+                            Change {
+                                status: StepStatus::Skipped,
+                                attempt: 0,
+                                ..Change::default()
+                            },
+                        )
+                        .await?;
+                    if cancel {
+                        return Ok(StepResult::Cancelled);
+                    }
+                    return Ok(StepResult::Done(Json::Null, StepStatus::Skipped));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    let message =
+                        format!("`if` expression (line {}): {}", unit.step.line, err.message);
+                    return self.fail_now(unit, 1, &message).await;
+                }
+            }
+        }
+        self.run_unit(unit, row, outputs).await
     }
 
     /// Continues one unit from its committed row.
@@ -701,7 +736,11 @@ impl RunExec<'_> {
         }
         let started_at = started_at.or(Some(self.now()));
         let rendered = if template::json_has_templates(&step.with) {
-            template::render_json(&step.with, &self.context(outputs, unit.item.as_ref()))
+            template::render_json_with(
+                &step.with,
+                &self.context(outputs, unit.item.as_ref()),
+                step.action == crate::actions::ActionKind::Plugin,
+            )
         } else {
             Ok(step.with.clone())
         };
@@ -860,4 +899,15 @@ fn kind_of(v: &Json) -> &'static str {
         Json::Array(_) => "a list",
         Json::Object(_) => "a map",
     }
+}
+
+/// Whether a foreach step's `if` reads `item` or `index`, and so is decided per item.
+fn per_item(step: &Step, cond: &str) -> bool {
+    step.foreach.is_some()
+        && template::expression_names(cond).is_ok_and(|names| {
+            names.iter().any(|n| {
+                let root = n.split('.').next().unwrap_or(n);
+                root == "item" || root == "index"
+            })
+        })
 }

@@ -285,6 +285,32 @@ impl Engine {
         Ok(created)
     }
 
+    /// Executes the due runs one after another until none is due at the clock's time. For
+    /// `pmoflow simulate`, which drives a simulated clock; the daemon uses [`Engine::run`].
+    /// Returns how many executions it made.
+    pub async fn run_due(&self) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let mut n = 0;
+        loop {
+            let runs = inner
+                .store
+                .claim_due(
+                    &inner.config.node_id,
+                    inner.clock.now(),
+                    inner.config.lease,
+                    64,
+                )
+                .await?;
+            if runs.is_empty() {
+                return Ok(n);
+            }
+            for run in runs {
+                n += 1;
+                executor::execute(inner.clone(), run).await;
+            }
+        }
+    }
+
     /// Runs until the shutdown token is cancelled, then lets in-flight steps finish within the
     /// grace period.
     pub async fn run(&self) -> Result<(), StoreError> {

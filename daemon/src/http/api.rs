@@ -447,6 +447,59 @@ pub(super) async fn cancel(
     }
 }
 
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    #[serde(default)]
+    note: String,
+    by: Option<String>,
+}
+
+/// `POST /api/runs/{id}/resolve` (operator): ends the run's escalation with a 最終報.
+pub(super) async fn resolve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (actor, _) = match authorize(&state, &headers, Role::Operator).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let body: ResolveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ResolveBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("body must be {{\"note\": \"…\", \"by\": \"…\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let by = body.by.unwrap_or_else(|| format!("api:{actor}"));
+    match state
+        .store
+        .resolve_incident(&id, state.clock.now(), "api", &by, &body.note)
+        .await
+    {
+        Ok(true) => {
+            if let Some(e) = &state.engine {
+                e.wake();
+            }
+            audit(&state, &actor, "resolve", Some(&id), &body.note).await;
+            ok(StatusCode::OK, json!({ "status": "resolved" }))
+        }
+        Ok(false) => api_error(
+            StatusCode::NOT_FOUND,
+            &format!("run {id} has no open escalation"),
+        ),
+        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
 /// `POST /api/runs/{id}/retry` (operator): a failed run's failed steps get another attempt.
 pub(super) async fn retry(
     State(state): State<AppState>,

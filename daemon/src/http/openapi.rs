@@ -140,6 +140,19 @@ pub(super) fn ops() -> Vec<Op> {
         },
         Op {
             method: "post",
+            path: "/api/runs/{id}/resolve",
+            role: Some(Role::Operator),
+            summary: "Resolve a run's open escalation: the chain stops, the 最終報 goes out",
+            body: Some(("application/json", "{note?, by?}")),
+            responses: &[
+                (200, "resolved"),
+                (400, "bad body"),
+                (404, "no open escalation in this run"),
+            ],
+            handler: || post(api::resolve),
+        },
+        Op {
+            method: "post",
             path: "/api/runs/{id}/retry",
             role: Some(Role::Operator),
             summary: "Give a failed run's failed steps another attempt",

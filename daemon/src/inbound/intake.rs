@@ -328,6 +328,14 @@ impl Intake {
                 ),
             };
         }
+        if req.kind == "resolve" {
+            return Disposition::Record {
+                outcome: "not_accepted".into(),
+                token: Some(req.token),
+                detail: "an incident is resolved with `pmoflow resolve` or the API, not by email"
+                    .into(),
+            };
+        }
         let text = reply::new_text(&msg.text);
         if req.kind == "ack" {
             if !reply::is_ack(&text) {

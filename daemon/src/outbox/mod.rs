@@ -196,6 +196,8 @@ pub struct Services {
     pub workflows_dir: PathBuf,
     /// Installed WebAssembly plugins.
     pub plugins: Option<std::sync::Arc<crate::plugins::PluginHost>>,
+    /// Set by `pmoflow simulate`: plugin results the scenario gives (no network in a simulation).
+    pub simulation: Option<std::sync::Arc<crate::simulate::World>>,
 }
 
 /// Kinds of outgoing messages.

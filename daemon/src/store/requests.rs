@@ -478,6 +478,48 @@ impl Store {
         })
     }
 
+    /// Closes the still-open requests of one kind of a step (an escalation's acknowledgement
+    /// requests once someone acknowledged, leaving its `resolve` request open).
+    pub async fn close_requests_of_kind(
+        &self,
+        run_id: &str,
+        step_key: &str,
+        kind: &str,
+    ) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE requests SET status = 'closed' WHERE run_id = $1 AND step_key = $2 \
+                 AND kind = $3 AND status = 'open'",
+            )
+            .bind(run_id)
+            .bind(step_key)
+            .bind(kind)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// The open requests of a run of one kind (`resolve` for an escalation's end).
+    pub async fn open_requests_of_run(&self, run_id: &str, kind: &str) -> Result<Vec<RequestRow>> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE run_id = $1 AND kind = $2 \
+             AND status = 'open' ORDER BY created_at"
+        );
+        with_pool!(self, |pool| {
+            let mut out = Vec::new();
+            for r in sqlx::query(&sql)
+                .bind(run_id)
+                .bind(kind)
+                .fetch_all(pool)
+                .await?
+            {
+                out.push(request_row!(&r));
+            }
+            Ok(out)
+        })
+    }
+
     /// Stores an inbound message unless one with the same `source_key` was stored before.
     /// Returns the new row's id, or `None` for a duplicate. With `advance`, the IMAP mailbox's
     /// last UID moves in the same transaction.
@@ -742,6 +784,38 @@ impl Store {
             )
             .await?;
         Ok(done)
+    }
+
+    /// Resolves the open escalation of a run (its hidden `resolve` request gets an answer, which
+    /// wakes the run to send the 最終報). `false` when the run has no open escalation.
+    pub async fn resolve_incident(
+        &self,
+        run_id: &str,
+        now: DateTime<Utc>,
+        via: &str,
+        by: &str,
+        note: &str,
+    ) -> Result<bool> {
+        let Some(row) = self
+            .open_requests_of_run(run_id, "resolve")
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(false);
+        };
+        let answer = NewAnswer {
+            token: row.token.clone(),
+            via: via.into(),
+            from: Some(by.to_string()),
+            message_id: None,
+            fields: serde_json::json!({ "note": note }),
+            text: note.to_string(),
+            attachments: serde_json::json!([]),
+            complete: true,
+        };
+        self.record_answer(now, &answer, &format!("resolve:{}", row.token))
+            .await
     }
 
     /// Where polling of `mailbox` stands: `(uidvalidity, last_uid, registered_at)`.

@@ -33,6 +33,8 @@ const GLOBALS: &[&str] = &[
     "nth_business_day",
     "first_business_day",
     "last_business_day",
+    "days_between",
+    "business_day_on_or_before",
 ];
 
 /// The id syntax for workflows and steps: it appears in URLs, CLI arguments and template paths.
@@ -664,7 +666,7 @@ fn compile_step(cx: &mut Ctx<'_>, spanned: &Spanned<RawStep>, scope: &Scope<'_>)
         };
         check_template_file(cx, value.span(), name, &request_scope);
     }
-    if action == Some(ActionKind::Email) {
+    if matches!(action, Some(ActionKind::Email | ActionKind::Escalate)) {
         for key in ["template", "html_template"] {
             let Some((_, value)) = step.with.get_key_value(key) else {
                 continue;
@@ -680,8 +682,9 @@ fn compile_step(cx: &mut Ctx<'_>, spanned: &Spanned<RawStep>, scope: &Scope<'_>)
         }
     }
     if let Some(cond) = &step.condition {
+        // Under `foreach`, an `if` may read `item`/`index`: it is then decided per item.
         let cond_scope = Scope {
-            has_item: false,
+            has_item: step.foreach.is_some(),
             ..*scope
         };
         check_names(

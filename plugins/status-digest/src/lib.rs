@@ -42,11 +42,18 @@ struct Project {
     lead: String,
     /// Budget in yen, if the register has it (else read from the answer).
     budget: Option<f64>,
+    /// The lead's address: matches a `request` step's output (`to`) without a `project` key.
+    #[serde(default)]
+    lead_email: String,
 }
 
 #[derive(Deserialize)]
 struct Response {
+    /// The project id; or, for a `request` step's output passed as is, `to` (the lead's address).
+    #[serde(default)]
     project: String,
+    #[serde(default)]
+    to: String,
     #[serde(default = "unanswered")]
     status: String,
     #[serde(default)]
@@ -73,7 +80,8 @@ const INPUT_SCHEMA: &str = r#"{
           "id": { "type": "string" },
           "name": { "type": "string" },
           "lead": { "type": "string" },
-          "budget": { "type": "number" }
+          "budget": { "type": "number" },
+          "lead_email": { "type": "string" }
         }
       }
     },
@@ -81,9 +89,9 @@ const INPUT_SCHEMA: &str = r#"{
       "type": "array",
       "items": {
         "type": "object",
-        "required": ["project"],
         "properties": {
           "project": { "type": "string" },
+          "to": { "type": "string" },
           "status": { "enum": ["answered", "late", "unanswered", "bounced"] },
           "fields": { "type": "object" },
           "days_late": { "type": "integer" }
@@ -131,7 +139,12 @@ fn digest(input: &Input) -> Value {
         "\u{feff}プロジェクトID,プロジェクト名,PJMO,回答状況,総合評価,予算(円),見込(円),超過率(%),遅延日数,支援\r\n",
     );
     for p in &input.projects {
-        let r = input.responses.iter().rev().find(|r| r.project == p.id);
+        let r = input.responses.iter().rev().find(|r| {
+            r.project == p.id
+                || (r.project.is_empty()
+                    && !p.lead_email.is_empty()
+                    && r.to.eq_ignore_ascii_case(p.lead_email.trim()))
+        });
         let status = r.map(|r| r.status.as_str()).unwrap_or("unanswered");
         let answered = matches!(status, "answered" | "late");
         let field = |k: &str| {
@@ -157,7 +170,27 @@ fn digest(input: &Input) -> Value {
             (Some(b), Some(f)) if b > 0.0 => Some(((f - b) / b * 1000.0).round() / 10.0),
             _ => None,
         };
-        let days_late = r.and_then(|r| r.days_late).unwrap_or(0);
+        // Days late: given, or the answer's 遅延日数 field (a number, or text such as "45日").
+        let days_late = r
+            .and_then(|r| {
+                r.days_late.or_else(|| match r.fields.get("遅延日数") {
+                    Some(Value::Number(n)) => n.as_i64(),
+                    Some(Value::String(s)) => {
+                        let digits: String = s
+                            .chars()
+                            .map(|c| match c {
+                                '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
+                                c => c,
+                            })
+                            .skip_while(|c| !c.is_ascii_digit())
+                            .take_while(char::is_ascii_digit)
+                            .collect();
+                        digits.parse().ok()
+                    }
+                    _ => None,
+                })
+            })
+            .unwrap_or(0);
         let mut reasons = Vec::new();
         if rating == "要対応" {
             reasons.push("総合評価が要対応".to_string());
@@ -329,5 +362,26 @@ mod tests {
         );
         assert_eq!(amount_after("契約額 100万円", &["予算"]), None);
         assert_eq!(normalise_rating("「要対応」（詳細は別紙）"), "要対応");
+    }
+
+    #[test]
+    fn request_output_matches_by_lead_address() {
+        let input: Input = serde_json::from_value(json!({
+            "projects": [
+                { "id": "P01", "name": "A", "lead": "佐藤", "lead_email": "sato@a.example", "budget": 10000000 },
+                { "id": "P02", "name": "B", "lead": "鈴木", "lead_email": "suzuki@b.example" }
+            ],
+            "responses": [
+                { "to": "SATO@a.example", "status": "answered", "status_ja": "回答済",
+                  "fields": { "総合評価": "注意", "経費": "予算 1,000万円 / 見込 1,200万円", "遅延日数": "４５日" } },
+                { "to": "suzuki@b.example", "status": "unanswered", "fields": {} }
+            ]
+        }))
+        .unwrap();
+        let out = digest(&input);
+        assert_eq!(out["rows"][0]["days_late"], 45);
+        assert_eq!(out["rows"][0]["over_percent"], 20.0);
+        assert_eq!(out["rows"][1]["status"], "unanswered");
+        assert_eq!(out["support_cases"][0]["reasons"], json!(["45日遅延", "経費超過 20%"]));
     }
 }
