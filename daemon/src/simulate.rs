@@ -773,7 +773,21 @@ fn mask_tag(subject: &str) -> String {
 pub fn render_text(t: &Timeline, tz: chrono_tz::Tz, bodies: bool) -> String {
     let mut out = String::new();
     let mut day = String::new();
+    // Runs that did nothing anyone sees (a daily check that found nothing) are left out.
+    let visible: HashSet<usize> = t
+        .events
+        .iter()
+        .filter(|e| {
+            !matches!(e.kind.as_str(), "run" | "finished")
+                || (e.kind == "finished" && e.summary != "succeeded")
+        })
+        .filter_map(|e| e.run)
+        .collect();
+    let quiet = t.runs.len().saturating_sub(visible.len());
     for e in &t.events {
+        if e.run.is_some_and(|n| !visible.contains(&n)) {
+            continue;
+        }
         let local = e.at.with_timezone(&tz);
         let d = format!(
             "{} ({})",
@@ -839,13 +853,18 @@ pub fn render_text(t: &Timeline, tz: chrono_tz::Tz, bodies: bool) -> String {
         m
     });
     out.push_str(&format!(
-        "-- {} runs ({}), {emails} emails, {webhooks} webhooks, {answers} answers\n",
+        "-- {} runs ({}{}), {emails} emails, {webhooks} webhooks, {answers} answers\n",
         t.runs.len(),
         statuses
             .iter()
             .map(|(k, v)| format!("{v} {k}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        if quiet > 0 {
+            format!("; {quiet} without visible effect not shown")
+        } else {
+            String::new()
+        }
     ));
     out
 }

@@ -274,6 +274,9 @@ struct State {
     notified: Vec<String>,
     /// Notices sent, for outbox keys.
     seq: u32,
+    /// The subject prefix of the current round's alerts.
+    #[serde(default)]
+    prefix: String,
     events: Vec<Event>,
 }
 
@@ -466,6 +469,7 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         updates: 0,
         notified: Vec::new(),
         seq: 0,
+        prefix: "【緊急・第一報】".into(),
         events: Vec::new(),
     };
     let mut messages = Vec::new();
@@ -504,16 +508,10 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
             "【緊急・第一報】",
             &to,
             &body,
-            true,
+            false,
         )?;
     }
-    open_level(
-        cx,
-        &mut state,
-        &mut messages,
-        &mut requests,
-        "【緊急・第一報】",
-    )?;
+    open_level(cx, &mut state, &mut messages, &mut requests)?;
     let until = next_wake(&state, now);
     Ok(Outcome::Suspend {
         until,
@@ -529,8 +527,8 @@ fn open_level(
     state: &mut State,
     messages: &mut Vec<NewMessage>,
     requests: &mut Vec<NewRequest>,
-    prefix: &str,
 ) -> Result<(), StepError> {
+    let prefix = state.prefix.clone();
     let now = cx.clock.now();
     let tz = cx.services.mail.timezone;
     let level = state.levels[state.level].clone();
@@ -929,7 +927,8 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
         state.realert_at = None;
         state.pass = 0;
         state.level = 0;
-        open_level(cx, &mut state, &mut messages, &mut requests, "【再通知】")?;
+        state.prefix = "【再通知】".into();
+        open_level(cx, &mut state, &mut messages, &mut requests)?;
     }
 
     // No acknowledgement: the next level when the current one's wait is over.
@@ -939,6 +938,7 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
         } else if state.pass < state.repeat {
             state.pass += 1;
             state.level = 0;
+            state.prefix = "【緊急・再通知】".into();
         } else {
             state.level_until = None;
             state.events.push(Event {
@@ -948,13 +948,7 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
             });
             break;
         }
-        open_level(
-            cx,
-            &mut state,
-            &mut messages,
-            &mut requests,
-            "【緊急・第一報】",
-        )?;
+        open_level(cx, &mut state, &mut messages, &mut requests)?;
     }
 
     // 続報 on their schedule, to everyone alerted so far and those informed.

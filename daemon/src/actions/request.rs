@@ -77,6 +77,10 @@ pub(crate) const PARAMS: &[Param] = &[
         name: "complete_when",
         required: false,
     },
+    Param {
+        name: "context",
+        required: false,
+    },
 ];
 
 const REMIND_HINT: &str = "write offsets from the deadline: \"-1d@10:00\" (the day before at 10:00), \
@@ -369,6 +373,9 @@ struct State {
     ack: bool,
     #[serde(default)]
     any: bool,
+    /// `with.context`, echoed in the output (e.g. the foreach item the request is about).
+    #[serde(default)]
+    context: Json,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -596,6 +603,7 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         single: matches!(with.get("to"), Some(Json::String(s)) if !s.starts_with("role:")),
         ack,
         any,
+        context: with.get("context").cloned().unwrap_or(Json::Null),
     };
     let until = next_wake(&state);
     Ok(Outcome::Suspend {
@@ -709,9 +717,10 @@ fn reminder_mail(
     let tz = cx.services.mail.timezone;
     let pattern = cx.services.replies.pattern(&cx.services.mail.from);
     let domain = domain_of(&cx.services.mail.from);
-    let base = req
-        .subject
-        .strip_prefix("【要回答】")
+    // The reminder's prefix replaces the request's own (【要回答】, 【ご依頼】, …).
+    let base = ["【要回答】", "【ご依頼】", "【ご連絡】", "【要修正】"]
+        .iter()
+        .find_map(|p| req.subject.strip_prefix(p))
         .unwrap_or(&req.subject);
     let subject = format!("{}{base}", reminder.subject_prefix);
     let deadline = state.deadline.map(|d| format_ja(d, tz));
@@ -846,6 +855,7 @@ fn output(rows: &[RequestRow], answers: &[AnswerRow], state: &State) -> Json {
                 "bounce": r.bounce,
                 "request_message_id": format!("<{}>", r.message_id),
                 "tag": r.tag,
+                "context": state.context,
                 "history": mine.iter().map(|a| json!({
                     "received_at": a.received_at.to_rfc3339(),
                     "via": a.via,
