@@ -15,4 +15,5 @@ mod replies;
 mod requests;
 mod schedule;
 mod scheduling;
+mod simulate;
 mod store;

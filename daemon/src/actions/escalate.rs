@@ -770,6 +770,11 @@ fn status_lines(state: &State, tz: chrono_tz::Tz) -> String {
     s
 }
 
+/// The first report, quoted under the status of a later one.
+fn first_report(text: &str) -> String {
+    format!("\n――――― 第一報の内容（再掲） ―――――\n{text}\n")
+}
+
 fn via_ja(via: &str) -> &'static str {
     match via {
         "email" => "メール返信",
@@ -872,8 +877,7 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
             })
             .collect();
         let body = format!(
-            "関係者各位\n\nお疲れ様です。下記の事案について、対応を完了しましたのでご報告します（最終報）。\n\n{}\n\n記\n{}収束: {}（{}）\n{}\n{}以上\n",
-            state.text,
+            "関係者各位\n\nお疲れ様です。下記の事案について、対応を完了しましたのでご報告します（最終報）。\n\n記\n{}収束: {}（{}）\n{}{}\n以上\n{}",
             status_lines(&state, tz),
             format_ja(at, tz),
             if by.is_empty() {
@@ -891,6 +895,7 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
             } else {
                 format!("\n未了の期限:\n{}", pending.concat())
             },
+            first_report(&state.text),
         );
         notice(
             cx,
@@ -967,9 +972,9 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
             to.extend(state.inform.iter().cloned());
             to.dedup_by(|a, b| bare(a) == bare(b));
             let body = format!(
-                "関係者各位\n\nお疲れ様です。下記の事案について、現時点の状況をお知らせします（続報 第{n}報）。\n\n{}\n\n記\n{}\n以上\n",
-                state.text,
-                status_lines(&state, tz)
+                "関係者各位\n\nお疲れ様です。下記の事案について、現時点の状況をお知らせします（続報 第{n}報）。\n\n記\n{}\n以上\n{}",
+                status_lines(&state, tz),
+                first_report(&state.text)
             );
             notice(
                 cx,
@@ -1007,7 +1012,7 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
                 "【期限通知】"
             };
             let body = format!(
-                "関係者各位\n\nお疲れ様です。下記の事案について、{}の期限{}。\n\n期限: {}\n\n{}\n\n以上\n",
+                "関係者各位\n\nお疲れ様です。下記の事案について、{}の期限{}。\n\n期限: {}\n\n以上\n{}",
                 t.name,
                 if reached {
                     "が到来しました。至急ご対応ください"
@@ -1015,7 +1020,7 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
                     "が近づいています"
                 },
                 format_ja(t.due, tz),
-                state.text
+                first_report(&state.text)
             );
             let to = t.notify.clone();
             notice(

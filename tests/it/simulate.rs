@@ -1,0 +1,480 @@
+//! The five shipped workflows, simulated over their natural period with the shipped scenarios
+//! (`workflows/scenarios/*.toml`): the real engine, templates, reply intake and plugins on a
+//! simulated clock. Each timeline is compared with its golden file
+//! (`fixtures/simulate/WORKFLOW.txt`, rewritten with `BLESS=1`), and the facts that matter are
+//! asserted from the JSON timeline: business days, who gets reminded, when escalations happen,
+//! the numbers in the reports.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use pmoflow_tests::bin;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn simulate(workflow: &str, from: &str, until: &str, format: &str) -> String {
+    let scenario = format!("workflows/scenarios/{workflow}.toml");
+    let out = Command::new(bin())
+        .args([
+            "simulate",
+            workflow,
+            "--from",
+            from,
+            "--until",
+            until,
+            "--answers",
+            &scenario,
+            "--format",
+            format,
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "simulate {workflow} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn golden(workflow: &str, from: &str, until: &str) -> Vec<Value> {
+    let text = simulate(workflow, from, until, "text");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/simulate/{workflow}.txt"));
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+    } else {
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            expected == text,
+            "{workflow}: the timeline differs from {} (BLESS=1 rewrites it)\n--- actual ---\n{text}",
+            path.display()
+        );
+    }
+    let json: Value = serde_json::from_str(&simulate(workflow, from, until, "json")).unwrap();
+    json["events"].as_array().unwrap().clone()
+}
+
+fn mails<'a>(events: &'a [Value], subject_part: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "email" && e["summary"].as_str().unwrap().contains(subject_part))
+        .collect()
+}
+
+fn to(e: &Value) -> Vec<String> {
+    e["to"].as_array().map_or_else(Vec::new, |a| {
+        a.iter().map(|x| x.as_str().unwrap().to_string()).collect()
+    })
+}
+
+/// Local (JST) "YYYY-MM-DD HH:MM" of an event.
+fn jst(e: &Value) -> String {
+    let t = chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap();
+    t.with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m-%d %H:%M")
+        .to_string()
+}
+
+fn times(list: &[&Value]) -> Vec<String> {
+    let mut t: Vec<String> = list.iter().map(|e| jst(e)).collect();
+    t.dedup();
+    t
+}
+
+#[test]
+fn pjmo_status_collection_over_three_months() {
+    let events = golden("pjmo-status-collection", "2027-04-01", "2027-06-30");
+    // Requests on the first business day (May 1–5 are a weekend and holidays: May 6).
+    let asks = mails(&events, "【要回答】");
+    assert_eq!(asks.len(), 12);
+    assert_eq!(
+        times(&asks),
+        ["2027-04-01 09:00", "2027-05-06 09:00", "2027-06-01 09:00"]
+    );
+    // Deadline: business day 5 (4/7, 5/12, 6/7) 17:00, in the subject.
+    assert!(
+        asks[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("【4月7日(水)締切】")
+    );
+    // Reminders the business day before at 10:00, only to those who had not answered.
+    let reminders = mails(&events, "【リマインド】");
+    assert_eq!(
+        times(&reminders),
+        ["2027-04-06 10:00", "2027-05-11 10:00", "2027-06-04 10:00"]
+    );
+    for r in &reminders {
+        let who = to(r);
+        assert!(
+            who == ["watanabe@pjmo-c.example.go.jp"] || who == ["mori@pjmo-d.example.go.jp"],
+            "reminder to {who:?}"
+        );
+    }
+    assert_eq!(reminders.len(), 6);
+    // 再送 one business day late at 09:00 with the project owner in cc.
+    let resends = mails(&events, "【再送・要回答】");
+    assert_eq!(resends.len(), 6);
+    assert_eq!(
+        times(&resends),
+        ["2027-04-08 09:00", "2027-05-13 09:00", "2027-06-08 09:00"]
+    );
+    let mori = resends
+        .iter()
+        .find(|e| to(e) == ["mori@pjmo-d.example.go.jp"])
+        .unwrap();
+    assert_eq!(mori["cc"][0], "shimizu@example.go.jp");
+    // Three business days late: the PMO head is told, naming only the one who never answered.
+    let escalations = mails(&events, "未回答のプロジェクト");
+    assert_eq!(
+        times(&escalations),
+        ["2027-04-12 09:00", "2027-05-17 09:00", "2027-06-10 09:00"]
+    );
+    for e in &escalations {
+        assert_eq!(to(e), ["nakamura@pmo.example.go.jp"]);
+        let body = e["body"].as_str().unwrap();
+        assert!(body.contains("P04 職員ポータル改修"), "{body}");
+        assert!(!body.contains("P03"), "{body}");
+    }
+    // Support cases: the 20% overrun (P03) every month; 要対応 and 35 days late (P02) from May.
+    let cases = mails(&events, "PJMO支援案件の起票");
+    let subjects: Vec<&str> = cases
+        .iter()
+        .map(|e| e["summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects.iter().filter(|s| s.contains("P03")).count(), 3);
+    assert_eq!(subjects.iter().filter(|s| s.contains("P02")).count(), 2);
+    let p02 = cases
+        .iter()
+        .find(|e| e["summary"].as_str().unwrap().contains("P02"))
+        .unwrap();
+    assert!(
+        p02["body"]
+            .as_str()
+            .unwrap()
+            .contains("総合評価が要対応、35日遅延"),
+        "{}",
+        p02["body"]
+    );
+    // Portfolio summary on business day 8 at 10:00, with the CSV.
+    let summaries = mails(&events, "ポートフォリオ概況");
+    assert_eq!(
+        times(&summaries),
+        ["2027-04-12 10:00", "2027-05-17 10:00", "2027-06-10 10:00"]
+    );
+    assert!(
+        summaries[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("回答 3/4件、要対応 0件")
+    );
+    assert!(
+        summaries[1]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("回答 3/4件、要対応 1件")
+    );
+    let csv = summaries[1]["attachments"][0]["text"].as_str().unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert_eq!(
+        lines[1],
+        "P01,電子申請システム刷新,佐藤 花子,回答済,良好,120000000,118000000,-1.7,0,"
+    );
+    assert_eq!(
+        lines[2],
+        "P02,統計データ基盤構築,鈴木 次郎,回答済,要対応,80000000,85000000,6.3,35,総合評価が要対応・35日遅延"
+    );
+    assert_eq!(
+        lines[3],
+        "P03,文書管理システム運用,渡辺 涼,期限後回答,注意,45000000,54000000,20,5,経費超過 20%"
+    );
+    assert_eq!(
+        lines[4],
+        "P04,職員ポータル改修,森 拓也,未回答,未回答,30000000,,,0,"
+    );
+}
+
+#[test]
+fn budget_request_cycle_over_a_fiscal_year() {
+    let events = golden("budget-request-cycle", "2027-04-01", "2028-03-31");
+    let calls = mails(&events, "【ご依頼】");
+    assert_eq!(calls.len(), 4);
+    assert_eq!(times(&calls), ["2027-04-01 09:00"]);
+    assert!(
+        calls[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("令和10年度概算要求")
+    );
+    assert!(
+        calls[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("【5月31日(月)締切】")
+    );
+    // Reminders 7, 3 and 1 business days before the deadline, to those who had not submitted.
+    let reminders = mails(&events, "【リマインド】");
+    assert_eq!(
+        times(&reminders),
+        ["2027-05-20 10:00", "2027-05-26 10:00", "2027-05-28 10:00"]
+    );
+    assert!(reminders.iter().all(|r| {
+        let who = to(r);
+        who == ["watanabe@pjmo-c.example.go.jp"] || who == ["mori@pjmo-d.example.go.jp"]
+    }));
+    let resends = mails(&events, "【再送・要回答】");
+    assert_eq!(times(&resends), ["2027-06-01 09:00"]);
+    assert_eq!(resends.len(), 2);
+    // Three business days late: the PMO head gets the one that never came.
+    let late = mails(&events, "未提出");
+    assert_eq!(times(&late), ["2027-06-03 09:00"]);
+    assert!(
+        late[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("P04 職員ポータル改修")
+    );
+    // The incomplete submission goes back as 【要修正】 with 3 business days.
+    let fix = mails(&events, "【要修正】");
+    assert_eq!(fix.len(), 1);
+    assert_eq!(to(fix[0]), ["suzuki@pjmo-b.example.go.jp"]);
+    assert!(
+        fix[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("【6月8日(火)締切】")
+    );
+    assert!(fix[0]["body"].as_str().unwrap().contains("積算根拠 KPI"));
+    // Gates: the reviewed list to the DG-CIO with the corrected amounts.
+    let gate = mails(&events, "一覧（PMOレビュー後）");
+    assert_eq!(to(gate[0]), ["kobayashi@example.go.jp"]);
+    let body = gate[0]["body"].as_str().unwrap();
+    assert!(
+        body.contains(
+            "P02 統計データ基盤構築: 回答済（修正依頼: 回答済） / 区分 新規 / 整備経費 60,000千円"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("P04 職員ポータル改修: 未回答"), "{body}");
+    let handover = mails(&events, "引継ぎ");
+    assert_eq!(times(&handover), ["2027-07-01 10:00"]);
+    assert_eq!(to(handover[0]), ["kato@kaikei.example.go.jp"]);
+    let csv = handover[0]["attachments"][0]["text"].as_str().unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(
+        csv.contains("P01,電子申請システム刷新,回答済,\"改修\",\"85,000千円\""),
+        "{csv}"
+    );
+    assert_eq!(times(&mails(&events, "事前レビュー")), ["2027-07-08 10:00"]);
+    // Aug 31 2027 is a Tuesday: the milestone notice goes 5 business days before.
+    assert_eq!(
+        times(&mails(&events, "概算要求の提出")),
+        ["2027-08-24 10:00"]
+    );
+    let draft = mails(&events, "政府予算案の額について");
+    assert_eq!(draft.len(), 4);
+    assert_eq!(times(&draft), ["2027-12-24 15:00"]);
+    let sato = draft
+        .iter()
+        .find(|e| to(e) == ["sato@pjmo-a.example.go.jp"])
+        .unwrap();
+    assert!(sato["body"].as_str().unwrap().contains("118,000,000円"));
+}
+
+#[test]
+fn quarterly_audit_over_a_fiscal_year() {
+    let events = golden("quarterly-audit-reminder", "2027-04-01", "2028-03-31");
+    let notices = mails(&events, "【ご連絡】第");
+    // First business day of each quarter; January's is the 4th (1/1–1/3 are closed).
+    assert_eq!(
+        times(&notices),
+        [
+            "2027-04-01 09:30",
+            "2027-07-01 09:30",
+            "2027-10-01 09:30",
+            "2028-01-04 09:30"
+        ]
+    );
+    assert_eq!(notices.len(), 5, "Q4 audits two systems");
+    // Evidence due in 15 business days: 4/1 → 4/22.
+    assert!(
+        notices[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("【4月22日(木)締切】")
+    );
+    // Reminders 5 and 1 business days before go only to the PJMO that did not submit (森, Q4).
+    let reminders = mails(&events, "【リマインド】");
+    assert_eq!(reminders.len(), 2);
+    assert!(
+        reminders
+            .iter()
+            .all(|r| to(r) == ["mori@pjmo-d.example.go.jp"])
+    );
+    assert_eq!(times(&reminders), ["2028-01-19 10:00", "2028-01-25 10:00"]);
+    // Open findings are followed up every quarter, at the same time as the notices.
+    let followups = mails(&events, "監査指摘事項");
+    assert_eq!(followups.len(), 8);
+    assert_eq!(times(&followups), times(&notices));
+    // Quarter-end reports on the last business day of the quarter.
+    let reports = mails(&events, "システム監査の実施状況");
+    assert_eq!(
+        times(&reports),
+        [
+            "2027-06-30 10:00",
+            "2027-09-30 10:00",
+            "2027-12-28 10:00",
+            "2028-03-31 10:00"
+        ]
+    );
+    let q4 = reports[3]["body"].as_str().unwrap();
+    assert!(
+        q4.contains("職員ポータル（脆弱性対策）: 資料 未回答"),
+        "{q4}"
+    );
+    assert!(
+        q4.contains("電子申請システム（前回指摘事項の改善状況）: 資料 回答済"),
+        "{q4}"
+    );
+    assert!(
+        q4.contains(
+            "F-2026-05 電子申請システム「操作ログの保存期間が規程（1年）に満たない」: 完了"
+        ),
+        "{q4}"
+    );
+}
+
+#[test]
+fn domain_renewal_over_a_year() {
+    let events = golden("domain-renewal-check", "2027-04-01", "2028-03-31");
+    // toukei-example.jp expires 2027-07-31: notices at 90, 60 and 30 days, then it is renewed.
+    let toukei = mails(&events, "ドメイン toukei-example.jp の登録期限");
+    assert_eq!(
+        times(&toukei),
+        ["2027-05-02 08:00", "2027-06-01 08:00", "2027-07-01 08:00"]
+    );
+    assert!(
+        toukei
+            .iter()
+            .all(|e| to(e) == ["suzuki@pjmo-b.example.go.jp"])
+    );
+    // Escalation at 30 days for registrations not confirmed; portal-example.jp (手続中) is not.
+    let escalations = mails(&events, "の更新が確認できません");
+    let names: Vec<&str> = escalations
+        .iter()
+        .map(|e| e["summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(escalations.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| !n.contains("portal-example.jp")));
+    assert_eq!(
+        times(&escalations),
+        ["2027-07-01 08:00", "2027-10-01 08:00", "2028-03-01 08:00"]
+    );
+    assert!(
+        escalations
+            .iter()
+            .all(|e| to(e) == ["nakamura@pmo.example.go.jp"])
+    );
+    // A domain nobody renews gets all six notices.
+    let event = mails(&events, "ドメイン event2025-example.jp の登録期限");
+    let days: Vec<&str> = event
+        .iter()
+        .map(|e| {
+            let s = e["summary"].as_str().unwrap();
+            &s[s.find("残り").unwrap()..s.find("日（").unwrap()]
+        })
+        .collect();
+    assert_eq!(
+        days,
+        ["残り90", "残り60", "残り30", "残り14", "残り7", "残り1"]
+    );
+    // The certificate renewed on 5/15 gets no 1-day notice.
+    let cert = mails(&events, "shinsei.example.go.jp のサーバ証明書");
+    assert_eq!(
+        times(&cert)[..3],
+        ["2027-04-20 08:00", "2027-05-06 08:00", "2027-05-13 08:00"]
+    );
+    // The yearly inventory on the first business day of April, with a CSV of the register.
+    let inventory = mails(&events, "ドメイン台帳の棚卸し");
+    assert_eq!(times(&inventory), ["2027-04-01 10:00"]);
+    let csv = inventory[0]["attachments"][0]["text"].as_str().unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(
+        csv.contains("toukei-example.jp,統計データ公開サイト,使用中,指定事業者A,2027-07-31,121,"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn emergency_escalation_over_a_night() {
+    let events = golden(
+        "emergency-escalation",
+        "2027-06-12 01:00",
+        "2027-06-12 23:59",
+    );
+    let first = mails(&events, "【緊急・第一報】");
+    // Staff at 02:14 (and the Digital Agency, informed), the head 15 minutes later; his
+    // acknowledgement at 02:39 stops the chain: CSIRT and the CISO are not alerted.
+    assert_eq!(times(&first), ["2027-06-12 02:14", "2027-06-12 02:29"]);
+    let first_to: Vec<String> = first.iter().flat_map(|e| to(e)).collect();
+    assert_eq!(
+        first_to,
+        [
+            "contact@digital-agency.example.go.jp",
+            "ito@pmo.example.go.jp",
+            "yamamoto@pmo.example.go.jp",
+            "nakamura@pmo.example.go.jp"
+        ]
+    );
+    // Not resolved 2 hours after the acknowledgement: the chain starts again, and this time
+    // reaches the third level before CSIRT acknowledges (05:14) through the link.
+    let again = mails(&events, "【再通知】");
+    assert_eq!(
+        times(&again),
+        ["2027-06-12 04:39", "2027-06-12 04:54", "2027-06-12 05:09"]
+    );
+    assert_eq!(mails(&events, "【緊急・再通知】").len(), 0);
+    // 続報 every hour (S1) until the end, to everyone alerted so far.
+    let updates = mails(&events, "【続報");
+    assert_eq!(
+        times(&updates),
+        [
+            "2027-06-12 03:14",
+            "2027-06-12 04:14",
+            "2027-06-12 05:14",
+            "2027-06-12 06:14"
+        ]
+    );
+    // The webhook (the PMO channel) gets the first and third levels (02:14; 04:39 and 05:09
+    // in the second round) and every report (four 続報, the 最終報).
+    let hooks: Vec<&Value> = events.iter().filter(|e| e["kind"] == "webhook").collect();
+    assert_eq!(hooks.len(), 8, "{hooks:?}");
+    // Resolved at 06:50: the 最終報 to everyone alerted and the Digital Agency, naming who
+    // acknowledged and the pending personal-data deadlines.
+    let last = mails(&events, "【最終報】");
+    assert_eq!(times(&last), ["2027-06-12 06:50"]);
+    assert_eq!(last.len(), 7);
+    let body = last[0]["body"].as_str().unwrap();
+    assert!(
+        body.contains("個人情報保護委員会への速報: 6月15日(火)02:14まで"),
+        "{body}"
+    );
+    assert!(
+        body.contains("yoshida@csirt.example.go.jp 様が6月12日(土)05:14に確認（確認リンク）"),
+        "{body}"
+    );
+    // Nothing after the resolution.
+    assert!(
+        events
+            .iter()
+            .all(|e| jst(e) <= "2027-06-12 06:50".to_string())
+    );
+}
