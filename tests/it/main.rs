@@ -15,5 +15,6 @@ mod replies;
 mod requests;
 mod schedule;
 mod scheduling;
+mod shipped;
 mod simulate;
 mod store;

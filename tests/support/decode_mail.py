@@ -35,5 +35,7 @@ for path in files:
         "body": body.get_content() if body is not None else None,
         "html": html.get_content() if html is not None else None,
         "attachments": [a.get_filename() for a in msg.iter_attachments()],
+        "attachment_texts": [a.get_content() if a.get_content_maintype() == "text" else None
+                             for a in msg.iter_attachments()],
     })
 print(json.dumps(out, ensure_ascii=False))
