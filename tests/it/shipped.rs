@@ -39,6 +39,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with("").await
+}
+
+async fn setup_with(extra_config: &str) -> Setup {
     let db = TestDb::new(Backend::Sqlite).await;
     let project = Project::new();
     copy_dir(&repo().join("workflows"), &project.workflows());
@@ -52,7 +56,7 @@ async fn setup() -> Setup {
          [smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
          [outbox]\npoll_interval = \"200ms\"\n\
          [replies]\naddress = \"pmo+{{token}}@example.go.jp\"\nnotify = \"pmo-desk@example.go.jp\"\n\
-         {}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"http://127.0.0.1:{http_port}\"\n\n{entry}\n",
+         {}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"http://127.0.0.1:{http_port}\"\n\n{entry}\n{extra_config}\n",
         db.url,
         repo().join("plugins").display(),
         imap.config("poll_interval = \"1s\""),
@@ -490,4 +494,423 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
         1,
         "{titles:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budget_request_cycle_end_to_end() {
+    let s = setup().await;
+    let d = start(&s, "d");
+    d.wait_log("mailbox registered", Duration::from_secs(30));
+    // The April call with its end-of-May deadline, on a one-minute scale; the milestones of the
+    // second half of the year are left out here (they are in the simulation test).
+    let inputs = json!({
+        "deadline": rfc3339_in(30),
+        "remind": ["-20s", "-14s", "-8s"],
+        "resend": "+2s",
+        "close_after": "10s",
+        "correction_deadline": rfc3339_in(90),
+        "milestones": false,
+    });
+    let (code, out, err) = cli(
+        s.project.path(),
+        &[
+            "trigger",
+            "budget-request-cycle",
+            "--input",
+            &inputs.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let m = wait_mails(&s, "four calls", Duration::from_secs(30), |m| {
+        with_subject(m, "【ご依頼】").len() == 4
+    });
+    let calls = with_subject(&m, "【ご依頼】");
+    let call = |who: &str| (*addressed(&calls, who).first().unwrap()).clone();
+    assert!(
+        calls[0]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("概算要求に係る情報システム予算要求内容の提出について")
+    );
+    // 佐藤 submits everything; 鈴木 forgets 積算根拠 and KPI.
+    s.imap.append_raw(
+        "INBOX",
+        &[
+            reply(
+                "sato@pjmo-a.example.go.jp",
+                &call("sato@"),
+                "システム名: 電子申請システム\n区分: 改修\n整備経費: 85,000千円\n運用等経費: 33,000千円\n積算根拠: 見積3社\nKPI: オンライン申請率 80%",
+            ),
+            reply(
+                "suzuki@pjmo-b.example.go.jp",
+                &call("suzuki@"),
+                "区分：新規\n整備経費：60,000千円\n運用等経費：18,000千円",
+            ),
+        ],
+    );
+    // 渡辺 answers after the 再送 (late); 森 never does.
+    let m = wait_mails(&s, "the 再送", Duration::from_secs(60), |m| {
+        with_subject(m, "【再送・要回答】").len() == 2
+    });
+    let resends = with_subject(&m, "【再送・要回答】");
+    assert!(addressed(&resends, "sato@").is_empty() && addressed(&resends, "suzuki@").is_empty());
+    let watanabe = addressed(&resends, "watanabe@")[0];
+    assert!(
+        watanabe["cc"][0]
+            .as_str()
+            .unwrap()
+            .contains("hayashi@example.go.jp")
+    );
+    s.imap.append_raw(
+        "INBOX",
+        &[reply(
+            "watanabe@pjmo-c.example.go.jp",
+            &call("watanabe@"),
+            "区分: 運用\n整備経費: 0千円\n運用等経費: 45,000千円\n積算根拠: 現行契約\nKPI: 稼働率 99.9%",
+        )],
+    );
+    // 鈴木 gets 【要修正】 and answers it.
+    let m = wait_mails(&s, "the correction request", Duration::from_secs(60), |m| {
+        !with_subject(m, "【要修正】").is_empty()
+    });
+    let fix = with_subject(&m, "【要修正】");
+    assert_eq!(fix.len(), 1, "only the incomplete submission goes back");
+    assert!(to(fix[0]).contains("suzuki@"));
+    assert!(fix[0]["body"].as_str().unwrap().contains("積算根拠 KPI"));
+    s.imap.append_raw(
+        "INBOX",
+        &[reply(
+            "suzuki@pjmo-b.example.go.jp",
+            fix[0],
+            "区分: 新規\n整備経費: 60,000千円\n運用等経費: 18,000千円\n積算根拠: 見積2社\nKPI: 公開データセット数 300件",
+        )],
+    );
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(90), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{run:?}\n{}",
+        d.log_text()
+    );
+    let m = wait_mails(&s, "the gate report", Duration::from_secs(20), |m| {
+        !with_subject(m, "一覧（PMOレビュー後）").is_empty()
+    });
+    // Reminders reached only those who had not submitted: three each for 渡辺 and 森.
+    let reminders = with_subject(&m, "【リマインド】");
+    assert_eq!(reminders.len(), 6, "{reminders:#?}");
+    assert!(
+        reminders
+            .iter()
+            .all(|r| to(r).contains("watanabe@") || to(r).contains("mori@"))
+    );
+    let late = with_subject(&m, "未提出");
+    assert_eq!(late.len(), 1);
+    assert!(to(late[0]).contains("nakamura@"));
+    assert!(
+        late[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("P04 職員ポータル改修")
+    );
+    assert!(!late[0]["body"].as_str().unwrap().contains("P03"));
+    let gate = with_subject(&m, "一覧（PMOレビュー後）")[0];
+    assert!(to(gate).contains("kobayashi@example.go.jp"));
+    let body = gate["body"].as_str().unwrap();
+    assert!(
+        body.contains(
+            "P02 統計データ基盤構築: 回答済（修正依頼: 回答済） / 区分 新規 / 整備経費 60,000千円"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("P03 文書管理システム運用: 遅延回答"),
+        "{body}"
+    );
+    assert!(body.contains("P04 職員ポータル改修: 未回答"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarterly_audit_end_to_end() {
+    let s = setup().await;
+    // This quarter's audit plan (the shipped one lists the systems by quarter; the test makes
+    // two of them due now, whatever today's quarter is).
+    let month = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%m")
+        .to_string();
+    let q = match month.parse::<u32>().unwrap() {
+        4..=6 => 1,
+        7..=9 => 2,
+        10..=12 => 3,
+        _ => 4,
+    };
+    let plan = std::fs::read_to_string(s.project.workflows().join("data/audit.toml")).unwrap();
+    let mut plan = plan;
+    for n in 1..=4 {
+        plan = plan.replace(&format!("quarter = {n}\n"), "quarter = 9\n");
+    }
+    for system in ["統計データ基盤", "文書管理システム"] {
+        plan = plan.replace(
+            &format!("system = \"{system}\"\nquarter = 9\n"),
+            &format!("system = \"{system}\"\nquarter = {q}\n"),
+        );
+    }
+    std::fs::write(s.project.workflows().join("data/audit.toml"), plan).unwrap();
+    let d = start(&s, "d");
+    d.wait_log("mailbox registered", Duration::from_secs(30));
+    let inputs =
+        json!({ "deadline": rfc3339_in(30), "remind": ["-15s"], "report_at": rfc3339_in(40) });
+    let (code, out, err) = cli(
+        s.project.path(),
+        &[
+            "trigger",
+            "quarterly-audit-reminder",
+            "--input",
+            &inputs.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    // Two audit notices and two finding follow-ups go out together.
+    let m = wait_mails(&s, "notices and follow-ups", Duration::from_secs(30), |m| {
+        with_subject(m, "四半期システム監査の実施について").len() == 2
+            && with_subject(m, "監査指摘事項").len() == 2
+    });
+    let notices = with_subject(&m, "四半期システム監査の実施について");
+    assert!(notices.iter().all(|n| {
+        n["subject"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("第{q}四半期"))
+    }));
+    let watanabe = addressed(&notices, "watanabe@")[0].clone();
+    let followups = with_subject(&m, "監査指摘事項");
+    let sato = addressed(&followups, "sato@")[0].clone();
+    assert!(sato["subject"].as_str().unwrap().contains("F-2026-05"));
+    // 渡辺 sends his evidence; 佐藤 reports his finding fixed; 鈴木 and the other finding do not answer.
+    s.imap.append_raw(
+        "INBOX",
+        &[
+            reply(
+                "watanabe@pjmo-c.example.go.jp",
+                &watanabe,
+                "監査対応者: 渡辺\n提出資料: 手順書一式",
+            ),
+            reply(
+                "sato@pjmo-a.example.go.jp",
+                &sato,
+                "改善状況: 完了\n対応内容: 保存期間を1年に変更",
+            ),
+        ],
+    );
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(90), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{run:?}\n{}",
+        d.log_text()
+    );
+    let m = wait_mails(&s, "the quarter report", Duration::from_secs(20), |m| {
+        !with_subject(m, "システム監査の実施状況").is_empty()
+    });
+    // The reminder went only to those who had not answered.
+    let reminders = with_subject(&m, "【リマインド】");
+    let mut who: Vec<String> = reminders.iter().map(|r| to(r)).collect();
+    who.sort();
+    assert_eq!(who.len(), 2, "{who:?}");
+    assert!(
+        who[0].contains("suzuki@") && who[1].contains("watanabe@"),
+        "{who:?}"
+    );
+    assert!(
+        reminders
+            .iter()
+            .any(|r| r["subject"].as_str().unwrap().contains("F-2026-03"))
+    );
+    let report = with_subject(&m, "システム監査の実施状況")[0];
+    assert!(to(report).contains("nakamura@"));
+    assert!(report["cc"][0].as_str().unwrap().contains("kobayashi@"));
+    let body = report["body"].as_str().unwrap();
+    assert!(
+        body.contains("文書管理システム（バックアップ・事業継続）: 資料 回答済（対応者: 渡辺）"),
+        "{body}"
+    );
+    assert!(
+        body.contains("統計データ基盤（クラウドサービス利用（ISMAP））: 資料 未回答"),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "F-2026-05 電子申請システム「操作ログの保存期間が規程（1年）に満たない」: 完了"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("F-2026-03 文書管理システム「管理者アカウントの棚卸しが未実施」: 未回答"),
+        "{body}"
+    );
+}
+
+/// A WHOIS server answering like JPRS for the given (name, expiry) pairs.
+async fn jprs_whois(domains: Vec<(String, chrono::NaiveDate)>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let domains = domains.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 256];
+                while !buf.ends_with(b"\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let query = String::from_utf8_lossy(&buf).trim().to_lowercase();
+                let text = match domains.iter().find(|(n, _)| *n == query) {
+                    Some((name, d)) if name.ends_with(".go.jp") => format!(
+                        "[ JPRS データベース | JPRS DATABASE ]\r\na. [ドメイン名]                 {}\r\n[状態]                          Connected ({})\r\n",
+                        name.to_uppercase(),
+                        d.format("%Y/%m/%d")
+                    ),
+                    Some((name, d)) => format!(
+                        "[ JPRS データベース | JPRS DATABASE ]\r\n[ドメイン名]                    {}\r\n[有効期限]                      {}\r\n[状態]                          Active\r\n",
+                        name.to_uppercase(),
+                        d.format("%Y/%m/%d")
+                    ),
+                    None => "No match!!\r\n".to_string(),
+                };
+                let _ = sock.write_all(text.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn domain_renewal_end_to_end() {
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .date_naive();
+    let in_days = |n: i64| today + chrono::Duration::days(n);
+    let whois = jprs_whois(vec![
+        ("shinsei.example.go.jp".into(), in_days(30)),
+        ("toukei-example.jp".into(), in_days(14)),
+        ("event2025-example.jp".into(), in_days(45)),
+        ("portal-example.jp".into(), in_days(30)),
+    ])
+    .await;
+    let s = setup_with(&format!(
+        "[plugins.domain-check]\ncapabilities = [\"http\", \"tls\", \"whois\"]\nallow_hosts = [\"127.0.0.1:{whois}\"]\ntimeout = \"30s\"\n"
+    ))
+    .await;
+    let d = start(&s, "d");
+    let inputs = json!({ "jp_whois": format!("127.0.0.1:{whois}"), "check_tls": false });
+    let (code, out, err) = cli(
+        s.project.path(),
+        &[
+            "trigger",
+            "domain-renewal-check",
+            "--input",
+            &inputs.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, out.trim(), Duration::from_secs(60), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{run:?}\n{}",
+        d.log_text()
+    );
+    let m = wait_mails(&s, "the notices", Duration::from_secs(20), |m| {
+        with_subject(m, "登録期限まで").len() == 3
+            && !with_subject(m, "更新が確認できません").is_empty()
+    });
+    // Notices at 30 and 14 days to the owning PJMO (PMO staff in cc); none at 45 days.
+    let notices = with_subject(&m, "登録期限まで");
+    assert_eq!(addressed(&notices, "sato@").len(), 1);
+    assert_eq!(addressed(&notices, "suzuki@").len(), 1);
+    assert_eq!(addressed(&notices, "mori@").len(), 1);
+    assert!(addressed(&notices, "watanabe@").is_empty());
+    let suzuki = addressed(&notices, "suzuki@")[0];
+    assert!(suzuki["subject"].as_str().unwrap().contains("残り14日"));
+    assert!(
+        suzuki["cc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().contains("ito@"))
+    );
+    // The 30-day escalation for the registration nobody confirmed; portal-example.jp's renewal
+    // is under way (手続中) and is not escalated.
+    let esc = with_subject(&m, "更新が確認できません");
+    assert_eq!(esc.len(), 1, "{esc:#?}");
+    assert!(to(esc[0]).contains("nakamura@"));
+    assert!(
+        esc[0]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("shinsei.example.go.jp")
+    );
+    // The yearly inventory, with the register as CSV.
+    let inputs = json!({ "jp_whois": format!("127.0.0.1:{whois}"), "check_tls": false, "mode": "inventory" });
+    let (code, out, err) = cli(
+        s.project.path(),
+        &[
+            "trigger",
+            "domain-renewal-check",
+            "--input",
+            &inputs.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let run = wait_run(&store, out.trim(), Duration::from_secs(60), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{run:?}\n{}",
+        d.log_text()
+    );
+    let m = wait_mails(&s, "the inventory", Duration::from_secs(20), |m| {
+        !with_subject(m, "ドメイン台帳の棚卸し").is_empty()
+    });
+    let inv = with_subject(&m, "ドメイン台帳の棚卸し")[0];
+    let names = inv["attachments"].as_array().unwrap();
+    let i = names
+        .iter()
+        .position(|n| n.as_str().is_some_and(|n| n.ends_with(".csv")))
+        .unwrap();
+    let csv = inv["attachment_texts"][i].as_str().unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(
+        csv.contains(&format!(
+            "toukei-example.jp,統計データ公開サイト,使用中,指定事業者A,{},14,",
+            in_days(14)
+        )),
+        "{csv}"
+    );
+    // Exactly the notices above: the inventory run sends none.
+    assert_eq!(with_subject(&mails(&s), "登録期限まで").len(), 3);
 }
