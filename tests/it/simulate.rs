@@ -472,9 +472,5 @@ fn emergency_escalation_over_a_night() {
         "{body}"
     );
     // Nothing after the resolution.
-    assert!(
-        events
-            .iter()
-            .all(|e| jst(e) <= "2027-06-12 06:50".to_string())
-    );
+    assert!(events.iter().all(|e| jst(e).as_str() <= "2027-06-12 06:50"));
 }

@@ -174,7 +174,7 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
         }
     }
     if let Some(v) = with.get("repeat").filter(|v| !is_dynamic(v))
-        && !v.as_u64().is_some_and(|n| n <= 100)
+        && v.as_u64().is_none_or(|n| n > 100)
     {
         push(
             "repeat",

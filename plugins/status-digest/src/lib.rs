@@ -179,7 +179,9 @@ fn digest(input: &Input) -> Value {
                         let digits: String = s
                             .chars()
                             .map(|c| match c {
-                                '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
+                                '０'..='９' => {
+                                    char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c)
+                                }
                                 c => c,
                             })
                             .skip_while(|c| !c.is_ascii_digit())
@@ -382,6 +384,9 @@ mod tests {
         assert_eq!(out["rows"][0]["days_late"], 45);
         assert_eq!(out["rows"][0]["over_percent"], 20.0);
         assert_eq!(out["rows"][1]["status"], "unanswered");
-        assert_eq!(out["support_cases"][0]["reasons"], json!(["45日遅延", "経費超過 20%"]));
+        assert_eq!(
+            out["support_cases"][0]["reasons"],
+            json!(["45日遅延", "経費超過 20%"])
+        );
     }
 }
