@@ -474,3 +474,19 @@ fn emergency_escalation_over_a_night() {
     // Nothing after the resolution.
     assert!(events.iter().all(|e| jst(e).as_str() <= "2027-06-12 06:50"));
 }
+
+#[test]
+fn the_readme_sample_is_what_simulate_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("```text\n")
+        .expect("a text block in the README")
+        + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let actual = simulate("pjmo-status-collection", "2027-04-01", "2027-04-30", "text");
+    assert_eq!(
+        &readme[start..end],
+        actual,
+        "README.md's sample differs from `pmoflow simulate`: update it"
+    );
+}
