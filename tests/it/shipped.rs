@@ -416,6 +416,10 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
     // Neither lost nor repeated across the restart: staff twice (ito, yamamoto), head once.
     assert_eq!(addressed(&alerts, "ito@").len(), 1);
     assert_eq!(addressed(&alerts, "nakamura@").len(), 1);
+    // `pmoflow resolve` refuses a run without an open escalation, with the reason.
+    let (code, _, err) = cli(s.project.path(), &["resolve", "no-such-run", "--note", "x"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has no open escalation"), "{err}");
     // Resolved through the API: the 最終報 to everyone alerted and informed.
     let res = web
         .post(format!("{base}/api/runs/{run_id}/resolve"))

@@ -490,3 +490,19 @@ fn the_readme_sample_is_what_simulate_prints() {
         "README.md's sample differs from `pmoflow simulate`: update it"
     );
 }
+
+#[test]
+fn the_shipped_workflows_validate_clean() {
+    let out = Command::new(bin())
+        .args(["validate", "workflows/"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "ok: 6 workflow(s) valid");
+}

@@ -672,12 +672,26 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
         return Ok(Outcome::Done(output(&rows, &answers, &state)));
     }
     if open.is_empty() || now >= state.close_at {
-        if !open.is_empty() {
+        let (rows, answers) = if open.is_empty() {
+            (rows.clone(), answers)
+        } else {
             store
                 .close_requests(cx.run_id, cx.step_key)
                 .await
                 .map_err(|e| StepError::retryable(e.to_string()))?;
-        }
+            // Read again after closing: an answer that arrived while this call was deciding
+            // is in the output; anything later finds the request closed (after_close).
+            let rows = store
+                .requests_for_step(cx.run_id, cx.step_key)
+                .await
+                .map_err(|e| StepError::retryable(e.to_string()))?;
+            let answers = store
+                .answers_for(&tokens)
+                .await
+                .map_err(|e| StepError::retryable(e.to_string()))?;
+            (rows, answers)
+        };
+        let open: Vec<&RequestRow> = rows.iter().filter(|r| r.status == "closed").collect();
         let output = output(&rows, &answers, &state);
         if !open.is_empty() && state.on_timeout == "fail" {
             let who: Vec<&str> = open.iter().map(|r| r.recipient.as_str()).collect();

@@ -715,7 +715,7 @@ impl Store {
                         if a.complete && (req_status == "open" || req_status == "answered") {
                             sqlx::query(
                                 "UPDATE requests SET status = 'answered', answered_at = $1, \
-                                 answer_id = $2 WHERE token = $3",
+                                 answer_id = $2 WHERE token = $3 AND status IN ('open', 'answered')",
                             )
                             .bind(now_ms)
                             .bind(&answer_id)
