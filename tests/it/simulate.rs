@@ -506,3 +506,55 @@ fn the_shipped_workflows_validate_clean() {
     );
     assert_eq!(stdout.trim(), "ok: 6 workflow(s) valid");
 }
+
+#[test]
+fn emergency_deadline_timers_fire_while_the_incident_is_open() {
+    // Personal data involved, nobody resolves for four days: the 速報 timer (3 days) reminds a
+    // day before and at the deadline, to the CISO and the PMO head; the 確報 (30 days) not yet.
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("timers.toml");
+    std::fs::write(
+        &scenario,
+        "[[trigger]]\nat = \"2027-06-12 02:14\"\ninputs = { severity = \"S3\", system = \"職員ポータル\", summary = \"委託先からの情報漏えいの疑い\", personal_data = true }\n\n[[answer]]\nwho = \"ito@pmo.example.go.jp\"\nafter = \"5m\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args([
+            "simulate",
+            "emergency-escalation",
+            "--from",
+            "2027-06-12 00:00",
+            "--until",
+            "2027-06-16 00:00",
+            "--answers",
+            scenario.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let events = json["events"].as_array().unwrap();
+    let notice = mails(events, "【期限通知】個人情報保護委員会への速報");
+    let due = mails(events, "【期限到来】個人情報保護委員会への速報");
+    assert_eq!(times(&notice), ["2027-06-14 02:14"]);
+    assert_eq!(times(&due), ["2027-06-15 02:14"]);
+    let mut who: Vec<String> = due.iter().flat_map(|e| to(e)).collect();
+    who.sort();
+    assert_eq!(
+        who,
+        ["matsumoto@example.go.jp", "nakamura@pmo.example.go.jp"]
+    );
+    assert!(mails(events, "確報").is_empty());
+    // The staff member acknowledged at 02:19: nobody else was alerted.
+    assert_eq!(mails(events, "【緊急・第一報】").len(), 3);
+    // S3: 続報 every 4 hours while the incident stays open.
+    let updates = mails(events, "【続報");
+    assert_eq!(jst(updates[0]), "2027-06-12 06:14");
+}
