@@ -428,7 +428,7 @@ async fn reply_survives_a_crash(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_records_unanswered() {
-    let s = setup("20s", "remind = [\"-12s\"]\non_timeout = \"continue\"", "").await;
+    let s = setup("45s", "remind = [\"-25s\"]\non_timeout = \"continue\"", "").await;
     let maildir = s.project.path().join("maildir");
     let _d = Daemon::start(s.project.path(), "d", &[]);
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
@@ -476,7 +476,7 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
     assert!(out2.contains("answer (done)"), "{out2}");
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(30), |r| {
+    let run = wait_run(&store, &run_id, Duration::from_secs(90), |r| {
         r.status.is_terminal()
     })
     .await;

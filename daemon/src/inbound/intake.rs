@@ -221,7 +221,15 @@ impl Intake {
                 quarantine("unreadable", None, detail, notify),
             ));
         }
-        let found = self.correlate(&msg).await?;
+        let mut found = self.correlate(&msg).await?;
+        // A request whose step (or run) has finished is closed, even if it was answered before:
+        // a later answer is kept as a message but changes nothing.
+        if let Some((req, _)) = found.as_mut()
+            && req.status != "closed"
+            && self.step_finished(&req.run_id, &req.step_key).await?
+        {
+            req.status = "closed".into();
+        }
         let disposition = match (&msg.kind, found) {
             (Kind::Bounce { recipients, .. }, Some((req, _))) => Disposition::Bounce {
                 token: req.token.clone(),
@@ -251,6 +259,19 @@ impl Intake {
 
     /// The request a message belongs to, strongest key first. A subject tag alone only matches
     /// an open request whose addressee (or delegate) sent the message.
+    async fn step_finished(&self, run_id: &str, step_key: &str) -> Result<bool, StoreError> {
+        use crate::store::StepStatus;
+        let Some(run) = self.store.get_run(run_id).await? else {
+            return Ok(true);
+        };
+        if run.status.is_terminal() {
+            return Ok(true);
+        }
+        Ok(self.store.get_steps(run_id).await?.iter().any(|s| {
+            s.step_key == step_key && matches!(s.status, StepStatus::Succeeded | StepStatus::Failed)
+        }))
+    }
+
     async fn correlate(&self, msg: &Inbound) -> Result<Option<(RequestRow, Key)>, StoreError> {
         let pattern = self.services.replies.pattern(&self.services.mail.from);
         let mut keys = correlate::keys(msg, &pattern);
