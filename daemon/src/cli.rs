@@ -289,7 +289,7 @@ pub async fn simulate(
         return Err(CliError::new("--until must be after --from"));
     }
     let scenario = match answers {
-        Some(p) => sim::load_scenario(p).map_err(|e| CliError::new(e.to_string()))?,
+        Some(p) => sim::load_scenario(p, tz).map_err(|e| CliError::new(e.to_string()))?,
         None => sim::Scenario::default(),
     };
     let timeline = sim::simulate(config, workflow, from, until, &scenario)

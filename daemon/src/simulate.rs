@@ -66,13 +66,13 @@ pub struct AnswerRule {
     /// Only requests whose subject contains this.
     pub subject: Option<String>,
     /// Answer this long after the request was sent (default `1h`).
-    pub after: Option<String>,
+    pub after: Option<toml::Spanned<String>>,
     /// Or this long after the request's deadline (`"1d"`; late).
-    pub after_deadline: Option<String>,
+    pub after_deadline: Option<toml::Spanned<String>>,
     /// Only the Nth matching request to this person (1-based), e.g. `[1, 3]`.
     pub nth: Option<Vec<u32>>,
     /// `email` (default: a real reply through the intake) or `web` (the answer form).
-    pub via: Option<String>,
+    pub via: Option<toml::Spanned<String>>,
     /// Field values.
     #[serde(default)]
     pub fields: BTreeMap<String, toml::Value>,
@@ -87,7 +87,7 @@ pub struct AnswerRule {
 #[serde(deny_unknown_fields)]
 pub struct TriggerRule {
     /// When (RFC 3339, or `YYYY-MM-DD HH:MM` in the configured zone).
-    pub at: String,
+    pub at: toml::Spanned<String>,
     /// Inputs of the run.
     #[serde(default)]
     pub inputs: BTreeMap<String, toml::Value>,
@@ -98,7 +98,7 @@ pub struct TriggerRule {
 #[serde(deny_unknown_fields)]
 pub struct ResolveRule {
     /// When.
-    pub at: String,
+    pub at: toml::Spanned<String>,
     /// Which run (1 = the first run of the simulation; default: the latest open escalation).
     pub run: Option<usize>,
     /// What was done.
@@ -115,7 +115,7 @@ pub struct PluginRule {
     /// Plugin name.
     pub name: String,
     /// From this instant on (default: the start); the latest applicable entry wins.
-    pub from: Option<String>,
+    pub from: Option<toml::Spanned<String>>,
     /// The plugin's output.
     pub output: toml::Value,
 }
@@ -214,17 +214,46 @@ fn duration(text: &str) -> Result<chrono::Duration, SimError> {
         .map_err(err)
 }
 
-/// Loads a scenario file, with the file name in errors.
-pub fn load_scenario(path: &Path) -> Result<Scenario, SimError> {
+/// Loads a scenario file and checks its times, durations and `via` values, with
+/// `file:line:col` in errors.
+pub fn load_scenario(path: &Path, tz: chrono_tz::Tz) -> Result<Scenario, SimError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| SimError(format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
+    let scenario: Scenario = toml::from_str(&text).map_err(|e| {
         let (line, col) = e
             .span()
             .map(|s| crate::diag::line_col(&text, s.start))
             .unwrap_or((1, 1));
         SimError(format!("{}:{line}:{col}: {}", path.display(), e.message()))
-    })
+    })?;
+    let at = |v: &toml::Spanned<String>, message: String| {
+        let (line, col) = crate::diag::line_col(&text, v.span().start);
+        SimError(format!("{}:{line}:{col}: {message}", path.display()))
+    };
+    for r in &scenario.answer {
+        for d in [&r.after, &r.after_deadline].into_iter().flatten() {
+            duration(d.get_ref())
+                .map_err(|e| at(d, format!("{e} (write e.g. \"2d\", \"3h\", \"15m\")")))?;
+        }
+        if let Some(v) = &r.via
+            && !matches!(v.get_ref().as_str(), "email" | "web")
+        {
+            return Err(at(
+                v,
+                format!("`via` is \"email\" or \"web\", got \"{}\"", v.get_ref()),
+            ));
+        }
+    }
+    let times = scenario
+        .trigger
+        .iter()
+        .map(|t| &t.at)
+        .chain(scenario.resolve.iter().map(|r| &r.at))
+        .chain(scenario.plugin.iter().filter_map(|p| p.from.as_ref()));
+    for t in times {
+        parse_time(t.get_ref(), tz, false).map_err(|e| at(t, e.0))?;
+    }
+    Ok(scenario)
 }
 
 enum Inject {
@@ -280,7 +309,7 @@ pub async fn simulate(
     let mut world = World::default();
     for p in &scenario.plugin {
         let at = match &p.from {
-            Some(f) => parse_time(f, tz, false)?,
+            Some(f) => parse_time(f.get_ref(), tz, false)?,
             None => DateTime::<Utc>::MIN_UTC,
         };
         let out = serde_json::to_value(&p.output).map_err(err)?;
@@ -323,12 +352,16 @@ pub async fn simulate(
     let mut seq = 0u64;
     for t in &scenario.trigger {
         let inputs = serde_json::to_value(&t.inputs).map_err(err)?;
-        pending.push((parse_time(&t.at, tz, false)?, seq, Inject::Trigger(inputs)));
+        pending.push((
+            parse_time(t.at.get_ref(), tz, false)?,
+            seq,
+            Inject::Trigger(inputs),
+        ));
         seq += 1;
     }
     for r in &scenario.resolve {
         pending.push((
-            parse_time(&r.at, tz, false)?,
+            parse_time(r.at.get_ref(), tz, false)?,
             seq,
             Inject::Resolve(r.clone()),
         ));
@@ -435,7 +468,10 @@ pub async fn simulate(
                             })
                             .collect::<Vec<_>>()
                             .join(", ");
-                        let via = r.via.clone().unwrap_or_else(|| "email".into());
+                        let via = r
+                            .via
+                            .as_ref()
+                            .map_or_else(|| "email".to_string(), |v| v.get_ref().clone());
                         if via == "web" {
                             let fields = serde_json::to_value(&r.fields).map_err(err)?;
                             let answer = NewAnswer {
@@ -607,8 +643,11 @@ pub async fn simulate(
                         continue;
                     }
                     let at = match (&rule.after_deadline, req.deadline) {
-                        (Some(d), Some(deadline)) => deadline + duration(d)?,
-                        _ => req.created_at + duration(rule.after.as_deref().unwrap_or("1h"))?,
+                        (Some(d), Some(deadline)) => deadline + duration(d.get_ref())?,
+                        _ => {
+                            req.created_at
+                                + duration(rule.after.as_ref().map_or("1h", |a| a.get_ref()))?
+                        }
                     };
                     pending.push((
                         at.max(now),

@@ -558,3 +558,47 @@ fn emergency_deadline_timers_fire_while_the_incident_is_open() {
     let updates = mails(events, "【続報");
     assert_eq!(jst(updates[0]), "2027-06-12 06:14");
 }
+
+#[test]
+fn a_bad_scenario_is_refused_with_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            "[[answer]]\nwho = \"*\"\nafter = \"soon\"\n",
+            "timers.toml:3:9: invalid duration `soon`",
+        ),
+        (
+            "[[trigger]]\nat = \"tomorrow\"\n",
+            "timers.toml:2:6: `tomorrow` is not a date",
+        ),
+        (
+            "[[answer]]\nwho = \"*\"\nvia = \"fax\"\n",
+            "timers.toml:3:7: `via` is \"email\" or \"web\"",
+        ),
+        (
+            "[[answer]]\nwho = \"*\"\nafer = \"1d\"\n",
+            "timers.toml:3:1: unknown field `afer`",
+        ),
+    ] {
+        let scenario = dir.path().join("timers.toml");
+        std::fs::write(&scenario, text).unwrap();
+        let out = Command::new(bin())
+            .args([
+                "simulate",
+                "emergency-escalation",
+                "--from",
+                "2027-06-12",
+                "--until",
+                "2027-06-13",
+                "--answers",
+                scenario.to_str().unwrap(),
+            ])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(expected), "{err}");
+        assert!(out.stdout.is_empty(), "nothing is simulated");
+    }
+}
