@@ -428,7 +428,14 @@ async fn reply_survives_a_crash(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_records_unanswered() {
-    let s = setup("45s", "remind = [\"-25s\"]\non_timeout = \"continue\"", "").await;
+    // `complete_when = "deadline"`: answers may be corrected until the close, even the answer of
+    // a foreach item (which otherwise ends at its answer).
+    let s = setup(
+        "45s",
+        "remind = [\"-25s\"]\non_timeout = \"continue\"\ncomplete_when = \"deadline\"",
+        "",
+    )
+    .await;
     let maildir = s.project.path().join("maildir");
     let _d = Daemon::start(s.project.path(), "d", &[]);
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
@@ -693,6 +700,7 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     assert_eq!(h["referrer-policy"], "no-referrer");
     let html = res.text().await.unwrap();
     assert!(html.contains("総合評価") && html.contains("必須"), "{html}");
+    let first_nonce = nonce_in(&html);
     // A required field left empty: 422 and the form again, with the reason.
     let res = web
         .post(&url)
@@ -804,6 +812,26 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     assert_eq!(out[0]["text"], "順調です");
     assert_eq!(out[0]["history"].as_array().unwrap().len(), 1, "{out:#}");
     assert_eq!(out[1]["via"], "email");
+    // The step has finished: the link says the request is closed, and a submission with a
+    // valid, unused nonce is refused (it could no longer count); the replay is still a replay.
+    let res = web.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 410);
+    assert!(res.text().await.unwrap().contains("受付終了"));
+    let res = web
+        .post(&url)
+        .form(&[
+            ("nonce", first_nonce.as_str()),
+            ("field:総合評価", "要対応"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 410);
+    let res = web.post(&url).form(&answer).send().await.unwrap();
+    assert_eq!(res.status(), 409);
+    let out = step_output(&store, &run_id, "ask").await;
+    assert_eq!(out[0]["fields"]["総合評価"], "良好", "{out:#}");
+    assert_eq!(out[0]["history"].as_array().unwrap().len(), 1, "{out:#}");
 }
 
 const INCIDENT: &str = r#"

@@ -104,11 +104,11 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
         });
     }
     if let Some(v) = with.get("complete_when").filter(|v| !is_dynamic(v))
-        && !matches!(v.as_str(), Some("all" | "any"))
+        && !matches!(v.as_str(), Some("all" | "any" | "deadline"))
     {
         problems.push(WithProblem {
             key: Some("complete_when".into()),
-            message: format!("`complete_when` must be \"all\" or \"any\", got {v}"),
+            message: format!("`complete_when` must be \"all\", \"any\" or \"deadline\", got {v}"),
             hint: None,
         });
     }
@@ -373,6 +373,10 @@ struct State {
     ack: bool,
     #[serde(default)]
     any: bool,
+    /// `complete_when = "deadline"`: wait for the close even when everyone has answered, so
+    /// answers can be corrected until then.
+    #[serde(default)]
+    until_close: bool,
     /// `with.context`, echoed in the output (e.g. the foreach item the request is about).
     #[serde(default)]
     context: Json,
@@ -413,12 +417,13 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         .collect();
     let subject = str_param(with, "subject")?.unwrap_or_default().to_string();
     let ack = with.get("ack").and_then(Json::as_bool).unwrap_or(false);
-    let any = match str_param(with, "complete_when")?.unwrap_or("all") {
-        "all" => false,
-        "any" => true,
+    let (any, until_close) = match str_param(with, "complete_when")?.unwrap_or("all") {
+        "all" => (false, false),
+        "any" => (true, false),
+        "deadline" => (false, true),
         other => {
             return Err(StepError::fatal(format!(
-                "`complete_when` must be \"all\" or \"any\", got \"{other}\""
+                "`complete_when` must be \"all\", \"any\" or \"deadline\", got \"{other}\""
             )));
         }
     };
@@ -603,6 +608,7 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         single: matches!(with.get("to"), Some(Json::String(s)) if !s.starts_with("role:")),
         ack,
         any,
+        until_close,
         context: with.get("context").cloned().unwrap_or(Json::Null),
     };
     let until = next_wake(&state);
@@ -671,7 +677,7 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
             .map_err(|e| StepError::retryable(e.to_string()))?;
         return Ok(Outcome::Done(output(&rows, &answers, &state)));
     }
-    if open.is_empty() || now >= state.close_at {
+    if (open.is_empty() && !state.until_close) || now >= state.close_at {
         let (rows, answers) = if open.is_empty() {
             (rows.clone(), answers)
         } else {

@@ -325,6 +325,21 @@ async fn find(state: &AppState, token: &str, kind: &str) -> Result<RequestRow, R
     Ok(row)
 }
 
+/// A request whose step has finished takes no more answers: its output is final.
+async fn step_finished(state: &AppState, row: &RequestRow) -> bool {
+    match state
+        .store
+        .request_step_finished(&row.run_id, &row.step_key)
+        .await
+    {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "step lookup failed");
+            false
+        }
+    }
+}
+
 fn refused(state: &AppState, token: &str, why: Refused, what: &str) -> Response {
     let prefix = lookup_of(token).chars().take(8).collect::<String>();
     match why {
@@ -473,6 +488,9 @@ async fn answer_form(
 
 async fn answer_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
     match find(&state, &token, "request").await {
+        Ok(row) if step_finished(&state, &row).await => {
+            refused(&state, &token, Refused::Closed, "answer form")
+        }
         Ok(row) => answer_form(&state, &token, &row, StatusCode::OK, &HashMap::new(), &[]).await,
         Err(why) => refused(&state, &token, why, "answer form"),
     }
@@ -497,6 +515,20 @@ async fn answer_submit(
             "フォームの有効期限が切れたか、不正な送信です。ページを開き直してから送信してください。",
             "error",
         );
+    }
+    let key = format!("web:{}", hex::encode(Sha256::digest(nonce.as_bytes())));
+    // A replay is named as such even once the request has closed; a new submission to a
+    // request whose step has finished is refused (its output is final).
+    match state.store.inbound_seen(&key).await {
+        Ok(true) => return replayed(&state, &token),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "answer lookup failed");
+            return unavailable(&state);
+        }
+    }
+    if step_finished(&state, &row).await {
+        return refused(&state, &token, Refused::Closed, "answer submission");
     }
     let mut fields = serde_json::Map::new();
     let mut missing = Vec::new();
@@ -540,7 +572,6 @@ async fn answer_submit(
         attachments: json!([]),
         complete: true,
     };
-    let key = format!("web:{}", hex::encode(Sha256::digest(nonce.as_bytes())));
     match state
         .store
         .record_answer(state.clock.now(), &answer, &key)
@@ -555,31 +586,37 @@ async fn answer_submit(
                 &state,
                 StatusCode::OK,
                 "回答を受け付けました",
-                "ご回答ありがとうございました。回答を受け付けました。締切までは同じリンクから修正できます。",
+                "ご回答ありがとうございました。回答を受け付けました。受付が終了するまでは、同じリンクから修正できます。",
                 "ok",
             )
         }
-        Ok(false) => {
-            tracing::warn!(token_prefix = %lookup_of(&token), "replayed answer form refused");
-            message(
-                &state,
-                StatusCode::CONFLICT,
-                "送信済みです",
-                "この回答は既に受け付けています。修正する場合はリンクを開き直してください。",
-                "error",
-            )
-        }
+        Ok(false) => replayed(&state, &token),
         Err(e) => {
             tracing::error!(error = %e, "answer could not be stored");
-            message(
-                &state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "一時的なエラー",
-                "一時的に回答を保存できませんでした。しばらくしてからもう一度送信してください。",
-                "error",
-            )
+            unavailable(&state)
         }
     }
+}
+
+fn replayed(state: &AppState, token: &str) -> Response {
+    tracing::warn!(token_prefix = %lookup_of(token), "replayed answer form refused");
+    message(
+        state,
+        StatusCode::CONFLICT,
+        "送信済みです",
+        "この回答は既に受け付けています。修正する場合はリンクを開き直してください。",
+        "error",
+    )
+}
+
+fn unavailable(state: &AppState) -> Response {
+    message(
+        state,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "一時的なエラー",
+        "一時的に回答を保存できませんでした。しばらくしてからもう一度送信してください。",
+        "error",
+    )
 }
 
 async fn ack_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {

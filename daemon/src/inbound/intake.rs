@@ -260,16 +260,7 @@ impl Intake {
     /// The request a message belongs to, strongest key first. A subject tag alone only matches
     /// an open request whose addressee (or delegate) sent the message.
     async fn step_finished(&self, run_id: &str, step_key: &str) -> Result<bool, StoreError> {
-        use crate::store::StepStatus;
-        let Some(run) = self.store.get_run(run_id).await? else {
-            return Ok(true);
-        };
-        if run.status.is_terminal() {
-            return Ok(true);
-        }
-        Ok(self.store.get_steps(run_id).await?.iter().any(|s| {
-            s.step_key == step_key && matches!(s.status, StepStatus::Succeeded | StepStatus::Failed)
-        }))
+        self.store.request_step_finished(run_id, step_key).await
     }
 
     async fn correlate(&self, msg: &Inbound) -> Result<Option<(RequestRow, Key)>, StoreError> {

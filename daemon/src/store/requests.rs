@@ -463,6 +463,36 @@ impl Store {
         })
     }
 
+    /// Whether the step a request belongs to has finished (or its run has, or is gone): its
+    /// output is final, so nothing sent to the request can count any more.
+    pub async fn request_step_finished(&self, run_id: &str, step_key: &str) -> Result<bool> {
+        let Some(run) = self.get_run(run_id).await? else {
+            return Ok(true);
+        };
+        if run.status.is_terminal() {
+            return Ok(true);
+        }
+        Ok(self.get_steps(run_id).await?.iter().any(|s| {
+            s.step_key == step_key
+                && matches!(
+                    s.status,
+                    super::StepStatus::Succeeded | super::StepStatus::Failed
+                )
+        }))
+    }
+
+    /// Whether an arrival with this source key (an IMAP UID, a Message-ID hash, a form nonce)
+    /// has been stored before.
+    pub async fn inbound_seen(&self, source_key: &str) -> Result<bool> {
+        with_pool!(self, |pool| {
+            let row = sqlx::query("SELECT 1 FROM inbound WHERE source_key = $1")
+                .bind(source_key)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.is_some())
+        })
+    }
+
     /// Closes the still-open requests of a step (its deadline passed and it gave up waiting).
     pub async fn close_requests(&self, run_id: &str, step_key: &str) -> Result<()> {
         with_pool!(self, |pool| {
