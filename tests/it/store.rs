@@ -3,8 +3,8 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use pmoflow::store::{
-    CancelOutcome, Created, Durability, Fence, NewRun, RunFilter, RunStatus, StepStatus, StepWrite,
-    Store, StoreError,
+    CancelOutcome, Created, Durability, Fence, NewAnswer, NewRequest, NewRun, Recorded, RunFilter,
+    RunStatus, StepStatus, StepWrite, Store, StoreError,
 };
 use pmoflow_tests::{Backend, TestDb};
 use serde_json::json;
@@ -258,4 +258,161 @@ async fn store_contract_on_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn store_contract_on_postgres() {
     contract(Backend::Postgres).await;
+}
+
+/// Answers racing with the end of their step: every answer the store accepted is in what the
+/// step reads after marking its requests final, and every later one is refused (kept as
+/// `after_close`) — none is accepted unseen. Many answers run concurrently with the finalize.
+async fn answers_race_with_the_end_of_their_step(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let t0 = Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap();
+    let inputs = json!({});
+    let run = store
+        .create_run(&new_run(&inputs, None, t0))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let lease = Duration::seconds(60);
+    assert_eq!(store.claim_due("n", t0, lease, 1).await.unwrap().len(), 1);
+    let fence = Fence {
+        run_id: run.clone(),
+        owner: "n".into(),
+        lease,
+    };
+    let tokens: Vec<String> = (0..4).map(|i| format!("{i:0>26}tok")).collect();
+    let requests: Vec<NewRequest> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| NewRequest {
+            token: t.clone(),
+            workflow_id: "wf".into(),
+            kind: "request".into(),
+            recipient: format!("lead{i}@example.go.jp"),
+            allowed: vec![format!("lead{i}@example.go.jp")],
+            tag: 1000 + i as i64,
+            message_id: format!("m{i}@example.go.jp"),
+            subject: "【要回答】".into(),
+            fields: vec!["総合評価".into()],
+            required: vec![],
+            deadline: None,
+            expires_at: t0 + Duration::days(30),
+        })
+        .collect();
+    let waiting = StepWrite {
+        requests: &requests,
+        ..step("ask", StepStatus::Waiting)
+    };
+    // (`write_step` answers whether the run's cancellation was requested.)
+    assert!(!store.write_step(&fence, t0, &waiting, None).await.unwrap());
+    let answer = |token: &str, n: usize| NewAnswer {
+        token: token.to_string(),
+        via: "web".into(),
+        from: None,
+        message_id: None,
+        fields: json!({ "総合評価": format!("v{n}") }),
+        text: String::new(),
+        attachments: json!([]),
+        complete: true,
+    };
+    assert_eq!(
+        store
+            .record_answer(t0, &answer(&tokens[0], 0), "first")
+            .await
+            .unwrap(),
+        Recorded::Accepted
+    );
+    assert_eq!(
+        store
+            .record_answer(t0, &answer(&tokens[0], 0), "first")
+            .await
+            .unwrap(),
+        Recorded::Replay
+    );
+    // 60 answers spread over the four requests, one every millisecond; the step ends once ten
+    // of them are in, so the rest race with (or come after) its end.
+    let mut answers = Vec::new();
+    for n in 1..=60u64 {
+        let a = answer(&tokens[n as usize % 4], n as usize);
+        let s = store.clone();
+        answers.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(n)).await;
+            s.record_answer(t0, &a, &format!("k{n}")).await.unwrap()
+        }));
+    }
+    let finalize = {
+        let store = store.clone();
+        let run = run.clone();
+        tokio::spawn(async move {
+            let tokens = tokens_of(&store, &run).await;
+            while store.answers_for(&tokens).await.unwrap().len() < 11 {
+                tokio::task::yield_now().await;
+            }
+            store.finalize_requests(&run, "ask", t0).await.unwrap();
+            // What the step reads once its requests are final.
+            store.answers_for(&tokens).await.unwrap().len()
+        })
+    };
+    let mut results = Vec::new();
+    for t in answers {
+        results.push(t.await.unwrap());
+    }
+    let seen_count = finalize.await.unwrap();
+    let accepted = results.iter().filter(|r| **r == Recorded::Accepted).count();
+    let closed = results.iter().filter(|r| **r == Recorded::Closed).count();
+    assert_eq!(accepted + closed, 60, "{results:?}");
+    eprintln!("{backend:?}: {accepted} answers accepted before the step's end, {closed} after");
+    assert!(accepted >= 10, "{results:?}");
+    // The first answer plus every accepted one: exactly what the step saw after finalizing.
+    assert_eq!(seen_count, accepted + 1, "{results:?}");
+    let all = store.answers_for(&tokens).await.unwrap();
+    assert_eq!(
+        all.len(),
+        accepted + 1,
+        "a refused answer was stored as an answer"
+    );
+    // After the end, every answer is refused and the requests are final.
+    assert_eq!(
+        store
+            .record_answer(t0, &answer(&tokens[1], 99), "late")
+            .await
+            .unwrap(),
+        Recorded::Closed
+    );
+    let rows = store.requests_for_step(&run, "ask").await.unwrap();
+    assert!(rows.iter().all(|r| r.final_at.is_some()), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "answered" || r.status == "closed"),
+        "{rows:?}"
+    );
+    let late = store.inbound_list(None, 200).await.unwrap();
+    assert_eq!(
+        late.iter()
+            .filter(|r| r.outcome.as_deref() == Some("after_close"))
+            .count(),
+        closed + 1
+    );
+    store.close().await;
+}
+
+async fn tokens_of(store: &Store, run: &str) -> Vec<String> {
+    store
+        .requests_for_step(run, "ask")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.token)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_racing_the_end_of_their_step_on_sqlite() {
+    answers_race_with_the_end_of_their_step(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_racing_the_end_of_their_step_on_postgres() {
+    answers_race_with_the_end_of_their_step(Backend::Postgres).await;
 }

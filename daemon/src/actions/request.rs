@@ -664,39 +664,31 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
         .await
         .map_err(|e| StepError::retryable(e.to_string()))?;
     let tokens: Vec<String> = rows.iter().map(|r| r.token.clone()).collect();
-    let answers = store
-        .answers_for(&tokens)
-        .await
-        .map_err(|e| StepError::retryable(e.to_string()))?;
     let open: Vec<&RequestRow> = rows.iter().filter(|r| r.status == "open").collect();
-    if state.any && rows.iter().any(|r| r.status == "answered") {
-        // One acknowledgement (or answer) is enough: the others are not waited for.
+    let first_answer = state.any && rows.iter().any(|r| r.status == "answered");
+    let finishing = first_answer
+        || (open.is_empty() && !state.until_close)
+        || now >= state.close_at
+        || rows.iter().any(|r| r.final_at.is_some());
+    if finishing {
+        // Final first, then read again: an answer that committed before is in the output, and
+        // one that comes after is kept as `after_close` (it cannot be accepted unseen).
         store
-            .close_requests(cx.run_id, cx.step_key)
+            .finalize_requests(cx.run_id, cx.step_key, now)
             .await
             .map_err(|e| StepError::retryable(e.to_string()))?;
-        return Ok(Outcome::Done(output(&rows, &answers, &state)));
-    }
-    if (open.is_empty() && !state.until_close) || now >= state.close_at {
-        let (rows, answers) = if open.is_empty() {
-            (rows.clone(), answers)
-        } else {
-            store
-                .close_requests(cx.run_id, cx.step_key)
-                .await
-                .map_err(|e| StepError::retryable(e.to_string()))?;
-            // Read again after closing: an answer that arrived while this call was deciding
-            // is in the output; anything later finds the request closed (after_close).
-            let rows = store
-                .requests_for_step(cx.run_id, cx.step_key)
-                .await
-                .map_err(|e| StepError::retryable(e.to_string()))?;
-            let answers = store
-                .answers_for(&tokens)
-                .await
-                .map_err(|e| StepError::retryable(e.to_string()))?;
-            (rows, answers)
-        };
+        let rows = store
+            .requests_for_step(cx.run_id, cx.step_key)
+            .await
+            .map_err(|e| StepError::retryable(e.to_string()))?;
+        let answers = store
+            .answers_for(&tokens)
+            .await
+            .map_err(|e| StepError::retryable(e.to_string()))?;
+        if first_answer {
+            // One acknowledgement (or answer) is enough: the others were not waited for.
+            return Ok(Outcome::Done(output(&rows, &answers, &state)));
+        }
         let open: Vec<&RequestRow> = rows.iter().filter(|r| r.status == "closed").collect();
         let output = output(&rows, &answers, &state);
         if !open.is_empty() && state.on_timeout == "fail" {

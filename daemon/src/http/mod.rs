@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::inbound::intake::Intake;
 use crate::outbox::Services;
-use crate::store::{NewAnswer, RequestRow, Store, requests::lookup_of};
+use crate::store::{NewAnswer, Recorded, RequestRow, Store, requests::lookup_of};
 
 mod api;
 pub mod openapi;
@@ -327,6 +327,9 @@ async fn find(state: &AppState, token: &str, kind: &str) -> Result<RequestRow, R
 
 /// A request whose step has finished takes no more answers: its output is final.
 async fn step_finished(state: &AppState, row: &RequestRow) -> bool {
+    if row.final_at.is_some() {
+        return true;
+    }
     match state
         .store
         .request_step_finished(&row.run_id, &row.step_key)
@@ -577,7 +580,7 @@ async fn answer_submit(
         .record_answer(state.clock.now(), &answer, &key)
         .await
     {
-        Ok(true) => {
+        Ok(Recorded::Accepted) => {
             if let Some(e) = &state.engine {
                 e.wake();
             }
@@ -590,7 +593,8 @@ async fn answer_submit(
                 "ok",
             )
         }
-        Ok(false) => replayed(&state, &token),
+        Ok(Recorded::Replay) => replayed(&state, &token),
+        Ok(Recorded::Closed) => refused(&state, &token, Refused::Closed, "answer submission"),
         Err(e) => {
             tracing::error!(error = %e, "answer could not be stored");
             unavailable(&state)
@@ -655,9 +659,9 @@ async fn acknowledge(
     via: &str,
     by: Option<String>,
     key: &str,
-) -> Result<bool, crate::store::StoreError> {
+) -> Result<Recorded, crate::store::StoreError> {
     if row.status == "answered" {
-        return Ok(false);
+        return Ok(Recorded::Replay);
     }
     let answer = NewAnswer {
         token: row.token.clone(),
@@ -673,7 +677,9 @@ async fn acknowledge(
         .store
         .record_answer(state.clock.now(), &answer, key)
         .await?;
-    if done && let Some(e) = &state.engine {
+    if done == Recorded::Accepted
+        && let Some(e) = &state.engine
+    {
         e.wake();
     }
     Ok(done)
@@ -701,7 +707,8 @@ async fn ack_submit(
     }
     let key = format!("web:{}", hex::encode(Sha256::digest(nonce.as_bytes())));
     match acknowledge(&state, &row, "web", None, &key).await {
-        Ok(true) => {
+        Ok(Recorded::Closed) => refused(&state, &token, Refused::Closed, "ack submission"),
+        Ok(Recorded::Accepted) => {
             tracing::info!(request = row.tag, via = "web", "acknowledged");
             message(
                 &state,
@@ -711,7 +718,7 @@ async fn ack_submit(
                 "ok",
             )
         }
-        Ok(false) => message(
+        Ok(Recorded::Replay) => message(
             &state,
             StatusCode::OK,
             "確認済みです",
@@ -866,7 +873,11 @@ async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     };
     let by = Some(body.by.unwrap_or_else(|| format!("api:{name}")));
     match acknowledge(&state, &row, "api", by, &format!("api:{}", row.token)).await {
-        Ok(true) => {
+        Ok(Recorded::Closed) => api_error(
+            StatusCode::GONE,
+            "this acknowledgement request is closed or expired",
+        ),
+        Ok(Recorded::Accepted) => {
             let _ = state
                 .store
                 .audit(
@@ -883,7 +894,7 @@ async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             )
                 .into_response()
         }
-        Ok(false) => (
+        Ok(Recorded::Replay) => (
             StatusCode::OK,
             axum::Json(json!({ "status": "already_acknowledged", "tag": row.tag })),
         )

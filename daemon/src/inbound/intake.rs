@@ -126,8 +126,7 @@ impl Intake {
     pub async fn process(&self, row: &InboundRow) -> Result<Option<Processed>, StoreError> {
         let now = self.clock.now();
         let (from, subject, disposition) = self.decide(row, now).await?;
-        let (status, outcome, detail) = describe(&disposition);
-        let (applied, run) = self
+        let Some(applied) = self
             .store
             .inbound_apply(
                 &row.id,
@@ -136,10 +135,16 @@ impl Intake {
                 subject.as_deref(),
                 &disposition,
             )
-            .await?;
-        if !applied {
+            .await?
+        else {
             return Ok(None);
-        }
+        };
+        let run = applied.wake;
+        let (status, outcome, detail) = match &applied.after_close {
+            // The request's step finished between the decision and its application.
+            Some(detail) => ("done", "after_close", detail.as_str()),
+            None => describe(&disposition),
+        };
         self.services
             .metrics
             .inc("pmoflow_inbound_messages_total", &[("outcome", outcome)]);

@@ -1118,6 +1118,7 @@ mod writer;
 
 pub use outbox::OutboxRow;
 pub use requests::{
-    AnswerRow, AuditRow, Disposition, InboundRow, NewAnswer, NewRequest, RequestRow,
+    AnswerRow, Applied, AuditRow, Disposition, InboundRow, NewAnswer, NewRequest, Recorded,
+    RequestRow,
 };
 pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};

@@ -87,6 +87,8 @@ pub struct RequestRow {
     pub bounced_at: Option<DateTime<Utc>>,
     /// What the bounce said.
     pub bounce: Option<String>,
+    /// When the request's step finished: from then on nothing sent to it counts.
+    pub final_at: Option<DateTime<Utc>>,
 }
 
 /// An answer as stored.
@@ -210,6 +212,27 @@ pub enum Disposition {
     },
 }
 
+/// What applying an inbound message did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The run it woke (an answer or a bounce).
+    pub wake: Option<String>,
+    /// Set when an answer lost the race with its step's end: it was recorded as `after_close`
+    /// with this detail instead.
+    pub after_close: Option<String>,
+}
+
+/// What became of an answer given through a form, an API call or the simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded as the request's latest answer.
+    Accepted,
+    /// The same submission was recorded before (idempotency key seen).
+    Replay,
+    /// The request's step had finished: kept as `after_close`, not an answer.
+    Closed,
+}
+
 /// The first characters of a token, used to find its row.
 pub fn lookup_of(token: &str) -> &str {
     token.get(..8).unwrap_or(token)
@@ -217,7 +240,7 @@ pub fn lookup_of(token: &str) -> &str {
 
 const REQUEST_COLUMNS: &str = "token, run_id, step_key, workflow_id, kind, recipient, allowed, tag, \
     message_id, subject, fields, required, created_at, deadline, expires_at, status, answered_at, \
-    answer_id, bounced_at, bounce";
+    answer_id, bounced_at, bounce, final_at";
 const ANSWER_COLUMNS: &str =
     "id, token, received_at, via, from_addr, message_id, fields, free_text, attachments, late";
 const INBOUND_COLUMNS: &str = "id, source_key, via, received_at, size, raw, status, outcome, detail, \
@@ -255,6 +278,7 @@ macro_rules! request_row {
             answer_id: r.try_get("answer_id")?,
             bounced_at: r.try_get::<Option<i64>, _>("bounced_at")?.map(from_ms),
             bounce: r.try_get("bounce")?,
+            final_at: r.try_get::<Option<i64>, _>("final_at")?.map(from_ms),
         }
     }};
 }
@@ -493,15 +517,24 @@ impl Store {
         })
     }
 
-    /// Closes the still-open requests of a step (its deadline passed and it gave up waiting).
-    pub async fn close_requests(&self, run_id: &str, step_key: &str) -> Result<()> {
+    /// Marks the requests of a finishing step final (the still-open ones become `closed`). An
+    /// answer is applied only to a request that is not final, in a statement that conflicts with
+    /// this one, so an answer either commits before (and a read after this call sees it) or is
+    /// kept as `after_close`. Idempotent: a step executed again after a crash finds them final.
+    pub async fn finalize_requests(
+        &self,
+        run_id: &str,
+        step_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
-                "UPDATE requests SET status = 'closed' WHERE run_id = $1 AND step_key = $2 \
-                 AND status = 'open'",
+                "UPDATE requests SET status = CASE WHEN status = 'open' THEN 'closed' ELSE status \
+                 END, final_at = $3 WHERE run_id = $1 AND step_key = $2 AND final_at IS NULL",
             )
             .bind(run_id)
             .bind(step_key)
+            .bind(ms(now))
             .execute(pool)
             .await?;
             Ok(())
@@ -651,7 +684,7 @@ impl Store {
         from: Option<&str>,
         subject: Option<&str>,
         disposition: &Disposition,
-    ) -> Result<(bool, Option<String>)> {
+    ) -> Result<Option<Applied>> {
         let (status, outcome, token, detail): (&str, &str, Option<&str>, String) = match disposition
         {
             Disposition::Answer { answer: a, .. } => (
@@ -704,17 +737,15 @@ impl Store {
             .rows_affected();
             if n == 0 {
                 tx.rollback().await?;
-                return Ok((false, None));
+                return Ok(None);
             }
             let mut wake = None;
+            let mut after_close = None;
             match disposition {
                 Disposition::Answer { answer: a, notice } => {
-                    if let Some(m) = notice {
-                        insert_message!(tx, now_ms, m);
-                    }
-                    let answer_id = uuid::Uuid::now_v7().to_string();
                     let req = sqlx::query(
-                        "SELECT run_id, status, deadline FROM requests WHERE token = $1",
+                        "SELECT run_id, status, deadline, tag, final_at FROM requests \
+                         WHERE token = $1",
                     )
                     .bind(&a.token)
                     .fetch_optional(&mut *tx)
@@ -723,37 +754,68 @@ impl Store {
                         let run_id: String = req.try_get("run_id")?;
                         let req_status: String = req.try_get("status")?;
                         let deadline: Option<i64> = req.try_get("deadline")?;
+                        let tag: i64 = req.try_get("tag")?;
+                        let final_at: Option<i64> = req.try_get("final_at")?;
                         let late = deadline.is_some_and(|d| now_ms > d);
-                        sqlx::query(
-                            "INSERT INTO answers (id, token, received_at, via, from_addr, \
-                             message_id, fields, free_text, attachments, late, inbound_id) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                        )
-                        .bind(&answer_id)
-                        .bind(&a.token)
-                        .bind(now_ms)
-                        .bind(&a.via)
-                        .bind(a.from.as_deref())
-                        .bind(a.message_id.as_deref())
-                        .bind(a.fields.to_string())
-                        .bind(&a.text)
-                        .bind(a.attachments.to_string())
-                        .bind(i64::from(late))
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                        if a.complete && (req_status == "open" || req_status == "answered") {
-                            sqlx::query(
+                        let answer_id = uuid::Uuid::now_v7().to_string();
+                        // Decided as an answer, but the step may have finished since: the
+                        // conditional update is what counts (it waits for, and then sees, a
+                        // concurrent `finalize_requests`).
+                        let mut accepted = final_at.is_none() && req_status != "closed";
+                        if accepted && a.complete && req_status != "bounced" {
+                            let n = sqlx::query(
                                 "UPDATE requests SET status = 'answered', answered_at = $1, \
-                                 answer_id = $2 WHERE token = $3 AND status IN ('open', 'answered')",
+                                 answer_id = $2 WHERE token = $3 AND status IN ('open', 'answered') \
+                                 AND final_at IS NULL",
                             )
                             .bind(now_ms)
                             .bind(&answer_id)
                             .bind(&a.token)
                             .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                            accepted = n > 0;
+                            if accepted {
+                                nudge_run!(tx, &run_id, now_ms);
+                                wake = Some(run_id);
+                            }
+                        }
+                        if accepted {
+                            if let Some(m) = notice {
+                                insert_message!(tx, now_ms, m);
+                            }
+                            sqlx::query(
+                                "INSERT INTO answers (id, token, received_at, via, from_addr, \
+                                 message_id, fields, free_text, attachments, late, inbound_id) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                            )
+                            .bind(&answer_id)
+                            .bind(&a.token)
+                            .bind(now_ms)
+                            .bind(&a.via)
+                            .bind(a.from.as_deref())
+                            .bind(a.message_id.as_deref())
+                            .bind(a.fields.to_string())
+                            .bind(&a.text)
+                            .bind(a.attachments.to_string())
+                            .bind(i64::from(late))
+                            .bind(id)
+                            .execute(&mut *tx)
                             .await?;
-                            nudge_run!(tx, &run_id, now_ms);
-                            wake = Some(run_id);
+                        } else {
+                            let detail = format!(
+                                "request {tag} was already closed; the message is kept but not \
+                                 taken as an answer"
+                            );
+                            sqlx::query(
+                                "UPDATE inbound SET outcome = 'after_close', detail = $1 \
+                                 WHERE id = $2",
+                            )
+                            .bind(&detail)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                            after_close = Some(detail);
                         }
                     }
                 }
@@ -782,7 +844,7 @@ impl Store {
                 }
             }
             tx.commit().await?;
-            Ok((true, wake))
+            Ok(Some(Applied { wake, after_close }))
         })
     }
 
@@ -794,14 +856,14 @@ impl Store {
         now: DateTime<Utc>,
         answer: &NewAnswer,
         key: &str,
-    ) -> Result<bool> {
+    ) -> Result<Recorded> {
         let Some(id) = self
             .inbound_store(key, &answer.via, b"", 0, now, None)
             .await?
         else {
-            return Ok(false);
+            return Ok(Recorded::Replay);
         };
-        let (done, _) = self
+        let applied = self
             .inbound_apply(
                 &id,
                 now,
@@ -813,7 +875,14 @@ impl Store {
                 },
             )
             .await?;
-        Ok(done)
+        Ok(match applied {
+            None => Recorded::Replay,
+            Some(Applied {
+                after_close: Some(_),
+                ..
+            }) => Recorded::Closed,
+            Some(_) => Recorded::Accepted,
+        })
     }
 
     /// Resolves the open escalation of a run (its hidden `resolve` request gets an answer, which
@@ -844,8 +913,10 @@ impl Store {
             attachments: serde_json::json!([]),
             complete: true,
         };
-        self.record_answer(now, &answer, &format!("resolve:{}", row.token))
-            .await
+        Ok(self
+            .record_answer(now, &answer, &format!("resolve:{}", row.token))
+            .await?
+            == Recorded::Accepted)
     }
 
     /// Where polling of `mailbox` stands: `(uidvalidity, last_uid, registered_at)`.
