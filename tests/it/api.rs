@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, TestDb, free_port, wait_run};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, free_port, wait_run};
 use serde_json::{Value as Json, json};
 
 const INCIDENT: &str = r#"
@@ -64,7 +64,7 @@ async fn start() -> Api {
         "d",
         &[("PMOFLOW_HOOK_KEY", "s3cret-hook-key")],
     );
-    daemon.wait_log("http listening", Duration::from_secs(20));
+    daemon.wait_log("http listening", STARTUP);
     let url = db.url.clone();
     Api {
         _project: project,

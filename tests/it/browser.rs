@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, Project, SmtpSink, TestDb, cli, decode_mail, free_port, wait_run,
+    Backend, Daemon, Project, STARTUP, SmtpSink, TestDb, cli, decode_mail, free_port, wait_run,
 };
 use serde_json::{Value as Json, json};
 
@@ -182,7 +182,7 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
     let maildir = project.path().join("maildir");
     let _smtp = SmtpSink::start(smtp_port, &maildir);
     let d = Daemon::start(project.path(), "d", &[]);
-    d.wait_log("http listening", Duration::from_secs(20));
+    d.wait_log("http listening", STARTUP);
     let (_driver, c) = browser().await;
 
     // Not logged in: the dashboard sends us to the login page. A wrong token is refused.

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, TestDb, cli, wait_run};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli, wait_run};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -98,7 +98,7 @@ async fn the_daemon_survives_bad_files_and_run_time_errors() {
     ));
     let dir = project.path();
     let mut d = Daemon::start(dir, "d", &[]);
-    let log = d.wait_log("workflows loaded", Duration::from_secs(20));
+    let log = d.wait_log("workflows loaded", STARTUP);
     assert!(
         log.contains("broken.toml") && log.contains("line=2"),
         "{log}"
@@ -180,7 +180,7 @@ async fn trigger_runs_show_and_cancel_from_the_command_line() {
     assert!(err.contains("--input is not valid JSON"), "{err}");
 
     let mut d = Daemon::start(dir, "d", &[]);
-    d.wait_log("workflows loaded", Duration::from_secs(20));
+    d.wait_log("workflows loaded", STARTUP);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     let before = chrono::Utc::now();
     let (code, out, err) = cli(dir, &["trigger", "hello"]);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, StepStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, TestDb, cli, wait_run};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli, wait_run};
 
 const CRASH_WORKFLOW: &str = r#"
 id = "crash"
@@ -36,7 +36,7 @@ async fn crash_during_wait(backend: Backend, durability: &str) {
     ));
     let dir = project.path();
     let mut a = Daemon::start(dir, "a", &[]);
-    a.wait_log("workflows loaded", Duration::from_secs(20));
+    a.wait_log("workflows loaded", STARTUP);
 
     let (code, out, err) = cli(dir, &["trigger", "crash"]);
     assert_eq!(code, 0, "trigger failed: {err}");

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use pmoflow::outbox::webhook;
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, Project, SmtpSink, TestDb, WebhookServer, cli, decode_mail, free_port,
-    wait_run,
+    Backend, Daemon, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
+    free_port, wait_run,
 };
 
 const PEOPLE: &str = r#"
@@ -115,7 +115,7 @@ async fn japanese_email_arrives_intact_through_a_real_smtp_server() {
     let maildir = project.path().join("maildir");
     let _smtp = SmtpSink::start(port, &maildir);
     let d = Daemon::start(project.path(), "d", &[]);
-    d.wait_log("email goes to SMTP", Duration::from_secs(20));
+    d.wait_log("email goes to SMTP", STARTUP);
     let (code, out, err) = cli(project.path(), &["trigger", "notice"]);
     assert_eq!(code, 0, "{err}");
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
@@ -150,7 +150,7 @@ async fn without_smtp_messages_become_eml_files() {
         db.url
     ));
     let d = Daemon::start(project.path(), "d", &[]);
-    d.wait_log("emails are written as .eml files", Duration::from_secs(20));
+    d.wait_log("emails are written as .eml files", STARTUP);
     let (code, _, err) = cli(project.path(), &["trigger", "notice"]);
     assert_eq!(code, 0, "{err}");
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
@@ -321,7 +321,7 @@ async fn a_permanent_refusal_is_a_dead_letter_that_can_be_retried() {
         db.url
     ));
     let d = Daemon::start(project.path(), "d", &[]);
-    d.wait_log("workflows loaded", Duration::from_secs(20));
+    d.wait_log("workflows loaded", STARTUP);
     let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
     assert_eq!(code, 0, "{err}");
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
@@ -363,7 +363,7 @@ async fn iso_2022_jp_for_gateways_that_need_it() {
         "id = \"bad\"\n[[steps]]\nid = \"send\"\naction = \"email\"\nwith = { to = \"a@example.go.jp\", subject = \"お詫び🙇\", body = \"本文\" }\n",
     );
     let d = Daemon::start(project.path(), "d", &[]);
-    d.wait_log("workflows loaded", Duration::from_secs(20));
+    d.wait_log("workflows loaded", STARTUP);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     let (_, out, _) = cli(project.path(), &["trigger", "notice"]);
     let ok = out.trim().to_string();
@@ -421,7 +421,7 @@ async fn http_step_output_is_the_response_and_5xx_is_retried() {
         db.url
     ));
     let d = Daemon::start(project.path(), "d", &[]);
-    d.wait_log("workflows loaded", Duration::from_secs(20));
+    d.wait_log("workflows loaded", STARTUP);
     let (_, out, _) = cli(project.path(), &["trigger", "call"]);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     let run = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
@@ -466,7 +466,7 @@ async fn a_5xx_smtp_reply_is_a_dead_letter_at_once_with_the_servers_reply() {
         db.url
     ));
     let d = Daemon::start(project.path(), "d", &[]);
-    d.wait_log("workflows loaded", Duration::from_secs(20));
+    d.wait_log("workflows loaded", STARTUP);
     cli(project.path(), &["trigger", "m"]);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     wait_outbox(&store, "dead", 1, Duration::from_secs(20)).await;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, Dovecot, Project, SmtpSink, TestDb, cli, decode_mail, free_port, wait_run,
+    Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, cli, decode_mail, free_port,
+    wait_run,
 };
 use serde_json::Value as Json;
 
@@ -199,8 +200,8 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
         "d",
         &[("PMOFLOW_IMAP_PASSWORD", imap.password.as_str())],
     );
-    d.wait_log("imap connected", Duration::from_secs(20));
-    d.wait_log("mailbox registered", Duration::from_secs(20));
+    d.wait_log("imap connected", STARTUP);
+    d.wait_log("mailbox registered", STARTUP);
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
@@ -372,7 +373,7 @@ async fn reply_survives_a_crash(backend: Backend) {
         ("PMOFLOW_FAILPOINT", "after-intake"),
     ];
     let mut d = Daemon::start(s.project.path(), "d1", &crash_env);
-    d.wait_log("mailbox registered", Duration::from_secs(20));
+    d.wait_log("mailbox registered", STARTUP);
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
@@ -674,7 +675,7 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     let s = setup("10m", "", &http).await;
     let maildir = s.project.path().join("maildir");
     let d = Daemon::start(s.project.path(), "d", &[]);
-    d.wait_log("http listening", Duration::from_secs(20));
+    d.wait_log("http listening", STARTUP);
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
@@ -857,7 +858,7 @@ async fn acknowledgements_by_reply_link_and_api() {
     s.project.workflow("incident.toml", INCIDENT);
     let maildir = s.project.path().join("maildir");
     let d = Daemon::start(s.project.path(), "d", &[]);
-    d.wait_log("http listening", Duration::from_secs(20));
+    d.wait_log("http listening", STARTUP);
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
     let web = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -1017,7 +1018,7 @@ async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link
     .await;
     let maildir = s.project.path().join("maildir");
     let d = Daemon::start(s.project.path(), "d", &[]);
-    d.wait_log("http listening", Duration::from_secs(20));
+    d.wait_log("http listening", STARTUP);
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();

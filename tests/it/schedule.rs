@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunFilter, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, TestDb};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_daemons_on_one_database_fire_each_instant_once() {
@@ -21,8 +21,8 @@ async fn two_daemons_on_one_database_fire_each_instant_once() {
     let dir = project.path();
     let mut a = Daemon::start(dir, "a", &[("PMOFLOW_NODE_ID", "node-a")]);
     let mut b = Daemon::start(dir, "b", &[("PMOFLOW_NODE_ID", "node-b")]);
-    a.wait_log("scheduled fire", Duration::from_secs(20));
-    b.wait_log("scheduled fire", Duration::from_secs(20));
+    a.wait_log("scheduled fire", STARTUP);
+    b.wait_log("scheduled fire", STARTUP);
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(a.terminate(Duration::from_secs(15)), Some(0));
     assert_eq!(b.terminate(Duration::from_secs(15)), Some(0));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, Dovecot, Project, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
+    Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
     free_port, new_api_token, wait_run,
 };
 use serde_json::{Value as Json, json};
@@ -78,8 +78,8 @@ fn start(s: &Setup, name: &str) -> Daemon {
         name,
         &[("PMOFLOW_IMAP_PASSWORD", s.imap.password.as_str())],
     );
-    d.wait_log("http listening", Duration::from_secs(30));
-    d.wait_log("imap connected", Duration::from_secs(30));
+    d.wait_log("http listening", STARTUP);
+    d.wait_log("imap connected", STARTUP);
     d
 }
 
@@ -171,7 +171,7 @@ fn rfc3339_in(secs: i64) -> String {
 async fn pjmo_status_collection_end_to_end() {
     let s = setup().await;
     let d = start(&s, "d");
-    d.wait_log("mailbox registered", Duration::from_secs(30));
+    d.wait_log("mailbox registered", STARTUP);
     // The real schedule asks on business day 1 and closes on business day 8; here the same
     // workflow runs on a 50-second scale through its inputs.
     let inputs = json!({
@@ -340,7 +340,7 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
     let s = setup().await;
     let hooks = WebhookServer::start(s.project.path(), 0, 200);
     let mut d = start(&s, "d");
-    d.wait_log("mailbox registered", Duration::from_secs(30));
+    d.wait_log("mailbox registered", STARTUP);
     // A monitoring system opens the incident through the webhook trigger.
     let web = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", s.http_port);
@@ -504,7 +504,7 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
 async fn budget_request_cycle_end_to_end() {
     let s = setup().await;
     let d = start(&s, "d");
-    d.wait_log("mailbox registered", Duration::from_secs(30));
+    d.wait_log("mailbox registered", STARTUP);
     // The April call with its end-of-May deadline, on a one-minute scale; the milestones of the
     // second half of the year are left out here (they are in the simulation test).
     let inputs = json!({
@@ -666,7 +666,7 @@ async fn quarterly_audit_end_to_end() {
     }
     std::fs::write(s.project.workflows().join("data/audit.toml"), plan).unwrap();
     let d = start(&s, "d");
-    d.wait_log("mailbox registered", Duration::from_secs(30));
+    d.wait_log("mailbox registered", STARTUP);
     let inputs =
         json!({ "deadline": rfc3339_in(30), "remind": ["-15s"], "report_at": rfc3339_in(40) });
     let (code, out, err) = cli(

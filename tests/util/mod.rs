@@ -149,6 +149,11 @@ impl Default for Project {
     }
 }
 
+/// How long a test waits for a daemon to come up (workflows loaded, listener bound, mailbox
+/// registered). Generous: on a loaded two-core machine several daemons compile their plugins at
+/// once; a daemon that is ready returns at once.
+pub const STARTUP: Duration = Duration::from_secs(90);
+
 /// The `pmoflow` binary built by `cargo build -p pmoflow` (tests/run builds it first).
 pub fn bin() -> PathBuf {
     if let Ok(p) = std::env::var("PMOFLOW_BIN") {

@@ -19,11 +19,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 
-use super::request::{ack_instructions, bare, domain_of, format_ja, parse_deadline, render_body};
+use super::request::{
+    StepMail, ack_instructions, bare, domain_of, format_ja, new_ids, parse_deadline, render_body,
+    step_mail,
+};
 use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
 use crate::inbound::correlate;
 use crate::inbound::reply::CUT_MARKER;
-use crate::outbox::email::{EmailSpec, build};
 use crate::outbox::{MessageKind, NewMessage};
 use crate::store::{AnswerRow, NewRequest, RequestRow};
 
@@ -534,8 +536,6 @@ fn open_level(
     let level = state.levels[state.level].clone();
     state.seq += 1;
     let seq = state.seq;
-    let pattern = cx.services.replies.pattern(&cx.services.mail.from);
-    let domain = domain_of(&cx.services.mail.from);
     let stage = if state.level == 0 && state.pass == 0 {
         String::new()
     } else {
@@ -553,39 +553,26 @@ fn open_level(
     let subject = format!("{prefix}{}", state.subject);
     if level.email {
         for addr in &level.notify {
-            let token = correlate::new_token().map_err(StepError::retryable)?;
-            let tag = fastrand::i64(10_000..1_000_000);
-            let message_id = correlate::message_id(&token, &domain);
+            let (token, tag, message_id) = new_ids(cx)?;
             let full_subject = format!("{subject} {}", correlate::subject_tag(tag as u64));
             let text = format!(
                 "{CUT_MARKER}\n{}\n{stage}{}",
                 state.text,
                 ack_instructions(cx, &token)
             );
-            let spec = EmailSpec {
-                from: cx.services.mail.from.clone(),
-                to: vec![addr.clone()],
-                cc: Vec::new(),
-                bcc: Vec::new(),
-                reply_to: Some(correlate::reply_address(&pattern, &token)),
-                subject: full_subject.clone(),
-                text,
-                html: None,
-                attachments: Vec::new(),
-                message_id: format!("<{message_id}>"),
-                date: now,
-                timezone: tz,
-                charset: cx.services.mail.charset,
-            };
-            let built = build(&spec).map_err(StepError::fatal)?;
             let recipient = bare(addr);
-            messages.push(NewMessage {
-                kind: MessageKind::Email,
-                key: format!("{}:{}:esc:{seq}:{recipient}", cx.run_id, cx.step_key),
-                target: addr.clone(),
-                message_id: format!("<{message_id}>"),
-                payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
-            });
+            messages.push(step_mail(
+                cx,
+                StepMail {
+                    to: addr,
+                    cc: &[],
+                    reply_token: Some(&token),
+                    subject: full_subject.clone(),
+                    text,
+                    message_id: &message_id,
+                    key: format!("{}:{}:esc:{seq}:{recipient}", cx.run_id, cx.step_key),
+                },
+            )?);
             requests.push(NewRequest {
                 token: token.clone(),
                 workflow_id: cx.workflow_id.to_string(),
@@ -684,8 +671,6 @@ fn notice(
     body: &str,
     webhook: bool,
 ) -> Result<(), StepError> {
-    let now = cx.clock.now();
-    let tz = cx.services.mail.timezone;
     let domain = domain_of(&cx.services.mail.from);
     state.seq += 1;
     let seq = state.seq;
@@ -698,29 +683,18 @@ fn notice(
             cx.step_key.replace(['[', ']'], "_"),
             recipient.replace('@', "=")
         );
-        let spec = EmailSpec {
-            from: cx.services.mail.from.clone(),
-            to: vec![addr.clone()],
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            reply_to: None,
-            subject: subject.clone(),
-            text: body.to_string(),
-            html: None,
-            attachments: Vec::new(),
-            message_id: format!("<{message_id}>"),
-            date: now,
-            timezone: tz,
-            charset: cx.services.mail.charset,
-        };
-        let built = build(&spec).map_err(StepError::fatal)?;
-        messages.push(NewMessage {
-            kind: MessageKind::Email,
-            key: format!("{}:{}:esc:{seq}:{recipient}", cx.run_id, cx.step_key),
-            target: addr.clone(),
-            message_id: format!("<{message_id}>"),
-            payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
-        });
+        messages.push(step_mail(
+            cx,
+            StepMail {
+                to: addr,
+                cc: &[],
+                reply_token: None,
+                subject: subject.clone(),
+                text: body.to_string(),
+                message_id: &message_id,
+                key: format!("{}:{}:esc:{seq}:{recipient}", cx.run_id, cx.step_key),
+            },
+        )?);
     }
     if webhook && state.webhook.is_some() {
         messages.push(webhook_message(cx, state, seq, &subject, body)?);

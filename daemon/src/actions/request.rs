@@ -503,7 +503,6 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         None => now + chrono::Duration::from_std(cx.services.replies.token_ttl).unwrap_or_default(),
     };
     let pattern = cx.services.replies.pattern(&cx.services.mail.from);
-    let domain = domain_of(&cx.services.mail.from);
     let expires_at =
         close_at + chrono::Duration::from_std(cx.services.replies.token_ttl).unwrap_or_default();
 
@@ -515,8 +514,7 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
     let mut messages = Vec::new();
     let mut text_for_state = String::new();
     for (i, addr) in to.iter().enumerate() {
-        let token = correlate::new_token().map_err(StepError::retryable)?;
-        let tag = fastrand::i64(10_000..1_000_000);
+        let (token, tag, message_id) = new_ids(cx)?;
         let reply_to = correlate::reply_address(&pattern, &token);
         let answer_url = cx
             .services
@@ -552,34 +550,19 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
             text_for_state = body;
         }
         let full_subject = format!("{subject} {}", correlate::subject_tag(tag as u64));
-        let message_id = correlate::message_id(&token, &domain);
-        let spec = EmailSpec {
-            from: cx.services.mail.from.clone(),
-            to: vec![addr.clone()],
-            cc: cc.clone(),
-            bcc: Vec::new(),
-            reply_to: Some(reply_to.clone()),
-            subject: full_subject.clone(),
-            text,
-            html: None,
-            attachments: Vec::new(),
-            message_id: format!("<{message_id}>"),
-            date: now,
-            timezone: tz,
-            charset: cx.services.mail.charset,
-        };
-        let built = build(&spec).map_err(StepError::fatal)?;
         let recipient = bare(addr);
-        messages.push(NewMessage {
-            kind: MessageKind::Email,
-            key: format!("{}:{}:request:{recipient}", cx.run_id, cx.step_key),
-            target: std::iter::once(addr.clone())
-                .chain(cc.iter().cloned())
-                .collect::<Vec<_>>()
-                .join(", "),
-            message_id: format!("<{message_id}>"),
-            payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
-        });
+        messages.push(step_mail(
+            cx,
+            StepMail {
+                to: addr,
+                cc: &cc,
+                reply_token: Some(&token),
+                subject: full_subject.clone(),
+                text,
+                message_id: &message_id,
+                key: format!("{}:{}:request:{recipient}", cx.run_id, cx.step_key),
+            },
+        )?);
         let mut allowed = vec![recipient.clone()];
         allowed.extend(delegates.iter().cloned());
         requests.push(NewRequest {
@@ -642,6 +625,64 @@ pub(crate) fn render_body(
             "action `request` needs `with.body` or `with.template`",
         )),
     }
+}
+
+/// A fresh request's keys: its single-use token, its subject tag and our Message-ID (without
+/// angle brackets), which carries the token too.
+pub(crate) fn new_ids(cx: &ActionContext<'_>) -> Result<(String, i64, String), StepError> {
+    let token = correlate::new_token().map_err(StepError::retryable)?;
+    let tag = fastrand::i64(10_000..1_000_000);
+    let message_id = correlate::message_id(&token, &domain_of(&cx.services.mail.from));
+    Ok((token, tag, message_id))
+}
+
+/// One plain-text email of a step (requests, reminders, escalation alerts and notices).
+pub(crate) struct StepMail<'a> {
+    /// The addressee (a display address).
+    pub to: &'a str,
+    /// Copies.
+    pub cc: &'a [String],
+    /// The request token the reply address carries; `None` for a mail that asks nothing.
+    pub reply_token: Option<&'a str>,
+    /// The subject as sent.
+    pub subject: String,
+    /// The body.
+    pub text: String,
+    /// Our Message-ID, without angle brackets.
+    pub message_id: &'a str,
+    /// The outbox key: the same mail decided again after a crash is queued once.
+    pub key: String,
+}
+
+/// Builds `m` now (the outbox keeps the raw message) into an outbox row.
+pub(crate) fn step_mail(cx: &ActionContext<'_>, m: StepMail<'_>) -> Result<NewMessage, StepError> {
+    let pattern = cx.services.replies.pattern(&cx.services.mail.from);
+    let spec = EmailSpec {
+        from: cx.services.mail.from.clone(),
+        to: vec![m.to.to_string()],
+        cc: m.cc.to_vec(),
+        bcc: Vec::new(),
+        reply_to: m.reply_token.map(|t| correlate::reply_address(&pattern, t)),
+        subject: m.subject,
+        text: m.text,
+        html: None,
+        attachments: Vec::new(),
+        message_id: format!("<{}>", m.message_id),
+        date: cx.clock.now(),
+        timezone: cx.services.mail.timezone,
+        charset: cx.services.mail.charset,
+    };
+    let built = build(&spec).map_err(StepError::fatal)?;
+    Ok(NewMessage {
+        kind: MessageKind::Email,
+        key: m.key,
+        target: std::iter::once(m.to.to_string())
+            .chain(m.cc.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(", "),
+        message_id: format!("<{}>", m.message_id),
+        payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
+    })
 }
 
 /// `12月4日(金)17:00` in the daemon's zone.
@@ -727,7 +768,6 @@ fn reminder_mail(
     req: &RequestRow,
 ) -> Result<NewMessage, StepError> {
     let tz = cx.services.mail.timezone;
-    let pattern = cx.services.replies.pattern(&cx.services.mail.from);
     let domain = domain_of(&cx.services.mail.from);
     // The reminder's prefix replaces the request's own (【要回答】, 【ご依頼】, …).
     let base = ["【要回答】", "【ご依頼】", "【ご連絡】", "【要修正】"]
@@ -768,32 +808,18 @@ fn reminder_mail(
     let message_id = format!("pmoflow.{}.r{n}@{domain}", req.token);
     let mut cc = state.cc.clone();
     cc.extend(reminder.cc.iter().cloned());
-    let spec = EmailSpec {
-        from: cx.services.mail.from.clone(),
-        to: vec![req.recipient.clone()],
-        cc: cc.clone(),
-        bcc: Vec::new(),
-        reply_to: Some(correlate::reply_address(&pattern, &req.token)),
-        subject,
-        text,
-        html: None,
-        attachments: Vec::new(),
-        message_id: format!("<{message_id}>"),
-        date: cx.clock.now(),
-        timezone: tz,
-        charset: cx.services.mail.charset,
-    };
-    let built = build(&spec).map_err(StepError::fatal)?;
-    Ok(NewMessage {
-        kind: MessageKind::Email,
-        key: format!("{}:{}:remind:{n}:{}", cx.run_id, cx.step_key, req.recipient),
-        target: std::iter::once(req.recipient.clone())
-            .chain(cc)
-            .collect::<Vec<_>>()
-            .join(", "),
-        message_id: format!("<{message_id}>"),
-        payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
-    })
+    step_mail(
+        cx,
+        StepMail {
+            to: &req.recipient,
+            cc: &cc,
+            reply_token: Some(&req.token),
+            subject,
+            text,
+            message_id: &message_id,
+            key: format!("{}:{}:remind:{n}:{}", cx.run_id, cx.step_key, req.recipient),
+        },
+    )
 }
 
 /// How to acknowledge: reply with a word, or open the link (a page with a button: mail scanners
