@@ -1,6 +1,6 @@
 //! Plugin benchmark: per-invocation overhead of a no-op plugin step (fresh store, instantiate,
-//! call, teardown) with the `echo` component, and its cold load (compile) time. Prints figures;
-//! asserts nothing. Build the plugins first: `cd plugins && cargo build --release`.
+//! call, teardown) with the shipped `echo` component, and its cold load (compile) time. Prints
+//! figures; asserts nothing.
 //!
 //! Run: `cargo bench -p pmoflow --bench plugins`
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -11,25 +11,26 @@ use pmoflow::plugins::{Grants, PluginCall, PluginHost};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    // Nothing installed: the shipped plugins (built into the binary) only.
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
     let cache = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let grants = Grants::default();
-    let (mut host, mut problems) = PluginHost::load(&dir, &grants, Some(cache.path())).unwrap();
+    let (mut host, mut problems) = PluginHost::load(dir, &grants, Some(cache.path())).unwrap();
     let load = start.elapsed();
     problems.extend(host.prepare().await);
     // Cold start from the precompiled cache. A daemon creates its engine (and the pooling
     // allocator's reservations) once; each plugin then costs a deserialize, a link and its first
     // instantiation (`describe`). Both are measured, the second as the difference between a host
     // with the plugins and an empty one.
-    let empty = tempfile::tempdir().unwrap();
     let (mut engine_only, mut cold) = (Vec::new(), Vec::new());
     for _ in 0..15 {
         let t = Instant::now();
-        let (mut fresh, _) = PluginHost::load(empty.path(), &grants, Some(cache.path())).unwrap();
+        let mut fresh = PluginHost::without_plugins(&grants).unwrap();
         engine_only.push(t.elapsed());
         let t = Instant::now();
-        fresh.load_dir(&dir, &grants, Some(cache.path()));
+        fresh.load_shipped(&grants, Some(cache.path()));
         fresh.prepare().await;
         let n = u32::try_from(fresh.names().len().max(1)).unwrap();
         cold.push(t.elapsed() / n);
@@ -60,7 +61,7 @@ async fn main() {
     samples.sort();
     let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
     // The same without the input-schema check (a host whose plugins were not prepared).
-    let (bare, _) = PluginHost::load(&dir, &grants, Some(cache.path())).unwrap();
+    let (bare, _) = PluginHost::load(dir, &grants, Some(cache.path())).unwrap();
     let mut bare_samples: Vec<Duration> = Vec::with_capacity(n);
     for i in 0..n + 200 {
         let t = Instant::now();
@@ -72,9 +73,10 @@ async fn main() {
     bare_samples.sort();
     println!(
         "pmoflow plugin benchmark (2 cores; echo component, {} KiB)",
-        std::fs::metadata(dir.join("target/wasm32-wasip2/release/echo.wasm"))
-            .map(|m| m.len() / 1024)
-            .unwrap_or(0)
+        pmoflow::plugins::shipped::all()
+            .iter()
+            .find(|p| p.manifest.name == "echo")
+            .map_or(0, |p| p.component.len() / 1024)
     );
     println!();
     println!("| measure | value |");

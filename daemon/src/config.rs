@@ -213,6 +213,14 @@ pub enum ConfigError {
     /// The file is invalid.
     #[error("{0}")]
     Invalid(Diagnostic),
+    /// An environment override is invalid.
+    #[error("{name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Environment overrides (read once, here).
@@ -224,6 +232,8 @@ pub struct EnvOverrides {
     pub workflows_dir: Option<PathBuf>,
     /// `PMOFLOW_NODE_ID`
     pub node_id: Option<String>,
+    /// `PMOFLOW_HTTP_LISTEN` (replaces `[http] listen`)
+    pub http_listen: Option<String>,
     /// Every environment variable, for secrets named with `env = "…"` / `password_env`.
     pub vars: std::collections::BTreeMap<String, String>,
 }
@@ -236,6 +246,7 @@ impl EnvOverrides {
             database_url: get("PMOFLOW_DATABASE_URL"),
             workflows_dir: get("PMOFLOW_WORKFLOWS_DIR").map(PathBuf::from),
             node_id: get("PMOFLOW_NODE_ID"),
+            http_listen: get("PMOFLOW_HTTP_LISTEN"),
             vars: std::env::vars().collect(),
         }
     }
@@ -549,6 +560,13 @@ impl Config {
         let http = {
             let h = &raw.http;
             let listen = match &h.listen {
+                _ if env.http_listen.is_some() => {
+                    let l = env.http_listen.as_deref().unwrap_or_default();
+                    l.parse().map_err(|_| ConfigError::Env {
+                        name: "PMOFLOW_HTTP_LISTEN",
+                        message: format!("`{l}` is not a listen address (e.g. 127.0.0.1:8080)"),
+                    })?
+                }
                 None => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
                 Some(l) => l.get_ref().parse().map_err(|_| {
                     err(

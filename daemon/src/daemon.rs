@@ -57,18 +57,11 @@ pub async fn run(
         return Err(DaemonError::Config(config.secret_errors.join("\n")));
     }
     let store = Store::open(&config.database_url, config.durability).await?;
-    let registry = Arc::new(Registry::default());
-    let catalog = load_catalog(&config);
-    tracing::info!(
-        workflows = catalog.workflows.len(),
-        invalid_files = catalog.diagnostics.len(),
-        "workflows loaded"
-    );
-    record_catalog(&store, &config.engine.node_id, &catalog, clock.now()).await;
-    registry.set_catalog(Arc::new(catalog));
-
     let mut config = config;
-    if config.plugins_dir.is_dir() {
+    // The shipped plugins are built in; `plugins_dir` (which need not exist) adds or replaces.
+    // Compiling them (first start, or a new version) takes seconds: done before the catalog is
+    // loaded, so that `workflows loaded` means the daemon is about to serve.
+    {
         let dir = config.plugins_dir.clone();
         let cache = config.plugin_cache_dir.clone();
         let grants = config.plugin_grants.clone();
@@ -92,6 +85,16 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "plugins unavailable"),
         }
     }
+    let registry = Arc::new(Registry::default());
+    let catalog = load_catalog(&config);
+    tracing::info!(
+        workflows = catalog.workflows.len(),
+        invalid_files = catalog.diagnostics.len(),
+        "workflows loaded"
+    );
+    record_catalog(&store, &config.engine.node_id, &catalog, clock.now()).await;
+    registry.set_catalog(Arc::new(catalog));
+
     let engine = Engine::new(
         store.clone(),
         clock.clone(),

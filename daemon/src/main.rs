@@ -73,7 +73,7 @@ enum Command {
     /// every fire, email, webhook, reminder and escalation. Nothing is sent; a throw-away
     /// database is used. `--answers` scripts what people do (see docs/simulate.md).
     Simulate {
-        /// Workflow id (in the workflows directory).
+        /// Workflow id (in the workflows directory), or a workflow file.
         workflow: String,
         /// Start: a date (its 00:00), a local time `2027-04-01 09:00`, or RFC 3339.
         #[arg(long)]
@@ -231,7 +231,8 @@ enum PluginAction {
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The SDK (`plugins/sdk` in pmoflow's sources); found next to --dir if omitted.
+        /// Use this SDK directory (e.g. `plugins/sdk` of pmoflow's sources) instead of writing the
+        /// SDK this binary carries into the project.
         #[arg(long)]
         sdk: Option<PathBuf>,
     },

@@ -262,7 +262,60 @@ enum Inject {
     Resolve(ResolveRule),
 }
 
-/// Runs `workflow` from `from` to `until`.
+/// The catalog to simulate in and the id of the simulated workflow.
+fn load_target(config: &Config, target: &str) -> Result<(Catalog, String), SimError> {
+    let located = |d: &crate::diag::Diagnostic| {
+        SimError(format!(
+            "{}:{}:{}: {}",
+            d.path.display(),
+            d.line,
+            d.col,
+            d.message
+        ))
+    };
+    let file = Path::new(target);
+    if file.is_file() {
+        let (wf, _) = Catalog::load_file(file).map_err(|d| match d.first() {
+            Some(d) => located(d),
+            None => SimError(format!("{target}: not a workflow")),
+        })?;
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        let catalog = Catalog::load(dir.unwrap_or(Path::new(".")));
+        // Other workflow files of the directory do not matter; its data and calendar do.
+        let file_id = std::fs::canonicalize(file).ok();
+        if let Some(d) = catalog.diagnostics.iter().find(|d| {
+            !catalog.files.contains(&d.path) || std::fs::canonicalize(&d.path).ok() == file_id
+        }) {
+            return Err(located(d));
+        }
+        return match catalog.workflows.get(&wf.id) {
+            Some(found) if std::fs::canonicalize(&found.path).ok() == file_id => {
+                Ok((catalog, wf.id))
+            }
+            _ => Err(SimError(format!(
+                "{target}: another file in its directory also defines the workflow `{}`",
+                wf.id
+            ))),
+        };
+    }
+    let catalog = Catalog::load(&config.workflows_dir);
+    if let Some(d) = catalog.diagnostics.first() {
+        return Err(located(d));
+    }
+    if !catalog.workflows.contains_key(target) {
+        let known: Vec<&str> = catalog.workflows.keys().map(String::as_str).collect();
+        return Err(SimError(format!(
+            "no workflow `{target}` in {} (workflows: {}); give a workflow id or the path of a workflow file",
+            config.workflows_dir.display(),
+            known.join(", ")
+        )));
+    }
+    Ok((catalog, target.to_string()))
+}
+
+/// Runs `workflow` from `from` to `until`. `workflow` is a workflow id (in the configured
+/// workflows directory) or the path of a workflow file, whose directory then supplies the
+/// data, templates and calendar (as for `pmoflow schedule`).
 pub async fn simulate(
     config: &Config,
     workflow: &str,
@@ -271,28 +324,8 @@ pub async fn simulate(
     scenario: &Scenario,
 ) -> Result<Timeline, SimError> {
     let tz = config.engine.timezone;
-    let mut catalog = Catalog::load(&config.workflows_dir);
-    if let Some(d) = catalog.diagnostics.first() {
-        return Err(SimError(format!(
-            "{}:{}:{}: {}",
-            d.path.display(),
-            d.line,
-            d.col,
-            d.message
-        )));
-    }
-    if !catalog.workflows.contains_key(workflow) {
-        let known: Vec<&String> = catalog.workflows.keys().collect();
-        return Err(SimError(format!(
-            "no workflow `{workflow}` in {} (workflows: {})",
-            config.workflows_dir.display(),
-            known
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    let (mut catalog, workflow) = load_target(config, workflow)?;
+    let workflow = workflow.as_str();
     let defaults = catalog.workflows[workflow].inputs.clone();
     // Only the simulated workflow fires.
     catalog.workflows.retain(|id, _| id == workflow);
@@ -318,8 +351,9 @@ pub async fn simulate(
     let mut services = (*config.engine.services).clone();
     services.mail.smtp = None;
     services.simulation = Some(Arc::new(world));
-    if config.plugins_dir.is_dir() {
-        // No grants: a plugin that needs the network does not load (the scenario gives its results).
+    {
+        // No grants: a plugin that needs the network does not load (the scenario gives its
+        // results). The shipped plugins are built in; `plugins_dir` adds or replaces.
         let dir = config.plugins_dir.clone();
         let cache = config.plugin_cache_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || {

@@ -12,39 +12,34 @@ use pmoflow::store::{Durability, RunStatus};
 use pmoflow_tests::{Backend, InProcess, Project, TestDb, wait_run};
 use serde_json::json;
 
-/// The source tree's `plugins/` (SDK, lock file, built components).
+/// The source tree's `plugins/` (SDK, WIT, lock file).
 pub(crate) fn repo_plugins() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    assert!(
-        dir.join("target/wasm32-wasip2/release/echo.wasm").exists(),
-        "plugins are not built: run `cargo build --release` in plugins/ (tests/run does)"
-    );
-    dir
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins")
 }
 
-/// A plugins directory as the tests install it: the shipped plugins and the test fixtures (whose
-/// manifests are `fixture.toml` in the source tree, so that a daemon started in the repository
-/// does not load them), with absolute component paths.
+/// Where the daemon's build compiled the guest workspace (the shipped plugins, embedded in the
+/// binary, and the test fixtures).
+pub(crate) fn guest_wasm() -> std::path::PathBuf {
+    std::path::Path::new(pmoflow::plugins::shipped::GUEST_TARGET_DIR).join("wasm32-wasip2/release")
+}
+
+/// A plugins directory as the tests install it: the test fixtures (whose manifests are
+/// `fixture.toml` in the source tree, so that a daemon started in the repository does not load
+/// them), with absolute component paths. The shipped plugins are built into the host.
 pub(crate) fn plugins_dir() -> std::path::PathBuf {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let repo = repo_plugins();
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("plugins-{}", std::process::id()));
         for (name, manifest) in [
-            ("echo", "echo/plugin.toml"),
-            ("domain-check", "domain-check/plugin.toml"),
-            ("status-digest", "status-digest/plugin.toml"),
             ("hostile", "fixtures/hostile/fixture.toml"),
             ("greedy", "fixtures/greedy/fixture.toml"),
         ] {
-            let source = repo.join(manifest);
+            let source = repo_plugins().join(manifest);
             let mut doc: toml::Table =
                 toml::from_str(&std::fs::read_to_string(&source).unwrap()).unwrap();
-            let component = source
-                .parent()
-                .unwrap()
-                .join(doc["component"].as_str().unwrap());
+            let component = guest_wasm().join(format!("{name}.wasm"));
+            assert!(component.is_file(), "{} is not built", component.display());
             doc.insert(
                 "component".into(),
                 toml::Value::String(component.display().to_string()),
@@ -115,11 +110,12 @@ async fn engine(db: &TestDb, project: &Project, grants: &Grants) -> InProcess {
         std::fs::read_dir(cache.path()).unwrap().count() >= 3,
         "compiled code cached"
     );
-    // Refused at load: the fixture that imports an interface the host does not offer, and
-    // domain-check, which imports network capabilities this configuration does not grant.
+    // Refused at load: the shipped domain-check, which imports network capabilities this
+    // configuration does not grant, and the fixture that imports an interface the host does not
+    // offer.
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(
-        problems[0].contains("domain-check/plugin.toml: imports capabilities it was not granted: http, tls, whois (an administrator grants them with `capabilities = [\"http\", \"tls\", \"whois\"]` under [plugins.domain-check] in pmoflow.toml)"),
+        problems[0].contains("shipped plugin `domain-check`: imports capabilities it was not granted: http, tls, whois (an administrator grants them with `capabilities = [\"http\", \"tls\", \"whois\"]` under [plugins.domain-check] in pmoflow.toml)"),
         "{problems:?}"
     );
     assert!(
@@ -312,7 +308,7 @@ async fn a_plugin_that_is_not_installed_fails_the_step_clearly() {
 
 #[test]
 fn plugin_inspect_and_run_from_the_command_line() {
-    let wasm = repo_plugins().join("target/wasm32-wasip2/release");
+    let wasm = guest_wasm();
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = pmoflow_tests::cli(
         dir.path(),
@@ -498,43 +494,59 @@ async fn kv_is_persistent_per_plugin_and_committed_only_when_run_returns() {
 }
 
 #[test]
-fn plugin_new_scaffolds_a_crate_that_builds_and_runs() {
+fn plugin_new_scaffolds_a_crate_that_builds_and_runs_anywhere() {
+    // An empty directory outside the repository: the binary carries the SDK and the WIT.
     let dir = tempfile::tempdir().unwrap();
-    let sdk = repo_plugins().join("sdk");
-    let (code, out, err) = pmoflow_tests::cli(
-        dir.path(),
-        &[
-            "plugin",
-            "new",
-            "hello-world",
-            "--sdk",
-            sdk.to_str().unwrap(),
-        ],
+    assert!(
+        !dir.path()
+            .starts_with(repo_plugins().join("..").canonicalize().unwrap())
     );
+    let (code, out, err) = pmoflow_tests::cli(dir.path(), &["plugin", "new", "hello-world"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("cargo build --release --target wasm32-wasip2"),
         "{out}"
     );
     let root = dir.path().join("hello-world");
-    for f in ["Cargo.toml", "plugin.toml", "src/lib.rs", "README.md"] {
+    for f in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "plugin.toml",
+        "src/lib.rs",
+        "README.md",
+        "sdk/Cargo.toml",
+        "sdk/src/lib.rs",
+        "wit/plugin.wit",
+    ] {
         assert!(root.join(f).is_file(), "{f}");
     }
+    // What it writes is what this binary serves.
+    assert_eq!(
+        std::fs::read_to_string(root.join("wit/plugin.wit")).unwrap(),
+        std::fs::read_to_string(repo_plugins().join("wit/plugin.wit")).unwrap()
+    );
     let (code, _, err) = pmoflow_tests::cli(dir.path(), &["plugin", "new", "Hello"]);
     assert_eq!(code, 1);
     assert!(err.contains("`Hello` is not a plugin name"), "{err}");
-    // Build it as an integrator would; the lock file pins the versions the SDK was built with,
-    // and the shared target directory reuses their compiled code.
-    std::fs::copy(repo_plugins().join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
-    let target = repo_plugins().join("target");
+    let (code, _, err) = pmoflow_tests::cli(dir.path(), &["plugin", "new", "hello-world"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+    // Build it as an integrator would. The target directory of the daemon's guest build is
+    // shared only to reuse the compiled dependencies (wit-bindgen, serde).
+    let target = std::path::Path::new(pmoflow::plugins::shipped::GUEST_TARGET_DIR);
     let status = std::process::Command::new("cargo")
         .args(["build", "--release", "--target", "wasm32-wasip2"])
         .current_dir(&root)
-        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TARGET_DIR", target)
         .status()
         .unwrap();
     assert!(status.success());
     let wasm = target.join("wasm32-wasip2/release/hello_world.wasm");
+    let (code, out, err) =
+        pmoflow_tests::cli(dir.path(), &["plugin", "inspect", wasm.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["descriptor"]["name"], "hello-world");
     let (code, out, err) = pmoflow_tests::cli(
         dir.path(),
         &[
@@ -562,6 +574,83 @@ fn plugin_new_scaffolds_a_crate_that_builds_and_runs() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("invalid input"), "{err}");
+    // Installed as its README says (plugin.toml and the component in a plugins_dir), a daemon
+    // loads it next to the shipped plugins.
+    let installed = dir.path().join("plugins/hello-world");
+    std::fs::create_dir_all(installed.join("target/wasm32-wasip2/release")).unwrap();
+    std::fs::copy(root.join("plugin.toml"), installed.join("plugin.toml")).unwrap();
+    std::fs::copy(
+        &wasm,
+        installed.join("target/wasm32-wasip2/release/hello_world.wasm"),
+    )
+    .unwrap();
+    let (host, problems) =
+        PluginHost::load(&dir.path().join("plugins"), &Grants::default(), None).unwrap();
+    assert!(
+        problems.iter().all(|p| p.contains("domain-check")),
+        "{problems:?}"
+    );
+    assert_eq!(host.names(), ["echo", "hello-world", "status-digest"]);
+}
+
+#[test]
+fn shipped_plugins_are_built_in_and_an_installed_one_replaces_them() {
+    // No plugins directory at all: the shipped plugins are there (domain-check needs a grant).
+    let none = tempfile::tempdir().unwrap();
+    let (host, problems) =
+        PluginHost::load(&none.path().join("absent"), &Grants::default(), None).unwrap();
+    assert_eq!(host.names(), ["echo", "status-digest"]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0]
+            .starts_with("shipped plugin `domain-check`: imports capabilities it was not granted"),
+        "{problems:?}"
+    );
+    let mut grant = Grant::default();
+    for cap in ["http", "tls", "whois"] {
+        grant.capabilities.insert(cap.into());
+    }
+    grant.allow_hosts = vec![HostRule::parse("whois.jprs.jp").unwrap()];
+    let mut grants = Grants::default();
+    grants.plugins.insert("domain-check".into(), grant);
+    let (host, problems) = PluginHost::load(&none.path().join("absent"), &grants, None).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(host.names(), ["domain-check", "echo", "status-digest"]);
+    assert!(host.manifest("echo").unwrap().shipped);
+    // An installed `echo` (here: the hostile fixture's component under that name) replaces the
+    // shipped one; a broken one leaves the shipped one in use, saying so.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("echo")).unwrap();
+    std::fs::write(
+        dir.path().join("echo/plugin.toml"),
+        format!(
+            "name = \"echo\"\nversion = \"9.0.0\"\ncomponent = \"{}\"\ncapabilities = [\"http\", \"kv\"]\n",
+            guest_wasm().join("hostile.wasm").display()
+        ),
+    )
+    .unwrap();
+    let (host, problems) = PluginHost::load(
+        dir.path(),
+        &Grants::all(hostile_grants(1, 2).get("hostile").clone()),
+        None,
+    )
+    .unwrap();
+    assert!(problems.iter().all(|p| !p.contains("echo")), "{problems:?}");
+    let echo = host.manifest("echo").unwrap();
+    assert!(!echo.shipped);
+    assert_eq!(echo.version, "9.0.0");
+    std::fs::write(
+        dir.path().join("echo/plugin.toml"),
+        "name = \"echo\"\nversion = \"9.0.0\"\ncomponent = \"missing.wasm\"\n",
+    )
+    .unwrap();
+    let (host, problems) = PluginHost::load(dir.path(), &Grants::default(), None).unwrap();
+    assert!(host.manifest("echo").unwrap().shipped);
+    assert!(
+        problems.iter().any(|p| p.contains("cannot load component")
+            && p.ends_with("(the shipped `echo` stays in use)")),
+        "{problems:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

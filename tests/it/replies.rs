@@ -21,7 +21,7 @@ fn outcome(raw: &[u8]) -> Value {
         .map(String::from)
         .to_vec();
     let text = reply::new_text(&msg.text);
-    let answers = reply::parse_fields(&text, &fields);
+    let answers = reply::parse_fields(&text, &fields, msg.from_name.as_deref());
     let mut out = serde_json::to_value(&msg.kind).unwrap();
     let rest = json!({
         "from": msg.from,

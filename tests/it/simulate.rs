@@ -492,6 +492,73 @@ fn the_readme_sample_is_what_simulate_prints() {
 }
 
 #[test]
+fn simulate_takes_a_workflow_file_like_schedule() {
+    // The file's directory supplies data, templates and calendar: the same timeline as by id.
+    let by_id = simulate("pjmo-status-collection", "2027-04-01", "2027-04-30", "text");
+    let out = Command::new(bin())
+        .args([
+            "simulate",
+            "workflows/pjmo-status-collection.toml",
+            "--from",
+            "2027-04-01",
+            "--until",
+            "2027-04-30",
+            "--answers",
+            "workflows/scenarios/pjmo-status-collection.toml",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), by_id);
+    // A copy elsewhere, broken: the error names the file, line and column.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("x.toml"),
+        "id = \"x\"\n[[steps]]\nid = \"a\"\naction = \"nope\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args([
+            "simulate",
+            "x.toml",
+            "--from",
+            "2027-04-01",
+            "--until",
+            "2027-04-02",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("x.toml:4:10:"), "{err}");
+    // An unknown id says what it accepts.
+    let out = Command::new(bin())
+        .args([
+            "simulate",
+            "nope",
+            "--from",
+            "2027-04-01",
+            "--until",
+            "2027-04-02",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no workflow `nope` in workflows") && err.contains("path of a workflow file"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_shipped_workflows_validate_clean() {
     let out = Command::new(bin())
         .args(["validate", "workflows/"])

@@ -16,7 +16,7 @@ pub(crate) async fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, 
     }
     let Some(host) = &cx.services.plugins else {
         return Err(StepError::fatal(format!(
-            "plugin `{name}` is not installed (no plugins directory)"
+            "plugin `{name}` is not available (the plugin host did not start)"
         )));
     };
     let call = PluginCall {

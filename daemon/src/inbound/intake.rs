@@ -217,7 +217,8 @@ impl Intake {
         };
         let from = msg.from.clone();
         let subject = Some(msg.subject.clone());
-        if from.is_none() && !matches!(msg.kind, Kind::Bounce { .. }) {
+        if from.is_none() && !matches!(msg.kind, Kind::Bounce { .. } | Kind::DeliveryReport { .. })
+        {
             let detail = "unreadable message: no From address".to_string();
             let notify = self.pmo_notice(row, None, subject.as_deref(), &detail);
             return Ok((
@@ -244,6 +245,27 @@ impl Intake {
                 outcome: "bounce".into(),
                 token: None,
                 detail: "delivery failure report for a message that is not a request".into(),
+            },
+            (
+                Kind::DeliveryReport {
+                    action, recipients, ..
+                },
+                found,
+            ) => Disposition::Record {
+                outcome: if action == "delayed" {
+                    "delivery_delayed".into()
+                } else {
+                    "delivery_report".into()
+                },
+                token: found.map(|(r, _)| r.token),
+                detail: format!(
+                    "delivery status notification: {action} for {}; the request is unchanged",
+                    if recipients.is_empty() {
+                        "the recipient".to_string()
+                    } else {
+                        recipients.join(", ")
+                    }
+                ),
             },
             (Kind::AutoReply { reason }, found) => Disposition::Record {
                 outcome: "auto_reply".into(),
@@ -272,6 +294,10 @@ impl Intake {
         let pattern = self.services.replies.pattern(&self.services.mail.from);
         let mut keys = correlate::keys(msg, &pattern);
         if let Kind::Bounce {
+            original_message_id: Some(id),
+            ..
+        }
+        | Kind::DeliveryReport {
             original_message_id: Some(id),
             ..
         } = &msg.kind
@@ -376,7 +402,7 @@ impl Intake {
                 notice: None,
             };
         }
-        let parsed = reply::parse_fields(&text, &req.fields);
+        let parsed = reply::parse_fields(&text, &req.fields, msg.from_name.as_deref());
         let missing: Vec<&String> =
             req.required
                 .iter()

@@ -30,7 +30,18 @@ pub enum Kind {
         /// Which sign gave it away.
         reason: String,
     },
-    /// A delivery failure report.
+    /// A delivery status notification that reports no failure: a delay warning (`Action:
+    /// delayed`, a 4.x.x status; the server keeps trying) or a success report (`delivered`,
+    /// `relayed`, `expanded`). Recorded; it changes nothing.
+    DeliveryReport {
+        /// The report's action (`delayed`, `delivered`, …).
+        action: String,
+        /// The recipients it reports on.
+        recipients: Vec<String>,
+        /// The Message-ID of the message it reports on, if the report includes its headers.
+        original_message_id: Option<String>,
+    },
+    /// A delivery failure report (`Action: failed`, a 5.x.x status).
     Bounce {
         /// Recipients the report says failed.
         recipients: Vec<String>,
@@ -111,7 +122,7 @@ pub fn parse(raw: &[u8], max_size: usize) -> Result<Inbound, InboundError> {
             })
             .unwrap_or((None, None))
     };
-    let (from, from_name) = first(msg.from());
+    let (from, from_name) = sender(first(msg.from()));
     let mut recipients = Vec::new();
     for list in [msg.to(), msg.cc()].into_iter().flatten() {
         recipients.extend(
@@ -139,7 +150,17 @@ pub fn parse(raw: &[u8], max_size: usize) -> Result<Inbound, InboundError> {
     references.extend(ids(msg.references()));
     references.dedup();
     let subject = msg.subject().unwrap_or("").to_string();
-    let text = body_text(&msg);
+    let mut text = body_text(&msg);
+    let undecodable = msg.parts.iter().any(|p| {
+        p.is_encoding_problem
+            && p.content_type()
+                .is_some_and(|c| c.ctype().eq_ignore_ascii_case("text"))
+    });
+    if (undecodable || text.trim().is_empty())
+        && let Some(salvaged) = salvage_text(&msg, raw)
+    {
+        text = salvaged;
+    }
     let kind = classify(&msg, from.as_deref(), &subject);
     let attachments = if matches!(kind, Kind::Bounce { .. }) {
         Vec::new()
@@ -178,6 +199,37 @@ pub fn parse(raw: &[u8], max_size: usize) -> Result<Inbound, InboundError> {
     })
 }
 
+/// The sender's address and display name. A legacy mailer may encode the whole `From` —
+/// display name *and* address — as one RFC 2047 encoded-word (`=?ISO-2022-JP?B?…?=`): the parser
+/// then sees only a display name, `山田 太郎 <yamada@…>`. Mail clients show such a sender by its
+/// decoded address; so does pmoflow.
+fn sender((address, name): (Option<String>, Option<String>)) -> (Option<String>, Option<String>) {
+    let looks_like_address = |a: &str| {
+        a.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && d.contains('.') && !a.contains(char::is_whitespace)
+        })
+    };
+    if address.as_deref().is_some_and(looks_like_address) {
+        return (address, name);
+    }
+    let Some(decoded) = name.as_deref().or(address.as_deref()) else {
+        return (address, name);
+    };
+    let (display, inner) = match decoded.rsplit_once('<') {
+        Some((display, rest)) => (display, rest.split('>').next().unwrap_or("")),
+        None => ("", decoded),
+    };
+    let inner = inner.trim().to_lowercase();
+    if !looks_like_address(&inner) {
+        return (address, name);
+    }
+    let display = display.trim().trim_matches('"').trim();
+    (
+        Some(inner),
+        (!display.is_empty()).then(|| display.to_string()),
+    )
+}
+
 fn strip_brackets(s: &str) -> String {
     s.trim()
         .trim_start_matches('<')
@@ -201,6 +253,99 @@ fn body_text(msg: &mail_parser::Message<'_>) -> String {
         },
     };
     text.replace("\r\n", "\n").replace('\u{a0}', " ")
+}
+
+/// The text of a message a gateway cut short (a size limit, a broken relay): the closing
+/// boundary never comes and the last part's base64 stops mid-line, so the parser yields no text.
+/// Decode what arrived of the first text part: the complete base64 quanta, in the part's charset,
+/// without the character the cut split.
+fn salvage_text(msg: &mail_parser::Message<'_>, raw: &[u8]) -> Option<String> {
+    use base64::Engine;
+    for part in &msg.parts {
+        let Some(ct) = part.content_type() else {
+            continue;
+        };
+        if !ct.ctype().eq_ignore_ascii_case("text") {
+            continue;
+        }
+        let html = ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html"));
+        let body = raw.get(part.offset_body as usize..(part.offset_end as usize).min(raw.len()))?;
+        // The parser may have given up on the encoding too: the header says what it is.
+        let base64 = part.encoding == mail_parser::Encoding::Base64
+            || part
+                .content_transfer_encoding()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
+        let qp = part.encoding == mail_parser::Encoding::QuotedPrintable
+            || part
+                .content_transfer_encoding()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("quoted-printable"));
+        let bytes = match () {
+            () if base64 => {
+                let mut b64: Vec<u8> = body
+                    .iter()
+                    .copied()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
+                    .collect();
+                b64.truncate(b64.len() - b64.len() % 4);
+                match base64::engine::general_purpose::STANDARD.decode(&b64) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                }
+            }
+            () if qp => quoted_printable(body),
+            () => body.to_vec(),
+        };
+        let charset = ct.attribute("charset").unwrap_or("utf-8");
+        let encoding =
+            encoding_rs::Encoding::for_label(charset.as_bytes()).unwrap_or(encoding_rs::UTF_8);
+        let (decoded, _, _) = encoding.decode(&bytes);
+        let decoded = decoded.trim_end_matches('\u{fffd}').replace("\r\n", "\n");
+        let text = if html {
+            html_to_text(&decoded)
+        } else {
+            decoded
+        };
+        if !text.trim().is_empty() {
+            return Some(text);
+        }
+    }
+    None
+}
+
+/// Quoted-printable, leniently: a soft line break or an escape the cut left incomplete is
+/// dropped.
+fn quoted_printable(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'=' => {
+                let hex = body.get(i + 1..i + 3).and_then(|h| {
+                    std::str::from_utf8(h)
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                });
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        // `=\r\n` (a soft break) or a truncated escape.
+                        i += 1;
+                        while i < body.len() && matches!(body[i], b'\r' | b'\n') {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// HTML to text for reply parsing: block elements and `<br>` end lines, `<blockquote>` content
@@ -405,6 +550,8 @@ fn bounce(msg: &mail_parser::Message<'_>, from: Option<&str>) -> Option<Kind> {
         return None;
     }
     let mut recipients = Vec::new();
+    let mut reported: Vec<(String, String)> = Vec::new();
+    let mut dsn = false;
     let mut original = None;
     for part in msg.parts.iter() {
         let ct = part
@@ -419,25 +566,14 @@ fn bounce(msg: &mail_parser::Message<'_>, from: Option<&str>) -> Option<Kind> {
             .unwrap_or_default();
         match ct.as_str() {
             "message/delivery-status" | "message/global-delivery-status" => {
+                dsn = true;
                 let text = String::from_utf8_lossy(part.contents()).to_string();
-                let mut failed = false;
-                let mut current = None;
-                for line in text.lines() {
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("final-recipient:") {
-                        current = Some(v.rsplit(';').next().unwrap_or(v).trim().to_string());
-                    } else if let Some(v) = lower.strip_prefix("action:") {
-                        failed = v.trim() == "failed";
+                for (recipient, action) in dsn_recipients(&text) {
+                    if action == "failed" {
+                        recipients.push(recipient);
+                    } else {
+                        reported.push((recipient, action));
                     }
-                    if line.trim().is_empty() || lower.starts_with("status:") {
-                        if failed && let Some(r) = current.take() {
-                            recipients.push(r);
-                        }
-                        failed = false;
-                    }
-                }
-                if failed && let Some(r) = current.take() {
-                    recipients.push(r);
                 }
             }
             "text/rfc822-headers" | "message/rfc822-headers" => {
@@ -450,6 +586,36 @@ fn bounce(msg: &mail_parser::Message<'_>, from: Option<&str>) -> Option<Kind> {
             original = original.or_else(|| inner.message_id().map(strip_brackets));
         }
     }
+    // A report that names no failed recipient is not a bounce: a delay warning (the server
+    // keeps trying) or a success notice. Without a machine-readable part, the subject tells.
+    let delay_subject = {
+        let s = correlate::nfkc(msg.subject().unwrap_or("")).to_lowercase();
+        [
+            "delayed",
+            "delay)",
+            "遅延",
+            "still being retried",
+            "warning: message",
+        ]
+        .iter()
+        .any(|w| s.contains(w))
+    };
+    if recipients.is_empty() && ((dsn && !reported.is_empty()) || (!dsn && delay_subject)) {
+        let action = reported
+            .iter()
+            .map(|(_, a)| a.as_str())
+            .find(|a| *a == "delayed")
+            .or_else(|| reported.first().map(|(_, a)| a.as_str()))
+            .unwrap_or("delayed")
+            .to_string();
+        let mut recipients: Vec<String> = reported.into_iter().map(|(r, _)| r).collect();
+        recipients.dedup();
+        return Some(Kind::DeliveryReport {
+            action,
+            recipients,
+            original_message_id: original,
+        });
+    }
     if !is_report && recipients.is_empty() && original.is_none() {
         // A note from the postmaster that is not a report: treat it as an auto-reply.
         return Some(Kind::AutoReply {
@@ -461,6 +627,54 @@ fn bounce(msg: &mail_parser::Message<'_>, from: Option<&str>) -> Option<Kind> {
         recipients,
         original_message_id: original,
     })
+}
+
+/// The per-recipient fields of an RFC 3464 `message/delivery-status` body: each recipient with
+/// its action (`failed`, `delayed`, `delivered`, `relayed`, `expanded`). Without an `Action:`
+/// field, the status class decides (5.x.x failed, 4.x.x delayed, 2.x.x delivered).
+fn dsn_recipients(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    // Blocks are separated by blank lines; the first one is about the message (Reporting-MTA).
+    for block in text.replace("\r\n", "\n").split("\n\n") {
+        let (mut recipient, mut original, mut action, mut status) = (None, None, None, None);
+        for line in block.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            let address = || {
+                value
+                    .rsplit(';')
+                    .next()
+                    .unwrap_or(value)
+                    .trim()
+                    .trim_matches(['<', '>'])
+                    .to_lowercase()
+            };
+            match key.trim().to_ascii_lowercase().as_str() {
+                "final-recipient" => recipient = Some(address()),
+                "original-recipient" => original = Some(address()),
+                "action" => action = Some(value.to_ascii_lowercase()),
+                "status" => status = value.chars().next(),
+                _ => {}
+            }
+        }
+        let Some(recipient) = recipient.or(original) else {
+            continue;
+        };
+        let action = action
+            .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+            .or_else(|| match status {
+                Some('5') => Some("failed".into()),
+                Some('4') => Some("delayed".into()),
+                Some('2') => Some("delivered".into()),
+                _ => None,
+            });
+        if let Some(action) = action {
+            out.push((recipient, action));
+        }
+    }
+    out
 }
 
 fn message_id_in(headers: &str) -> Option<String> {

@@ -1,18 +1,28 @@
 //! The new part of a reply, and the answers in it.
 //!
-//! [`new_text`] removes what the sender quoted and signed: pmoflow's own cut-marker line, Gmail's
-//! attribution line (`2027年4月1日(木) 9:00 山田 <…>:`, `On … wrote:`), Outlook's header block
-//! (`差出人:`/`From:` followed by `送信日時:`/`Sent:`/`日付:`/`Date:`), `-----Original
-//! Message-----` and `----- 元のメッセージ -----`, `>` lines (keeping answers written between
-//! them), `-- ` signatures, ruled-off Japanese signature blocks, and "sent from my phone" lines.
+//! [`new_text`] removes what the sender quoted and signed: pmoflow's own cut-marker line,
+//! attribution lines (`2027年4月1日(木) 9:00 山田 <…>:`, `On … wrote:`, `At … you wrote:`,
+//! Gmail's date-first `2016-03-03 17:21 GMT+01:00 Name <…>:`, and the German, French, Italian,
+//! Spanish, Portuguese, Dutch, Scandinavian, Polish, Russian and Chinese forms), header blocks
+//! (`差出人:`/`From:`/`Von:`/`De:`… followed by a date, recipient or subject header, also in
+//! `*bold*` markup), original-message and forward separators (`-----Original Message-----`,
+//! Thunderbird's `-------- Original Message --------`, `----- 元のメッセージ -----`,
+//! `Begin forwarded message:`, `-----Ursprüngliche Nachricht-----`, …), `>` lines (keeping answers
+//! written between them), `-- ` signatures, ruled-off signature blocks, and "sent from my phone"
+//! footers in the usual languages. The rules follow those of Discourse's `email_reply_trimmer`,
+//! written anew for the mail PJMO leads and their vendors send.
 //!
 //! [`parse_fields`] reads `項目: 値` lines (ASCII or full-width colon, `【項目】値`, `■項目：値`)
-//! for the requested fields; a value runs over the following lines until the next field or a
-//! blank line; values are NFKC-normalised and `「45％」` becomes the number 45. Everything else is
-//! kept as free text.
+//! for the requested fields; a value runs over the following lines until the next field, a blank
+//! line, or a closing phrase (`よろしくお願いいたします。`, `以上`, `取り急ぎご報告まで`, `Best
+//! regards`…); trailing sign-off lines of the last value (the sender's name, a contact signature
+//! with telephone or address lines) are not part of it. Values are NFKC-normalised and `「45％」`
+//! becomes the number 45. Everything else is kept as free text.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
+use regex::Regex;
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -66,54 +76,172 @@ fn is_marker(line: &str) -> bool {
     t.contains("この線より上") || t.to_lowercase().contains("reply above this line")
 }
 
+/// "Sent from my phone" footers (which end the new text), in the languages of the clients
+/// ministry staff and their vendors use. Only short lines count: a sentence that happens to
+/// start with "Sent from" is text.
 fn is_phone_signature(line: &str) -> bool {
-    let t = line.trim();
-    [
-        "iPhoneから送信",
-        "iPadから送信",
-        "Sent from my iPhone",
-        "Sent from my iPad",
-        "Androidから送信",
-        "Sent from Outlook for iOS",
-        "Sent from Outlook for Android",
-        "Outlook for iOS を入手",
-        "Outlook for Android を入手",
-    ]
-    .iter()
-    .any(|s| t.starts_with(s))
+    static FOOTERS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+        [
+            r"^(iPhone|iPad|Android|Xperia|Galaxy|AQUOS|arrows|Pixel|Outlook|Gmail|Yahoo!?メール|docomo|ドコモ|au|Softbank)\S*\s?から送信",
+            r"^Outlook for (iOS|Android) ?を入手",
+            r"^[(<]*sent (from|via|with|by) .+",
+            r"^get outlook for ",
+            r"^\w+ from mobile",
+            r"^envoyé (de|depuis) (mon|ma|yahoo)",
+            r"^von meinem .+ gesendet",
+            r"^diese nachricht wurde von .+ gesendet",
+            r"^inviato da ",
+            r"^enviado (desde|do|de) (mi|meu|o meu) ",
+            r"^verzonden met ",
+            r"^verstuurd vanaf mijn ",
+            r"^sendt fra min ",
+            r"^skickat från min ",
+            r"^從我的 ?.+ ?傳送",
+            r"^从我的 ?.+ ?发送",
+        ]
+        .iter()
+        .map(|r| Regex::new(&format!("(?i){r}")).expect("a valid pattern"))
+        .collect()
+    });
+    let t = nfkc(line.trim());
+    t.chars().count() <= 60 && FOOTERS.iter().any(|r| r.is_match(&t))
 }
 
 fn is_history_start(lines: &[&str], i: usize) -> bool {
     let t = lines[i].trim();
-    let lower = t.to_lowercase();
-    lower.starts_with("-----original message-----")
-        || lower.starts_with("----- original message -----")
-        || t.contains("元のメッセージ")
+    t.contains("元のメッセージ")
         || t.contains("Forwarded message")
         || t.contains("転送されたメッセージ")
-        || lower.starts_with("-------- forwarded message")
-        || is_outlook_block(lines, i)
+        || is_separator(t)
+        || is_header_block(lines, i)
         || is_attribution(lines, i)
 }
 
-/// `差出人: …` / `From: …` followed within four lines by a date or subject header.
-fn is_outlook_block(lines: &[&str], i: usize) -> bool {
+/// Original-message and forward separators: `-----Original Message-----`, Thunderbird's
+/// `-------- Original Message --------`, `*----- Forwarded Message -----*`, `Begin forwarded
+/// message:` and their translations.
+fn is_separator(line: &str) -> bool {
+    static SEPARATORS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+        let names = [
+            "original message",
+            "forwarded message",
+            "reply message",
+            "ursprüngliche nachricht",
+            "original-nachricht",
+            "weitergeleitete nachricht",
+            "message d'origine",
+            "message original",
+            "message transféré",
+            "mensaje original",
+            "mensaje reenviado",
+            "messaggio originale",
+            "messaggio inoltrato",
+            "mensagem original",
+            "mensagem encaminhada",
+            "oorspronkelijk bericht",
+            "doorgestuurd bericht",
+            "opprinnelig melding",
+            "ursprungligt meddelande",
+            "原始邮件",
+            "原始郵件",
+            "転送メッセージ",
+        ]
+        .join("|");
+        [
+            format!(r"^[>*\s]*-{{2,}}\s*({names})\s*-{{2,}}"),
+            r"^[>\s]*(begin forwarded message|début du message (transféré|réexpédié)|anfang der weitergeleiteten nachricht|inicio del mensaje reenviado|inizio messaggio inoltrato)\s*:".to_string(),
+        ]
+        .iter()
+        .map(|r| Regex::new(&format!("(?i){r}")).expect("a valid pattern"))
+        .collect()
+    });
+    let t = nfkc(line);
+    SEPARATORS.iter().any(|r| r.is_match(&t))
+}
+
+/// A header block of a quoted or forwarded message: `差出人: …` / `From: …` / `Von: …` /
+/// `De: …` … followed within four lines by a date, recipient or subject header. Keys may be in
+/// `*bold*` markup (`*From:* …`, Outlook's plain-text alternative).
+fn is_header_block(lines: &[&str], i: usize) -> bool {
+    const FROM: &[&str] = &[
+        "差出人",
+        "送信者",
+        "from",
+        "von",
+        "de",
+        "da",
+        "van",
+        "fra",
+        "från",
+        "od",
+        "发件人",
+        "寄件者",
+        "expéditeur",
+        "absender",
+    ];
+    const OTHERS: &[&str] = &[
+        "送信日時",
+        "日付",
+        "日時",
+        "件名",
+        "宛先",
+        "cc",
+        "sent",
+        "date",
+        "subject",
+        "to",
+        "gesendet",
+        "datum",
+        "an",
+        "betreff",
+        "envoyé",
+        "objet",
+        "à",
+        "inviato",
+        "data",
+        "oggetto",
+        "a",
+        "enviado",
+        "enviada em",
+        "fecha",
+        "para",
+        "asunto",
+        "assunto",
+        "verzonden",
+        "aan",
+        "onderwerp",
+        "sendt",
+        "til",
+        "emne",
+        "skickat",
+        "till",
+        "ämne",
+        "发送时间",
+        "日期",
+        "收件人",
+        "主题",
+        "寄件日期",
+        "收件者",
+        "主旨",
+        "wysłano",
+        "temat",
+        "do",
+    ];
     let key = |l: &str| {
         let n = nfkc(l.trim());
-        n.split_once(':')
-            .map(|(k, _)| k.trim().to_lowercase())
+        n.trim_start_matches(['>', ' '])
+            .split_once(':')
+            .map(|(k, _)| k.trim().trim_matches('*').trim().to_lowercase())
             .unwrap_or_default()
     };
-    let first = key(lines[i]);
-    if !matches!(first.as_str(), "差出人" | "from" | "送信者") {
+    if !FROM.contains(&key(lines[i]).as_str()) {
         return false;
     }
-    lines.iter().skip(i + 1).take(4).any(|l| {
-        matches!(
-            key(l).as_str(),
-            "送信日時" | "sent" | "日付" | "date" | "件名" | "subject" | "宛先" | "to"
-        )
-    })
+    lines
+        .iter()
+        .skip(i + 1)
+        .take(4)
+        .any(|l| OTHERS.contains(&key(l).as_str()))
 }
 
 /// Gmail-style attribution: `2027年4月1日(木) 9:00 山田 太郎 <yamada@…>:` (possibly wrapped over
@@ -125,6 +253,15 @@ fn is_attribution(lines: &[&str], i: usize) -> bool {
 fn attribution_len(lines: &[&str], i: usize) -> usize {
     let t = nfkc(lines[i].trim());
     let next = lines.get(i + 1).map(|l| nfkc(l.trim())).unwrap_or_default();
+    if is_attribution_line(&t) {
+        return 1;
+    }
+    if !next.is_empty() && next.chars().count() < 120 && starts_attribution(&t) {
+        let joined = format!("{t} {next}");
+        if is_attribution_line(&joined) {
+            return 2;
+        }
+    }
     let japanese = {
         let b = t.as_bytes();
         let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
@@ -144,6 +281,60 @@ fn attribution_len(lines: &[&str], i: usize) -> usize {
     } else {
         0
     }
+}
+
+/// `On … wrote:` and its relatives in the languages of the clients pmoflow hears from
+/// (one line, NFKC).
+fn is_attribution_line(line: &str) -> bool {
+    static ATTRIBUTIONS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+        [
+            // English: On … wrote:, At … you wrote:, In message … writes:
+            r"^(on|at) .+ (wrote|writes|said|says) ?:?$",
+            r"^in message .+ writes ?:?$",
+            // Name <address> wrote: / schrieb am …: / a écrit : …
+            r"^.{0,80}<?[\w.+-]+@[\w.-]+\.\w{2,}>?\)? (wrote|schrieb|a écrit|escribió|escreveu|ha scritto|skrev|schreef)\b.{0,80}:$",
+            r"^.+ wrote on .+:$",
+            // German
+            r"^am .+ (schrieb|geschrieben|schrieben sie)\b.*:$",
+            // French
+            r"^le .+ (a écrit|nous a dit) ?:?$",
+            // Italian
+            r"^il .+ ha scritto ?:?$",
+            // Spanish
+            r"^el .+ escribió ?:?$",
+            // Portuguese
+            r"^em .+ escreveu ?:?$",
+            // Dutch
+            r"^op .+ (schreef|het volgende geschreven)\b.*:?$",
+            // Norwegian, Danish, Swedish
+            r"^den .+ (skrev|skrev följande)\b.*:$",
+            r"^.+ kl\. .+ skrev .+:$",
+            // Polish, Slovak
+            r"^(dnia|dňa) .+ napisał(\(a\))? ?:?$",
+            // Russian, Ukrainian
+            r"^.+ (пишет|написал|написала|пише) ?:$",
+            // Chinese
+            r"^在.+写道 ?:?$",
+            r"^於.+寫道 ?:?$",
+            // Gmail's date-first forms: 2016-03-03 17:21 GMT+01:00 Name <…>:, 2013/10/2 Name <…>
+            r"^20\d\d-\d\d-\d\d \d{1,2}:\d\d GMT[+-]\d\d?:\d\d .+$",
+            r"^\d{4}[/.-]\d{1,2}[/.-]\d{1,2}.{1,80}<[^@<>\s]+@[^@<>\s]+\.[^@<>\s]+>:?$",
+        ]
+        .iter()
+        .map(|r| Regex::new(&format!("(?i){r}")).expect("a valid pattern"))
+        .collect()
+    });
+    ATTRIBUTIONS.iter().any(|r| r.is_match(line))
+}
+
+/// Whether a line may be the first half of an attribution wrapped over two lines.
+fn starts_attribution(line: &str) -> bool {
+    let first = line.split(' ').next().unwrap_or("").to_lowercase();
+    matches!(
+        first.as_str(),
+        "on" | "at" | "am" | "le" | "il" | "el" | "em" | "op" | "den" | "dnia" | "dňa"
+    ) || line.starts_with('在')
+        || line.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// Drops a trailing signature: after a `-- ` line, or a block that starts with a rule
@@ -207,8 +398,10 @@ pub struct Answers {
     pub free_text: String,
 }
 
-/// Reads the requested `fields` from the new text of a reply.
-pub fn parse_fields(text: &str, fields: &[String]) -> Answers {
+/// Reads the requested `fields` from the new text of a reply. `sender` is the sender's display
+/// name, if known: a trailing line with that name (or a part of it, such as the family name) is a
+/// sign-off, not part of the last value.
+pub fn parse_fields(text: &str, fields: &[String], sender: Option<&str>) -> Answers {
     let wanted: Vec<(String, &String)> = fields.iter().map(|f| (key_form(f), f)).collect();
     let mut answers = Answers::default();
     let mut free: Vec<String> = Vec::new();
@@ -236,6 +429,13 @@ pub fn parse_fields(text: &str, fields: &[String]) -> Answers {
             }
             continue;
         }
+        if current.is_some() && is_closing(line) {
+            // よろしくお願いいたします。/ 以上 / Best regards end a value, blank line or not.
+            finish(&mut answers, current.take());
+            free.push(line.trim_end().to_string());
+            blank_seen = false;
+            continue;
+        }
         match &mut current {
             // A value continues until a blank line; one whose first line was empty may start
             // after a blank line.
@@ -249,9 +449,126 @@ pub fn parse_fields(text: &str, fields: &[String]) -> Answers {
         }
         blank_seen = false;
     }
-    finish(&mut answers, current.take());
+    // The last value may run into a signature written without a delimiter.
+    if let Some((_, lines)) = &mut current {
+        let cut = signoff_start(lines, sender);
+        let tail: Vec<String> = lines.drain(cut..).collect();
+        finish(&mut answers, current.take());
+        free.extend(tail);
+    }
     answers.free_text = free.join("\n").trim().to_string();
     answers
+}
+
+/// A closing phrase or sign-off line: it ends a value wherever it occurs.
+fn is_closing(line: &str) -> bool {
+    static CLOSINGS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+        [
+            r"(よろしく|宜しく|よろしゅう)(お願い|おねがい|頼み|たのみ)",
+            r"^以上(です|となります|になります|[、。,.\s]|$)",
+            r"^取り?急ぎ",
+            r"^(失礼|しつれい)(いた|致)?(し)?ます",
+            r"^ご(確認|査収|検討|高配)の?(ほど|程)?(を)?(よろしく|宜しく|お願い)",
+            r"^(どうぞ|何卒|なにとぞ)",
+            r"^((best|kind|warm|warmest) )?regards\b",
+            r"^(many )?thanks\b",
+            r"^thank you\b",
+            r"^(yours )?(sincerely|truly)\b",
+            r"^(cheers|best),?$",
+            r"^mit freundlichen grüßen",
+            r"^(viele |beste )?grüße",
+            r"^cordialement",
+            r"^bien (à vous|cordialement)",
+            r"^(un )?saludo",
+            r"^(cordiali )?saluti",
+            r"^atenciosamente",
+            r"^met vriendelijke groet",
+        ]
+        .iter()
+        .map(|r| Regex::new(&format!("(?i){r}")).expect("a valid pattern"))
+        .collect()
+    });
+    let t = nfkc(line.trim());
+    t.chars().count() <= 60 && CLOSINGS.iter().any(|r| r.is_match(&t))
+}
+
+/// Where the trailing sign-off of a value's lines starts (`lines.len()` if it has none): a
+/// block at the end made of the sender's name and contact lines (telephone, extension, fax,
+/// mail address, postal code, web address), with the organisation lines between them. The
+/// value's first line is always kept.
+fn signoff_start(lines: &[String], sender: Option<&str>) -> usize {
+    let mut cut = lines.len();
+    let mut strong = false;
+    for j in (1..lines.len()).rev() {
+        let l = lines[j].as_str();
+        if is_contact_line(l) || is_sender_name(l, sender) {
+            strong = true;
+        } else if !(strong && is_organisation_line(l)) {
+            break;
+        }
+        cut = j;
+    }
+    if strong { cut } else { lines.len() }
+}
+
+fn is_contact_line(line: &str) -> bool {
+    static CONTACT: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(
+            r"(?i)^(tel|phone|fax|mobile|携帯|電話|内線|直通|代表|e-?mail|mail|メール|url|〒)\b|^〒|^(tel|fax|e-?mail|mail)\s*[:.]|(内線|直通)\s*[0-9]|^[\w.+-]+@[\w.-]+\.\w{2,}$|^https?://\S+$|\b0\d{1,4}-\d{1,4}-\d{3,4}\b",
+        )
+        .expect("a valid pattern")
+    });
+    CONTACT.is_match(&nfkc(line.trim()))
+}
+
+fn is_organisation_line(line: &str) -> bool {
+    const ENDINGS: &[&str] = &[
+        "省",
+        "庁",
+        "局",
+        "部",
+        "課",
+        "室",
+        "係",
+        "班",
+        "センター",
+        "事務所",
+        "株式会社",
+        "PJMO",
+        "PMO",
+        "Inc.",
+        "Ltd.",
+        "K.K.",
+    ];
+    let t = nfkc(line.trim());
+    t.chars().count() <= 40
+        && !t.contains('。')
+        && t.split_whitespace().any(|w| {
+            ENDINGS.iter().any(|e| w.ends_with(e))
+                || w.starts_with("株式会社")
+                || w.starts_with("(株)")
+        })
+}
+
+/// A line that is the sender's display name, or one of its parts (`山田`, `山田 太郎`, `山田です。`).
+fn is_sender_name(line: &str, sender: Option<&str>) -> bool {
+    let Some(sender) = sender.map(nfkc).filter(|s| !s.trim().is_empty()) else {
+        return false;
+    };
+    let squash = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    let t = nfkc(line.trim());
+    let t = t
+        .trim_end_matches(['。', '.', ' '])
+        .trim_end_matches("です")
+        .trim_end_matches("より")
+        .trim();
+    if t.is_empty() {
+        return false;
+    }
+    squash(t) == squash(&sender)
+        || sender
+            .split_whitespace()
+            .any(|part| part.chars().count() >= 2 && part == t)
 }
 
 /// A field name as compared: NFKC, no spaces or brackets, lower case.
@@ -335,7 +652,7 @@ mod tests {
             text,
             "総合評価：注意\n進捗: ９５％\n\nよろしくお願いします。"
         );
-        let a = parse_fields(&text, &fields());
+        let a = parse_fields(&text, &fields(), None);
         assert_eq!(a.fields["総合評価"], Json::from("注意"));
         assert_eq!(a.fields["進捗"], Json::from(95));
         assert_eq!(a.free_text, "よろしくお願いします。");
@@ -345,7 +662,7 @@ mod tests {
     fn inline_answers_between_quotes() {
         let body = "お疲れ様です。\n\nOn Thu, Apr 1, 2027 at 9:00 AM PMO <pmo@example.go.jp> wrote:\n> 総合評価:\n総合評価: 良好\n> 課題:\n課題:\n・ベンダー調整\n・要員確保\n> よろしく\n";
         let text = new_text(body);
-        let a = parse_fields(&text, &fields());
+        let a = parse_fields(&text, &fields(), None);
         assert_eq!(a.fields["総合評価"], Json::from("良好"));
         assert_eq!(a.fields["課題"], Json::from("・ベンダー調整\n・要員確保"));
         assert_eq!(a.free_text, "お疲れ様です。");
@@ -356,7 +673,7 @@ mod tests {
         let body = "【総合評価】要対応\n経費: 「105%」\n\n━━━━━━━━━━\n架空省 情報システム課\n山田 太郎\n━━━━━━━━━━\n\n差出人: PMO事務局 <pmo@example.go.jp>\n送信日時: 2027年4月1日 9:00\n宛先: 山田\n件名: 【要回答】\n";
         let text = new_text(body);
         assert_eq!(text, "【総合評価】要対応\n経費: 「105%」");
-        let a = parse_fields(&text, &fields());
+        let a = parse_fields(&text, &fields(), None);
         assert_eq!(a.fields["総合評価"], Json::from("要対応"));
         assert_eq!(a.fields["経費"], Json::from(105));
     }

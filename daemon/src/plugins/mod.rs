@@ -20,6 +20,7 @@ use std::time::Duration;
 
 pub mod grant;
 pub mod net;
+pub mod shipped;
 
 pub use grant::{Grant, HostRule};
 
@@ -150,7 +151,9 @@ pub struct Manifest {
     /// Free text.
     #[serde(default)]
     pub description: String,
-    /// The component, relative to the manifest.
+    /// The component, relative to the manifest (absent for the shipped plugins, whose
+    /// component is embedded).
+    #[serde(default)]
     pub component: PathBuf,
     /// Capabilities requested.
     #[serde(default)]
@@ -158,6 +161,9 @@ pub struct Manifest {
     /// Loaded from a bare component file (`pmoflow plugin run|inspect`), named after the file.
     #[serde(skip)]
     pub bare_file: bool,
+    /// Shipped with pmoflow, embedded in the binary ([`shipped`]).
+    #[serde(skip)]
+    pub shipped: bool,
 }
 
 struct MemLimiter {
@@ -551,7 +557,8 @@ impl PluginHost {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".into());
-        let component = host.component(file, None)?;
+        let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+        let component = host.component(&bytes, None)?;
         let imports: Vec<String> = component
             .component_type()
             .imports(&host.engine)
@@ -565,6 +572,7 @@ impl PluginHost {
             // The component itself is the only declaration there is.
             capabilities: grant::KNOWN.iter().map(|s| s.to_string()).collect(),
             bare_file: true,
+            shipped: false,
         };
         let loaded = Self::link(&host.engine, &linker, &component, manifest, grant)?;
         host.plugins.insert(name.clone(), Arc::new(loaded));
@@ -682,22 +690,19 @@ impl PluginHost {
         }))
     }
 
-    /// Loads every `*/plugin.toml` under `dir`, each with its grant. Problems are returned, one
-    /// line per plugin; the other plugins still load. Compiled code is cached in `cache` (if
-    /// given), keyed by the component's content hash and the engine's compatibility hash. Call
-    /// [`PluginHost::prepare`] before use.
+    /// Loads the shipped plugins, then every `*/plugin.toml` under `dir` (which need not
+    /// exist), each with its grant; an installed plugin replaces a shipped one of the same
+    /// name. Problems are returned, one line per plugin; the other plugins still load. Compiled
+    /// code is cached in `cache` (if given), keyed by the component's content hash and the
+    /// engine's compatibility hash. Call [`PluginHost::prepare`] before use.
     pub fn load(
         dir: &Path,
         grants: &Grants,
         cache: Option<&Path>,
     ) -> Result<(Self, Vec<String>), String> {
-        let max_memory = grants
-            .plugins
-            .values()
-            .map(|g| g.limits.memory)
-            .fold(grants.default.limits.memory, usize::max);
-        let (mut host, _) = Self::empty(max_memory)?;
-        let problems = host.load_dir(dir, grants, cache);
+        let mut host = Self::without_plugins(grants)?;
+        let mut problems = host.load_shipped(grants, cache);
+        problems.extend(host.load_dir(dir, grants, cache));
         for name in grants.plugins.keys() {
             if !host.plugins.contains_key(name) {
                 tracing::warn!(plugin = %name, "pmoflow.toml grants capabilities to a plugin that is not loaded");
@@ -706,13 +711,58 @@ impl PluginHost {
         Ok((host, problems))
     }
 
-    /// Loads the plugins under `dir` into this host (its engine, with its memory ceiling).
+    /// A host with no plugin loaded yet: the engine (sized for the largest memory limit of
+    /// `grants`), the linker and the epoch thread.
+    pub fn without_plugins(grants: &Grants) -> Result<Self, String> {
+        let max_memory = grants
+            .plugins
+            .values()
+            .map(|g| g.limits.memory)
+            .fold(grants.default.limits.memory, usize::max);
+        Ok(Self::empty(max_memory)?.0)
+    }
+
+    /// Loads the plugins built into the binary ([`shipped`]) into this host.
+    pub fn load_shipped(&mut self, grants: &Grants, cache: Option<&Path>) -> Vec<String> {
+        let linker = self.linker.clone();
+        let mut problems = Vec::new();
+        for plugin in shipped::all() {
+            let name = plugin.manifest.name.clone();
+            let loaded = self
+                .component(plugin.component, cache)
+                .map_err(|e| format!("cannot load the component: {e}"))
+                .and_then(|component| {
+                    Self::link(
+                        &self.engine,
+                        &linker,
+                        &component,
+                        plugin.manifest,
+                        grants.get(&name).clone(),
+                    )
+                });
+            match loaded {
+                Ok(loaded) => {
+                    tracing::info!(plugin = %name, "shipped plugin loaded");
+                    self.plugins.insert(name, Arc::new(loaded));
+                }
+                Err(e) => problems.push(format!("shipped plugin `{name}`: {e}")),
+            }
+        }
+        problems
+    }
+
+    /// Loads the plugins under `dir` into this host (its engine, with its memory ceiling). An
+    /// installed plugin replaces a shipped one of the same name; if it cannot be loaded, the
+    /// shipped one stays.
     pub fn load_dir(&mut self, dir: &Path, grants: &Grants, cache: Option<&Path>) -> Vec<String> {
         let linker = self.linker.clone();
         let mut problems = Vec::new();
         for path in manifests(dir) {
             match self.load_one(&linker, &path, grants, cache) {
-                Ok(name) => {
+                Ok((name, true)) => {
+                    tracing::info!(plugin = %name, manifest = %path.display(), "installed plugin replaces the shipped one")
+                }
+                Ok((name, false)) => {
                     tracing::info!(plugin = %name, manifest = %path.display(), "plugin loaded")
                 }
                 Err(e) => problems.push(format!("{}: {e}", path.display())),
@@ -769,9 +819,23 @@ impl PluginHost {
         path: &Path,
         grants: &Grants,
         cache: Option<&Path>,
-    ) -> Result<String, String> {
+    ) -> Result<(String, bool), String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| e.message().to_string())?;
+        let name = manifest.name.clone();
+        let replaces = self.plugins.get(&name).is_some_and(|p| p.manifest.shipped);
+        let shipped_stays = |e: String| {
+            if replaces {
+                format!("{e} (the shipped `{name}` stays in use)")
+            } else {
+                e
+            }
+        };
+        if manifest.component.as_os_str().is_empty() {
+            return Err(shipped_stays(
+                "no `component` (the path of the .wasm file, relative to plugin.toml)".into(),
+            ));
+        }
         if let Some(bad) = manifest
             .capabilities
             .iter()
@@ -786,23 +850,23 @@ impl PluginHost {
             .parent()
             .unwrap_or(Path::new("."))
             .join(&manifest.component);
-        let component = self
-            .component(&file, cache)
-            .map_err(|e| format!("cannot load component {}: {e}", file.display()))?;
-        let name = manifest.name.clone();
+        let component = std::fs::read(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.component(&bytes, cache))
+            .map_err(|e| shipped_stays(format!("cannot load component {}: {e}", file.display())))?;
         let grant = grants.get(&name).clone();
-        let loaded = Self::link(&self.engine, linker, &component, manifest, grant)?;
+        let loaded = Self::link(&self.engine, linker, &component, manifest, grant)
+            .map_err(&shipped_stays)?;
         self.plugins.insert(name.clone(), Arc::new(loaded));
-        Ok(name)
+        Ok((name, replaces))
     }
 
     /// Compiles a component, or loads its compiled code from the cache.
-    fn component(&self, file: &Path, cache: Option<&Path>) -> Result<Component, String> {
+    fn component(&self, bytes: &[u8], cache: Option<&Path>) -> Result<Component, String> {
         use sha2::Digest;
         use std::hash::{Hash, Hasher};
-        let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
         let Some(cache) = cache else {
-            return Component::new(&self.engine, &bytes).map_err(|e| e.to_string());
+            return Component::new(&self.engine, bytes).map_err(|e| e.to_string());
         };
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         self.engine
@@ -810,7 +874,7 @@ impl PluginHost {
             .hash(&mut compat);
         let key = format!(
             "{}-{:016x}.cwasm",
-            hex::encode(sha2::Sha256::digest(&bytes)),
+            hex::encode(sha2::Sha256::digest(bytes)),
             compat.finish()
         );
         let cached = cache.join(key);
@@ -831,7 +895,7 @@ impl PluginHost {
         }
         let compiled = self
             .engine
-            .precompile_component(&bytes)
+            .precompile_component(bytes)
             .map_err(|e| e.to_string())?;
         let written = std::fs::create_dir_all(cache).and_then(|()| {
             let tmp = cache.join(format!(".{}.tmp", std::process::id()));
@@ -841,7 +905,7 @@ impl PluginHost {
         if let Err(e) = written {
             tracing::warn!(dir = %cache.display(), error = %e, "cannot cache compiled plugin code");
         }
-        Component::new(&self.engine, &bytes).map_err(|e| e.to_string())
+        Component::new(&self.engine, bytes).map_err(|e| e.to_string())
     }
 
     /// The compiled input schema of a prepared plugin.
@@ -1035,14 +1099,19 @@ pub fn manifests(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Names of the plugins installed under `dir`, from their manifests (nothing is compiled).
+/// Names of the plugins available with `dir` as `plugins_dir`: the shipped ones and those
+/// installed under `dir`, from their manifests (nothing is compiled), sorted.
 pub fn installed(dir: &Path) -> Vec<String> {
-    manifests(dir)
+    let mut names: Vec<String> = manifests(dir)
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .filter_map(|t| toml::from_str::<Manifest>(&t).ok())
         .map(|m| m.name)
-        .collect()
+        .chain(shipped::names())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Why `value` does not fit `schema`, one line per problem (at most five).

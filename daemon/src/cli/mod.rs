@@ -14,6 +14,9 @@ use crate::engine::{RunRequest, create_run};
 use crate::store::{RunFilter, RunRow, RunStatus, Store, StoreError};
 use crate::workflow::Catalog;
 
+mod plugin;
+pub use plugin::{plugin_inspect, plugin_new, plugin_run};
+
 /// Output format of commands that print data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
@@ -35,7 +38,7 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             code: 1,
@@ -91,15 +94,11 @@ pub fn validate(paths: &[PathBuf], config: &Config, format: Format) -> i32 {
                         "step `{}` uses plugin `{name}`, which is not installed",
                         step.id
                     ),
-                    hint: Some(if installed.is_empty() {
-                        format!("no plugins in {}", plugins_dir.display())
-                    } else {
-                        format!(
-                            "installed in {}: {}",
-                            plugins_dir.display(),
-                            installed.join(", ")
-                        )
-                    }),
+                    hint: Some(format!(
+                        "available: {} (shipped with pmoflow, or installed in {})",
+                        installed.join(", "),
+                        plugins_dir.display()
+                    )),
                 });
             }
         }
@@ -921,252 +920,6 @@ fn is_template(v: &Json) -> bool {
         .is_some_and(|s| s.contains("{{") || s.contains("{%"))
 }
 
-/// `pmoflow plugin inspect FILE.wasm`: the component's imports and descriptor, as JSON. Exit 1 if
-/// the host would refuse it.
-pub async fn plugin_inspect(file: &std::path::Path) -> Result<(), CliError> {
-    // Inspection grants everything so that it can show what the component imports; nothing
-    // runs but `describe`.
-    let grant = crate::plugins::Grant {
-        capabilities: crate::plugins::grant::KNOWN
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..crate::plugins::Grant::default()
-    };
-    let (host, name, imports) = crate::plugins::PluginHost::single(file, grant)
-        .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
-    let descriptor = host
-        .describe(&name)
-        .await
-        .map_err(|e| CliError::new(format!("{}: describe() failed: {e}", file.display())))?;
-    let doc = json!({ "file": file, "descriptor": descriptor, "imports": imports });
-    println!("{doc:#}");
-    Ok(())
-}
-
-/// `pmoflow plugin run FILE.wasm --input JSON`: one invocation outside any workflow. The output
-/// goes to stdout, the plugin's log lines to stderr.
-pub async fn plugin_run(
-    file: &std::path::Path,
-    input: &str,
-    grants: &[String],
-    allow_hosts: &[String],
-    timeout: Option<&str>,
-) -> Result<(), CliError> {
-    let input: Json = serde_json::from_str(input)
-        .map_err(|e| CliError::new(format!("--input is not valid JSON: {e}")))?;
-    let mut grant = crate::plugins::Grant::default();
-    for cap in grants {
-        if !crate::plugins::grant::KNOWN.contains(&cap.as_str()) {
-            return Err(CliError::new(format!(
-                "--grant {cap}: unknown capability (known: {})",
-                crate::plugins::grant::KNOWN.join(", ")
-            )));
-        }
-        grant.capabilities.insert(cap.clone());
-    }
-    for host in allow_hosts {
-        grant.allow_hosts.push(
-            crate::plugins::HostRule::parse(host)
-                .map_err(|e| CliError::new(format!("--allow-host: {e}")))?,
-        );
-    }
-    if let Some(t) = timeout {
-        grant.limits.timeout = crate::duration::HumanDuration::parse(t)
-            .map_err(|e| CliError::new(format!("--timeout: {e}")))?
-            .0;
-    }
-    let (mut host, name, _) = crate::plugins::PluginHost::single(file, grant)
-        .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
-    if let Some(problem) = host.prepare().await.first() {
-        return Err(CliError::new(format!("{}: {problem}", file.display())));
-    }
-    let call = crate::plugins::PluginCall {
-        run_id: "cli",
-        workflow_id: "cli",
-        step_key: "run",
-        attempt: 1,
-        now_ms: SystemClock.now().timestamp_millis(),
-    };
-    let (output, logs) = host
-        .invoke(&name, &call, &input.to_string())
-        .await
-        .map_err(|e| CliError::new(format!("plugin failed: {e}")))?;
-    for (level, message) in logs {
-        eprintln!("[{level}] {message}");
-    }
-    println!("{output}");
-    Ok(())
-}
-
-/// `pmoflow plugin new NAME`: a plugin crate that builds with
-/// `cargo build --release --target wasm32-wasip2`, with its `plugin.toml`.
-pub fn plugin_new(
-    name: &str,
-    dir: &std::path::Path,
-    sdk: Option<&std::path::Path>,
-) -> Result<String, CliError> {
-    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.ends_with('-');
-    if !valid {
-        return Err(CliError::new(format!(
-            "`{name}` is not a plugin name: use lower-case letters, digits and `-`, starting with a letter"
-        )));
-    }
-    let root = dir.join(name);
-    if root.exists() {
-        return Err(CliError::new(format!("{} already exists", root.display())));
-    }
-    let sdk = match sdk {
-        Some(p) => p.to_path_buf(),
-        None => [dir.join("sdk"), dir.join("plugins/sdk"), dir.join("../sdk")]
-            .into_iter()
-            .find(|p| p.join("Cargo.toml").is_file())
-            .ok_or_else(|| {
-                CliError::new(format!(
-                    "cannot find the plugin SDK next to {}; pass --sdk PATH (the `plugins/sdk` directory of pmoflow's sources)",
-                    dir.display()
-                ))
-            })?,
-    };
-    let sdk = sdk
-        .canonicalize()
-        .map_err(|e| CliError::new(format!("--sdk {}: {e}", sdk.display())))?;
-    if !sdk.join("Cargo.toml").is_file() {
-        return Err(CliError::new(format!(
-            "{} is not the plugin SDK (no Cargo.toml)",
-            sdk.display()
-        )));
-    }
-    let module = name.replace('-', "_");
-    let ty: String = name
-        .split('-')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
-    let files = [
-        (
-            "Cargo.toml",
-            format!(
-                r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-description = "A pmoflow step plugin"
-publish = false
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-pmoflow-plugin-sdk = {{ path = "{sdk}" }}
-serde = {{ version = "1", features = ["derive"] }}
-serde_json = "1"
-
-[profile.release]
-opt-level = "s"
-debug = false
-# Drop DWARF but keep the name section: small, with readable backtraces in the step log.
-strip = "debuginfo"
-
-# A workspace of its own, wherever it is created.
-[workspace]
-"#,
-                sdk = sdk.display().to_string().replace('\\', "/")
-            ),
-        ),
-        (
-            "plugin.toml",
-            format!(
-                r#"name = "{name}"
-version = "0.1.0"
-description = "A pmoflow step plugin"
-component = "target/wasm32-wasip2/release/{module}.wasm"
-# Every capability the component imports must be listed here, and granted in pmoflow.toml
-# ([plugins.{name}]) if it is more than log and clock.
-capabilities = ["log"]
-"#
-            ),
-        ),
-        (
-            "src/lib.rs",
-            format!(
-                r##"//! `{name}`: a pmoflow step plugin. `with = {{ name = "…" }}` in a workflow step becomes
-//! the `Input` below; the returned `Output` is the step output.
-
-use pmoflow_plugin_sdk::{{Context, Descriptor, Guest, Level, StepError, export_plugin, log}};
-use serde::{{Deserialize, Serialize}};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Input {{
-    name: String,
-}}
-
-#[derive(Serialize)]
-struct Output {{
-    greeting: String,
-}}
-
-struct {ty};
-
-impl Guest for {ty} {{
-    fn describe() -> Descriptor {{
-        Descriptor {{
-            name: "{name}".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "A pmoflow step plugin".into(),
-            input_schema: r#"{{"type":"object","required":["name"],"additionalProperties":false,"properties":{{"name":{{"type":"string"}}}}}}"#.into(),
-            output_schema: r#"{{"type":"object","properties":{{"greeting":{{"type":"string"}}}}}}"#.into(),
-            capabilities: vec!["log".into()],
-        }}
-    }}
-
-    fn run(ctx: Context, input: String) -> Result<String, StepError> {{
-        let input: Input = serde_json::from_str(&input)
-            .map_err(|e| StepError::InvalidInput(e.to_string()))?;
-        log(Level::Info, &format!("run {{}} step {{}}", ctx.run_id, ctx.step_key));
-        let output = Output {{
-            greeting: format!("こんにちは、{{}}さん", input.name),
-        }};
-        serde_json::to_string(&output).map_err(|e| StepError::Internal(e.to_string()))
-    }}
-}}
-
-export_plugin!({ty});
-"##
-            ),
-        ),
-        (
-            "README.md",
-            format!(
-                "# {name}\n\nA pmoflow step plugin.\n\n```sh\nrustup target add wasm32-wasip2\ncargo build --release --target wasm32-wasip2\npmoflow plugin run target/wasm32-wasip2/release/{module}.wasm --input '{{\"name\": \"山田\"}}'\n```\n\nInstall it by copying this directory (with the built component) into the daemon's\n`plugins_dir`; see pmoflow's `plugins/README.md`.\n"
-            ),
-        ),
-    ];
-    for (path, text) in &files {
-        let file = root.join(path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| CliError::new(format!("{}: {e}", parent.display())))?;
-        }
-        std::fs::write(&file, text)
-            .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
-    }
-    Ok(format!(
-        "created {}\nnext: cd {} && cargo build --release --target wasm32-wasip2",
-        root.display(),
-        root.display()
-    ))
-}
-
 /// `pmoflow inbound explain [FILE]`: how pmoflow reads one message, as JSON.
 pub fn inbound_explain(
     file: Option<&std::path::Path>,
@@ -1194,7 +947,7 @@ pub fn inbound_explain(
     let msg = crate::inbound::parse(&raw, crate::inbound::DEFAULT_MAX_SIZE)
         .map_err(|e| CliError::new(format!("the message cannot be read: {e}")))?;
     let text = crate::inbound::reply::new_text(&msg.text);
-    let answers = crate::inbound::reply::parse_fields(&text, fields);
+    let answers = crate::inbound::reply::parse_fields(&text, fields, msg.from_name.as_deref());
     let mut doc = serde_json::to_value(&msg.kind).unwrap_or_else(|_| json!({}));
     let rest = json!({
         "message_id": msg.message_id,
