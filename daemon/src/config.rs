@@ -333,13 +333,13 @@ impl Config {
                            what: &str,
                            env_name: Option<&str>,
                            file: Option<&Path>|
-         -> Result<crate::outbox::Secret, ConfigError> {
+         -> Result<crate::message::settings::Secret, ConfigError> {
             match (env_name, file) {
                 (Some(var), None) => env
                     .vars
                     .get(var)
                     .cloned()
-                    .map(crate::outbox::Secret::new)
+                    .map(crate::message::settings::Secret::new)
                     .ok_or_else(|| {
                         err(
                             span.clone(),
@@ -348,7 +348,9 @@ impl Config {
                         )
                     }),
                 (None, Some(path)) => std::fs::read_to_string(path)
-                    .map(|v| crate::outbox::Secret::new(v.trim_end_matches(['\n', '\r'])))
+                    .map(|v| {
+                        crate::message::settings::Secret::new(v.trim_end_matches(['\n', '\r']))
+                    })
                     .map_err(|e| {
                         err(
                             span.clone(),
@@ -366,7 +368,7 @@ impl Config {
         // A missing secret stops the daemon from starting, but not the CLI commands that do not
         // send anything.
         let mut secret_errors = Vec::new();
-        let mut keep = |r: Result<crate::outbox::Secret, ConfigError>| match r {
+        let mut keep = |r: Result<crate::message::settings::Secret, ConfigError>| match r {
             Ok(v) => Some(v),
             Err(e) => {
                 secret_errors.push(e.to_string());
@@ -494,7 +496,7 @@ impl Config {
                     }),
                     tls,
                     username: s.username.clone(),
-                    password: password.unwrap_or_else(|| crate::outbox::Secret::new("")),
+                    password: password.unwrap_or_else(|| crate::message::settings::Secret::new("")),
                     mailbox: s.mailbox.clone().unwrap_or_else(|| "INBOX".into()),
                     processed_mailbox: s.processed_mailbox.clone(),
                     poll_interval: duration(&s.poll_interval, Duration::from_secs(60))?,

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod engine;
 pub mod http;
 pub mod inbound;
+pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod plugins;

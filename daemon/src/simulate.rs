@@ -530,7 +530,7 @@ pub async fn simulate(
                             replies += 1;
                             let raw = format!(
                                 "From: {sender}\r\nTo: {}\r\nSubject: Re: {}\r\nIn-Reply-To: <{}>\r\nMessage-ID: <sim.{replies}@simulate.invalid>\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}",
-                                crate::inbound::correlate::reply_address(&pattern, &token),
+                                crate::message::correlate::reply_address(&pattern, &token),
                                 req.subject,
                                 req.message_id,
                                 now.with_timezone(&tz).to_rfc2822(),
@@ -760,7 +760,7 @@ fn changed_inputs(inputs: &Json, defaults: &serde_json::Map<String, Json>) -> St
 
 fn outbox_event(row: &crate::store::OutboxRow, now: DateTime<Utc>, run: Option<usize>) -> Event {
     use mail_parser::{MessageParser, MimeHeaders};
-    if row.kind == crate::outbox::MessageKind::Webhook {
+    if row.kind == crate::store::MessageKind::Webhook {
         let body = row.payload["body"].as_str().unwrap_or_default().to_string();
         let parsed: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
         let title = ["title", "text", "summary"]

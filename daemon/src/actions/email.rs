@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as Json, json};
 
 use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
-use crate::outbox::email::{EmailSpec, build, content_type_for};
-use crate::outbox::{MessageKind, NewMessage};
+use crate::message::email::{EmailSpec, build, content_type_for};
+use crate::store::{MessageKind, NewMessage};
 
 pub(crate) const PARAMS: &[Param] = &[
     Param {

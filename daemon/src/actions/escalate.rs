@@ -24,10 +24,10 @@ use super::request::{
     step_mail,
 };
 use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
-use crate::inbound::correlate;
-use crate::inbound::reply::CUT_MARKER;
-use crate::outbox::{MessageKind, NewMessage};
+use crate::message::correlate;
+use crate::message::reply::CUT_MARKER;
 use crate::store::{AnswerRow, NewRequest, RequestRow};
+use crate::store::{MessageKind, NewMessage};
 
 pub(crate) const PARAMS: &[Param] = &[
     Param {
@@ -641,8 +641,8 @@ fn webhook_message(
         )));
     }
     let body = match w.get("format").and_then(Json::as_str).unwrap_or("json") {
-        "slack" => crate::outbox::webhook::slack(text),
-        "teams" => crate::outbox::webhook::teams(Some(title), text),
+        "slack" => crate::message::webhook::slack(text),
+        "teams" => crate::message::webhook::teams(Some(title), text),
         _ => json!({ "title": title, "text": text, "run_id": cx.run_id }),
     };
     let key = format!("{}:{}:esc:{seq}:webhook", cx.run_id, cx.step_key);

@@ -78,7 +78,7 @@ pub enum Outcome {
     /// Park the step until this instant; it then finishes with `{"until": …}`.
     WaitUntil(DateTime<Utc>),
     /// Finished with this output, and these messages go to the outbox in the same commit.
-    Emit(Json, Vec<crate::outbox::NewMessage>),
+    Emit(Json, Vec<crate::store::NewMessage>),
     /// Park the step until `until` and call the action again then, or earlier when what it
     /// waits for happens (an answer arrives), with `state`. The messages and requests are
     /// committed with the park.
@@ -88,7 +88,7 @@ pub enum Outcome {
         /// Handed back to the next call as `ActionContext::state`.
         state: Json,
         /// Outbox messages committed with the park.
-        messages: Vec<crate::outbox::NewMessage>,
+        messages: Vec<crate::store::NewMessage>,
         /// Request rows committed with the park.
         requests: Vec<crate::store::NewRequest>,
     },

@@ -14,11 +14,11 @@ use chrono::{DateTime, NaiveTime, TimeZone, Utc};
 use serde_json::{Value as Json, json};
 
 use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
-use crate::inbound::correlate;
-use crate::inbound::reply::CUT_MARKER;
-use crate::outbox::email::{EmailSpec, build};
-use crate::outbox::{MessageKind, NewMessage};
+use crate::message::correlate;
+use crate::message::email::{EmailSpec, build};
+use crate::message::reply::CUT_MARKER;
 use crate::store::{AnswerRow, NewRequest, RequestRow};
+use crate::store::{MessageKind, NewMessage};
 
 pub(crate) const PARAMS: &[Param] = &[
     Param {

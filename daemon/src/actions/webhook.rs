@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value as Json, json};
 
 use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
-use crate::outbox::{MessageKind, NewMessage, webhook};
+use crate::message::webhook;
+use crate::store::{MessageKind, NewMessage};
 
 pub(crate) const PARAMS: &[Param] = &[
     Param {

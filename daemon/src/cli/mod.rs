@@ -946,8 +946,8 @@ pub fn inbound_explain(
     }
     let msg = crate::inbound::parse(&raw, crate::inbound::DEFAULT_MAX_SIZE)
         .map_err(|e| CliError::new(format!("the message cannot be read: {e}")))?;
-    let text = crate::inbound::reply::new_text(&msg.text);
-    let answers = crate::inbound::reply::parse_fields(&text, fields, msg.from_name.as_deref());
+    let text = crate::message::reply::new_text(&msg.text);
+    let answers = crate::message::reply::parse_fields(&text, fields, msg.from_name.as_deref());
     let mut doc = serde_json::to_value(&msg.kind).unwrap_or_else(|_| json!({}));
     let rest = json!({
         "message_id": msg.message_id,
@@ -955,7 +955,7 @@ pub fn inbound_explain(
         "from_name": msg.from_name,
         "recipients": msg.recipients,
         "subject": msg.subject,
-        "keys": crate::inbound::correlate::keys(&msg, reply_address),
+        "keys": crate::message::correlate::keys(&msg, reply_address),
         "new_text": text,
         "fields": answers.fields,
         "free_text": answers.free_text,

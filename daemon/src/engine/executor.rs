@@ -184,7 +184,7 @@ struct Change<'a> {
     state: Option<&'a Json>,
     error: Option<&'a str>,
     event: Option<NewEvent<'a>>,
-    messages: &'a [crate::outbox::NewMessage],
+    messages: &'a [crate::store::NewMessage],
     requests: &'a [crate::store::NewRequest],
 }
 
@@ -648,7 +648,7 @@ impl RunExec<'_> {
         attempt: i64,
         started_at: Option<DateTime<Utc>>,
         output: Json,
-        messages: &[crate::outbox::NewMessage],
+        messages: &[crate::store::NewMessage],
     ) -> Result<StepResult, StoreError> {
         let cancel = self
             .write(

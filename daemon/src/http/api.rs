@@ -119,7 +119,7 @@ pub(super) async fn hook(
         );
     };
     let signature = headers
-        .get(crate::outbox::webhook::SIGNATURE_HEADER)
+        .get(crate::message::webhook::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
     let (actor, dedup) = match signature {
         Some(sig) => {
@@ -138,16 +138,16 @@ pub(super) async fn hook(
                 );
             };
             let ts = headers
-                .get(crate::outbox::webhook::TIMESTAMP_HEADER)
+                .get(crate::message::webhook::TIMESTAMP_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            if let Err(e) = crate::outbox::webhook::verify(
+            if let Err(e) = crate::message::webhook::verify(
                 secret.expose().as_bytes(),
                 ts,
                 &body,
                 sig,
                 state.clock.now().timestamp(),
-                crate::outbox::webhook::DEFAULT_TOLERANCE_SECS,
+                crate::message::webhook::DEFAULT_TOLERANCE_SECS,
             ) {
                 tracing::warn!(workflow, reason = %e, "webhook call refused");
                 return api_error(StatusCode::UNAUTHORIZED, &e.to_string());

@@ -305,7 +305,7 @@ enum Refused {
 }
 
 async fn find(state: &AppState, token: &str, kind: &str) -> Result<RequestRow, Refused> {
-    if !crate::inbound::correlate::is_token(token) {
+    if !crate::message::correlate::is_token(token) {
         return Err(Refused::Unknown);
     }
     let row = match state.store.request_by_token(token).await {
@@ -548,7 +548,7 @@ async fn answer_submit(
         }
         fields.insert(
             f.clone(),
-            crate::inbound::reply::normalise_value(&crate::inbound::correlate::fold_width(&v)),
+            crate::message::reply::normalise_value(&crate::message::correlate::fold_width(&v)),
         );
     }
     if !missing.is_empty() {

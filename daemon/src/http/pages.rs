@@ -174,7 +174,7 @@ pub(super) async fn login(
 
 fn csrf_ok(user: &User, form: &HashMap<String, String>) -> bool {
     let sent = form.get("csrf").map(String::as_str).unwrap_or("");
-    crate::inbound::correlate::token_eq(sent, &user.csrf)
+    crate::message::correlate::token_eq(sent, &user.csrf)
 }
 
 fn forbidden(state: &AppState, text: &str) -> Response {

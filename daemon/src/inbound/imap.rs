@@ -29,7 +29,7 @@ pub struct ImapConfig {
     /// Login name.
     pub username: String,
     /// Password.
-    pub password: crate::outbox::Secret,
+    pub password: crate::message::settings::Secret,
     /// The mailbox replies arrive in.
     pub mailbox: String,
     /// Where processed messages are moved, if anywhere.

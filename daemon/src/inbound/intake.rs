@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::correlate::{self, Key};
 use super::{Inbound, Kind, reply};
 use crate::clock::SharedClock;
-use crate::outbox::email::{EmailSpec, build};
+use crate::message::email::{EmailSpec, build};
 use crate::outbox::{MessageKind, NewMessage, Services};
 use crate::store::{Disposition, InboundRow, NewAnswer, RequestRow, Store, StoreError};
 

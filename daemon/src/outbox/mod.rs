@@ -11,68 +11,17 @@
 //! de-duplicate. Nothing else is ever sent twice.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-pub mod email;
 pub mod transport;
-pub mod webhook;
 pub mod worker;
 
-/// A secret value (password, webhook key). Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// How to reach the SMTP server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SmtpTls {
-    /// Plain connection upgraded with STARTTLS (port 587).
-    #[default]
-    Starttls,
-    /// TLS from the first byte (port 465).
-    Tls,
-    /// No TLS (a local relay on a trusted network, or a test server).
-    None,
-}
-
-/// `[smtp]`, resolved.
-#[derive(Debug, Clone)]
-pub struct SmtpConfig {
-    /// Host name.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// TLS mode.
-    pub tls: SmtpTls,
-    /// Login name.
-    pub username: Option<String>,
-    /// Password (from `password_env` or `password_file`).
-    pub password: Option<Secret>,
-    /// Connection and command timeout.
-    pub timeout: Duration,
-}
+// The formats and settings are L0 vocabulary (`crate::message`); re-exported for callers.
+pub use crate::message::settings::{
+    Charset, MailSettings, ReplySettings, Secret, SmtpConfig, SmtpTls,
+};
+pub use crate::message::{email, webhook};
 
 /// `[outbox]`, resolved.
 #[derive(Debug, Clone)]
@@ -104,81 +53,6 @@ impl Default for OutboxConfig {
     }
 }
 
-/// The character set of outgoing mail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub enum Charset {
-    /// UTF-8 with RFC 2047 headers and base64/quoted-printable bodies.
-    #[default]
-    #[serde(rename = "utf-8")]
-    Utf8,
-    /// ISO-2022-JP (JIS X 0208), 7bit, for gateways that require it. Plain-text messages only;
-    /// characters outside the set (e.g. emoji) are an error, not mojibake.
-    #[serde(rename = "iso-2022-jp")]
-    Iso2022Jp,
-}
-
-/// What notification steps need from the configuration.
-#[derive(Debug, Clone)]
-pub struct MailSettings {
-    /// `From:` of every message, e.g. `"PMO事務局 <pmo@example.go.jp>"`.
-    pub from: String,
-    /// With no `[smtp]`, messages are written here as `.eml` files.
-    pub outbox_dir: PathBuf,
-    /// The SMTP server, if any.
-    pub smtp: Option<SmtpConfig>,
-    /// Time zone of the `Date:` header.
-    pub timezone: chrono_tz::Tz,
-    /// Character set.
-    pub charset: Charset,
-}
-
-impl Default for MailSettings {
-    fn default() -> Self {
-        Self {
-            charset: Charset::Utf8,
-            from: "pmoflow <pmoflow@localhost>".into(),
-            outbox_dir: PathBuf::from("var/outbox"),
-            smtp: None,
-            timezone: chrono_tz::Asia::Tokyo,
-        }
-    }
-}
-
-/// `[replies]`, resolved: how requests are answered.
-#[derive(Debug, Clone, Default)]
-pub struct ReplySettings {
-    /// Reply-address pattern with `{token}`, e.g. `pmo+{token}@example.go.jp`; `None` derives it
-    /// from `[mail] from` (`local+{token}@domain`).
-    pub address: Option<String>,
-    /// Who is told about quarantined messages; `None` means the `[mail] from` address.
-    pub notify: Option<String>,
-    /// Largest inbound message accepted, in bytes.
-    pub max_size: usize,
-    /// How long a token stays valid after its request's deadline (or creation, without one).
-    pub token_ttl: Duration,
-    /// Base URL for links in emails (`[http] public_url`), if the HTTP listener is reachable.
-    pub public_url: Option<String>,
-}
-
-impl ReplySettings {
-    /// The reply-address pattern in effect.
-    pub fn pattern(&self, from: &str) -> String {
-        if let Some(p) = &self.address {
-            return p.clone();
-        }
-        let bare = from
-            .rsplit('<')
-            .next()
-            .unwrap_or(from)
-            .trim_end_matches('>')
-            .trim();
-        match bare.split_once('@') {
-            Some((local, domain)) => format!("{local}+{{token}}@{domain}"),
-            None => "pmoflow+{token}@localhost".into(),
-        }
-    }
-}
-
 /// Everything actions and the delivery worker use besides the store and the clock.
 #[derive(Debug, Clone, Default)]
 pub struct Services {
@@ -200,40 +74,7 @@ pub struct Services {
     pub simulation: Option<std::sync::Arc<crate::simulate::World>>,
 }
 
-/// Kinds of outgoing messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageKind {
-    /// An email (raw RFC 5322 bytes and an envelope).
-    Email,
-    /// An HTTP POST to a webhook.
-    Webhook,
-}
-
-impl MessageKind {
-    /// As stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Email => "email",
-            Self::Webhook => "webhook",
-        }
-    }
-}
-
-/// A message an action produced, committed with its step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewMessage {
-    /// Email or webhook.
-    pub kind: MessageKind,
-    /// Unique per message: `run:step:n`. Re-inserting the same key is a no-op.
-    pub key: String,
-    /// Recipients or URL, for listings.
-    pub target: String,
-    /// The email Message-ID (also the webhook `Idempotency-Key`).
-    pub message_id: String,
-    /// What the transport needs (see `transport.rs`).
-    pub payload: serde_json::Value,
-}
+pub use crate::store::{MessageKind, NewMessage};
 
 /// How a delivery attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

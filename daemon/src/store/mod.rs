@@ -194,7 +194,7 @@ pub struct StepWrite<'a> {
     /// Last error.
     pub error: Option<&'a str>,
     /// Outbox messages committed with this transition.
-    pub messages: &'a [crate::outbox::NewMessage],
+    pub messages: &'a [NewMessage],
     /// Requests (reply tokens) committed with this transition.
     pub requests: &'a [NewRequest],
 }
@@ -629,7 +629,7 @@ impl Store {
         now: DateTime<Utc>,
         op: writer::Op,
         event: Option<&NewEvent<'_>>,
-        messages: Vec<crate::outbox::NewMessage>,
+        messages: Vec<NewMessage>,
         requests: Vec<NewRequest>,
     ) -> Result<bool> {
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -1116,7 +1116,7 @@ pub mod requests;
 mod rows;
 mod writer;
 
-pub use outbox::OutboxRow;
+pub use outbox::{MessageKind, NewMessage, OutboxRow};
 pub use requests::{
     AnswerRow, Applied, AuditRow, Disposition, InboundRow, NewAnswer, NewRequest, Recorded,
     RequestRow,

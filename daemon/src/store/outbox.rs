@@ -1,12 +1,46 @@
 //! Outbox rows: claimed by delivery workers under a lease, like runs.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sqlx::Row;
 
 use super::{Backend, Result, Store, StoreError, from_ms, ms};
-use crate::outbox::MessageKind;
+
+/// Kinds of outgoing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// An email (raw RFC 5322 bytes and an envelope).
+    Email,
+    /// An HTTP POST to a webhook.
+    Webhook,
+}
+
+impl MessageKind {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// A message an action produced, committed with its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// Email or webhook.
+    pub kind: MessageKind,
+    /// Unique per message: `run:step:n`. Re-inserting the same key is a no-op.
+    pub key: String,
+    /// Recipients or URL, for listings.
+    pub target: String,
+    /// The email Message-ID (also the webhook `Idempotency-Key`).
+    pub message_id: String,
+    /// What the transport needs (see `transport.rs`).
+    pub payload: serde_json::Value,
+}
 
 /// An outbox row.
 #[derive(Debug, Clone, Serialize)]

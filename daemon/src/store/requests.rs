@@ -181,7 +181,7 @@ pub enum Disposition {
         /// The answer.
         answer: NewAnswer,
         /// A message to queue in the same transaction.
-        notice: Option<crate::outbox::NewMessage>,
+        notice: Option<super::NewMessage>,
     },
     /// A bounce for a request: the request marked bounced, the run woken.
     Bounce {
@@ -208,7 +208,7 @@ pub enum Disposition {
         /// Why.
         detail: String,
         /// The notice to the PMO.
-        notify: Option<crate::outbox::NewMessage>,
+        notify: Option<super::NewMessage>,
     },
 }
 
@@ -376,7 +376,7 @@ macro_rules! nudge_run {
 
 macro_rules! insert_message {
     ($conn:expr, $now:expr, $m:expr) => {{
-        let m: &crate::outbox::NewMessage = $m;
+        let m: &super::NewMessage = $m;
         sqlx::query(
             "INSERT INTO outbox (id, idempotency_key, run_id, step_key, kind, target, message_id, \
              payload, status, attempts, next_attempt_at, created_at) VALUES ($1, $2, NULL, NULL, \
@@ -449,7 +449,7 @@ impl Store {
         })?;
         Ok(rows
             .into_iter()
-            .find(|r| crate::inbound::correlate::token_eq(&r.token, token)))
+            .find(|r| crate::message::correlate::token_eq(&r.token, token)))
     }
 
     /// Requests carrying subject tag `tag`, newest first.

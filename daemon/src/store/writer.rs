@@ -55,7 +55,7 @@ pub(super) struct Job {
     pub op: Op,
     pub event: Option<(Option<String>, String, String)>,
     /// Outbox messages committed with this write (step writes only).
-    pub messages: Vec<crate::outbox::NewMessage>,
+    pub messages: Vec<super::NewMessage>,
     /// Request rows committed with this write (step writes only).
     pub requests: Vec<super::NewRequest>,
     pub reply: oneshot::Sender<Result<bool>>,
@@ -140,7 +140,7 @@ macro_rules! apply_on {
         let mut results: Vec<Result<bool>> = Vec::with_capacity(batch.len());
         let mut upserts: Vec<&Job> = Vec::new();
         let mut events: Vec<&Job> = Vec::new();
-        let mut messages: Vec<(&Job, &crate::outbox::NewMessage)> = Vec::new();
+        let mut messages: Vec<(&Job, &super::NewMessage)> = Vec::new();
         for job in batch {
             let outcome = match &job.op {
                 Op::Step { .. } => match held.get(&job.run_id) {

@@ -35,7 +35,7 @@ pub struct EmailSpec {
     /// Zone of the `Date:` header.
     pub timezone: chrono_tz::Tz,
     /// Character set.
-    pub charset: super::Charset,
+    pub charset: super::settings::Charset,
 }
 
 /// A built message: its bytes and its envelope.
@@ -81,7 +81,7 @@ fn mailbox(text: &str) -> Result<Mailbox, String> {
 
 /// Builds the message.
 pub fn build(spec: &EmailSpec) -> Result<Built, String> {
-    if spec.charset == super::Charset::Iso2022Jp {
+    if spec.charset == super::settings::Charset::Iso2022Jp {
         return iso2022jp::build(spec);
     }
     let from = mailbox(&spec.from)?;
@@ -312,7 +312,7 @@ mod tests {
                 .expect("t")
                 .with_timezone(&Utc),
             timezone: chrono_tz::Asia::Tokyo,
-            charset: crate::outbox::Charset::Utf8,
+            charset: crate::message::settings::Charset::Utf8,
         };
         let built = build(&spec).expect("builds");
         assert!(built.raw.is_ascii());
@@ -331,7 +331,7 @@ mod tests {
         );
 
         let jis = EmailSpec {
-            charset: crate::outbox::Charset::Iso2022Jp,
+            charset: crate::message::settings::Charset::Iso2022Jp,
             ..spec.clone()
         };
         let built = build(&jis).expect("builds");

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use unicode_normalization::UnicodeNormalization;
 
-use super::Inbound;
+use super::inbound::Inbound;
 
 /// Tokens carry 130 bits of randomness: 26 characters of lower-case base32.
 pub const TOKEN_LEN: usize = 26;
