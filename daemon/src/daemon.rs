@@ -147,7 +147,7 @@ pub async fn run(
             clock.clone(),
             config.engine.services.clone(),
         )
-        .with_engine(engine.clone());
+        .with_wakers(engine.wakers());
         let max_size = config.engine.services.replies.max_size;
         if let Some(imap) = config.imap.clone() {
             let (store, clock, intake, shutdown) = (

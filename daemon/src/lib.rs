@@ -22,4 +22,5 @@ pub mod schedule;
 pub mod simulate;
 pub mod store;
 pub mod template;
+pub mod wake;
 pub mod workflow;

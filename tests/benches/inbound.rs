@@ -114,7 +114,7 @@ async fn bench(backend: Backend) {
     assert_eq!(imap.append_raw("INBOX", &messages), N);
 
     let intake = Intake::new(store.clone(), clock.clone(), services.clone())
-        .with_engine(engine.engine.clone());
+        .with_wakers(engine.engine.wakers());
     let start = Instant::now();
     let stats = pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, max)
         .await

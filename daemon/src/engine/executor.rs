@@ -670,7 +670,7 @@ impl RunExec<'_> {
             .action
             .after_commit(&self.action_cx(unit, attempt, &data, None, None), &output);
         if !messages.is_empty() {
-            self.inner.outbox_wake.notify_one();
+            self.inner.wake_outbox();
         }
         if cancel {
             return Ok(StepResult::Cancelled);
@@ -809,7 +809,7 @@ impl RunExec<'_> {
                     return Ok(StepResult::Cancelled);
                 }
                 if !messages.is_empty() {
-                    self.inner.outbox_wake.notify_one();
+                    self.inner.wake_outbox();
                 }
                 Ok(StepResult::Park(until))
             }

@@ -71,19 +71,22 @@ pub(crate) struct Inner {
     pub(crate) config: EngineConfig,
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
-    wake: Notify,
+    wakers: crate::wake::Wakers,
     /// Runs this daemon is executing now; only their leases are renewed. A std Mutex: held for
     /// a set insert/remove/copy, never across an await.
     active: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Notified when a commit queued outbox messages.
-    pub(crate) outbox_wake: Arc<Notify>,
     /// Shared HTTP client for the `http` action.
     pub(crate) http: reqwest::Client,
 }
 
 impl Inner {
     pub(crate) fn wake_poller(&self) {
-        self.wake.notify_one();
+        self.wakers.wake_runs();
+    }
+
+    /// Wakes the delivery worker (a commit queued messages).
+    pub(crate) fn wake_outbox(&self) {
+        self.wakers.wake_outbox();
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
@@ -232,9 +235,8 @@ impl Engine {
                 config,
                 registry,
                 shutdown,
-                wake: Notify::new(),
+                wakers: crate::wake::Wakers::new(),
                 active: std::sync::Mutex::new(std::collections::HashSet::new()),
-                outbox_wake: Arc::new(Notify::new()),
                 http: reqwest::Client::builder()
                     .timeout(Duration::from_secs(30))
                     .user_agent(concat!("pmoflow/", env!("CARGO_PKG_VERSION")))
@@ -251,7 +253,12 @@ impl Engine {
 
     /// Notified whenever a step commits outbox messages (the delivery worker waits on it).
     pub fn outbox_wake(&self) -> Arc<Notify> {
-        self.inner.outbox_wake.clone()
+        self.inner.wakers.outbox()
+    }
+
+    /// This engine's wakers, for the parts of the daemon that commit work it should see.
+    pub fn wakers(&self) -> crate::wake::Wakers {
+        self.inner.wakers.clone()
     }
 
     /// The engine's configuration.
@@ -382,7 +389,7 @@ impl Engine {
             }
             tokio::select! {
                 () = inner.clock.sleep_until(deadline) => {}
-                () = inner.wake.notified() => {}
+                () = inner.wakers.runs().notified() => {}
                 () = inner.shutdown.cancelled() => {}
                 Some(_) = tasks.join_next(), if free == 0 => {}
             }

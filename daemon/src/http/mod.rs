@@ -131,7 +131,7 @@ impl AppState {
             .await?;
         let mut intake = Intake::new(store.clone(), clock.clone(), services.clone());
         if let Some(e) = &engine {
-            intake = intake.with_engine(e.clone());
+            intake = intake.with_wakers(e.wakers());
         }
         Ok(AppState {
             store,

@@ -31,8 +31,8 @@ pub struct Intake {
     store: Store,
     clock: SharedClock,
     services: Arc<Services>,
-    /// The engine, in the daemon: woken when an answer nudged a run or a notice was queued.
-    engine: Option<crate::engine::Engine>,
+    /// The daemon's wakers: runs when an answer nudged one, the outbox when a notice was queued.
+    wakers: Option<crate::wake::Wakers>,
 }
 
 /// What happened to one message.
@@ -72,14 +72,14 @@ impl Intake {
             store,
             clock,
             services,
-            engine: None,
+            wakers: None,
         }
     }
 
-    /// Wakes `engine` (its claim loop and its outbox worker) when a run was nudged or a
-    /// notice queued.
-    pub fn with_engine(mut self, engine: crate::engine::Engine) -> Self {
-        self.engine = Some(engine);
+    /// Wakes the engine's claim loop when a run was nudged, and its delivery worker when a
+    /// notice was queued.
+    pub fn with_wakers(mut self, wakers: crate::wake::Wakers) -> Self {
+        self.wakers = Some(wakers);
         self
     }
 
@@ -158,9 +158,9 @@ impl Intake {
             ),
         }
         if run.is_some()
-            && let Some(e) = &self.engine
+            && let Some(w) = &self.wakers
         {
-            e.wake();
+            w.wake_runs();
         }
         let queued = matches!(
             &disposition,
@@ -172,8 +172,8 @@ impl Intake {
                 ..
             }
         );
-        if queued && let Some(e) = &self.engine {
-            e.outbox_wake().notify_one();
+        if queued && let Some(w) = &self.wakers {
+            w.wake_outbox();
         }
         Ok(Some(Processed {
             id: row.id.clone(),
