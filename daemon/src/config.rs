@@ -705,7 +705,6 @@ impl Config {
             secrets,
             workflows_dir: workflows_dir.clone(),
             plugins: None,
-            simulation: None,
         });
         Ok(Config {
             workflows_dir,

@@ -120,20 +120,44 @@ pub struct PluginRule {
     pub output: toml::Value,
 }
 
-/// Plugin results given by a scenario, used instead of running the plugin.
+/// The plugins of a simulation: the results a scenario gives (`[[plugin]]`, for plugins that
+/// would need the network) in front of a real host without network grants.
 #[derive(Debug, Default)]
-pub struct World {
-    plugins: Vec<(String, DateTime<Utc>, Json)>,
+pub struct ScenarioPlugins {
+    results: Vec<(String, DateTime<Utc>, Json)>,
+    host: Option<Arc<crate::plugins::PluginHost>>,
 }
 
-impl World {
+impl ScenarioPlugins {
     /// The scripted output of plugin `name` at `now`, if the scenario gives one.
-    pub fn plugin_output(&self, name: &str, now: DateTime<Utc>) -> Option<Json> {
-        self.plugins
+    fn scripted(&self, name: &str, now: DateTime<Utc>) -> Option<Json> {
+        self.results
             .iter()
             .filter(|(n, from, _)| n == name && *from <= now)
             .max_by_key(|(_, from, _)| *from)
             .map(|(_, _, out)| out.clone())
+    }
+}
+
+impl crate::plugins::PluginRunner for ScenarioPlugins {
+    fn invoke<'a>(
+        &'a self,
+        name: &'a str,
+        call: &'a crate::plugins::PluginCall<'a>,
+        input: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::plugins::Invocation> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let now = DateTime::<Utc>::from_timestamp_millis(call.now_ms).unwrap_or_default();
+            if let Some(output) = self.scripted(name, now) {
+                // The scenario says what the plugin finds.
+                return Ok((output.to_string(), Vec::new()));
+            }
+            match &self.host {
+                Some(host) => host.invoke(name, call, input).await,
+                None => Err(crate::plugins::PluginError::NotInstalled(name.to_string())),
+            }
+        })
     }
 }
 
@@ -339,18 +363,17 @@ pub async fn simulate(
     let sim = SimClock::new(from);
     let clock: SharedClock = Arc::new(sim.clone());
 
-    let mut world = World::default();
+    let mut plugins = ScenarioPlugins::default();
     for p in &scenario.plugin {
         let at = match &p.from {
             Some(f) => parse_time(f.get_ref(), tz, false)?,
             None => DateTime::<Utc>::MIN_UTC,
         };
         let out = serde_json::to_value(&p.output).map_err(err)?;
-        world.plugins.push((p.name.clone(), at, out));
+        plugins.results.push((p.name.clone(), at, out));
     }
     let mut services = (*config.engine.services).clone();
     services.mail.smtp = None;
-    services.simulation = Some(Arc::new(world));
     {
         // No grants: a plugin that needs the network does not load (the scenario gives its
         // results). The shipped plugins are built in; `plugins_dir` adds or replaces.
@@ -363,9 +386,10 @@ pub async fn simulate(
         .map_err(err)?;
         if let Ok((mut host, _problems)) = loaded {
             let _ = host.prepare().await;
-            services.plugins = Some(Arc::new(host.with_kv_store(store.clone())));
+            plugins.host = Some(Arc::new(host.with_kv_store(store.clone())));
         }
     }
+    services.plugins = Some(Arc::new(plugins));
     let services = Arc::new(services);
     let mut engine_config = config.engine.clone();
     engine_config.node_id = "simulate".into();

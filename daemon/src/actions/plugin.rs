@@ -8,12 +8,6 @@ use crate::plugins::{PluginCall, PluginError};
 
 pub(crate) async fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
     let name = cx.plugin.unwrap_or_default();
-    if let Some(world) = &cx.services.simulation
-        && let Some(output) = world.plugin_output(name, cx.clock.now())
-    {
-        // `pmoflow simulate`: the scenario says what the plugin finds.
-        return Ok(Outcome::Done(output));
-    }
     let Some(host) = &cx.services.plugins else {
         return Err(StepError::fatal(format!(
             "plugin `{name}` is not available (the plugin host did not start)"

@@ -68,10 +68,9 @@ pub struct Services {
     pub secrets: BTreeMap<String, Secret>,
     /// The workflows directory (templates, attachments).
     pub workflows_dir: PathBuf,
-    /// Installed WebAssembly plugins.
-    pub plugins: Option<std::sync::Arc<crate::plugins::PluginHost>>,
-    /// Set by `pmoflow simulate`: plugin results the scenario gives (no network in a simulation).
-    pub simulation: Option<std::sync::Arc<crate::simulate::World>>,
+    /// The WebAssembly plugins (the daemon's host; in a simulation, the scenario's results in
+    /// front of one).
+    pub plugins: Option<std::sync::Arc<dyn crate::plugins::PluginRunner>>,
 }
 
 pub use crate::store::{MessageKind, NewMessage};

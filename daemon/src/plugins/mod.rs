@@ -1159,6 +1159,33 @@ fn trap_reason(err: &wasmtime::Error) -> String {
         .to_string()
 }
 
+/// What one invocation returns: the output (JSON text) and the plugin's log lines.
+pub type Invocation = Result<(String, Vec<(String, String)>), PluginError>;
+
+/// What the `plugin:NAME` action needs from a plugin host: one invocation. The daemon's
+/// [`PluginHost`] implements it; `pmoflow simulate` implements it too, with the scenario's
+/// results in front of a host, so no production code asks whether it is simulated.
+pub trait PluginRunner: Send + Sync + std::fmt::Debug {
+    /// Runs plugin `name` once with `input` (JSON text).
+    fn invoke<'a>(
+        &'a self,
+        name: &'a str,
+        call: &'a PluginCall<'a>,
+        input: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Invocation> + Send + 'a>>;
+}
+
+impl PluginRunner for PluginHost {
+    fn invoke<'a>(
+        &'a self,
+        name: &'a str,
+        call: &'a PluginCall<'a>,
+        input: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Invocation> + Send + 'a>> {
+        Box::pin(PluginHost::invoke(self, name, call, input))
+    }
+}
+
 /// Who is calling.
 #[derive(Debug, Clone, Copy)]
 pub struct PluginCall<'a> {
