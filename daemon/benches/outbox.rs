@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pmoflow::actions::StepServices;
 use pmoflow::clock::SystemClock;
 use pmoflow::engine::{Engine, EngineConfig, Registry, RunRequest};
-use pmoflow::outbox::{MailSettings, OutboxConfig, Services, SmtpConfig, SmtpTls};
+use pmoflow::outbox::{DeliveryConfig, MailSettings, OutboxConfig, SmtpConfig, SmtpTls};
 use pmoflow::store::{Durability, Store};
 use pmoflow::workflow::Catalog;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +61,7 @@ async fn main() {
     let store = Store::open(&url, Durability::Process).await.unwrap();
     let registry = Arc::new(Registry::default());
     registry.set_catalog(Arc::new(Catalog::load(&wf_dir)));
-    let services = Arc::new(Services {
+    let services = Arc::new(StepServices {
         mail: MailSettings {
             from: "PMO事務局 <pmo@example.go.jp>".into(),
             smtp: Some(SmtpConfig {
@@ -73,6 +74,11 @@ async fn main() {
             }),
             ..MailSettings::default()
         },
+        workflows_dir: wf_dir.clone(),
+        ..StepServices::default()
+    });
+    let delivery = Arc::new(DeliveryConfig {
+        mail: services.mail.clone(),
         outbox: OutboxConfig {
             concurrency: std::env::var("BENCH_CONCURRENCY")
                 .ok()
@@ -80,10 +86,9 @@ async fn main() {
                 .unwrap_or(OutboxConfig::default().concurrency),
             ..OutboxConfig::default()
         },
-        workflows_dir: wf_dir.clone(),
-        ..Services::default()
+        secrets: services.secrets.clone(),
     });
-    let services_concurrency = services.outbox.concurrency;
+    let services_concurrency = delivery.outbox.concurrency;
     let shutdown = CancellationToken::new();
     let config = EngineConfig {
         node_id: "bench".into(),
@@ -102,7 +107,7 @@ async fn main() {
     let worker = tokio::spawn(pmoflow::outbox::worker::run(
         store.clone(),
         Arc::new(SystemClock),
-        services,
+        delivery,
         "bench".into(),
         engine.outbox_wake(),
         shutdown.clone(),

@@ -199,6 +199,8 @@ pub struct Config {
     pub imap: Option<crate::inbound::imap::ImapConfig>,
     /// `[http]`: the daemon's HTTP listener.
     pub http: crate::http::HttpConfig,
+    /// `[outbox]`: the delivery policy.
+    pub outbox: crate::outbox::OutboxConfig,
     /// `PMOFLOW_FAILPOINT`, for crash tests only: `after-intake` aborts the process right after
     /// an IMAP message is stored and before it is processed.
     pub failpoint: Option<String>,
@@ -685,7 +687,7 @@ impl Config {
             .or(raw.workflows_dir.clone())
             .unwrap_or_else(|| PathBuf::from("workflows"));
         let mut engine = engine;
-        engine.services = std::sync::Arc::new(crate::outbox::Services {
+        engine.services = std::sync::Arc::new(crate::actions::StepServices {
             mail: crate::outbox::MailSettings {
                 from: from
                     .map(|(f, _)| f)
@@ -701,7 +703,6 @@ impl Config {
             },
             replies,
             metrics: std::sync::Arc::default(),
-            outbox,
             secrets,
             workflows_dir: workflows_dir.clone(),
             plugins: None,
@@ -732,6 +733,7 @@ impl Config {
             imap,
             failpoint: env.vars.get("PMOFLOW_FAILPOINT").cloned(),
             http,
+            outbox,
         })
     }
 

@@ -125,10 +125,15 @@ pub async fn run(
                 tracing::info!(dir = %services.mail.outbox_dir.display(), from = %services.mail.from, "no [smtp] configured: emails are written as .eml files")
             }
         }
+        let delivery = Arc::new(crate::outbox::DeliveryConfig {
+            mail: services.mail.clone(),
+            outbox: config.outbox.clone(),
+            secrets: services.secrets.clone(),
+        });
         let worker = crate::outbox::worker::run(
             store.clone(),
             clock.clone(),
-            services,
+            delivery,
             config.engine.node_id.clone(),
             engine.outbox_wake(),
             shutdown.clone(),

@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pmoflow::actions::StepServices;
 use pmoflow::clock::{SharedClock, SystemClock};
 use pmoflow::engine::{EngineConfig, RunRequest};
 use pmoflow::inbound::intake::Intake;
-use pmoflow::outbox::{ReplySettings, Services};
+use pmoflow::outbox::ReplySettings;
 use pmoflow::store::{Durability, Store};
 use pmoflow_tests::{Backend, Dovecot, InProcess, TestDb};
 
@@ -55,7 +56,7 @@ async fn bench(backend: Backend) {
     let wf = dir.path().join("workflows");
     std::fs::create_dir_all(&wf).unwrap();
     std::fs::write(wf.join("ask.toml"), WORKFLOW).unwrap();
-    let services = Arc::new(Services {
+    let services = Arc::new(StepServices {
         replies: ReplySettings {
             address: Some("pmo+{token}@example.go.jp".into()),
             max_size: pmoflow::inbound::DEFAULT_MAX_SIZE,
@@ -66,7 +67,7 @@ async fn bench(backend: Backend) {
             from: "PMO事務局 <pmo@example.go.jp>".into(),
             ..Default::default()
         },
-        ..Services::default()
+        ..StepServices::default()
     });
     let clock: SharedClock = Arc::new(SystemClock);
     let config = EngineConfig {

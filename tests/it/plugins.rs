@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pmoflow::actions::StepServices;
 use pmoflow::clock::SystemClock;
 use pmoflow::engine::{EngineConfig, RunRequest};
-use pmoflow::outbox::Services;
 use pmoflow::plugins::{Grant, Grants, HostRule, Limits, PluginHost};
 use pmoflow::store::{Durability, RunStatus};
 use pmoflow_tests::{Backend, InProcess, Project, TestDb, wait_run};
@@ -130,9 +130,9 @@ async fn engine(db: &TestDb, project: &Project, grants: &Grants) -> InProcess {
             .await
             .unwrap(),
     );
-    let services = Services {
+    let services = StepServices {
         plugins: Some(Arc::new(host)),
-        ..Services::default()
+        ..StepServices::default()
     };
     let config = EngineConfig {
         node_id: "plugins".into(),

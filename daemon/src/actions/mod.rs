@@ -132,6 +132,25 @@ impl StepError {
     }
 }
 
+/// What steps need besides the store and the clock: settings as data, and the plugins the
+/// assembly (`daemon`, `simulate`) built.
+#[derive(Debug, Clone, Default)]
+pub struct StepServices {
+    /// Mail settings.
+    pub mail: crate::message::settings::MailSettings,
+    /// Reply settings.
+    pub replies: crate::message::settings::ReplySettings,
+    /// This process's metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Named secrets (`[secrets]`).
+    pub secrets: std::collections::BTreeMap<String, crate::message::settings::Secret>,
+    /// The workflows directory (templates, attachments).
+    pub workflows_dir: std::path::PathBuf,
+    /// The WebAssembly plugins (the daemon's host; in a simulation, the scenario's results in
+    /// front of one).
+    pub plugins: Option<std::sync::Arc<dyn crate::plugins::PluginRunner>>,
+}
+
 /// What an action may use while it runs.
 pub struct ActionContext<'a> {
     /// The engine's clock.
@@ -145,7 +164,7 @@ pub struct ActionContext<'a> {
     /// The attempt number, from 1.
     pub attempt: u32,
     /// Configuration the notification actions use.
-    pub services: &'a crate::outbox::Services,
+    pub services: &'a StepServices,
     /// Reference data (`data.*`).
     pub data: &'a Json,
     /// The directory of the workflow file (templates are looked up there first).

@@ -40,7 +40,7 @@ pub struct EngineConfig {
     /// Time zone for `now` and times shown to templates.
     pub timezone: chrono_tz::Tz,
     /// Mail, outbox and secrets configuration.
-    pub services: Arc<crate::outbox::Services>,
+    pub services: Arc<crate::actions::StepServices>,
 }
 
 impl Default for EngineConfig {

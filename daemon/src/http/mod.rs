@@ -24,9 +24,9 @@ use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::StepServices;
 use crate::clock::SharedClock;
 use crate::inbound::intake::Intake;
-use crate::outbox::Services;
 use crate::store::{NewAnswer, Recorded, RequestRow, Store, requests::lookup_of};
 
 mod api;
@@ -100,7 +100,7 @@ type VerifiedTokens = HashMap<[u8; 32], (String, Role)>;
 pub struct AppState {
     store: Store,
     clock: SharedClock,
-    services: Arc<Services>,
+    services: Arc<StepServices>,
     intake: Intake,
     engine: Option<crate::engine::Engine>,
     key: Arc<Vec<u8>>,
@@ -118,7 +118,7 @@ impl AppState {
     pub async fn new(
         store: Store,
         clock: SharedClock,
-        services: Arc<Services>,
+        services: Arc<StepServices>,
         engine: Option<crate::engine::Engine>,
         tokens: Vec<ApiToken>,
     ) -> Result<AppState, crate::store::StoreError> {
@@ -264,6 +264,8 @@ pub async fn serve(listen: SocketAddr, state: AppState, shutdown: CancellationTo
             return;
         }
     };
+    // The bound address: with port 0 the system chose one.
+    let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, "http listening");
     let app = router(state);
     if let Err(e) = axum::serve(listener, app)

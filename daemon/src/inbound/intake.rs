@@ -20,17 +20,18 @@ use sha2::{Digest, Sha256};
 
 use super::correlate::{self, Key};
 use super::{Inbound, Kind, reply};
+use crate::actions::StepServices;
 use crate::clock::SharedClock;
 use crate::message::email::{EmailSpec, build};
-use crate::outbox::{MessageKind, NewMessage, Services};
 use crate::store::{Disposition, InboundRow, NewAnswer, RequestRow, Store, StoreError};
+use crate::store::{MessageKind, NewMessage};
 
 /// Receives and processes inbound messages.
 #[derive(Clone)]
 pub struct Intake {
     store: Store,
     clock: SharedClock,
-    services: Arc<Services>,
+    services: Arc<StepServices>,
     /// The daemon's wakers: runs when an answer nudged one, the outbox when a notice was queued.
     wakers: Option<crate::wake::Wakers>,
 }
@@ -67,7 +68,7 @@ pub fn source_key(raw: &[u8]) -> String {
 
 impl Intake {
     /// An intake over `store`.
-    pub fn new(store: Store, clock: SharedClock, services: Arc<Services>) -> Self {
+    pub fn new(store: Store, clock: SharedClock, services: Arc<StepServices>) -> Self {
         Self {
             store,
             clock,

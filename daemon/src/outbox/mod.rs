@@ -11,7 +11,6 @@
 //! de-duplicate. Nothing else is ever sent twice.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod transport;
@@ -53,24 +52,15 @@ impl Default for OutboxConfig {
     }
 }
 
-/// Everything actions and the delivery worker use besides the store and the clock.
+/// What the delivery worker needs: settings as data, no live handles.
 #[derive(Debug, Clone, Default)]
-pub struct Services {
-    /// Mail settings.
+pub struct DeliveryConfig {
+    /// Where mail goes (`[smtp]`, or `.eml` files) and as whom.
     pub mail: MailSettings,
-    /// Reply settings.
-    pub replies: ReplySettings,
-    /// This process's metrics.
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// Delivery policy.
+    /// Delivery policy (`[outbox]`).
     pub outbox: OutboxConfig,
-    /// Named secrets (`[secrets]`).
+    /// Named secrets (`[secrets]`): webhook signing keys.
     pub secrets: BTreeMap<String, Secret>,
-    /// The workflows directory (templates, attachments).
-    pub workflows_dir: PathBuf,
-    /// The WebAssembly plugins (the daemon's host; in a simulation, the scenario's results in
-    /// front of one).
-    pub plugins: Option<std::sync::Arc<dyn crate::plugins::PluginRunner>>,
 }
 
 pub use crate::store::{MessageKind, NewMessage};

@@ -12,20 +12,20 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::Value as Json;
 
-use super::{Delivery, MessageKind, Services, SmtpTls, webhook};
+use super::{Delivery, DeliveryConfig, MessageKind, SmtpTls, webhook};
 
 /// The transports of one daemon.
 pub struct Transports {
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     eml_dir: PathBuf,
     http: reqwest::Client,
-    services: std::sync::Arc<Services>,
+    delivery: std::sync::Arc<DeliveryConfig>,
 }
 
 impl Transports {
     /// Builds the transports from the configuration.
-    pub fn new(services: std::sync::Arc<Services>) -> Result<Self, String> {
-        let smtp = match &services.mail.smtp {
+    pub fn new(delivery: std::sync::Arc<DeliveryConfig>) -> Result<Self, String> {
+        let smtp = match &delivery.mail.smtp {
             None => None,
             Some(cfg) => {
                 let builder = match cfg.tls {
@@ -41,7 +41,7 @@ impl Transports {
                 };
                 // One pooled connection per concurrent delivery.
                 let pool = lettre::transport::smtp::PoolConfig::new()
-                    .max_size(u32::try_from(services.outbox.concurrency).unwrap_or(8));
+                    .max_size(u32::try_from(delivery.outbox.concurrency).unwrap_or(8));
                 let mut builder = builder
                     .port(cfg.port)
                     .timeout(Some(cfg.timeout))
@@ -60,9 +60,9 @@ impl Transports {
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self {
             smtp,
-            eml_dir: services.mail.outbox_dir.clone(),
+            eml_dir: delivery.mail.outbox_dir.clone(),
             http,
-            services,
+            delivery,
         })
     }
 
@@ -149,7 +149,7 @@ impl Transports {
             }
         }
         if let Some(name) = payload["secret"].as_str() {
-            let Some(secret) = self.services.secrets.get(name) else {
+            let Some(secret) = self.delivery.secrets.get(name) else {
                 return Delivery::Temporary(format!("secret `{name}` is not configured"));
             };
             req = req

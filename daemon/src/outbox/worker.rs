@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::transport::Transports;
-use super::{Delivery, Services};
+use super::{Delivery, DeliveryConfig};
 use crate::clock::SharedClock;
 use crate::store::{OutboxRow, Store};
 
@@ -18,8 +18,8 @@ use crate::store::{OutboxRow, Store};
 const LEASE: Duration = Duration::minutes(5);
 
 /// The delay before attempt `attempt + 1`, exponential with equal jitter.
-pub fn backoff(services: &Services, attempt: u32, random_unit: f64) -> std::time::Duration {
-    let cfg = &services.outbox;
+pub fn backoff(delivery: &DeliveryConfig, attempt: u32, random_unit: f64) -> std::time::Duration {
+    let cfg = &delivery.outbox;
     let exp = attempt.saturating_sub(1).min(30);
     let base = cfg.backoff.saturating_mul(1u32 << exp).min(cfg.max_backoff);
     let half = base / 2;
@@ -30,12 +30,12 @@ pub fn backoff(services: &Services, attempt: u32, random_unit: f64) -> std::time
 pub async fn run(
     store: Store,
     clock: SharedClock,
-    services: Arc<Services>,
+    delivery: Arc<DeliveryConfig>,
     node_id: String,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let transports = match Transports::new(services.clone()) {
+    let transports = match Transports::new(delivery.clone()) {
         Ok(t) => t,
         Err(err) => {
             tracing::error!(error = %err, "outbox: cannot set up delivery; messages stay queued");
@@ -43,7 +43,7 @@ pub async fn run(
             return;
         }
     };
-    let concurrency = services.outbox.concurrency.max(1);
+    let concurrency = delivery.outbox.concurrency.max(1);
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -60,7 +60,7 @@ pub async fn run(
         let full = i64::try_from(batch.len()).unwrap_or(0) == limit;
         if !batch.is_empty() {
             futures::stream::iter(batch)
-                .map(|row| deliver_one(&store, &clock, &services, &transports, &node_id, row))
+                .map(|row| deliver_one(&store, &clock, &delivery, &transports, &node_id, row))
                 .buffer_unordered(concurrency)
                 .collect::<Vec<()>>()
                 .await;
@@ -69,7 +69,7 @@ pub async fn run(
             continue;
         }
         let poll =
-            Duration::from_std(services.outbox.poll_interval).unwrap_or(Duration::seconds(1));
+            Duration::from_std(delivery.outbox.poll_interval).unwrap_or(Duration::seconds(1));
         let mut until = clock.now() + poll;
         if let Ok(Some(next)) = store.next_outbox_due().await {
             until = until.min(next);
@@ -85,7 +85,7 @@ pub async fn run(
 async fn deliver_one(
     store: &Store,
     clock: &SharedClock,
-    services: &Services,
+    delivery: &DeliveryConfig,
     transports: &Transports,
     node_id: &str,
     row: OutboxRow,
@@ -107,8 +107,8 @@ async fn deliver_one(
         }
         Delivery::Temporary(reason) => {
             let too_old =
-                (done - row.created_at).to_std().unwrap_or_default() > services.outbox.max_age;
-            if attempt >= services.outbox.max_attempts || too_old {
+                (done - row.created_at).to_std().unwrap_or_default() > delivery.outbox.max_age;
+            if attempt >= delivery.outbox.max_attempts || too_old {
                 tracing::error!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, reason = %reason, "message undeliverable; moved to dead letters");
                 (
                     "dead",
@@ -116,7 +116,7 @@ async fn deliver_one(
                     Some(format!("{reason} (gave up after {attempt} attempts)")),
                 )
             } else {
-                let delay = backoff(services, attempt, fastrand::f64());
+                let delay = backoff(delivery, attempt, fastrand::f64());
                 let at = done + Duration::from_std(delay).unwrap_or(Duration::seconds(60));
                 tracing::warn!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, reason = %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
                 ("pending", Some(at), Some(reason))
