@@ -130,6 +130,31 @@ fn unix_day_of_week(field: &str) -> Result<String, String> {
         .join(","))
 }
 
+/// The next `count` fires of all of `triggers` after `now`, earliest first, each in its trigger's
+/// time zone: what the API, the pages and `pmoflow workflows` show. Triggers that cannot be
+/// computed are skipped (validation reports them).
+pub fn next_fires(
+    triggers: &[Trigger],
+    default_tz: Tz,
+    calendar: &Arc<Calendar>,
+    now: DateTime<Utc>,
+    count: usize,
+) -> Vec<DateTime<Tz>> {
+    let mut fires: Vec<DateTime<Tz>> = triggers
+        .iter()
+        .filter_map(|t| TriggerSchedule::new(t, default_tz, calendar.clone()).ok())
+        .flat_map(|s| {
+            let tz = s.timezone();
+            s.next(now, count)
+                .into_iter()
+                .map(move |f| f.at.with_timezone(&tz))
+        })
+        .collect();
+    fires.sort_by_key(|f| f.with_timezone(&Utc));
+    fires.truncate(count);
+    fires
+}
+
 /// One fire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fire {

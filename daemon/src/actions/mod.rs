@@ -237,11 +237,11 @@ impl ActionKind {
 
     /// Whether the action has no effect outside pmoflow's own database. An attempt of such an
     /// action is not recorded as `running` before it runs: repeating it after a crash is
-    /// invisible, so that commit would buy nothing. Actions that reach the outside world
-    /// (email, webhooks, plugins) return false and are recorded first.
+    /// invisible, so that commit would buy nothing. `log`, `wait` and `fail` touch nothing;
+    /// `email`, `webhook`, `request` and `escalate` only *queue* messages, committed with the
+    /// step and sent by the outbox afterwards. The actions that reach the outside world
+    /// themselves (`http`, plugins) return false and are recorded first.
     pub fn is_pure(self) -> bool {
-        // email and webhook only *queue* a message: it is committed with the step and sent by the
-        // outbox afterwards, so they are pure in this sense too.
         match self {
             Self::Log
             | Self::Wait

@@ -640,7 +640,6 @@ pub fn calendar_import(config: &Config, file: &std::path::Path) -> Result<String
 /// `pmoflow workflows`: the workflows on disk, their version, next fire and problems, and what
 /// the database knows of their runs.
 pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> {
-    use crate::schedule::TriggerSchedule;
     let catalog = Catalog::load(&config.workflows_dir);
     let now = SystemClock.now();
     let store = Store::open(&config.database_url, config.durability)
@@ -660,17 +659,10 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
     };
     let mut rows = Vec::new();
     for wf in catalog.workflows.values() {
-        let next = wf
-            .triggers
-            .iter()
-            .filter_map(|t| TriggerSchedule::new(t, config.timezone, catalog.calendar.clone()).ok())
-            .filter_map(|s| {
-                s.next(now, 1)
-                    .into_iter()
-                    .next()
-                    .map(|f| f.at.with_timezone(&s.timezone()).to_rfc3339())
-            })
-            .min();
+        let next =
+            crate::schedule::next_fires(&wf.triggers, config.timezone, &catalog.calendar, now, 1)
+                .first()
+                .map(|f| f.to_rfc3339());
         let last = match &store {
             Some(s) => s
                 .list_runs(&RunFilter {

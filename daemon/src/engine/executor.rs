@@ -119,10 +119,9 @@ async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(
     };
     let mut outputs = serde_json::Map::new();
     for step in &wf.steps {
+        // The span covers the step's whole execution, across its awaits.
         let span = tracing::info_span!("step", run = %run.id, workflow = %wf.id, step = %step.id);
-        let _entered = span.enter();
-        drop(_entered);
-        match exec.run_step(step, &outputs).await? {
+        match tracing::Instrument::instrument(exec.run_step(step, &outputs), span).await? {
             StepResult::Done(output, status) => {
                 outputs.insert(
                     step.id.clone(),

@@ -211,18 +211,9 @@ pub(super) async fn workflows(State(state): State<AppState>, headers: HeaderMap)
     let tz = engine.config().timezone;
     let mut list = Vec::new();
     for wf in catalog.workflows.values() {
-        use crate::schedule::TriggerSchedule;
-        let next = wf
-            .triggers
-            .iter()
-            .filter_map(|t| TriggerSchedule::new(t, tz, catalog.calendar.clone()).ok())
-            .filter_map(|s| {
-                s.next(now, 1)
-                    .into_iter()
-                    .next()
-                    .map(|f| f.at.with_timezone(&s.timezone()).to_rfc3339())
-            })
-            .min();
+        let next = crate::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 1)
+            .first()
+            .map(|f| f.to_rfc3339());
         let last = state
             .store
             .list_runs(&RunFilter {
@@ -272,19 +263,11 @@ pub(super) async fn workflow(
     };
     let tz = engine.config().timezone;
     let now = state.clock.now();
-    let mut fires: Vec<String> = Vec::new();
-    for t in &wf.triggers {
-        use crate::schedule::TriggerSchedule;
-        if let Ok(s) = TriggerSchedule::new(t, tz, catalog.calendar.clone()) {
-            fires.extend(
-                s.next(now, 5)
-                    .into_iter()
-                    .map(|f| f.at.with_timezone(&s.timezone()).to_rfc3339()),
-            );
-        }
-    }
-    fires.sort();
-    fires.truncate(5);
+    let fires: Vec<String> =
+        crate::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 5)
+            .iter()
+            .map(|f| f.to_rfc3339())
+            .collect();
     let runs = state
         .store
         .list_runs(&RunFilter {

@@ -217,13 +217,9 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
         let catalog = engine.registry().catalog();
         let now = state.clock.now();
         for wf in catalog.workflows.values() {
-            use crate::schedule::TriggerSchedule;
-            let next = wf
-                .triggers
-                .iter()
-                .filter_map(|t| TriggerSchedule::new(t, tz, catalog.calendar.clone()).ok())
-                .filter_map(|s| s.next(now, 1).into_iter().next().map(|f| f.at))
-                .min();
+            let next = crate::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 1)
+                .first()
+                .map(|f| f.with_timezone(&chrono::Utc));
             let last = state
                 .store
                 .list_runs(&RunFilter {
