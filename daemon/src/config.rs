@@ -292,7 +292,7 @@ impl Config {
             None => Ok(default),
             Some(s) => HumanDuration::parse(s.get_ref())
                 .map(|d| d.0)
-                .map_err(|m| err(s.span(), m, Some(DURATION_HINT.into()))),
+                .map_err(|m| err(s.span(), m.to_string(), Some(DURATION_HINT.into()))),
         };
         let defaults = EngineConfig::default();
         let max_concurrent_runs = match &raw.engine.max_concurrent_runs {

@@ -2,20 +2,39 @@
 
 use std::fmt;
 
+/// Why a duration does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing was written.
+    #[error("empty duration")]
+    Empty,
+    /// Not a number and a unit.
+    #[error("invalid duration `{text}`: {reason}")]
+    Invalid {
+        /// What was written.
+        text: String,
+        /// What humantime says about it.
+        reason: String,
+    },
+}
+
 /// A parsed, non-negative duration that remembers how it was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub std::time::Duration);
 
 impl HumanDuration {
     /// Parses a duration such as `"30s"`, `"10m"`, `"1h30m"` or `"2d"`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
         let trimmed = text.trim();
         if trimmed.is_empty() {
-            return Err("empty duration".into());
+            return Err(DurationError::Empty);
         }
         humantime::parse_duration(trimmed)
             .map(HumanDuration)
-            .map_err(|e| format!("invalid duration `{text}`: {e}"))
+            .map_err(|e| DurationError::Invalid {
+                text: text.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// As a chrono duration (saturating).

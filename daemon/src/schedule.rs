@@ -13,16 +13,43 @@ use crate::calendar::Calendar;
 use crate::workflow::Trigger;
 use crate::workflow::raw::{DstPolicy, OnClosedDay};
 
+/// Why a trigger's schedule cannot be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// Not 5 or 6 fields.
+    #[error("cron expression `{expr}` has {fields} fields, expected 5 or 6")]
+    FieldCount {
+        /// The expression.
+        expr: String,
+        /// How many fields it has.
+        fields: usize,
+    },
+    /// A field the `cron` crate or the day-of-week translation refuses.
+    #[error("invalid cron expression `{expr}`: {reason}")]
+    Cron {
+        /// The expression.
+        expr: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Neither `cron` nor `business_day` with `at`.
+    #[error("a trigger needs `cron`, or `business_day` with `at`")]
+    NoRule,
+    /// `timezone` is not an IANA name.
+    #[error("unknown time zone `{0}`")]
+    UnknownTimeZone(String),
+}
+
 /// Parses a 5-field (`min hour dom mon dow`), 6-field (seconds first) or `@daily`-style
 /// expression.
-pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, ScheduleError> {
     parse_cron_set(expr).map(|mut v| v.remove(0))
 }
 
 /// Parses an expression into the schedules whose union it means. As in crontab, when both
 /// day-of-month and day-of-week are restricted a day matches if *either* does (the `cron`
 /// crate alone would require both), so such an expression becomes two schedules.
-pub fn parse_cron_set(expr: &str) -> Result<Vec<cron::Schedule>, String> {
+pub fn parse_cron_set(expr: &str) -> Result<Vec<cron::Schedule>, ScheduleError> {
     let normalized = normalize_cron(expr)?;
     let fields: Vec<&str> = normalized.split_whitespace().collect();
     let restricted = |f: &str| f != "*" && f != "?";
@@ -48,14 +75,17 @@ pub fn parse_cron_set(expr: &str) -> Result<Vec<cron::Schedule>, String> {
                     .rev()
                     .find(|l| !l.trim().is_empty())
                     .unwrap_or("");
-                format!("invalid cron expression `{expr}`: {}", reason.trim())
+                ScheduleError::Cron {
+                    expr: expr.to_string(),
+                    reason: reason.trim().to_string(),
+                }
             })
         })
         .collect()
 }
 
 /// The expression in the `cron` crate's 6-field form (or an `@` alias).
-fn normalize_cron(expr: &str) -> Result<String, String> {
+fn normalize_cron(expr: &str) -> Result<String, ScheduleError> {
     let trimmed = expr.trim();
     let normalized = if trimmed.starts_with('@') {
         trimmed.to_string()
@@ -65,13 +95,16 @@ fn normalize_cron(expr: &str) -> Result<String, String> {
             5 => fields.insert(0, "0".into()),
             6 => {}
             n => {
-                return Err(format!(
-                    "cron expression `{expr}` has {n} fields, expected 5 or 6"
-                ));
+                return Err(ScheduleError::FieldCount {
+                    expr: expr.to_string(),
+                    fields: n,
+                });
             }
         }
-        fields[5] = unix_day_of_week(&fields[5])
-            .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))?;
+        fields[5] = unix_day_of_week(&fields[5]).map_err(|reason| ScheduleError::Cron {
+            expr: expr.to_string(),
+            reason,
+        })?;
         fields.join(" ")
     };
     Ok(normalized)
@@ -79,7 +112,8 @@ fn normalize_cron(expr: &str) -> Result<String, String> {
 
 /// Translates a day-of-week field from crontab's numbering (0–7, Sunday = 0 or 7, Monday = 1)
 /// to the `cron` crate's (Sunday = 1 … Saturday = 7). Numeric ranges and steps are expanded to
-/// lists so that ranges ending on Sunday (`5-7`) keep their meaning; names pass through.
+/// lists so that ranges ending on Sunday (`5-7`) keep their meaning; names pass through. The
+/// error is the reason, for [`ScheduleError::Cron`].
 fn unix_day_of_week(field: &str) -> Result<String, String> {
     if field.chars().any(|c| c.is_ascii_alphabetic()) || field == "*" || field == "?" {
         return Ok(field.to_string());
@@ -191,7 +225,11 @@ const MAX_SHIFT_DAYS: i64 = 16;
 
 impl TriggerSchedule {
     /// Prepares a checked trigger; `default_tz` applies when it names none.
-    pub fn new(trigger: &Trigger, default_tz: Tz, calendar: Arc<Calendar>) -> Result<Self, String> {
+    pub fn new(
+        trigger: &Trigger,
+        default_tz: Tz,
+        calendar: Arc<Calendar>,
+    ) -> Result<Self, ScheduleError> {
         let rule = match (&trigger.cron, trigger.business_day, trigger.at) {
             (Some(expr), _, _) => Rule::Cron(parse_cron_set(expr)?),
             (None, Some(n), Some(at)) => Rule::BusinessDay {
@@ -199,12 +237,12 @@ impl TriggerSchedule {
                 at,
                 months: trigger.months.clone(),
             },
-            _ => return Err("a trigger needs `cron`, or `business_day` with `at`".into()),
+            _ => return Err(ScheduleError::NoRule),
         };
         let tz = match &trigger.timezone {
             Some(name) => name
                 .parse()
-                .map_err(|_| format!("unknown time zone `{name}`"))?,
+                .map_err(|_| ScheduleError::UnknownTimeZone(name.clone()))?,
             None => default_tz,
         };
         Ok(Self {

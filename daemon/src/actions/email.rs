@@ -301,7 +301,7 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
         timezone: cx.services.mail.timezone,
         charset: cx.services.mail.charset,
     };
-    let built = build(&spec).map_err(StepError::fatal)?;
+    let built = build(&spec).map_err(|e| StepError::fatal(e.to_string()))?;
     let target = to
         .iter()
         .chain(cc.iter())

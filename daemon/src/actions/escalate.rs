@@ -477,7 +477,7 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
     let mut messages = Vec::new();
     let mut requests = Vec::new();
     // The hidden request that `pmoflow resolve` / the API answer; its token is never mailed.
-    let resolve_token = correlate::new_token().map_err(StepError::retryable)?;
+    let resolve_token = correlate::new_token().map_err(|e| StepError::retryable(e.to_string()))?;
     requests.push(NewRequest {
         token: resolve_token.clone(),
         workflow_id: cx.workflow_id.to_string(),

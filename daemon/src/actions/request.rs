@@ -195,7 +195,9 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
             Some(t) if t.contains("bd") || t.contains('@') => {
                 parse_offset(&format!("+{}", t.trim_start_matches('+'))).err()
             }
-            Some(t) => crate::duration::HumanDuration::parse(t).err(),
+            Some(t) => crate::duration::HumanDuration::parse(t)
+                .err()
+                .map(|e| e.to_string()),
             None => Some(format!("`wait_after_deadline` must be a duration, got {v}")),
         }
     {
@@ -291,7 +293,9 @@ fn wait_after_deadline(
         let off = parse_offset(&format!("+{}", t.trim_start_matches('+')))?;
         return Ok(apply_offset(deadline, off, tz) - deadline);
     }
-    crate::duration::HumanDuration::parse(t).map(|d| d.to_chrono())
+    crate::duration::HumanDuration::parse(t)
+        .map(|d| d.to_chrono())
+        .map_err(|e| e.to_string())
 }
 
 /// A deadline: an RFC 3339 instant, a date (`2027-05-31`, meaning the end of that day in the
@@ -630,7 +634,7 @@ pub(crate) fn render_body(
 /// A fresh request's keys: its single-use token, its subject tag and our Message-ID (without
 /// angle brackets), which carries the token too.
 pub(crate) fn new_ids(cx: &ActionContext<'_>) -> Result<(String, i64, String), StepError> {
-    let token = correlate::new_token().map_err(StepError::retryable)?;
+    let token = correlate::new_token().map_err(|e| StepError::retryable(e.to_string()))?;
     let tag = fastrand::i64(10_000..1_000_000);
     let message_id = correlate::message_id(&token, &domain_of(&cx.services.mail.from));
     Ok((token, tag, message_id))
@@ -672,7 +676,7 @@ pub(crate) fn step_mail(cx: &ActionContext<'_>, m: StepMail<'_>) -> Result<NewMe
         timezone: cx.services.mail.timezone,
         charset: cx.services.mail.charset,
     };
-    let built = build(&spec).map_err(StepError::fatal)?;
+    let built = build(&spec).map_err(|e| StepError::fatal(e.to_string()))?;
     Ok(NewMessage {
         kind: MessageKind::Email,
         key: m.key,

@@ -39,7 +39,7 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
     }
     if let Some(d) = with.get("duration").filter(|v| !is_dynamic(v)) {
         let problem = match d.as_str() {
-            Some(text) => HumanDuration::parse(text).err(),
+            Some(text) => HumanDuration::parse(text).err().map(|e| e.to_string()),
             None => Some(format!("`duration` must be a string, got {d}")),
         };
         if let Some(message) = problem {
@@ -73,7 +73,7 @@ fn parse_until(value: &Json) -> Result<DateTime<Utc>, String> {
 
 pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
     if let Some(text) = str_param(with, "duration")? {
-        let d = HumanDuration::parse(text).map_err(StepError::fatal)?;
+        let d = HumanDuration::parse(text).map_err(|e| StepError::fatal(e.to_string()))?;
         return Ok(Outcome::WaitUntil(cx.clock.now() + d.to_chrono()));
     }
     match with.get("until") {

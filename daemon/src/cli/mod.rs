@@ -216,7 +216,7 @@ pub async fn runs(
     let status = status
         .map(|s| s.parse::<RunStatus>())
         .transpose()
-        .map_err(CliError::new)?;
+        .map_err(|e| CliError::new(e.to_string()))?;
     let store = Store::open(&config.database_url, config.durability).await?;
     let rows = store
         .list_runs(&RunFilter {

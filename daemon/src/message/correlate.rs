@@ -25,10 +25,15 @@ pub enum Key {
     SubjectTag(u64),
 }
 
+/// The operating system gave no randomness (a token cannot be made; retry later).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no system randomness: {0}")]
+pub struct NoRandomness(pub getrandom::Error);
+
 /// A new random token from the operating system's CSPRNG (5 bits per character: 130 bits).
-pub fn new_token() -> Result<String, String> {
+pub fn new_token() -> Result<String, NoRandomness> {
     let mut bytes = [0u8; TOKEN_LEN];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no system randomness: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(NoRandomness)?;
     Ok(bytes
         .iter()
         .map(|b| TOKEN_ALPHABET[usize::from(b & 31)] as char)

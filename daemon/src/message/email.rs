@@ -73,14 +73,20 @@ macro_rules! text_header {
 text_header!(AutoSubmitted, "Auto-Submitted");
 text_header!(AutoResponseSuppress, "X-Auto-Response-Suppress");
 
-fn mailbox(text: &str) -> Result<Mailbox, String> {
+/// Why a message cannot be built (a bad address, a character the charset cannot carry, …):
+/// a fatal step error, since trying again builds the same message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EmailError(String);
+
+fn mailbox(text: &str) -> Result<Mailbox, EmailError> {
     text.trim()
         .parse::<Mailbox>()
-        .map_err(|e| format!("invalid address `{text}`: {e}"))
+        .map_err(|e| EmailError(format!("invalid address `{text}`: {e}")))
 }
 
 /// Builds the message.
-pub fn build(spec: &EmailSpec) -> Result<Built, String> {
+pub fn build(spec: &EmailSpec) -> Result<Built, EmailError> {
     if spec.charset == super::settings::Charset::Iso2022Jp {
         return iso2022jp::build(spec);
     }
@@ -107,7 +113,7 @@ pub fn build(spec: &EmailSpec) -> Result<Built, String> {
         envelope_to.push(mailbox(t)?.email.to_string());
     }
     if envelope_to.is_empty() {
-        return Err("the message has no recipients".into());
+        return Err(EmailError("the message has no recipients".into()));
     }
     if let Some(r) = &spec.reply_to {
         b = b.reply_to(mailbox(r)?);
@@ -122,14 +128,14 @@ pub fn build(spec: &EmailSpec) -> Result<Built, String> {
         let mut mixed = MultiPart::mixed().multipart(body);
         for (name, bytes, ctype) in &spec.attachments {
             let ct = header::ContentType::parse(ctype)
-                .map_err(|e| format!("invalid content type `{ctype}`: {e}"))?;
+                .map_err(|e| EmailError(format!("invalid content type `{ctype}`: {e}")))?;
             mixed = mixed.singlepart(Attachment::new(name.clone()).body(bytes.clone(), ct));
         }
         b.multipart(mixed)
     }
-    .map_err(|e| format!("cannot build the message: {e}"))?;
+    .map_err(|e| EmailError(format!("cannot build the message: {e}")))?;
     let raw = String::from_utf8(message.formatted())
-        .map_err(|_| "the built message is not ASCII".to_string())?;
+        .map_err(|_| EmailError("the built message is not ASCII".to_string()))?;
     Ok(Built {
         raw: with_local_date(&raw, spec.date, spec.timezone),
         envelope_from: from.email.to_string(),
@@ -162,24 +168,24 @@ mod iso2022jp {
 
     use base64::Engine;
 
-    use super::{Built, EmailSpec, mailbox};
+    use super::{Built, EmailError, EmailSpec, mailbox};
 
-    fn encode(text: &str) -> Result<Vec<u8>, String> {
+    fn encode(text: &str) -> Result<Vec<u8>, EmailError> {
         let (bytes, _, unmappable) = encoding_rs::ISO_2022_JP.encode(text);
         if unmappable {
             let bad: String = text
                 .chars()
                 .filter(|c| encoding_rs::ISO_2022_JP.encode(&c.to_string()).2)
                 .collect();
-            return Err(format!(
+            return Err(EmailError(format!(
                 "cannot be encoded in ISO-2022-JP: {bad:?} (use charset = \"utf-8\", or replace these characters)"
-            ));
+            )));
         }
         Ok(bytes.into_owned())
     }
 
     /// RFC 2047 encoded words for a header value (ASCII-only text is left as it is).
-    fn words(text: &str) -> Result<String, String> {
+    fn words(text: &str) -> Result<String, EmailError> {
         if text.is_ascii() {
             return Ok(text.to_string());
         }
@@ -208,7 +214,7 @@ mod iso2022jp {
         Ok(encoded.join("\r\n "))
     }
 
-    fn address(text: &str) -> Result<(String, String), String> {
+    fn address(text: &str) -> Result<(String, String), EmailError> {
         let m = mailbox(text)?;
         let header = match &m.name {
             Some(name) if !name.is_empty() => format!("{} <{}>", words(name)?, m.email),
@@ -217,15 +223,15 @@ mod iso2022jp {
         Ok((header, m.email.to_string()))
     }
 
-    pub(super) fn build(spec: &EmailSpec) -> Result<Built, String> {
+    pub(super) fn build(spec: &EmailSpec) -> Result<Built, EmailError> {
         if spec.html.is_some() || !spec.attachments.is_empty() {
-            return Err(
+            return Err(EmailError(
                 "charset iso-2022-jp supports plain-text messages without attachments".into(),
-            );
+            ));
         }
         let (from, envelope_from) = address(&spec.from)?;
         let mut envelope_to = Vec::new();
-        let mut list = |items: &[String]| -> Result<Vec<String>, String> {
+        let mut list = |items: &[String]| -> Result<Vec<String>, EmailError> {
             items
                 .iter()
                 .map(|t| {
@@ -240,7 +246,7 @@ mod iso2022jp {
         let cc = list(&spec.cc)?;
         let _bcc = list(&spec.bcc)?;
         if envelope_to.is_empty() {
-            return Err("the message has no recipients".into());
+            return Err(EmailError("the message has no recipients".into()));
         }
         let mut head = vec![
             format!("From: {from}"),
@@ -265,8 +271,8 @@ mod iso2022jp {
         head.push("Content-Transfer-Encoding: 7bit".into());
         let text = spec.text.replace("\r\n", "\n").replace('\n', "\r\n");
         let body = encode(&text)?;
-        let body =
-            String::from_utf8(body).map_err(|_| "ISO-2022-JP output is not 7-bit".to_string())?;
+        let body = String::from_utf8(body)
+            .map_err(|_| EmailError("ISO-2022-JP output is not 7-bit".to_string()))?;
         Ok(Built {
             raw: format!("{}\r\n\r\n{body}", head.join("\r\n")),
             envelope_from,
@@ -346,7 +352,9 @@ mod tests {
             text: "お詫び🙇".into(),
             ..jis
         };
-        let err = build(&bad).expect_err("emoji are not in ISO-2022-JP");
+        let err = build(&bad)
+            .expect_err("emoji are not in ISO-2022-JP")
+            .to_string();
         assert!(
             err.contains("cannot be encoded in ISO-2022-JP") && err.contains('🙇'),
             "{err}"

@@ -53,9 +53,14 @@ impl RunStatus {
     }
 }
 
+/// A status name that is not one of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownStatus(String);
+
 impl std::str::FromStr for RunStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
         Ok(match s {
             "pending" => Self::Pending,
             "running" => Self::Running,
@@ -66,9 +71,9 @@ impl std::str::FromStr for RunStatus {
             "queued" => Self::Queued,
             "skipped" => Self::Skipped,
             other => {
-                return Err(format!(
+                return Err(UnknownStatus(format!(
                     "unknown run status `{other}` (pending, queued, running, waiting, succeeded, failed, cancelled, skipped)"
-                ));
+                )));
             }
         })
     }
@@ -107,8 +112,8 @@ impl StepStatus {
 }
 
 impl std::str::FromStr for StepStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
         Ok(match s {
             "running" => Self::Running,
             "waiting" => Self::Waiting,
@@ -116,7 +121,7 @@ impl std::str::FromStr for StepStatus {
             "succeeded" => Self::Succeeded,
             "failed" => Self::Failed,
             "skipped" => Self::Skipped,
-            other => return Err(format!("unknown step status `{other}`")),
+            other => return Err(UnknownStatus(format!("unknown step status `{other}`"))),
         })
     }
 }
@@ -199,8 +204,9 @@ fn json(table: &'static str, text: Option<String>) -> Result<Option<Json>> {
         .transpose()
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(table: &'static str, text: &str) -> Result<T> {
-    text.parse().map_err(|e| StoreError::Corrupt(table, e))
+fn parse<T: std::str::FromStr<Err = UnknownStatus>>(table: &'static str, text: &str) -> Result<T> {
+    text.parse::<T>()
+        .map_err(|e: UnknownStatus| StoreError::Corrupt(table, e.to_string()))
 }
 
 impl RunRow {

@@ -350,7 +350,7 @@ fn compile_triggers(
         match (&trig.cron, &trig.business_day) {
             (Some(expr), None) => {
                 if let Err(message) = crate::schedule::parse_cron(expr.get_ref()) {
-                    cx.error(expr.span(), message, Some(CRON_HINT.into()));
+                    cx.error(expr.span(), message.to_string(), Some(CRON_HINT.into()));
                 }
                 if let Some(at) = &trig.at {
                     cx.error(
@@ -612,7 +612,11 @@ fn duration(cx: &mut Ctx<'_>, value: &Spanned<String>) -> Option<std::time::Dura
     match HumanDuration::parse(value.get_ref()) {
         Ok(d) => Some(d.0),
         Err(message) => {
-            cx.error(value.span(), message, Some(DURATION_HINT.into()));
+            cx.error(
+                value.span(),
+                message.to_string(),
+                Some(DURATION_HINT.into()),
+            );
             None
         }
     }
