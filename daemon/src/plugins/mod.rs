@@ -18,17 +18,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+mod capabilities;
 pub mod grant;
+mod load;
 pub mod net;
 pub mod shipped;
 
+use capabilities::{Kv, State};
+
 pub use grant::{Grant, HostRule};
+pub use load::{installed, manifests};
 
 use serde::Deserialize;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -43,10 +48,6 @@ mod bindings {
     });
 }
 
-use bindings::pmoflow::plugin::http::{
-    HttpError, Request as HttpRequest, Response as HttpResponse,
-};
-use bindings::pmoflow::plugin::log::Level;
 use bindings::pmoflow::plugin::types::{Context, StepError as GuestError};
 
 /// Limits of one invocation.
@@ -164,254 +165,6 @@ pub struct Manifest {
     /// Shipped with pmoflow, embedded in the binary ([`shipped`]).
     #[serde(skip)]
     pub shipped: bool,
-}
-
-struct MemLimiter {
-    max: usize,
-    exceeded: bool,
-}
-
-impl ResourceLimiter for MemLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            self.exceeded = true;
-            // An error (not `Ok(false)`) traps at once with a readable reason, instead of the
-            // guest allocator's bare `unreachable`.
-            return Err(wasmtime::Error::msg(format!(
-                "exceeded {} MiB memory limit",
-                self.max >> 20
-            )));
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-}
-
-struct State {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: MemLimiter,
-    logs: Vec<(String, String)>,
-    log_bytes: usize,
-    max_log: usize,
-    now_ms: i64,
-    grant: Arc<Grant>,
-    http: Option<reqwest::Client>,
-    kv: Kv,
-}
-
-impl State {
-    fn new(wasi: WasiCtx, grant: Arc<Grant>, http: Option<reqwest::Client>, now_ms: i64) -> Self {
-        let limits = grant.limits;
-        State {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: MemLimiter {
-                max: limits.memory,
-                exceeded: false,
-            },
-            logs: Vec::new(),
-            log_bytes: 0,
-            max_log: limits.max_log,
-            now_ms,
-            grant,
-            http,
-            kv: Kv::default(),
-        }
-    }
-
-    fn denied(&self, capability: &str) -> String {
-        format!("capability `{capability}` is not granted")
-    }
-}
-
-/// One invocation's view of the plugin's key-value namespace: what was stored when it started,
-/// plus its own writes (committed only if `run` returns).
-#[derive(Default)]
-struct Kv {
-    data: BTreeMap<String, String>,
-    changes: BTreeMap<String, Option<String>>,
-    bytes: usize,
-}
-
-impl Kv {
-    fn load(rows: Vec<(String, String)>) -> Self {
-        let bytes = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
-        Kv {
-            data: rows.into_iter().collect(),
-            changes: BTreeMap::new(),
-            bytes,
-        }
-    }
-
-    fn set(&mut self, key: String, value: String, limits: &Limits) -> Result<(), String> {
-        if key.is_empty() || key.len() > 256 {
-            return Err("a kv key is 1 to 256 bytes".into());
-        }
-        let old = self.data.get(&key).map(|v| key.len() + v.len());
-        if old.is_none() && self.data.len() >= limits.kv_max_keys {
-            return Err(format!(
-                "kv quota: at most {} keys per plugin",
-                limits.kv_max_keys
-            ));
-        }
-        let bytes = self.bytes - old.unwrap_or(0) + key.len() + value.len();
-        if bytes > limits.kv_max_bytes {
-            return Err(format!(
-                "kv quota: at most {} KiB per plugin",
-                limits.kv_max_bytes >> 10
-            ));
-        }
-        self.bytes = bytes;
-        self.changes.insert(key.clone(), Some(value.clone()));
-        self.data.insert(key, value);
-        Ok(())
-    }
-
-    fn delete(&mut self, key: String) {
-        if let Some(v) = self.data.remove(&key) {
-            self.bytes -= key.len() + v.len();
-            self.changes.insert(key, None);
-        }
-    }
-}
-
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl bindings::pmoflow::plugin::types::Host for State {}
-
-impl bindings::pmoflow::plugin::log::Host for State {
-    fn log(&mut self, level: Level, message: String) {
-        if self.log_bytes + message.len() > self.max_log {
-            return;
-        }
-        self.log_bytes += message.len();
-        let level = match level {
-            Level::Trace => "trace",
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        };
-        self.logs.push((level.to_string(), message));
-    }
-}
-
-impl bindings::pmoflow::plugin::clock::Host for State {
-    fn now_ms(&mut self) -> i64 {
-        self.now_ms
-    }
-}
-
-impl bindings::pmoflow::plugin::kv::Host for State {
-    fn get(&mut self, key: String) -> Option<String> {
-        self.kv.data.get(&key).cloned()
-    }
-
-    fn set(&mut self, key: String, value: String) -> Result<(), String> {
-        if !self.grant.allows("kv") {
-            return Err(self.denied("kv"));
-        }
-        let limits = self.grant.limits;
-        self.kv.set(key, value, &limits)
-    }
-
-    fn delete(&mut self, key: String) {
-        self.kv.delete(key);
-    }
-
-    fn keys(&mut self, prefix: String) -> Vec<String> {
-        self.kv
-            .data
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
-}
-
-impl bindings::pmoflow::plugin::http::Host for State {
-    async fn fetch(&mut self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let Some(client) = self.http.clone() else {
-            return Err(HttpError::Denied(self.denied("http")));
-        };
-        let grant = self.grant.clone();
-        net::fetch(
-            &client,
-            &grant,
-            &req.method,
-            &req.url,
-            &req.headers,
-            req.body,
-        )
-        .await
-        .map(|r| HttpResponse {
-            status: r.status,
-            headers: r.headers,
-            body: r.body,
-        })
-        .map_err(|e| match e {
-            net::FetchError::Denied(m) => HttpError::Denied(m),
-            net::FetchError::Timeout(m) => HttpError::Timeout(m),
-            net::FetchError::TooLarge(m) => HttpError::TooLarge(m),
-            net::FetchError::Failed(m) => HttpError::Failed(m),
-        })
-    }
-}
-
-impl bindings::pmoflow::plugin::tls::Host for State {
-    async fn peer_certificates(
-        &mut self,
-        address: String,
-        server_name: String,
-    ) -> Result<Vec<bindings::pmoflow::plugin::tls::Certificate>, String> {
-        if !self.grant.allows("tls") {
-            return Err(self.denied("tls"));
-        }
-        let grant = self.grant.clone();
-        let chain = net::peer_certificates(&grant, &address, &server_name).await?;
-        Ok(chain
-            .into_iter()
-            .map(|c| bindings::pmoflow::plugin::tls::Certificate {
-                subject: c.subject,
-                issuer: c.issuer,
-                dns_names: c.dns_names,
-                not_before_ms: c.not_before_ms,
-                not_after_ms: c.not_after_ms,
-                serial: c.serial,
-            })
-            .collect())
-    }
-}
-
-impl bindings::pmoflow::plugin::whois::Host for State {
-    async fn query(&mut self, server: String, query: String) -> Result<String, String> {
-        if !self.grant.allows("whois") {
-            return Err(self.denied("whois"));
-        }
-        let grant = self.grant.clone();
-        net::whois(&grant, &server, &query).await
-    }
 }
 
 struct Loaded {
@@ -690,87 +443,6 @@ impl PluginHost {
         }))
     }
 
-    /// Loads the shipped plugins, then every `*/plugin.toml` under `dir` (which need not
-    /// exist), each with its grant; an installed plugin replaces a shipped one of the same
-    /// name. Problems are returned, one line per plugin; the other plugins still load. Compiled
-    /// code is cached in `cache` (if given), keyed by the component's content hash and the
-    /// engine's compatibility hash. Call [`PluginHost::prepare`] before use.
-    pub fn load(
-        dir: &Path,
-        grants: &Grants,
-        cache: Option<&Path>,
-    ) -> Result<(Self, Vec<String>), String> {
-        let mut host = Self::without_plugins(grants)?;
-        let mut problems = host.load_shipped(grants, cache);
-        problems.extend(host.load_dir(dir, grants, cache));
-        for name in grants.plugins.keys() {
-            if !host.plugins.contains_key(name) {
-                tracing::warn!(plugin = %name, "pmoflow.toml grants capabilities to a plugin that is not loaded");
-            }
-        }
-        Ok((host, problems))
-    }
-
-    /// A host with no plugin loaded yet: the engine (sized for the largest memory limit of
-    /// `grants`), the linker and the epoch thread.
-    pub fn without_plugins(grants: &Grants) -> Result<Self, String> {
-        let max_memory = grants
-            .plugins
-            .values()
-            .map(|g| g.limits.memory)
-            .fold(grants.default.limits.memory, usize::max);
-        Ok(Self::empty(max_memory)?.0)
-    }
-
-    /// Loads the plugins built into the binary ([`shipped`]) into this host.
-    pub fn load_shipped(&mut self, grants: &Grants, cache: Option<&Path>) -> Vec<String> {
-        let linker = self.linker.clone();
-        let mut problems = Vec::new();
-        for plugin in shipped::all() {
-            let name = plugin.manifest.name.clone();
-            let loaded = self
-                .component(plugin.component, cache)
-                .map_err(|e| format!("cannot load the component: {e}"))
-                .and_then(|component| {
-                    Self::link(
-                        &self.engine,
-                        &linker,
-                        &component,
-                        plugin.manifest,
-                        grants.get(&name).clone(),
-                    )
-                });
-            match loaded {
-                Ok(loaded) => {
-                    tracing::info!(plugin = %name, "shipped plugin loaded");
-                    self.plugins.insert(name, Arc::new(loaded));
-                }
-                Err(e) => problems.push(format!("shipped plugin `{name}`: {e}")),
-            }
-        }
-        problems
-    }
-
-    /// Loads the plugins under `dir` into this host (its engine, with its memory ceiling). An
-    /// installed plugin replaces a shipped one of the same name; if it cannot be loaded, the
-    /// shipped one stays.
-    pub fn load_dir(&mut self, dir: &Path, grants: &Grants, cache: Option<&Path>) -> Vec<String> {
-        let linker = self.linker.clone();
-        let mut problems = Vec::new();
-        for path in manifests(dir) {
-            match self.load_one(&linker, &path, grants, cache) {
-                Ok((name, true)) => {
-                    tracing::info!(plugin = %name, manifest = %path.display(), "installed plugin replaces the shipped one")
-                }
-                Ok((name, false)) => {
-                    tracing::info!(plugin = %name, manifest = %path.display(), "plugin loaded")
-                }
-                Err(e) => problems.push(format!("{}: {e}", path.display())),
-            }
-        }
-        problems
-    }
-
     /// Calls every plugin's `describe` once and compiles its input schema. A plugin whose
     /// descriptor is unusable is dropped, with a problem line.
     pub async fn prepare(&mut self) -> Vec<String> {
@@ -811,101 +483,6 @@ impl PluginHost {
             self.plugins.remove(&name);
         }
         problems
-    }
-
-    fn load_one(
-        &mut self,
-        linker: &Linker<State>,
-        path: &Path,
-        grants: &Grants,
-        cache: Option<&Path>,
-    ) -> Result<(String, bool), String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| e.message().to_string())?;
-        let name = manifest.name.clone();
-        let replaces = self.plugins.get(&name).is_some_and(|p| p.manifest.shipped);
-        let shipped_stays = |e: String| {
-            if replaces {
-                format!("{e} (the shipped `{name}` stays in use)")
-            } else {
-                e
-            }
-        };
-        if manifest.component.as_os_str().is_empty() {
-            return Err(shipped_stays(
-                "no `component` (the path of the .wasm file, relative to plugin.toml)".into(),
-            ));
-        }
-        if let Some(bad) = manifest
-            .capabilities
-            .iter()
-            .find(|c| !grant::KNOWN.contains(&c.as_str()))
-        {
-            return Err(format!(
-                "unknown capability `{bad}` (known: {})",
-                grant::KNOWN.join(", ")
-            ));
-        }
-        let file = path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(&manifest.component);
-        let component = std::fs::read(&file)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| self.component(&bytes, cache))
-            .map_err(|e| shipped_stays(format!("cannot load component {}: {e}", file.display())))?;
-        let grant = grants.get(&name).clone();
-        let loaded = Self::link(&self.engine, linker, &component, manifest, grant)
-            .map_err(&shipped_stays)?;
-        self.plugins.insert(name.clone(), Arc::new(loaded));
-        Ok((name, replaces))
-    }
-
-    /// Compiles a component, or loads its compiled code from the cache.
-    fn component(&self, bytes: &[u8], cache: Option<&Path>) -> Result<Component, String> {
-        use sha2::Digest;
-        use std::hash::{Hash, Hasher};
-        let Some(cache) = cache else {
-            return Component::new(&self.engine, bytes).map_err(|e| e.to_string());
-        };
-        let mut compat = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut compat);
-        let key = format!(
-            "{}-{:016x}.cwasm",
-            hex::encode(sha2::Sha256::digest(bytes)),
-            compat.finish()
-        );
-        let cached = cache.join(key);
-        if cached.is_file() {
-            // SAFETY: `deserialize_file` trusts the file to be wasmtime-compiled code for this
-            // engine. The file was written below by this host from `precompile_component`, under
-            // a name that binds the source's SHA-256 and the engine's compatibility hash, in the
-            // daemon's own state directory; anyone able to write there can already replace the
-            // daemon itself.
-            #[allow(unsafe_code)]
-            let loaded = unsafe { Component::deserialize_file(&self.engine, &cached) };
-            match loaded {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!(file = %cached.display(), error = %e, "ignoring an unusable compiled-plugin cache entry")
-                }
-            }
-        }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| e.to_string())?;
-        let written = std::fs::create_dir_all(cache).and_then(|()| {
-            let tmp = cache.join(format!(".{}.tmp", std::process::id()));
-            std::fs::write(&tmp, &compiled)?;
-            std::fs::rename(&tmp, &cached)
-        });
-        if let Err(e) = written {
-            tracing::warn!(dir = %cache.display(), error = %e, "cannot cache compiled plugin code");
-        }
-        Component::new(&self.engine, bytes).map_err(|e| e.to_string())
     }
 
     /// The compiled input schema of a prepared plugin.
@@ -1073,45 +650,6 @@ impl PluginHost {
             Ok(Ok(Ok(out))) => Ok((out, logs)),
         }
     }
-}
-
-/// The `plugin.toml` manifests under `dir` (one level of grouping allowed), sorted.
-pub fn manifests(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let p = entry.path().join("plugin.toml");
-        if p.is_file() {
-            out.push(p);
-        }
-        if let Ok(sub) = std::fs::read_dir(entry.path()) {
-            for e in sub.flatten() {
-                let p = e.path().join("plugin.toml");
-                if p.is_file() {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Names of the plugins available with `dir` as `plugins_dir`: the shipped ones and those
-/// installed under `dir`, from their manifests (nothing is compiled), sorted.
-pub fn installed(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = manifests(dir)
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .filter_map(|t| toml::from_str::<Manifest>(&t).ok())
-        .map(|m| m.name)
-        .chain(shipped::names())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// Why `value` does not fit `schema`, one line per problem (at most five).
