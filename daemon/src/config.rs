@@ -643,7 +643,7 @@ impl Config {
             }
             for host in &g.allow_hosts {
                 let rule = crate::plugins::HostRule::parse(host.get_ref())
-                    .map_err(|m| err(host.span(), m, None))?;
+                    .map_err(|e| err(host.span(), e.to_string(), None))?;
                 grant.allow_hosts.push(rule);
             }
             let network = ["http", "tls", "whois"]

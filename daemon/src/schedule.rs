@@ -24,13 +24,22 @@ pub enum ScheduleError {
         /// How many fields it has.
         fields: usize,
     },
-    /// A field the `cron` crate or the day-of-week translation refuses.
+    /// A field the `cron` crate refuses.
     #[error("invalid cron expression `{expr}`: {reason}")]
     Cron {
         /// The expression.
         expr: String,
-        /// What is wrong.
+        /// What is wrong, in the `cron` crate's words.
         reason: String,
+    },
+    /// A day-of-week field that is not crontab's 0–7.
+    #[error("invalid cron expression `{expr}`: {reason}")]
+    DayOfWeek {
+        /// The expression.
+        expr: String,
+        /// What is wrong.
+        #[source]
+        reason: DayOfWeekError,
     },
     /// Neither `cron` nor `business_day` with `at`.
     #[error("a trigger needs `cron`, or `business_day` with `at`")]
@@ -38,6 +47,23 @@ pub enum ScheduleError {
     /// `timezone` is not an IANA name.
     #[error("unknown time zone `{0}`")]
     UnknownTimeZone(String),
+}
+
+/// Why a crontab day-of-week field cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DayOfWeekError {
+    /// `a/b` where b is not a number.
+    #[error("bad step in `{0}`")]
+    BadStep(String),
+    /// `a/0`.
+    #[error("step 0 in `{0}`")]
+    ZeroStep(String),
+    /// Not a number.
+    #[error("bad day of week `{0}`")]
+    NotADay(String),
+    /// Outside 0–7, or a range that runs backwards.
+    #[error("day of week must be 0–7 (0 and 7 are Sunday), got `{0}`")]
+    OutOfRange(String),
 }
 
 /// Parses a 5-field (`min hour dom mon dow`), 6-field (seconds first) or `@daily`-style
@@ -101,7 +127,7 @@ fn normalize_cron(expr: &str) -> Result<String, ScheduleError> {
                 });
             }
         }
-        fields[5] = unix_day_of_week(&fields[5]).map_err(|reason| ScheduleError::Cron {
+        fields[5] = unix_day_of_week(&fields[5]).map_err(|reason| ScheduleError::DayOfWeek {
             expr: expr.to_string(),
             reason,
         })?;
@@ -112,9 +138,8 @@ fn normalize_cron(expr: &str) -> Result<String, ScheduleError> {
 
 /// Translates a day-of-week field from crontab's numbering (0–7, Sunday = 0 or 7, Monday = 1)
 /// to the `cron` crate's (Sunday = 1 … Saturday = 7). Numeric ranges and steps are expanded to
-/// lists so that ranges ending on Sunday (`5-7`) keep their meaning; names pass through. The
-/// error is the reason, for [`ScheduleError::Cron`].
-fn unix_day_of_week(field: &str) -> Result<String, String> {
+/// lists so that ranges ending on Sunday (`5-7`) keep their meaning; names pass through.
+fn unix_day_of_week(field: &str) -> Result<String, DayOfWeekError> {
     if field.chars().any(|c| c.is_ascii_alphabetic()) || field == "*" || field == "?" {
         return Ok(field.to_string());
     }
@@ -124,34 +149,32 @@ fn unix_day_of_week(field: &str) -> Result<String, String> {
             Some((r, s)) => (
                 r,
                 s.parse::<u32>()
-                    .map_err(|_| format!("bad step in `{part}`"))?,
+                    .map_err(|_| DayOfWeekError::BadStep(part.to_string()))?,
             ),
             None => (part, 1),
         };
         if step == 0 {
-            return Err(format!("step 0 in `{part}`"));
+            return Err(DayOfWeekError::ZeroStep(part.to_string()));
         }
         let (lo, hi) = match range {
             "*" => (0, 6),
             r => match r.split_once('-') {
                 Some((a, b)) => (
                     a.parse::<u32>()
-                        .map_err(|_| format!("bad day of week `{a}`"))?,
+                        .map_err(|_| DayOfWeekError::NotADay(a.to_string()))?,
                     b.parse::<u32>()
-                        .map_err(|_| format!("bad day of week `{b}`"))?,
+                        .map_err(|_| DayOfWeekError::NotADay(b.to_string()))?,
                 ),
                 None => {
                     let v = r
                         .parse::<u32>()
-                        .map_err(|_| format!("bad day of week `{r}`"))?;
+                        .map_err(|_| DayOfWeekError::NotADay(r.to_string()))?;
                     (v, if part.contains('/') { 6 } else { v })
                 }
             },
         };
         if lo > 7 || hi > 7 || lo > hi {
-            return Err(format!(
-                "day of week must be 0–7 (0 and 7 are Sunday), got `{range}`"
-            ));
+            return Err(DayOfWeekError::OutOfRange(range.to_string()));
         }
         for v in (lo..=hi).step_by(step as usize) {
             days.insert(v % 7 + 1);

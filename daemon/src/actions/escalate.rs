@@ -19,12 +19,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 
-use super::request::{
-    StepMail, ack_instructions, bare, domain_of, format_ja, new_ids, parse_deadline, render_body,
-    step_mail,
-};
+use super::deadline::{format_ja, parse_deadline};
+use super::mail::{RequestIds, StepMail, ack_instructions, render_body, step_mail};
 use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
 use crate::message::correlate;
+use crate::message::email::{bare, domain_of};
 use crate::message::reply::CUT_MARKER;
 use crate::store::{AnswerRow, NewRequest, RequestRow};
 use crate::store::{MessageKind, NewMessage};
@@ -553,7 +552,11 @@ fn open_level(
     let subject = format!("{prefix}{}", state.subject);
     if level.email {
         for addr in &level.notify {
-            let (token, tag, message_id) = new_ids(cx)?;
+            let RequestIds {
+                token,
+                tag,
+                message_id,
+            } = RequestIds::new(cx)?;
             let full_subject = format!("{subject} {}", correlate::subject_tag(tag as u64));
             let text = format!(
                 "{CUT_MARKER}\n{}\n{stage}{}",

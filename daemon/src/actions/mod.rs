@@ -11,11 +11,13 @@ use serde_json::Value as Json;
 
 use crate::clock::SharedClock;
 
+mod deadline;
 pub mod email;
 pub mod escalate;
 pub mod fail;
 pub mod http;
 pub mod log;
+mod mail;
 pub mod plugin;
 pub mod request;
 pub mod wait;

@@ -10,15 +10,16 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 
+use super::deadline::{apply_offset, format_ja, parse_deadline, parse_offset, wait_after_deadline};
+use super::mail::{RequestIds, StepMail, ack_instructions, render_body, step_mail};
 use super::{ActionContext, Outcome, Param, StepError, WithProblem, is_dynamic, str_param};
 use crate::message::correlate;
-use crate::message::email::{EmailSpec, build};
+use crate::message::email::{bare, domain_of};
 use crate::message::reply::CUT_MARKER;
-use crate::store::{AnswerRow, NewRequest, RequestRow};
-use crate::store::{MessageKind, NewMessage};
+use crate::store::{AnswerRow, NewMessage, NewRequest, RequestRow};
 
 pub(crate) const PARAMS: &[Param] = &[
     Param {
@@ -172,7 +173,7 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
             };
             let problem = match at {
                 Some(v) if is_dynamic(v) => None,
-                Some(Json::String(s)) => parse_offset(s).err(),
+                Some(Json::String(s)) => parse_offset(s).err().map(|e| e.to_string()),
                 _ => Some(format!("reminder {item} has no `at` offset")),
             };
             if let Some(message) = problem {
@@ -193,7 +194,9 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
     if let Some(v) = with.get("wait_after_deadline").filter(|v| !is_dynamic(v))
         && let Some(message) = match v.as_str() {
             Some(t) if t.contains("bd") || t.contains('@') => {
-                parse_offset(&format!("+{}", t.trim_start_matches('+'))).err()
+                parse_offset(&format!("+{}", t.trim_start_matches('+')))
+                    .err()
+                    .map(|e| e.to_string())
             }
             Some(t) => crate::duration::HumanDuration::parse(t)
                 .err()
@@ -208,122 +211,6 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
         });
     }
     problems
-}
-
-/// An offset from the deadline: `-1d@10:00`, `+2bd`, `-30s`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Offset {
-    /// Whole business days (`bd`), if that unit was used.
-    business_days: Option<i64>,
-    /// Otherwise a signed duration.
-    duration: chrono::Duration,
-    /// The local time of day to move to, if given.
-    at: Option<NaiveTime>,
-}
-
-fn parse_offset(text: &str) -> Result<Offset, String> {
-    let t = text.trim();
-    let (sign, rest) = match t.chars().next() {
-        Some('-') => (-1, &t[1..]),
-        Some('+') => (1, &t[1..]),
-        _ => {
-            return Err(format!(
-                "reminder offset `{text}` needs a sign: `-` before the deadline, `+` after"
-            ));
-        }
-    };
-    let (amount, at) = match rest.split_once('@') {
-        Some((a, time)) => {
-            let time = NaiveTime::parse_from_str(time.trim(), "%H:%M")
-                .map_err(|_| format!("`{time}` in `{text}` is not a time like 10:00"))?;
-            (a.trim(), Some(time))
-        }
-        None => (rest.trim(), None),
-    };
-    if let Some(n) = amount.strip_suffix("bd") {
-        let n: i64 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{amount}` in `{text}` is not a number of business days"))?;
-        return Ok(Offset {
-            business_days: Some(sign * n),
-            duration: chrono::Duration::zero(),
-            at,
-        });
-    }
-    let d = crate::duration::HumanDuration::parse(amount)
-        .map_err(|e| format!("reminder offset `{text}`: {e}"))?;
-    Ok(Offset {
-        business_days: None,
-        duration: d.to_chrono() * i32::try_from(sign).unwrap_or(1),
-        at,
-    })
-}
-
-fn apply_offset(deadline: DateTime<Utc>, off: Offset, tz: chrono_tz::Tz) -> DateTime<Utc> {
-    let local = deadline.with_timezone(&tz);
-    let (date, time) = match off.business_days {
-        Some(n) => (
-            crate::template::calendar().add_business_days(local.date_naive(), n),
-            local.time(),
-        ),
-        None => {
-            let moved = local + off.duration;
-            (moved.date_naive(), moved.time())
-        }
-    };
-    let time = off.at.unwrap_or(time);
-    tz.from_local_datetime(&date.and_time(time))
-        .earliest()
-        .map_or(deadline + off.duration, |t| t.with_timezone(&Utc))
-}
-
-/// `wait_after_deadline`: a duration (`3d`), or business days with an optional time of day
-/// (`3bd`, `3bd@09:00`), counted from the deadline.
-fn wait_after_deadline(
-    text: &str,
-    deadline: Option<DateTime<Utc>>,
-    tz: chrono_tz::Tz,
-) -> Result<chrono::Duration, String> {
-    let t = text.trim();
-    if t.contains("bd") || t.contains('@') {
-        let Some(deadline) = deadline else {
-            return Err("`wait_after_deadline` in business days needs a `deadline`".into());
-        };
-        let off = parse_offset(&format!("+{}", t.trim_start_matches('+')))?;
-        return Ok(apply_offset(deadline, off, tz) - deadline);
-    }
-    crate::duration::HumanDuration::parse(t)
-        .map(|d| d.to_chrono())
-        .map_err(|e| e.to_string())
-}
-
-/// A deadline: an RFC 3339 instant, a date (`2027-05-31`, meaning the end of that day in the
-/// daemon's zone), or a duration from now (`5d`).
-pub(crate) fn parse_deadline(
-    text: &str,
-    now: DateTime<Utc>,
-    tz: chrono_tz::Tz,
-) -> Result<DateTime<Utc>, String> {
-    let t = text.trim();
-    if let Ok(i) = DateTime::parse_from_rfc3339(t) {
-        return Ok(i.with_timezone(&Utc));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        let end = d.and_hms_opt(23, 59, 59).unwrap_or_default();
-        return tz
-            .from_local_datetime(&end)
-            .earliest()
-            .map(|x| x.with_timezone(&Utc))
-            .ok_or_else(|| format!("deadline `{t}` does not exist in {tz}"));
-    }
-    crate::duration::HumanDuration::parse(t)
-        .map(|d| now + d.to_chrono())
-        .map_err(|_| {
-            format!(
-                "deadline `{t}` is neither an RFC 3339 instant, a date (YYYY-MM-DD) nor a duration"
-            )
-        })
 }
 
 fn strings(with: &Json, key: &str) -> Result<Vec<String>, StepError> {
@@ -341,24 +228,6 @@ fn strings(with: &Json, key: &str) -> Result<Vec<String>, StepError> {
             "`with.{key}` must be a string or a list, got {other}"
         ))),
     }
-}
-
-/// The bare address of `"名前 <a@b>"`, lower case.
-pub(crate) fn bare(addr: &str) -> String {
-    let a = addr.trim();
-    let inner = match (a.rfind('<'), a.rfind('>')) {
-        (Some(l), Some(r)) if l < r => &a[l + 1..r],
-        _ => a,
-    };
-    inner.trim().to_lowercase()
-}
-
-pub(crate) fn domain_of(from: &str) -> String {
-    bare(from)
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_string())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "pmoflow.localhost".into())
 }
 
 /// What the step keeps between calls (committed with each park).
@@ -446,11 +315,11 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
         .filter(|d| !d.trim().is_empty())
         .map(|d| parse_deadline(d, now, tz))
         .transpose()
-        .map_err(StepError::fatal)?;
+        .map_err(|e| StepError::fatal(e.to_string()))?;
     let wait_after = str_param(with, "wait_after_deadline")?
         .map(|t| wait_after_deadline(t, deadline, tz))
         .transpose()
-        .map_err(StepError::fatal)?
+        .map_err(|e| StepError::fatal(e.to_string()))?
         .unwrap_or_else(chrono::Duration::zero);
     let on_timeout = str_param(with, "on_timeout")?
         .unwrap_or("continue")
@@ -483,7 +352,7 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
                     )));
                 }
             };
-            let off = parse_offset(&at).map_err(StepError::fatal)?;
+            let off = parse_offset(&at).map_err(|e| StepError::fatal(e.to_string()))?;
             let when = apply_offset(deadline, off, tz);
             let after = when > deadline;
             reminders.push(Reminder {
@@ -518,7 +387,11 @@ fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
     let mut messages = Vec::new();
     let mut text_for_state = String::new();
     for (i, addr) in to.iter().enumerate() {
-        let (token, tag, message_id) = new_ids(cx)?;
+        let RequestIds {
+            token,
+            tag,
+            message_id,
+        } = RequestIds::new(cx)?;
         let reply_to = correlate::reply_address(&pattern, &token);
         let answer_url = cx
             .services
@@ -612,91 +485,6 @@ fn next_wake(state: &State) -> DateTime<Utc> {
         .reminders
         .get(state.sent)
         .map_or(state.close_at, |r| r.at.min(state.close_at))
-}
-
-pub(crate) fn render_body(
-    cx: &ActionContext<'_>,
-    with: &Json,
-    request: &Json,
-) -> Result<String, StepError> {
-    let base = cx.template_ctx.cloned().unwrap_or_default();
-    let ctx = minijinja::context! { request => minijinja::Value::from_serialize(request), ..base };
-    match (str_param(with, "body")?, str_param(with, "template")?) {
-        // `body` was rendered with the step's `with` (it cannot read `request.*`).
-        (Some(body), _) => Ok(body.to_string()),
-        (None, Some(name)) => super::email::render_file_with(cx, name, &ctx),
-        (None, None) => Err(StepError::fatal(
-            "action `request` needs `with.body` or `with.template`",
-        )),
-    }
-}
-
-/// A fresh request's keys: its single-use token, its subject tag and our Message-ID (without
-/// angle brackets), which carries the token too.
-pub(crate) fn new_ids(cx: &ActionContext<'_>) -> Result<(String, i64, String), StepError> {
-    let token = correlate::new_token().map_err(|e| StepError::retryable(e.to_string()))?;
-    let tag = fastrand::i64(10_000..1_000_000);
-    let message_id = correlate::message_id(&token, &domain_of(&cx.services.mail.from));
-    Ok((token, tag, message_id))
-}
-
-/// One plain-text email of a step (requests, reminders, escalation alerts and notices).
-pub(crate) struct StepMail<'a> {
-    /// The addressee (a display address).
-    pub to: &'a str,
-    /// Copies.
-    pub cc: &'a [String],
-    /// The request token the reply address carries; `None` for a mail that asks nothing.
-    pub reply_token: Option<&'a str>,
-    /// The subject as sent.
-    pub subject: String,
-    /// The body.
-    pub text: String,
-    /// Our Message-ID, without angle brackets.
-    pub message_id: &'a str,
-    /// The outbox key: the same mail decided again after a crash is queued once.
-    pub key: String,
-}
-
-/// Builds `m` now (the outbox keeps the raw message) into an outbox row.
-pub(crate) fn step_mail(cx: &ActionContext<'_>, m: StepMail<'_>) -> Result<NewMessage, StepError> {
-    let pattern = cx.services.replies.pattern(&cx.services.mail.from);
-    let spec = EmailSpec {
-        from: cx.services.mail.from.clone(),
-        to: vec![m.to.to_string()],
-        cc: m.cc.to_vec(),
-        bcc: Vec::new(),
-        reply_to: m.reply_token.map(|t| correlate::reply_address(&pattern, t)),
-        subject: m.subject,
-        text: m.text,
-        html: None,
-        attachments: Vec::new(),
-        message_id: format!("<{}>", m.message_id),
-        date: cx.clock.now(),
-        timezone: cx.services.mail.timezone,
-        charset: cx.services.mail.charset,
-    };
-    let built = build(&spec).map_err(|e| StepError::fatal(e.to_string()))?;
-    Ok(NewMessage {
-        kind: MessageKind::Email,
-        key: m.key,
-        target: std::iter::once(m.to.to_string())
-            .chain(m.cc.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(", "),
-        message_id: format!("<{}>", m.message_id),
-        payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
-    })
-}
-
-/// `12月4日(金)17:00` in the daemon's zone.
-pub(crate) fn format_ja(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
-    let local = t.with_timezone(&tz);
-    format!(
-        "{}{}",
-        crate::calendar::format::md_ja(local.date_naive()),
-        local.format("%H:%M")
-    )
 }
 
 async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, StepError> {
@@ -826,20 +614,6 @@ fn reminder_mail(
     )
 }
 
-/// How to acknowledge: reply with a word, or open the link (a page with a button: mail scanners
-/// that open links must not acknowledge anything).
-pub(crate) fn ack_instructions(cx: &ActionContext<'_>, token: &str) -> String {
-    let mut t = String::from(
-        "\n確認しましたら、本メールに「了解」（ACK / 承知 でも可）とご返信ください。\n",
-    );
-    if let Some(u) = &cx.services.replies.public_url {
-        t.push_str(&format!(
-            "次のリンクから確認することもできます:\n{u}/ack/{token}\n"
-        ));
-    }
-    t
-}
-
 /// Attachment metadata for the step output: the bytes stay in the answers table.
 fn without_content(attachments: &Json) -> Json {
     match attachments {
@@ -913,44 +687,5 @@ fn output(rows: &[RequestRow], answers: &[AnswerRow], state: &State) -> Json {
         per.into_iter().next().unwrap_or(Json::Null)
     } else {
         Json::Array(per)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn offsets_from_the_deadline() {
-        let tz = chrono_tz::Asia::Tokyo;
-        // Friday 2026-12-04 17:00 JST.
-        let deadline = tz
-            .with_ymd_and_hms(2026, 12, 4, 17, 0, 0)
-            .unwrap()
-            .with_timezone(&Utc);
-        let at = |s: &str| {
-            apply_offset(deadline, parse_offset(s).unwrap(), tz)
-                .with_timezone(&tz)
-                .format("%Y-%m-%d %H:%M")
-                .to_string()
-        };
-        assert_eq!(at("-1d@10:00"), "2026-12-03 10:00");
-        assert_eq!(at("+1d@09:00"), "2026-12-05 09:00");
-        // Business days skip the weekend: 1 business day after Friday is Monday.
-        assert_eq!(at("+1bd@09:00"), "2026-12-07 09:00");
-        assert_eq!(at("-3bd"), "2026-12-01 17:00");
-        assert_eq!(at("-30m"), "2026-12-04 16:30");
-        assert!(parse_offset("1d").unwrap_err().contains("needs a sign"));
-        assert!(parse_offset("-1d@25:00").is_err());
-    }
-
-    #[test]
-    fn bare_addresses() {
-        assert_eq!(
-            bare("山田 太郎 <Yamada@Example.go.jp>"),
-            "yamada@example.go.jp"
-        );
-        assert_eq!(bare(" a@b.jp "), "a@b.jp");
     }
 }

@@ -51,24 +51,43 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
         }
     }
     if let Some(u) = with.get("until").filter(|v| !is_dynamic(v))
-        && let Err(message) = parse_until(u)
+        && let Err(e) = parse_until(u)
     {
         problems.push(WithProblem {
             key: Some("until".into()),
-            message,
+            message: e.to_string(),
             hint: Some(UNTIL_HINT.into()),
         });
     }
     problems
 }
 
-fn parse_until(value: &Json) -> Result<DateTime<Utc>, String> {
+/// Why `with.until` is not an instant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum UntilError {
+    /// Not a string.
+    #[error("`until` must be a string, got {0}")]
+    NotAString(Json),
+    /// Not RFC 3339.
+    #[error("invalid `until` instant `{text}`: {error}")]
+    NotAnInstant {
+        /// As written.
+        text: String,
+        /// chrono's reason.
+        error: chrono::ParseError,
+    },
+}
+
+fn parse_until(value: &Json) -> Result<DateTime<Utc>, UntilError> {
     let text = value
         .as_str()
-        .ok_or_else(|| format!("`until` must be a string, got {value}"))?;
+        .ok_or_else(|| UntilError::NotAString(value.clone()))?;
     DateTime::parse_from_rfc3339(text.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("invalid `until` instant `{text}`: {e}"))
+        .map_err(|error| UntilError::NotAnInstant {
+            text: text.to_string(),
+            error,
+        })
 }
 
 pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
@@ -79,7 +98,7 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
     match with.get("until") {
         Some(value) => parse_until(value)
             .map(Outcome::WaitUntil)
-            .map_err(StepError::fatal),
+            .map_err(|e| StepError::fatal(e.to_string())),
         None => Err(StepError::fatal(
             "action `wait` needs `with.duration` or `with.until`",
         )),

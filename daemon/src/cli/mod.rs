@@ -97,7 +97,8 @@ pub fn token_new(name: &str, role: &str) -> Result<(), CliError> {
     if name.is_empty() || name.contains('"') {
         return Err(CliError::new("--name must be a plain name"));
     }
-    let (token, hash) = crate::http::new_token().map_err(CliError::new)?;
+    let crate::http::NewToken { token, hash } =
+        crate::http::new_token().map_err(|e| CliError::new(e.to_string()))?;
     println!("token (shown once; give it to the client, keep it secret):\n  {token}\n");
     println!("add to pmoflow.toml:\n");
     println!("[[http.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nhash = \"{hash}\"");

@@ -118,7 +118,8 @@ pub(super) fn check_plugin_inputs(
                 &config.plugins_dir,
                 &config.plugin_grants,
                 Some(&config.plugin_cache_dir),
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             problems.extend(rt.block_on(host.prepare()));
             Ok((host, problems))
         });

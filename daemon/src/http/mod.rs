@@ -504,19 +504,39 @@ async fn inbound_email(State(state): State<AppState>, headers: HeaderMap, body: 
     }
 }
 
+/// A new API token (shown once) and its PHC hash (what `[[http.tokens]]` keeps).
+#[derive(Debug)]
+pub struct NewToken {
+    /// `pmo_…`, 24 random bytes in hex.
+    pub token: String,
+    /// Argon2id PHC string of `token`.
+    pub hash: String,
+}
+
+/// Why a token could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The operating system's random source failed.
+    #[error("no randomness: {0}")]
+    Random(getrandom::Error),
+    /// Argon2 refused to hash.
+    #[error("cannot hash the token: {0}")]
+    Hash(argon2::password_hash::Error),
+}
+
 /// A new API token and its PHC hash (for `pmoflow token new`).
-pub fn new_token() -> Result<(String, String), String> {
+pub fn new_token() -> Result<NewToken, TokenError> {
     use argon2::PasswordHasher;
     let mut raw = [0u8; 24];
-    getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
+    getrandom::fill(&mut raw).map_err(TokenError::Random)?;
     let token = format!("pmo_{}", hex::encode(raw));
     let salt =
         argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     let hash = argon2::Argon2::default()
         .hash_password(token.as_bytes(), &salt)
-        .map_err(|e| e.to_string())?
+        .map_err(TokenError::Hash)?
         .to_string();
-    Ok((token, hash))
+    Ok(NewToken { token, hash })
 }
 
 #[cfg(test)]
@@ -551,7 +571,7 @@ mod tests {
     #[test]
     fn token_hashes_verify() {
         use argon2::PasswordVerifier;
-        let (token, hash) = new_token().unwrap();
+        let NewToken { token, hash } = new_token().unwrap();
         let parsed = argon2::PasswordHash::new(&hash).unwrap();
         assert!(
             argon2::Argon2::default()

@@ -446,7 +446,7 @@ impl Intake {
     }
 
     fn domain(&self) -> String {
-        crate::actions::request::bare(&self.services.mail.from)
+        crate::message::email::bare(&self.services.mail.from)
             .rsplit_once('@')
             .map(|(_, d)| d.to_string())
             .unwrap_or_else(|| "pmoflow.localhost".into())

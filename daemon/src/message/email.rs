@@ -297,9 +297,40 @@ pub fn content_type_for(name: &str) -> &'static str {
     }
 }
 
+/// The bare address of `"名前 <a@b>"`, lower case.
+pub fn bare(addr: &str) -> String {
+    let a = addr.trim();
+    let inner = match (a.rfind('<'), a.rfind('>')) {
+        (Some(l), Some(r)) if l < r => &a[l + 1..r],
+        _ => a,
+    };
+    inner.trim().to_lowercase()
+}
+
+/// The domain of our own address (`from`), for Message-IDs; `pmoflow.localhost` when it has
+/// none.
+pub fn domain_of(from: &str) -> String {
+    bare(from)
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "pmoflow.localhost".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_addresses() {
+        assert_eq!(
+            bare("山田 太郎 <Yamada@Example.go.jp>"),
+            "yamada@example.go.jp"
+        );
+        assert_eq!(bare(" a@b.jp "), "a@b.jp");
+        assert_eq!(domain_of("PMO <pmo@Example.go.jp>"), "example.go.jp");
+        assert_eq!(domain_of("nobody"), "pmoflow.localhost");
+    }
 
     #[test]
     fn japanese_headers_are_encoded_and_date_is_local() {

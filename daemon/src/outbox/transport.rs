@@ -14,6 +14,23 @@ use serde_json::Value as Json;
 
 use super::{Delivery, DeliveryConfig, MessageKind, SmtpTls, webhook};
 
+/// Why the transports could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The SMTP relay's TLS settings were refused.
+    #[error("SMTP {host}: {error}")]
+    Smtp {
+        /// `[mail.smtp] host`.
+        host: String,
+        /// lettre's reason.
+        #[source]
+        error: lettre::transport::smtp::Error,
+    },
+    /// The webhook HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
 /// The transports of one daemon.
 pub struct Transports {
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
@@ -24,17 +41,21 @@ pub struct Transports {
 
 impl Transports {
     /// Builds the transports from the configuration.
-    pub fn new(delivery: std::sync::Arc<DeliveryConfig>) -> Result<Self, String> {
+    pub fn new(delivery: std::sync::Arc<DeliveryConfig>) -> Result<Self, TransportError> {
+        let smtp_error = |host: &str| {
+            let host = host.to_string();
+            move |error| TransportError::Smtp { host, error }
+        };
         let smtp = match &delivery.mail.smtp {
             None => None,
             Some(cfg) => {
                 let builder = match cfg.tls {
                     SmtpTls::Starttls => {
                         AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host)
-                            .map_err(|e| format!("SMTP {}: {e}", cfg.host))?
+                            .map_err(smtp_error(&cfg.host))?
                     }
                     SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host)
-                        .map_err(|e| format!("SMTP {}: {e}", cfg.host))?,
+                        .map_err(smtp_error(&cfg.host))?,
                     SmtpTls::None => {
                         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)
                     }
@@ -57,7 +78,7 @@ impl Transports {
             .timeout(std::time::Duration::from_secs(30))
             .user_agent(concat!("pmoflow/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(TransportError::Http)?;
         Ok(Self {
             smtp,
             eml_dir: delivery.mail.outbox_dir.clone(),

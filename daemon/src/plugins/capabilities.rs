@@ -93,6 +93,26 @@ impl State {
     }
 }
 
+/// The error half of a WIT `result<_, string>`: text handed back to the guest, which shows it in
+/// its own error. The one place a `Result<_, String>` stays, because the WIT interface
+/// (`plugins/wit/plugin.wit`, part of the plugin ABI) fixes it; host code builds it from the
+/// typed errors below and in `net`.
+pub(super) type GuestError = String;
+
+/// Why a `kv.set` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum KvError {
+    /// Empty or over-long key.
+    #[error("a kv key is 1 to 256 bytes")]
+    KeyLength,
+    /// The plugin's namespace holds `kv_max_keys` keys already.
+    #[error("kv quota: at most {0} keys per plugin")]
+    TooManyKeys(usize),
+    /// The write would take the namespace over `kv_max_bytes`.
+    #[error("kv quota: at most {} KiB per plugin", .0 >> 10)]
+    TooManyBytes(usize),
+}
+
 /// One invocation's view of the plugin's key-value namespace: what was stored when it started,
 /// plus its own writes (committed only if `run` returns).
 #[derive(Default)]
@@ -117,23 +137,17 @@ impl Kv {
         key: String,
         value: String,
         limits: &Limits,
-    ) -> Result<(), String> {
+    ) -> Result<(), KvError> {
         if key.is_empty() || key.len() > 256 {
-            return Err("a kv key is 1 to 256 bytes".into());
+            return Err(KvError::KeyLength);
         }
         let old = self.data.get(&key).map(|v| key.len() + v.len());
         if old.is_none() && self.data.len() >= limits.kv_max_keys {
-            return Err(format!(
-                "kv quota: at most {} keys per plugin",
-                limits.kv_max_keys
-            ));
+            return Err(KvError::TooManyKeys(limits.kv_max_keys));
         }
         let bytes = self.bytes - old.unwrap_or(0) + key.len() + value.len();
         if bytes > limits.kv_max_bytes {
-            return Err(format!(
-                "kv quota: at most {} KiB per plugin",
-                limits.kv_max_bytes >> 10
-            ));
+            return Err(KvError::TooManyBytes(limits.kv_max_bytes));
         }
         self.bytes = bytes;
         self.changes.insert(key.clone(), Some(value.clone()));
@@ -188,12 +202,12 @@ impl bindings::pmoflow::plugin::kv::Host for State {
         self.kv.data.get(&key).cloned()
     }
 
-    fn set(&mut self, key: String, value: String) -> Result<(), String> {
+    fn set(&mut self, key: String, value: String) -> Result<(), GuestError> {
         if !self.grant.allows("kv") {
             return Err(self.denied("kv"));
         }
         let limits = self.grant.limits;
-        self.kv.set(key, value, &limits)
+        self.kv.set(key, value, &limits).map_err(|e| e.to_string())
     }
 
     fn delete(&mut self, key: String) {
@@ -244,12 +258,14 @@ impl bindings::pmoflow::plugin::tls::Host for State {
         &mut self,
         address: String,
         server_name: String,
-    ) -> Result<Vec<bindings::pmoflow::plugin::tls::Certificate>, String> {
+    ) -> Result<Vec<bindings::pmoflow::plugin::tls::Certificate>, GuestError> {
         if !self.grant.allows("tls") {
             return Err(self.denied("tls"));
         }
         let grant = self.grant.clone();
-        let chain = net::peer_certificates(&grant, &address, &server_name).await?;
+        let chain = net::peer_certificates(&grant, &address, &server_name)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(chain
             .into_iter()
             .map(|c| bindings::pmoflow::plugin::tls::Certificate {
@@ -265,11 +281,13 @@ impl bindings::pmoflow::plugin::tls::Host for State {
 }
 
 impl bindings::pmoflow::plugin::whois::Host for State {
-    async fn query(&mut self, server: String, query: String) -> Result<String, String> {
+    async fn query(&mut self, server: String, query: String) -> Result<String, GuestError> {
         if !self.grant.allows("whois") {
             return Err(self.denied("whois"));
         }
         let grant = self.grant.clone();
-        net::whois(&grant, &server, &query).await
+        net::whois(&grant, &server, &query)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

@@ -6,6 +6,17 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use super::Limits;
+use super::net::NetError;
+
+/// An `allow_hosts` entry that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid allow_hosts entry `{entry}`: {why}")]
+pub struct HostRuleError {
+    /// The entry as written (trimmed).
+    pub entry: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
 
 /// Capabilities every plugin has without a grant: they reach nothing outside the step.
 pub const ALWAYS_GRANTED: &[&str] = &["log", "clock"];
@@ -51,7 +62,12 @@ impl Grant {
     /// Checks that `host:port` is in `allow_hosts` (`default_ports` are the ports an entry
     /// without a port stands for). Returns whether the matching entry names the host exactly
     /// (only exact entries may reach loopback or private addresses).
-    pub fn check_host(&self, host: &str, port: u16, default_ports: &[u16]) -> Result<bool, String> {
+    pub fn check_host(
+        &self,
+        host: &str,
+        port: u16,
+        default_ports: &[u16],
+    ) -> Result<bool, NetError> {
         let host = normalise_host(host);
         let mut found = None;
         for rule in &self.allow_hosts {
@@ -61,13 +77,13 @@ impl Grant {
             }
         }
         let Some(exact) = found else {
-            return Err(format!("{host}:{port} is not in the plugin's allow_hosts"));
+            return Err(NetError::NotAllowed { host, port });
         };
         if let Ok(ip) = host.parse::<IpAddr>()
             && !is_public(ip)
             && !exact
         {
-            return Err(private_refusal(&host, ip));
+            return Err(NetError::Private { host, ip });
         }
         Ok(exact)
     }
@@ -88,14 +104,17 @@ impl Grant {
         host: &str,
         port: u16,
         default_ports: &[u16],
-    ) -> Result<Vec<SocketAddr>, String> {
+    ) -> Result<Vec<SocketAddr>, NetError> {
         let exact = self.check_host(host, port, default_ports)?;
         let host = normalise_host(host);
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => tokio::net::lookup_host((host.as_str(), port))
                 .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .map_err(|source| NetError::Resolve {
+                    host: host.clone(),
+                    source,
+                })?
                 .collect(),
         };
         check_addrs(&host, exact, &addrs)?;
@@ -104,20 +123,19 @@ impl Grant {
 }
 
 /// Refuses loopback and private addresses unless the name was listed exactly.
-pub fn check_addrs(host: &str, exact: bool, addrs: &[SocketAddr]) -> Result<(), String> {
+pub fn check_addrs(host: &str, exact: bool, addrs: &[SocketAddr]) -> Result<(), NetError> {
     if addrs.is_empty() {
-        return Err(format!("{host} has no address"));
+        return Err(NetError::NoAddress {
+            host: host.to_string(),
+        });
     }
     if !exact && let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
-        return Err(private_refusal(host, a.ip()));
+        return Err(NetError::Private {
+            host: host.to_string(),
+            ip: a.ip(),
+        });
     }
     Ok(())
-}
-
-fn private_refusal(host: &str, ip: IpAddr) -> String {
-    format!(
-        "{host} is a loopback or private address ({ip}); list it exactly in allow_hosts to allow it"
-    )
 }
 
 /// Lower case, without a trailing dot or IPv6 brackets.
@@ -173,9 +191,14 @@ pub struct HostRule {
 
 impl HostRule {
     /// Parses an entry.
-    pub fn parse(entry: &str) -> Result<Self, String> {
+    pub fn parse(entry: &str) -> Result<Self, HostRuleError> {
         let entry = entry.trim();
-        let bad = |why: &str| Err(format!("invalid allow_hosts entry `{entry}`: {why}"));
+        let bad = |why: &'static str| {
+            Err(HostRuleError {
+                entry: entry.to_string(),
+                why,
+            })
+        };
         if entry.is_empty() {
             return bad("empty");
         }
@@ -261,18 +284,27 @@ mod tests {
     #[test]
     fn allowlist_matching() {
         let g = grant(&["rdap.example.jp", "*.go.jp", "127.0.0.1:8080", "[::1]:9000"]);
-        assert_eq!(g.check_host("RDAP.example.jp.", 443, &[80, 443]), Ok(true));
+        assert_eq!(
+            g.check_host("RDAP.example.jp.", 443, &[80, 443]).ok(),
+            Some(true)
+        );
         assert!(g.check_host("rdap.example.jp", 8443, &[80, 443]).is_err());
-        assert_eq!(g.check_host("www.mof.go.jp", 443, &[443]), Ok(false));
+        assert_eq!(g.check_host("www.mof.go.jp", 443, &[443]).ok(), Some(false));
         assert!(g.check_host("go.jp", 443, &[443]).is_err());
         assert!(g.check_host("evilgo.jp", 443, &[443]).is_err());
-        assert_eq!(g.check_host("127.0.0.1", 8080, &[80]), Ok(true));
-        assert_eq!(g.check_host("[::1]", 9000, &[80]), Ok(true));
-        let err = g.check_host("127.0.0.1", 80, &[80]).unwrap_err();
+        assert_eq!(g.check_host("127.0.0.1", 8080, &[80]).ok(), Some(true));
+        assert_eq!(g.check_host("[::1]", 9000, &[80]).ok(), Some(true));
+        let err = g
+            .check_host("127.0.0.1", 80, &[80])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not in the plugin's allow_hosts"), "{err}");
         // A wildcard never reaches private addresses.
         let any = grant(&["*"]);
-        let err = any.check_host("10.1.2.3", 443, &[443]).unwrap_err();
+        let err = any
+            .check_host("10.1.2.3", 443, &[443])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("loopback or private address"), "{err}");
         assert!(check_addrs("x.go.jp", false, &["192.168.1.1:443".parse().unwrap()]).is_err());
         assert!(check_addrs("x.go.jp", true, &["192.168.1.1:443".parse().unwrap()]).is_ok());
@@ -291,7 +323,7 @@ mod tests {
             ("a*.jp", "letters"),
             ("", "empty"),
         ] {
-            let err = HostRule::parse(entry).unwrap_err();
+            let err = HostRule::parse(entry).unwrap_err().to_string();
             assert!(err.contains(why), "{entry}: {err}");
         }
     }

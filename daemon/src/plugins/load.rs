@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
 
-use super::{Grants, Manifest, PluginHost, State, grant, shipped};
+use super::{Grants, LoadError, Manifest, PluginHost, State, grant, shipped};
 
 impl PluginHost {
     /// Loads the shipped plugins, then every `*/plugin.toml` under `dir` (which need not
@@ -18,7 +18,7 @@ impl PluginHost {
         dir: &Path,
         grants: &Grants,
         cache: Option<&Path>,
-    ) -> Result<(Self, Vec<String>), String> {
+    ) -> Result<(Self, Vec<String>), LoadError> {
         let mut host = Self::without_plugins(grants)?;
         let mut problems = host.load_shipped(grants, cache);
         problems.extend(host.load_dir(dir, grants, cache));
@@ -32,7 +32,7 @@ impl PluginHost {
 
     /// A host with no plugin loaded yet: the engine (sized for the largest memory limit of
     /// `grants`), the linker and the epoch thread.
-    pub fn without_plugins(grants: &Grants) -> Result<Self, String> {
+    pub fn without_plugins(grants: &Grants) -> Result<Self, LoadError> {
         let max_memory = grants
             .plugins
             .values()
@@ -49,7 +49,7 @@ impl PluginHost {
             let name = plugin.manifest.name.clone();
             let loaded = self
                 .component(plugin.component, cache)
-                .map_err(|e| format!("cannot load the component: {e}"))
+                .map_err(|e| LoadError::Shipped(Box::new(e)))
                 .and_then(|component| {
                     Self::link(
                         &self.engine,
@@ -96,41 +96,45 @@ impl PluginHost {
         path: &Path,
         grants: &Grants,
         cache: Option<&Path>,
-    ) -> Result<(String, bool), String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| e.message().to_string())?;
+    ) -> Result<(String, bool), LoadError> {
+        let text = std::fs::read_to_string(path)?;
+        let manifest: Manifest =
+            toml::from_str(&text).map_err(|e| LoadError::Manifest(e.message().to_string()))?;
         let name = manifest.name.clone();
         let replaces = self.plugins.get(&name).is_some_and(|p| p.manifest.shipped);
-        let shipped_stays = |e: String| {
+        let shipped_stays = |error: LoadError| {
             if replaces {
-                format!("{e} (the shipped `{name}` stays in use)")
+                LoadError::ShippedStays {
+                    name: name.clone(),
+                    error: Box::new(error),
+                }
             } else {
-                e
+                error
             }
         };
         if manifest.component.as_os_str().is_empty() {
-            return Err(shipped_stays(
-                "no `component` (the path of the .wasm file, relative to plugin.toml)".into(),
-            ));
+            return Err(shipped_stays(LoadError::NoComponent));
         }
         if let Some(bad) = manifest
             .capabilities
             .iter()
             .find(|c| !grant::KNOWN.contains(&c.as_str()))
         {
-            return Err(format!(
-                "unknown capability `{bad}` (known: {})",
-                grant::KNOWN.join(", ")
-            ));
+            return Err(LoadError::UnknownCapability(bad.clone()));
         }
         let file = path
             .parent()
             .unwrap_or(Path::new("."))
             .join(&manifest.component);
         let component = std::fs::read(&file)
-            .map_err(|e| e.to_string())
+            .map_err(LoadError::Read)
             .and_then(|bytes| self.component(&bytes, cache))
-            .map_err(|e| shipped_stays(format!("cannot load component {}: {e}", file.display())))?;
+            .map_err(|e| {
+                shipped_stays(LoadError::Component {
+                    file: file.clone(),
+                    error: Box::new(e),
+                })
+            })?;
         let grant = grants.get(&name).clone();
         let loaded = Self::link(&self.engine, linker, &component, manifest, grant)
             .map_err(&shipped_stays)?;
@@ -143,11 +147,11 @@ impl PluginHost {
         &self,
         bytes: &[u8],
         cache: Option<&Path>,
-    ) -> Result<Component, String> {
+    ) -> Result<Component, LoadError> {
         use sha2::Digest;
         use std::hash::{Hash, Hasher};
         let Some(cache) = cache else {
-            return Component::new(&self.engine, bytes).map_err(|e| e.to_string());
+            return Component::new(&self.engine, bytes).map_err(LoadError::Compile);
         };
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         self.engine
@@ -177,7 +181,7 @@ impl PluginHost {
         let compiled = self
             .engine
             .precompile_component(bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(LoadError::Compile)?;
         let written = std::fs::create_dir_all(cache).and_then(|()| {
             let tmp = cache.join(format!(".{}.tmp", std::process::id()));
             std::fs::write(&tmp, &compiled)?;
@@ -186,7 +190,7 @@ impl PluginHost {
         if let Err(e) = written {
             tracing::warn!(dir = %cache.display(), error = %e, "cannot cache compiled plugin code");
         }
-        Component::new(&self.engine, bytes).map_err(|e| e.to_string())
+        Component::new(&self.engine, bytes).map_err(LoadError::Compile)
     }
 }
 

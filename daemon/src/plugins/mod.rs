@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 mod capabilities;
+mod error;
 pub mod grant;
 mod load;
 pub mod net;
@@ -26,8 +27,10 @@ pub mod shipped;
 
 use capabilities::{Kv, State};
 
-pub use grant::{Grant, HostRule};
+pub use error::LoadError;
+pub use grant::{Grant, HostRule, HostRuleError};
 pub use load::{installed, manifests};
+pub use net::NetError;
 
 use serde::Deserialize;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -231,7 +234,7 @@ const POOL_INSTANCES: u32 = 128;
 impl PluginHost {
     /// A host with no plugins yet, and the linker plugins are instantiated with. `max_memory` is
     /// the largest memory limit of any grant (the pooling allocator's slot size).
-    fn empty(max_memory: usize) -> Result<(Self, Arc<Linker<State>>), String> {
+    fn empty(max_memory: usize) -> Result<(Self, Arc<Linker<State>>), LoadError> {
         // `PMOFLOW_PLUGIN_POOLING=0` allocates on demand (for hosts that refuse large
         // address-space reservations, and for comparison in the benchmark).
         let pooling = std::env::var("PMOFLOW_PLUGIN_POOLING").map_or(true, |v| v != "0");
@@ -240,7 +243,10 @@ impl PluginHost {
             Err(e) => {
                 // Pooling reserves address space up front; some sandboxes refuse that.
                 tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand");
-                Engine::new(&Self::config(None)).map_err(|e| format!("wasmtime: {e}"))?
+                Engine::new(&Self::config(None)).map_err(|error| LoadError::Engine {
+                    what: "wasmtime",
+                    error,
+                })?
             }
         };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -254,13 +260,19 @@ impl PluginHost {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| format!("epoch thread: {e}"))?;
+                .map_err(LoadError::EpochThread)?;
         }
         let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| format!("linking WASI: {e}"))?;
-        bindings::Step::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| format!("linking pmoflow interfaces: {e}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|error| LoadError::Engine {
+            what: "linking WASI",
+            error,
+        })?;
+        bindings::Step::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(
+            |error| LoadError::Engine {
+                what: "linking pmoflow interfaces",
+                error,
+            },
+        )?;
         let linker = Arc::new(linker);
         let host = PluginHost {
             engine,
@@ -304,13 +316,13 @@ impl PluginHost {
     /// For development (`pmoflow plugin run|inspect`): a host with one component file, named
     /// after the file, with `grant`. Returns the host, the plugin name and the component's
     /// imports.
-    pub fn single(file: &Path, grant: Grant) -> Result<(Self, String, Vec<String>), String> {
+    pub fn single(file: &Path, grant: Grant) -> Result<(Self, String, Vec<String>), LoadError> {
         let (mut host, linker) = Self::empty(grant.limits.memory)?;
         let name = file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".into());
-        let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(file)?;
         let component = host.component(&bytes, None)?;
         let imports: Vec<String> = component
             .component_type()
@@ -339,7 +351,7 @@ impl PluginHost {
         component: &Component,
         manifest: Manifest,
         grant: Grant,
-    ) -> Result<Loaded, String> {
+    ) -> Result<Loaded, LoadError> {
         let (mut unknown, mut undeclared, mut ungranted) = (Vec::new(), Vec::new(), Vec::new());
         for (import, _) in component.component_type().imports(engine) {
             match capability_of(import) {
@@ -356,34 +368,19 @@ impl PluginHost {
             }
         }
         if !unknown.is_empty() {
-            return Err(format!(
-                "imports interfaces it was not granted: {}",
-                unknown.join(", ")
-            ));
+            return Err(LoadError::UnknownImports(unknown));
         }
         if !undeclared.is_empty() {
-            return Err(format!(
-                "imports capabilities its manifest does not declare: {} (add them to `capabilities` in plugin.toml)",
-                undeclared.join(", ")
-            ));
+            return Err(LoadError::Undeclared(undeclared));
         }
         if !ungranted.is_empty() {
-            return Err(format!(
-                "imports capabilities it was not granted: {} (an administrator grants them with `capabilities = [{}]` under [plugins.{}] in pmoflow.toml)",
-                ungranted.join(", "),
-                ungranted
-                    .iter()
-                    .map(|c| format!("\"{c}\""))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                manifest.name
-            ));
+            return Err(LoadError::Ungranted {
+                plugin: manifest.name,
+                capabilities: ungranted,
+            });
         }
-        let pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| format!("cannot link: {e}"))?;
-        let pre = bindings::StepPre::new(pre)
-            .map_err(|e| format!("not a pmoflow:plugin/step component: {e}"))?;
+        let pre = linker.instantiate_pre(component).map_err(LoadError::Link)?;
+        let pre = bindings::StepPre::new(pre).map_err(LoadError::NotAStep)?;
         let grant = Arc::new(grant);
         let http = if grant.allows("http") {
             Some(net::http_client(grant.clone())?)

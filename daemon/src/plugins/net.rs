@@ -1,7 +1,7 @@
 //! The network capabilities: `http`, `tls` and `whois`. Each checks its destination against the
 //! plugin's grant (`Grant::resolve`) and connects only to the addresses that were checked.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +9,108 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::grant::{Grant, check_addrs};
 
+/// Why a network capability refused or failed. The guest receives the text.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The destination matches no `allow_hosts` entry.
+    #[error("{host}:{port} is not in the plugin's allow_hosts")]
+    NotAllowed {
+        /// Host as asked for.
+        host: String,
+        /// Port as asked for.
+        port: u16,
+    },
+    /// A loopback or private address reached through a wildcard entry.
+    #[error(
+        "{host} is a loopback or private address ({ip}); list it exactly in allow_hosts to allow it"
+    )]
+    Private {
+        /// Host as asked for.
+        host: String,
+        /// The refused address.
+        ip: IpAddr,
+    },
+    /// The name did not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// Host as asked for.
+        host: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The name resolved to nothing.
+    #[error("{host} has no address")]
+    NoAddress {
+        /// Host as asked for.
+        host: String,
+    },
+    /// `host:port` could not be read.
+    #[error("bad address `{0}`")]
+    BadAddress(String),
+    /// An empty address.
+    #[error("empty address")]
+    EmptyAddress,
+    /// The port of `host:port` is not a number.
+    #[error("bad port in `{0}`")]
+    BadPort(String),
+    /// No connection could be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address tried last.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Connecting took longer than the plugin's network timeout.
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    /// A WHOIS query that is not one short line.
+    #[error("a WHOIS query is one line of at most 256 bytes")]
+    BadQuery,
+    /// Reading or writing the connection failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done (`WHOIS read`, `TLS handshake with …`).
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An answer over the plugin's `max_response`.
+    #[error("the {what} exceeds the {} KiB limit", .max >> 10)]
+    TooLarge {
+        /// `response`, `WHOIS answer`.
+        what: &'static str,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The whole exchange took longer than the plugin's network timeout.
+    #[error("{what} to {target} timed out")]
+    Timeout {
+        /// `WHOIS query`, `TLS connection`.
+        what: &'static str,
+        /// Server as asked for.
+        target: String,
+    },
+    /// A TLS server name that is not a DNS name or address.
+    #[error("`{0}` is not a valid server name")]
+    ServerName(String),
+    /// The server sent no certificate.
+    #[error("{0} presented no certificate")]
+    NoCertificate(String),
+    /// A certificate that is not DER X.509.
+    #[error("unreadable certificate: {0}")]
+    Certificate(String),
+    /// The TLS library refused its configuration.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
 /// An HTTP client for one plugin: no proxies, no redirects, and a resolver that applies the
 /// grant to every name it resolves.
-pub fn http_client(grant: Arc<Grant>) -> Result<reqwest::Client, String> {
+pub fn http_client(grant: Arc<Grant>) -> Result<reqwest::Client, NetError> {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -20,7 +119,7 @@ pub fn http_client(grant: Arc<Grant>) -> Result<reqwest::Client, String> {
         .user_agent(concat!("pmoflow-plugin/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(Arc::new(CheckedResolver { grant }))
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))
+        .map_err(NetError::Client)
 }
 
 struct CheckedResolver {
@@ -35,7 +134,7 @@ impl reqwest::dns::Resolve for CheckedResolver {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             check_addrs(&host, grant.lists_exactly(&host), &addrs)
-                .map_err(|e| Box::new(std::io::Error::other(e)) as Box<_>)?;
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -88,7 +187,7 @@ pub async fn fetch(
     let port = parsed.port_or_known_default().unwrap_or(443);
     grant
         .check_host(host, port, &[80, 443])
-        .map_err(FetchError::Denied)?;
+        .map_err(|e| FetchError::Denied(e.to_string()))?;
     let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| FetchError::Denied(format!("bad HTTP method `{method}`")))?;
     let mut req = client.request(method, parsed);
@@ -131,7 +230,11 @@ pub async fn fetch(
 }
 
 fn too_large(max: usize) -> String {
-    format!("the response exceeds the {} KiB limit", max >> 10)
+    NetError::TooLarge {
+        what: "response",
+        max,
+    }
+    .to_string()
 }
 
 fn classify(e: &reqwest::Error) -> FetchError {
@@ -141,9 +244,13 @@ fn classify(e: &reqwest::Error) -> FetchError {
     // The resolver's refusal is wrapped in the connect error.
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = source {
-        let text = s.to_string();
-        if text.contains("loopback or private address") {
-            return FetchError::Denied(text);
+        let refusal = s.downcast_ref::<NetError>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<NetError>())
+        });
+        if let Some(refusal) = refusal {
+            return FetchError::Denied(refusal.to_string());
         }
         source = s.source();
     }
@@ -158,70 +265,82 @@ fn classify(e: &reqwest::Error) -> FetchError {
 }
 
 /// Splits `host` or `host:port` (IPv6 in brackets).
-pub fn split_address(address: &str, default_port: u16) -> Result<(String, u16), String> {
+pub fn split_address(address: &str, default_port: u16) -> Result<(String, u16), NetError> {
     let address = address.trim();
+    let bad_port = || NetError::BadPort(address.to_string());
     if let Some(rest) = address.strip_prefix('[') {
         let (h, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("bad address `{address}`"))?;
+            .ok_or_else(|| NetError::BadAddress(address.to_string()))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("bad port in `{address}`"))?,
+            Some(p) => p.parse().map_err(|_| bad_port())?,
             None => default_port,
         };
         return Ok((h.to_string(), port));
     }
     match address.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Ok((
-            h.to_string(),
-            p.parse().map_err(|_| format!("bad port in `{address}`"))?,
-        )),
-        _ if address.is_empty() => Err("empty address".into()),
+        Some((h, p)) if !h.contains(':') => Ok((h.to_string(), p.parse().map_err(|_| bad_port())?)),
+        _ if address.is_empty() => Err(NetError::EmptyAddress),
         _ => Ok((address.to_string(), default_port)),
     }
 }
 
-async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<tokio::net::TcpStream, String> {
-    let mut last = String::from("no address");
+async fn connect(
+    host: &str,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, NetError> {
+    let mut last = NetError::NoAddress {
+        host: host.to_string(),
+    };
     for addr in addrs {
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = format!("cannot connect to {addr}: {e}"),
-            Err(_) => last = format!("connecting to {addr} timed out"),
+            Ok(Err(source)) => {
+                last = NetError::Connect {
+                    addr: *addr,
+                    source,
+                }
+            }
+            Err(_) => last = NetError::ConnectTimeout(*addr),
         }
     }
     Err(last)
 }
 
 /// Sends a WHOIS query and returns the decoded answer.
-pub async fn whois(grant: &Grant, server: &str, query: &str) -> Result<String, String> {
+pub async fn whois(grant: &Grant, server: &str, query: &str) -> Result<String, NetError> {
     if query.contains(['\r', '\n']) || query.len() > 256 {
-        return Err("a WHOIS query is one line of at most 256 bytes".into());
+        return Err(NetError::BadQuery);
     }
     let (host, port) = split_address(server, 43)?;
     let addrs = grant.resolve(&host, port, &[43]).await?;
     let timeout = grant.limits.net_timeout;
     let max = grant.limits.max_response;
     let work = async {
-        let mut stream = connect(&addrs, timeout).await?;
+        let mut stream = connect(&host, &addrs, timeout).await?;
         stream
             .write_all(format!("{query}\r\n").as_bytes())
             .await
-            .map_err(|e| format!("WHOIS write: {e}"))?;
+            .map_err(|source| NetError::Io {
+                what: "WHOIS write".into(),
+                source,
+            })?;
         let mut out = Vec::new();
         let mut buf = [0u8; 8192];
         loop {
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("WHOIS read: {e}"))?;
+            let n = stream.read(&mut buf).await.map_err(|source| NetError::Io {
+                what: "WHOIS read".into(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }
             if out.len() + n > max {
-                return Err(format!(
-                    "the WHOIS answer exceeds the {} KiB limit",
-                    max >> 10
-                ));
+                return Err(NetError::TooLarge {
+                    what: "WHOIS answer",
+                    max,
+                });
             }
             out.extend_from_slice(&buf[..n]);
         }
@@ -229,7 +348,10 @@ pub async fn whois(grant: &Grant, server: &str, query: &str) -> Result<String, S
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("WHOIS query to {server} timed out"))?
+        .map_err(|_| NetError::Timeout {
+            what: "WHOIS query",
+            target: server.to_string(),
+        })?
 }
 
 /// Decodes text in the encodings Japanese servers use.
@@ -272,34 +394,40 @@ pub async fn peer_certificates(
     grant: &Grant,
     address: &str,
     server_name: &str,
-) -> Result<Vec<CertFacts>, String> {
+) -> Result<Vec<CertFacts>, NetError> {
     let (host, port) = split_address(address, 443)?;
     let addrs = grant.resolve(&host, port, &[443]).await?;
     let timeout = grant.limits.net_timeout;
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
-        .map_err(|_| format!("`{server_name}` is not a valid server name"))?;
+        .map_err(|_| NetError::ServerName(server_name.to_string()))?;
     let work = async {
-        let stream = connect(&addrs, timeout).await?;
+        let stream = connect(&host, &addrs, timeout).await?;
         let connector = tokio_rustls::TlsConnector::from(tls_config()?);
         let tls = connector
             .connect(name, stream)
             .await
-            .map_err(|e| format!("TLS handshake with {address}: {e}"))?;
+            .map_err(|source| NetError::Io {
+                what: format!("TLS handshake with {address}"),
+                source,
+            })?;
         let (_, conn) = tls.get_ref();
         let certs = conn
             .peer_certificates()
-            .ok_or_else(|| format!("{address} presented no certificate"))?;
+            .ok_or_else(|| NetError::NoCertificate(address.to_string()))?;
         certs.iter().map(|c| cert_facts(c.as_ref())).collect()
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("TLS connection to {address} timed out"))?
+        .map_err(|_| NetError::Timeout {
+            what: "TLS connection",
+            target: address.to_string(),
+        })?
 }
 
-fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
+fn cert_facts(der: &[u8]) -> Result<CertFacts, NetError> {
     use x509_parser::prelude::*;
     let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| format!("unreadable certificate: {e}"))?;
+        X509Certificate::from_der(der).map_err(|e| NetError::Certificate(e.to_string()))?;
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -319,14 +447,13 @@ fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
     })
 }
 
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, NetError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(ReportOnly {
         provider: provider.clone(),
     });
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();

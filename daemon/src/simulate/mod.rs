@@ -493,8 +493,8 @@ pub async fn simulate(
             new.sort_by(|a, b| (a.created_at, &a.recipient).cmp(&(b.created_at, &b.recipient)));
             for req in new {
                 for (i, rule) in scenario.answer.iter().enumerate() {
-                    let who_matches = rule.who == "*"
-                        || crate::actions::request::bare(&rule.who) == req.recipient;
+                    let who_matches =
+                        rule.who == "*" || crate::message::email::bare(&rule.who) == req.recipient;
                     let subject_matches = rule
                         .subject
                         .as_ref()
