@@ -13,7 +13,7 @@ use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
 use super::{AppState, page, verify_token};
-use crate::store::{RunFilter, RunStatus, requests::SessionRow};
+use crate::store::{RunFilter, RunStatus, SessionRow};
 
 const COOKIE: &str = "pmoflow_session";
 const SESSION_HOURS: i64 = 8;

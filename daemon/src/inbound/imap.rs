@@ -261,8 +261,12 @@ async fn poll(
     let key = mailbox_key(cfg);
     let now = clock.now();
     let (last_uid, registered_at) = match store.imap_mailbox(&key).await? {
-        Some((v, last, reg)) if v == uidvalidity => (last, reg),
-        Some((old, _, reg)) => {
+        Some(m) if m.uidvalidity == uidvalidity => (m.last_uid, m.registered_at),
+        Some(crate::store::MailboxState {
+            uidvalidity: old,
+            registered_at: reg,
+            ..
+        }) => {
             // UIDs were reset: look at everything again, but never at mail older than the
             // registration; messages already taken are recognised by their Message-ID.
             tracing::warn!(mailbox = %key, old, new = uidvalidity, "UIDVALIDITY changed; rescanning the mailbox");
