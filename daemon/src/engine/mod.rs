@@ -64,8 +64,9 @@ pub fn default_node_id() -> String {
         .unwrap_or_else(|_| "pmoflow".to_string())
 }
 
-/// Shared engine state.
-pub(crate) struct Inner {
+/// What every task of the engine shares: the store, the clock, the configuration, the registry
+/// of loaded workflows, the wakers and the set of runs this daemon is executing.
+pub(crate) struct EngineCore {
     pub(crate) store: Store,
     pub(crate) clock: SharedClock,
     pub(crate) config: EngineConfig,
@@ -79,7 +80,7 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
 }
 
-impl Inner {
+impl EngineCore {
     pub(crate) fn wake_poller(&self) {
         self.wakers.wake_runs();
     }
@@ -97,7 +98,7 @@ impl Inner {
 /// The engine handle.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    core: Arc<EngineCore>,
 }
 
 /// Why a run could not be started.
@@ -229,7 +230,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            core: Arc::new(EngineCore {
                 store,
                 clock,
                 config,
@@ -248,32 +249,32 @@ impl Engine {
 
     /// The store.
     pub fn store(&self) -> &Store {
-        &self.inner.store
+        &self.core.store
     }
 
     /// Notified whenever a step commits outbox messages (the delivery worker waits on it).
     pub fn outbox_wake(&self) -> Arc<Notify> {
-        self.inner.wakers.outbox()
+        self.core.wakers.outbox()
     }
 
     /// This engine's wakers, for the parts of the daemon that commit work it should see.
     pub fn wakers(&self) -> crate::wake::Wakers {
-        self.inner.wakers.clone()
+        self.core.wakers.clone()
     }
 
     /// The engine's configuration.
     pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
+        &self.core.config
     }
 
     /// Wakes the claim loop (a run became due).
     pub fn wake(&self) {
-        self.inner.wake_poller();
+        self.core.wake_poller();
     }
 
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.inner.registry
+        &self.core.registry
     }
 
     /// Starts a run of a workflow in the live catalog and wakes the engine.
@@ -282,13 +283,12 @@ impl Engine {
         workflow_id: &str,
         req: &RunRequest<'_>,
     ) -> Result<Created, TriggerError> {
-        let catalog = self.inner.registry.catalog();
+        let catalog = self.core.registry.catalog();
         let unknown = || TriggerError::UnknownWorkflow(workflow_id.to_string());
         let wf = catalog.workflows.get(workflow_id).ok_or_else(unknown)?;
         let source = catalog.sources.get(workflow_id).ok_or_else(unknown)?;
-        let created =
-            create_run(&self.inner.store, wf, source, req, self.inner.clock.now()).await?;
-        self.inner.wake_poller();
+        let created = create_run(&self.core.store, wf, source, req, self.core.clock.now()).await?;
+        self.core.wake_poller();
         Ok(created)
     }
 
@@ -296,15 +296,15 @@ impl Engine {
     /// `pmoflow simulate`, which drives a simulated clock; the daemon uses [`Engine::run`].
     /// Returns how many executions it made.
     pub async fn run_due(&self) -> Result<usize, StoreError> {
-        let inner = &self.inner;
+        let core = &self.core;
         let mut n = 0;
         loop {
-            let runs = inner
+            let runs = core
                 .store
                 .claim_due(
-                    &inner.config.node_id,
-                    inner.clock.now(),
-                    inner.config.lease,
+                    &core.config.node_id,
+                    core.clock.now(),
+                    core.config.lease,
                     64,
                 )
                 .await?;
@@ -313,7 +313,7 @@ impl Engine {
             }
             for run in runs {
                 n += 1;
-                executor::execute(inner.clone(), run).await;
+                executor::execute(core.clone(), run).await;
             }
         }
     }
@@ -321,18 +321,18 @@ impl Engine {
     /// Runs until the shutdown token is cancelled, then lets in-flight steps finish within the
     /// grace period.
     pub async fn run(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let cfg = &inner.config;
-        let released = inner.store.release_leases(&cfg.node_id).await?;
+        let core = &self.core;
+        let cfg = &core.config;
+        let released = core.store.release_leases(&cfg.node_id).await?;
         if released > 0 {
             tracing::info!(runs = released, node = %cfg.node_id, "took back runs this node was executing when it stopped");
         }
         let permits = Arc::new(Semaphore::new(cfg.max_concurrent_runs));
         let mut tasks = JoinSet::new();
-        let mut renewer = tokio::spawn(renew_leases(inner.clone()));
+        let mut renewer = tokio::spawn(renew_leases(core.clone()));
         let mut db_failures = 0u32;
         loop {
-            if inner.shutdown.is_cancelled() {
+            if core.shutdown.is_cancelled() {
                 break;
             }
             while tasks.try_join_next().is_some() {}
@@ -340,9 +340,9 @@ impl Engine {
             let mut claimed_all = false;
             if free > 0 {
                 let limit = i64::try_from(free.min(128)).unwrap_or(128);
-                match inner
+                match core
                     .store
-                    .claim_due(&cfg.node_id, inner.clock.now(), cfg.lease, limit)
+                    .claim_due(&cfg.node_id, core.clock.now(), cfg.lease, limit)
                     .await
                 {
                     Ok(runs) => {
@@ -353,11 +353,11 @@ impl Engine {
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
                             };
-                            let inner = inner.clone();
-                            inner.active().insert(id.clone());
+                            let core = core.clone();
+                            core.active().insert(id.clone());
                             tasks.spawn(async move {
-                                executor::execute(inner.clone(), run).await;
-                                inner.active().remove(&id);
+                                executor::execute(core.clone(), run).await;
+                                core.active().remove(&id);
                                 drop(permit);
                             });
                         }
@@ -371,11 +371,11 @@ impl Engine {
             if claimed_all {
                 continue;
             }
-            let now = inner.clock.now();
+            let now = core.clock.now();
             let mut deadline = now
                 + chrono::Duration::from_std(cfg.poll_interval).unwrap_or(chrono::Duration::MAX);
             if db_failures == 0
-                && let Ok(Some(next)) = inner.store.next_wake().await
+                && let Ok(Some(next)) = core.store.next_wake().await
             {
                 deadline = deadline.min(next);
             }
@@ -383,14 +383,14 @@ impl Engine {
                 // Everything is busy: wait for a task to finish rather than spin.
                 tokio::select! {
                     _ = tasks.join_next() => {}
-                    () = inner.shutdown.cancelled() => {}
+                    () = core.shutdown.cancelled() => {}
                 }
                 continue;
             }
             tokio::select! {
-                () = inner.clock.sleep_until(deadline) => {}
-                () = inner.wakers.runs().notified() => {}
-                () = inner.shutdown.cancelled() => {}
+                () = core.clock.sleep_until(deadline) => {}
+                () = core.wakers.runs().notified() => {}
+                () = core.shutdown.cancelled() => {}
                 Some(_) = tasks.join_next(), if free == 0 => {}
             }
         }
@@ -412,23 +412,23 @@ impl Engine {
         renewer.abort();
         let _ = (&mut renewer).await;
         // Leases of abandoned runs are released so that the next start picks them up at once.
-        let _ = inner.store.release_leases(&cfg.node_id).await;
+        let _ = core.store.release_leases(&cfg.node_id).await;
         Ok(())
     }
 }
 
-async fn renew_leases(inner: Arc<Inner>) {
-    let every = (inner.config.lease / 3)
+async fn renew_leases(core: Arc<EngineCore>) {
+    let every = (core.config.lease / 3)
         .to_std()
         .unwrap_or(Duration::from_secs(10));
     loop {
         tokio::time::sleep(every).await;
-        let until = inner.clock.now() + inner.config.lease;
-        let mut ids: Vec<String> = inner.active().iter().cloned().collect();
+        let until = core.clock.now() + core.config.lease;
+        let mut ids: Vec<String> = core.active().iter().cloned().collect();
         ids.sort();
-        if let Err(err) = inner
+        if let Err(err) = core
             .store
-            .renew_leases(&inner.config.node_id, &ids, until)
+            .renew_leases(&core.config.node_id, &ids, until)
             .await
         {
             tracing::error!(error = %err, "cannot renew run leases");

@@ -16,21 +16,21 @@ use crate::workflow::{Catalog, SharedWorkflow, compile};
 /// Workflows by (id, version), plus the live catalog.
 pub struct Registry {
     // std RwLock: held only for map lookups and inserts, never across an await.
-    inner: RwLock<Inner>,
+    core: RwLock<EngineCore>,
     changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Self {
-            inner: RwLock::default(),
+            core: RwLock::default(),
             changed: tokio::sync::watch::Sender::new(0),
         }
     }
 }
 
 #[derive(Default)]
-struct Inner {
+struct EngineCore {
     catalog: Arc<Catalog>,
     versions: HashMap<(String, String), SharedWorkflow>,
 }
@@ -52,15 +52,14 @@ pub enum RegistryError {
 impl Registry {
     /// Replaces the live catalog (after a reload).
     pub fn set_catalog(&self, catalog: Arc<Catalog>) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut core = self.core.write().unwrap_or_else(|e| e.into_inner());
         for wf in catalog.workflows.values() {
-            inner
-                .versions
+            core.versions
                 .insert((wf.id.clone(), wf.hash.clone()), wf.clone());
         }
         crate::template::set_calendar(catalog.calendar.clone());
-        inner.catalog = catalog;
-        drop(inner);
+        core.catalog = catalog;
+        drop(core);
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -76,7 +75,7 @@ impl Registry {
 
     /// The live catalog.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.inner
+        self.core
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .catalog
@@ -97,7 +96,7 @@ impl Registry {
     ) -> Result<SharedWorkflow, RegistryError> {
         let key = (workflow_id.to_string(), hash.to_string());
         if let Some(wf) = self
-            .inner
+            .core
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .versions
@@ -119,7 +118,7 @@ impl Registry {
             RegistryError::Invalid(key.0.clone(), key.1.clone(), text)
         })?;
         let wf = Arc::new(wf);
-        self.inner
+        self.core
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .versions

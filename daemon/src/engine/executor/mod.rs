@@ -9,11 +9,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde_json::{Value as Json, json};
 
-use super::Inner;
-use crate::actions::{ActionContext, ErrorKind, Outcome, StepError};
+mod attempt;
+mod foreach;
+
+use super::EngineCore;
+
 use crate::store::{
     Fence, NewEvent, RunRow, RunStatus, StepRow, StepStatus, StepWrite, StoreError,
 };
@@ -38,14 +40,14 @@ enum StepResult {
 }
 
 /// Executes a run the caller has just leased.
-pub(super) async fn execute(inner: Arc<Inner>, run: RunRow) {
+pub(super) async fn execute(core: Arc<EngineCore>, run: RunRow) {
     let run_id = run.id.clone();
     let fence = Fence {
         run_id: run_id.clone(),
-        owner: inner.config.node_id.clone(),
-        lease: inner.config.lease,
+        owner: core.config.node_id.clone(),
+        lease: core.config.lease,
     };
-    match execute_run(&inner, &fence, run).await {
+    match execute_run(&core, &fence, run).await {
         Ok(()) => {}
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(run = %run_id, "lease lost; another daemon continues this run");
@@ -54,14 +56,14 @@ pub(super) async fn execute(inner: Arc<Inner>, run: RunRow) {
             // Nothing committed is lost. Hand the run back (due shortly) so that it continues
             // once the database answers again; if even that fails, the lease simply expires.
             tracing::error!(run = %run_id, error = %err, "run execution interrupted by a database error; retrying shortly");
-            let retry_at = inner.clock.now() + chrono::Duration::seconds(1);
-            let _ = inner.store.park_run(&fence, retry_at).await;
+            let retry_at = core.clock.now() + chrono::Duration::seconds(1);
+            let _ = core.store.park_run(&fence, retry_at).await;
         }
     }
 }
 
-async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(), StoreError> {
-    let store = &inner.store;
+async fn execute_run(core: &Arc<EngineCore>, fence: &Fence, run: RunRow) -> Result<(), StoreError> {
+    let store = &core.store;
     if run.status.is_terminal() || run.lease_owner.as_deref() != Some(fence.owner.as_str()) {
         return Ok(());
     }
@@ -69,13 +71,13 @@ async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(
         return store
             .finish_run(
                 fence,
-                inner.clock.now(),
+                core.clock.now(),
                 RunStatus::Cancelled,
                 Some("cancelled"),
             )
             .await;
     }
-    let wf = match inner
+    let wf = match core
         .registry
         .get(store, &run.workflow_id, &run.version_hash)
         .await
@@ -86,7 +88,7 @@ async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(
             return store
                 .finish_run(
                     fence,
-                    inner.clock.now(),
+                    core.clock.now(),
                     RunStatus::Failed,
                     Some(&err.to_string()),
                 )
@@ -103,15 +105,15 @@ async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(
         && run.trigger_kind == "schedule"
         && let Some(at) = run.scheduled_at
     {
-        let lag = (inner.clock.now() - at).num_milliseconds() as f64 / 1000.0;
-        inner.config.services.metrics.observe(
+        let lag = (core.clock.now() - at).num_milliseconds() as f64 / 1000.0;
+        core.config.services.metrics.observe(
             "pmoflow_scheduler_lag_seconds",
             &[("workflow", run.workflow_id.as_str())],
             lag,
         );
     }
     let exec = RunExec {
-        inner,
+        core,
         fence,
         run: &run,
         wf: &wf,
@@ -130,14 +132,14 @@ async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(
             }
             StepResult::Park(at) => {
                 store.park_run(fence, at).await?;
-                inner.wake_poller();
+                core.wake_poller();
                 return Ok(());
             }
             StepResult::Failed(message) => {
                 let error = format!("step `{}` failed: {message}", step.id);
                 tracing::warn!(run = %run.id, workflow = %wf.id, step = %step.id, "{error}");
                 return store
-                    .finish_run(fence, inner.clock.now(), RunStatus::Failed, Some(&error))
+                    .finish_run(fence, core.clock.now(), RunStatus::Failed, Some(&error))
                     .await;
             }
             StepResult::Cancelled => {
@@ -145,28 +147,28 @@ async fn execute_run(inner: &Arc<Inner>, fence: &Fence, run: RunRow) -> Result<(
                 return store
                     .finish_run(
                         fence,
-                        inner.clock.now(),
+                        core.clock.now(),
                         RunStatus::Cancelled,
                         Some("cancelled"),
                     )
                     .await;
             }
         }
-        if inner.shutdown.is_cancelled() {
+        if core.shutdown.is_cancelled() {
             // Hand the run back, due at once, so the next daemon (or this one after restart)
             // continues immediately with the next step.
-            store.park_run(fence, inner.clock.now()).await?;
+            store.park_run(fence, core.clock.now()).await?;
             return Ok(());
         }
     }
     tracing::info!(run = %run.id, workflow = %wf.id, "run succeeded");
     store
-        .finish_run(fence, inner.clock.now(), RunStatus::Succeeded, None)
+        .finish_run(fence, core.clock.now(), RunStatus::Succeeded, None)
         .await
 }
 
 struct RunExec<'a> {
-    inner: &'a Arc<Inner>,
+    core: &'a Arc<EngineCore>,
     fence: &'a Fence,
     run: &'a RunRow,
     wf: &'a SharedWorkflow,
@@ -205,7 +207,7 @@ impl Default for Change<'_> {
 }
 
 /// One unit of execution: a plain step, or one item of a foreach step.
-struct Unit<'a> {
+struct StepInstance<'a> {
     step: &'a Step,
     key: String,
     item: Option<(i64, Json)>,
@@ -213,7 +215,7 @@ struct Unit<'a> {
 
 impl RunExec<'_> {
     fn now(&self) -> DateTime<Utc> {
-        self.inner.clock.now()
+        self.core.clock.now()
     }
 
     /// The template context for a step.
@@ -222,7 +224,7 @@ impl RunExec<'_> {
         outputs: &serde_json::Map<String, Json>,
         item: Option<&(i64, Json)>,
     ) -> minijinja::Value {
-        let tz = self.inner.config.timezone;
+        let tz = self.core.config.timezone;
         let mut ctx = json!({
             "inputs": self.run.inputs,
             "steps": outputs,
@@ -234,7 +236,7 @@ impl RunExec<'_> {
                 "scheduled_at": self.run.scheduled_at.map(|t| t.with_timezone(&tz).to_rfc3339()),
             },
             "now": self.now().with_timezone(&tz).to_rfc3339(),
-            "data": *self.inner.registry.data(),
+            "data": *self.core.registry.data(),
         });
         if let (Some((index, item)), Some(map)) = (item, ctx.as_object_mut()) {
             map.insert("item".into(), item.clone());
@@ -243,7 +245,7 @@ impl RunExec<'_> {
         template::value(&ctx)
     }
 
-    async fn write(&self, unit: &Unit<'_>, change: Change<'_>) -> Result<bool, StoreError> {
+    async fn write(&self, unit: &StepInstance<'_>, change: Change<'_>) -> Result<bool, StoreError> {
         let Change {
             status,
             attempt,
@@ -261,7 +263,7 @@ impl RunExec<'_> {
             status,
             StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped
         );
-        self.inner
+        self.core
             .store
             .write_step(
                 self.fence,
@@ -291,7 +293,7 @@ impl RunExec<'_> {
         step: &Step,
         outputs: &serde_json::Map<String, Json>,
     ) -> Result<StepResult, StoreError> {
-        let unit = Unit {
+        let unit = StepInstance {
             step,
             key: step.id.clone(),
             item: None,
@@ -344,7 +346,7 @@ impl RunExec<'_> {
 
     async fn fail_now(
         &self,
-        unit: &Unit<'_>,
+        unit: &StepInstance<'_>,
         attempt: i64,
         message: &str,
     ) -> Result<StepResult, StoreError> {
@@ -367,12 +369,12 @@ impl RunExec<'_> {
         Ok(StepResult::Failed(message.to_string()))
     }
 
-    fn observe(&self, unit: &Unit<'_>, started_at: Option<DateTime<Utc>>, outcome: &str) {
+    fn observe(&self, unit: &StepInstance<'_>, started_at: Option<DateTime<Utc>>, outcome: &str) {
         let started = started_at
             .or_else(|| self.rows.get(&unit.key).and_then(|r| r.started_at))
             .unwrap_or_else(|| self.now());
         let secs = (self.now() - started).num_milliseconds() as f64 / 1000.0;
-        self.inner.config.services.metrics.observe(
+        self.core.config.services.metrics.observe(
             "pmoflow_step_duration_seconds",
             &[
                 ("workflow", self.wf.id.as_str()),
@@ -383,174 +385,10 @@ impl RunExec<'_> {
         );
     }
 
-    async fn run_foreach(
-        &self,
-        step: &Step,
-        row: Option<&StepRow>,
-        outputs: &serde_json::Map<String, Json>,
-    ) -> Result<StepResult, StoreError> {
-        let parent = Unit {
-            step,
-            key: step.id.clone(),
-            item: None,
-        };
-        let items: Vec<Json> = match row
-            .and_then(|r| r.state.as_ref())
-            .and_then(|s| s.get("items"))
-        {
-            Some(Json::Array(items)) => items.clone(),
-            _ => {
-                let expr = step.foreach.as_deref().unwrap_or_default();
-                let ctx = self.context(outputs, None);
-                let value = match template::eval(expr, &ctx) {
-                    Ok(v) => v,
-                    Err(err) => {
-                        let message =
-                            format!("`foreach` expression (line {}): {}", step.line, err.message);
-                        return self.fail_now(&parent, 1, &message).await;
-                    }
-                };
-                let items = match serde_json::to_value(&value) {
-                    Ok(Json::Array(items)) => items,
-                    Ok(other) => {
-                        let message = format!(
-                            "`foreach` expression (line {}) must give a list, got {}",
-                            step.line,
-                            kind_of(&other)
-                        );
-                        return self.fail_now(&parent, 1, &message).await;
-                    }
-                    Err(err) => {
-                        let message = format!("`foreach` value cannot be stored: {err}");
-                        return self.fail_now(&parent, 1, &message).await;
-                    }
-                };
-                // The list is committed before any item runs, so a restart fans out over exactly
-                // the same items even if the data changed meanwhile.
-                let state = json!({ "items": items });
-                if self
-                    .write(
-                        &parent,
-                        Change {
-                            status: StepStatus::Running,
-                            attempt: 1,
-                            state: Some(&state),
-                            ..Change::default()
-                        },
-                    )
-                    .await?
-                {
-                    return Ok(StepResult::Cancelled);
-                }
-                items
-            }
-        };
-        let started_at = row.and_then(|r| r.started_at);
-        let units: Vec<Unit<'_>> = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| Unit {
-                step,
-                key: format!("{}[{i}]", step.id),
-                item: Some((i64::try_from(i).unwrap_or(i64::MAX), item)),
-            })
-            .collect();
-        let futures: Vec<_> = units
-            .iter()
-            .map(|unit| self.run_item(unit, outputs))
-            .collect();
-        let results: Vec<Result<StepResult, StoreError>> = futures::stream::iter(futures)
-            .buffered(step.parallelism)
-            .collect()
-            .await;
-        let mut out = Vec::with_capacity(results.len());
-        let mut park: Option<DateTime<Utc>> = None;
-        let mut failures = Vec::new();
-        let mut cancelled = false;
-        for (i, result) in results.into_iter().enumerate() {
-            match result? {
-                StepResult::Done(output, _) => out.push(output),
-                StepResult::Park(at) => park = Some(park.map_or(at, |p| p.min(at))),
-                StepResult::Failed(message) => failures.push(format!("item {i}: {message}")),
-                StepResult::Cancelled => cancelled = true,
-            }
-        }
-        if cancelled {
-            return Ok(StepResult::Cancelled);
-        }
-        if !failures.is_empty() {
-            let message = failures.join("; ");
-            return self.fail_now(&parent, 1, &message).await;
-        }
-        if let Some(at) = park {
-            return Ok(StepResult::Park(at));
-        }
-        let output = Json::Array(out);
-        if self
-            .write(
-                &parent,
-                Change {
-                    status: StepStatus::Succeeded,
-                    attempt: 1,
-                    started_at,
-                    output: Some(&output),
-                    ..Change::default()
-                },
-            )
-            .await?
-        {
-            return Ok(StepResult::Cancelled);
-        }
-        Ok(StepResult::Done(output, StepStatus::Succeeded))
-    }
-
-    async fn run_item(
-        &self,
-        unit: &Unit<'_>,
-        outputs: &serde_json::Map<String, Json>,
-    ) -> Result<StepResult, StoreError> {
-        let row = self.rows.get(&unit.key);
-        if row.is_none()
-            && let Some(cond) = unit
-                .step
-                .condition
-                .as_ref()
-                .filter(|c| per_item(unit.step, c))
-        {
-            // An `if` that reads `item` is decided for each item: false skips that item only.
-            let ctx = self.context(outputs, unit.item.as_ref());
-            match template::eval(cond, &ctx) {
-                Ok(v) if !v.is_true() => {
-                    let cancel = self
-                        .write(
-                            unit,
-                            Change {
-                                status: StepStatus::Skipped,
-                                attempt: 0,
-                                ..Change::default()
-                            },
-                        )
-                        .await?;
-                    if cancel {
-                        return Ok(StepResult::Cancelled);
-                    }
-                    return Ok(StepResult::Done(Json::Null, StepStatus::Skipped));
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    let message =
-                        format!("`if` expression (line {}): {}", unit.step.line, err.message);
-                    return self.fail_now(unit, 1, &message).await;
-                }
-            }
-        }
-        self.run_unit(unit, row, outputs).await
-    }
-
     /// Continues one unit from its committed row.
     async fn run_unit(
         &self,
-        unit: &Unit<'_>,
+        unit: &StepInstance<'_>,
         row: Option<&StepRow>,
         outputs: &serde_json::Map<String, Json>,
     ) -> Result<StepResult, StoreError> {
@@ -643,7 +481,7 @@ impl RunExec<'_> {
 
     async fn succeed(
         &self,
-        unit: &Unit<'_>,
+        unit: &StepInstance<'_>,
         attempt: i64,
         started_at: Option<DateTime<Utc>>,
         output: Json,
@@ -669,223 +507,12 @@ impl RunExec<'_> {
             .action
             .after_commit(&self.action_cx(unit, attempt, &data, None, None), &output);
         if !messages.is_empty() {
-            self.inner.wake_outbox();
+            self.core.wake_outbox();
         }
         if cancel {
             return Ok(StepResult::Cancelled);
         }
         Ok(StepResult::Done(output, StepStatus::Succeeded))
-    }
-
-    fn action_cx<'b>(
-        &'b self,
-        unit: &'b Unit<'_>,
-        attempt: i64,
-        data: &'b Json,
-        template_ctx: Option<&'b minijinja::Value>,
-        state: Option<&'b Json>,
-    ) -> ActionContext<'b> {
-        ActionContext {
-            clock: &self.inner.clock,
-            run_id: &self.run.id,
-            workflow_id: &self.wf.id,
-            step_key: &unit.key,
-            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-            services: &self.inner.config.services,
-            data,
-            workflow_dir: self.wf.path.parent().unwrap_or(std::path::Path::new(".")),
-            template_ctx,
-            http: &self.inner.http,
-            plugin: unit.step.plugin.as_deref(),
-            state,
-            store: Some(&self.inner.store),
-        }
-    }
-
-    /// Runs attempt number `attempt`, recording it first. `prior` is the step's row when the
-    /// attempt is already recorded: restarted after an interruption, or a suspended step being
-    /// called again (its saved state is handed to the action).
-    async fn attempt(
-        &self,
-        unit: &Unit<'_>,
-        attempt: i64,
-        started_at: Option<DateTime<Utc>>,
-        outputs: &serde_json::Map<String, Json>,
-        prior: Option<&StepRow>,
-    ) -> Result<StepResult, StoreError> {
-        let step = unit.step;
-        let already_recorded = prior.is_some();
-        let resumed = prior.filter(|r| r.status == StepStatus::Waiting);
-        let saved_state = resumed.and_then(|r| r.state.as_ref());
-        if !already_recorded
-            && !step.action.is_pure()
-            && self
-                .write(
-                    unit,
-                    Change {
-                        status: StepStatus::Running,
-                        attempt,
-                        started_at,
-                        ..Change::default()
-                    },
-                )
-                .await?
-        {
-            return Ok(StepResult::Cancelled);
-        }
-        let started_at = started_at.or(Some(self.now()));
-        let rendered = if template::json_has_templates(&step.with) {
-            template::render_json_with(
-                &step.with,
-                &self.context(outputs, unit.item.as_ref()),
-                step.action == crate::actions::ActionKind::Plugin,
-            )
-        } else {
-            Ok(step.with.clone())
-        };
-        let with = match rendered {
-            Ok(w) => w,
-            Err(err) => {
-                let message = format!(
-                    "template in `with` (step at line {}): {}",
-                    step.line, err.message
-                );
-                return self.fail_now(unit, attempt, &message).await;
-            }
-        };
-        let data = self.inner.registry.data();
-        let template_ctx = step
-            .action
-            .needs_context()
-            .then(|| self.context(outputs, unit.item.as_ref()));
-        let cx = self.action_cx(unit, attempt, &data, template_ctx.as_ref(), saved_state);
-        let run = step.action.run(&cx, &with);
-        let result = match step.timeout {
-            None => run.await,
-            Some(limit) => {
-                tokio::select! {
-                    r = run => r,
-                    () = self.inner.clock.sleep(chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX)) => {
-                        Err(StepError::retryable(format!("ran past its {} timeout", humantime::format_duration(limit))))
-                    }
-                }
-            }
-        };
-        match result {
-            Ok(Outcome::Done(output)) => self.succeed(unit, attempt, started_at, output, &[]).await,
-            Ok(Outcome::Emit(output, messages)) => {
-                self.succeed(unit, attempt, started_at, output, &messages)
-                    .await
-            }
-            Ok(Outcome::Suspend {
-                until,
-                state,
-                messages,
-                requests,
-            }) => {
-                // Nothing new since the last call: no write.
-                let unchanged = resumed
-                    .is_some_and(|r| r.wake_at == Some(until) && r.state.as_ref() == Some(&state))
-                    && messages.is_empty()
-                    && requests.is_empty();
-                if !unchanged
-                    && self
-                        .write(
-                            unit,
-                            Change {
-                                status: StepStatus::Waiting,
-                                attempt,
-                                started_at,
-                                wake_at: Some(until),
-                                state: Some(&state),
-                                messages: &messages,
-                                requests: &requests,
-                                ..Change::default()
-                            },
-                        )
-                        .await?
-                {
-                    return Ok(StepResult::Cancelled);
-                }
-                if !messages.is_empty() {
-                    self.inner.wake_outbox();
-                }
-                Ok(StepResult::Park(until))
-            }
-            Ok(Outcome::WaitUntil(until)) => {
-                if until <= self.now() {
-                    return self
-                        .succeed(
-                            unit,
-                            attempt,
-                            started_at,
-                            json!({ "until": until.to_rfc3339() }),
-                            &[],
-                        )
-                        .await;
-                }
-                if self
-                    .write(
-                        unit,
-                        Change {
-                            status: StepStatus::Waiting,
-                            attempt,
-                            started_at,
-                            wake_at: Some(until),
-                            ..Change::default()
-                        },
-                    )
-                    .await?
-                {
-                    return Ok(StepResult::Cancelled);
-                }
-                Ok(StepResult::Park(until))
-            }
-            Err(err) => {
-                let max = i64::from(step.retry.attempts);
-                if err.kind == ErrorKind::Retryable && attempt < max {
-                    let next = u32::try_from(attempt + 1).unwrap_or(u32::MAX);
-                    let delay = step.retry.delay_before(next, fastrand::f64());
-                    let at = self.now()
-                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                    let message = format!(
-                        "attempt {attempt}/{max} failed: {}; retrying in {}",
-                        err.message,
-                        humantime::format_duration(std::time::Duration::from_secs(delay.as_secs()))
-                    );
-                    tracing::warn!(run = %self.run.id, step = %unit.key, "{message}");
-                    if self
-                        .write(
-                            unit,
-                            Change {
-                                status: StepStatus::RetryWait,
-                                attempt,
-                                started_at,
-                                wake_at: Some(at),
-                                error: Some(&err.message),
-                                event: Some(NewEvent {
-                                    step_key: Some(&unit.key),
-                                    kind: "attempt_failed",
-                                    message: &message,
-                                }),
-                                ..Change::default()
-                            },
-                        )
-                        .await?
-                    {
-                        return Ok(StepResult::Cancelled);
-                    }
-                    Ok(StepResult::Park(at))
-                } else {
-                    let message = if attempt > 1 {
-                        format!("{} (after {attempt} attempts)", err.message)
-                    } else {
-                        err.message.clone()
-                    };
-                    self.fail_now(unit, attempt, &message).await
-                }
-            }
-        }
     }
 }
 
