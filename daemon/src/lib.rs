@@ -18,7 +18,6 @@ pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod plugins;
-pub mod schedule;
 pub mod simulate;
 pub mod store;
 pub mod template;

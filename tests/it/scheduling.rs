@@ -9,8 +9,8 @@ use pmoflow::calendar::{Calendar, csv, holidays};
 use pmoflow::clock::{Clock, SharedClock, SimClock};
 use pmoflow::daemon::scheduler;
 use pmoflow::engine::EngineConfig;
-use pmoflow::schedule::TriggerSchedule;
 use pmoflow::store::{Durability, RunFilter, RunRow, RunStatus};
+use pmoflow::workflow::schedule::TriggerSchedule;
 use pmoflow_tests::{Backend, InProcess, Project, TestDb, cli};
 
 fn fixture(name: &str) -> std::path::PathBuf {

@@ -47,7 +47,7 @@ pub fn schedule(
     count: usize,
     explain: bool,
 ) -> Result<(), CliError> {
-    use crate::schedule::TriggerSchedule;
+    use crate::workflow::schedule::TriggerSchedule;
     let from = match from {
         None => SystemClock.now(),
         Some(text) => DateTime::parse_from_rfc3339(text)
@@ -252,10 +252,15 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
     };
     let mut rows = Vec::new();
     for wf in catalog.workflows.values() {
-        let next =
-            crate::schedule::next_fires(&wf.triggers, config.timezone, &catalog.calendar, now, 1)
-                .first()
-                .map(|f| f.to_rfc3339());
+        let next = crate::workflow::schedule::next_fires(
+            &wf.triggers,
+            config.timezone,
+            &catalog.calendar,
+            now,
+            1,
+        )
+        .first()
+        .map(|f| f.to_rfc3339());
         let last = match &store {
             Some(s) => s
                 .list_runs(&RunFilter {

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::engine::{Engine, RunRequest};
-use crate::schedule::{Fire, TriggerSchedule};
 use crate::store::RunStatus;
 use crate::workflow::raw::{CatchUp, Overlap};
+use crate::workflow::schedule::{Fire, TriggerSchedule};
 use crate::workflow::{Trigger, Workflow};
 
 /// A fire this far behind `now` counts as missed.

@@ -211,9 +211,10 @@ pub(super) async fn workflows(State(state): State<AppState>, headers: HeaderMap)
     let tz = engine.config().timezone;
     let mut list = Vec::new();
     for wf in catalog.workflows.values() {
-        let next = crate::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 1)
-            .first()
-            .map(|f| f.to_rfc3339());
+        let next =
+            crate::workflow::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 1)
+                .first()
+                .map(|f| f.to_rfc3339());
         let last = state
             .store
             .list_runs(&RunFilter {
@@ -264,7 +265,7 @@ pub(super) async fn workflow(
     let tz = engine.config().timezone;
     let now = state.clock.now();
     let fires: Vec<String> =
-        crate::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 5)
+        crate::workflow::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 5)
             .iter()
             .map(|f| f.to_rfc3339())
             .collect();

@@ -217,9 +217,10 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
         let catalog = engine.registry().catalog();
         let now = state.clock.now();
         for wf in catalog.workflows.values() {
-            let next = crate::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 1)
-                .first()
-                .map(|f| f.with_timezone(&chrono::Utc));
+            let next =
+                crate::workflow::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 1)
+                    .first()
+                    .map(|f| f.with_timezone(&chrono::Utc));
             let last = state
                 .store
                 .list_runs(&RunFilter {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::raw::{RawStep, RawWorkflow, toml_to_json};
-use super::{DEFAULT_PARALLELISM, RetryPolicy, Step, Trigger, Workflow};
+use super::{DEFAULT_PARALLELISM, RetryPolicy, Step, Workflow};
 use crate::actions::ActionKind;
 use crate::diag::Diagnostic;
 use crate::duration::{DURATION_HINT, HumanDuration};
@@ -50,14 +50,19 @@ fn valid_id(id: &str) -> bool {
 const ID_HINT: &str = "ids use lowercase ASCII letters, digits, '-' and '_', start with a letter or digit, at most 64 characters";
 
 /// Collects diagnostics for one file.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     path: &'a Path,
     source: &'a str,
-    diags: Vec<Diagnostic>,
+    pub(super) diags: Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+    pub(super) fn error(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         self.diags.push(Diagnostic::span(
             self.path,
             self.source,
@@ -202,7 +207,7 @@ pub fn compile(
         .collect();
     let input_names: BTreeSet<String> = inputs.keys().cloned().collect();
 
-    let (triggers, webhook) = compile_triggers(&mut cx, &raw, &input_names);
+    let (triggers, webhook) = super::triggers::compile_triggers(&mut cx, &raw, &input_names);
 
     let all_steps: BTreeSet<String> = raw
         .steps
@@ -276,254 +281,6 @@ pub fn compile(
 pub fn content_hash(source: &str) -> String {
     hex::encode(Sha256::digest(source.as_bytes()))
 }
-
-fn compile_triggers(
-    cx: &mut Ctx<'_>,
-    raw: &RawWorkflow,
-    inputs: &BTreeSet<String>,
-) -> (Vec<Trigger>, Option<super::WebhookTrigger>) {
-    use super::raw::CalendarKind;
-    let mut out = Vec::new();
-    let mut webhook: Option<super::WebhookTrigger> = None;
-    for (index, t) in raw.triggers.iter().enumerate() {
-        let trig = t.get_ref();
-        let errors_before = cx.diags.len();
-        if let Some(w) = &trig.webhook {
-            if !*w.get_ref() {
-                cx.error(
-                    w.span(),
-                    "`webhook = false` does nothing",
-                    Some("remove the trigger, or write webhook = true".into()),
-                );
-                continue;
-            }
-            let scheduled = [
-                trig.cron.as_ref().map(|v| v.span()),
-                trig.business_day.as_ref().map(|v| v.span()),
-                trig.at.as_ref().map(|v| v.span()),
-                trig.months.as_ref().map(|v| v.span()),
-                trig.timezone.as_ref().map(|v| v.span()),
-                trig.dst.as_ref().map(|v| v.span()),
-                trig.calendar.as_ref().map(|v| v.span()),
-                trig.on_closed_day.as_ref().map(|v| v.span()),
-                trig.catch_up.as_ref().map(|v| v.span()),
-                trig.catch_up_window.as_ref().map(|v| v.span()),
-                trig.overlap.as_ref().map(|v| v.span()),
-                trig.jitter.as_ref().map(|v| v.span()),
-            ];
-            if let Some(span) = scheduled.into_iter().flatten().next() {
-                cx.error(
-                    span,
-                    "a webhook trigger has no schedule",
-                    Some("put the schedule in a [[triggers]] entry of its own".into()),
-                );
-            }
-            if webhook.is_some() {
-                cx.error(w.span(), "a workflow has at most one webhook trigger", None);
-            }
-            for key in trig.inputs.keys() {
-                if !inputs.contains(key.get_ref()) {
-                    cx.error(
-                        key.span(),
-                        format!("trigger sets unknown input `{}`", key.get_ref()),
-                        Some("a trigger can only override inputs declared under [inputs]".into()),
-                    );
-                }
-            }
-            webhook = Some(super::WebhookTrigger {
-                secret: trig.secret.as_ref().map(|s| s.get_ref().clone()),
-                inputs: trig
-                    .inputs
-                    .iter()
-                    .map(|(k, v)| (k.get_ref().clone(), toml_to_json(v.get_ref())))
-                    .collect(),
-            });
-            continue;
-        }
-        if let Some(s) = &trig.secret {
-            cx.error(
-                s.span(),
-                "`secret` belongs to a webhook trigger",
-                Some("add webhook = true, or remove `secret`".into()),
-            );
-        }
-        match (&trig.cron, &trig.business_day) {
-            (Some(expr), None) => {
-                if let Err(message) = crate::schedule::parse_cron(expr.get_ref()) {
-                    cx.error(expr.span(), message.to_string(), Some(CRON_HINT.into()));
-                }
-                if let Some(at) = &trig.at {
-                    cx.error(
-                        at.span(),
-                        "`at` goes with `business_day`; a cron expression has its own time",
-                        None,
-                    );
-                }
-                if let Some(m) = &trig.months {
-                    cx.error(m.span(), "`months` goes with `business_day`; write the months in the cron expression", None);
-                }
-            }
-            (None, Some(n)) => {
-                let v = *n.get_ref();
-                if v == 0 || !(-23..=23).contains(&v) {
-                    cx.error(
-                        n.span(),
-                        format!("business_day must be 1…23 or -1…-23, got {v}"),
-                        Some("1 is the first business day of the month, -1 the last".into()),
-                    );
-                }
-                if trig.at.is_none() {
-                    cx.error(
-                        n.span(),
-                        "a `business_day` trigger needs `at`",
-                        Some("e.g. at = \"09:00\"".into()),
-                    );
-                }
-                if let Some(c) = &trig.calendar
-                    && *c.get_ref() == CalendarKind::None
-                {
-                    cx.error(
-                        c.span(),
-                        "`business_day` needs a business calendar",
-                        Some(
-                            "remove `calendar` (jp-gov is implied) or set calendar = \"jp-gov\""
-                                .into(),
-                        ),
-                    );
-                }
-            }
-            (Some(expr), Some(_)) => cx.error(
-                expr.span(),
-                "a trigger has either `cron` or `business_day`, not both",
-                None,
-            ),
-            (None, None) => cx.error(
-                t.span(),
-                "a trigger needs `cron` or `business_day`",
-                Some("e.g. cron = \"0 9 * * 1-5\", or business_day = 1 with at = \"09:00\"".into()),
-            ),
-        }
-        let at = trig.at.as_ref().and_then(|at| {
-            match chrono::NaiveTime::parse_from_str(at.get_ref(), "%H:%M") {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    cx.error(
-                        at.span(),
-                        format!("invalid time `{}`", at.get_ref()),
-                        Some("write 24-hour HH:MM, e.g. \"17:00\"".into()),
-                    );
-                    None
-                }
-            }
-        });
-        let mut months = Vec::new();
-        if let Some(list) = &trig.months {
-            for m in list.get_ref() {
-                match u32::try_from(*m.get_ref()) {
-                    Ok(v) if (1..=12).contains(&v) => months.push(v),
-                    _ => cx.error(
-                        m.span(),
-                        format!("month must be 1…12, got {}", m.get_ref()),
-                        None,
-                    ),
-                }
-            }
-        }
-        if let Some(tz) = &trig.timezone
-            && tz.get_ref().parse::<chrono_tz::Tz>().is_err()
-        {
-            cx.error(
-                tz.span(),
-                format!("unknown time zone `{}`", tz.get_ref()),
-                Some("use an IANA name such as \"Asia/Tokyo\"".into()),
-            );
-        }
-        if let (Some(p), None) = (&trig.on_closed_day, &trig.calendar)
-            && trig.business_day.is_none()
-        {
-            cx.error(
-                p.span(),
-                "`on_closed_day` needs a calendar",
-                Some("add calendar = \"jp-gov\"".into()),
-            );
-        }
-        let catch_up_window = trig.catch_up_window.as_ref().and_then(|w| duration(cx, w));
-        let jitter = trig.jitter.as_ref().and_then(|j| duration(cx, j));
-        for key in trig.inputs.keys() {
-            if !inputs.contains(key.get_ref()) {
-                cx.error(
-                    key.span(),
-                    format!("trigger sets unknown input `{}`", key.get_ref()),
-                    Some("a trigger can only override inputs declared under [inputs]".into()),
-                );
-            }
-        }
-        if cx.diags.len() > errors_before {
-            continue;
-        }
-        let calendar = match (
-            trig.calendar.as_ref().map(|c| *c.get_ref()),
-            &trig.business_day,
-        ) {
-            (Some(CalendarKind::None), _) => None,
-            (Some(c), _) => Some(c),
-            (None, Some(_)) => Some(CalendarKind::JpGov),
-            (None, None) => None,
-        };
-        let mut trigger = Trigger {
-            key: String::new(),
-            cron: trig.cron.as_ref().map(|c| c.get_ref().clone()),
-            business_day: trig
-                .business_day
-                .as_ref()
-                .and_then(|n| i32::try_from(*n.get_ref()).ok()),
-            at,
-            months,
-            timezone: trig.timezone.as_ref().map(|c| c.get_ref().clone()),
-            dst: trig.dst.as_ref().map(|d| *d.get_ref()).unwrap_or_default(),
-            calendar,
-            on_closed_day: trig
-                .on_closed_day
-                .as_ref()
-                .map(|d| *d.get_ref())
-                .unwrap_or_default(),
-            catch_up: trig
-                .catch_up
-                .as_ref()
-                .map(|d| *d.get_ref())
-                .unwrap_or_default(),
-            catch_up_window,
-            overlap: trig
-                .overlap
-                .as_ref()
-                .map(|d| *d.get_ref())
-                .unwrap_or_default(),
-            jitter,
-            inputs: trig
-                .inputs
-                .iter()
-                .map(|(k, v)| (k.get_ref().clone(), toml_to_json(v.get_ref())))
-                .collect(),
-        };
-        // The key changes when the schedule changes (a new schedule starts a new cursor), but
-        // not when unrelated parts of the file are edited.
-        let identity = serde_json::json!([
-            trigger.cron,
-            trigger.business_day,
-            trigger.at,
-            trigger.months,
-            trigger.timezone,
-            trigger.dst,
-            trigger.calendar,
-            trigger.on_closed_day
-        ]);
-        trigger.key = format!("t{index}-{}", &content_hash(&identity.to_string())[..12]);
-        out.push(trigger);
-    }
-    (out, webhook)
-}
-
-const CRON_HINT: &str = "5 fields (min hour dom mon dow), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly";
 
 fn check_names(
     cx: &mut Ctx<'_>,
@@ -608,7 +365,7 @@ fn check_template_file(cx: &mut Ctx<'_>, span: Range<usize>, name: &str, scope: 
     }
 }
 
-fn duration(cx: &mut Ctx<'_>, value: &Spanned<String>) -> Option<std::time::Duration> {
+pub(super) fn duration(cx: &mut Ctx<'_>, value: &Spanned<String>) -> Option<std::time::Duration> {
     match HumanDuration::parse(value.get_ref()) {
         Ok(d) => Some(d.0),
         Err(message) => {

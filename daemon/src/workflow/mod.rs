@@ -15,6 +15,8 @@ use crate::actions::ActionKind;
 pub mod catalog;
 pub mod compile;
 pub mod raw;
+pub mod schedule;
+mod triggers;
 
 pub use catalog::Catalog;
 pub use compile::compile;

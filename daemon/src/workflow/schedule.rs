@@ -9,9 +9,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
+use super::Trigger;
+use super::raw::{DstPolicy, OnClosedDay};
 use crate::calendar::Calendar;
-use crate::workflow::Trigger;
-use crate::workflow::raw::{DstPolicy, OnClosedDay};
 
 /// Why a trigger's schedule cannot be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
