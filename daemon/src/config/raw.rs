@@ -1,0 +1,164 @@
+//! The file as written: every table and key `pmoflow.toml` accepts (unknown keys are errors),
+//! with the spans that locate an error in a bad value.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, LogFormat};
+use crate::diag::Diagnostic;
+use crate::store::Durability;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) workflows_dir: Option<PathBuf>,
+    pub(super) plugins_dir: Option<PathBuf>,
+    pub(super) plugin_cache_dir: Option<PathBuf>,
+    pub(super) database_url: Option<String>,
+    pub(super) timezone: Option<Spanned<String>>,
+    pub(super) log_format: Option<LogFormat>,
+    pub(super) durability: Option<Durability>,
+    pub(super) node_id: Option<String>,
+    #[serde(default)]
+    pub(super) engine: RawEngine,
+    #[serde(default)]
+    pub(super) mail: RawMail,
+    pub(super) smtp: Option<Spanned<RawSmtp>>,
+    #[serde(default)]
+    pub(super) outbox: RawOutbox,
+    #[serde(default)]
+    pub(super) secrets: std::collections::BTreeMap<String, Spanned<RawSecret>>,
+    #[serde(default)]
+    pub(super) plugins: std::collections::BTreeMap<String, Spanned<RawGrant>>,
+    #[serde(default)]
+    pub(super) replies: RawReplies,
+    pub(super) imap: Option<Spanned<RawImap>>,
+    #[serde(default)]
+    pub(super) http: RawHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) public_url: Option<Spanned<String>>,
+    pub(super) enabled: Option<bool>,
+    #[serde(default)]
+    pub(super) tokens: Vec<Spanned<RawToken>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawToken {
+    pub(super) name: String,
+    pub(super) role: Spanned<String>,
+    pub(super) hash: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReplies {
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) notify: Option<Spanned<String>>,
+    pub(super) max_size_kib: Option<Spanned<i64>>,
+    pub(super) token_ttl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawImap {
+    pub(super) host: String,
+    pub(super) port: Option<u16>,
+    pub(super) tls: Option<crate::inbound::imap::ImapTls>,
+    pub(super) username: String,
+    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<PathBuf>>,
+    pub(super) mailbox: Option<String>,
+    pub(super) processed_mailbox: Option<String>,
+    pub(super) poll_interval: Option<Spanned<String>>,
+    pub(super) idle: Option<bool>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+/// `[plugins.NAME]`: what an administrator grants one plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGrant {
+    #[serde(default)]
+    pub(super) capabilities: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) allow_hosts: Vec<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) net_timeout: Option<Spanned<String>>,
+    pub(super) memory_mib: Option<Spanned<i64>>,
+    pub(super) max_input_kib: Option<Spanned<i64>>,
+    pub(super) max_output_kib: Option<Spanned<i64>>,
+    pub(super) max_response_kib: Option<Spanned<i64>>,
+    pub(super) kv_max_keys: Option<Spanned<i64>>,
+    pub(super) kv_max_kib: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMail {
+    pub(super) from: Option<Spanned<String>>,
+    pub(super) charset: Option<crate::outbox::Charset>,
+    pub(super) outbox_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSmtp {
+    pub(super) host: String,
+    pub(super) port: Option<u16>,
+    pub(super) tls: Option<crate::outbox::SmtpTls>,
+    pub(super) username: Option<String>,
+    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<PathBuf>>,
+    pub(super) from: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutbox {
+    pub(super) max_attempts: Option<Spanned<i64>>,
+    pub(super) max_age: Option<Spanned<String>>,
+    pub(super) backoff: Option<Spanned<String>>,
+    pub(super) max_backoff: Option<Spanned<String>>,
+    pub(super) concurrency: Option<Spanned<i64>>,
+    pub(super) poll_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecret {
+    pub(super) env: Option<String>,
+    pub(super) file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEngine {
+    pub(super) max_concurrent_runs: Option<Spanned<i64>>,
+    pub(super) poll_interval: Option<Spanned<String>>,
+    pub(super) lease: Option<Spanned<String>>,
+    pub(super) shutdown_grace: Option<Spanned<String>>,
+    pub(super) reload_interval: Option<Spanned<String>>,
+}
+
+/// Reads the file: unknown keys and wrong types are errors, located.
+pub(super) fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        ConfigError::Invalid(Diagnostic::at(
+            path,
+            text,
+            e.span().map(|s| s.start).unwrap_or(0),
+            e.message().trim().replace('\n', "; "),
+            Some("see docs/config.md for every setting".into()),
+        ))
+    })
+}

@@ -1,0 +1,476 @@
+//! From the raw file to the types the code uses, one table at a time. Every value is checked
+//! here, with its location in the file; secrets are read once, here.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawGrant, RawImap, RawSmtp};
+use super::{ConfigError, EnvOverrides};
+use crate::diag::Diagnostic;
+use crate::duration::{DURATION_HINT, HumanDuration};
+use crate::engine::{EngineConfig, default_node_id};
+use crate::message::settings::Secret;
+
+/// Reads values of one file: locates errors in it and collects the secrets that could not be
+/// read (a missing secret stops the daemon from starting, but not the CLI commands that send
+/// nothing).
+pub(super) struct Reader<'a> {
+    pub(super) file: &'a Path,
+    pub(super) text: &'a str,
+    pub(super) env: &'a EnvOverrides,
+    pub(super) secret_errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// An error at `span` of the file.
+    pub(super) fn err(&self, span: Range<usize>, msg: String, hint: Option<String>) -> ConfigError {
+        ConfigError::Invalid(Diagnostic::span(self.file, self.text, span, msg, hint))
+    }
+
+    /// A duration value, or `default`.
+    pub(super) fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => HumanDuration::parse(s.get_ref())
+                .map(|d| d.0)
+                .map_err(|m| self.err(s.span(), m.to_string(), Some(DURATION_HINT.into()))),
+        }
+    }
+
+    /// A count from 1 to `max`, or `default`.
+    pub(super) fn count(
+        &self,
+        v: &Option<Spanned<i64>>,
+        default: usize,
+        max: i64,
+        what: &str,
+    ) -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(n.get_ref()) => {
+                Ok(usize::try_from(*n.get_ref()).unwrap_or(default))
+            }
+            Some(n) => Err(self.err(
+                n.span(),
+                format!("{what} must be between 1 and {max}, got {}", n.get_ref()),
+                None,
+            )),
+        }
+    }
+
+    /// A secret from an environment variable or a file (exactly one of them).
+    fn read_secret(
+        &self,
+        span: Range<usize>,
+        what: &str,
+        env_name: Option<&str>,
+        file: Option<&Path>,
+    ) -> Result<Secret, ConfigError> {
+        match (env_name, file) {
+            (Some(var), None) => {
+                self.env
+                    .vars
+                    .get(var)
+                    .cloned()
+                    .map(Secret::new)
+                    .ok_or_else(|| {
+                        self.err(
+                            span.clone(),
+                            format!("{what}: environment variable `{var}` is not set"),
+                            Some("export it before starting pmoflow".into()),
+                        )
+                    })
+            }
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|v| Secret::new(v.trim_end_matches(['\n', '\r'])))
+                .map_err(|e| {
+                    self.err(
+                        span.clone(),
+                        format!("{what}: cannot read {}: {e}", path.display()),
+                        None,
+                    )
+                }),
+            _ => Err(self.err(
+                span.clone(),
+                format!("{what}: give exactly one of `env` or `file`"),
+                Some("e.g. hook_key = { env = \"PMOFLOW_HOOK_KEY\" }".into()),
+            )),
+        }
+    }
+
+    /// A secret, or `None` with the problem kept in `secret_errors`.
+    fn secret(
+        &mut self,
+        span: Range<usize>,
+        what: &str,
+        env_name: Option<&str>,
+        file: Option<&Path>,
+    ) -> Option<Secret> {
+        match self.read_secret(span, what, env_name, file) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.secret_errors.push(e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `[secrets]`: every named secret that could be read.
+    pub(super) fn secrets(&mut self, raw: &RawConfig) -> BTreeMap<String, Secret> {
+        let mut secrets = BTreeMap::new();
+        for (name, spec) in &raw.secrets {
+            let value = self.secret(
+                spec.span(),
+                &format!("secret `{name}`"),
+                spec.get_ref().env.as_deref(),
+                spec.get_ref().file.as_deref(),
+            );
+            if let Some(value) = value {
+                secrets.insert(name.clone(), value);
+            }
+        }
+        secrets
+    }
+
+    /// `timezone`: the daemon's zone (Asia/Tokyo by default).
+    pub(super) fn timezone(&self, raw: &RawConfig) -> Result<chrono_tz::Tz, ConfigError> {
+        match &raw.timezone {
+            None => Ok(chrono_tz::Asia::Tokyo),
+            Some(tz) => tz.get_ref().parse().map_err(|_| {
+                self.err(
+                    tz.span(),
+                    format!("unknown time zone `{}`", tz.get_ref()),
+                    Some("use an IANA name such as \"Asia/Tokyo\"".into()),
+                )
+            }),
+        }
+    }
+
+    /// `[engine]` and `node_id` (the step services are filled in later).
+    pub(super) fn engine(
+        &self,
+        raw: &RawConfig,
+        timezone: chrono_tz::Tz,
+    ) -> Result<EngineConfig, ConfigError> {
+        let defaults = EngineConfig::default();
+        let max_concurrent_runs = match &raw.engine.max_concurrent_runs {
+            None => defaults.max_concurrent_runs,
+            Some(n) if (1..=100_000).contains(n.get_ref()) => {
+                usize::try_from(*n.get_ref()).unwrap_or(1)
+            }
+            Some(n) => {
+                return Err(self.err(
+                    n.span(),
+                    format!(
+                        "max_concurrent_runs must be between 1 and 100000, got {}",
+                        n.get_ref()
+                    ),
+                    None,
+                ));
+            }
+        };
+        let lease = self.duration(&raw.engine.lease, Duration::from_secs(30))?;
+        if lease < Duration::from_secs(3)
+            && let Some(l) = &raw.engine.lease
+        {
+            return Err(self.err(l.span(), "lease must be at least 3s".into(), None));
+        }
+        Ok(EngineConfig {
+            node_id: self
+                .env
+                .node_id
+                .clone()
+                .or(raw.node_id.clone())
+                .unwrap_or_else(default_node_id),
+            max_concurrent_runs,
+            poll_interval: self.duration(&raw.engine.poll_interval, defaults.poll_interval)?,
+            lease: chrono::Duration::from_std(lease).unwrap_or(defaults.lease),
+            shutdown_grace: self.duration(&raw.engine.shutdown_grace, defaults.shutdown_grace)?,
+            timezone,
+            services: std::sync::Arc::default(),
+        })
+    }
+
+    /// `[smtp]`.
+    pub(super) fn smtp(
+        &mut self,
+        smtp: &Spanned<RawSmtp>,
+    ) -> Result<crate::outbox::SmtpConfig, ConfigError> {
+        let s = smtp.get_ref();
+        let tls = s.tls.unwrap_or_default();
+        let password = match (&s.password_env, &s.password_file) {
+            (None, None) => None,
+            (Some(e), None) => self.secret(e.span(), "smtp password", Some(e.get_ref()), None),
+            (None, Some(f)) => self.secret(f.span(), "smtp password", None, Some(f.get_ref())),
+            (Some(e), Some(_)) => {
+                return Err(self.err(
+                    e.span(),
+                    "give either `password_env` or `password_file`".into(),
+                    None,
+                ));
+            }
+        };
+        Ok(crate::outbox::SmtpConfig {
+            host: s.host.clone(),
+            port: s.port.unwrap_or(match tls {
+                crate::outbox::SmtpTls::Starttls => 587,
+                crate::outbox::SmtpTls::Tls => 465,
+                crate::outbox::SmtpTls::None => 25,
+            }),
+            tls,
+            username: s.username.clone(),
+            password,
+            timeout: self.duration(&s.timeout, Duration::from_secs(30))?,
+        })
+    }
+
+    /// `[imap]`.
+    pub(super) fn imap(
+        &mut self,
+        imap: &Spanned<RawImap>,
+    ) -> Result<crate::inbound::imap::ImapConfig, ConfigError> {
+        let s = imap.get_ref();
+        let tls = s.tls.unwrap_or_default();
+        let password = match (&s.password_env, &s.password_file) {
+            (Some(e), None) => self.secret(e.span(), "imap password", Some(e.get_ref()), None),
+            (None, Some(f)) => self.secret(f.span(), "imap password", None, Some(f.get_ref())),
+            _ => {
+                return Err(self.err(
+                    imap.span(),
+                    "[imap] needs exactly one of `password_env` or `password_file`".into(),
+                    Some("e.g. password_env = \"PMOFLOW_IMAP_PASSWORD\"".into()),
+                ));
+            }
+        };
+        Ok(crate::inbound::imap::ImapConfig {
+            host: s.host.clone(),
+            port: s.port.unwrap_or(match tls {
+                crate::inbound::imap::ImapTls::Tls => 993,
+                _ => 143,
+            }),
+            tls,
+            username: s.username.clone(),
+            password: password.unwrap_or_else(|| Secret::new("")),
+            mailbox: s.mailbox.clone().unwrap_or_else(|| "INBOX".into()),
+            processed_mailbox: s.processed_mailbox.clone(),
+            poll_interval: self.duration(&s.poll_interval, Duration::from_secs(60))?,
+            idle: s.idle.unwrap_or(true),
+            timeout: self.duration(&s.timeout, Duration::from_secs(30))?,
+            ca_file: s.ca_file.clone(),
+        })
+    }
+
+    /// `[replies]` and `[http] public_url`.
+    pub(super) fn replies(
+        &self,
+        raw: &RawConfig,
+    ) -> Result<crate::outbox::ReplySettings, ConfigError> {
+        let r = &raw.replies;
+        if let Some(a) = &r.address {
+            let text = a.get_ref();
+            let valid = text.matches("{token}").count() == 1
+                && text
+                    .replace("{token}", "t")
+                    .parse::<lettre::Address>()
+                    .is_ok();
+            if !valid {
+                return Err(self.err(
+                    a.span(),
+                    format!("`{text}` is not a reply-address pattern"),
+                    Some(
+                        "write an address with {token} once, e.g. \"pmo+{token}@example.go.jp\""
+                            .into(),
+                    ),
+                ));
+            }
+        }
+        if let Some(u) = &raw.http.public_url
+            && !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://"))
+        {
+            return Err(self.err(
+                u.span(),
+                format!("`{}` is not an http(s) URL", u.get_ref()),
+                Some("e.g. public_url = \"https://pmoflow.example.go.jp\"".into()),
+            ));
+        }
+        Ok(crate::outbox::ReplySettings {
+            address: r.address.as_ref().map(|a| a.get_ref().clone()),
+            notify: r.notify.as_ref().map(|a| a.get_ref().clone()),
+            max_size: match &r.max_size_kib {
+                None => crate::inbound::DEFAULT_MAX_SIZE,
+                Some(n) if (1..=1 << 20).contains(n.get_ref()) => {
+                    usize::try_from(*n.get_ref()).unwrap_or(1) << 10
+                }
+                Some(n) => {
+                    return Err(self.err(
+                        n.span(),
+                        format!(
+                            "max_size_kib must be between 1 and 1048576, got {}",
+                            n.get_ref()
+                        ),
+                        None,
+                    ));
+                }
+            },
+            token_ttl: self.duration(&r.token_ttl, Duration::from_secs(60 * 24 * 3600))?,
+            public_url: raw
+                .http
+                .public_url
+                .as_ref()
+                .map(|u| u.get_ref().trim_end_matches('/').to_string()),
+        })
+    }
+
+    /// `[http]` (and `PMOFLOW_HTTP_LISTEN`).
+    pub(super) fn http(&self, raw: &RawConfig) -> Result<crate::http::HttpConfig, ConfigError> {
+        let h = &raw.http;
+        let listen = match &h.listen {
+            _ if self.env.http_listen.is_some() => {
+                let l = self.env.http_listen.as_deref().unwrap_or_default();
+                l.parse().map_err(|_| ConfigError::Env {
+                    name: "PMOFLOW_HTTP_LISTEN",
+                    message: format!("`{l}` is not a listen address (e.g. 127.0.0.1:8080)"),
+                })?
+            }
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(l) => l.get_ref().parse().map_err(|_| {
+                self.err(
+                    l.span(),
+                    format!("`{}` is not a listen address", l.get_ref()),
+                    Some("e.g. listen = \"127.0.0.1:8080\"".into()),
+                )
+            })?,
+        };
+        let mut tokens = Vec::new();
+        for t in &h.tokens {
+            let tr = t.get_ref();
+            let role = crate::http::Role::parse(tr.role.get_ref()).ok_or_else(|| {
+                self.err(
+                    tr.role.span(),
+                    format!("unknown role `{}`", tr.role.get_ref()),
+                    Some("roles are viewer, operator, admin".into()),
+                )
+            })?;
+            if argon2::PasswordHash::new(tr.hash.get_ref()).is_err() {
+                return Err(self.err(
+                    tr.hash.span(),
+                    format!("the hash of token `{}` is not a PHC string", tr.name),
+                    Some("make one with `pmoflow token new --name NAME --role ROLE`".into()),
+                ));
+            }
+            tokens.push(crate::http::ApiToken {
+                name: tr.name.clone(),
+                role,
+                hash: tr.hash.get_ref().clone(),
+            });
+        }
+        Ok(crate::http::HttpConfig {
+            enabled: h.enabled.unwrap_or(true),
+            listen,
+            tokens,
+        })
+    }
+
+    /// `[outbox]`: the delivery policy.
+    pub(super) fn outbox(
+        &self,
+        raw: &RawConfig,
+    ) -> Result<crate::outbox::OutboxConfig, ConfigError> {
+        let od = crate::outbox::OutboxConfig::default();
+        let o = &raw.outbox;
+        Ok(crate::outbox::OutboxConfig {
+            max_attempts: u32::try_from(self.count(
+                &o.max_attempts,
+                od.max_attempts as usize,
+                1000,
+                "max_attempts",
+            )?)
+            .unwrap_or(od.max_attempts),
+            max_age: self.duration(&o.max_age, od.max_age)?,
+            backoff: self.duration(&o.backoff, od.backoff)?,
+            max_backoff: self.duration(&o.max_backoff, od.max_backoff)?,
+            concurrency: self.count(&o.concurrency, od.concurrency, 256, "concurrency")?,
+            poll_interval: self.duration(&o.poll_interval, od.poll_interval)?,
+        })
+    }
+
+    /// `[plugins.NAME]`: what each plugin is granted.
+    pub(super) fn plugin_grants(
+        &self,
+        raw: &RawConfig,
+    ) -> Result<crate::plugins::Grants, ConfigError> {
+        let mut grants = crate::plugins::Grants::default();
+        for (name, g) in &raw.plugins {
+            grants.plugins.insert(name.clone(), self.grant(name, g)?);
+        }
+        Ok(grants)
+    }
+
+    fn grant(
+        &self,
+        name: &str,
+        raw: &Spanned<RawGrant>,
+    ) -> Result<crate::plugins::Grant, ConfigError> {
+        let g = raw.get_ref();
+        let mut grant = crate::plugins::Grant::default();
+        for cap in &g.capabilities {
+            if !crate::plugins::grant::KNOWN.contains(&cap.get_ref().as_str()) {
+                return Err(self.err(
+                    cap.span(),
+                    format!("unknown capability `{}`", cap.get_ref()),
+                    Some(format!(
+                        "capabilities are {}",
+                        crate::plugins::grant::KNOWN.join(", ")
+                    )),
+                ));
+            }
+            grant.capabilities.insert(cap.get_ref().clone());
+        }
+        for host in &g.allow_hosts {
+            let rule = crate::plugins::HostRule::parse(host.get_ref())
+                .map_err(|e| self.err(host.span(), e.to_string(), None))?;
+            grant.allow_hosts.push(rule);
+        }
+        let network = ["http", "tls", "whois"]
+            .iter()
+            .any(|c| grant.capabilities.contains(*c));
+        if network && grant.allow_hosts.is_empty() {
+            return Err(self.err(
+                raw.span(),
+                format!("[plugins.{name}] grants a network capability but no allow_hosts"),
+                Some(
+                    "list the hosts it may reach, e.g. allow_hosts = [\"rdap.example.jp\"]".into(),
+                ),
+            ));
+        }
+        let d = crate::plugins::Limits::default();
+        let kib = |v: &Option<Spanned<i64>>, default: usize, max: i64, what: &str| {
+            self.count(v, default >> 10, max, what).map(|n| n << 10)
+        };
+        grant.limits = crate::plugins::Limits {
+            timeout: self.duration(&g.timeout, d.timeout)?,
+            net_timeout: self.duration(&g.net_timeout, d.net_timeout)?,
+            memory: self.count(&g.memory_mib, d.memory >> 20, 4096, "memory_mib")? << 20,
+            max_input: kib(&g.max_input_kib, d.max_input, 1 << 20, "max_input_kib")?,
+            max_output: kib(&g.max_output_kib, d.max_output, 1 << 20, "max_output_kib")?,
+            max_response: kib(
+                &g.max_response_kib,
+                d.max_response,
+                1 << 20,
+                "max_response_kib",
+            )?,
+            kv_max_keys: self.count(&g.kv_max_keys, d.kv_max_keys, 1_000_000, "kv_max_keys")?,
+            kv_max_bytes: kib(&g.kv_max_kib, d.kv_max_bytes, 1 << 20, "kv_max_kib")?,
+            max_log: d.max_log,
+        };
+        Ok(grant)
+    }
+}
