@@ -14,7 +14,7 @@
 //! the hosts in the grant's `allow_hosts` ([`net`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -33,8 +33,8 @@ pub use load::{installed, manifests};
 pub use net::NetError;
 
 use serde::Deserialize;
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -225,176 +225,17 @@ impl Drop for PluginHost {
 
 /// How often the epoch advances: the granularity at which running wasm yields to tokio (and so
 /// at which a timeout can stop it).
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Instances the pooling allocator keeps slots for. Invocations beyond this many at once wait
 /// for a slot (`PluginHost::slots`) instead of failing.
-const POOL_INSTANCES: u32 = 128;
+pub(super) const POOL_INSTANCES: u32 = 128;
 
 impl PluginHost {
-    /// A host with no plugins yet, and the linker plugins are instantiated with. `max_memory` is
-    /// the largest memory limit of any grant (the pooling allocator's slot size).
-    fn empty(max_memory: usize) -> Result<(Self, Arc<Linker<State>>), LoadError> {
-        // `PMOFLOW_PLUGIN_POOLING=0` allocates on demand (for hosts that refuse large
-        // address-space reservations, and for comparison in the benchmark).
-        let pooling = std::env::var("PMOFLOW_PLUGIN_POOLING").map_or(true, |v| v != "0");
-        let engine = match Engine::new(&Self::config(pooling.then_some(max_memory))) {
-            Ok(engine) => engine,
-            Err(e) => {
-                // Pooling reserves address space up front; some sandboxes refuse that.
-                tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand");
-                Engine::new(&Self::config(None)).map_err(|error| LoadError::Engine {
-                    what: "wasmtime",
-                    error,
-                })?
-            }
-        };
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            let (engine, stop) = (engine.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("pmoflow-epoch".into())
-                .spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(LoadError::EpochThread)?;
-        }
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|error| LoadError::Engine {
-            what: "linking WASI",
-            error,
-        })?;
-        bindings::Step::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(
-            |error| LoadError::Engine {
-                what: "linking pmoflow interfaces",
-                error,
-            },
-        )?;
-        let linker = Arc::new(linker);
-        let host = PluginHost {
-            engine,
-            plugins: BTreeMap::new(),
-            kv_store: None,
-            linker: linker.clone(),
-            slots: Arc::new(tokio::sync::Semaphore::new(POOL_INSTANCES as usize)),
-            _ticker: stop,
-        };
-        Ok((host, linker))
-    }
-
-    fn config(pool_memory: Option<usize>) -> Config {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        if let Some(max_memory) = pool_memory {
-            let mut pool = wasmtime::PoolingAllocationConfig::new();
-            pool.total_component_instances(POOL_INSTANCES)
-                .total_core_instances(POOL_INSTANCES * 4)
-                .total_memories(POOL_INSTANCES * 2)
-                .total_tables(POOL_INSTANCES * 4)
-                .max_memory_size(max_memory.max(1 << 20))
-                // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), reset only the pages a guest
-                // touched, in place, and keep them resident: the next instantiation of the slot
-                // then takes no page faults. Elsewhere this falls back to `madvise`.
-                .pagemap_scan(wasmtime::Enabled::Auto)
-                .linear_memory_keep_resident(4 << 20)
-                .table_keep_resident(64 << 10)
-                .max_unused_warm_slots(32);
-            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-        }
-        config
-    }
-
     /// Persists the `kv` capability in `store` (without one, `kv` lives for one invocation).
     pub fn with_kv_store(mut self, store: crate::store::Store) -> Self {
         self.kv_store = Some(store);
         self
-    }
-
-    /// For development (`pmoflow plugin run|inspect`): a host with one component file, named
-    /// after the file, with `grant`. Returns the host, the plugin name and the component's
-    /// imports.
-    pub fn single(file: &Path, grant: Grant) -> Result<(Self, String, Vec<String>), LoadError> {
-        let (mut host, linker) = Self::empty(grant.limits.memory)?;
-        let name = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".into());
-        let bytes = std::fs::read(file)?;
-        let component = host.component(&bytes, None)?;
-        let imports: Vec<String> = component
-            .component_type()
-            .imports(&host.engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        let manifest = Manifest {
-            name: name.clone(),
-            version: String::new(),
-            description: String::new(),
-            component: file.to_path_buf(),
-            // The component itself is the only declaration there is.
-            capabilities: grant::KNOWN.iter().map(|s| s.to_string()).collect(),
-            bare_file: true,
-            shipped: false,
-        };
-        let loaded = Self::link(&host.engine, &linker, &component, manifest, grant)?;
-        host.plugins.insert(name.clone(), Arc::new(loaded));
-        Ok((host, name, imports))
-    }
-
-    /// Checks a component's imports against its manifest and its grant, and prepares it.
-    fn link(
-        engine: &Engine,
-        linker: &Linker<State>,
-        component: &Component,
-        manifest: Manifest,
-        grant: Grant,
-    ) -> Result<Loaded, LoadError> {
-        let (mut unknown, mut undeclared, mut ungranted) = (Vec::new(), Vec::new(), Vec::new());
-        for (import, _) in component.component_type().imports(engine) {
-            match capability_of(import) {
-                Err(()) => unknown.push(import.to_string()),
-                Ok(None) => {}
-                Ok(Some(cap)) => {
-                    if !manifest.capabilities.iter().any(|c| c == cap) {
-                        undeclared.push(cap);
-                    }
-                    if !grant.allows(cap) {
-                        ungranted.push(cap);
-                    }
-                }
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(LoadError::UnknownImports(unknown));
-        }
-        if !undeclared.is_empty() {
-            return Err(LoadError::Undeclared(undeclared));
-        }
-        if !ungranted.is_empty() {
-            return Err(LoadError::Ungranted {
-                plugin: manifest.name,
-                capabilities: ungranted,
-            });
-        }
-        let pre = linker.instantiate_pre(component).map_err(LoadError::Link)?;
-        let pre = bindings::StepPre::new(pre).map_err(LoadError::NotAStep)?;
-        let grant = Arc::new(grant);
-        let http = if grant.allows("http") {
-            Some(net::http_client(grant.clone())?)
-        } else {
-            None
-        };
-        Ok(Loaded {
-            manifest,
-            pre,
-            grant,
-            http,
-            descriptor: OnceLock::new(),
-            input_schema: OnceLock::new(),
-        })
     }
 
     /// Calls a plugin's `describe` (fresh store, same limits as `run`).
