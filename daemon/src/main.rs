@@ -383,7 +383,7 @@ fn report(result: Result<(), cli::CliError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{}", cli::error_report(&e));
             exit(e.code)
         }
     }
@@ -402,13 +402,7 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             return match pmoflow::daemon::run(config, Arc::new(SystemClock), shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    let mut text = format!("error: {e}");
-                    let mut source = std::error::Error::source(&e);
-                    while let Some(s) = source {
-                        text.push_str(&format!("\n  caused by: {s}"));
-                        source = s.source();
-                    }
-                    eprintln!("{text}");
+                    eprintln!("{}", cli::error_report(&e));
                     ExitCode::from(1)
                 }
             };
@@ -506,13 +500,7 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
                 .map(|m| println!("{m}"))
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit(e.code)
-        }
-    }
+    report(result)
 }
 
 /// SIGINT or SIGTERM cancel the token: the daemon stops claiming work and drains.

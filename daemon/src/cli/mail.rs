@@ -73,13 +73,13 @@ pub fn inbound_explain(
     use std::io::Read;
     let raw = match file {
         Some(p) if p != std::path::Path::new("-") => std::fs::read(p)
-            .map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))?,
+            .map_err(|e| CliError::caused(format!("cannot read {}", p.display()), e))?,
         _ => {
             let mut buf = Vec::new();
             std::io::stdin()
                 .take(crate::inbound::DEFAULT_MAX_SIZE as u64 + 1)
                 .read_to_end(&mut buf)
-                .map_err(|e| CliError::new(format!("cannot read standard input: {e}")))?;
+                .map_err(|e| CliError::caused("cannot read standard input", e))?;
             buf
         }
     };
@@ -89,7 +89,7 @@ pub fn inbound_explain(
         )));
     }
     let msg = crate::inbound::parse(&raw, crate::inbound::DEFAULT_MAX_SIZE)
-        .map_err(|e| CliError::new(format!("the message cannot be read: {e}")))?;
+        .map_err(|e| CliError::caused("the message cannot be read", e))?;
     let text = crate::message::reply::new_text(&msg.text);
     let answers = crate::message::reply::parse_fields(&text, fields, msg.from_name.as_deref());
     let mut doc = serde_json::to_value(&msg.kind).unwrap_or_else(|_| json!({}));
@@ -118,15 +118,14 @@ pub(super) fn read_message(
 ) -> Result<Vec<u8>, CliError> {
     use std::io::Read;
     match file {
-        Some(p) if p != std::path::Path::new("-") => {
-            std::fs::read(p).map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))
-        }
+        Some(p) if p != std::path::Path::new("-") => std::fs::read(p)
+            .map_err(|e| CliError::caused(format!("cannot read {}", p.display()), e)),
         _ => {
             let mut buf = Vec::new();
             std::io::stdin()
                 .take(limit as u64 + 1)
                 .read_to_end(&mut buf)
-                .map_err(|e| CliError::new(format!("cannot read standard input: {e}")))?;
+                .map_err(|e| CliError::caused("cannot read standard input", e))?;
             Ok(buf)
         }
     }
@@ -154,14 +153,12 @@ pub async fn inbound_receive(
     }
     let store = Store::open(&config.database_url, config.durability)
         .await
-        .map_err(|e| CliError {
-            message: format!("cannot open the database (try again later): {e}"),
-            code: 75,
+        .map_err(|e| {
+            CliError::caused("cannot open the database (try again later)", e).with_code(75)
         })?;
     let intake = intake(config, &store);
-    let stored = intake.receive("stdin", &raw).await.map_err(|e| CliError {
-        message: format!("cannot store the message (try again later): {e}"),
-        code: 75,
+    let stored = intake.receive("stdin", &raw).await.map_err(|e| {
+        CliError::caused("cannot store the message (try again later)", e).with_code(75)
     })?;
     let Some(id) = stored else {
         store.close().await;
@@ -283,7 +280,7 @@ pub async fn inbound_poll(config: &Config) -> Result<(), CliError> {
     let max = config.engine.services.replies.max_size;
     let stats = crate::inbound::imap::poll_once(imap, &store, &clock, max)
         .await
-        .map_err(|e| CliError::new(e.to_string()))?;
+        .map_err(CliError::of)?;
     let processed = intake(config, &store).process_pending().await?;
     store.close().await;
     println!(

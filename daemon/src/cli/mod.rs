@@ -39,29 +39,96 @@ pub enum Format {
     Json,
 }
 
-/// A command failure: message for stderr and exit code.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+/// A command failure: what went wrong, why (the cause chain, printed line by line like the
+/// daemon's own errors), and the exit code.
+#[derive(Debug)]
 pub struct CliError {
-    /// What to print.
-    pub message: String,
+    /// What the command could not do (`None`: the cause says it all).
+    message: Option<String>,
+    /// Why.
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
     /// Exit code.
     pub code: i32,
 }
 
 impl CliError {
+    /// A failure with no underlying error.
     pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
-            message: message.into(),
+            message: Some(message.into()),
+            source: None,
             code: 1,
+        }
+    }
+
+    /// `message`, caused by `source`.
+    pub(crate) fn caused(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            message: Some(message.into()),
+            source: Some(source.into()),
+            code: 1,
+        }
+    }
+
+    /// The failure `source` describes itself.
+    pub(crate) fn of(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            message: None,
+            source: Some(source.into()),
+            code: 1,
+        }
+    }
+
+    /// The same failure with exit code `code` (e.g. 75, "try again later", for mail filters).
+    pub(crate) fn with_code(mut self, code: i32) -> Self {
+        self.code = code;
+        self
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.message, &self.source) {
+            (Some(m), _) => f.write_str(m),
+            (None, Some(e)) => e.fmt(f),
+            (None, None) => f.write_str("failed"),
+        }
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let source: &(dyn std::error::Error + 'static) = self.source.as_deref()?;
+        if self.message.is_some() {
+            Some(source)
+        } else {
+            source.source()
         }
     }
 }
 
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
-        Self::new(e.to_string())
+        Self {
+            message: None,
+            source: Some(Box::new(e)),
+            code: 1,
+        }
     }
+}
+
+/// `error: …` and one `caused by: …` line per cause, as the daemon prints its own errors.
+pub fn error_report(e: &dyn std::error::Error) -> String {
+    let mut text = format!("error: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    text
 }
 
 fn local(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
@@ -97,8 +164,7 @@ pub fn token_new(name: &str, role: &str) -> Result<(), CliError> {
     if name.is_empty() || name.contains('"') {
         return Err(CliError::new("--name must be a plain name"));
     }
-    let crate::http::NewToken { token, hash } =
-        crate::http::new_token().map_err(|e| CliError::new(e.to_string()))?;
+    let crate::http::NewToken { token, hash } = crate::http::new_token().map_err(CliError::of)?;
     println!("token (shown once; give it to the client, keep it secret):\n  {token}\n");
     println!("add to pmoflow.toml:\n");
     println!("[[http.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nhash = \"{hash}\"");

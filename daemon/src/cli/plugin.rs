@@ -20,11 +20,11 @@ pub async fn plugin_inspect(file: &std::path::Path) -> Result<(), CliError> {
         ..crate::plugins::Grant::default()
     };
     let (host, name, imports) = crate::plugins::PluginHost::single(file, grant)
-        .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+        .map_err(|e| CliError::caused(file.display().to_string(), e))?;
     let descriptor = host
         .describe(&name)
         .await
-        .map_err(|e| CliError::new(format!("{}: describe() failed: {e}", file.display())))?;
+        .map_err(|e| CliError::caused(format!("{}: describe() failed", file.display()), e))?;
     let doc = json!({ "file": file, "descriptor": descriptor, "imports": imports });
     println!("{doc:#}");
     Ok(())
@@ -40,7 +40,7 @@ pub async fn plugin_run(
     timeout: Option<&str>,
 ) -> Result<(), CliError> {
     let input: Json = serde_json::from_str(input)
-        .map_err(|e| CliError::new(format!("--input is not valid JSON: {e}")))?;
+        .map_err(|e| CliError::caused("--input is not valid JSON", e))?;
     let mut grant = crate::plugins::Grant::default();
     for cap in grants {
         if !crate::plugins::grant::KNOWN.contains(&cap.as_str()) {
@@ -54,16 +54,16 @@ pub async fn plugin_run(
     for host in allow_hosts {
         grant.allow_hosts.push(
             crate::plugins::HostRule::parse(host)
-                .map_err(|e| CliError::new(format!("--allow-host: {e}")))?,
+                .map_err(|e| CliError::caused("--allow-host", e))?,
         );
     }
     if let Some(t) = timeout {
         grant.limits.timeout = crate::duration::HumanDuration::parse(t)
-            .map_err(|e| CliError::new(format!("--timeout: {e}")))?
+            .map_err(|e| CliError::caused("--timeout", e))?
             .0;
     }
     let (mut host, name, _) = crate::plugins::PluginHost::single(file, grant)
-        .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+        .map_err(|e| CliError::caused(file.display().to_string(), e))?;
     if let Some(problem) = host.prepare().await.first() {
         return Err(CliError::new(format!("{}: {problem}", file.display())));
     }
@@ -77,7 +77,7 @@ pub async fn plugin_run(
     let (output, logs) = host
         .invoke(&name, &call, &input.to_string())
         .await
-        .map_err(|e| CliError::new(format!("plugin failed: {e}")))?;
+        .map_err(|e| CliError::caused("plugin failed", e))?;
     for (level, message) in logs {
         eprintln!("[{level}] {message}");
     }
@@ -117,7 +117,7 @@ pub fn plugin_new(name: &str, dir: &Path, sdk: Option<&Path>) -> Result<String, 
         Some(sdk) => {
             let sdk = sdk
                 .canonicalize()
-                .map_err(|e| CliError::new(format!("--sdk {}: {e}", sdk.display())))?;
+                .map_err(|e| CliError::caused(format!("--sdk {}", sdk.display()), e))?;
             if !sdk.join("Cargo.toml").is_file() {
                 return Err(CliError::new(format!(
                     "{} is not the plugin SDK (no Cargo.toml)",
@@ -154,10 +154,9 @@ pub fn plugin_new(name: &str, dir: &Path, sdk: Option<&Path>) -> Result<String, 
         let file = root.join(path);
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| CliError::new(format!("{}: {e}", parent.display())))?;
+                .map_err(|e| CliError::caused(parent.display().to_string(), e))?;
         }
-        std::fs::write(&file, text)
-            .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+        std::fs::write(&file, text).map_err(|e| CliError::caused(file.display().to_string(), e))?;
     }
     Ok(format!(
         "created {}\nnext: cd {} && cargo build --release --target wasm32-wasip2\n      \

@@ -12,7 +12,7 @@ pub async fn trigger(
     let inputs: Json = match input {
         None => Json::Null,
         Some(text) => serde_json::from_str(text)
-            .map_err(|e| CliError::new(format!("--input is not valid JSON: {e}")))?,
+            .map_err(|e| CliError::caused("--input is not valid JSON", e))?,
     };
     let catalog = Catalog::load(&config.workflows_dir);
     let Some(wf) = catalog.workflows.get(workflow) else {
@@ -54,7 +54,7 @@ pub async fn trigger(
         SystemClock.now(),
     )
     .await
-    .map_err(|e| CliError::new(e.to_string()))?;
+    .map_err(CliError::of)?;
     store.close().await;
     Ok(created.id().to_string())
 }
@@ -70,7 +70,7 @@ pub async fn runs(
     let status = status
         .map(|s| s.parse::<RunStatus>())
         .transpose()
-        .map_err(|e| CliError::new(e.to_string()))?;
+        .map_err(CliError::of)?;
     let store = Store::open(&config.database_url, config.durability).await?;
     let rows = store
         .list_runs(&RunFilter {

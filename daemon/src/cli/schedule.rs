@@ -15,20 +15,18 @@ pub async fn simulate(
 ) -> Result<(), CliError> {
     use crate::simulate as sim;
     let tz = config.engine.timezone;
-    let from =
-        sim::parse_time(from, tz, false).map_err(|e| CliError::new(format!("--from: {e}")))?;
-    let until =
-        sim::parse_time(until, tz, true).map_err(|e| CliError::new(format!("--until: {e}")))?;
+    let from = sim::parse_time(from, tz, false).map_err(|e| CliError::caused("--from", e))?;
+    let until = sim::parse_time(until, tz, true).map_err(|e| CliError::caused("--until", e))?;
     if until <= from {
         return Err(CliError::new("--until must be after --from"));
     }
     let scenario = match answers {
-        Some(p) => sim::load_scenario(p, tz).map_err(|e| CliError::new(e.to_string()))?,
+        Some(p) => sim::load_scenario(p, tz).map_err(CliError::of)?,
         None => sim::Scenario::default(),
     };
     let timeline = sim::simulate(config, workflow, from, until, &scenario)
         .await
-        .map_err(|e| CliError::new(e.to_string()))?;
+        .map_err(CliError::of)?;
     match format {
         Format::Text => print!("{}", sim::render_text(&timeline, tz, bodies)),
         Format::Json => println!(
@@ -53,7 +51,7 @@ pub fn schedule(
         Some(text) => DateTime::parse_from_rfc3339(text)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| {
-                CliError::new(format!("--from `{text}` is not an RFC 3339 instant: {e}"))
+                CliError::caused(format!("--from `{text}` is not an RFC 3339 instant"), e)
             })?,
     };
     let (workflows, calendar) = match target {
@@ -109,7 +107,7 @@ pub fn schedule(
         let mut fires = Vec::new();
         for trigger in &wf.triggers {
             let s = TriggerSchedule::new(trigger, config.timezone, calendar.clone())
-                .map_err(|e| CliError::new(format!("{}: {e}", wf.id)))?;
+                .map_err(|e| CliError::caused(wf.id.clone(), e))?;
             for fire in s.next(from, count) {
                 let mut line = fire.at.with_timezone(&s.timezone()).to_rfc3339();
                 if several {
@@ -159,7 +157,7 @@ pub fn calendar_list(config: &Config, year: Option<i32>) -> Result<(), CliError>
 /// `pmoflow calendar import FILE`: stores the Cabinet Office CSV next to the workflows.
 pub fn calendar_import(config: &Config, file: &std::path::Path) -> Result<String, CliError> {
     let bytes = std::fs::read(file)
-        .map_err(|e| CliError::new(format!("cannot read {}: {e}", file.display())))?;
+        .map_err(|e| CliError::caused(format!("cannot read {}", file.display()), e))?;
     let years = crate::calendar::csv::parse(&bytes).map_err(|e| {
         CliError::new(format!(
             "{}:{}: error: {}",
@@ -172,7 +170,7 @@ pub fn calendar_import(config: &Config, file: &std::path::Path) -> Result<String
         .workflows_dir
         .join(crate::workflow::catalog::CALENDAR_DIR);
     std::fs::create_dir_all(&dir)
-        .map_err(|e| CliError::new(format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| CliError::caused(format!("cannot create {}", dir.display()), e))?;
     let target = dir.join(crate::calendar::IMPORTED_FILE);
     let name = file
         .file_name()
@@ -216,7 +214,7 @@ pub fn calendar_import(config: &Config, file: &std::path::Path) -> Result<String
     let tmp = dir.join(format!(".{}.tmp", crate::calendar::IMPORTED_FILE));
     std::fs::write(&tmp, crate::calendar::csv::to_toml(&merged, &name))
         .and_then(|()| std::fs::rename(&tmp, &target))
-        .map_err(|e| CliError::new(format!("cannot write {}: {e}", target.display())))?;
+        .map_err(|e| CliError::caused(format!("cannot write {}", target.display()), e))?;
     let total: usize = years.values().map(|d| d.len()).sum();
     Ok(format!(
         "imported {total} holidays for {} into {}\n{}",
@@ -262,15 +260,7 @@ pub async fn workflows(config: &Config, format: Format) -> Result<(), CliError> 
         .first()
         .map(|f| f.to_rfc3339());
         let last = match &store {
-            Some(s) => s
-                .list_runs(&RunFilter {
-                    workflow_id: Some(wf.id.clone()),
-                    status: None,
-                    limit: 1,
-                })
-                .await
-                .ok()
-                .and_then(|r| r.into_iter().next()),
+            Some(s) => s.last_run(&wf.id).await.ok().flatten(),
             None => None,
         };
         rows.push(json!({

@@ -1,8 +1,13 @@
 //! The scenario file of `pmoflow simulate --answers`: who answers when and what, triggers,
 //! resolutions and plugin results; and the time expressions it and the command line use.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde::Deserialize;
+
+use super::{SimError, err};
 
 /// The scenario file (`--answers`): what people and the world do.
 #[derive(Debug, Default, Deserialize)]
@@ -108,11 +113,11 @@ pub fn parse_time(
                 }
             })
         })
-        .ok_or_else(|| SimError(format!("`{t}` is not a date (2027-04-01), a local time (2027-04-01 09:00) or an RFC 3339 instant")))?;
+        .ok_or_else(|| SimError::new(format!("`{t}` is not a date (2027-04-01), a local time (2027-04-01 09:00) or an RFC 3339 instant")))?;
     tz.from_local_datetime(&local)
         .earliest()
         .map(|x| x.with_timezone(&Utc))
-        .ok_or_else(|| SimError(format!("`{t}` does not exist in {tz}")))
+        .ok_or_else(|| SimError::new(format!("`{t}` does not exist in {tz}")))
 }
 
 pub(super) fn duration(text: &str) -> Result<chrono::Duration, SimError> {
@@ -124,18 +129,18 @@ pub(super) fn duration(text: &str) -> Result<chrono::Duration, SimError> {
 /// Loads a scenario file and checks its times, durations and `via` values, with
 /// `file:line:col` in errors.
 pub fn load_scenario(path: &Path, tz: chrono_tz::Tz) -> Result<Scenario, SimError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| SimError(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SimError::new(format!("{}: {e}", path.display())))?;
     let scenario: Scenario = toml::from_str(&text).map_err(|e| {
         let (line, col) = e
             .span()
             .map(|s| crate::diag::line_col(&text, s.start))
             .unwrap_or((1, 1));
-        SimError(format!("{}:{line}:{col}: {}", path.display(), e.message()))
+        SimError::new(format!("{}:{line}:{col}: {}", path.display(), e.message()))
     })?;
     let at = |v: &toml::Spanned<String>, message: String| {
         let (line, col) = crate::diag::line_col(&text, v.span().start);
-        SimError(format!("{}:{line}:{col}: {message}", path.display()))
+        SimError::new(format!("{}:{line}:{col}: {message}", path.display()))
     };
     for r in &scenario.answer {
         for d in [&r.after, &r.after_deadline].into_iter().flatten() {
@@ -158,7 +163,7 @@ pub fn load_scenario(path: &Path, tz: chrono_tz::Tz) -> Result<Scenario, SimErro
         .chain(scenario.resolve.iter().map(|r| &r.at))
         .chain(scenario.plugin.iter().filter_map(|p| p.from.as_ref()));
     for t in times {
-        parse_time(t.get_ref(), tz, false).map_err(|e| at(t, e.0))?;
+        parse_time(t.get_ref(), tz, false).map_err(|e| at(t, e.to_string()))?;
     }
     Ok(scenario)
 }

@@ -1,8 +1,11 @@
 //! The timeline a simulation prints: events, and their text form (one line per fire, mail,
 //! answer and end, grouped by day).
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value as Json, json};
 
 /// One line of the timeline.
 #[derive(Debug, Clone, Serialize)]
