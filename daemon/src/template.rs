@@ -20,14 +20,12 @@ pub fn env() -> &'static Environment<'static> {
     })
 }
 
-/// Sets the business calendar the template helpers use (on every catalog load).
-pub fn set_calendar(calendar: Arc<crate::calendar::Calendar>) {
-    *helpers::CALENDAR.write().unwrap_or_else(|e| e.into_inner()) = Some(calendar);
-}
-
-/// The business-day calendar of the current catalog (the computed one until a catalog loads).
-pub fn calendar() -> Arc<crate::calendar::Calendar> {
-    helpers::calendar()
+/// `ctx` with the business calendar the calendar helpers (`add_business_days`,
+/// `is_business_day`, …) use: the run's catalog's, passed with each render rather than held in
+/// a global, so that two catalogs (two simulations, a reload) never see each other's calendar.
+/// Without one, the helpers use the computed national calendar.
+pub fn with_calendar(ctx: Value, calendar: Arc<crate::calendar::Calendar>) -> Value {
+    minijinja::context! { __pmoflow_calendar => Value::from_object(helpers::CalendarObject(calendar)), ..ctx }
 }
 
 /// Whether `text` contains template syntax at all; plain strings skip the engine.
@@ -171,22 +169,28 @@ mod helpers {
     //! Japanese-calendar helpers for templates: `{{ now | jp_date }}` → `12月4日(金)`,
     //! `add_business_days(date, n)`, fiscal years and quarters.
 
-    use std::sync::{Arc, RwLock};
+    use std::sync::Arc;
 
     use chrono::{DateTime, NaiveDate};
-    use minijinja::{Environment, Error, ErrorKind};
+    use minijinja::value::Object;
+    use minijinja::{Environment, Error, ErrorKind, State};
 
     use crate::calendar::{Calendar, format};
 
-    /// The calendar of the current catalog. Process-local configuration, not run state: every
-    /// daemon loads it from the same files.
-    pub(super) static CALENDAR: RwLock<Option<Arc<Calendar>>> = RwLock::new(None);
+    /// The calendar in a render context (see [`super::with_calendar`]).
+    #[derive(Debug)]
+    pub(super) struct CalendarObject(pub(super) Arc<Calendar>);
 
-    pub(super) fn calendar() -> Arc<Calendar> {
-        CALENDAR
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    impl Object for CalendarObject {}
+
+    /// The calendar the render was given, or the computed national one.
+    fn calendar(state: &State<'_, '_>) -> Arc<Calendar> {
+        state
+            .lookup("__pmoflow_calendar")
+            .and_then(|v| {
+                v.downcast_object_ref::<CalendarObject>()
+                    .map(|c| c.0.clone())
+            })
             .unwrap_or_default()
     }
 
@@ -218,9 +222,9 @@ mod helpers {
         }
     }
 
-    fn nth(year: i32, m: u32, n: i32) -> Result<String, Error> {
+    fn nth(state: &State<'_, '_>, year: i32, m: u32, n: i32) -> Result<String, Error> {
         let (year, m) = month(year, m)?;
-        calendar()
+        calendar(state)
             .nth_business_day(year, m, n)
             .map(iso)
             .ok_or_else(|| {
@@ -242,30 +246,43 @@ mod helpers {
             date(&v).map(format::fiscal_quarter)
         });
         env.add_filter("date", |v: String| date(&v).map(iso));
-        env.add_function("add_business_days", |v: String, n: i64| {
-            date(&v).map(|d| iso(calendar().add_business_days(d, n)))
+        env.add_function(
+            "add_business_days",
+            |state: &State<'_, '_>, v: String, n: i64| {
+                date(&v).map(|d| iso(calendar(state).add_business_days(d, n)))
+            },
+        );
+        env.add_function("is_business_day", |state: &State<'_, '_>, v: String| {
+            date(&v).map(|d| calendar(state).is_business_day(d))
         });
-        env.add_function("is_business_day", |v: String| {
-            date(&v).map(|d| calendar().is_business_day(d))
-        });
-        env.add_function("nth_business_day", |year: i32, m: u32, n: i32| {
-            nth(year, m, n)
-        });
-        env.add_function("first_business_day", |year: i32, m: u32| nth(year, m, 1));
-        env.add_function("last_business_day", |year: i32, m: u32| nth(year, m, -1));
+        env.add_function(
+            "nth_business_day",
+            |state: &State<'_, '_>, year: i32, m: u32, n: i32| nth(state, year, m, n),
+        );
+        env.add_function(
+            "first_business_day",
+            |state: &State<'_, '_>, year: i32, m: u32| nth(state, year, m, 1),
+        );
+        env.add_function(
+            "last_business_day",
+            |state: &State<'_, '_>, year: i32, m: u32| nth(state, year, m, -1),
+        );
         env.add_function("days_between", |a: String, b: String| {
             Ok::<_, Error>((date(&b)? - date(&a)?).num_days())
         });
-        env.add_function("business_day_on_or_before", |v: String| {
-            date(&v).map(|d| {
-                let cal = calendar();
-                let mut d = d;
-                while !cal.is_business_day(d) {
-                    d = d.pred_opt().unwrap_or(d);
-                }
-                iso(d)
-            })
-        });
+        env.add_function(
+            "business_day_on_or_before",
+            |state: &State<'_, '_>, v: String| {
+                date(&v).map(|d| {
+                    let cal = calendar(state);
+                    let mut d = d;
+                    while !cal.is_business_day(d) {
+                        d = d.pred_opt().unwrap_or(d);
+                    }
+                    iso(d)
+                })
+            },
+        );
         env.add_filter("yen", |v: i64| {
             let digits = v.unsigned_abs().to_string();
             let mut out = String::new();

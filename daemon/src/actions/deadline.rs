@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
 
+use crate::calendar::Calendar;
 use crate::duration::DurationError;
 
 /// A deadline, offset or wait that cannot be read.
@@ -113,11 +114,12 @@ pub(crate) fn apply_offset(
     deadline: DateTime<Utc>,
     off: Offset,
     tz: chrono_tz::Tz,
+    calendar: &Calendar,
 ) -> DateTime<Utc> {
     let local = deadline.with_timezone(&tz);
     let (date, time) = match off.business_days {
         Some(n) => (
-            crate::template::calendar().add_business_days(local.date_naive(), n),
+            calendar.add_business_days(local.date_naive(), n),
             local.time(),
         ),
         None => {
@@ -137,6 +139,7 @@ pub(crate) fn wait_after_deadline(
     text: &str,
     deadline: Option<DateTime<Utc>>,
     tz: chrono_tz::Tz,
+    calendar: &Calendar,
 ) -> Result<chrono::Duration, TimingError> {
     let t = text.trim();
     if t.contains("bd") || t.contains('@') {
@@ -144,7 +147,7 @@ pub(crate) fn wait_after_deadline(
             return Err(TimingError::BusinessDaysNeedDeadline);
         };
         let off = parse_offset(&format!("+{}", t.trim_start_matches('+')))?;
-        return Ok(apply_offset(deadline, off, tz) - deadline);
+        return Ok(apply_offset(deadline, off, tz, calendar) - deadline);
     }
     Ok(crate::duration::HumanDuration::parse(t)?.to_chrono())
 }
@@ -200,7 +203,7 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let at = |s: &str| {
-            apply_offset(deadline, parse_offset(s).unwrap(), tz)
+            apply_offset(deadline, parse_offset(s).unwrap(), tz, &Calendar::default())
                 .with_timezone(&tz)
                 .format("%Y-%m-%d %H:%M")
                 .to_string()

@@ -181,6 +181,8 @@ pub struct ActionContext<'a> {
     pub state: Option<&'a Json>,
     /// The database, for actions that read what arrived while they waited.
     pub store: Option<&'a crate::store::Store>,
+    /// The business calendar of the run's catalog (business-day deadlines and reminders).
+    pub calendar: std::sync::Arc<crate::calendar::Calendar>,
 }
 
 impl ActionKind {

@@ -57,7 +57,6 @@ impl Registry {
             core.versions
                 .insert((wf.id.clone(), wf.hash.clone()), wf.clone());
         }
-        crate::template::set_calendar(catalog.calendar.clone());
         core.catalog = catalog;
         drop(core);
         self.changed.send_modify(|v| *v += 1);

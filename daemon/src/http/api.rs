@@ -215,16 +215,7 @@ pub(super) async fn workflows(State(state): State<AppState>, headers: HeaderMap)
             crate::workflow::schedule::next_fires(&wf.triggers, tz, &catalog.calendar, now, 1)
                 .first()
                 .map(|f| f.to_rfc3339());
-        let last = state
-            .store
-            .list_runs(&RunFilter {
-                workflow_id: Some(wf.id.clone()),
-                status: None,
-                limit: 1,
-            })
-            .await
-            .ok()
-            .and_then(|r| r.into_iter().next());
+        let last = state.store.last_run(&wf.id).await.ok().flatten();
         list.push(json!({
             "id": wf.id,
             "name": wf.name,

@@ -291,6 +291,18 @@ impl Store {
                 .transpose()
         })
     }
+    /// The latest run of `workflow_id`, if any (what `pmoflow workflows` and the API show).
+    pub async fn last_run(&self, workflow_id: &str) -> Result<Option<RunRow>> {
+        Ok(self
+            .list_runs(&RunFilter {
+                workflow_id: Some(workflow_id.to_string()),
+                status: None,
+                limit: 1,
+            })
+            .await?
+            .into_iter()
+            .next())
+    }
 
     /// Runs matching a filter, newest first.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>> {

@@ -48,7 +48,7 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
         .transpose()
         .map_err(|e| StepError::fatal(e.to_string()))?;
     let wait_after = str_param(with, "wait_after_deadline")?
-        .map(|t| wait_after_deadline(t, deadline, tz))
+        .map(|t| wait_after_deadline(t, deadline, tz, &cx.calendar))
         .transpose()
         .map_err(|e| StepError::fatal(e.to_string()))?
         .unwrap_or_else(chrono::Duration::zero);
@@ -157,7 +157,7 @@ fn reminders(
             }
         };
         let off = parse_offset(&at).map_err(|e| StepError::fatal(e.to_string()))?;
-        let when = apply_offset(deadline, off, tz);
+        let when = apply_offset(deadline, off, tz, &cx.calendar);
         let after = when > deadline;
         reminders.push(Reminder {
             at: when,

@@ -33,6 +33,7 @@ impl RunExec<'_> {
             plugin: unit.step.plugin.as_deref(),
             state,
             store: Some(&self.core.store),
+            calendar: self.core.registry.calendar(),
         }
     }
 

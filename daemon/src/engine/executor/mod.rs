@@ -242,7 +242,7 @@ impl RunExec<'_> {
             map.insert("item".into(), item.clone());
             map.insert("index".into(), json!(index));
         }
-        template::value(&ctx)
+        template::with_calendar(template::value(&ctx), self.core.registry.calendar())
     }
 
     async fn write(&self, unit: &StepInstance<'_>, change: Change<'_>) -> Result<bool, StoreError> {
