@@ -94,7 +94,7 @@ impl State {
 }
 
 /// The error half of a WIT `result<_, string>`: text handed back to the guest, which shows it in
-/// its own error. The one place a `Result<_, String>` stays, because the WIT interface
+/// its own error. The one place an error stays a plain string, because the WIT interface
 /// (`plugins/wit/plugin.wit`, part of the plugin ABI) fixes it; host code builds it from the
 /// typed errors below and in `net`.
 pub(super) type GuestError = String;
