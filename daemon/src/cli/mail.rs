@@ -88,8 +88,9 @@ pub fn inbound_explain(
             "--reply-address `{reply_address}` has no {{token}}"
         )));
     }
+    // One line: the parser's reason is the whole explanation (and what mail filters log).
     let msg = crate::inbound::parse(&raw, crate::inbound::DEFAULT_MAX_SIZE)
-        .map_err(|e| CliError::caused("the message cannot be read", e))?;
+        .map_err(|e| CliError::new(format!("the message cannot be read: {e}")))?;
     let text = crate::message::reply::new_text(&msg.text);
     let answers = crate::message::reply::parse_fields(&text, fields, msg.from_name.as_deref());
     let mut doc = serde_json::to_value(&msg.kind).unwrap_or_else(|_| json!({}));
