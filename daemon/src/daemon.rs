@@ -58,33 +58,7 @@ pub async fn run(
     }
     let store = Store::open(&config.database_url, config.durability).await?;
     let mut config = config;
-    // The shipped plugins are built in; `plugins_dir` (which need not exist) adds or replaces.
-    // Compiling them (first start, or a new version) takes seconds: done before the catalog is
-    // loaded, so that `workflows loaded` means the daemon is about to serve.
-    {
-        let dir = config.plugins_dir.clone();
-        let cache = config.plugin_cache_dir.clone();
-        let grants = config.plugin_grants.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            crate::plugins::PluginHost::load(&dir, &grants, Some(&cache))
-        })
-        .await
-        .map_err(|e| DaemonError::Task(e.to_string()))?;
-        match loaded {
-            Ok((mut host, mut problems)) => {
-                problems.extend(host.prepare().await);
-                let host = host.with_kv_store(store.clone());
-                for p in problems {
-                    tracing::error!("plugin not loaded: {p}");
-                }
-                tracing::info!(plugins = ?host.names(), "plugins ready");
-                let mut services = (*config.engine.services).clone();
-                services.plugins = Some(Arc::new(host));
-                config.engine.services = Arc::new(services);
-            }
-            Err(e) => tracing::error!(error = %e, "plugins unavailable"),
-        }
-    }
+    load_plugins(&mut config, &store).await?;
     let registry = Arc::new(Registry::default());
     let catalog = load_catalog(&config);
     tracing::info!(
@@ -115,81 +89,8 @@ pub async fn run(
             Ok(())
         });
     }
-    {
-        let services = config.engine.services.clone();
-        match &services.mail.smtp {
-            Some(smtp) => {
-                tracing::info!(host = %smtp.host, port = smtp.port, tls = ?smtp.tls, from = %services.mail.from, "email goes to SMTP")
-            }
-            None => {
-                tracing::info!(dir = %services.mail.outbox_dir.display(), from = %services.mail.from, "no [smtp] configured: emails are written as .eml files")
-            }
-        }
-        let delivery = Arc::new(crate::outbox::DeliveryConfig {
-            mail: services.mail.clone(),
-            outbox: config.outbox.clone(),
-            secrets: services.secrets.clone(),
-        });
-        let worker = crate::outbox::worker::run(
-            store.clone(),
-            clock.clone(),
-            delivery,
-            config.engine.node_id.clone(),
-            engine.outbox_wake(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            worker.await;
-            Ok(())
-        });
-    }
-    {
-        // Inbound mail: the IMAP poller (if configured) stores and processes; this loop also
-        // processes what other intakes stored (`pmoflow inbound --queue`, a crash before
-        // processing).
-        let intake = crate::inbound::intake::Intake::new(
-            store.clone(),
-            clock.clone(),
-            config.engine.services.clone(),
-        )
-        .with_wakers(engine.wakers());
-        let max_size = config.engine.services.replies.max_size;
-        if let Some(imap) = config.imap.clone() {
-            let (store, clock, intake, shutdown) = (
-                store.clone(),
-                clock.clone(),
-                intake.clone(),
-                shutdown.clone(),
-            );
-            let failpoint = config.failpoint.clone();
-            tasks.spawn(async move {
-                crate::inbound::imap::run(
-                    imap, store, clock, intake, max_size, failpoint, shutdown,
-                )
-                .await;
-                Ok(())
-            });
-        }
-        let shutdown = shutdown.clone();
-        // (The crash-test failpoint needs the poller's store → abort window to itself.)
-        let crash_test = config.failpoint.as_deref() == Some("after-intake");
-        let every = config.engine.poll_interval.max(Duration::from_millis(500)) * 4;
-        tasks.spawn(async move {
-            loop {
-                if crash_test {
-                    shutdown.cancelled().await;
-                    return Ok(());
-                }
-                if let Err(e) = intake.process_pending().await {
-                    tracing::warn!(error = %e, "processing inbound mail failed; it stays pending");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    () = shutdown.cancelled() => return Ok(()),
-                }
-            }
-        });
-    }
+    spawn_outbox(&mut tasks, &config, &store, &clock, &engine, &shutdown);
+    spawn_inbound(&mut tasks, &config, &store, &clock, &engine, &shutdown);
     {
         let (engine, clock, shutdown) = (engine.clone(), clock.clone(), shutdown.clone());
         let tz = config.timezone;
@@ -217,6 +118,137 @@ pub async fn run(
         });
     }
 
+    let result = supervise(tasks, &shutdown).await;
+    store.close().await;
+    tracing::info!("pmoflow stopped");
+    result
+}
+
+/// Loads the shipped plugins and those under `plugins_dir` (which need not exist) into the
+/// step services. Compiling them (first start, or a new version) takes seconds: done before the
+/// catalog is loaded, so that `workflows loaded` means the daemon is about to serve. A plugin
+/// that cannot be loaded is logged; its steps fail with the reason.
+async fn load_plugins(config: &mut Config, store: &Store) -> Result<(), DaemonError> {
+    let dir = config.plugins_dir.clone();
+    let cache = config.plugin_cache_dir.clone();
+    let grants = config.plugin_grants.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        crate::plugins::PluginHost::load(&dir, &grants, Some(&cache))
+    })
+    .await
+    .map_err(|e| DaemonError::Task(e.to_string()))?;
+    match loaded {
+        Ok((mut host, mut problems)) => {
+            problems.extend(host.prepare().await);
+            let host = host.with_kv_store(store.clone());
+            for p in problems {
+                tracing::error!("plugin not loaded: {p}");
+            }
+            tracing::info!(plugins = ?host.names(), "plugins ready");
+            let mut services = (*config.engine.services).clone();
+            services.plugins = Some(Arc::new(host));
+            config.engine.services = Arc::new(services);
+        }
+        Err(e) => tracing::error!(error = %e, "plugins unavailable"),
+    }
+    Ok(())
+}
+
+/// The delivery worker: emails to SMTP (or `.eml` files), webhooks over HTTP.
+fn spawn_outbox(
+    tasks: &mut JoinSet<Result<(), DaemonError>>,
+    config: &Config,
+    store: &Store,
+    clock: &SharedClock,
+    engine: &Engine,
+    shutdown: &CancellationToken,
+) {
+    let services = config.engine.services.clone();
+    match &services.mail.smtp {
+        Some(smtp) => {
+            tracing::info!(host = %smtp.host, port = smtp.port, tls = ?smtp.tls, from = %services.mail.from, "email goes to SMTP")
+        }
+        None => {
+            tracing::info!(dir = %services.mail.outbox_dir.display(), from = %services.mail.from, "no [smtp] configured: emails are written as .eml files")
+        }
+    }
+    let delivery = Arc::new(crate::outbox::DeliveryConfig {
+        mail: services.mail.clone(),
+        outbox: config.outbox.clone(),
+        secrets: services.secrets.clone(),
+    });
+    let worker = crate::outbox::worker::run(
+        store.clone(),
+        clock.clone(),
+        delivery,
+        config.engine.node_id.clone(),
+        engine.outbox_wake(),
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        worker.await;
+        Ok(())
+    });
+}
+
+/// Inbound mail: the IMAP poller (if configured) stores and processes; a second loop processes
+/// what other intakes stored (`pmoflow inbound --queue`, a crash before processing).
+fn spawn_inbound(
+    tasks: &mut JoinSet<Result<(), DaemonError>>,
+    config: &Config,
+    store: &Store,
+    clock: &SharedClock,
+    engine: &Engine,
+    shutdown: &CancellationToken,
+) {
+    let intake = crate::inbound::intake::Intake::new(
+        store.clone(),
+        clock.clone(),
+        config.engine.services.clone(),
+    )
+    .with_wakers(engine.wakers());
+    let max_size = config.engine.services.replies.max_size;
+    if let Some(imap) = config.imap.clone() {
+        let (store, clock, intake, shutdown) = (
+            store.clone(),
+            clock.clone(),
+            intake.clone(),
+            shutdown.clone(),
+        );
+        let failpoint = config.failpoint.clone();
+        tasks.spawn(async move {
+            crate::inbound::imap::run(imap, store, clock, intake, max_size, failpoint, shutdown)
+                .await;
+            Ok(())
+        });
+    }
+    let shutdown = shutdown.clone();
+    // (The crash-test failpoint needs the poller's store → abort window to itself.)
+    let crash_test = config.failpoint.as_deref() == Some("after-intake");
+    let every = config.engine.poll_interval.max(Duration::from_millis(500)) * 4;
+    tasks.spawn(async move {
+        loop {
+            if crash_test {
+                shutdown.cancelled().await;
+                return Ok(());
+            }
+            if let Err(e) = intake.process_pending().await {
+                tracing::warn!(error = %e, "processing inbound mail failed; it stays pending");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    });
+}
+
+/// Waits for every task. The first to end (or fail) begins the shutdown of all; the first
+/// error is the daemon's.
+async fn supervise(
+    mut tasks: JoinSet<Result<(), DaemonError>>,
+    shutdown: &CancellationToken,
+) -> Result<(), DaemonError> {
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
         let outcome = joined
@@ -233,8 +265,6 @@ pub async fn run(
             shutdown.cancel();
         }
     }
-    store.close().await;
-    tracing::info!("pmoflow stopped");
     result
 }
 
