@@ -308,6 +308,120 @@ async fn webhook_retries_until_accepted_and_is_signed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn chat_presets_post_teams_workflows_cards_and_slack_blocks() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let server = WebhookServer::start(project.path(), 0, 202);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    project.workflow(
+        "chat.toml",
+        &format!(
+            r#"id = "chat"
+
+[[steps]]
+id = "teams"
+action = "webhook"
+[steps.with]
+url = "{base}/teams"
+format = "teams"
+title = "【ご連絡】定例会議"
+text = """次回の定例会議は12月4日(金)です。
+資料は前日までにご提出ください。
+
+以上"""
+facts = {{ "場所" = "第3会議室", "時間" = "10:00" }}
+links = [{{ title = "資料置き場", url = "https://pmo.example.go.jp/docs" }}]
+
+[[steps]]
+id = "slack"
+action = "webhook"
+[steps.with]
+url = "{base}/slack"
+format = "slack"
+title = "【ご連絡】定例会議"
+text = "予算 <1億円> & 調達"
+facts = {{ "場所" = "第3会議室" }}
+links = [{{ title = "資料置き場", url = "https://pmo.example.go.jp/docs" }}]
+"#
+        ),
+    );
+    project.config(&format!("database_url = \"{}\"\n", db.url));
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("workflows loaded", STARTUP);
+    let (code, _, err) = cli(project.path(), &["trigger", "chat"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    wait_outbox(&store, "sent", 2, Duration::from_secs(20)).await;
+    let requests = server.requests();
+    let body = |path: &str| -> serde_json::Value {
+        let r = requests
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("nothing posted to {path}: {requests:?}"));
+        serde_json::from_str(r["body"].as_str().unwrap()).unwrap()
+    };
+    // Teams Workflows: a message with one Adaptive Card 1.4.
+    let teams = body("/teams");
+    assert_eq!(teams["type"], "message");
+    assert_eq!(teams["attachments"].as_array().unwrap().len(), 1);
+    let att = &teams["attachments"][0];
+    assert_eq!(
+        att["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    let card = &att["content"];
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert_eq!(card["version"], "1.4");
+    assert_eq!(
+        card["$schema"],
+        "http://adaptivecards.io/schemas/adaptive-card.json"
+    );
+    let blocks = card["body"].as_array().unwrap();
+    let texts: Vec<&str> = blocks.iter().filter_map(|b| b["text"].as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "【ご連絡】定例会議",
+            "次回の定例会議は12月4日(金)です。",
+            "資料は前日までにご提出ください。",
+            "以上"
+        ]
+    );
+    for b in blocks.iter().filter(|b| b["type"] == "TextBlock") {
+        assert_eq!(b["wrap"], true, "{b}");
+    }
+    assert_eq!(blocks[0]["weight"], "Bolder");
+    assert_eq!(blocks[3]["spacing"], "Medium", "a blank line adds space");
+    let facts = blocks.iter().find(|b| b["type"] == "FactSet").unwrap();
+    assert_eq!(
+        facts["facts"],
+        serde_json::json!([
+            { "title": "場所", "value": "第3会議室" },
+            { "title": "時間", "value": "10:00" }
+        ])
+    );
+    assert_eq!(
+        card["actions"],
+        serde_json::json!([{ "type": "Action.OpenUrl", "title": "資料置き場", "url": "https://pmo.example.go.jp/docs" }])
+    );
+    // Slack: Block Kit with a plain-text fallback.
+    let slack = body("/slack");
+    assert_eq!(slack["text"], "【ご連絡】定例会議\n予算 <1億円> & 調達");
+    let blocks = slack["blocks"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "header");
+    assert_eq!(blocks[0]["text"]["text"], "【ご連絡】定例会議");
+    assert_eq!(blocks[1]["text"]["type"], "mrkdwn");
+    assert_eq!(blocks[1]["text"]["text"], "予算 &lt;1億円&gt; &amp; 調達");
+    assert_eq!(blocks[2]["fields"][0]["text"], "*場所*\n第3会議室");
+    assert_eq!(blocks[3]["type"], "actions");
+    assert_eq!(
+        blocks[3]["elements"][0]["url"],
+        "https://pmo.example.go.jp/docs"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_permanent_refusal_is_a_dead_letter_that_can_be_retried() {
     let db = TestDb::new(Backend::Sqlite).await;
     let project = Project::new();
@@ -330,7 +444,10 @@ async fn a_permanent_refusal_is_a_dead_letter_that_can_be_retried() {
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(server.requests()[0]["body"].as_str().unwrap())
             .unwrap(),
-        serde_json::json!({"text": "テスト"})
+        serde_json::json!({
+            "text": "テスト",
+            "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": "テスト" } }],
+        })
     );
     let (code, out, _) = cli(project.path(), &["outbox", "--status", "dead"]);
     assert_eq!(code, 0);

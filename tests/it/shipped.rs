@@ -473,10 +473,19 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
     assert_eq!(out["resolved_by"], "伊藤");
     // The PMO channel got the first level and the final report.
     let posts = hooks.requests();
+    // Each post is a Teams Workflows message with one Adaptive Card 1.4, titled in its first block.
     let titles: Vec<String> = posts
         .iter()
         .map(|p| {
-            serde_json::from_str::<Json>(p["body"].as_str().unwrap()).unwrap()["title"]
+            let post = serde_json::from_str::<Json>(p["body"].as_str().unwrap()).unwrap();
+            assert_eq!(post["type"], "message", "{post:#}");
+            let card = &post["attachments"][0];
+            assert_eq!(
+                card["contentType"],
+                "application/vnd.microsoft.card.adaptive"
+            );
+            assert_eq!(card["content"]["version"], "1.4");
+            card["content"]["body"][0]["text"]
                 .as_str()
                 .unwrap_or("")
                 .to_string()

@@ -1,5 +1,5 @@
 //! `action = "webhook"`: a JSON POST through the outbox, signed with HMAC-SHA256 when a secret
-//! is named, with Slack and Microsoft Teams presets.
+//! is named, with Slack (Block Kit) and Microsoft Teams (Workflows, Adaptive Card) presets.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +32,14 @@ pub(crate) const PARAMS: &[Param] = &[
     },
     Param {
         name: "format",
+        required: false,
+    },
+    Param {
+        name: "facts",
+        required: false,
+    },
+    Param {
+        name: "links",
         required: false,
     },
     Param {
@@ -101,8 +109,8 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
         str_param(with, "body")?,
         text,
     ) {
-        ("slack", _, _, Some(t)) => webhook::slack(t).to_string(),
-        ("teams", _, _, Some(t)) => webhook::teams(str_param(with, "title")?, t).to_string(),
+        ("slack", _, _, Some(t)) => webhook::slack(&chat_post(with, t)?).to_string(),
+        ("teams", _, _, Some(t)) => webhook::teams(&chat_post(with, t)?).to_string(),
         (_, Some(j), _, _) => j.to_string(),
         (_, None, Some(b), _) => b.to_string(),
         (_, None, None, Some(t)) => json!({ "text": t }).to_string(),
@@ -133,4 +141,57 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
         json!({ "url": url, "idempotency_key": message_id }),
         vec![message],
     ))
+}
+
+/// `title`, `text`, `facts` (a table of label = value) and `links` (a list of
+/// `{ title, url }`) of a chat preset.
+fn chat_post(with: &Json, text: &str) -> Result<webhook::ChatPost, StepError> {
+    let facts = match with.get("facts") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Json::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        Some(other) => {
+            return Err(StepError::fatal(format!(
+                "`with.facts` must be a table of label = value, got {other}"
+            )));
+        }
+    };
+    let mut links = Vec::new();
+    if let Some(list) = with.get("links").filter(|l| !l.is_null()) {
+        let Some(list) = list.as_array() else {
+            return Err(StepError::fatal(
+                "`with.links` must be a list of { title, url }",
+            ));
+        };
+        for l in list {
+            let (Some(title), Some(url)) = (
+                l.get("title").and_then(Json::as_str),
+                l.get("url").and_then(Json::as_str),
+            ) else {
+                return Err(StepError::fatal(format!(
+                    "a link needs `title` and `url`, got {l}"
+                )));
+            };
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(StepError::fatal(format!(
+                    "link `{title}`: `url` must be an http(s) URL, got `{url}`"
+                )));
+            }
+            links.push((title.to_string(), url.to_string()));
+        }
+    }
+    Ok(webhook::ChatPost {
+        title: str_param(with, "title")?.map(str::to_string),
+        text: text.to_string(),
+        facts,
+        links,
+    })
 }

@@ -65,26 +65,206 @@ pub fn verify(
     Ok(())
 }
 
-/// A Slack incoming-webhook payload.
-pub fn slack(text: &str) -> serde_json::Value {
-    serde_json::json!({ "text": text })
+/// A chat post, whatever the chat system: a title, the text (lines as written), facts (label and
+/// value) and links shown as buttons.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatPost {
+    /// The headline (`【緊急・第一報】…`).
+    pub title: Option<String>,
+    /// The body, plain text with line breaks.
+    pub text: String,
+    /// Label and value pairs (発生, 段階, 通知先, …).
+    pub facts: Vec<(String, String)>,
+    /// Button label and URL.
+    pub links: Vec<(String, String)>,
 }
 
-/// A Microsoft Teams incoming-webhook payload (MessageCard).
-pub fn teams(title: Option<&str>, text: &str) -> serde_json::Value {
-    let mut card = serde_json::json!({
-        "@type": "MessageCard",
-        "@context": "https://schema.org/extensions",
-        "summary": title.unwrap_or(text),
-        "text": text,
-    });
-    if let (Some(t), Some(map)) = (title, card.as_object_mut()) {
-        map.insert("title".into(), serde_json::Value::String(t.to_string()));
+impl ChatPost {
+    /// A post with only text.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ..Self::default()
+        }
     }
-    card
+
+    /// The title and text as one plain string (notification previews, fallbacks).
+    pub fn plain(&self) -> String {
+        match &self.title {
+            Some(t) if !self.text.is_empty() => format!("{t}\n{}", self.text),
+            Some(t) => t.clone(),
+            None => self.text.clone(),
+        }
+    }
+}
+
+/// At most this many text blocks in a Teams card; the rest of the text goes in the last one.
+const TEAMS_MAX_LINES: usize = 80;
+
+/// A Microsoft Teams Workflows payload ("When a Teams webhook request is received"): a message
+/// with one Adaptive Card 1.4 — the title in bold, each line of the text as a block of its own
+/// (so line breaks survive whatever the client does with Markdown; a blank line adds space), the
+/// facts as a FactSet and the links as `Action.OpenUrl` buttons.
+pub fn teams(post: &ChatPost) -> serde_json::Value {
+    use serde_json::json;
+    let mut body = Vec::new();
+    if let Some(t) = &post.title {
+        body.push(json!({
+            "type": "TextBlock", "text": t, "weight": "Bolder", "size": "Medium", "wrap": true,
+        }));
+    }
+    let lines: Vec<&str> = post.text.trim_end().lines().collect();
+    let mut gap = false;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            gap = true;
+            continue;
+        }
+        let text = if body.len() + 1 >= TEAMS_MAX_LINES {
+            lines[i..].join("\n")
+        } else {
+            (*line).to_string()
+        };
+        let spacing = if gap || body.is_empty() {
+            "Medium"
+        } else {
+            "None"
+        };
+        body.push(json!({ "type": "TextBlock", "text": text, "wrap": true, "spacing": spacing }));
+        gap = false;
+        if body.len() >= TEAMS_MAX_LINES {
+            break;
+        }
+    }
+    if !post.facts.is_empty() {
+        let facts: Vec<_> = post
+            .facts
+            .iter()
+            .map(|(k, v)| json!({ "title": k, "value": v }))
+            .collect();
+        body.push(json!({ "type": "FactSet", "facts": facts, "spacing": "Medium" }));
+    }
+    let mut card = json!({
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.4",
+        "body": body,
+    });
+    if !post.links.is_empty()
+        && let Some(map) = card.as_object_mut()
+    {
+        let actions: Vec<_> = post
+            .links
+            .iter()
+            .map(|(label, url)| json!({ "type": "Action.OpenUrl", "title": label, "url": url }))
+            .collect();
+        map.insert("actions".into(), json!(actions));
+    }
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": card,
+        }],
+    })
+}
+
+/// Slack's limits on a header's and a section's text.
+const SLACK_HEADER_MAX: usize = 150;
+const SLACK_SECTION_MAX: usize = 3000;
+
+/// A Slack payload (incoming webhook or `chat.postMessage`): Block Kit blocks — a header, the
+/// text in sections (split at line breaks under Slack's 3,000-character limit), the facts as
+/// fields and the links as buttons — with the plain text as the `text` fallback that
+/// notifications and old clients show.
+pub fn slack(post: &ChatPost) -> serde_json::Value {
+    use serde_json::json;
+    let mut blocks = Vec::new();
+    if let Some(t) = &post.title {
+        blocks.push(json!({
+            "type": "header",
+            "text": { "type": "plain_text", "text": truncate(t, SLACK_HEADER_MAX), "emoji": true },
+        }));
+    }
+    for chunk in chunks(&mrkdwn_escape(post.text.trim_end()), SLACK_SECTION_MAX) {
+        blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": chunk } }));
+    }
+    // A section holds at most 10 fields.
+    for group in post.facts.chunks(10) {
+        let fields: Vec<_> = group
+            .iter()
+            .map(|(k, v)| {
+                json!({ "type": "mrkdwn", "text": format!("*{}*\n{}", mrkdwn_escape(k), mrkdwn_escape(v)) })
+            })
+            .collect();
+        blocks.push(json!({ "type": "section", "fields": fields }));
+    }
+    if !post.links.is_empty() {
+        let buttons: Vec<_> = post
+            .links
+            .iter()
+            .take(25)
+            .map(|(label, url)| {
+                json!({
+                    "type": "button",
+                    "text": { "type": "plain_text", "text": truncate(label, 75), "emoji": true },
+                    "url": url,
+                })
+            })
+            .collect();
+        blocks.push(json!({ "type": "actions", "elements": buttons }));
+    }
+    json!({ "text": post.plain(), "blocks": blocks })
+}
+
+/// `&`, `<` and `>` as Slack's mrkdwn wants them (everything else is shown as written).
+fn mrkdwn_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// At most `max` characters, with `…` when cut.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `text` in pieces of at most `max` characters, cut at line breaks where possible.
+fn chunks(text: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut len = 0;
+    for line in text.split_inclusive('\n') {
+        let n = line.chars().count();
+        if len + n > max && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+            len = 0;
+        }
+        if n > max {
+            let chars: Vec<char> = line.chars().collect();
+            for piece in chars.chunks(max) {
+                out.push(piece.iter().collect());
+            }
+            continue;
+        }
+        current.push_str(line);
+        len += n;
+    }
+    if !current.trim().is_empty() {
+        out.push(current);
+    }
+    out.retain(|c| !c.trim().is_empty());
+    out
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -103,6 +283,114 @@ mod tests {
         assert_eq!(
             verify(b"x", "1700000000", b"{\"a\":1}", &sig, 1_700_000_000, 300),
             Err(VerifyError::BadSignature)
+        );
+    }
+
+    fn post() -> ChatPost {
+        ChatPost {
+            title: Some("【緊急・第一報】基幹システム停止".into()),
+            text:
+                "業務システムが停止しています。\n影響: 全庁 <重大> & 至急\n\n対応をお願いします。"
+                    .into(),
+            facts: vec![("発生".into(), "12月4日(金)17:00".into())],
+            links: vec![(
+                "状況を見る".into(),
+                "https://pmo.example.go.jp/runs/r1".into(),
+            )],
+        }
+    }
+
+    #[test]
+    fn teams_workflows_card() {
+        let v = teams(&post());
+        assert_eq!(v["type"], "message");
+        let att = &v["attachments"][0];
+        assert_eq!(
+            att["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
+        let card = &att["content"];
+        assert_eq!(card["type"], "AdaptiveCard");
+        assert_eq!(card["version"], "1.4");
+        let body = card["body"].as_array().unwrap();
+        assert_eq!(body[0]["text"], "【緊急・第一報】基幹システム停止");
+        assert_eq!(body[0]["weight"], "Bolder");
+        // One block per line; the blank line becomes space before the next block.
+        assert_eq!(body[1]["text"], "業務システムが停止しています。");
+        assert_eq!(body[2]["text"], "影響: 全庁 <重大> & 至急");
+        assert_eq!(body[2]["spacing"], "None");
+        assert_eq!(body[3]["text"], "対応をお願いします。");
+        assert_eq!(body[3]["spacing"], "Medium");
+        assert_eq!(body[4]["type"], "FactSet");
+        assert_eq!(body[4]["facts"][0]["title"], "発生");
+        assert_eq!(card["actions"][0]["type"], "Action.OpenUrl");
+        assert_eq!(
+            card["actions"][0]["url"],
+            "https://pmo.example.go.jp/runs/r1"
+        );
+        // No MessageCard remains.
+        assert!(!v.to_string().contains("MessageCard"));
+        // A long text stays within the block limit and loses nothing.
+        let long = ChatPost::text(
+            (0..200)
+                .map(|i| format!("行{i}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        let body = teams(&long)["attachments"][0]["content"]["body"].clone();
+        let body = body.as_array().unwrap();
+        assert!(body.len() <= TEAMS_MAX_LINES, "{}", body.len());
+        assert!(
+            body.last().unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .ends_with("行199")
+        );
+    }
+
+    #[test]
+    fn slack_block_kit() {
+        let v = slack(&post());
+        assert!(
+            v["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("【緊急・第一報】基幹システム停止\n業務")
+        );
+        let blocks = v["blocks"].as_array().unwrap();
+        assert_eq!(blocks[0]["type"], "header");
+        assert_eq!(blocks[0]["text"]["type"], "plain_text");
+        assert_eq!(blocks[1]["text"]["type"], "mrkdwn");
+        let text = blocks[1]["text"]["text"].as_str().unwrap();
+        assert!(text.contains("&lt;重大&gt; &amp; 至急"), "{text}");
+        assert_eq!(blocks[2]["fields"][0]["text"], "*発生*\n12月4日(金)17:00");
+        assert_eq!(blocks[3]["type"], "actions");
+        assert_eq!(
+            blocks[3]["elements"][0]["url"],
+            "https://pmo.example.go.jp/runs/r1"
+        );
+        // Sections stay under Slack's limit, cut at line breaks.
+        let long = ChatPost::text("あ".repeat(3500) + &"\nい".repeat(4000));
+        let v = slack(&long);
+        let mut joined = String::new();
+        for b in v["blocks"].as_array().unwrap() {
+            let t = b["text"]["text"].as_str().unwrap();
+            assert!(t.chars().count() <= SLACK_SECTION_MAX);
+            joined.push_str(t);
+        }
+        assert_eq!(joined, long.text, "nothing lost between the sections");
+        // A header is at most 150 characters.
+        let v = slack(&ChatPost {
+            title: Some("題".repeat(200)),
+            ..ChatPost::default()
+        });
+        assert_eq!(
+            v["blocks"][0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            150
         );
     }
 }

@@ -56,9 +56,12 @@ pub(super) fn outbox_event(
     if row.kind == crate::store::MessageKind::Webhook {
         let body = row.payload["body"].as_str().unwrap_or_default().to_string();
         let parsed: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+        // The JSON format's title (or text); a Teams card's first block; Slack's fallback text.
+        let card_title = parsed["attachments"][0]["content"]["body"][0]["text"].as_str();
         let title = ["title", "text", "summary"]
             .iter()
             .find_map(|k| parsed.get(k).and_then(Json::as_str))
+            .or(card_title)
             .unwrap_or("")
             .lines()
             .next()

@@ -10,6 +10,7 @@ use crate::actions::{ActionContext, StepError};
 use crate::message::correlate;
 use crate::message::email::{bare, domain_of};
 use crate::message::reply::CUT_MARKER;
+use crate::message::webhook::ChatPost;
 use crate::store::{MessageKind, NewMessage, NewRequest};
 
 /// Alerts the current level: one acknowledgement request (and mail) per person, and the webhook.
@@ -88,7 +89,24 @@ pub(super) fn open_level(
     if level.webhook {
         let names = level.notify.join(", ");
         let text = format!("{subject}\n{}\n通知先: {names}{stage}", state.text);
-        messages.push(webhook_message(cx, state, seq, &subject, &text)?);
+        let post = ChatPost {
+            title: Some(subject.clone()),
+            text: format!("{}{stage}", state.text),
+            facts: vec![
+                ("発生".into(), format_ja(state.opened_at, tz)),
+                (
+                    "段階".into(),
+                    if state.pass > 0 {
+                        format!("第{}段階・{}巡目", state.level + 1, state.pass + 1)
+                    } else {
+                        format!("第{}段階", state.level + 1)
+                    },
+                ),
+                ("通知先".into(), names),
+            ],
+            links: Vec::new(),
+        };
+        messages.push(webhook_message(cx, state, seq, &text, post)?);
     }
     for a in &level.notify {
         if !state.notified.iter().any(|n| bare(n) == bare(a)) {
@@ -114,13 +132,17 @@ pub(super) fn open_level(
 }
 
 /// The chain's webhook post for notice number `seq`.
+///
+/// `text` is the whole message as one text (the `json` format's `text`); `post` the same for
+/// the chat presets, which show the title, facts and a link to the run page apart.
 pub(super) fn webhook_message(
     cx: &ActionContext<'_>,
     state: &State,
     seq: u32,
-    title: &str,
     text: &str,
+    mut post: ChatPost,
 ) -> Result<NewMessage, StepError> {
+    let title = post.title.clone().unwrap_or_default();
     let Some(w) = &state.webhook else {
         return Err(StepError::fatal("no `webhook` configured for this chain"));
     };
@@ -134,9 +156,13 @@ pub(super) fn webhook_message(
             "`webhook.url` must be an http(s) URL, got `{url}`"
         )));
     }
+    if let Some(u) = &cx.services.replies.public_url {
+        post.links
+            .push(("状況を見る".into(), format!("{u}/runs/{}", cx.run_id)));
+    }
     let body = match w.get("format").and_then(Json::as_str).unwrap_or("json") {
-        "slack" => crate::message::webhook::slack(text),
-        "teams" => crate::message::webhook::teams(Some(title), text),
+        "slack" => crate::message::webhook::slack(&post),
+        "teams" => crate::message::webhook::teams(&post),
         _ => json!({ "title": title, "text": text, "run_id": cx.run_id }),
     };
     let key = format!("{}:{}:esc:{seq}:webhook", cx.run_id, cx.step_key);
@@ -191,7 +217,12 @@ pub(super) fn notice(
         )?);
     }
     if webhook && state.webhook.is_some() {
-        messages.push(webhook_message(cx, state, seq, &subject, body)?);
+        let post = ChatPost {
+            title: Some(subject.clone()),
+            text: body.to_string(),
+            ..ChatPost::default()
+        };
+        messages.push(webhook_message(cx, state, seq, body, post)?);
     }
     Ok(())
 }
