@@ -342,16 +342,51 @@ title = "【ご連絡】定例会議"
 text = "予算 <1億円> & 調達"
 facts = {{ "場所" = "第3会議室" }}
 links = [{{ title = "資料置き場", url = "https://pmo.example.go.jp/docs" }}]
+
+[[steps]]
+id = "secret_url"
+action = "webhook"
+with = {{ url_secret = "teams_url", format = "teams", text = "秘密のURLへ" }}
 "#
         ),
     );
-    project.config(&format!("database_url = \"{}\"\n", db.url));
-    let d = Daemon::start(project.path(), "d", &[]);
+    project.config(&format!(
+        "database_url = \"{}\"\n[secrets]\nteams_url = {{ env = \"TEST_TEAMS_URL\" }}\n",
+        db.url
+    ));
+    let secret_url = format!("{base}/workflows/abc/triggers/manual/paths/invoke?sig=TOPSECRET");
+    let d = Daemon::start(
+        project.path(),
+        "d",
+        &[("TEST_TEAMS_URL", secret_url.as_str())],
+    );
     d.wait_log("workflows loaded", STARTUP);
     let (code, _, err) = cli(project.path(), &["trigger", "chat"]);
     assert_eq!(code, 0, "{err}");
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    wait_outbox(&store, "sent", 2, Duration::from_secs(20)).await;
+    wait_outbox(&store, "sent", 3, Duration::from_secs(20)).await;
+    // A URL kept as a secret is used, and shown nowhere: not in the outbox, the logs or the CLI.
+    let requests = server.requests();
+    let signed = requests
+        .iter()
+        .find(|r| r["path"].as_str().unwrap_or("").contains("sig=TOPSECRET"))
+        .unwrap_or_else(|| panic!("nothing posted to the secret URL: {requests:?}"));
+    assert!(signed["body"].as_str().unwrap().contains("秘密のURLへ"));
+    let rows = store.list_outbox(Some("sent"), 10).await.unwrap();
+    assert!(
+        rows.iter().any(|r| r.target == "secret:teams_url"),
+        "{rows:?}"
+    );
+    for r in &rows {
+        assert!(!r.target.contains("TOPSECRET") && !r.payload.to_string().contains("TOPSECRET"));
+    }
+    let (code, out, _) = cli(project.path(), &["outbox"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("secret:teams_url") && !out.contains("TOPSECRET"),
+        "{out}"
+    );
+    assert!(!d.log_text().contains("TOPSECRET"), "{}", d.log_text());
     let requests = server.requests();
     let body = |path: &str| -> serde_json::Value {
         let r = requests

@@ -12,7 +12,11 @@ use crate::store::{MessageKind, NewMessage};
 pub(crate) const PARAMS: &[Param] = &[
     Param {
         name: "url",
-        required: true,
+        required: false,
+    },
+    Param {
+        name: "url_secret",
+        required: false,
     },
     Param {
         name: "json",
@@ -75,10 +79,20 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
                 "action `webhook` needs exactly one of `with.json`, `with.body` or `with.text`"
                     .into(),
             hint: Some(if matches!(format, Some("slack" | "teams")) {
-                "presets take `text` (and `title` for Teams)".into()
+                "presets take `text` (and `title`, `facts`, `links`)".into()
             } else {
                 "json = { … } sends that object".into()
             }),
+        });
+    }
+    if with.contains_key("url") == with.contains_key("url_secret") {
+        problems.push(WithProblem {
+            key: None,
+            message: "action `webhook` needs exactly one of `with.url` or `with.url_secret`".into(),
+            hint: Some(
+                "url_secret = \"NAME\" posts to the URL kept as secret NAME in pmoflow.toml (for URLs that carry their own signature, like Teams Workflows)"
+                    .into(),
+            ),
         });
     }
     if let Some(u) = with.get("url").filter(|v| !is_dynamic(v))
@@ -96,12 +110,7 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
 }
 
 pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
-    let url = str_param(with, "url")?.unwrap_or_default().to_string();
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(StepError::fatal(format!(
-            "`url` must be an http(s) URL, got `{url}`"
-        )));
-    }
+    let destination = Destination::of(cx, str_param(with, "url")?, str_param(with, "url_secret")?)?;
     let text = str_param(with, "text")?;
     let body = match (
         str_param(with, "format")?.unwrap_or("json"),
@@ -130,17 +139,85 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
     }
     let headers = with.get("headers").cloned().unwrap_or_else(|| json!({}));
     let message_id = format!("{}:{}", cx.run_id, cx.step_key);
+    let mut payload = json!({ "headers": headers, "body": body, "secret": secret });
+    destination.put(&mut payload);
     let message = NewMessage {
         kind: MessageKind::Webhook,
         key: message_id.clone(),
-        target: url.clone(),
+        target: destination.target(),
         message_id: message_id.clone(),
-        payload: json!({ "url": url, "headers": headers, "body": body, "secret": secret }),
+        payload,
     };
     Ok(Outcome::Emit(
-        json!({ "url": url, "idempotency_key": message_id }),
+        json!({ "url": destination.target(), "idempotency_key": message_id }),
         vec![message],
     ))
+}
+
+/// Where a webhook goes: a URL written in the workflow, or one kept as a secret (a Teams
+/// Workflows URL carries its own signature: whoever has it can post). A secret URL is resolved
+/// only when the post is delivered; the outbox, the logs and the step output show `secret:NAME`.
+pub(crate) enum Destination {
+    /// The URL as written.
+    Url(String),
+    /// The name of the secret that holds the URL.
+    Secret(String),
+}
+
+impl Destination {
+    /// From `url` or `url_secret` (exactly one), checked.
+    pub(crate) fn of(
+        cx: &ActionContext<'_>,
+        url: Option<&str>,
+        url_secret: Option<&str>,
+    ) -> Result<Self, StepError> {
+        match (url, url_secret) {
+            (Some(url), None) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(StepError::fatal(format!(
+                        "`url` must be an http(s) URL, got `{url}`"
+                    )));
+                }
+                Ok(Self::Url(url.to_string()))
+            }
+            (None, Some(name)) => {
+                let Some(value) = cx.services.secrets.get(name) else {
+                    return Err(StepError::fatal(format!(
+                        "secret `{name}` is not configured (add it under [secrets] in pmoflow.toml)"
+                    )));
+                };
+                let v = value.expose();
+                if !(v.starts_with("https://") || v.starts_with("http://")) {
+                    return Err(StepError::fatal(format!(
+                        "secret `{name}` does not hold an http(s) URL"
+                    )));
+                }
+                Ok(Self::Secret(name.to_string()))
+            }
+            _ => Err(StepError::fatal(
+                "a webhook needs exactly one of `url` or `url_secret`",
+            )),
+        }
+    }
+
+    /// What the outbox and the logs show.
+    pub(crate) fn target(&self) -> String {
+        match self {
+            Self::Url(u) => u.clone(),
+            Self::Secret(name) => format!("secret:{name}"),
+        }
+    }
+
+    /// Puts the destination in an outbox payload (`url`, or `url_secret` for the transport to
+    /// resolve).
+    pub(crate) fn put(&self, payload: &mut Json) {
+        if let Some(map) = payload.as_object_mut() {
+            match self {
+                Self::Url(u) => map.insert("url".into(), json!(u)),
+                Self::Secret(name) => map.insert("url_secret".into(), json!(name)),
+            };
+        }
+    }
 }
 
 /// `title`, `text`, `facts` (a table of label = value) and `links` (a list of

@@ -155,7 +155,15 @@ impl Transports {
     }
 
     async fn webhook(&self, message_id: &str, payload: &Json, now_unix: i64) -> Delivery {
-        let url = payload["url"].as_str().unwrap_or_default();
+        // A URL kept as a secret is read only here, and never appears in a reason.
+        let secret_url = payload["url_secret"].as_str();
+        let url = match secret_url {
+            Some(name) => match self.delivery.secrets.get(name) {
+                Some(v) => v.expose(),
+                None => return Delivery::Temporary(format!("secret `{name}` is not configured")),
+            },
+            None => payload["url"].as_str().unwrap_or_default(),
+        };
         let body = payload["body"].as_str().unwrap_or_default().to_string();
         let mut req = self
             .http
@@ -198,6 +206,9 @@ impl Transports {
                         text.chars().take(200).collect::<String>()
                     ))
                 }
+            }
+            Err(e) if secret_url.is_some() => {
+                Delivery::Temporary(format!("HTTP: {}", e.without_url()))
             }
             Err(e) => Delivery::Temporary(format!("HTTP: {e}")),
         }

@@ -183,8 +183,14 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
         );
     }
     if let Some(Json::Object(w)) = with.get("webhook") {
-        if !w.contains_key("url") {
-            push("webhook", "`webhook` needs `url`".into(), None);
+        if w.contains_key("url") == w.contains_key("url_secret") {
+            push(
+                "webhook",
+                "`webhook` needs exactly one of `url` or `url_secret`".into(),
+                Some(
+                    "webhook = { url_secret = \"teams_pmo\", format = \"teams\" } posts to the URL kept as secret `teams_pmo`",
+                ),
+            );
         }
     } else if let Some(v) = with.get("webhook").filter(|v| !is_dynamic(v)) {
         push(

@@ -146,16 +146,11 @@ pub(super) fn webhook_message(
     let Some(w) = &state.webhook else {
         return Err(StepError::fatal("no `webhook` configured for this chain"));
     };
-    let url = w
-        .get("url")
-        .and_then(Json::as_str)
-        .unwrap_or_default()
-        .to_string();
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(StepError::fatal(format!(
-            "`webhook.url` must be an http(s) URL, got `{url}`"
-        )));
-    }
+    let destination = crate::actions::webhook::Destination::of(
+        cx,
+        w.get("url").and_then(Json::as_str),
+        w.get("url_secret").and_then(Json::as_str),
+    )?;
     if let Some(u) = &cx.services.replies.public_url {
         post.links
             .push(("状況を見る".into(), format!("{u}/runs/{}", cx.run_id)));
@@ -166,17 +161,18 @@ pub(super) fn webhook_message(
         _ => json!({ "title": title, "text": text, "run_id": cx.run_id }),
     };
     let key = format!("{}:{}:esc:{seq}:webhook", cx.run_id, cx.step_key);
+    let mut payload = json!({
+        "headers": w.get("headers").cloned().unwrap_or_else(|| json!({})),
+        "body": body.to_string(),
+        "secret": w.get("secret").and_then(Json::as_str),
+    });
+    destination.put(&mut payload);
     Ok(NewMessage {
         kind: MessageKind::Webhook,
         key: key.clone(),
-        target: url.clone(),
+        target: destination.target(),
         message_id: key,
-        payload: json!({
-            "url": url,
-            "headers": w.get("headers").cloned().unwrap_or_else(|| json!({})),
-            "body": body.to_string(),
-            "secret": w.get("secret").and_then(Json::as_str),
-        }),
+        payload,
     })
 }
 
