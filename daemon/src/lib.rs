@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod diag;
 pub mod duration;
 pub mod engine;
+pub mod failure;
 pub mod http;
 pub mod inbound;
 pub mod message;

@@ -11,6 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::diag::Diagnostic;
 use crate::engine::{RunRequest, create_run};
+use crate::failure::Failure;
 use crate::store::{RunFilter, RunRow, RunStatus, Store, StoreError};
 use crate::workflow::Catalog;
 
@@ -39,14 +40,11 @@ pub enum Format {
     Json,
 }
 
-/// A command failure: what went wrong, why (the cause chain, printed line by line like the
-/// daemon's own errors), and the exit code.
+/// A command failure: what went wrong and why (a [`Failure`], whose cause chain is printed line
+/// by line like the daemon's own errors), and the exit code.
 #[derive(Debug)]
 pub struct CliError {
-    /// What the command could not do (`None`: the cause says it all).
-    message: Option<String>,
-    /// Why.
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    failure: Failure,
     /// Exit code.
     pub code: i32,
 }
@@ -54,11 +52,7 @@ pub struct CliError {
 impl CliError {
     /// A failure with no underlying error.
     pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: Some(message.into()),
-            source: None,
-            code: 1,
-        }
+        Failure::new(message).into()
     }
 
     /// `message`, caused by `source`.
@@ -66,20 +60,12 @@ impl CliError {
         message: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self {
-            message: Some(message.into()),
-            source: Some(source.into()),
-            code: 1,
-        }
+        Failure::caused(message, source).into()
     }
 
     /// The failure `source` describes itself.
     pub(crate) fn of(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self {
-            message: None,
-            source: Some(source.into()),
-            code: 1,
-        }
+        Failure::of(source).into()
     }
 
     /// The same failure with exit code `code` (e.g. 75, "try again later", for mail filters).
@@ -89,46 +75,33 @@ impl CliError {
     }
 }
 
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.message, &self.source) {
-            (Some(m), _) => f.write_str(m),
-            (None, Some(e)) => e.fmt(f),
-            (None, None) => f.write_str("failed"),
-        }
-    }
-}
-
-impl std::error::Error for CliError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        let source: &(dyn std::error::Error + 'static) = self.source.as_deref()?;
-        if self.message.is_some() {
-            Some(source)
-        } else {
-            source.source()
-        }
+impl From<Failure> for CliError {
+    fn from(failure: Failure) -> Self {
+        Self { failure, code: 1 }
     }
 }
 
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
-        Self {
-            message: None,
-            source: Some(Box::new(e)),
-            code: 1,
-        }
+        Self::of(e)
     }
 }
 
-/// `error: …` and one `caused by: …` line per cause, as the daemon prints its own errors.
-pub fn error_report(e: &dyn std::error::Error) -> String {
-    let mut text = format!("error: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!("\n  caused by: {s}"));
-        source = s.source();
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.failure.fmt(f)
     }
-    text
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.failure.source()
+    }
+}
+
+/// `error: …` and one `caused by: …` line per cause.
+pub fn error_report(e: &dyn std::error::Error) -> String {
+    crate::failure::report(e)
 }
 
 fn local(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {

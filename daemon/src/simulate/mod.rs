@@ -21,6 +21,7 @@ use serde_json::Value as Json;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::failure::Failure;
 use crate::workflow::Catalog;
 
 mod inject;
@@ -33,52 +34,22 @@ pub use scenario::{
 };
 pub use timeline::{Event, Timeline, render_text};
 
-/// Why a simulation could not run: a message, an underlying error, or both (the message first;
-/// the error is its `source`).
-#[derive(Debug)]
-pub struct SimError {
-    message: Option<String>,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
+/// Why a simulation could not run: a [`Failure`] (a message, an underlying error, or both).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct SimError(#[from] Failure);
 
 impl SimError {
     /// A failure with no underlying error.
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: Some(message.into()),
-            source: None,
-        }
-    }
-}
-
-impl std::fmt::Display for SimError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.message, &self.source) {
-            (Some(m), _) => f.write_str(m),
-            (None, Some(e)) => e.fmt(f),
-            (None, None) => f.write_str("simulation failed"),
-        }
-    }
-}
-
-impl std::error::Error for SimError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        let source: &(dyn std::error::Error + 'static) = self.source.as_deref()?;
-        if self.message.is_some() {
-            Some(source)
-        } else {
-            source.source()
-        }
+        Self(Failure::new(message))
     }
 }
 
 /// A failure of a component the simulation drives (the store, the engine, the intake, …), kept
 /// whole so that its causes are printed.
 fn err(e: impl std::error::Error + Send + Sync + 'static) -> SimError {
-    SimError {
-        message: None,
-        source: Some(Box::new(e)),
-    }
+    SimError(Failure::of(e))
 }
 
 /// The plugins of a simulation: the results a scenario gives (`[[plugin]]`, for plugins that
