@@ -89,8 +89,14 @@ pub async fn run(
             Ok(())
         });
     }
-    spawn_outbox(&mut tasks, &config, &store, &clock, &engine, &shutdown);
-    spawn_inbound(&mut tasks, &config, &store, &clock, &engine, &shutdown);
+    // One live token source per [oauth2.NAME], shared by the poller and the outbox.
+    let tokens = crate::oauth::TokenSources::new(&config.oauth2, &config.engine.services.metrics);
+    spawn_outbox(
+        &mut tasks, &config, &store, &clock, &engine, &tokens, &shutdown,
+    );
+    spawn_inbound(
+        &mut tasks, &config, &store, &clock, &engine, &tokens, &shutdown,
+    );
     {
         let (engine, clock, shutdown) = (engine.clone(), clock.clone(), shutdown.clone());
         let tz = config.timezone;
@@ -161,6 +167,7 @@ fn spawn_outbox(
     store: &Store,
     clock: &SharedClock,
     engine: &Engine,
+    tokens: &crate::oauth::TokenSources,
     shutdown: &CancellationToken,
 ) {
     let services = config.engine.services.clone();
@@ -181,6 +188,7 @@ fn spawn_outbox(
         store.clone(),
         clock.clone(),
         delivery,
+        tokens.clone(),
         config.engine.node_id.clone(),
         engine.outbox_wake(),
         shutdown.clone(),
@@ -199,6 +207,7 @@ fn spawn_inbound(
     store: &Store,
     clock: &SharedClock,
     engine: &Engine,
+    tokens: &crate::oauth::TokenSources,
     shutdown: &CancellationToken,
 ) {
     let intake = crate::inbound::intake::Intake::new(
@@ -216,9 +225,18 @@ fn spawn_inbound(
             shutdown.clone(),
         );
         let failpoint = config.failpoint.clone();
+        let tokens = tokens.clone();
         tasks.spawn(async move {
-            crate::inbound::imap::run(imap, store, clock, intake, max_size, failpoint, shutdown)
-                .await;
+            let poller = crate::inbound::imap::Poller {
+                cfg: imap,
+                store,
+                clock,
+                intake,
+                tokens,
+                max_size,
+                failpoint,
+            };
+            crate::inbound::imap::run(poller, shutdown).await;
             Ok(())
         });
     }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod inbound;
 pub mod message;
 pub mod metrics;
+pub mod oauth;
 pub mod outbox;
 pub mod plugins;
 pub mod simulate;

@@ -154,6 +154,12 @@ enum Command {
         #[arg(long)]
         queue: bool,
     },
+    /// The mail connection: `check` logs in to IMAP and SMTP (with OAuth2 tokens where
+    /// configured) and says what works.
+    Mail {
+        #[command(subcommand)]
+        action: MailAction,
+    },
     /// API tokens for `[[http.tokens]]`.
     Token {
         #[command(subcommand)]
@@ -181,6 +187,18 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MailAction {
+    /// Get a token from each `[oauth2.*]` source in use, log in to IMAP (examine the mailbox,
+    /// print its counts) and to SMTP (EHLO + AUTH), print what worked; exit 0 if all did, 1 if
+    /// not. Sends nothing unless `--send-test`.
+    Check {
+        /// Also send a short test message to this address.
+        #[arg(long, value_name = "ADDRESS")]
+        send_test: Option<String>,
     },
 }
 
@@ -429,6 +447,17 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             action: Some(InboundAction::Poll),
             ..
         } => cli::inbound_poll(&config).await,
+        Command::Mail {
+            action: MailAction::Check { send_test },
+        } => {
+            return match cli::mail_check(&config, send_test.as_deref()).await {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("{}", cli::error_report(&e));
+                    ExitCode::from(u8::try_from(e.code).unwrap_or(1))
+                }
+            };
+        }
         Command::Requests {
             status,
             limit,

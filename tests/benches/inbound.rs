@@ -94,7 +94,7 @@ async fn bench(backend: Backend) {
     let imap = Dovecot::start();
     let cfg = imap.imap_config();
     let max = pmoflow::inbound::DEFAULT_MAX_SIZE;
-    pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, max)
+    pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, &Default::default(), max)
         .await
         .unwrap();
     let messages: Vec<Vec<u8>> = requests
@@ -117,7 +117,7 @@ async fn bench(backend: Backend) {
     let intake = Intake::new(store.clone(), clock.clone(), services.clone())
         .with_wakers(engine.engine.wakers());
     let start = Instant::now();
-    let stats = pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, max)
+    let stats = pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, &Default::default(), max)
         .await
         .unwrap();
     let fetched = start.elapsed();

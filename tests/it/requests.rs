@@ -1097,7 +1097,7 @@ async fn imap_over_starttls_and_implicit_tls_with_a_ministry_ca() {
             port,
             ..base.clone()
         };
-        let err = pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, max)
+        let err = pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, &Default::default(), max)
             .await
             .unwrap_err();
         assert!(
@@ -1109,7 +1109,7 @@ async fn imap_over_starttls_and_implicit_tls_with_a_ministry_ca() {
             ca_file: Some(ca_file.clone()),
             ..cfg
         };
-        pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, max)
+        pmoflow::inbound::imap::poll_once(&cfg, &store, &clock, &Default::default(), max)
             .await
             .unwrap_or_else(|e| panic!("{tls:?}: {e}"));
     }

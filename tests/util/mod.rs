@@ -708,6 +708,7 @@ protocol imap {{
             tls: pmoflow::inbound::imap::ImapTls::None,
             username: self.user.clone(),
             password: pmoflow::outbox::Secret::new(self.password.clone()),
+            oauth2: None,
             mailbox: "INBOX".into(),
             processed_mailbox: None,
             poll_interval: Duration::from_secs(60),

@@ -279,7 +279,8 @@ pub async fn inbound_poll(config: &Config) -> Result<(), CliError> {
     let store = Store::open(&config.database_url, config.durability).await?;
     let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
     let max = config.engine.services.replies.max_size;
-    let stats = crate::inbound::imap::poll_once(imap, &store, &clock, max)
+    let tokens = crate::oauth::TokenSources::new(&config.oauth2, &config.engine.services.metrics);
+    let stats = crate::inbound::imap::poll_once(imap, &store, &clock, &tokens, max)
         .await
         .map_err(CliError::of)?;
     let processed = intake(config, &store).process_pending().await?;

@@ -16,6 +16,7 @@ use crate::store::{RunFilter, RunRow, RunStatus, Store, StoreError};
 use crate::workflow::Catalog;
 
 mod mail;
+mod mailcheck;
 mod plugin;
 mod runs;
 mod schedule;
@@ -25,6 +26,7 @@ pub use mail::{
     inbound_explain, inbound_list, inbound_poll, inbound_receive, inbound_show, outbox_list,
     outbox_retry, requests,
 };
+pub use mailcheck::mail_check;
 pub use plugin::{plugin_inspect, plugin_new, plugin_run};
 pub use runs::{cancel, resolve, runs, show, trigger};
 pub use schedule::{calendar_import, calendar_list, schedule, simulate, workflows};

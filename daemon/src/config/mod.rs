@@ -6,6 +6,7 @@ use std::time::Duration;
 
 mod raw;
 mod sections;
+mod tokens;
 
 use serde::Deserialize;
 
@@ -59,6 +60,8 @@ pub struct Config {
     pub secret_errors: Vec<String>,
     /// `[imap]`: the mailbox replies arrive in, if any.
     pub imap: Option<crate::inbound::imap::ImapConfig>,
+    /// `[oauth2.NAME]`: token sources for `[imap]`, `[smtp]` and chat posts.
+    pub oauth2: Vec<crate::oauth::TokenSourceConfig>,
     /// `[http]`: the daemon's HTTP listener.
     pub http: crate::http::HttpConfig,
     /// `[outbox]`: the delivery policy.
@@ -147,6 +150,7 @@ impl Config {
         let mut engine = r.engine(&raw, timezone)?;
         // Secrets: read once, here; missing ones are errors now, not at 3 a.m.
         let secrets = r.secrets(&raw);
+        let oauth2 = r.token_sources(&raw.oauth2)?;
         let mut from = raw
             .mail
             .from
@@ -158,7 +162,7 @@ impl Config {
                 if let Some(f) = &smtp.get_ref().from {
                     from = Some((f.get_ref().clone(), f.span()));
                 }
-                Some(r.smtp(smtp)?)
+                Some(r.smtp(smtp, &oauth2)?)
             }
         };
         if let Some((f, span)) = &from
@@ -170,7 +174,7 @@ impl Config {
                 Some("e.g. \"PMO事務局 <pmo@example.go.jp>\"".into()),
             ));
         }
-        let imap = raw.imap.as_ref().map(|i| r.imap(i)).transpose()?;
+        let imap = raw.imap.as_ref().map(|i| r.imap(i, &oauth2)).transpose()?;
         let replies = r.replies(&raw)?;
         let http = r.http(&raw)?;
         let outbox = r.outbox(&raw)?;
@@ -226,6 +230,7 @@ impl Config {
             source,
             secret_errors,
             imap,
+            oauth2,
             failpoint: env.vars.get("PMOFLOW_FAILPOINT").cloned(),
             http,
             outbox,

@@ -37,6 +37,26 @@ pub(super) struct RawConfig {
     pub(super) imap: Option<Spanned<RawImap>>,
     #[serde(default)]
     pub(super) http: RawHttp,
+    #[serde(default)]
+    pub(super) oauth2: std::collections::BTreeMap<String, Spanned<RawOAuth2>>,
+}
+
+/// `[oauth2.NAME]`: a token source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOAuth2 {
+    pub(super) provider: Spanned<String>,
+    pub(super) tenant: Option<Spanned<String>>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) client_secret_env: Option<Spanned<String>>,
+    pub(super) client_secret_file: Option<Spanned<PathBuf>>,
+    pub(super) certificate_file: Option<Spanned<PathBuf>>,
+    pub(super) private_key_file: Option<Spanned<PathBuf>>,
+    pub(super) service_account_file: Option<Spanned<PathBuf>>,
+    pub(super) service_account: Option<Spanned<String>>,
+    pub(super) subject: Option<Spanned<String>>,
+    pub(super) token_url: Option<Spanned<String>>,
+    pub(super) scope: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +95,8 @@ pub(super) struct RawImap {
     pub(super) username: String,
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<PathBuf>>,
+    pub(super) oauth2: Option<Spanned<String>>,
+    pub(super) sasl: Option<crate::oauth::Sasl>,
     pub(super) mailbox: Option<String>,
     pub(super) processed_mailbox: Option<String>,
     pub(super) poll_interval: Option<Spanned<String>>,
@@ -118,6 +140,8 @@ pub(super) struct RawSmtp {
     pub(super) username: Option<String>,
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<PathBuf>>,
+    pub(super) oauth2: Option<Spanned<String>>,
+    pub(super) sasl: Option<Spanned<crate::oauth::Sasl>>,
     pub(super) from: Option<Spanned<String>>,
     pub(super) timeout: Option<Spanned<String>>,
 }

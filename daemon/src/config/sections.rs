@@ -107,7 +107,7 @@ impl Reader<'_> {
     }
 
     /// A secret, or `None` with the problem kept in `secret_errors`.
-    fn secret(
+    pub(super) fn secret(
         &mut self,
         span: Range<usize>,
         what: &str,
@@ -203,9 +203,32 @@ impl Reader<'_> {
     pub(super) fn smtp(
         &mut self,
         smtp: &Spanned<RawSmtp>,
+        sources: &[crate::oauth::TokenSourceConfig],
     ) -> Result<crate::outbox::SmtpConfig, ConfigError> {
         let s = smtp.get_ref();
         let tls = s.tls.unwrap_or_default();
+        let password_span = s
+            .password_env
+            .as_ref()
+            .map(Spanned::span)
+            .or(s.password_file.as_ref().map(Spanned::span));
+        let oauth2 = self.login_source("smtp", &s.oauth2, password_span, sources)?;
+        if let Some(sasl) = &s.sasl
+            && *sasl.get_ref() != crate::oauth::Sasl::Xoauth2
+        {
+            return Err(self.err(
+                sasl.span(),
+                "[smtp] logs in with XOAUTH2 only (what Exchange Online and Gmail offer)".into(),
+                Some("remove `sasl`, or write sasl = \"xoauth2\"".into()),
+            ));
+        }
+        if oauth2.is_some() && s.username.is_none() {
+            return Err(self.err(
+                smtp.span(),
+                "[smtp] with `oauth2` needs `username`: the mailbox the token acts for".into(),
+                Some("e.g. username = \"pmo@ministry.go.jp\"".into()),
+            ));
+        }
         let password = match (&s.password_env, &s.password_file) {
             (None, None) => None,
             (Some(e), None) => self.secret(e.span(), "smtp password", Some(e.get_ref()), None),
@@ -228,6 +251,7 @@ impl Reader<'_> {
             tls,
             username: s.username.clone(),
             password,
+            oauth2,
             timeout: self.duration(&s.timeout, Duration::from_secs(30))?,
         })
     }
@@ -236,17 +260,25 @@ impl Reader<'_> {
     pub(super) fn imap(
         &mut self,
         imap: &Spanned<RawImap>,
+        sources: &[crate::oauth::TokenSourceConfig],
     ) -> Result<crate::inbound::imap::ImapConfig, ConfigError> {
         let s = imap.get_ref();
         let tls = s.tls.unwrap_or_default();
+        let password_span = s
+            .password_env
+            .as_ref()
+            .map(Spanned::span)
+            .or(s.password_file.as_ref().map(Spanned::span));
+        let oauth2 = self.login_source("imap", &s.oauth2, password_span, sources)?;
         let password = match (&s.password_env, &s.password_file) {
+            _ if oauth2.is_some() => None,
             (Some(e), None) => self.secret(e.span(), "imap password", Some(e.get_ref()), None),
             (None, Some(f)) => self.secret(f.span(), "imap password", None, Some(f.get_ref())),
             _ => {
                 return Err(self.err(
                     imap.span(),
-                    "[imap] needs exactly one of `password_env` or `password_file`".into(),
-                    Some("e.g. password_env = \"PMOFLOW_IMAP_PASSWORD\"".into()),
+                    "[imap] needs exactly one of `password_env`, `password_file` or `oauth2`".into(),
+                    Some("e.g. password_env = \"PMOFLOW_IMAP_PASSWORD\", or oauth2 = \"m365\" with an [oauth2.m365] table".into()),
                 ));
             }
         };
@@ -259,6 +291,10 @@ impl Reader<'_> {
             tls,
             username: s.username.clone(),
             password: password.unwrap_or_else(|| Secret::new("")),
+            oauth2: oauth2.map(|source| crate::inbound::imap::ImapOAuth2 {
+                source,
+                sasl: s.sasl.unwrap_or_default(),
+            }),
             mailbox: s.mailbox.clone().unwrap_or_else(|| "INBOX".into()),
             processed_mailbox: s.processed_mailbox.clone(),
             poll_interval: self.duration(&s.poll_interval, Duration::from_secs(60))?,

@@ -28,8 +28,10 @@ pub struct ImapConfig {
     pub tls: ImapTls,
     /// Login name.
     pub username: String,
-    /// Password.
+    /// Password (empty with `oauth2`).
     pub password: crate::message::settings::Secret,
+    /// `oauth2 = "NAME"`: log in with a token instead of the password.
+    pub oauth2: Option<ImapOAuth2>,
     /// The mailbox replies arrive in.
     pub mailbox: String,
     /// Where processed messages are moved, if anywhere.
@@ -42,6 +44,15 @@ pub struct ImapConfig {
     pub timeout: Duration,
     /// Extra CA certificates (PEM) to trust besides the public roots: a ministry's own CA.
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// `[imap] oauth2` and `sasl`.
+#[derive(Debug, Clone)]
+pub struct ImapOAuth2 {
+    /// The `[oauth2.NAME]` the token comes from.
+    pub source: String,
+    /// The SASL mechanism.
+    pub sasl: crate::oauth::Sasl,
 }
 
 use std::pin::Pin;
@@ -121,6 +132,9 @@ pub enum ImapError {
     /// The database.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// No token for the login.
+    #[error(transparent)]
+    Token(#[from] crate::oauth::TokenError),
     /// Login refused or the mailbox is unusable.
     #[error("imap: {0}")]
     Refused(String),
@@ -189,7 +203,10 @@ async fn tls_wrap(cfg: &ImapConfig, tcp: TcpStream) -> Result<Conn, ImapError> {
 }
 
 /// Connects and logs in.
-async fn connect(cfg: &ImapConfig) -> Result<Session, ImapError> {
+async fn connect(
+    cfg: &ImapConfig,
+    tokens: &crate::oauth::TokenSources,
+) -> Result<Session, ImapError> {
     let tcp = within(
         cfg.timeout,
         TcpStream::connect((cfg.host.as_str(), cfg.port)),
@@ -214,6 +231,9 @@ async fn connect(cfg: &ImapConfig) -> Result<Session, ImapError> {
         // The greeting (after STARTTLS there is none).
         within(cfg.timeout, client.read_response()).await?;
     }
+    if let Some(oauth) = &cfg.oauth2 {
+        return login_with_token(cfg, oauth, tokens, client).await;
+    }
     match tokio::time::timeout(
         cfg.timeout,
         client.login(&cfg.username, cfg.password.expose()),
@@ -227,6 +247,92 @@ async fn connect(cfg: &ImapConfig) -> Result<Session, ImapError> {
         ))),
         Err(_) => Err(ImapError::Timeout(cfg.timeout)),
     }
+}
+
+/// SASL with a bearer token: the first message carries it; an error challenge is answered so
+/// that the server ends with its tagged `NO`, and what it said is kept for the error.
+struct TokenLogin {
+    first: Option<String>,
+    abort: &'static str,
+    server_said: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl async_imap::Authenticator for TokenLogin {
+    type Response = String;
+
+    fn process(&mut self, challenge: &[u8]) -> String {
+        match self.first.take() {
+            Some(first) => first,
+            None => {
+                // No `.await` under this lock.
+                if let Ok(mut said) = self.server_said.lock() {
+                    *said = Some(String::from_utf8_lossy(challenge).into_owned());
+                }
+                self.abort.to_string()
+            }
+        }
+    }
+}
+
+/// Logs in with a token from the source; when the server refuses it, once more with a fresh
+/// one (it may have been revoked before it expired), then gives up with what usually causes it.
+async fn login_with_token(
+    cfg: &ImapConfig,
+    oauth: &ImapOAuth2,
+    tokens: &crate::oauth::TokenSources,
+    mut client: async_imap::Client<Conn>,
+) -> Result<Session, ImapError> {
+    let source = tokens.get(&oauth.source)?;
+    let mut last = String::new();
+    for attempt in 0..2 {
+        let token = source.token().await?;
+        let said = Arc::new(std::sync::Mutex::new(None));
+        let login = TokenLogin {
+            first: Some(oauth.sasl.initial_response(
+                &cfg.username,
+                token.expose(),
+                &cfg.host,
+                cfg.port,
+            )),
+            abort: oauth.sasl.abort_response(),
+            server_said: said.clone(),
+        };
+        match tokio::time::timeout(
+            cfg.timeout,
+            client.authenticate(oauth.sasl.mechanism(), login),
+        )
+        .await
+        {
+            Ok(Ok(session)) => return Ok(session),
+            Ok(Err((e, c))) => {
+                let detail = said
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.clone())
+                    .map(|s| format!(" (server: {s})"))
+                    .unwrap_or_default();
+                last = format!("{e}{detail}");
+                if !matches!(
+                    e,
+                    async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_)
+                ) {
+                    return Err(ImapError::Imap(e));
+                }
+                if attempt == 0 {
+                    tracing::info!(source = %oauth.source, "imap refused the token; fetching a fresh one");
+                    source.refused(&token).await;
+                }
+                client = c;
+            }
+            Err(_) => return Err(ImapError::Timeout(cfg.timeout)),
+        }
+    }
+    Err(ImapError::Refused(format!(
+        "AUTHENTICATE {} as {} failed: {last}. {}",
+        oauth.sasl.mechanism(),
+        cfg.username,
+        crate::oauth::hints::refused(source.provider(), "IMAP")
+    )))
 }
 
 /// The key under which a mailbox's position is stored.
@@ -374,30 +480,18 @@ async fn poll(
 
 /// Polls the mailbox until shutdown: IDLE when offered, otherwise every `poll_interval`.
 /// Connection errors are logged and retried with backoff; they never stop the daemon.
-pub async fn run(
-    cfg: ImapConfig,
-    store: Store,
-    clock: SharedClock,
-    intake: Intake,
-    max_size: usize,
-    failpoint: Option<String>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(poller: Poller, shutdown: CancellationToken) {
+    let cfg = &poller.cfg;
     let mut backoff = Duration::from_secs(1);
     while !shutdown.is_cancelled() {
-        match session_loop(
-            &cfg,
-            &store,
-            &clock,
-            &intake,
-            max_size,
-            failpoint.as_deref(),
-            &shutdown,
-        )
-        .await
-        {
+        let started = std::time::Instant::now();
+        match poller.session_loop(&shutdown).await {
             Ok(()) => return,
             Err(e) => {
+                if started.elapsed() > Duration::from_secs(120) {
+                    // The session had been working: a fresh failure starts the backoff again.
+                    backoff = Duration::from_secs(1);
+                }
                 tracing::warn!(host = %cfg.host, mailbox = %cfg.mailbox, error = %e, "imap polling failed; retrying in {}s", backoff.as_secs());
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -409,77 +503,98 @@ pub async fn run(
     }
 }
 
-async fn session_loop(
-    cfg: &ImapConfig,
-    store: &Store,
-    clock: &SharedClock,
-    intake: &Intake,
-    max_size: usize,
-    failpoint: Option<&str>,
-    shutdown: &CancellationToken,
-) -> Result<(), ImapError> {
-    let mut session = connect(cfg).await?;
-    let idle = cfg.idle
-        && within(cfg.timeout, session.capabilities())
-            .await?
-            .has_str("IDLE");
-    tracing::info!(host = %cfg.host, mailbox = %cfg.mailbox, idle, "imap connected");
-    loop {
-        let stats = match poll(&mut session, cfg, store, clock, max_size).await {
-            Ok(s) => {
-                intake
-                    .metrics()
-                    .inc("pmoflow_imap_polls_total", &[("result", "ok")]);
-                s
-            }
-            Err(e) => {
-                intake
-                    .metrics()
-                    .inc("pmoflow_imap_polls_total", &[("result", "error")]);
-                return Err(e);
-            }
-        };
-        if stats.stored + stats.duplicates + stats.skipped_old > 0 {
-            tracing::info!(
-                stored = stats.stored,
-                duplicates = stats.duplicates,
-                skipped_old = stats.skipped_old,
-                "imap poll"
-            );
-            if stats.stored > 0 && failpoint == Some("after-intake") {
-                // Crash tests: die like `kill -9` between storing and processing.
-                tracing::error!("failpoint after-intake: aborting");
-                std::process::abort();
-            }
-        }
-        if let Err(e) = intake.process_pending().await {
-            tracing::warn!(error = %e, "processing inbound mail failed; it stays pending");
-        }
-        if shutdown.is_cancelled() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
-            return Ok(());
-        }
-        if idle {
-            let mut handle = session.idle();
-            within(cfg.timeout, handle.init()).await?;
-            let wait = cfg.poll_interval.min(Duration::from_secs(25 * 60));
-            let (fut, stop) = handle.wait_with_timeout(wait);
-            let stopped = tokio::select! {
-                r = fut => { r?; false }
-                () = shutdown.cancelled() => true,
+/// What the poller works with: the mailbox, the store it writes to, the intake that processes
+/// what it stored, and the token sources it logs in with.
+pub struct Poller {
+    /// The mailbox.
+    pub cfg: ImapConfig,
+    /// Where messages are stored.
+    pub store: Store,
+    /// The clock.
+    pub clock: SharedClock,
+    /// Processes what was stored.
+    pub intake: Intake,
+    /// For `oauth2` logins.
+    pub tokens: crate::oauth::TokenSources,
+    /// Largest message taken whole.
+    pub max_size: usize,
+    /// Crash tests only.
+    pub failpoint: Option<String>,
+}
+
+impl Poller {
+    async fn session_loop(&self, shutdown: &CancellationToken) -> Result<(), ImapError> {
+        let (cfg, store, clock, intake, max_size) = (
+            &self.cfg,
+            &self.store,
+            &self.clock,
+            &self.intake,
+            self.max_size,
+        );
+        let failpoint = self.failpoint.as_deref();
+        let mut session = connect(cfg, &self.tokens).await?;
+        let idle = cfg.idle
+            && within(cfg.timeout, session.capabilities())
+                .await?
+                .has_str("IDLE");
+        tracing::info!(host = %cfg.host, mailbox = %cfg.mailbox, idle, "imap connected");
+        loop {
+            let stats = match poll(&mut session, cfg, store, clock, max_size).await {
+                Ok(s) => {
+                    intake
+                        .metrics()
+                        .inc("pmoflow_imap_polls_total", &[("result", "ok")]);
+                    s
+                }
+                Err(e) => {
+                    intake
+                        .metrics()
+                        .inc("pmoflow_imap_polls_total", &[("result", "error")]);
+                    return Err(e);
+                }
             };
-            drop(stop);
-            session = within(cfg.timeout, handle.done()).await?;
-            if stopped {
+            if stats.stored + stats.duplicates + stats.skipped_old > 0 {
+                tracing::info!(
+                    stored = stats.stored,
+                    duplicates = stats.duplicates,
+                    skipped_old = stats.skipped_old,
+                    "imap poll"
+                );
+                if stats.stored > 0 && failpoint == Some("after-intake") {
+                    // Crash tests: die like `kill -9` between storing and processing.
+                    tracing::error!("failpoint after-intake: aborting");
+                    std::process::abort();
+                }
+            }
+            if let Err(e) = intake.process_pending().await {
+                tracing::warn!(error = %e, "processing inbound mail failed; it stays pending");
+            }
+            if shutdown.is_cancelled() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
                 return Ok(());
             }
-        } else {
-            tokio::select! {
-                () = tokio::time::sleep(cfg.poll_interval) => {}
-                () = shutdown.cancelled() => {
+            if idle {
+                let mut handle = session.idle();
+                within(cfg.timeout, handle.init()).await?;
+                let wait = cfg.poll_interval.min(Duration::from_secs(25 * 60));
+                let (fut, stop) = handle.wait_with_timeout(wait);
+                let stopped = tokio::select! {
+                    r = fut => { r?; false }
+                    () = shutdown.cancelled() => true,
+                };
+                drop(stop);
+                session = within(cfg.timeout, handle.done()).await?;
+                if stopped {
                     let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
                     return Ok(());
+                }
+            } else {
+                tokio::select! {
+                    () = tokio::time::sleep(cfg.poll_interval) => {}
+                    () = shutdown.cancelled() => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -492,10 +607,44 @@ pub async fn poll_once(
     cfg: &ImapConfig,
     store: &Store,
     clock: &SharedClock,
+    tokens: &crate::oauth::TokenSources,
     max_size: usize,
 ) -> Result<PollStats, ImapError> {
-    let mut session = connect(cfg).await?;
+    let mut session = connect(cfg, tokens).await?;
     let stats = poll(&mut session, cfg, store, clock, max_size).await?;
     let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
     Ok(stats)
+}
+
+/// What `pmoflow mail check` reports about the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxCounts {
+    /// Messages in the mailbox.
+    pub exists: u32,
+    /// Messages not yet seen (`\\Seen` unset).
+    pub unseen: usize,
+    /// `UIDVALIDITY`.
+    pub uid_validity: Option<u32>,
+    /// Whether the server offers IDLE.
+    pub idle: bool,
+}
+
+/// Connects, logs in, examines the mailbox read-only, logs out: `pmoflow mail check`.
+pub async fn check(
+    cfg: &ImapConfig,
+    tokens: &crate::oauth::TokenSources,
+) -> Result<MailboxCounts, ImapError> {
+    let mut session = connect(cfg, tokens).await?;
+    let idle = within(cfg.timeout, session.capabilities())
+        .await?
+        .has_str("IDLE");
+    let mailbox = within(cfg.timeout, session.examine(&cfg.mailbox)).await?;
+    let unseen = within(cfg.timeout, session.search("UNSEEN")).await?.len();
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
+    Ok(MailboxCounts {
+        exists: mailbox.exists,
+        unseen,
+        uid_validity: mailbox.uid_validity,
+        idle,
+    })
 }

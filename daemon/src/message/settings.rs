@@ -55,6 +55,8 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     /// Password (from `password_env` or `password_file`).
     pub password: Option<Secret>,
+    /// `oauth2 = "NAME"`: log in with XOAUTH2 and a token from `[oauth2.NAME]` instead.
+    pub oauth2: Option<String>,
     /// Connection and command timeout.
     pub timeout: Duration,
 }

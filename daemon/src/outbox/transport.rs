@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::Value as Json;
 
-use super::{Delivery, DeliveryConfig, MessageKind, SmtpTls, webhook};
+use super::{Delivery, DeliveryConfig, MessageKind, Secret, SmtpConfig, SmtpTls, webhook};
 
 /// Why the transports could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -26,53 +26,144 @@ pub enum TransportError {
         #[source]
         error: lettre::transport::smtp::Error,
     },
+    /// `[smtp] oauth2` names no token source.
+    #[error(transparent)]
+    Token(crate::oauth::TokenError),
     /// The webhook HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Http(#[source] reqwest::Error),
 }
 
+/// The SMTP relay: one pooled lettre transport, or, with OAuth2, one per access token (the
+/// credentials of a lettre pool are fixed; a new token makes a new pool, the old one closes when
+/// its last delivery ends).
+enum Smtp {
+    Password(AsyncSmtpTransport<Tokio1Executor>),
+    Token {
+        cfg: SmtpConfig,
+        pool_size: u32,
+        source: std::sync::Arc<crate::oauth::TokenSource>,
+        /// The transport of the current token. No `.await` under this lock.
+        current: std::sync::Mutex<Option<(Secret, AsyncSmtpTransport<Tokio1Executor>)>>,
+    },
+}
+
 /// The transports of one daemon.
 pub struct Transports {
-    smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    smtp: Option<Smtp>,
     eml_dir: PathBuf,
     http: reqwest::Client,
     delivery: std::sync::Arc<DeliveryConfig>,
 }
 
+/// A lettre transport for `cfg`, logging in with `credentials` (password, or an XOAUTH2 token).
+fn smtp_transport(
+    cfg: &SmtpConfig,
+    pool_size: u32,
+    credentials: Option<(Credentials, Vec<Mechanism>)>,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, TransportError> {
+    let smtp_error = |error| TransportError::Smtp {
+        host: cfg.host.clone(),
+        error,
+    };
+    let builder = match cfg.tls {
+        SmtpTls::Starttls => {
+            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host).map_err(smtp_error)?
+        }
+        SmtpTls::Tls => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host).map_err(smtp_error)?
+        }
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host),
+    };
+    // One pooled connection per concurrent delivery.
+    let pool = lettre::transport::smtp::PoolConfig::new().max_size(pool_size);
+    let mut builder = builder
+        .port(cfg.port)
+        .timeout(Some(cfg.timeout))
+        .pool_config(pool);
+    if let Some((credentials, mechanisms)) = credentials {
+        builder = builder.credentials(credentials).authentication(mechanisms);
+    }
+    Ok(builder.build())
+}
+
+/// Whether an SMTP error is the server refusing the login (530, 534, 535, 454), which retrying
+/// the message cannot fix but fixing the configuration can: never a reason to drop a message.
+fn is_auth_refusal(e: &lettre::transport::smtp::Error) -> bool {
+    e.status()
+        .is_some_and(|c| matches!(c.to_string().as_str(), "530" | "534" | "535" | "454"))
+}
+
+impl Smtp {
+    /// The transport to send with now, and the token it logs in with (if any).
+    async fn transport(
+        &self,
+    ) -> Result<(AsyncSmtpTransport<Tokio1Executor>, Option<Secret>), Delivery> {
+        match self {
+            Smtp::Password(t) => Ok((t.clone(), None)),
+            Smtp::Token {
+                cfg,
+                pool_size,
+                source,
+                current,
+            } => {
+                let token = source
+                    .token()
+                    .await
+                    .map_err(|e| Delivery::Temporary(e.to_string()))?;
+                let mut current = current
+                    .lock()
+                    .map_err(|_| Delivery::Temporary("SMTP transport lock poisoned".into()))?;
+                if let Some((t, transport)) = current.as_ref()
+                    && t == &token
+                {
+                    return Ok((transport.clone(), Some(token)));
+                }
+                let user = cfg.username.clone().unwrap_or_default();
+                let transport = smtp_transport(
+                    cfg,
+                    *pool_size,
+                    Some((
+                        Credentials::new(user, token.expose().to_string()),
+                        vec![Mechanism::Xoauth2],
+                    )),
+                )
+                .map_err(|e| Delivery::Temporary(e.to_string()))?;
+                *current = Some((token.clone(), transport.clone()));
+                Ok((transport, Some(token)))
+            }
+        }
+    }
+}
+
 impl Transports {
-    /// Builds the transports from the configuration.
-    pub fn new(delivery: std::sync::Arc<DeliveryConfig>) -> Result<Self, TransportError> {
-        let smtp_error = |host: &str| {
-            let host = host.to_string();
-            move |error| TransportError::Smtp { host, error }
-        };
+    /// Builds the transports from the configuration; `tokens` are the live `[oauth2.*]`
+    /// sources (for `[smtp] oauth2`).
+    pub fn new(
+        delivery: std::sync::Arc<DeliveryConfig>,
+        tokens: crate::oauth::TokenSources,
+    ) -> Result<Self, TransportError> {
+        let pool_size = u32::try_from(delivery.outbox.concurrency).unwrap_or(8);
         let smtp = match &delivery.mail.smtp {
             None => None,
-            Some(cfg) => {
-                let builder = match cfg.tls {
-                    SmtpTls::Starttls => {
-                        AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host)
-                            .map_err(smtp_error(&cfg.host))?
-                    }
-                    SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host)
-                        .map_err(smtp_error(&cfg.host))?,
-                    SmtpTls::None => {
-                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)
-                    }
-                };
-                // One pooled connection per concurrent delivery.
-                let pool = lettre::transport::smtp::PoolConfig::new()
-                    .max_size(u32::try_from(delivery.outbox.concurrency).unwrap_or(8));
-                let mut builder = builder
-                    .port(cfg.port)
-                    .timeout(Some(cfg.timeout))
-                    .pool_config(pool);
-                if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
-                    builder = builder
-                        .credentials(Credentials::new(user.clone(), pass.expose().to_string()));
+            Some(cfg) => match &cfg.oauth2 {
+                Some(name) => Some(Smtp::Token {
+                    cfg: cfg.clone(),
+                    pool_size,
+                    source: tokens.get(name).map_err(TransportError::Token)?,
+                    current: std::sync::Mutex::new(None),
+                }),
+                None => {
+                    let credentials = match (&cfg.username, &cfg.password) {
+                        (Some(user), Some(pass)) => Some((
+                            Credentials::new(user.clone(), pass.expose().to_string()),
+                            vec![Mechanism::Plain, Mechanism::Login],
+                        )),
+                        _ => None,
+                    };
+                    Some(Smtp::Password(smtp_transport(cfg, pool_size, credentials)?))
                 }
-                Some(builder.build())
-            }
+            },
         };
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
@@ -85,6 +176,66 @@ impl Transports {
             http,
             delivery,
         })
+    }
+
+    /// `pmoflow mail check`: connects to the SMTP server, says EHLO and logs in (with a fresh
+    /// token once more if the first is refused); sends nothing. `Ok(None)` without `[smtp]`.
+    pub async fn check_smtp(&self) -> Result<Option<String>, String> {
+        let Some(smtp) = &self.smtp else {
+            return Ok(None);
+        };
+        for attempt in 0..2 {
+            let (transport, token) = smtp.transport().await.map_err(|d| match d {
+                Delivery::Temporary(m) | Delivery::Permanent(m) => m,
+                Delivery::Sent => String::new(),
+            })?;
+            match transport.test_connection().await {
+                Ok(true) => {
+                    return Ok(Some(if token.is_some() {
+                        "EHLO and AUTH XOAUTH2 accepted".into()
+                    } else if self
+                        .delivery
+                        .mail
+                        .smtp
+                        .as_ref()
+                        .is_some_and(|c| c.password.is_some())
+                    {
+                        "EHLO and AUTH accepted".into()
+                    } else {
+                        "EHLO accepted (no login configured)".into()
+                    }));
+                }
+                Ok(false) => return Err("the server closed the connection after EHLO".into()),
+                Err(e) if is_auth_refusal(&e) => {
+                    if let (Some(token), Smtp::Token { source, .. }) = (&token, smtp)
+                        && attempt == 0
+                    {
+                        source.refused(token).await;
+                        continue;
+                    }
+                    return Err(format!("login refused: {e}. {}", self.refusal_hint(smtp)));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("login refused".into())
+    }
+
+    /// `pmoflow mail check --send-test ADDRESS`: one short message through the real path.
+    pub async fn send_test(&self, to: &str, message_id: &str, raw: &str) -> Delivery {
+        let from = self
+            .delivery
+            .mail
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map(|m| m.email.to_string())
+            .unwrap_or_default();
+        let payload = serde_json::json!({
+            "from": from,
+            "to": [to],
+            "raw": raw,
+        });
+        self.email(message_id, &payload).await
     }
 
     /// One delivery attempt.
@@ -115,12 +266,39 @@ impl Transports {
             Ok(e) => e,
             Err(e) => return Delivery::Permanent(format!("invalid envelope: {e}")),
         };
-        match smtp.send_raw(&envelope, raw.as_bytes()).await {
-            Ok(_) => Delivery::Sent,
-            Err(e) if e.is_permanent() => {
-                Delivery::Permanent(format!("SMTP server refused the message: {e}"))
+        // With a token: a refusal may mean it was revoked early; once more with a fresh one.
+        for attempt in 0..2 {
+            let (transport, token) = match smtp.transport().await {
+                Ok(t) => t,
+                Err(d) => return d,
+            };
+            match transport.send_raw(&envelope, raw.as_bytes()).await {
+                Ok(_) => return Delivery::Sent,
+                Err(e) if is_auth_refusal(&e) => {
+                    if let (Some(token), Smtp::Token { source, .. }) = (&token, smtp)
+                        && attempt == 0
+                    {
+                        source.refused(token).await;
+                        continue;
+                    }
+                    return Delivery::Temporary(format!(
+                        "SMTP login refused: {e}. {}",
+                        self.refusal_hint(smtp)
+                    ));
+                }
+                Err(e) if e.is_permanent() => {
+                    return Delivery::Permanent(format!("SMTP server refused the message: {e}"));
+                }
+                Err(e) => return Delivery::Temporary(format!("SMTP: {e}")),
             }
-            Err(e) => Delivery::Temporary(format!("SMTP: {e}")),
+        }
+        Delivery::Temporary("SMTP login refused".into())
+    }
+
+    fn refusal_hint(&self, smtp: &Smtp) -> String {
+        match smtp {
+            Smtp::Token { source, .. } => crate::oauth::hints::refused(source.provider(), "SMTP"),
+            Smtp::Password(_) => "check [smtp] username and password".into(),
         }
     }
 

@@ -31,11 +31,12 @@ pub async fn run(
     store: Store,
     clock: SharedClock,
     delivery: Arc<DeliveryConfig>,
+    tokens: crate::oauth::TokenSources,
     node_id: String,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let transports = match Transports::new(delivery.clone()) {
+    let transports = match Transports::new(delivery.clone(), tokens) {
         Ok(t) => t,
         Err(err) => {
             tracing::error!(error = %err, "outbox: cannot set up delivery; messages stay queued");
