@@ -8,6 +8,7 @@ mod crash;
 mod domain_check;
 mod engine;
 mod golden;
+mod mail_oauth;
 mod notify;
 mod plugins;
 mod reload;

@@ -89,7 +89,7 @@ class Handler(BaseHTTPRequestHandler):
                     STATS["active"] += 1
                     return self.reply(200, {"active": True, "username": t["user"]})
             return self.reply(200, {"active": False})
-        if self.path != "/token":
+        if not self.path.endswith("/token"):
             return self.reply(404, {"error": "not_found"})
         cfg = config()
         grant = f.get("grant_type", "")

@@ -3,6 +3,7 @@ whether the token is active (RFC 7662), or with AUTH PLAIN/LOGIN and a password;
 like Exchange Online (`535 5.7.3 Authentication unsuccessful`). Delivers into a Maildir.
 
 usage: oauth_smtp.py PORT MAILDIR INTROSPECT_URL USER [PASSWORD]
+MAILDIR "-" discards the messages (aiosmtpd's Sink), for benchmarks.
 """
 import base64
 import json
@@ -12,7 +13,7 @@ import urllib.parse
 import urllib.request
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.handlers import Mailbox
+from aiosmtpd.handlers import Mailbox, Sink
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 PORT, MAILDIR, INTROSPECT, USER = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
@@ -49,7 +50,7 @@ class OAuthController(Controller):
         return OAuthSMTP(self.handler, **self.SMTP_kwargs)
 
 
-controller = OAuthController(Mailbox(MAILDIR), hostname="127.0.0.1", port=PORT,
+controller = OAuthController(Sink() if MAILDIR == "-" else Mailbox(MAILDIR), hostname="127.0.0.1", port=PORT,
                              auth_require_tls=False, authenticator=password_ok,
                              auth_required=True)
 controller.start()

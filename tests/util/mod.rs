@@ -545,6 +545,12 @@ impl Dovecot {
         Self::start_with(None)
     }
 
+    /// Also offers XOAUTH2 and OAUTHBEARER, checking tokens with RFC 7662 introspection at
+    /// `introspection_url` (Dovecot's oauth2 passdb); PLAIN/LOGIN keep the password.
+    pub fn start_oauth(introspection_url: &str) -> Dovecot {
+        Self::start_full(None, Some(introspection_url))
+    }
+
     /// With TLS: STARTTLS on `port` (plain login refused before it) and implicit TLS on
     /// `imaps_port`, with this certificate and key (PEM).
     pub fn start_tls(cert: &str, key: &str) -> Dovecot {
@@ -552,6 +558,10 @@ impl Dovecot {
     }
 
     fn start_with(tls: Option<(&str, &str)>) -> Dovecot {
+        Self::start_full(tls, None)
+    }
+
+    fn start_full(tls: Option<(&str, &str)>, introspection_url: Option<&str>) -> Dovecot {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let imaps_port = if tls.is_some() { free_port() } else { 0 };
@@ -578,11 +588,28 @@ impl Dovecot {
                 )
             }
         };
+        let (mechanisms, oauth_passdb) = match introspection_url {
+            None => ("plain login", String::new()),
+            Some(url) => {
+                std::fs::write(
+                    root.join("oauth2.conf"),
+                    format!("introspection_mode = post\nintrospection_url = {url}\nusername_attribute = username\nactive_attribute = active\nactive_value = true\n"),
+                )
+                .unwrap();
+                (
+                    "plain login xoauth2 oauthbearer",
+                    format!(
+                        "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}/oauth2.conf\n}}\n",
+                        root.display()
+                    ),
+                )
+            }
+        };
         let conf = format!(
             r#"protocols = imap
 listen = 127.0.0.1
 {ssl}
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 base_dir = {root}/base
 state_dir = {root}/state
 log_path = {root}/dovecot.log
@@ -593,8 +620,9 @@ mail_location = maildir:{root}/mail/%u
 passdb {{
   driver = passwd-file
   args = {root}/passwd
+  mechanisms = plain login
 }}
-userdb {{
+{oauth_passdb}userdb {{
   driver = static
   args = uid=nobody gid=nogroup home={root}/mail/%u
 }}
@@ -654,6 +682,21 @@ protocol imap {{
             password,
             dir,
         }
+    }
+
+    /// Ends every IMAP session of the test user (`doveadm kick`): clients must reconnect.
+    pub fn kick(&self) {
+        let out = Command::new("doveadm")
+            .arg("-c")
+            .arg(self.dir.path().join("dovecot.conf"))
+            .args(["kick", &self.user])
+            .output()
+            .expect("doveadm");
+        assert!(
+            out.status.success(),
+            "doveadm kick: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The `[imap]` table for pmoflow.toml (password from `PMOFLOW_IMAP_PASSWORD`).
@@ -725,4 +768,134 @@ impl Drop for Dovecot {
         let _ = Command::new("kill").args(["-KILL", &pid]).status();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.0 request to a local test server with std's TcpStream; returns the body.
+pub fn http_raw(port: u16, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The test OAuth2 authorization server (`support/oauth_server.py`): a token endpoint and
+/// RFC 7662 introspection, configured by a JSON file the test may rewrite.
+pub struct OAuthServer {
+    child: Child,
+    pub port: u16,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OAuthServer {
+    pub fn start(config: &serde_json::Value) -> OAuthServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let path = dir.path().join("oauth.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let child = Command::new("python3")
+            .arg(support("oauth_server.py"))
+            .arg(port.to_string())
+            .arg(&path)
+            .spawn()
+            .expect("python3 (with the cryptography package)");
+        wait_port(port, Duration::from_secs(20));
+        OAuthServer {
+            child,
+            port,
+            config: path,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn set_config(&self, config: &serde_json::Value) {
+        std::fs::write(&self.config, config.to_string()).unwrap();
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_str(&http_raw(self.port, "GET", "/stats", "")).unwrap()
+    }
+
+    /// Every token issued so far becomes inactive (introspection says so).
+    pub fn revoke_all(&self) {
+        http_raw(self.port, "POST", "/revoke-all", "");
+    }
+}
+
+impl Drop for OAuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real SMTP server offering AUTH XOAUTH2 (tokens checked with the OAuth2 server's
+/// introspection) and AUTH PLAIN/LOGIN with `password` (`support/oauth_smtp.py`).
+pub fn oauth_smtp(
+    port: u16,
+    maildir: &Path,
+    introspection_url: &str,
+    user: &str,
+    password: Option<&str>,
+) -> SmtpSink {
+    let mut cmd = Command::new("python3");
+    cmd.arg(support("oauth_smtp.py"))
+        .arg(port.to_string())
+        .arg(maildir)
+        .arg(introspection_url)
+        .arg(user);
+    if let Some(p) = password {
+        cmd.arg(p);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 with aiosmtpd");
+    wait_port(port, Duration::from_secs(20));
+    SmtpSink {
+        child,
+        port,
+        maildir: maildir.to_path_buf(),
+    }
+}
+
+/// An RSA key pair and a self-signed certificate made by the `openssl` command:
+/// `(private key PEM path, certificate PEM path, public key PEM)`.
+pub fn rsa_key_and_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.crt"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl req");
+    let out = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    (key, cert, String::from_utf8(out.stdout).unwrap())
 }

@@ -98,10 +98,10 @@ pub async fn mail_check(config: &Config, send_test: Option<&str>) -> Result<i32,
         ),
         Some(s) => {
             let what = format!(
-                "smtp {}:{} ({:?}){}",
+                "smtp {}:{} (tls {}){}",
                 s.host,
                 s.port,
-                s.tls,
+                format!("{:?}", s.tls).to_lowercase(),
                 s.username
                     .as_deref()
                     .map(|u| format!(" as {u}"))

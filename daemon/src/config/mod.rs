@@ -290,6 +290,79 @@ mod tests {
         assert!(text.contains(":2:17: error: invalid duration"), "{text}");
     }
 
+    fn load_text(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("pmoflow.toml");
+        std::fs::write(&p, text).expect("write");
+        let env = EnvOverrides {
+            vars: [("M365_SECRET".to_string(), "s".to_string())].into(),
+            ..EnvOverrides::default()
+        };
+        Config::load(Some(&p), &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn oauth2_sources_are_checked_where_they_are_written() {
+        let err = load_text("[oauth2.m365]\nprovider = \"azure\"\n").expect_err("bad");
+        assert!(
+            err.contains(":2:12: error: unknown oauth2 provider `azure`")
+                && err.contains("microsoft, google, generic, line-works"),
+            "{err}"
+        );
+        let err = load_text(
+            "[oauth2.m365]\nprovider = \"microsoft\"\ntenant = \"t\"\nclient_id = \"c\"\n",
+        )
+        .expect_err("no secret");
+        assert!(
+            err.contains(":1:1: error: [oauth2.m365] has no client secret"),
+            "{err}"
+        );
+        let err = load_text("[oauth2.g]\nprovider = \"google\"\n").expect_err("no file");
+        assert!(err.contains("needs `service_account_file`"), "{err}");
+        let ok = "[oauth2.m365]\nprovider = \"microsoft\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"M365_SECRET\"\n";
+        let err = load_text(&format!(
+            "{ok}[imap]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"X\"\noauth2 = \"m365\"\n"
+        ))
+        .expect_err("both");
+        assert!(
+            err.contains(":9:16: error: [imap] has both `oauth2` and a password"),
+            "{err}"
+        );
+        let err = load_text(&format!(
+            "{ok}[smtp]\nhost = \"h\"\nusername = \"u\"\noauth2 = \"m356\"\n"
+        ))
+        .expect_err("unknown source");
+        assert!(
+            err.contains(":9:10: error: no [oauth2.m356] table")
+                && err.contains("configured sources: m365"),
+            "{err}"
+        );
+        let cfg = load_text(&format!(
+            "{ok}[imap]\nhost = \"h\"\nusername = \"u\"\noauth2 = \"m365\"\nsasl = \"oauthbearer\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            cfg.oauth2[0].token_url,
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            cfg.oauth2[0].scope,
+            "https://outlook.office365.com/.default"
+        );
+        let imap = cfg.imap.expect("imap");
+        assert_eq!(
+            imap.oauth2.map(|o| o.sasl),
+            Some(crate::oauth::Sasl::Oauthbearer)
+        );
+        // A missing environment variable: kept, located, and the daemon refuses to start.
+        let cfg = load_text(&ok.replace("M365_SECRET", "NOT_SET_ANYWHERE")).expect("loads");
+        assert!(
+            cfg.secret_errors[0].contains(":5:21: error: [oauth2.m365] client secret: environment variable `NOT_SET_ANYWHERE` is not set"),
+            "{:?}",
+            cfg.secret_errors
+        );
+    }
+
     #[test]
     fn env_overrides_file() {
         let env = EnvOverrides {
