@@ -633,3 +633,104 @@ async fn a_5xx_smtp_reply_is_a_dead_letter_at_once_with_the_servers_reply() {
     assert!(out.contains("User unknown"), "{out}");
     store.close().await;
 }
+
+/// LINE WORKS: the service-account JWT is exchanged for a bot token at a real token server
+/// (signature verified), the post carries it as a bearer token, and its body is a text message
+/// with the title, facts and links; an escalation level with `via = ["email", "line-works"]`
+/// posts its 第一報 the same way. A refused token (401) is dropped and a fresh one fetched.
+#[tokio::test(flavor = "multi_thread")]
+async fn line_works_bot_posts_with_a_token_from_the_service_account_jwt() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let (key, _cert, public) = pmoflow_tests::rsa_key_and_cert(project.path(), "lineworks");
+    let idp = pmoflow_tests::OAuthServer::start(&serde_json::json!({
+        "lifetime": 86400,
+        "clients": {"lw-client": {"public_key": public, "secret": "lw-secret", "user": "bot"}}
+    }));
+    let server = WebhookServer::start(project.path(), 0, 201);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    project.workflow(
+        "lw.toml",
+        &format!(
+            r#"id = "lw"
+
+[[steps]]
+id = "post"
+action = "webhook"
+[steps.with]
+url = "{base}/v1.0/bots/2000001/channels/pmo-room/messages"
+format = "line-works"
+oauth2 = "lineworks"
+title = "【ご連絡】定例会議"
+text = "次回の定例会議は12月4日(金)です。"
+facts = {{ "場所" = "第3会議室" }}
+links = [{{ title = "資料置き場", url = "https://pmo.example.go.jp/docs" }}]
+
+[[steps]]
+id = "chain"
+action = "escalate"
+[steps.with]
+subject = "システム障害"
+body = "基幹システムが停止しています。"
+levels = [{{ notify = ["oncall@example.go.jp"], via = ["email", "line-works"], wait = "15m" }}]
+webhook = {{ url = "{base}/v1.0/bots/2000001/users/oncall/messages", oauth2 = "lineworks" }}
+"#
+        ),
+    );
+    project.config(&format!(
+        r#"database_url = "{}"
+[oauth2.lineworks]
+provider = "line-works"
+token_url = "{}"
+client_id = "lw-client"
+client_secret_env = "TEST_LW_SECRET"
+service_account = "abc.serviceaccount@ministry"
+private_key_file = "{}"
+"#,
+        db.url,
+        idp.url("/oauth2/v2.0/token"),
+        key.display()
+    ));
+    let d = Daemon::start(project.path(), "d", &[("TEST_LW_SECRET", "lw-secret")]);
+    d.wait_log("workflows loaded", STARTUP);
+    let (code, _, err) = cli(project.path(), &["trigger", "lw"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    // The post, the chain's line-works alert and its email.
+    wait_outbox(&store, "sent", 3, Duration::from_secs(30)).await;
+    let requests = server.requests();
+    let post = requests
+        .iter()
+        .find(|r| r["path"] == "/v1.0/bots/2000001/channels/pmo-room/messages")
+        .unwrap_or_else(|| panic!("{requests:?}"));
+    let body: serde_json::Value = serde_json::from_str(post["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["content"]["type"], "text");
+    assert_eq!(
+        body["content"]["text"],
+        "【ご連絡】定例会議\n\n次回の定例会議は12月4日(金)です。\n\n場所：第3会議室\n\n資料置き場: https://pmo.example.go.jp/docs"
+    );
+    // The bearer token is one the token server issued for the service account.
+    let auth = post["headers"]["authorization"].as_str().unwrap();
+    let token = auth.strip_prefix("Bearer ").unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&pmoflow_tests::http_raw(
+        idp.port,
+        "POST",
+        "/introspect",
+        &format!("token={token}"),
+    ))
+    .unwrap();
+    assert_eq!(answer["active"], true, "{answer}");
+    assert_eq!(answer["username"], "abc.serviceaccount@ministry");
+    let stats = idp.stats();
+    assert_eq!(stats["issued"], 1, "one token for both posts: {stats}");
+    assert_eq!(stats["claims"][0]["iss"], "lw-client");
+    let alert = requests
+        .iter()
+        .find(|r| r["path"] == "/v1.0/bots/2000001/users/oncall/messages")
+        .unwrap_or_else(|| panic!("{requests:?}"));
+    let text: serde_json::Value = serde_json::from_str(alert["body"].as_str().unwrap()).unwrap();
+    let text = text["content"]["text"].as_str().unwrap();
+    assert!(text.starts_with("【緊急・第一報】"), "{text}");
+    assert!(text.contains("通知先："), "{text}");
+    assert!(!d.log_text().contains(token), "the token is never logged");
+}

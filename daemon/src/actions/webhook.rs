@@ -54,18 +54,32 @@ pub(crate) const PARAMS: &[Param] = &[
         name: "secret",
         required: false,
     },
+    Param {
+        name: "oauth2",
+        required: false,
+    },
 ];
+
+/// The chat presets of `format` (besides plain `json`).
+pub(crate) const CHAT_FORMATS: &[&str] = &["slack", "teams", "line-works"];
 
 pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
     let mut problems = Vec::new();
     let format = with.get("format").and_then(Json::as_str);
     if let Some(f) = with.get("format").filter(|v| !is_dynamic(v))
-        && !matches!(f.as_str(), Some("json" | "slack" | "teams"))
+        && !matches!(f.as_str(), Some("json" | "slack" | "teams" | "line-works"))
     {
         problems.push(WithProblem {
             key: Some("format".into()),
             message: format!("unknown webhook format {f}"),
-            hint: Some("use \"json\" (default), \"slack\" or \"teams\"".into()),
+            hint: Some("use \"json\" (default), \"slack\", \"teams\" or \"line-works\"".into()),
+        });
+    }
+    if format == Some("line-works") && !with.contains_key("oauth2") {
+        problems.push(WithProblem {
+            key: Some("format".into()),
+            message: "format \"line-works\" needs `with.oauth2`: the [oauth2.NAME] (provider line-works) whose token the bot posts with".into(),
+            hint: Some("e.g. oauth2 = \"lineworks\", url = \"https://www.worksapis.com/v1.0/bots/BOT_ID/channels/CHANNEL_ID/messages\"".into()),
         });
     }
     let bodies = ["json", "body", "text"]
@@ -78,7 +92,7 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
             message:
                 "action `webhook` needs exactly one of `with.json`, `with.body` or `with.text`"
                     .into(),
-            hint: Some(if matches!(format, Some("slack" | "teams")) {
+            hint: Some(if format.is_some_and(|f| CHAT_FORMATS.contains(&f)) {
                 "presets take `text` (and `title`, `facts`, `links`)".into()
             } else {
                 "json = { … } sends that object".into()
@@ -120,6 +134,7 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
     ) {
         ("slack", _, _, Some(t)) => webhook::slack(&chat_post(with, t)?).to_string(),
         ("teams", _, _, Some(t)) => webhook::teams(&chat_post(with, t)?).to_string(),
+        ("line-works", _, _, Some(t)) => webhook::line_works(&chat_post(with, t)?).to_string(),
         (_, Some(j), _, _) => j.to_string(),
         (_, None, Some(b), _) => b.to_string(),
         (_, None, None, Some(t)) => json!({ "text": t }).to_string(),
@@ -139,7 +154,9 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
     }
     let headers = with.get("headers").cloned().unwrap_or_else(|| json!({}));
     let message_id = format!("{}:{}", cx.run_id, cx.step_key);
-    let mut payload = json!({ "headers": headers, "body": body, "secret": secret });
+    let oauth2 = str_param(with, "oauth2")?;
+    let mut payload =
+        json!({ "headers": headers, "body": body, "secret": secret, "oauth2": oauth2 });
     destination.put(&mut payload);
     let message = NewMessage {
         kind: MessageKind::Webhook,

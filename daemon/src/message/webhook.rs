@@ -226,6 +226,37 @@ fn mrkdwn_escape(text: &str) -> String {
 }
 
 /// At most `max` characters, with `…` when cut.
+/// The longest text of a LINE WORKS text message.
+const LINE_WORKS_TEXT_MAX: usize = 2000;
+
+/// LINE WORKS API 2.0 bot message (`POST /v1.0/bots/{botId}/channels/{channelId}/messages` or
+/// `/users/{userId}/messages`): one text message — the title, the text, the facts as
+/// `label：value` lines and the links as `label: URL` lines (LINE WORKS makes URLs clickable),
+/// cut at 2,000 characters.
+pub fn line_works(post: &ChatPost) -> serde_json::Value {
+    let mut text = String::new();
+    if let Some(t) = &post.title {
+        text.push_str(t);
+        text.push_str("\n\n");
+    }
+    text.push_str(post.text.trim_end());
+    if !post.facts.is_empty() {
+        text.push('\n');
+        for (k, v) in &post.facts {
+            text.push_str(&format!("\n{k}：{v}"));
+        }
+    }
+    if !post.links.is_empty() {
+        text.push('\n');
+        for (label, url) in &post.links {
+            text.push_str(&format!("\n{label}: {url}"));
+        }
+    }
+    serde_json::json!({
+        "content": { "type": "text", "text": truncate(&text, LINE_WORKS_TEXT_MAX) }
+    })
+}
+
 fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_string();

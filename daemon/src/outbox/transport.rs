@@ -51,6 +51,7 @@ enum Smtp {
 /// The transports of one daemon.
 pub struct Transports {
     smtp: Option<Smtp>,
+    tokens: crate::oauth::TokenSources,
     eml_dir: PathBuf,
     http: reqwest::Client,
     delivery: std::sync::Arc<DeliveryConfig>,
@@ -172,6 +173,7 @@ impl Transports {
             .map_err(TransportError::Http)?;
         Ok(Self {
             smtp,
+            tokens,
             eml_dir: delivery.mail.outbox_dir.clone(),
             http,
             delivery,
@@ -355,6 +357,21 @@ impl Transports {
                 }
             }
         }
+        // A bearer token (LINE WORKS bots): fetched (or taken from the cache) at delivery.
+        let mut bearer = None;
+        if let Some(name) = payload["oauth2"].as_str() {
+            let source = match self.tokens.get(name) {
+                Ok(s) => s,
+                Err(e) => return Delivery::Temporary(e.to_string()),
+            };
+            match source.token().await {
+                Ok(token) => {
+                    req = req.bearer_auth(token.expose());
+                    bearer = Some((source, token));
+                }
+                Err(e) => return Delivery::Temporary(e.to_string()),
+            }
+        }
         if let Some(name) = payload["secret"].as_str() {
             let Some(secret) = self.delivery.secrets.get(name) else {
                 return Delivery::Temporary(format!("secret `{name}` is not configured"));
@@ -371,6 +388,13 @@ impl Transports {
                 let status = resp.status();
                 if status.is_success() {
                     Delivery::Sent
+                } else if let (401, Some((source, token))) = (status.as_u16(), &bearer) {
+                    // Revoked or expired early: the next attempt fetches a fresh token.
+                    source.refused(token).await;
+                    Delivery::Temporary(format!(
+                        "HTTP {status}: the token of [oauth2.{}] was refused; a fresh one is fetched for the next attempt",
+                        source.name()
+                    ))
                 } else if status.as_u16() == 408
                     || status.as_u16() == 425
                     || status.as_u16() == 429

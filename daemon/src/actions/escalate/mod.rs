@@ -129,18 +129,28 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
                 }
                 if let Some(Json::Array(via)) = m.get("via") {
                     for v in via {
-                        if !matches!(v.as_str(), Some("email" | "webhook")) {
+                        let known = v.as_str().is_some_and(|v| {
+                            v == "email"
+                                || v == "webhook"
+                                || crate::actions::webhook::CHAT_FORMATS.contains(&v)
+                        });
+                        if !known {
                             push(
                                 "levels",
                                 format!(
-                                    "level {}: `via` takes \"email\" and \"webhook\", got {v}",
+                                    "level {}: `via` takes \"email\", \"webhook\", \"teams\", \"slack\" and \"line-works\", got {v}",
                                     i + 1
                                 ),
                                 None,
                             );
                         }
                     }
-                    if via.iter().any(|v| v == "webhook") && !with.contains_key("webhook") {
+                    let posts = via.iter().any(|v| {
+                        v.as_str().is_some_and(|v| {
+                            v == "webhook" || crate::actions::webhook::CHAT_FORMATS.contains(&v)
+                        })
+                    });
+                    if posts && !with.contains_key("webhook") {
                         push(
                             "levels",
                             format!(
@@ -222,6 +232,9 @@ struct Level {
     notify: Vec<String>,
     email: bool,
     webhook: bool,
+    /// `via` names a chat format (`teams`, `slack`, `line-works`): the webhook posts in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chat: Option<String>,
     wait_s: i64,
 }
 

@@ -158,6 +158,7 @@ pub(super) fn webhook_message(
     let body = match w.get("format").and_then(Json::as_str).unwrap_or("json") {
         "slack" => crate::message::webhook::slack(&post),
         "teams" => crate::message::webhook::teams(&post),
+        "line-works" => crate::message::webhook::line_works(&post),
         _ => json!({ "title": title, "text": text, "run_id": cx.run_id }),
     };
     let key = format!("{}:{}:esc:{seq}:webhook", cx.run_id, cx.step_key);
@@ -165,6 +166,7 @@ pub(super) fn webhook_message(
         "headers": w.get("headers").cloned().unwrap_or_else(|| json!({})),
         "body": body.to_string(),
         "secret": w.get("secret").and_then(Json::as_str),
+        "oauth2": w.get("oauth2").and_then(Json::as_str),
     });
     destination.put(&mut payload);
     Ok(NewMessage {

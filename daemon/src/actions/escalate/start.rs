@@ -8,6 +8,7 @@ use super::notices::{notice, open_level};
 use super::{Event, Level, State, Timer, addresses, duration_param, next_wake};
 use crate::actions::deadline::parse_deadline;
 use crate::actions::mail::render_body;
+use crate::actions::webhook::CHAT_FORMATS;
 use crate::actions::{ActionContext, Outcome, StepError, str_param};
 use crate::message::correlate;
 use crate::store::NewRequest;
@@ -105,6 +106,15 @@ fn levels(cx: &ActionContext<'_>, with: &Json) -> Result<Vec<Level>, StepError> 
             Some(Json::String(s)) => vec![s.as_str()],
             _ => vec!["email"],
         };
+        if let Some(bad) = via
+            .iter()
+            .find(|v| **v != "email" && **v != "webhook" && !CHAT_FORMATS.contains(v))
+        {
+            return Err(StepError::fatal(format!(
+                "level {}: unknown `via` target `{bad}` (email, webhook, teams, slack, line-works)",
+                i + 1
+            )));
+        }
         let wait = match l.get("wait").and_then(Json::as_str) {
             Some(w) => crate::duration::HumanDuration::parse(w.trim())
                 .map_err(|e| StepError::fatal(format!("level {}: {e}", i + 1)))?
@@ -114,7 +124,13 @@ fn levels(cx: &ActionContext<'_>, with: &Json) -> Result<Vec<Level>, StepError> 
         levels.push(Level {
             notify,
             email: via.contains(&"email"),
-            webhook: via.contains(&"webhook"),
+            webhook: via
+                .iter()
+                .any(|v| *v == "webhook" || CHAT_FORMATS.contains(v)),
+            chat: via
+                .iter()
+                .find(|v| CHAT_FORMATS.contains(v))
+                .map(|v| v.to_string()),
             wait_s: wait.num_seconds(),
         });
     }
@@ -130,11 +146,27 @@ fn webhook(
     with: &Json,
     levels: &[Level],
 ) -> Result<Option<Json>, StepError> {
-    let webhook = with.get("webhook").filter(|w| !w.is_null()).cloned();
+    let mut webhook = with.get("webhook").filter(|w| !w.is_null()).cloned();
     if levels.iter().any(|l| l.webhook) && webhook.is_none() {
         return Err(StepError::fatal(
             "a level notifies by webhook but the step has no `webhook`",
         ));
+    }
+    // `via = ["teams"]` (or slack, line-works) posts to `webhook` in that format.
+    let chats: Vec<&str> = levels.iter().filter_map(|l| l.chat.as_deref()).collect();
+    if let (Some(first), Some(Json::Object(w))) = (chats.first(), webhook.as_mut()) {
+        let written = w.get("format").and_then(Json::as_str).map(str::to_string);
+        for chat in &chats {
+            if chat != first || written.as_deref().is_some_and(|f| f != *chat) {
+                return Err(StepError::fatal(format!(
+                    "levels post via `{chat}` but the chain's webhook is {}; one chain has one chat format",
+                    written
+                        .as_deref()
+                        .map_or_else(|| format!("`{first}`"), |f| format!("format `{f}`"))
+                )));
+            }
+        }
+        w.insert("format".into(), json!(first));
     }
     if let Some(name) = webhook
         .as_ref()
