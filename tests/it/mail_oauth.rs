@@ -331,6 +331,7 @@ oauth2 = "idp"
     // The server ends the poller's session; it logs in again with a new token.
     std::thread::sleep(Duration::from_millis(3500));
     let connected = d.log_text().matches("imap connected").count();
+    server.revoke_all();
     imap.kick();
     let start = Instant::now();
     while d.log_text().matches("imap connected").count() <= connected {
@@ -340,6 +341,35 @@ oauth2 = "idp"
             d.log_text()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // A message that arrives now is taken once, by the new session.
+    imap.append_raw("INBOX", &[mail(99)]);
+    let store = Store::open(
+        &format!("sqlite://{}/var/pmoflow.db", dir.display()),
+        Durability::Process,
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let rows = store.inbound_list(None, 100).await.unwrap();
+        let imap_rows: Vec<_> = rows.iter().filter(|r| r.via == "imap").collect();
+        if !imap_rows.is_empty() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let again = store.inbound_list(None, 100).await.unwrap();
+            assert_eq!(
+                again.iter().filter(|r| r.via == "imap").count(),
+                1,
+                "{again:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let stats = server.stats();
     assert!(stats["issued"].as_u64().unwrap() >= 3, "{stats}");

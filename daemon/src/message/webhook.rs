@@ -331,6 +331,132 @@ mod tests {
         }
     }
 
+    /// Every key and enum value of the card is one the Adaptive Card 1.4 schema
+    /// (adaptivecards.io/schemas/1.4.0, `additionalProperties: false` on each element) allows
+    /// for its element type; the allow-lists below are copied from that schema by hand.
+    #[test]
+    fn teams_card_keeps_to_the_adaptive_card_1_4_schema() {
+        let card_keys = [
+            "type",
+            "version",
+            "refresh",
+            "body",
+            "actions",
+            "selectAction",
+            "fallbackText",
+            "backgroundImage",
+            "minHeight",
+            "speak",
+            "lang",
+            "verticalContentAlignment",
+            "$schema",
+        ];
+        let element = [
+            "fallback",
+            "height",
+            "separator",
+            "spacing",
+            "id",
+            "isVisible",
+            "requires",
+        ];
+        let text_block = [
+            "type",
+            "text",
+            "color",
+            "fontType",
+            "horizontalAlignment",
+            "isSubtle",
+            "maxLines",
+            "size",
+            "weight",
+            "wrap",
+        ];
+        let open_url = [
+            "type", "url", "title", "iconUrl", "style", "fallback", "requires",
+        ];
+        let one_of = |v: &serde_json::Value, allowed: &[&str]| {
+            let s = v.as_str().unwrap().to_ascii_lowercase();
+            assert!(allowed.contains(&s.as_str()), "{v} not in {allowed:?}");
+        };
+        let long = (0..120)
+            .map(|i| format!("{i}行目"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let post = ChatPost {
+            title: Some("【緊急・第一報】基幹システム停止".into()),
+            text: format!("発生しました。\n\n{long}"),
+            facts: vec![("段階".into(), "1".into()), ("通知先".into(), "PMO".into())],
+            links: vec![("確認する".into(), "https://pmo.example.go.jp/ack/x".into())],
+        };
+        let msg = teams(&post);
+        let card = &msg["attachments"][0]["content"];
+        assert_eq!(card["version"], "1.4");
+        for k in card.as_object().unwrap().keys() {
+            assert!(card_keys.contains(&k.as_str()), "AdaptiveCard.{k}");
+        }
+        let body = card["body"].as_array().unwrap();
+        assert!(body.len() <= TEAMS_MAX_LINES + 1);
+        for b in body {
+            let kind = b["type"].as_str().unwrap();
+            for (k, v) in b.as_object().unwrap() {
+                let ok = element.contains(&k.as_str())
+                    || match kind {
+                        "TextBlock" => text_block.contains(&k.as_str()),
+                        "FactSet" => k == "type" || k == "facts",
+                        other => panic!("unexpected element {other}"),
+                    };
+                assert!(ok, "{kind}.{k}");
+                match k.as_str() {
+                    "spacing" => one_of(
+                        v,
+                        &[
+                            "default",
+                            "none",
+                            "small",
+                            "medium",
+                            "large",
+                            "extralarge",
+                            "padding",
+                        ],
+                    ),
+                    "weight" => one_of(v, &["default", "lighter", "bolder"]),
+                    "size" => one_of(v, &["default", "small", "medium", "large", "extralarge"]),
+                    "wrap" => assert!(v.is_boolean()),
+                    "text" => assert!(v.is_string()),
+                    _ => {}
+                }
+            }
+            if kind == "FactSet" {
+                for f in b["facts"].as_array().unwrap() {
+                    let keys: Vec<&String> = f.as_object().unwrap().keys().collect();
+                    assert_eq!(keys, ["title", "value"]);
+                    assert!(f["title"].is_string() && f["value"].is_string());
+                }
+            }
+        }
+        for a in card["actions"].as_array().unwrap() {
+            assert_eq!(a["type"], "Action.OpenUrl");
+            assert!(a["url"].is_string(), "url is required");
+            for k in a.as_object().unwrap().keys() {
+                assert!(open_url.contains(&k.as_str()), "Action.OpenUrl.{k}");
+            }
+        }
+    }
+
+    #[test]
+    fn line_works_text_message() {
+        let post = ChatPost {
+            title: Some("題".into()),
+            text: "本文".repeat(1500),
+            facts: vec![],
+            links: vec![],
+        };
+        let m = line_works(&post);
+        assert_eq!(m["content"]["type"], "text");
+        assert!(m["content"]["text"].as_str().unwrap().chars().count() <= LINE_WORKS_TEXT_MAX);
+    }
+
     #[test]
     fn teams_workflows_card() {
         let v = teams(&post());
