@@ -70,15 +70,15 @@ async fn main() {
     );
     println!();
     println!(
-        "| login | messages | rendered + committed | all accepted by SMTP | messages/s (end to end) | token fetches |"
+        "| login    | messages | rendered + committed | all accepted by SMTP | messages/s (end to end) | token fetches |"
     );
     println!(
-        "|-------|----------|----------------------|---------------------|-------------------------|---------------|"
+        "|----------|----------|----------------------|---------------------|-------------------------|---------------|"
     );
     for login in [Login::None, Login::Password, Login::OAuth2] {
         let (committed, total, fetches) = run(login, concurrency).await;
         println!(
-            "| {:<8} | 1000 | {:>18.2} s | {:>17.2} s | {:>23.0} | {:>13} |",
+            "| {:<8} | 1000     | {:>18.2} s | {:>17.2} s | {:>23.0} | {:>13} |",
             format!("{login:?}").to_lowercase(),
             committed.as_secs_f64(),
             total.as_secs_f64(),
@@ -117,6 +117,7 @@ async fn run(login: Login, concurrency: usize) -> (Duration, Duration, Option<u6
                 .arg(support("oauth_server.py"))
                 .arg(token_port.to_string())
                 .arg(&cfg)
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("python3 with cryptography"),
         );
@@ -126,19 +127,22 @@ async fn run(login: Login, concurrency: usize) -> (Duration, Duration, Option<u6
             std::process::Command::new("python3")
                 .arg(support("oauth_smtp.py"))
                 .args([&port.to_string(), "-", &introspect, "pmo", "pw"])
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("python3 with aiosmtpd"),
         );
-        oauth.push(pmoflow::oauth::TokenSourceConfig {
-            name: "idp".into(),
-            provider: pmoflow::oauth::Provider::Generic,
-            token_url: format!("http://127.0.0.1:{token_port}/token"),
-            client_id: "pmoflow".into(),
-            scope: String::new(),
-            credential: pmoflow::oauth::Credential::ClientSecret(
-                pmoflow::oauth::SecretSource::Value(pmoflow::outbox::Secret::new("s")),
-            ),
-        });
+        if login == Login::OAuth2 {
+            oauth.push(pmoflow::oauth::TokenSourceConfig {
+                name: "idp".into(),
+                provider: pmoflow::oauth::Provider::Generic,
+                token_url: format!("http://127.0.0.1:{token_port}/token"),
+                client_id: "pmoflow".into(),
+                scope: String::new(),
+                credential: pmoflow::oauth::Credential::ClientSecret(
+                    pmoflow::oauth::SecretSource::Value(pmoflow::outbox::Secret::new("s")),
+                ),
+            });
+        }
     }
     wait_port(port);
     let tokens = pmoflow::oauth::TokenSources::new(&oauth, &Arc::default());

@@ -476,13 +476,10 @@ impl TokenSource {
                 }
                 self.endpoint_error(reason)
             }
-            oauth2::RequestTokenError::Parse(e, body) => self.endpoint_error(format!(
-                "not a token answer ({e}): {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            )),
+            // The body is not shown: a malformed success answer may still hold a token.
+            oauth2::RequestTokenError::Parse(e, body) => {
+                self.endpoint_error(format!("not a token answer ({} bytes): {e}", body.len()))
+            }
             oauth2::RequestTokenError::Other(m) => self.endpoint_error(m),
         }
     }
