@@ -56,6 +56,17 @@ pub async fn run(
     if !config.secret_errors.is_empty() {
         return Err(DaemonError::Config(config.secret_errors.join("\n")));
     }
+    // One daemon per SQLite file; held until this function returns (or the process dies).
+    let _lock = crate::store::DaemonLock::acquire(
+        &config.database_url,
+        &format!(
+            "pid {} on {}, node {}, since {}",
+            std::process::id(),
+            crate::engine::default_node_id(),
+            config.engine.node_id,
+            clock.now().to_rfc3339()
+        ),
+    )?;
     let store = Store::open(&config.database_url, config.durability).await?;
     let mut config = config;
     load_plugins(&mut config, &store).await?;

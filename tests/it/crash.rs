@@ -196,3 +196,35 @@ async fn repeated_kill9_at_random_moments_loses_and_repeats_nothing() {
     }
     store.close().await;
 }
+
+/// SQLite serves one daemon: a second `pmoflow run` on the same file stops at once with a
+/// message naming the first (pid, host, start) and PostgreSQL; the first keeps running; once it
+/// is killed with SIGKILL the lock is gone and a new daemon starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_one_sqlite_file_is_refused() {
+    let project = Project::new();
+    project.workflow("crash.toml", CRASH_WORKFLOW);
+    let mut first = Daemon::start(project.path(), "first", &[]);
+    first.wait_log("workflows loaded", STARTUP);
+    let mut second = Daemon::start(project.path(), "second", &[]);
+    let start = std::time::Instant::now();
+    while second.is_running() {
+        assert!(start.elapsed() < STARTUP, "{}", second.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = second.log_text();
+    assert!(
+        log.contains(
+            "another pmoflow daemon is running on the SQLite database var/pmoflow.db (pid "
+        ) && log.contains(&format!("pid {}", first.child.id()))
+            && log.contains("use PostgreSQL"),
+        "{log}"
+    );
+    assert!(first.is_running(), "{}", first.log_text());
+    // The CLI still works beside the daemon.
+    let (code, _, err) = cli(project.path(), &["trigger", "crash"]);
+    assert_eq!(code, 0, "{err}");
+    first.kill9();
+    let third = Daemon::start(project.path(), "third", &[]);
+    third.wait_log("workflows loaded", STARTUP);
+}

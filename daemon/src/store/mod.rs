@@ -43,6 +43,81 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("corrupt stored value in {0}: {1}")]
     Corrupt(&'static str, String),
+    /// Another daemon holds the embedded database.
+    #[error(
+        "another pmoflow daemon is running on the SQLite database {path} ({holder}); SQLite serves \
+         one daemon: stop that one first, or use PostgreSQL (database_url = \"postgres://…\") to run \
+         several daemons on one database"
+    )]
+    InUse {
+        /// The database file.
+        path: String,
+        /// What the running daemon wrote in the lock file (pid, host, start time).
+        holder: String,
+    },
+    /// The lock file beside the database cannot be made.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Held by the one daemon of an embedded SQLite database for as long as it runs: an exclusive
+/// lock (`flock`) on `PATH.daemon-lock` beside the database file. The operating system releases
+/// it when the process ends, however it ends (also `kill -9`), so a crashed daemon never blocks
+/// its successor. The CLI does not take it: commands may run beside the daemon.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+impl DaemonLock {
+    /// Takes the lock for `url` (nothing to lock for PostgreSQL or an in-memory database);
+    /// refuses with [`StoreError::InUse`] while another daemon holds it. `holder` is written
+    /// into the file for the refusal message of the next one.
+    pub fn acquire(url: &str, holder: &str) -> Result<Option<DaemonLock>> {
+        use std::io::{Read, Seek, Write};
+        let Some(db) = sqlite_path(url) else {
+            return Ok(None);
+        };
+        let path = format!("{db}.daemon-lock");
+        let lock_err = |source| StoreError::Lock {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = std::path::Path::new(&path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(lock_err)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(StoreError::InUse {
+                    path: db,
+                    holder: text.trim().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+        }
+        file.set_len(0).map_err(lock_err)?;
+        file.rewind().map_err(lock_err)?;
+        file.write_all(holder.as_bytes()).map_err(lock_err)?;
+        file.flush().map_err(lock_err)?;
+        Ok(Some(DaemonLock { _file: file }))
+    }
 }
 
 /// Result alias for the store.
