@@ -102,6 +102,7 @@ pub async fn run(
     }
     // One live token source per [oauth2.NAME], shared by the poller and the outbox.
     let tokens = crate::oauth::TokenSources::new(&config.oauth2, &config.engine.services.metrics);
+    spawn_wake_listener(&mut tasks, &store, &engine, &shutdown);
     spawn_outbox(
         &mut tasks, &config, &store, &clock, &engine, &tokens, &shutdown,
     );
@@ -169,6 +170,53 @@ async fn load_plugins(config: &mut Config, store: &Store) -> Result<(), DaemonEr
         Err(e) => tracing::error!(error = %e, "plugins unavailable"),
     }
     Ok(())
+}
+
+/// On PostgreSQL: `LISTEN` for runs created by another daemon or the CLI, so they start within
+/// milliseconds rather than at the next poll. Reconnects after an error; polling covers the
+/// gap. A little jitter keeps many daemons from claiming in the same instant.
+fn spawn_wake_listener(
+    tasks: &mut JoinSet<Result<(), DaemonError>>,
+    store: &Store,
+    engine: &Engine,
+    shutdown: &CancellationToken,
+) {
+    let (store, engine, shutdown) = (store.clone(), engine.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let mut listener = match store.wake_listener().await {
+                Ok(Some(l)) => l,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot LISTEN for wake-ups; polling only, retrying in {}s", backoff.as_secs());
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    continue;
+                }
+            };
+            tracing::info!(channel = crate::store::WAKE_RUNS, "listening for wake-ups");
+            backoff = Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    r = listener.recv() => match r {
+                        Ok(_) => {
+                            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..20))).await;
+                            engine.wake();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "wake-up listener lost; reconnecting");
+                            break;
+                        }
+                    },
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    });
 }
 
 /// The delivery worker: emails to SMTP (or `.eml` files), webhooks over HTTP.

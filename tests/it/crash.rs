@@ -228,3 +228,37 @@ async fn a_second_daemon_on_one_sqlite_file_is_refused() {
     let third = Daemon::start(project.path(), "third", &[]);
     third.wait_log("workflows loaded", STARTUP);
 }
+
+/// On PostgreSQL a run created by another process (here the CLI) starts at once: the daemon
+/// LISTENs for `pg_notify`, so its 20-second poll is only the fallback.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_wakes_daemons_for_runs_created_elsewhere() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let project = Project::new();
+    project.workflow(
+        "quick.toml",
+        "id = \"quick\"\n[[steps]]\nid = \"only\"\naction = \"log\"\nwith = { message = \"QUICK {{ run.id }}\" }\n",
+    );
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"20s\"\n",
+        db.url
+    ));
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("listening for wake-ups", STARTUP);
+    // Let the first poll pass, so that only a notification can start the next run soon.
+    std::thread::sleep(Duration::from_secs(1));
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = cli(project.path(), &["trigger", "quick"]);
+    assert_eq!(code, 0, "{err}");
+    let run = wait_run(&store, out.trim(), Duration::from_secs(30), |r| {
+        r.status == RunStatus::Succeeded
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the run waited {took:?} (the poll is 20 s): {run:?}\n{}",
+        d.log_text()
+    );
+}

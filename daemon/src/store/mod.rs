@@ -320,6 +320,48 @@ fn is_locked(err: &sqlx::Error) -> bool {
     }
 }
 
+/// The PostgreSQL notification channel of "a run may have become due".
+pub const WAKE_RUNS: &str = "pmoflow_runs";
+
+/// Wake-ups from other processes on the same PostgreSQL database (`LISTEN pmoflow_runs`).
+/// Polling stays the fallback: a notification can be lost (a transaction-mode pooler between
+/// the daemon and the database drops `LISTEN`; a reconnect misses what was sent meanwhile).
+pub struct WakeListener {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl WakeListener {
+    /// Waits for the next notification; returns its channel.
+    pub async fn recv(&mut self) -> Result<String> {
+        Ok(self.listener.recv().await?.channel().to_string())
+    }
+}
+
+impl Store {
+    /// Tells every listening daemon that work may be due on `channel` (PostgreSQL; nothing on
+    /// SQLite, which has one daemon). A failure is logged, not returned: polling finds the work.
+    pub async fn notify_wake(&self, channel: &str) {
+        if let Backend::Postgres(pool) = &self.backend
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(channel)
+                .execute(pool)
+                .await
+        {
+            tracing::debug!(error = %e, channel, "pg_notify failed; daemons will poll");
+        }
+    }
+
+    /// A listener on the wake channels (PostgreSQL only).
+    pub async fn wake_listener(&self) -> Result<Option<WakeListener>> {
+        let Backend::Postgres(pool) = &self.backend else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(WAKE_RUNS).await?;
+        Ok(Some(WakeListener { listener }))
+    }
+}
+
 /// The file path inside a `sqlite:` URL, if it names a file.
 fn sqlite_path(url: &str) -> Option<String> {
     let rest = url

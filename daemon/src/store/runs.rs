@@ -168,6 +168,10 @@ impl Store {
             .map(|r| r.rows_affected())
         })?;
         if inserted == 1 {
+            if wake_at.is_some() {
+                // Daemons listening on PostgreSQL start it now instead of at their next poll.
+                self.notify_wake(super::WAKE_RUNS).await;
+            }
             return Ok(Created::New(id));
         }
         let existing: String = with_pool!(self, |pool| {
