@@ -187,7 +187,11 @@ fn spawn_wake_listener(
         loop {
             let mut listener = match store.wake_listener().await {
                 Ok(Some(l)) => l,
-                Ok(None) => return Ok(()),
+                // SQLite: nothing to listen to. (A task that ends stops the daemon: wait.)
+                Ok(None) => {
+                    shutdown.cancelled().await;
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot LISTEN for wake-ups; polling only, retrying in {}s", backoff.as_secs());
                     tokio::select! {
