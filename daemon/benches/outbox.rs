@@ -195,7 +195,10 @@ async fn run(login: Login, concurrency: usize) -> (Duration, Duration, Option<u6
         Arc::new(SystemClock),
         delivery,
         tokens.clone(),
-        "bench".into(),
+        pmoflow::outbox::worker::Owner {
+            instance_id: "bench".into(),
+            lease: chrono::Duration::seconds(8),
+        },
         engine.outbox_wake(),
         shutdown.clone(),
     ));

@@ -51,23 +51,26 @@ pub async fn run(
         workflows = %config.workflows_dir.display(),
         durability = ?config.durability,
         node = %config.engine.node_id,
+        instance = %config.engine.instance_id,
         "pmoflow starting"
     );
     if !config.secret_errors.is_empty() {
         return Err(DaemonError::Config(config.secret_errors.join("\n")));
     }
     // One daemon per SQLite file; held until this function returns (or the process dies).
-    let _lock = crate::store::DaemonLock::acquire(
+    let daemon_lock = crate::store::DaemonLock::acquire(
         &config.database_url,
         &format!(
-            "pid {} on {}, node {}, since {}",
+            "pid {} on {}, node {}, instance {}, since {}",
             std::process::id(),
             crate::engine::default_node_id(),
             config.engine.node_id,
+            config.engine.instance_id,
             clock.now().to_rfc3339()
         ),
     )?;
     let store = Store::open(&config.database_url, config.durability).await?;
+    register(&store, &config, &clock, daemon_lock.is_some()).await?;
     let mut config = config;
     load_plugins(&mut config, &store).await?;
     let registry = Arc::new(Registry::default());
@@ -112,8 +115,26 @@ pub async fn run(
     {
         let (engine, clock, shutdown) = (engine.clone(), clock.clone(), shutdown.clone());
         let tz = config.timezone;
+        // One scheduler across the daemons (fires are keyed, so two could never double a run;
+        // one saves the work and the contention).
+        let role = crate::cluster::Role {
+            name: "scheduler".into(),
+            holder: config.engine.instance_id.clone(),
+            ttl: config
+                .engine
+                .lease
+                .to_std()
+                .unwrap_or(Duration::from_secs(8)),
+            store: store.clone(),
+            clock: clock.clone(),
+        };
         tasks.spawn(async move {
-            scheduler::run(&engine, &clock, tz, &shutdown).await;
+            role.run(shutdown.clone(), |held| {
+                let (engine, clock) = (engine.clone(), clock.clone());
+                async move { scheduler::run(&engine, &clock, tz, &held).await }
+            })
+            .await;
+            shutdown.cancelled().await;
             Ok(())
         });
     }
@@ -140,6 +161,72 @@ pub async fn run(
     store.close().await;
     tracing::info!("pmoflow stopped");
     result
+}
+
+/// Records this daemon in `daemons`. On SQLite the file lock proves no other daemon runs, so
+/// every lease left by an earlier process (killed, or stopped mid-step) is free at once; on
+/// PostgreSQL other daemons may be running, and leases are only taken over once they expire.
+async fn register(
+    store: &Store,
+    config: &Config,
+    clock: &SharedClock,
+    sole_daemon: bool,
+) -> Result<(), DaemonError> {
+    if sole_daemon {
+        let released = store.release_all_leases().await?;
+        if released > 0 {
+            tracing::info!(
+                runs = released,
+                "took over the runs an earlier daemon on this database was executing"
+            );
+        }
+    }
+    let now = clock.now();
+    store
+        .register_daemon(&crate::store::DaemonRow {
+            instance_id: config.engine.instance_id.clone(),
+            label: config.engine.node_id.clone(),
+            host: crate::cluster::host_name(),
+            pid: i64::from(std::process::id()),
+            version: crate::VERSION.to_string(),
+            schema_version: crate::store::schema_version(),
+            started_at: now,
+            heartbeat_at: now,
+            stopped_at: None,
+        })
+        .await?;
+    if let Ok(Some(db_now)) = store.database_time().await {
+        let skew = (clock.now() - db_now).num_milliseconds();
+        if skew.abs() > 1000 {
+            tracing::warn!(
+                skew_ms = skew,
+                "this host's clock differs from the database server's by more than a second; leases compare clocks across hosts: keep every host on NTP"
+            );
+        }
+    }
+    let daemons = store.daemons().await?;
+    let live = live_daemons(&daemons, now, config.engine.lease);
+    let versions: std::collections::BTreeSet<&str> =
+        live.iter().map(|d| d.version.as_str()).collect();
+    if versions.len() > 1 {
+        tracing::warn!(
+            versions = ?versions,
+            "daemons of different versions share this database (an upgrade in progress?); see pmoflow cluster"
+        );
+    }
+    Ok(())
+}
+
+/// The daemons whose heartbeat is younger than the lease and that have not stopped.
+pub fn live_daemons(
+    daemons: &[crate::store::DaemonRow],
+    now: chrono::DateTime<chrono::Utc>,
+    lease: chrono::Duration,
+) -> Vec<&crate::store::DaemonRow> {
+    daemons
+        .iter()
+        .filter(|d| d.stopped_at.is_none() && now - d.heartbeat_at <= lease)
+        .collect()
 }
 
 /// Loads the shipped plugins and those under `plugins_dir` (which need not exist) into the
@@ -252,7 +339,10 @@ fn spawn_outbox(
         clock.clone(),
         delivery,
         tokens.clone(),
-        config.engine.node_id.clone(),
+        crate::outbox::worker::Owner {
+            instance_id: config.engine.instance_id.clone(),
+            lease: config.engine.lease,
+        },
         engine.outbox_wake(),
         shutdown.clone(),
     );
@@ -289,17 +379,33 @@ fn spawn_inbound(
         );
         let failpoint = config.failpoint.clone();
         let tokens = tokens.clone();
+        // One poller per mailbox across the daemons sharing the database.
+        let role = crate::cluster::Role {
+            name: format!("imap:{}@{}/{}", imap.username, imap.host, imap.mailbox),
+            holder: config.engine.instance_id.clone(),
+            ttl: config
+                .engine
+                .lease
+                .to_std()
+                .unwrap_or(Duration::from_secs(8)),
+            store: store.clone(),
+            clock: clock.clone(),
+        };
         tasks.spawn(async move {
-            let poller = crate::inbound::imap::Poller {
-                cfg: imap,
-                store,
-                clock,
-                intake,
-                tokens,
-                max_size,
-                failpoint,
-            };
-            crate::inbound::imap::run(poller, shutdown).await;
+            role.run(shutdown.clone(), |held| {
+                let poller = crate::inbound::imap::Poller {
+                    cfg: imap.clone(),
+                    store: store.clone(),
+                    clock: clock.clone(),
+                    intake: intake.clone(),
+                    tokens: tokens.clone(),
+                    max_size,
+                    failpoint: failpoint.clone(),
+                };
+                crate::inbound::imap::run(poller, held)
+            })
+            .await;
+            shutdown.cancelled().await;
             Ok(())
         });
     }

@@ -7,6 +7,7 @@ pub mod actions;
 pub mod calendar;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod diag;
@@ -25,3 +26,6 @@ pub mod store;
 pub mod template;
 pub mod wake;
 pub mod workflow;
+
+/// This pmoflow's version, as daemons register it and `pmoflow cluster` compares it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

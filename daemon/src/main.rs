@@ -182,6 +182,13 @@ enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
+    /// The daemons sharing the database: instance, label, version, state, heartbeat age, runs
+    /// and singleton roles held, and warnings (mixed versions, a lost daemon holding runs).
+    Cluster {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// List the workflows: version, next fire, last run, and invalid files.
     Workflows {
         /// Output format.
@@ -471,6 +478,7 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Workflows { format } => cli::workflows(&config, format).await,
+        Command::Cluster { format } => cli::cluster(&config, format).await,
         Command::Simulate {
             workflow,
             from,

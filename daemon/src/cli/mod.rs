@@ -15,6 +15,7 @@ use crate::failure::Failure;
 use crate::store::{RunFilter, RunRow, RunStatus, Store, StoreError};
 use crate::workflow::Catalog;
 
+mod cluster;
 mod mail;
 mod mailcheck;
 mod plugin;
@@ -22,6 +23,7 @@ mod runs;
 mod schedule;
 mod validate;
 
+pub use cluster::cluster;
 pub use mail::{
     inbound_explain, inbound_list, inbound_poll, inbound_receive, inbound_show, outbox_list,
     outbox_retry, requests,

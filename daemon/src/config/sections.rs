@@ -177,19 +177,25 @@ impl Reader<'_> {
                 ));
             }
         };
-        let lease = self.duration(&raw.engine.lease, Duration::from_secs(30))?;
+        let lease = self.duration(
+            &raw.engine.lease,
+            Duration::from_secs(crate::engine::DEFAULT_LEASE_SECS.unsigned_abs()),
+        )?;
         if lease < Duration::from_secs(3)
             && let Some(l) = &raw.engine.lease
         {
             return Err(self.err(l.span(), "lease must be at least 3s".into(), None));
         }
+        let label = self
+            .env
+            .node_id
+            .clone()
+            .or(raw.node_id.clone())
+            .unwrap_or_else(default_node_id);
+        let instance = crate::cluster::Instance::new(Some(&label));
         Ok(EngineConfig {
-            node_id: self
-                .env
-                .node_id
-                .clone()
-                .or(raw.node_id.clone())
-                .unwrap_or_else(default_node_id),
+            node_id: instance.label,
+            instance_id: instance.id,
             max_concurrent_runs,
             poll_interval: self.duration(&raw.engine.poll_interval, defaults.poll_interval)?,
             lease: chrono::Duration::from_std(lease).unwrap_or(defaults.lease),

@@ -27,13 +27,16 @@ pub use registry::Registry;
 /// Engine settings (resolved from the config file).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// This daemon's identity in leases; unique among daemons sharing a database.
+    /// This daemon's label (`node_id` in the config; the host name by default). Not unique.
     pub node_id: String,
+    /// This process's identity in leases: unique per process (see [`crate::cluster`]).
+    pub instance_id: String,
     /// Runs executed at once.
     pub max_concurrent_runs: usize,
     /// How often the database is polled for due runs created by other processes.
     pub poll_interval: Duration,
-    /// Lease length; a crashed daemon's runs are taken over after this.
+    /// Lease length; a crashed daemon's runs are taken over after this. Renewed by the
+    /// heartbeat every quarter of it.
     pub lease: chrono::Duration,
     /// How long in-flight steps may take to finish on shutdown.
     pub shutdown_grace: Duration,
@@ -45,11 +48,13 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        let instance = crate::cluster::Instance::new(None);
         Self {
-            node_id: default_node_id(),
+            node_id: instance.label,
+            instance_id: instance.id,
             max_concurrent_runs: 256,
             poll_interval: Duration::from_millis(250),
-            lease: chrono::Duration::seconds(30),
+            lease: chrono::Duration::seconds(DEFAULT_LEASE_SECS),
             shutdown_grace: Duration::from_secs(10),
             timezone: chrono_tz::Asia::Tokyo,
             services: Arc::default(),
@@ -57,11 +62,13 @@ impl Default for EngineConfig {
     }
 }
 
-/// The host name, which identifies this daemon in leases unless configured otherwise.
+/// The default lease: a daemon that dies has its runs continued elsewhere within this (plus
+/// one poll interval).
+pub const DEFAULT_LEASE_SECS: i64 = 8;
+
+/// The host name, this daemon's label unless configured otherwise.
 pub fn default_node_id() -> String {
-    gethostname::gethostname()
-        .into_string()
-        .unwrap_or_else(|_| "pmoflow".to_string())
+    crate::cluster::host_name()
 }
 
 /// What every task of the engine shares: the store, the clock, the configuration, the registry
@@ -73,9 +80,10 @@ pub(crate) struct EngineCore {
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
     wakers: crate::wake::Wakers,
-    /// Runs this daemon is executing now; only their leases are renewed. A std Mutex: held for
-    /// a set insert/remove/copy, never across an await.
-    active: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Runs this daemon is executing now, each with the token that stops it when its lease is
+    /// lost; only their leases are renewed. A std Mutex: held for an insert/remove/copy, never
+    /// across an await.
+    active: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
     /// Shared HTTP client for the `http` action.
     pub(crate) http: reqwest::Client,
 }
@@ -90,7 +98,9 @@ impl EngineCore {
         self.wakers.wake_outbox();
     }
 
-    fn active(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    fn active(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, CancellationToken>> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -237,7 +247,7 @@ impl Engine {
                 registry,
                 shutdown,
                 wakers: crate::wake::Wakers::new(),
-                active: std::sync::Mutex::new(std::collections::HashSet::new()),
+                active: std::sync::Mutex::new(std::collections::HashMap::new()),
                 http: reqwest::Client::builder()
                     .timeout(Duration::from_secs(30))
                     .user_agent(concat!("pmoflow/", env!("CARGO_PKG_VERSION")))
@@ -302,7 +312,7 @@ impl Engine {
             let runs = core
                 .store
                 .claim_due(
-                    &core.config.node_id,
+                    &core.config.instance_id,
                     core.clock.now(),
                     core.config.lease,
                     64,
@@ -323,13 +333,9 @@ impl Engine {
     pub async fn run(&self) -> Result<(), StoreError> {
         let core = &self.core;
         let cfg = &core.config;
-        let released = core.store.release_leases(&cfg.node_id).await?;
-        if released > 0 {
-            tracing::info!(runs = released, node = %cfg.node_id, "took back runs this node was executing when it stopped");
-        }
         let permits = Arc::new(Semaphore::new(cfg.max_concurrent_runs));
         let mut tasks = JoinSet::new();
-        let mut renewer = tokio::spawn(renew_leases(core.clone()));
+        let mut renewer = tokio::spawn(heartbeat(core.clone()));
         let mut db_failures = 0u32;
         loop {
             if core.shutdown.is_cancelled() {
@@ -342,7 +348,7 @@ impl Engine {
                 let limit = i64::try_from(free.min(128)).unwrap_or(128);
                 match core
                     .store
-                    .claim_due(&cfg.node_id, core.clock.now(), cfg.lease, limit)
+                    .claim_due(&cfg.instance_id, core.clock.now(), cfg.lease, limit)
                     .await
                 {
                     Ok(runs) => {
@@ -354,9 +360,16 @@ impl Engine {
                                 break;
                             };
                             let core = core.clone();
-                            core.active().insert(id.clone());
+                            let lost = CancellationToken::new();
+                            core.active().insert(id.clone(), lost.clone());
                             tasks.spawn(async move {
-                                executor::execute(core.clone(), run).await;
+                                tokio::select! {
+                                    () = executor::execute(core.clone(), run) => {}
+                                    // Fencing: the lease is gone (or may be): stop acting on it.
+                                    () = lost.cancelled() => {
+                                        tracing::warn!(run = %id, "lease lost: the run's step is abandoned here (another daemon continues the run)");
+                                    }
+                                }
                                 core.active().remove(&id);
                                 drop(permit);
                             });
@@ -411,27 +424,92 @@ impl Engine {
         }
         renewer.abort();
         let _ = (&mut renewer).await;
-        // Leases of abandoned runs are released so that the next start picks them up at once.
-        let _ = core.store.release_leases(&cfg.node_id).await;
+        // Leases of abandoned runs (and outbox messages, roles) are given up, and the stop is
+        // recorded, so that another daemon (or the next start) continues at once.
+        if let Err(e) = core
+            .store
+            .daemon_stopped(&cfg.instance_id, core.clock.now())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the stop; other daemons take over when the leases expire");
+        }
         Ok(())
     }
 }
 
-async fn renew_leases(core: Arc<EngineCore>) {
-    let every = (core.config.lease / 3)
-        .to_std()
-        .unwrap_or(Duration::from_secs(10));
+/// The heartbeat: every quarter of the lease, records that this daemon is alive and renews
+/// the leases of the runs it executes, in one transaction. This is also where fencing starts:
+/// a run whose lease another daemon now holds is stopped at once, and when no heartbeat has
+/// succeeded for the lease minus one heartbeat (the database is unreachable: another daemon
+/// may take the runs over soon) every run here is stopped.
+async fn heartbeat(core: Arc<EngineCore>) {
+    let lease = core.config.lease.to_std().unwrap_or(Duration::from_secs(8));
+    let every = lease / 4;
+    // The start of the last heartbeat that reached the database: leases run to it + lease.
+    let mut last_ok = tokio::time::Instant::now();
+    let mut fenced = false;
     loop {
-        tokio::time::sleep(every).await;
-        let until = core.clock.now() + core.config.lease;
-        let mut ids: Vec<String> = core.active().iter().cloned().collect();
-        ids.sort();
-        if let Err(err) = core
-            .store
-            .renew_leases(&core.config.node_id, &ids, until)
-            .await
-        {
-            tracing::error!(error = %err, "cannot renew run leases");
+        // Stop acting one heartbeat before the leases could expire, whatever the database does.
+        let fence_at = last_ok + lease - every;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep_until(fence_at), if !fenced => {
+                fence(&core, last_ok.elapsed());
+                fenced = true;
+                continue;
+            }
         }
+        let started = tokio::time::Instant::now();
+        let now = core.clock.now();
+        let until = now + core.config.lease;
+        let mut ids: Vec<String> = core.active().keys().cloned().collect();
+        ids.sort();
+        let beat = tokio::select! {
+            r = tokio::time::timeout(
+                every,
+                core.store.heartbeat(&core.config.instance_id, now, &ids, until),
+            ) => r,
+            () = tokio::time::sleep_until(fence_at), if !fenced => {
+                fence(&core, last_ok.elapsed());
+                fenced = true;
+                continue;
+            }
+        };
+        match beat {
+            Ok(Ok(held)) => {
+                last_ok = started;
+                if fenced {
+                    tracing::info!("heartbeat reached the database again");
+                    fenced = false;
+                }
+                if held.len() < ids.len() {
+                    let held: std::collections::HashSet<String> = held.into_iter().collect();
+                    let active = core.active();
+                    for (id, lost) in active.iter() {
+                        if ids.contains(id) && !held.contains(id) {
+                            tracing::warn!(run = %id, "another daemon holds this run's lease now");
+                            lost.cancel();
+                        }
+                    }
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "heartbeat failed: cannot renew run leases")
+            }
+            Err(_) => tracing::error!("heartbeat timed out: cannot renew run leases"),
+        }
+    }
+}
+
+/// Stops every run this daemon executes: its leases may be taken over any moment now.
+fn fence(core: &EngineCore, silent: Duration) {
+    let active = core.active();
+    tracing::error!(
+        runs = active.len(),
+        silent_ms = silent.as_millis() as u64,
+        "no heartbeat reached the database for most of the lease: stopping every run here, since another daemon may take them over"
+    );
+    for lost in active.values() {
+        lost.cancel();
     }
 }

@@ -540,6 +540,20 @@ pub(super) async fn requests(
     }
 }
 
+/// `GET /api/cluster`: the daemons sharing the database.
+pub(super) async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Viewer).await {
+        return r;
+    }
+    match crate::cluster::view(&state.store, state.clock.now(), state.lease()).await {
+        Ok(view) => ok(
+            StatusCode::OK,
+            serde_json::to_value(&view).unwrap_or_default(),
+        ),
+        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
 /// `GET /api/outbox`.
 pub(super) async fn outbox(
     State(state): State<AppState>,

@@ -117,6 +117,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The daemons' lease (heartbeat expiry), from the engine's configuration.
+    pub(super) fn lease(&self) -> chrono::Duration {
+        self.engine.as_ref().map_or(
+            chrono::Duration::seconds(crate::engine::DEFAULT_LEASE_SECS),
+            |e| e.config().lease,
+        )
+    }
+
     /// State over `store`; the form key is read from (or created in) the database.
     pub async fn new(
         store: Store,

@@ -193,6 +193,21 @@ pub(super) fn ops() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/api/cluster",
+            role: Some(Role::Viewer),
+            summary: "The daemons sharing the database: instance, label, version, state, heartbeat age, runs and roles held, warnings",
+            body: None,
+            responses: &[
+                (
+                    200,
+                    "{backend, daemons, roles, versions, schema_applied, schema_known, warnings}",
+                ),
+                (503, "the database does not answer"),
+            ],
+            handler: || get(api::cluster),
+        },
+        Op {
+            method: "get",
             path: "/api/audit",
             role: Some(Role::Admin),
             summary: "The audit log, newest first",

@@ -293,6 +293,7 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
         .collect();
     let pending = state.store.count_outbox("pending").await.unwrap_or(0);
     let dead_n = state.store.count_outbox("dead").await.unwrap_or(0);
+    let cluster = cluster_section(&state).await;
     page(
         &state,
         StatusCode::OK,
@@ -301,8 +302,38 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
             "title": "ダッシュボード", "wide": true, "user": u,
             "workflows": workflows, "invalid": invalid, "active": active, "failed": failed,
             "dead": dead, "outbox": { "pending": pending, "dead": dead_n },
+            "cluster": cluster,
         }),
     )
+}
+
+/// The dashboard's daemons: the live and lost ones (stopped ones are in `pmoflow cluster`).
+async fn cluster_section(state: &AppState) -> Json {
+    use crate::cluster::DaemonState;
+    let Ok(view) = crate::cluster::view(&state.store, state.clock.now(), state.lease()).await
+    else {
+        return json!({ "daemons": [], "warnings": ["データベースに接続できません"] });
+    };
+    let daemons: Vec<Json> = view
+        .daemons
+        .iter()
+        .filter(|d| d.state != DaemonState::Stopped)
+        .take(20)
+        .map(|d| {
+            let (badge, ja) = match d.state {
+                DaemonState::Live => ("b-good", "稼働中"),
+                DaemonState::Lost => ("b-bad", "応答なし"),
+                DaemonState::Stopped => ("b-none", "停止"),
+            };
+            json!({
+                "instance_id": d.daemon.instance_id, "label": d.daemon.label,
+                "version": d.daemon.version, "badge": badge, "state_ja": ja,
+                "age": d.heartbeat_age_ms / 1000, "runs": d.runs,
+                "roles": if d.roles.is_empty() { "—".to_string() } else { d.roles.join(", ") },
+            })
+        })
+        .collect();
+    json!({ "daemons": daemons, "warnings": view.warnings })
 }
 
 pub(super) async fn run_page(

@@ -26,13 +26,24 @@ pub fn backoff(delivery: &DeliveryConfig, attempt: u32, random_unit: f64) -> std
     half + half.mul_f64(random_unit.clamp(0.0, 1.0))
 }
 
+/// Who claims messages: this process's instance id, and the lease after which a daemon whose
+/// heartbeat stopped is considered gone (its claimed messages are taken over then, not after
+/// the delivery lease).
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The claiming instance.
+    pub instance_id: String,
+    /// The daemons' lease (heartbeat expiry).
+    pub lease: Duration,
+}
+
 /// Delivers messages until shutdown. `wake` is notified when a step commits new messages.
 pub async fn run(
     store: Store,
     clock: SharedClock,
     delivery: Arc<DeliveryConfig>,
     tokens: crate::oauth::TokenSources,
-    node_id: String,
+    owner: Owner,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -51,7 +62,11 @@ pub async fn run(
         }
         let now = clock.now();
         let limit = i64::try_from(concurrency * 8).unwrap_or(64);
-        let batch = match store.claim_outbox(&node_id, now, LEASE, limit).await {
+        let node_id = &owner.instance_id;
+        let batch = match store
+            .claim_outbox(node_id, now, LEASE, now - owner.lease, limit)
+            .await
+        {
             Ok(b) => b,
             Err(err) => {
                 tracing::error!(error = %err, "outbox: cannot claim messages; retrying");
@@ -61,7 +76,7 @@ pub async fn run(
         let full = i64::try_from(batch.len()).unwrap_or(0) == limit;
         if !batch.is_empty() {
             futures::stream::iter(batch)
-                .map(|row| deliver_one(&store, &clock, &delivery, &transports, &node_id, row))
+                .map(|row| deliver_one(&store, &clock, &delivery, &transports, node_id, row))
                 .buffer_unordered(concurrency)
                 .collect::<Vec<()>>()
                 .await;

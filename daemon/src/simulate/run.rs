@@ -83,6 +83,7 @@ impl<'a> Simulation<'a> {
         let services = Arc::new(services);
         let mut engine_config = config.engine.clone();
         engine_config.node_id = "simulate".into();
+        engine_config.instance_id = "simulate".into();
         engine_config.services = services.clone();
         let registry = Arc::new(Registry::default());
         registry.set_catalog(Arc::new(catalog));
@@ -224,7 +225,7 @@ impl<'a> Simulation<'a> {
         loop {
             let rows = self
                 .store
-                .claim_outbox("simulate", now, chrono::Duration::hours(1), 1000)
+                .claim_outbox("simulate", now, chrono::Duration::hours(1), now, 1000)
                 .await
                 .map_err(err)?;
             if rows.is_empty() {

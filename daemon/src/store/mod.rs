@@ -260,7 +260,18 @@ impl Store {
         Ok(store)
     }
 
+    /// Applies this binary's migrations. Migrations are expand-only (new tables, columns and
+    /// indexes; never a drop, rename or type change), so a newer daemon may migrate while older
+    /// ones run, and an older daemon starts on a database a newer one has migrated: the
+    /// migrations it does not know are tolerated and reported.
     async fn migrate(&self) -> Result<()> {
+        macro_rules! migrator {
+            ($dir:literal) => {{
+                let mut m = sqlx::migrate!($dir);
+                m.set_ignore_missing(true);
+                m
+            }};
+        }
         match &self.backend {
             Backend::Sqlite(pool) => {
                 // sqlx takes no lock for SQLite migrations: two processes opening a new database
@@ -268,7 +279,7 @@ impl Store {
                 // transaction, so the loser rolls back; trying again finds it applied.
                 let mut attempt = 0;
                 loop {
-                    match sqlx::migrate!("migrations/sqlite").run(pool).await {
+                    match migrator!("migrations/sqlite").run(pool).await {
                         Ok(()) => break,
                         Err(err) if attempt < 20 => {
                             attempt += 1;
@@ -279,7 +290,17 @@ impl Store {
                     }
                 }
             }
-            Backend::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+            // PostgreSQL: sqlx holds an advisory lock while migrating, so daemons starting
+            // together apply each migration once.
+            Backend::Postgres(pool) => migrator!("migrations/postgres").run(pool).await?,
+        }
+        let applied = self.applied_schema_version().await?;
+        if applied > schema_version() {
+            tracing::warn!(
+                database = applied,
+                binary = schema_version(),
+                "the database has migrations newer than this pmoflow (a newer daemon migrated it); running on the expand-only schema — upgrade this host"
+            );
         }
         Ok(())
     }
@@ -374,6 +395,7 @@ fn sqlite_path(url: &str) -> Option<String> {
 // Declared after the macros above so that they can use them.
 mod admin;
 mod catalog;
+mod cluster;
 mod inbound;
 mod outbox;
 pub mod requests;
@@ -382,6 +404,7 @@ mod runs;
 mod writer;
 
 pub use admin::{AuditRow, SessionRow};
+pub use cluster::{DaemonRow, RoleRow, schema_version};
 pub use inbound::{Applied, Disposition, InboundRow, MailboxState};
 pub use outbox::{MessageKind, NewMessage, OutboxRow};
 pub use requests::{AnswerRow, NewAnswer, NewRequest, Recorded, RequestRow};

@@ -105,12 +105,14 @@ where
 }
 
 impl Store {
-    /// Leases up to `limit` due pending messages.
+    /// Leases up to `limit` due pending messages: unleased ones, those whose lease expired, and
+    /// those leased by a daemon that stopped or whose heartbeat is older than `dead_before`.
     pub async fn claim_outbox(
         &self,
         owner: &str,
         now: DateTime<Utc>,
         lease: chrono::Duration,
+        dead_before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<OutboxRow>> {
         let lock = match &self.backend {
@@ -120,7 +122,9 @@ impl Store {
         let sql = format!(
             "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN \
              (SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $3 \
-              AND (lease_owner IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4 {lock}) \
+              AND (lease_owner IS NULL OR lease_until < $3 OR lease_owner IN (SELECT instance_id \
+                FROM daemons WHERE stopped_at IS NOT NULL OR heartbeat_at < $5)) \
+              ORDER BY next_attempt_at LIMIT $4 {lock}) \
              RETURNING {COLUMNS}"
         );
         with_pool!(self, |pool| {
@@ -129,6 +133,7 @@ impl Store {
                 .bind(ms(now + lease))
                 .bind(ms(now))
                 .bind(limit)
+                .bind(ms(dead_before))
                 .fetch_all(pool)
                 .await?
                 .iter()

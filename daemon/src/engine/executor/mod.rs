@@ -44,7 +44,7 @@ pub(super) async fn execute(core: Arc<EngineCore>, run: RunRow) {
     let run_id = run.id.clone();
     let fence = Fence {
         run_id: run_id.clone(),
-        owner: core.config.node_id.clone(),
+        owner: core.config.instance_id.clone(),
         lease: core.config.lease,
     };
     match execute_run(&core, &fence, run).await {
