@@ -584,6 +584,7 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
         "/api/outbox",
         "/api/outbox/{id}/retry",
         "/api/audit",
+        "/api/cluster",
         "/api/acks",
         "/inbound/email",
         "/readyz",
@@ -615,5 +616,39 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
             checked += 1;
         }
     }
-    assert_eq!(checked, 15, "every operation that needs a token");
+    assert_eq!(checked, 16, "every operation that needs a token");
+}
+
+/// `GET /api/cluster` (viewer): the one daemon on the SQLite file, live, holding the scheduler,
+/// with the instance id it logged at start; no token is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_endpoint_shows_the_daemon_its_roles_and_no_warnings() {
+    let api = start().await;
+    let web = reqwest::Client::new();
+    let url = format!("{}/api/cluster", api.base);
+    assert_eq!(web.get(&url).send().await.unwrap().status(), 401);
+    let log = api.daemon.wait_log("role taken", STARTUP);
+    let instance = log
+        .lines()
+        .find(|l| l.contains("pmoflow starting"))
+        .and_then(|l| l.split("instance=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let res = web.get(&url).bearer_auth(&api.viewer).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Json = res.json().await.unwrap();
+    assert_eq!(v["backend"], "sqlite", "{v:#}");
+    let daemons = v["daemons"].as_array().unwrap();
+    assert_eq!(daemons.len(), 1, "{v:#}");
+    assert_eq!(daemons[0]["instance_id"], instance.as_str(), "{v:#}");
+    assert_eq!(daemons[0]["state"], "live", "{v:#}");
+    assert_eq!(daemons[0]["version"], pmoflow::VERSION, "{v:#}");
+    assert!(
+        daemons[0]["heartbeat_age_ms"].as_i64().unwrap() < 8_000,
+        "{v:#}"
+    );
+    assert_eq!(daemons[0]["roles"], json!(["scheduler"]), "{v:#}");
+    assert_eq!(v["warnings"], json!([]), "{v:#}");
+    assert_eq!(v["schema_applied"], v["schema_known"], "{v:#}");
 }

@@ -3,7 +3,9 @@
 
 mod api;
 mod browser;
+mod chaos;
 mod cli;
+mod cluster;
 mod crash;
 mod domain_check;
 mod engine;

@@ -899,3 +899,174 @@ pub fn rsa_key_and_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
         .unwrap();
     (key, cert, String::from_utf8(out.stdout).unwrap())
 }
+
+/// One call the [`SlowHttp`] server received.
+#[derive(Debug, Clone)]
+pub struct SlowCall {
+    /// Request path with query.
+    pub path: String,
+    /// When it arrived.
+    pub at: Instant,
+    /// Whether the whole answer reached the caller (false: the caller went away mid-call).
+    pub answered: bool,
+    /// When the caller hung up before the answer, if it did.
+    pub hung_up: Option<Instant>,
+}
+
+/// An HTTP server that answers every request after `?ms=N` milliseconds (default 0) and keeps
+/// every call, to count how often a step's endpoint was called and whether callers stayed.
+pub struct SlowHttp {
+    pub port: u16,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<SlowCall>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowHttp {
+    pub async fn start() -> SlowHttp {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = calls.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let calls = shared.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let ms: u64 = path
+                        .split("ms=")
+                        .nth(1)
+                        .and_then(|v| v.split('&').next())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let at = Instant::now();
+                    let idx = {
+                        let mut c = calls.lock().unwrap();
+                        c.push(SlowCall {
+                            path,
+                            at,
+                            answered: false,
+                            hung_up: None,
+                        });
+                        c.len() - 1
+                    };
+                    // Wait, noticing a caller that hangs up meanwhile.
+                    let mut probe = [0u8; 1];
+                    let gone = tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(ms)) => false,
+                        r = sock.read(&mut probe) => matches!(r, Ok(0) | Err(_)),
+                    };
+                    if gone {
+                        calls.lock().unwrap()[idx].hung_up = Some(Instant::now());
+                        return;
+                    }
+                    let body = "{\"ok\":true}";
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if sock.write_all(answer.as_bytes()).await.is_ok() && sock.flush().await.is_ok()
+                    {
+                        calls.lock().unwrap()[idx].answered = true;
+                    }
+                });
+            }
+        });
+        SlowHttp { port, calls, task }
+    }
+
+    pub fn calls(&self) -> Vec<SlowCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// How many calls had a path containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.path.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for SlowHttp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut: `partition()` drops every
+/// connection and leaves new ones hanging without an answer (as a network partition does);
+/// `heal()` forwards again.
+pub struct TcpProxy {
+    pub port: u16,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    // While partitioned, a new connection hangs (no answer, no reset).
+                    while *rx.borrow() {
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let cut = async { rx.wait_for(|cut| *cut).await.is_ok() };
+                    let was_cut = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        ok = cut => ok,
+                    };
+                    if was_cut {
+                        // Hold the client socket open, silent, until healed.
+                        drop(server);
+                        let _ = rx.wait_for(|cut| !*cut).await.is_ok();
+                    }
+                });
+            }
+        });
+        TcpProxy {
+            port,
+            cut: std::sync::Arc::new(tx),
+            task,
+        }
+    }
+
+    pub fn partition(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
