@@ -317,3 +317,278 @@ async fn an_older_daemon_runs_on_a_newer_schema_and_mixed_versions_are_reported(
     assert!(out.contains("predates the database schema"), "{out}");
     assert!(out.contains("is older than the database schema"), "{out}");
 }
+
+/// A rolling restart: three daemons on one PostgreSQL, each with its HTTP face, are stopped
+/// with SIGTERM and replaced one by one while a status collection waits for three answers (given
+/// by IMAP replies during the restarts), an escalation waits between its levels and a burst of
+/// webhook triggers (with `Idempotency-Key`, retried on another daemon when one is going away,
+/// as a load balancer does) arrives. A clean stop repeats nothing: every mail is delivered exactly
+/// once, every webhook key made one run whose endpoint was called once, every answer counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_loses_and_doubles_nothing() {
+    use pmoflow_tests::{Dovecot, SmtpSink, decode_mail, free_port, new_api_token};
+    let db = TestDb::new(Backend::Postgres).await;
+    let http = SlowHttp::start().await;
+    let imap = Dovecot::start();
+    let smtp_port = free_port();
+    let project = Project::new();
+    project.workflow(
+        "collect.toml",
+        "id = \"collect\"\n[[steps]]\nid = \"ask\"\naction = \"request\"\n[steps.with]\n\
+         to = [\"a@pjmo.example.go.jp\", \"b@pjmo.example.go.jp\", \"c@pjmo.example.go.jp\"]\n\
+         subject = \"【要回答】状況報告\"\nbody = \"状況をご回答ください。\"\nfields = [\"状況\"]\ndeadline = \"10m\"\n\
+         [[steps]]\nid = \"done\"\naction = \"log\"\nwith = { message = \"collected\" }\n",
+    );
+    project.workflow(
+        "incident.toml",
+        "id = \"incident\"\n[[steps]]\nid = \"chain\"\naction = \"escalate\"\n[steps.with]\n\
+         subject = \"基幹システム停止\"\n\
+         levels = [{ notify = [\"oncall1@example.go.jp\"], wait = \"8s\" }, { notify = [\"oncall2@example.go.jp\"], wait = \"10m\" }]\n",
+    );
+    project.workflow(
+        "hook.toml",
+        &format!(
+            "id = \"hook\"\n[[triggers]]\nwebhook = true\n[[steps]]\nid = \"call\"\naction = \"http\"\n\
+             with = {{ url = \"http://127.0.0.1:{}/hook?ms=300&run={{{{ run.id }}}}\" }}\n",
+            http.port
+        ),
+    );
+    let (operator, entry) = new_api_token(project.path(), "lb", "operator");
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"200ms\"\n\
+         [mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n\
+         [smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
+         [outbox]\npoll_interval = \"200ms\"\n\
+         [replies]\naddress = \"pmo+{{token}}@example.go.jp\"\n{}\n\
+         [http]\nlisten = \"127.0.0.1:1\"\n\n{entry}\n",
+        db.url,
+        imap.config("poll_interval = \"1s\""),
+    ));
+    let maildir = project.path().join("maildir");
+    let _smtp = SmtpSink::start(smtp_port, &maildir);
+    let dir = project.path();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let start = |i: usize, name: &str| {
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        let d = Daemon::start(
+            dir,
+            name,
+            &[
+                ("PMOFLOW_IMAP_PASSWORD", imap.password.as_str()),
+                ("PMOFLOW_HTTP_LISTEN", listen.as_str()),
+            ],
+        );
+        d.wait_log("http listening", STARTUP);
+        d
+    };
+    let mut daemons: Vec<Daemon> = (0..3).map(|i| start(i, &format!("d{i}"))).collect();
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let (code, out, err) = cli(dir, &["trigger", "collect"]);
+    assert_eq!(code, 0, "{err}");
+    let collect = out.trim().to_string();
+    let (code, out, err) = cli(dir, &["trigger", "incident"]);
+    assert_eq!(code, 0, "{err}");
+    let incident = out.trim().to_string();
+
+    // The webhook burst, through whichever daemon answers.
+    let burst = {
+        let ports = ports.clone();
+        let operator = operator.clone();
+        tokio::spawn(async move {
+            let web = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut runs = Vec::new();
+            for n in 0..60 {
+                let key = format!("burst-{n}");
+                let mut tries = 0;
+                let run_id = loop {
+                    let port = ports[(n + tries) % ports.len()];
+                    tries += 1;
+                    assert!(tries < 50, "{key}: no daemon accepted it");
+                    let res = web
+                        .post(format!("http://127.0.0.1:{port}/hooks/hook"))
+                        .bearer_auth(&operator)
+                        .header("Idempotency-Key", &key)
+                        .json(&serde_json::json!({}))
+                        .send()
+                        .await;
+                    match res {
+                        Ok(r) if r.status().as_u16() == 202 || r.status().as_u16() == 200 => {
+                            let v: serde_json::Value = r.json().await.unwrap();
+                            break v["run_id"].as_str().unwrap().to_string();
+                        }
+                        Ok(r) if r.status().as_u16() == 503 => {}
+                        Ok(r) => panic!(
+                            "{key}: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        ),
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                runs.push((key, run_id));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            runs
+        })
+    };
+
+    // The restart, one daemon at a time; the three answers arrive during it.
+    let mut answered = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let code = daemons[i].terminate(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "{}", daemons[i].log_text());
+        daemons[i] = start(i, &format!("r{i}"));
+        let mails = if maildir.exists() {
+            decode_mail(&maildir)
+        } else {
+            Vec::new()
+        };
+        let mut batch = Vec::new();
+        for m in &mails {
+            let to = m["to"][0].as_str().unwrap_or_default().to_string();
+            if m["subject"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("【要回答】")
+                && answered.len() <= i
+                && answered.insert(to.clone())
+            {
+                let reply_to = m["reply_to"].as_str().unwrap();
+                let reply_to = reply_to.rsplit('<').next().unwrap().trim_end_matches('>');
+                let irt = m["message_id"].as_str().unwrap();
+                batch.push(format!("From: {to}\r\nTo: {reply_to}\r\nSubject: Re: 状況報告\r\nMessage-ID: <rolling-{i}@pjmo.example.go.jp>\r\nIn-Reply-To: {irt}\r\nReferences: {irt}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n状況: 順調\r\n").into_bytes());
+            }
+        }
+        if !batch.is_empty() {
+            imap.append_raw("INBOX", &batch);
+        }
+    }
+    let hooks = burst.await.unwrap();
+    assert_eq!(
+        answered.len(),
+        3,
+        "three requests were mailed before the last restart"
+    );
+
+    let run = wait_run(&store, &collect, Duration::from_secs(30), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let steps = store.get_steps(&collect).await.unwrap();
+    let out = steps
+        .iter()
+        .find(|s| s.step_key == "ask")
+        .unwrap()
+        .output
+        .clone()
+        .unwrap();
+    let statuses: Vec<&str> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["answered", "answered", "answered"], "{out:#}");
+    // The escalation reached its second level during the restarts; resolving ends it.
+    let start_wait = Instant::now();
+    while !decode_mail(&maildir)
+        .iter()
+        .any(|m| m["to"][0].as_str().unwrap_or("").contains("oncall2@"))
+    {
+        if start_wait.elapsed() > Duration::from_secs(30) {
+            let mails: Vec<_> = decode_mail(&maildir)
+                .iter()
+                .map(|m| (m["to"].clone(), m["subject"].clone()))
+                .collect();
+            let run = store.get_run(&incident).await.unwrap();
+            let steps = store.get_steps(&incident).await.unwrap();
+            panic!(
+                "level 2 never alerted: {mails:#?}\n{run:?}\n{steps:#?}\n{}",
+                daemons
+                    .iter()
+                    .map(Daemon::log_text)
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, _, err) = cli(dir, &["resolve", &incident, "--note", "復旧"]);
+    assert_eq!(code, 0, "{err}");
+    let run = wait_run(&store, &incident, Duration::from_secs(30), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let mut ids = std::collections::BTreeSet::new();
+    for (key, id) in &hooks {
+        assert!(ids.insert(id.clone()), "{key}: a second run for one key");
+        let run = wait_run(&store, id, Duration::from_secs(30), |r| {
+            r.status.is_terminal()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{key}: {run:?}");
+        assert_eq!(http.count(&format!("run={id}")), 1, "{key}: endpoint calls");
+    }
+    assert_eq!(ids.len(), 60);
+    let hook_runs = store
+        .list_runs(&pmoflow::store::RunFilter {
+            workflow_id: Some("hook".into()),
+            status: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(hook_runs.len(), 60, "one run per key");
+
+    // Every mail exactly once: three requests, 第一報 and level 2, the 最終報 to both.
+    let drained = Instant::now();
+    while !store
+        .list_outbox(Some("pending"), 1)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            drained.elapsed() < Duration::from_secs(30),
+            "outbox not drained"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mails = decode_mail(&maildir);
+    let mut seen = std::collections::BTreeMap::new();
+    for m in &mails {
+        *seen
+            .entry(m["message_id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "delivered twice: {doubled:?}");
+    let final_reports = mails
+        .iter()
+        .filter(|m| m["subject"].as_str().unwrap_or("").contains("【最終報】"))
+        .count();
+    assert_eq!(
+        final_reports,
+        2,
+        "{:#?}",
+        mails
+            .iter()
+            .map(|m| (&m["to"], &m["subject"]))
+            .collect::<Vec<_>>()
+    );
+    for d in &daemons {
+        assert!(!d.log_text().contains("lease lost"), "{}", d.log_text());
+    }
+    eprintln!(
+        "rolling restart of 3 daemons: 60 webhook runs, {} mails, none doubled, 3 answers",
+        mails.len()
+    );
+    store.close().await;
+}

@@ -27,7 +27,12 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
         duration_param(with, "updates_every")?.filter(|d| *d > chrono::Duration::zero());
     let inform = addresses(cx, with.get("inform").unwrap_or(&Json::Null), "inform")?;
     let timers = timers(cx, with, now, &levels[0].notify)?;
-    let text = render_body(cx, with, &json!({}))?;
+    // The details are optional (the subject names the incident), as documented.
+    let text = if with.get("body").is_none() && with.get("template").is_none() {
+        String::new()
+    } else {
+        render_body(cx, with, &json!({}))?
+    };
     let mut state = State {
         subject,
         text,
