@@ -6,6 +6,9 @@
 //! - chain40: one run of 40 sequential no-op steps, end to end (created → finished, as recorded
 //!   by the engine), repeated; median and p95. The task shape of Windmill's six-engine
 //!   comparison, whose best per-task orchestration overhead was 31 ms.
+//! - cluster: 1, 2 and 3 daemons (engines with their own pools and the LISTEN wake-up) on one
+//!   PostgreSQL executing 1,000×10 runs created by a separate client, and the trigger→start
+//!   latency of a run created elsewhere, with NOTIFY and with polling only.
 //! - 1000×10: 1,000 runs of 10 no-op steps triggered in a burst; wall time from the first trigger
 //!   until the last run finishes (run creation included). A step transition is one step
 //!   committed as finished and the run moving on to the next step: transitions/s = steps/s.
@@ -141,6 +144,7 @@ async fn main() {
     std::fs::create_dir_all(&wf_dir).unwrap();
     std::fs::write(wf_dir.join("chain40.toml"), workflow("chain40", 40)).unwrap();
     std::fs::write(wf_dir.join("ten.toml"), workflow("ten", 10)).unwrap();
+    std::fs::write(wf_dir.join("one.toml"), workflow("one", 1)).unwrap();
     let admin = std::env::var("PMOFLOW_BENCH_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let reps: usize = std::env::var("BENCH_REPS")
@@ -199,5 +203,127 @@ async fn main() {
         if let Some(name) = scratch {
             pg_drop(&admin, &name).await;
         }
+    }
+    cluster(&admin, &wf_dir).await;
+}
+
+/// One daemon of the cluster table: an engine with its own pool and, when `listen`, the
+/// PostgreSQL wake-up listener the daemon runs (`LISTEN pmoflow_runs` → wake the engine).
+async fn member(url: &str, dir: &std::path::Path, listen: bool) -> Bench {
+    let b = start(url, Durability::Process, dir).await;
+    if listen {
+        let mut listener = b.engine.store().wake_listener().await.unwrap().unwrap();
+        let (engine, shutdown) = (b.engine.clone(), b.shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = listener.recv() => if r.is_err() { return } else { engine.wake() },
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    b
+}
+
+/// Runs created by a client that executes nothing (as `pmoflow trigger` or another daemon's
+/// webhook does), executed by 1, 2 and 3 daemons on one PostgreSQL.
+async fn cluster(admin: &str, dir: &std::path::Path) {
+    let catalog = Catalog::load(dir);
+    let ten = catalog.workflows.get("ten").unwrap().clone();
+    let ten_src = catalog.sources.get("ten").unwrap().to_string();
+    let one = catalog.workflows.get("one").unwrap().clone();
+    let one_src = catalog.sources.get("one").unwrap().to_string();
+    println!();
+    println!(
+        "cluster: daemons (engines with their own pools) on one PostgreSQL, runs created by a separate client"
+    );
+    println!();
+    println!(
+        "| daemons | 1000×10 wall | step transitions/s | trigger→start median (NOTIFY) | p95      | trigger→start median (polling 250 ms) |"
+    );
+    println!(
+        "|---------|--------------|--------------------|-------------------------------|----------|---------------------------------------|"
+    );
+    for n in 1..=3 {
+        let Some((url, name)) = pg_scratch(admin).await else {
+            println!("| {n} | PostgreSQL at {admin} unreachable: skipped |");
+            return;
+        };
+        let client = Store::open(&url, Durability::Process).await.unwrap();
+        let latency = |listen: bool| {
+            let (url, client, one, one_src) =
+                (url.clone(), client.clone(), one.clone(), one_src.clone());
+            async move {
+                let members: Vec<Bench> = {
+                    let mut v = Vec::new();
+                    for _ in 0..n {
+                        v.push(member(&url, dir, listen).await);
+                    }
+                    v
+                };
+                let mut samples = Vec::new();
+                for _ in 0..20 {
+                    let now = chrono::Utc::now();
+                    let req = RunRequest::manual(&serde_json::Value::Null);
+                    let id = pmoflow::engine::create_run(&client, &one, &one_src, &req, now)
+                        .await
+                        .unwrap()
+                        .id()
+                        .to_string();
+                    let run = loop {
+                        let run = client.get_run(&id).await.unwrap().unwrap();
+                        if run.status.is_terminal() {
+                            break run;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    };
+                    samples.push(
+                        (run.started_at.unwrap() - run.created_at)
+                            .num_microseconds()
+                            .unwrap() as f64
+                            / 1000.0,
+                    );
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(20..120))).await;
+                }
+                samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                (
+                    members,
+                    samples[samples.len() / 2],
+                    samples[samples.len() * 95 / 100],
+                )
+            }
+        };
+        let (polling, poll_median, _) = latency(false).await;
+        for b in polling {
+            b.shutdown.cancel();
+            b.handle.await.unwrap();
+            b.engine.store().close().await;
+        }
+        let (members, median, p95) = latency(true).await;
+        let before = client.count_runs(RunStatus::Succeeded).await.unwrap();
+        let start = Instant::now();
+        for _ in 0..1000 {
+            let req = RunRequest::manual(&serde_json::Value::Null);
+            pmoflow::engine::create_run(&client, &ten, &ten_src, &req, chrono::Utc::now())
+                .await
+                .unwrap();
+        }
+        while client.count_runs(RunStatus::Succeeded).await.unwrap() < before + 1000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let wall = start.elapsed();
+        println!(
+            "| {n:>7} | {:>10.2} s | {:>18.0} | {median:>26.1} ms | {p95:>5.1} ms | {poll_median:>34.1} ms |",
+            wall.as_secs_f64(),
+            10_000.0 / wall.as_secs_f64(),
+        );
+        for b in members {
+            b.shutdown.cancel();
+            b.handle.await.unwrap();
+            b.engine.store().close().await;
+        }
+        client.close().await;
+        pg_drop(admin, &name).await;
     }
 }
