@@ -438,11 +438,11 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
 
     // The restart, one daemon at a time; the three answers arrive during it.
     let mut answered = std::collections::BTreeSet::new();
-    for i in 0..3 {
+    for (i, daemon) in daemons.iter_mut().enumerate() {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let code = daemons[i].terminate(Duration::from_secs(20));
-        assert_eq!(code, Some(0), "{}", daemons[i].log_text());
-        daemons[i] = start(i, &format!("r{i}"));
+        let code = daemon.terminate(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "{}", daemon.log_text());
+        *daemon = start(i, &format!("r{i}"));
         let mails = if maildir.exists() {
             decode_mail(&maildir)
         } else {
