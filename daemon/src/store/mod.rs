@@ -409,4 +409,6 @@ pub use inbound::{Applied, Disposition, InboundRow, MailboxState};
 pub use outbox::{MessageKind, NewMessage, OutboxRow};
 pub use requests::{AnswerRow, NewAnswer, NewRequest, Recorded, RequestRow};
 pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};
-pub use runs::{CancelOutcome, Created, Fence, NewEvent, NewRun, RunFilter, StepWrite};
+pub use runs::{
+    CancelOutcome, Created, Fence, NewEvent, NewRun, PendingWrite, RunFilter, StepWrite,
+};

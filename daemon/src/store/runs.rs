@@ -394,6 +394,37 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Queues a step transition for the group commit without waiting for it: the returned
+    /// [`PendingWrite`] says, once awaited, whether it committed (and whether cancellation was
+    /// requested). Writes of one run are committed in the order they were queued (they share
+    /// the queue, and each locks the run row). For steps with no effect outside the database,
+    /// so that a chain of them costs one commit instead of one each; the caller must await
+    /// every pending write before acting on them.
+    pub async fn write_step_later(
+        &self,
+        fence: &Fence,
+        now: DateTime<Utc>,
+        step: &StepWrite<'_>,
+    ) -> Result<PendingWrite> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = writer::Job {
+            run_id: fence.run_id.clone(),
+            owner: fence.owner.clone(),
+            lease_until: ms(now + fence.lease),
+            now: ms(now),
+            op: step_op(step),
+            event: None,
+            messages: step.messages.to_vec(),
+            requests: step.requests.to_vec(),
+            reply,
+        };
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(PendingWrite(answer))
+    }
+
     /// Writes a step transition (and optionally an event) under the run's lease.
     /// Returns whether cancellation of the run has been requested.
     pub async fn write_step(
@@ -403,19 +434,7 @@ impl Store {
         step: &StepWrite<'_>,
         event: Option<&NewEvent<'_>>,
     ) -> Result<bool> {
-        let op = writer::Op::Step {
-            step_key: step.step_key.to_string(),
-            step_id: step.step_id.to_string(),
-            item_index: step.item_index,
-            status: step.status.as_str(),
-            attempt: step.attempt,
-            started_at: step.started_at.map(ms),
-            finished_at: step.finished_at.map(ms),
-            wake_at: step.wake_at.map(ms),
-            output: step.output.map(|o| o.to_string()),
-            state: step.state.map(|o| o.to_string()),
-            error: step.error.map(str::to_string),
-        };
+        let op = step_op(step);
         self.submit(
             fence,
             now,
@@ -667,5 +686,32 @@ impl Store {
             }
             Ok(out)
         })
+    }
+}
+
+/// A step write queued with [`Store::write_step_later`].
+#[must_use = "a pending write must be awaited before anything depends on it"]
+pub struct PendingWrite(tokio::sync::oneshot::Receiver<Result<bool>>);
+
+impl PendingWrite {
+    /// Waits for the commit; `Ok(true)` when cancellation of the run was requested.
+    pub async fn wait(self) -> Result<bool> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn step_op(step: &StepWrite<'_>) -> writer::Op {
+    writer::Op::Step {
+        step_key: step.step_key.to_string(),
+        step_id: step.step_id.to_string(),
+        item_index: step.item_index,
+        status: step.status.as_str(),
+        attempt: step.attempt,
+        started_at: step.started_at.map(ms),
+        finished_at: step.finished_at.map(ms),
+        wake_at: step.wake_at.map(ms),
+        output: step.output.map(|o| o.to_string()),
+        state: step.state.map(|o| o.to_string()),
+        error: step.error.map(str::to_string),
     }
 }

@@ -118,6 +118,7 @@ async fn execute_run(core: &Arc<EngineCore>, fence: &Fence, run: RunRow) -> Resu
         run: &run,
         wf: &wf,
         rows: &rows,
+        pending: std::sync::Mutex::new(Vec::new()),
     };
     let mut outputs = serde_json::Map::new();
     for step in &wf.steps {
@@ -131,6 +132,7 @@ async fn execute_run(core: &Arc<EngineCore>, fence: &Fence, run: RunRow) -> Resu
                 );
             }
             StepResult::Park(at) => {
+                exec.flush().await?;
                 store.park_run(fence, at).await?;
                 core.wake_poller();
                 return Ok(());
@@ -138,12 +140,14 @@ async fn execute_run(core: &Arc<EngineCore>, fence: &Fence, run: RunRow) -> Resu
             StepResult::Failed(message) => {
                 let error = format!("step `{}` failed: {message}", step.id);
                 tracing::warn!(run = %run.id, workflow = %wf.id, step = %step.id, "{error}");
+                exec.flush().await?;
                 return store
                     .finish_run(fence, core.clock.now(), RunStatus::Failed, Some(&error))
                     .await;
             }
             StepResult::Cancelled => {
                 tracing::info!(run = %run.id, workflow = %wf.id, "run cancelled");
+                exec.flush().await?;
                 return store
                     .finish_run(
                         fence,
@@ -157,9 +161,21 @@ async fn execute_run(core: &Arc<EngineCore>, fence: &Fence, run: RunRow) -> Resu
         if core.shutdown.is_cancelled() {
             // Hand the run back, due at once, so the next daemon (or this one after restart)
             // continues immediately with the next step.
+            exec.flush().await?;
             store.park_run(fence, core.clock.now()).await?;
             return Ok(());
         }
+    }
+    if exec.flush().await? {
+        tracing::info!(run = %run.id, workflow = %wf.id, "run cancelled");
+        return store
+            .finish_run(
+                fence,
+                core.clock.now(),
+                RunStatus::Cancelled,
+                Some("cancelled"),
+            )
+            .await;
     }
     tracing::info!(run = %run.id, workflow = %wf.id, "run succeeded");
     store
@@ -173,6 +189,20 @@ struct RunExec<'a> {
     run: &'a RunRow,
     wf: &'a SharedWorkflow,
     rows: &'a HashMap<String, StepRow>,
+    /// Successes of pure steps queued for the group commit but not yet awaited (see
+    /// [`RunExec::flush`]).
+    pending: std::sync::Mutex<Vec<Deferred>>,
+}
+
+/// A pure step's success, queued for commit; its after-commit effect (the `log` line) waits for
+/// the commit.
+struct Deferred {
+    write: crate::store::PendingWrite,
+    step_id: String,
+    key: String,
+    item: Option<(i64, Json)>,
+    attempt: i64,
+    output: Json,
 }
 
 /// A step transition to commit.
@@ -246,6 +276,8 @@ impl RunExec<'_> {
     }
 
     async fn write(&self, unit: &StepInstance<'_>, change: Change<'_>) -> Result<bool, StoreError> {
+        // Everything queued before this write commits (and takes effect) first.
+        let cancelled_before = self.flush().await?;
         let Change {
             status,
             attempt,
@@ -286,6 +318,38 @@ impl RunExec<'_> {
                 event.as_ref(),
             )
             .await
+            .map(|cancel| cancel || cancelled_before)
+    }
+
+    /// Waits for every queued pure-step success to commit, then lets each take effect (the
+    /// `log` line) in order. Returns whether cancellation of the run was requested meanwhile.
+    /// Called before any other write, before the run parks or ends, so that nothing acts on a
+    /// transition before it is committed.
+    async fn flush(&self) -> Result<bool, StoreError> {
+        let pending = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut cancel = false;
+        for d in pending {
+            cancel |= d.write.wait().await?;
+            let Some(step) = self.wf.steps.iter().find(|s| s.id == d.step_id) else {
+                continue;
+            };
+            let unit = StepInstance {
+                step,
+                key: d.key,
+                item: d.item,
+            };
+            let data = Json::Null;
+            step.action.after_commit(
+                &self.action_cx(&unit, d.attempt, &data, None, None),
+                &d.output,
+            );
+        }
+        Ok(cancel)
     }
 
     async fn run_step(
@@ -487,6 +551,47 @@ impl RunExec<'_> {
         output: Json,
         messages: &[crate::store::NewMessage],
     ) -> Result<StepResult, StoreError> {
+        if unit.step.action.is_pure() && messages.is_empty() {
+            // No effect outside the database: queue the commit and go on; it is awaited (and
+            // the log line written) before anything acts on it.
+            let now = self.now();
+            let write = self
+                .core
+                .store
+                .write_step_later(
+                    self.fence,
+                    now,
+                    &StepWrite {
+                        step_key: &unit.key,
+                        step_id: &unit.step.id,
+                        item_index: unit.item.as_ref().map(|(i, _)| *i),
+                        status: StepStatus::Succeeded,
+                        attempt,
+                        started_at: started_at.or(Some(now)),
+                        finished_at: Some(now),
+                        wake_at: None,
+                        output: Some(&output),
+                        state: None,
+                        error: None,
+                        messages: &[],
+                        requests: &[],
+                    },
+                )
+                .await?;
+            self.observe(unit, started_at, "succeeded");
+            self.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(Deferred {
+                    write,
+                    step_id: unit.step.id.clone(),
+                    key: unit.key.clone(),
+                    item: unit.item.clone(),
+                    attempt,
+                    output: output.clone(),
+                });
+            return Ok(StepResult::Done(output, StepStatus::Succeeded));
+        }
         let cancel = self
             .write(
                 unit,
