@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::store::{Created, NewRun, RunStatus, Store, StoreError};
+use crate::store::{ClaimedRun, Created, NewRun, RunStatus, Store, StoreError};
 use crate::workflow::Workflow;
 
 mod executor;
@@ -239,6 +239,11 @@ impl Engine {
         registry: Arc<Registry>,
         shutdown: CancellationToken,
     ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("pmoflow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
         Self {
             core: Arc::new(EngineCore {
                 store,
@@ -248,11 +253,7 @@ impl Engine {
                 shutdown,
                 wakers: crate::wake::Wakers::new(),
                 active: std::sync::Mutex::new(std::collections::HashMap::new()),
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .user_agent(concat!("pmoflow/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .unwrap_or_default(),
+                http,
             }),
         }
     }
@@ -309,21 +310,21 @@ impl Engine {
         let core = &self.core;
         let mut n = 0;
         loop {
-            let runs = core
+            let claim = core
                 .store
-                .claim_due(
+                .claim(
                     &core.config.instance_id,
                     core.clock.now(),
                     core.config.lease,
                     64,
                 )
                 .await?;
-            if runs.is_empty() {
+            if claim.runs.is_empty() {
                 return Ok(n);
             }
-            for run in runs {
+            for c in claim.runs {
                 n += 1;
-                executor::execute(core.clone(), run).await;
+                executor::execute(core.clone(), c.run, c.fresh).await;
             }
         }
     }
@@ -344,17 +345,23 @@ impl Engine {
             while tasks.try_join_next().is_some() {}
             let free = permits.available_permits();
             let mut claimed_all = false;
+            // The next wake-up as the claim saw it; without a claim (all permits taken, or the
+            // claim failed) it is asked for separately.
+            let mut next_wake = None;
+            let mut claimed = false;
             if free > 0 {
                 let limit = i64::try_from(free.min(128)).unwrap_or(128);
                 match core
                     .store
-                    .claim_due(&cfg.instance_id, core.clock.now(), cfg.lease, limit)
+                    .claim(&cfg.instance_id, core.clock.now(), cfg.lease, limit)
                     .await
                 {
-                    Ok(runs) => {
+                    Ok(claim) => {
                         db_failures = 0;
-                        claimed_all = i64::try_from(runs.len()).unwrap_or(0) == limit;
-                        for run in runs {
+                        claimed = true;
+                        next_wake = claim.next_wake;
+                        claimed_all = i64::try_from(claim.runs.len()).unwrap_or(0) == limit;
+                        for ClaimedRun { run, fresh } in claim.runs {
                             let id = run.id.clone();
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
@@ -364,7 +371,7 @@ impl Engine {
                             core.active().insert(id.clone(), lost.clone());
                             tasks.spawn(async move {
                                 tokio::select! {
-                                    () = executor::execute(core.clone(), run) => {}
+                                    () = executor::execute(core.clone(), run, fresh) => {}
                                     // Fencing: the lease is gone (or may be): stop acting on it.
                                     () = lost.cancelled() => {
                                         tracing::warn!(run = %id, "lease lost: the run's step is abandoned here (another daemon continues the run)");
@@ -387,7 +394,11 @@ impl Engine {
             let now = core.clock.now();
             let mut deadline = now
                 + chrono::Duration::from_std(cfg.poll_interval).unwrap_or(chrono::Duration::MAX);
-            if db_failures == 0
+            if claimed {
+                if let Some(next) = next_wake {
+                    deadline = deadline.min(next);
+                }
+            } else if db_failures == 0
                 && let Ok(Some(next)) = core.store.next_wake().await
             {
                 deadline = deadline.min(next);

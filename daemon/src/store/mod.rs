@@ -410,5 +410,6 @@ pub use outbox::{MessageKind, NewMessage, OutboxRow};
 pub use requests::{AnswerRow, NewAnswer, NewRequest, Recorded, RequestRow};
 pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};
 pub use runs::{
-    CancelOutcome, Created, Fence, NewEvent, NewRun, PendingWrite, RunFilter, StepWrite,
+    CancelOutcome, Claim, ClaimedRun, Created, Fence, NewEvent, NewRun, PendingWrite, RunFilter,
+    StepWrite,
 };

@@ -106,6 +106,24 @@ pub struct NewEvent<'a> {
     pub message: &'a str,
 }
 
+/// Runs leased by [`Store::claim`].
+#[derive(Debug)]
+pub struct Claim {
+    /// The runs now leased to the caller.
+    pub runs: Vec<ClaimedRun>,
+    /// When the next unleased run (other than these) becomes due, if any.
+    pub next_wake: Option<DateTime<Utc>>,
+}
+
+/// One claimed run.
+#[derive(Debug)]
+pub struct ClaimedRun {
+    /// The run as leased.
+    pub run: RunRow,
+    /// Never executed before: it has no step rows, and its executor need not read them.
+    pub fresh: bool,
+}
+
 /// What a cancel request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -145,33 +163,44 @@ impl Store {
             RunStatus::Skipped => (None, Some(ms(new.now))),
             _ => (Some(ms(new.wake_at.unwrap_or(new.now))), None),
         };
-        let inserted = with_pool!(self, |pool| {
-            sqlx::query(
-                "INSERT INTO runs (id, workflow_id, version_hash, status, trigger_kind, dedup_key, \
-                 inputs, scheduled_at, created_at, wake_at, finished_at, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
-            )
-            .bind(&id)
-            .bind(new.workflow_id)
-            .bind(new.version_hash)
-            .bind(new.status.as_str())
-            .bind(new.trigger_kind)
-            .bind(new.dedup_key)
-            .bind(&inputs)
-            .bind(new.scheduled_at.map(ms))
-            .bind(ms(new.now))
-            .bind(wake_at)
-            .bind(finished_at)
-            .bind(new.error)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected())
+        // PostgreSQL: the wake-up notification is sent by the same statement (delivered at
+        // commit, so a listener always finds the run), one round trip instead of two.
+        const INSERT: &str = "INSERT INTO runs (id, workflow_id, version_hash, status, trigger_kind, \
+             dedup_key, inputs, scheduled_at, created_at, wake_at, finished_at, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
+        let sql = match &self.backend {
+            Backend::Sqlite(_) => INSERT.to_string(),
+            Backend::Postgres(_) => format!(
+                "WITH ins AS ({INSERT} RETURNING wake_at), \
+                 woken AS (SELECT pg_notify('{}', '') FROM ins WHERE wake_at IS NOT NULL) \
+                 SELECT (SELECT count(*) FROM ins) AS n, (SELECT count(*) FROM woken) AS notified",
+                super::WAKE_RUNS
+            ),
+        };
+        let inserted: u64 = with_pool!(self, |pool| {
+            let q = sqlx::query(&sql)
+                .bind(&id)
+                .bind(new.workflow_id)
+                .bind(new.version_hash)
+                .bind(new.status.as_str())
+                .bind(new.trigger_kind)
+                .bind(new.dedup_key)
+                .bind(&inputs)
+                .bind(new.scheduled_at.map(ms))
+                .bind(ms(new.now))
+                .bind(wake_at)
+                .bind(finished_at)
+                .bind(new.error);
+            match &self.backend {
+                Backend::Sqlite(_) => q.execute(pool).await.map(|r| r.rows_affected()),
+                Backend::Postgres(_) => q
+                    .fetch_one(pool)
+                    .await
+                    .and_then(|r| r.try_get::<i64, _>("n"))
+                    .map(|n| u64::try_from(n).unwrap_or(0)),
+            }
         })?;
         if inserted == 1 {
-            if wake_at.is_some() {
-                // Daemons listening on PostgreSQL start it now instead of at their next poll.
-                self.notify_wake(super::WAKE_RUNS).await;
-            }
             return Ok(Created::New(id));
         }
         let existing: String = with_pool!(self, |pool| {
@@ -193,31 +222,93 @@ impl Store {
         lease: chrono::Duration,
         limit: i64,
     ) -> Result<Vec<RunRow>> {
-        // PostgreSQL: SKIP LOCKED lets several daemons claim concurrently without waiting on
-        // each other. SQLite has a single writer, so the plain subquery is already atomic.
-        let lock = match &self.backend {
-            Backend::Sqlite(_) => "",
-            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        Ok(self
+            .claim(owner, now, lease, limit)
+            .await?
+            .runs
+            .into_iter()
+            .map(|c| c.run)
+            .collect())
+    }
+
+    /// Leases up to `limit` due runs to `owner`; also says whether each is fresh (never
+    /// executed: its executor need not read step rows) and when the next
+    /// unleased run not claimed here becomes due. On PostgreSQL this is one statement: the
+    /// engine's claim loop costs one round trip per wake-up.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+        limit: i64,
+    ) -> Result<Claim> {
+        let sql = match &self.backend {
+            // One writer at a time: nothing can write step rows between the claim's update and
+            // its `RETURNING`, so they are simply looked up (by primary key).
+            Backend::Sqlite(_) => format!(
+                "UPDATE runs SET lease_owner = $1, lease_until = $2, status = 'running', \
+                 started_at = COALESCE(started_at, $3), nudged_at = NULL \
+                 WHERE id IN (SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
+                   AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4) \
+                 RETURNING {RUN_COLUMNS}, CAST(CASE WHEN NOT EXISTS (SELECT 1 FROM steps s \
+                   WHERE s.run_id = runs.id) THEN 1 ELSE 0 END AS BIGINT) AS fresh"
+            ),
+            // SKIP LOCKED lets several daemons claim concurrently without waiting on each
+            // other. A run is fresh when it had never been claimed (`started_at` was NULL in
+            // the row as locked): steps are written only under a claim. The outer query reads
+            // the snapshot from before the update, where the runs just claimed are still
+            // unleased: `wake_at > $3` leaves them (and every other run due now, claimed here
+            // or locked by another daemon) out of the next wake-up. One row even when nothing
+            // is claimed (then `id` is NULL).
+            Backend::Postgres(_) => {
+                let returning = RUN_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("runs.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "WITH claimed AS (UPDATE runs SET lease_owner = $1, lease_until = $2, \
+                     status = 'running', started_at = COALESCE(runs.started_at, $3), \
+                     nudged_at = NULL \
+                     FROM (SELECT id, CAST(CASE WHEN started_at IS NULL THEN 1 ELSE 0 END AS \
+                       BIGINT) AS fresh FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
+                       AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4 \
+                       FOR UPDATE SKIP LOCKED) due \
+                     WHERE runs.id = due.id RETURNING {returning}, due.fresh) \
+                     SELECT c.*, n.next_wake FROM (SELECT MIN(wake_at) AS next_wake FROM runs \
+                     WHERE wake_at IS NOT NULL AND wake_at > $3 AND lease_owner IS NULL) n \
+                     LEFT JOIN claimed c ON true"
+                )
+            }
         };
-        let sql = format!(
-            "UPDATE runs SET lease_owner = $1, lease_until = $2, status = 'running', \
-             started_at = COALESCE(started_at, $3), nudged_at = NULL \
-             WHERE id IN (SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
-               AND (lease_owner IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4 {lock}) \
-             RETURNING {RUN_COLUMNS}"
-        );
-        with_pool!(self, |pool| {
-            sqlx::query(&sql)
+        let (runs, next) = with_pool!(self, |pool| {
+            let rows = sqlx::query(&sql)
                 .bind(owner)
                 .bind(ms(now + lease))
                 .bind(ms(now))
                 .bind(limit)
                 .fetch_all(pool)
-                .await?
-                .iter()
-                .map(RunRow::from_row)
-                .collect()
-        })
+                .await?;
+            let mut runs = Vec::with_capacity(rows.len());
+            let mut next: Option<i64> = None;
+            for row in &rows {
+                if matches!(self.backend, Backend::Postgres(_)) {
+                    next = row.try_get("next_wake")?;
+                }
+                if row.try_get::<Option<String>, _>("id")?.is_some() {
+                    runs.push(ClaimedRun {
+                        run: RunRow::from_row(row)?,
+                        fresh: row.try_get::<i64, _>("fresh")? != 0,
+                    });
+                }
+            }
+            Ok::<_, StoreError>((runs, next))
+        })?;
+        let next_wake = match &self.backend {
+            Backend::Sqlite(_) => self.next_wake().await?,
+            Backend::Postgres(_) => next.map(from_ms),
+        };
+        Ok(Claim { runs, next_wake })
     }
 
     /// The earliest time an unleased run becomes due.

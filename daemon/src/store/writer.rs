@@ -106,25 +106,29 @@ async fn writer_loop(backend: Backend, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
 }
 
 /// Applies a batch in one transaction, with a handful of statements whatever its size: one
-/// fencing update for all runs, one multi-row upsert for all step rows, one multi-row insert for
-/// all events, and one update per run that parks or finishes. (Each statement costs a round trip
+/// fencing update for all runs, one multi-row update for the runs that park and one for those
+/// that finish, one multi-row upsert for all step rows, one multi-row insert for all events. (Each statement costs a round trip
 /// to the database, or a hand-off to SQLite's worker thread; the per-row work is cheap.)
 macro_rules! apply_on {
     ($pool:expr, $batch:expr, $fence_sql:expr) => {{
         let batch: &[Job] = $batch;
         let mut tx = $pool.begin().await?;
-        // 1. Fence and renew every run that has a step write in the batch.
-        let mut step_runs: Vec<&str> = batch
-            .iter()
-            .filter(|j| matches!(j.op, Op::Step { .. }))
-            .map(|j| j.run_id.as_str())
-            .collect();
-        step_runs.dedup();
-        let mut held: HashMap<String, bool> = HashMap::new();
-        if !step_runs.is_empty() {
+        // 1. Fence: lock (in id order) and renew every run of the batch whose lease the
+        //    writer holds, one statement per owner (a store has one owner in practice).
+        //    A job whose run is not returned has lost its lease.
+        let mut held: HashMap<String, (&str, bool)> = HashMap::new();
+        let mut owners: Vec<&str> = batch.iter().map(|j| j.owner.as_str()).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        for owner in owners {
+            let mut ids: Vec<&str> = batch
+                .iter()
+                .filter(|j| j.owner == owner)
+                .map(|j| j.run_id.as_str())
+                .collect();
+            ids.dedup();
             let lease_until = batch.iter().map(|j| j.lease_until).max().unwrap_or_default();
-            let owner = batch[0].owner.as_str();
-            let ids = serde_json::to_string(&step_runs).unwrap_or_default();
+            let ids = serde_json::to_string(&ids).unwrap_or_default();
             for row in sqlx::query($fence_sql)
                 .bind(lease_until)
                 .bind(owner)
@@ -134,52 +138,26 @@ macro_rules! apply_on {
             {
                 let id: String = row.try_get(0usize)?;
                 let cancel: i64 = row.try_get(1usize)?;
-                held.insert(id, cancel != 0);
+                held.insert(id, (owner, cancel != 0));
             }
         }
         let mut results: Vec<Result<bool>> = Vec::with_capacity(batch.len());
         let mut upserts: Vec<&Job> = Vec::new();
+        let mut parks: Vec<&Job> = Vec::new();
+        let mut finishes: Vec<&Job> = Vec::new();
         let mut events: Vec<&Job> = Vec::new();
         let mut messages: Vec<(&Job, &super::NewMessage)> = Vec::new();
         for job in batch {
-            let outcome = match &job.op {
-                Op::Step { .. } => match held.get(&job.run_id) {
-                    Some(cancel) if job.owner == batch[0].owner => {
-                        upserts.push(job);
-                        Ok(*cancel)
+            let outcome = match held.get(job.run_id.as_str()) {
+                Some((owner, cancel)) if *owner == job.owner => {
+                    match &job.op {
+                        Op::Step { .. } => upserts.push(job),
+                        Op::Park { .. } => parks.push(job),
+                        Op::Finish { .. } => finishes.push(job),
                     }
-                    _ => Err(StoreError::LeaseLost(job.run_id.clone())),
-                },
-                Op::Park { wake_at } => {
-                    // A run nudged while it executed (an answer arrived) wakes at once.
-                    let n = sqlx::query(
-                        "UPDATE runs SET status = 'waiting', wake_at = CASE WHEN nudged_at IS NOT \
-                         NULL AND nudged_at < $1 THEN nudged_at ELSE $1 END, nudged_at = NULL, \
-                         lease_owner = NULL, lease_until = NULL WHERE id = $2 AND lease_owner = $3",
-                    )
-                    .bind(*wake_at)
-                    .bind(&job.run_id)
-                    .bind(&job.owner)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if n == 0 { Err(StoreError::LeaseLost(job.run_id.clone())) } else { Ok(false) }
+                    Ok(matches!(job.op, Op::Step { .. }) && *cancel)
                 }
-                Op::Finish { status, error } => {
-                    let n = sqlx::query(
-                        "UPDATE runs SET status = $1, finished_at = $2, error = $3, wake_at = NULL, \
-                         lease_owner = NULL, lease_until = NULL WHERE id = $4 AND lease_owner = $5",
-                    )
-                    .bind(*status)
-                    .bind(job.now)
-                    .bind(error.as_deref())
-                    .bind(&job.run_id)
-                    .bind(&job.owner)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if n == 0 { Err(StoreError::LeaseLost(job.run_id.clone())) } else { Ok(false) }
-                }
+                _ => Err(StoreError::LeaseLost(job.run_id.clone())),
             };
             if outcome.is_ok() && job.event.is_some() {
                 events.push(job);
@@ -188,6 +166,42 @@ macro_rules! apply_on {
                 messages.extend(job.messages.iter().map(|m| (job, m)));
             }
             results.push(outcome);
+        }
+        // Parks and finishes, each kind in one statement; the rows are locked by the fence,
+        // so every one of them applies. A run nudged while it executed (an answer arrived)
+        // wakes at once.
+        for chunk in parks.chunks(UPSERT_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new("WITH v (id, owner, wake_at) AS (");
+            qb.push_values(chunk.iter(), |mut b, job| {
+                if let Op::Park { wake_at } = &job.op {
+                    b.push_bind(job.run_id.as_str()).push_bind(job.owner.as_str()).push_bind(*wake_at);
+                }
+            });
+            qb.push(
+                ") UPDATE runs SET status = 'waiting', wake_at = CASE WHEN runs.nudged_at IS NOT \
+                 NULL AND runs.nudged_at < v.wake_at THEN runs.nudged_at ELSE v.wake_at END, \
+                 nudged_at = NULL, lease_owner = NULL, lease_until = NULL FROM v \
+                 WHERE runs.id = v.id AND runs.lease_owner = v.owner",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        for chunk in finishes.chunks(UPSERT_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new("WITH v (id, owner, status, finished_at, error) AS (");
+            qb.push_values(chunk.iter(), |mut b, job| {
+                if let Op::Finish { status, error } = &job.op {
+                    b.push_bind(job.run_id.as_str())
+                        .push_bind(job.owner.as_str())
+                        .push_bind(*status)
+                        .push_bind(job.now)
+                        .push_bind(error.as_deref());
+                }
+            });
+            qb.push(
+                ") UPDATE runs SET status = v.status, finished_at = v.finished_at, error = v.error, \
+                 wake_at = NULL, lease_owner = NULL, lease_until = NULL FROM v \
+                 WHERE runs.id = v.id AND runs.lease_owner = v.owner",
+            );
+            qb.build().execute(&mut *tx).await?;
         }
         // 2. All step rows in one statement. A (run, step) appears at most once per batch: a
         //    unit's writes are sequential, each awaited before the next.

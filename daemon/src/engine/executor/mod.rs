@@ -40,14 +40,14 @@ enum StepResult {
 }
 
 /// Executes a run the caller has just leased.
-pub(super) async fn execute(core: Arc<EngineCore>, run: RunRow) {
+pub(super) async fn execute(core: Arc<EngineCore>, run: RunRow, fresh: bool) {
     let run_id = run.id.clone();
     let fence = Fence {
         run_id: run_id.clone(),
         owner: core.config.instance_id.clone(),
         lease: core.config.lease,
     };
-    match execute_run(&core, &fence, run).await {
+    match execute_run(&core, &fence, run, fresh).await {
         Ok(()) => {}
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(run = %run_id, "lease lost; another daemon continues this run");
@@ -62,7 +62,12 @@ pub(super) async fn execute(core: Arc<EngineCore>, run: RunRow) {
     }
 }
 
-async fn execute_run(core: &Arc<EngineCore>, fence: &Fence, run: RunRow) -> Result<(), StoreError> {
+async fn execute_run(
+    core: &Arc<EngineCore>,
+    fence: &Fence,
+    run: RunRow,
+    fresh: bool,
+) -> Result<(), StoreError> {
     let store = &core.store;
     if run.status.is_terminal() || run.lease_owner.as_deref() != Some(fence.owner.as_str()) {
         return Ok(());
@@ -95,12 +100,17 @@ async fn execute_run(core: &Arc<EngineCore>, fence: &Fence, run: RunRow) -> Resu
                 .await;
         }
     };
-    let rows: HashMap<String, StepRow> = store
-        .get_steps(&run.id)
-        .await?
-        .into_iter()
-        .map(|r| (r.step_key.clone(), r))
-        .collect();
+    // A run that never executed has no step rows: no need to ask.
+    let rows: HashMap<String, StepRow> = if !fresh {
+        store
+            .get_steps(&run.id)
+            .await?
+            .into_iter()
+            .map(|r| (r.step_key.clone(), r))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     if rows.is_empty()
         && run.trigger_kind == "schedule"
         && let Some(at) = run.scheduled_at
