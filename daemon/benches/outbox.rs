@@ -174,6 +174,7 @@ async fn run(login: Login, concurrency: usize) -> (Duration, Duration, Option<u6
             ..OutboxConfig::default()
         },
         secrets: services.secrets.clone(),
+        egress: services.egress.clone(),
     });
     let shutdown = CancellationToken::new();
     let config = EngineConfig {

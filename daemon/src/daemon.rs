@@ -333,6 +333,7 @@ fn spawn_outbox(
         mail: services.mail.clone(),
         outbox: config.outbox.clone(),
         secrets: services.secrets.clone(),
+        egress: services.egress.clone(),
     });
     let worker = crate::outbox::worker::run(
         store.clone(),

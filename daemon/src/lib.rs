@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod diag;
 pub mod duration;
+pub mod egress;
 pub mod engine;
 pub mod failure;
 pub mod http;

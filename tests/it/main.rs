@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod domain_check;
+mod egress;
 mod engine;
 mod golden;
 mod mail_oauth;

@@ -734,3 +734,83 @@ private_key_file = "{}"
     assert!(text.contains("通知先："), "{text}");
     assert!(!d.log_text().contains(token), "the token is never logged");
 }
+
+/// A receiver that answers the first call `429` with `Retry-After: 2` and the next ones 200;
+/// it records when each call arrived.
+async fn rate_limited_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head, then the body (its length from Content-Length).
+                loop {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                }
+                let n = {
+                    let mut c = seen.lock().unwrap();
+                    c.push(Instant::now());
+                    c.len()
+                };
+                let answer = if n == 1 {
+                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (port, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_retried_no_sooner_than_the_server_asked() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let (port, calls) = rate_limited_receiver().await;
+    project.workflow(
+        "hook.toml",
+        &format!("id = \"hook\"\n[[steps]]\nid = \"notify\"\naction = \"webhook\"\nwith = {{ url = \"http://127.0.0.1:{port}/busy\", text = \"障害発生\" }}\n"),
+    );
+    // The outbox's own backoff (100 ms) is far shorter than what the server asks for.
+    project.config(&format!(
+        "database_url = \"{}\"\n[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\n",
+        db.url
+    ));
+    let _d = Daemon::start(project.path(), "d", &[]);
+    let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    wait_outbox(&store, "sent", 1, Duration::from_secs(30)).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "one refusal, one delivery");
+    let waited = calls[1] - calls[0];
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "retried after {waited:?}, before the 2 s the server asked for"
+    );
+}

@@ -135,8 +135,20 @@ impl Project {
         self
     }
 
-    /// Writes `pmoflow.toml`.
+    /// Writes `pmoflow.toml`. Unless the text has its own `[egress]` table, one is appended
+    /// that lets the `http` and `webhook` actions reach the loopback servers tests run (as an
+    /// administrator lists an internal host exactly); `config_as_is` writes the text alone.
     pub fn config(&self, text: &str) -> PathBuf {
+        if text.contains("[egress]") {
+            return self.config_as_is(text);
+        }
+        self.config_as_is(&format!(
+            "{text}\n[egress]\nallow_hosts = [\"*\", \"127.0.0.1\", \"localhost\"]\n"
+        ))
+    }
+
+    /// Writes `pmoflow.toml` exactly as given.
+    pub fn config_as_is(&self, text: &str) -> PathBuf {
         let p = self.path().join("pmoflow.toml");
         std::fs::write(&p, text).unwrap();
         p

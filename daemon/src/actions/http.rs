@@ -67,13 +67,16 @@ pub(crate) async fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, 
         .to_ascii_uppercase();
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| StepError::fatal(format!("unknown HTTP method `{method}`")))?;
-    let mut req = cx.http.request(method, url);
-    if let Some(headers) = with.get("headers").and_then(Json::as_object) {
-        for (k, v) in headers {
-            if let Some(v) = v.as_str() {
-                req = req.header(k.as_str(), v);
-            }
-        }
+    // The egress policy, before anything is sent; the client checks redirects and resolved
+    // addresses again. A refused destination does not become allowed by retrying.
+    let parsed = cx
+        .services
+        .egress
+        .check_url(url)
+        .map_err(|e| StepError::fatal(format!("request to {url} refused: {e}")))?;
+    let mut req = cx.http.request(method, parsed);
+    for (k, v) in super::header_pairs(with)? {
+        req = req.header(k, v);
     }
     if let Some(j) = with.get("json") {
         req = req.json(j);
@@ -83,7 +86,10 @@ pub(crate) async fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, 
     let resp = req
         .send()
         .await
-        .map_err(|e| StepError::retryable(format!("HTTP request to {url} failed: {e}")))?;
+        .map_err(|e| match crate::egress::refusal(&e) {
+            Some(refused) => StepError::fatal(format!("request to {url} refused: {refused}")),
+            None => StepError::retryable(format!("HTTP request to {url} failed: {e}")),
+        })?;
     let status = resp.status().as_u16();
     let headers: serde_json::Map<String, Json> = resp
         .headers()

@@ -148,6 +148,8 @@ pub struct StepServices {
     pub secrets: std::collections::BTreeMap<String, crate::message::settings::Secret>,
     /// The workflows directory (templates, attachments).
     pub workflows_dir: std::path::PathBuf,
+    /// Where the `http` and `webhook` actions may send requests (`[egress]`).
+    pub egress: std::sync::Arc<crate::egress::EgressPolicy>,
     /// The WebAssembly plugins (the daemon's host; in a simulation, the scenario's results in
     /// front of one).
     pub plugins: Option<std::sync::Arc<dyn crate::plugins::PluginRunner>>,
@@ -363,4 +365,40 @@ pub(crate) fn str_param<'a>(with: &'a Json, key: &str) -> Result<Option<&'a str>
 /// Whether a literal value contains template syntax (and so can only be checked at run time).
 pub(crate) fn is_dynamic(value: &Json) -> bool {
     matches!(value, Json::String(s) if crate::template::is_template(s))
+}
+
+/// The `headers` table of an `http` or `webhook` step, checked: a name that is not an HTTP token
+/// or a value with a control character (a CR/LF from a trigger's input would start another
+/// header) fails the step instead of reaching the wire.
+pub(crate) fn header_pairs(with: &Json) -> Result<Vec<(String, String)>, StepError> {
+    let mut out = Vec::new();
+    let Some(headers) = with.get("headers") else {
+        return Ok(out);
+    };
+    let Some(map) = headers.as_object() else {
+        return Err(StepError::fatal(
+            "`headers` must be a table of name = \"value\"",
+        ));
+    };
+    for (name, value) in map {
+        let Some(value) = value.as_str() else {
+            return Err(StepError::fatal(format!(
+                "header `{name}` must be a string"
+            )));
+        };
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(StepError::fatal(format!(
+                "`{name}` is not a valid header name"
+            )));
+        }
+        if value.chars().any(char::is_control)
+            || reqwest::header::HeaderValue::from_str(value).is_err()
+        {
+            return Err(StepError::fatal(format!(
+                "header `{name}` contains a control character (a line break?) and is not sent"
+            )));
+        }
+        out.push((name.clone(), value.to_string()));
+    }
+    Ok(out)
 }

@@ -152,7 +152,10 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
             "secret `{name}` is not configured (add it under [secrets] in pmoflow.toml)"
         )));
     }
-    let headers = with.get("headers").cloned().unwrap_or_else(|| json!({}));
+    let headers: serde_json::Map<String, Json> = super::header_pairs(with)?
+        .into_iter()
+        .map(|(k, v)| (k, Json::String(v)))
+        .collect();
     let message_id = format!("{}:{}", cx.run_id, cx.step_key);
     let oauth2 = str_param(with, "oauth2")?;
     let mut payload =
@@ -195,6 +198,12 @@ impl Destination {
                         "`url` must be an http(s) URL, got `{url}`"
                     )));
                 }
+                // Refused now rather than dead-lettered later (the transport checks again,
+                // with the resolved addresses).
+                cx.services
+                    .egress
+                    .check_url(url)
+                    .map_err(|e| StepError::fatal(format!("webhook to {url} refused: {e}")))?;
                 Ok(Self::Url(url.to_string()))
             }
             (None, Some(name)) => {

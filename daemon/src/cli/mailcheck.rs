@@ -88,6 +88,7 @@ pub async fn mail_check(config: &Config, send_test: Option<&str>) -> Result<i32,
         mail: config.engine.services.mail.clone(),
         outbox: config.outbox.clone(),
         secrets: config.engine.services.secrets.clone(),
+        egress: config.engine.services.egress.clone(),
     });
     let transports = crate::outbox::transport::Transports::new(delivery, tokens.clone())
         .map_err(|e| CliError::caused("cannot set up SMTP", e))?;
@@ -167,8 +168,8 @@ async fn send_one(
             "send-test",
             &format!("accepted for {to} ({message_id})"),
         ),
-        crate::outbox::Delivery::Temporary(e) | crate::outbox::Delivery::Permanent(e) => {
-            line(false, "send-test", &e)
-        }
+        crate::outbox::Delivery::Temporary(e)
+        | crate::outbox::Delivery::Later(e, _)
+        | crate::outbox::Delivery::Permanent(e) => line(false, "send-test", &e),
     }
 }

@@ -57,6 +57,46 @@ pub fn validate(paths: &[PathBuf], config: &Config, format: Format) -> i32 {
             valid.push((wf.id.clone(), wf.path.clone()));
         }
     }
+    // A literal `url` of an `http` or `webhook` step is inside the egress policy (a templated
+    // one is checked when rendered, at run time).
+    let egress = &config.engine.services.egress;
+    for wf in &workflows {
+        let before = diags.len();
+        for step in &wf.steps {
+            if !matches!(
+                step.action,
+                crate::actions::ActionKind::Http | crate::actions::ActionKind::Webhook
+            ) {
+                continue;
+            }
+            let Some(url) = step
+                .with
+                .get("url")
+                .filter(|v| !is_template(v))
+                .and_then(Json::as_str)
+            else {
+                continue;
+            };
+            if let Err(e) = egress.check_url(url) {
+                diags.push(Diagnostic {
+                    path: wf.path.clone(),
+                    line: step.line,
+                    col: 1,
+                    message: format!(
+                        "step `{}`: {url} is refused by the egress policy: {e}",
+                        step.id
+                    ),
+                    hint: Some(
+                        "allow the host in [egress] allow_hosts in pmoflow.toml (docs/config.md)"
+                            .into(),
+                    ),
+                });
+            }
+        }
+        if diags.len() > before {
+            valid.retain(|(id, _)| id != &wf.id);
+        }
+    }
     // `with` tables fit the input schema of their plugin.
     let used: std::collections::BTreeSet<&str> = workflows
         .iter()

@@ -179,6 +179,7 @@ impl Config {
         let http = r.http(&raw)?;
         let outbox = r.outbox(&raw)?;
         let plugin_grants = r.plugin_grants(&raw)?;
+        let egress = std::sync::Arc::new(r.egress(&raw)?);
         let reload_interval = r.duration(&raw.engine.reload_interval, Duration::from_secs(2))?;
         let secret_errors = r.secret_errors;
         let workflows_dir = env
@@ -204,6 +205,7 @@ impl Config {
             metrics: std::sync::Arc::default(),
             secrets,
             workflows_dir: workflows_dir.clone(),
+            egress,
             plugins: None,
         });
         Ok(Config {

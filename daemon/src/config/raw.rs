@@ -39,6 +39,14 @@ pub(super) struct RawConfig {
     pub(super) http: RawHttp,
     #[serde(default)]
     pub(super) oauth2: std::collections::BTreeMap<String, Spanned<RawOAuth2>>,
+    pub(super) egress: Option<Spanned<RawEgress>>,
+}
+
+/// `[egress]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEgress {
+    pub(super) allow_hosts: Vec<Spanned<String>>,
 }
 
 /// `[oauth2.NAME]`: a token source.

@@ -445,6 +445,31 @@ impl Reader<'_> {
     }
 
     /// `[plugins.NAME]`: what each plugin is granted.
+    /// `[egress] allow_hosts`; without the table, every public host.
+    pub(super) fn egress(
+        &self,
+        raw: &RawConfig,
+    ) -> Result<crate::egress::EgressPolicy, ConfigError> {
+        let Some(egress) = &raw.egress else {
+            return Ok(crate::egress::EgressPolicy::default());
+        };
+        let mut rules = Vec::new();
+        for host in &egress.get_ref().allow_hosts {
+            rules.push(
+                crate::egress::HostRule::parse(host.get_ref())
+                    .map_err(|e| self.err(host.span(), e.to_string(), None))?,
+            );
+        }
+        if rules.is_empty() {
+            return Err(self.err(
+                egress.span(),
+                "[egress] allow_hosts is empty: the http and webhook actions could reach nothing".into(),
+                Some("list the hosts they may reach, e.g. allow_hosts = [\"*\", \"intranet.example.go.jp\"] (\"*\" is every public host)".into()),
+            ));
+        }
+        Ok(crate::egress::EgressPolicy::new(rules))
+    }
+
     pub(super) fn plugin_grants(
         &self,
         raw: &RawConfig,

@@ -239,11 +239,14 @@ impl Engine {
         registry: Arc<Registry>,
         shutdown: CancellationToken,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("pmoflow/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        // Building a client fails only when the TLS backend cannot start, in which case the
+        // default client cannot either.
+        let http = crate::egress::client(
+            config.services.egress.clone(),
+            Duration::from_secs(30),
+            concat!("pmoflow/", env!("CARGO_PKG_VERSION")),
+        )
+        .unwrap_or_default();
         Self {
             core: Arc::new(EngineCore {
                 store,

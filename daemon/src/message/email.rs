@@ -79,7 +79,21 @@ text_header!(AutoResponseSuppress, "X-Auto-Response-Suppress");
 #[error("{0}")]
 pub struct EmailError(String);
 
+/// A header value on one line: control characters (CR, LF, TAB, NUL…), which could end the
+/// header and start another one, become spaces. Subjects are filled from inputs.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 fn mailbox(text: &str) -> Result<Mailbox, EmailError> {
+    if text.chars().any(char::is_control) {
+        return Err(EmailError(format!(
+            "invalid address `{}`: it contains a control character (a line break?)",
+            one_line(text)
+        )));
+    }
     text.trim()
         .parse::<Mailbox>()
         .map_err(|e| EmailError(format!("invalid address `{text}`: {e}")))
@@ -93,7 +107,7 @@ pub fn build(spec: &EmailSpec) -> Result<Built, EmailError> {
     let from = mailbox(&spec.from)?;
     let mut b = Message::builder()
         .from(from.clone())
-        .subject(spec.subject.clone())
+        .subject(one_line(&spec.subject))
         .message_id(Some(spec.message_id.clone()))
         .date(std::time::SystemTime::from(spec.date))
         .header(AutoSubmitted("auto-generated".into()))
@@ -258,7 +272,10 @@ mod iso2022jp {
         if let Some(r) = &spec.reply_to {
             head.push(format!("Reply-To: {}", address(r)?.0));
         }
-        head.push(format!("Subject: {}", words(&spec.subject)?));
+        head.push(format!(
+            "Subject: {}",
+            words(&super::one_line(&spec.subject))?
+        ));
         head.push(format!("Message-ID: {}", spec.message_id));
         head.push(format!(
             "Date: {}",
@@ -319,6 +336,56 @@ pub fn domain_of(from: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    fn sample() -> EmailSpec {
+        EmailSpec {
+            from: "PMO事務局 <pmo@example.go.jp>".into(),
+            to: vec!["山田 太郎 <yamada@example.go.jp>".into()],
+            cc: vec![],
+            bcc: vec![],
+            reply_to: None,
+            subject: "状況確認".into(),
+            text: "お疲れ様です。\n".into(),
+            html: None,
+            attachments: vec![],
+            message_id: "<r1.ask.0@example.go.jp>".into(),
+            date: DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+                .expect("t")
+                .with_timezone(&Utc),
+            timezone: chrono_tz::Asia::Tokyo,
+            charset: crate::message::settings::Charset::Utf8,
+        }
+    }
+
+    #[test]
+    fn line_breaks_from_inputs_cannot_add_headers() {
+        for charset in [
+            crate::message::settings::Charset::Utf8,
+            crate::message::settings::Charset::Iso2022Jp,
+        ] {
+            let spec = EmailSpec {
+                subject: "状況確認\r\nBcc: victim@example.com\r\n\r\nbody".into(),
+                charset,
+                ..sample()
+            };
+            let built = build(&spec).expect("builds");
+            let head = built.raw.split("\r\n\r\n").next().expect("head");
+            assert!(
+                !head
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("bcc:")),
+                "{head}"
+            );
+            assert!(!built.envelope_to.iter().any(|t| t.contains("victim")));
+            let bad = EmailSpec {
+                to: vec!["担当\r\nBcc: victim@example.com <a@example.go.jp>".into()],
+                charset,
+                ..sample()
+            };
+            let err = build(&bad).expect_err("refused").to_string();
+            assert!(err.contains("control character"), "{err}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -61,6 +61,8 @@ pub struct DeliveryConfig {
     pub outbox: OutboxConfig,
     /// Named secrets (`[secrets]`): webhook signing keys.
     pub secrets: BTreeMap<String, Secret>,
+    /// Where webhooks may be posted (`[egress]`).
+    pub egress: std::sync::Arc<crate::egress::EgressPolicy>,
 }
 
 pub use crate::store::{MessageKind, NewMessage};
@@ -72,6 +74,8 @@ pub enum Delivery {
     Sent,
     /// Try again later.
     Temporary(String),
+    /// Try again, not before this long: the server said so (`Retry-After` on a 429 or 503).
+    Later(String, std::time::Duration),
     /// Retrying cannot help (5xx SMTP reply, 4xx HTTP status): dead at once.
     Permanent(String),
 }

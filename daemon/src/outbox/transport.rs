@@ -166,11 +166,12 @@ impl Transports {
                 }
             },
         };
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .user_agent(concat!("pmoflow/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(TransportError::Http)?;
+        let http = crate::egress::client(
+            delivery.egress.clone(),
+            std::time::Duration::from_secs(30),
+            concat!("pmoflow/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(TransportError::Http)?;
         Ok(Self {
             smtp,
             tokens,
@@ -188,7 +189,7 @@ impl Transports {
         };
         for attempt in 0..2 {
             let (transport, token) = smtp.transport().await.map_err(|d| match d {
-                Delivery::Temporary(m) | Delivery::Permanent(m) => m,
+                Delivery::Temporary(m) | Delivery::Later(m, _) | Delivery::Permanent(m) => m,
                 Delivery::Sent => String::new(),
             })?;
             match transport.test_connection().await {
@@ -344,6 +345,19 @@ impl Transports {
             },
             None => payload["url"].as_str().unwrap_or_default(),
         };
+        // The egress policy; a refusal is permanent. A secret URL is not shown, only its host.
+        let url = match self.delivery.egress.check_url(url) {
+            Ok(u) => u,
+            Err(e) => {
+                return Delivery::Permanent(match (secret_url, e) {
+                    (Some(name), crate::egress::EgressError::BadUrl { .. }) => {
+                        format!("secret `{name}` does not hold an http(s) URL")
+                    }
+                    (Some(name), e) => format!("the URL in secret `{name}` is refused: {e}"),
+                    (None, e) => format!("refused: {e}"),
+                });
+            }
+        };
         let body = payload["body"].as_str().unwrap_or_default().to_string();
         let mut req = self
             .http
@@ -395,6 +409,16 @@ impl Transports {
                         "HTTP {status}: the token of [oauth2.{}] was refused; a fresh one is fetched for the next attempt",
                         source.name()
                     ))
+                } else if let Some(wait) = (status.as_u16() == 429 || status.as_u16() == 503)
+                    .then(|| resp.headers().get(reqwest::header::RETRY_AFTER))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry_after(v, now_unix))
+                {
+                    Delivery::Later(
+                        format!("HTTP {status} (Retry-After: {} s)", wait.as_secs()),
+                        wait,
+                    )
                 } else if status.as_u16() == 408
                     || status.as_u16() == 425
                     || status.as_u16() == 429
@@ -409,10 +433,30 @@ impl Transports {
                     ))
                 }
             }
+            Err(e) if crate::egress::refusal(&e).is_some() => Delivery::Permanent(format!(
+                "refused: {}",
+                crate::egress::refusal(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )),
             Err(e) if secret_url.is_some() => {
                 Delivery::Temporary(format!("HTTP: {}", e.without_url()))
             }
             Err(e) => Delivery::Temporary(format!("HTTP: {e}")),
         }
     }
+}
+/// A `Retry-After` value (RFC 9110: delay-seconds or an HTTP-date) as a wait from `now_unix`;
+/// `None` when unreadable. A date in the past means at once.
+fn retry_after(value: &str, now_unix: i64) -> Option<std::time::Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .timestamp();
+    Some(std::time::Duration::from_secs(
+        u64::try_from(at - now_unix).unwrap_or(0),
+    ))
 }

@@ -112,6 +112,10 @@ async fn deliver_one(
         .await;
     let done = clock.now();
     let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+    let server_wait = match &result {
+        Delivery::Later(_, wait) => Some(*wait),
+        _ => None,
+    };
     let (status, retry_at, error): (&str, Option<DateTime<Utc>>, Option<String>) = match result {
         Delivery::Sent => {
             tracing::info!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, "message sent");
@@ -121,7 +125,7 @@ async fn deliver_one(
             tracing::error!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, reason = %reason, "message refused; moved to dead letters");
             ("dead", None, Some(reason))
         }
-        Delivery::Temporary(reason) => {
+        Delivery::Temporary(reason) | Delivery::Later(reason, _) => {
             let too_old =
                 (done - row.created_at).to_std().unwrap_or_default() > delivery.outbox.max_age;
             if attempt >= delivery.outbox.max_attempts || too_old {
@@ -132,7 +136,11 @@ async fn deliver_one(
                     Some(format!("{reason} (gave up after {attempt} attempts)")),
                 )
             } else {
-                let delay = backoff(delivery, attempt, fastrand::f64());
+                let mut delay = backoff(delivery, attempt, fastrand::f64());
+                if let Some(wait) = server_wait {
+                    // The server's word, within reason (an hour at most).
+                    delay = delay.max(wait.min(std::time::Duration::from_secs(3600)));
+                }
                 let at = done + Duration::from_std(delay).unwrap_or(Duration::seconds(60));
                 tracing::warn!(kind = row.kind.as_str(), target = %row.target, message_id = %row.message_id, attempt, reason = %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
                 ("pending", Some(at), Some(reason))

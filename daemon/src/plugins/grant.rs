@@ -7,16 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::Limits;
 use super::net::NetError;
-
-/// An `allow_hosts` entry that cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid allow_hosts entry `{entry}`: {why}")]
-pub struct HostRuleError {
-    /// The entry as written (trimmed).
-    pub entry: String,
-    /// What is wrong with it.
-    pub why: &'static str,
-}
+use crate::egress::normalise_host;
+pub use crate::egress::{HostRule, HostRuleError, is_public};
 
 /// Capabilities every plugin has without a grant: they reach nothing outside the step.
 pub const ALWAYS_GRANTED: &[&str] = &["log", "clock"];
@@ -94,7 +86,7 @@ impl Grant {
         let host = normalise_host(host);
         self.allow_hosts
             .iter()
-            .any(|r| r.is_exact() && r.host == host)
+            .any(|r| r.is_exact() && r.host() == host)
     }
 
     /// Checks `host:port`, resolves it, and checks every address: the addresses to connect to
@@ -136,137 +128,6 @@ pub fn check_addrs(host: &str, exact: bool, addrs: &[SocketAddr]) -> Result<(), 
         });
     }
     Ok(())
-}
-
-/// Lower case, without a trailing dot or IPv6 brackets.
-fn normalise_host(host: &str) -> String {
-    host.trim_end_matches('.')
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase()
-}
-
-/// Whether an address is on the public internet (not loopback, private, link-local, shared,
-/// unspecified, multicast, documentation or otherwise reserved).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || (o[0] == 198 && (18..20).contains(&o[1]))
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x64 && s[1] == 0xff9b))
-        }
-    }
-}
-
-/// One `allow_hosts` entry: `host`, `host:port`, `*.suffix`, `*.suffix:port`, `*`, an IP
-/// address, `[v6]:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostRule {
-    host: String,
-    port: Option<u16>,
-}
-
-impl HostRule {
-    /// Parses an entry.
-    pub fn parse(entry: &str) -> Result<Self, HostRuleError> {
-        let entry = entry.trim();
-        let bad = |why: &'static str| {
-            Err(HostRuleError {
-                entry: entry.to_string(),
-                why,
-            })
-        };
-        if entry.is_empty() {
-            return bad("empty");
-        }
-        if entry.contains("://") || entry.contains('/') {
-            return bad("write a host name, not a URL (e.g. \"rdap.example.jp\")");
-        }
-        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
-            let Some((h, after)) = rest.split_once(']') else {
-                return bad("unclosed `[`");
-            };
-            match after.strip_prefix(':') {
-                Some(p) => (h.to_string(), Some(p)),
-                None if after.is_empty() => (h.to_string(), None),
-                None => return bad("unexpected text after `]`"),
-            }
-        } else if entry.matches(':').count() > 1 {
-            (entry.to_string(), None)
-        } else if let Some((h, p)) = entry.split_once(':') {
-            (h.to_string(), Some(p))
-        } else {
-            (entry.to_string(), None)
-        };
-        let port = match port {
-            None => None,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n > 0 => Some(n),
-                _ => return bad("the port must be a number from 1 to 65535"),
-            },
-        };
-        let host = normalise_host(&host);
-        let name = host.strip_prefix("*.").unwrap_or(&host);
-        if host != "*"
-            && (name.is_empty()
-                || name.contains('*')
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':')))
-        {
-            return bad("a host is letters, digits, `.` and `-`, optionally after `*.`");
-        }
-        Ok(Self { host, port })
-    }
-
-    /// Whether the entry names one host (not a wildcard).
-    pub fn is_exact(&self) -> bool {
-        !self.host.starts_with('*')
-    }
-
-    fn matches(&self, host: &str, port: u16, default_ports: &[u16]) -> bool {
-        let port_ok = match self.port {
-            Some(p) => p == port,
-            None => default_ports.contains(&port),
-        };
-        let host_ok = if self.host == "*" {
-            true
-        } else if let Some(suffix) = self.host.strip_prefix("*.") {
-            host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-        } else {
-            self.host == host
-                || matches!(
-                    (self.host.parse::<IpAddr>(), host.parse::<IpAddr>()),
-                    (Ok(a), Ok(b)) if a == b
-                )
-        };
-        port_ok && host_ok
-    }
 }
 
 #[cfg(test)]
