@@ -652,3 +652,118 @@ async fn the_cluster_endpoint_shows_the_daemon_its_roles_and_no_warnings() {
     assert_eq!(v["warnings"], json!([]), "{v:#}");
     assert_eq!(v["schema_applied"], v["schema_known"], "{v:#}");
 }
+
+/// Guessing tokens from one address: after 20 refusals (unknown bearer tokens, unknown answer
+/// links) that address gets 429 with `Retry-After`, even with a valid token, while another
+/// address is served normally; the block is in the audit log once.
+#[tokio::test(flavor = "multi_thread")]
+async fn guessed_tokens_are_rate_limited_per_client_address() {
+    let api = start().await;
+    let guesser = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let runs = format!("{}/api/runs", api.base);
+    for i in 0..15 {
+        let res = guesser
+            .get(&runs)
+            .bearer_auth(format!("guess-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "guess {i}");
+    }
+    for i in 0..5 {
+        let res = guesser
+            .get(format!("{}/answer/guessed-token-{i}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "answer guess {i}");
+    }
+    // The 21st attempt, and any request from that address for the rest of the minute.
+    for token in ["guess-21", api.admin.as_str()] {
+        let res = guesser.get(&runs).bearer_auth(token).send().await.unwrap();
+        assert_eq!(res.status(), 429);
+        let wait: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "Retry-After {wait}");
+        let body: Json = res.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("too many"));
+    }
+    // Legitimate traffic from another address is not slowed.
+    let res = reqwest::Client::new()
+        .get(&runs)
+        .bearer_auth(&api.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let store = Store::open(&api.url, Durability::Process).await.unwrap();
+    let audit = store.list_audit(100).await.unwrap();
+    let blocks: Vec<_> = audit.iter().filter(|a| a.action == "refusals").collect();
+    assert_eq!(blocks.len(), 1, "{audit:?}");
+    assert_eq!(blocks[0].actor, "127.0.0.2");
+    assert!(
+        blocks[0]
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("20 refused")
+    );
+}
+
+/// Logging in again rotates the session: a new id each time, and the one the browser sent is
+/// ended (a session id planted before login is never adopted).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_cookie_rotates_at_login() {
+    let api = start().await;
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = |cookie: Option<String>| {
+        let mut req = web
+            .post(format!("{}/login", api.base))
+            .form(&[("token", api.viewer.as_str())]);
+        if let Some(c) = cookie {
+            req = req.header("Cookie", c);
+        }
+        req.send()
+    };
+    let session = |res: &reqwest::Response| {
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let first = login(None).await.unwrap();
+    assert_eq!(first.status(), 303);
+    let a = session(&first);
+    let dashboard = |cookie: String| {
+        web.get(format!("{}/", api.base))
+            .header("Cookie", cookie)
+            .send()
+    };
+    assert_eq!(dashboard(a.clone()).await.unwrap().status(), 200);
+    let second = login(Some(a.clone())).await.unwrap();
+    let b = session(&second);
+    assert_ne!(a, b, "a new session id at login");
+    assert_eq!(dashboard(b).await.unwrap().status(), 200);
+    let old = dashboard(a).await.unwrap();
+    assert_eq!(
+        old.status(),
+        303,
+        "the session from before the login is ended"
+    );
+    // A planted id is not adopted either: logging in with it yields a fresh one.
+    let planted = "pmoflow_session=0123456789abcdef0123456789abcdef".to_string();
+    let third = login(Some(planted.clone())).await.unwrap();
+    assert_ne!(session(&third), planted);
+}

@@ -346,7 +346,18 @@ async fn three_daemons_killed_at_random_lose_and_double_nothing() {
     fires.sort_unstable();
     let distinct: BTreeSet<i64> = fires.iter().copied().collect();
     assert_eq!(distinct.len(), fires.len(), "a fire ran twice: {fires:?}");
-    assert!(fires.len() as u64 >= chaos_secs / 5 - 1, "{fires:?}");
+    // The first holder of the scheduler role may be killed before its first tick; the role
+    // then moves after the lease (8 s), and the cursor starts at that first tick. So the fires
+    // cover the campaign less up to ~10 s at its start, and reach to within a failover of now.
+    assert!(
+        fires.len() as u64 >= (chaos_secs.saturating_sub(10) / 5).saturating_sub(1),
+        "{fires:?}"
+    );
+    let last = *fires.last().expect("at least one fire");
+    assert!(
+        last >= chrono::Utc::now().timestamp() - 5 - 15,
+        "the scheduler stopped firing: {fires:?}"
+    );
     for pair in fires.windows(2) {
         assert_eq!(pair[1] - pair[0], 5, "a fire is missing: {fires:?}");
     }

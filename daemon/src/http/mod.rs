@@ -30,6 +30,7 @@ use crate::inbound::intake::Intake;
 use crate::store::{NewAnswer, Recorded, RequestRow, Store, requests::lookup_of};
 
 mod api;
+mod limit;
 mod links;
 pub mod openapi;
 mod pages;
@@ -114,6 +115,8 @@ pub struct AppState {
     /// verification, not one per call (and cannot exhaust the CPU).
     verifying: Arc<tokio::sync::Mutex<()>>,
     pages: Arc<minijinja::Environment<'static>>,
+    /// Refused credentials and tokens per client (brute-force limit).
+    refusals: Arc<limit::Refusals>,
 }
 
 impl AppState {
@@ -155,6 +158,7 @@ impl AppState {
             verified: Arc::default(),
             verifying: Arc::default(),
             pages: Arc::new(pages()),
+            refusals: Arc::default(),
         })
     }
 }
@@ -195,6 +199,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ack/{token}", get(ack_page).post(ack_submit));
     openapi::routes(pages)
         .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::limit_refusals,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn(request_context))
         .with_state(state)
@@ -279,9 +287,12 @@ pub async fn serve(listen: SocketAddr, state: AppState, shutdown: CancellationTo
     let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, "http listening");
     let app = router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
     {
         tracing::error!(error = %e, "http server stopped");
     }

@@ -129,6 +129,7 @@ pub(super) async fn login_page(State(state): State<AppState>, headers: HeaderMap
 
 pub(super) async fn login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let token = form.get("token").map(|t| t.trim()).unwrap_or("");
@@ -141,6 +142,11 @@ pub(super) async fn login(
             json!({ "title": "ログイン", "error": "トークンが正しくありません。" }),
         );
     };
+    // The session id rotates at every login: a new random id from the server (never one the
+    // client brought), and the session the browser held before, if any, is ended.
+    if let Some(old) = cookie_value(&headers) {
+        let _ = state.store.session_delete(&hash(&old)).await;
+    }
     let id = random_hex(32);
     let now = state.clock.now();
     let session = SessionRow {
