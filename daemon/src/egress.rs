@@ -171,7 +171,13 @@ pub fn client(
                 Err(e) => attempt.error(e),
             }
         }))
-        .dns_resolver(Arc::new(CheckedResolver { policy }))
+        .dns_resolver(Arc::new(CheckedResolver::new(Arc::new(
+            move |host: &str, addrs: &[SocketAddr]| {
+                policy
+                    .check_addrs(host, addrs)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            },
+        ))))
         .build()
 }
 
@@ -188,20 +194,33 @@ pub fn refusal<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Egr
     None
 }
 
-struct CheckedResolver {
-    policy: Arc<EgressPolicy>,
+/// The address check a [`CheckedResolver`] applies to every name it resolves.
+pub type AddrCheck = dyn Fn(&str, &[SocketAddr]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    + Send
+    + Sync;
+
+/// A DNS resolver for reqwest that resolves with the system resolver and refuses a name whose
+/// addresses `check` does not accept, so the connection is made only to checked addresses.
+/// Used here for the egress policy and by plugins for their grants.
+pub struct CheckedResolver {
+    check: Arc<AddrCheck>,
+}
+
+impl CheckedResolver {
+    /// A resolver applying `check`.
+    pub fn new(check: Arc<AddrCheck>) -> Self {
+        Self { check }
+    }
 }
 
 impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.policy.clone();
+        let check = self.check.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            policy
-                .check_addrs(&host, &addrs)
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            check(&host, &addrs)?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }

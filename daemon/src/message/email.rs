@@ -402,21 +402,10 @@ mod tests {
     #[test]
     fn japanese_headers_are_encoded_and_date_is_local() {
         let spec = EmailSpec {
-            from: "PMO事務局 <pmo@example.go.jp>".into(),
-            to: vec!["山田 太郎 <yamada@example.go.jp>".into()],
-            cc: vec![],
             bcc: vec!["audit@example.go.jp".into()],
-            reply_to: None,
             subject: "【要回答】12月4日(金)締切".into(),
             text: "お疲れ様です。\nよろしくお願いいたします。\n".into(),
-            html: None,
-            attachments: vec![],
-            message_id: "<r1.ask.0@example.go.jp>".into(),
-            date: DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
-                .expect("t")
-                .with_timezone(&Utc),
-            timezone: chrono_tz::Asia::Tokyo,
-            charset: crate::message::settings::Charset::Utf8,
+            ..sample()
         };
         let built = build(&spec).expect("builds");
         assert!(built.raw.is_ascii());

@@ -117,27 +117,14 @@ pub fn http_client(grant: Arc<Grant>) -> Result<reqwest::Client, NetError> {
         .connect_timeout(grant.limits.net_timeout)
         .timeout(grant.limits.net_timeout)
         .user_agent(concat!("pmoflow-plugin/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(Arc::new(CheckedResolver { grant }))
+        .dns_resolver(Arc::new(crate::egress::CheckedResolver::new(Arc::new(
+            move |host: &str, addrs: &[SocketAddr]| {
+                check_addrs(host, grant.lists_exactly(host), addrs)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            },
+        ))))
         .build()
         .map_err(NetError::Client)
-}
-
-struct CheckedResolver {
-    grant: Arc<Grant>,
-}
-
-impl reqwest::dns::Resolve for CheckedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let grant = self.grant.clone();
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            check_addrs(&host, grant.lists_exactly(&host), &addrs)
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }
 
 /// What went wrong with a request.
