@@ -161,7 +161,7 @@ impl Role {
 }
 
 /// Whether a daemon is serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DaemonState {
     /// Its heartbeat is younger than the lease.
@@ -174,7 +174,7 @@ pub enum DaemonState {
 }
 
 /// One daemon in [`ClusterView`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct DaemonView {
     /// What it registered.
     #[serde(flatten)]
@@ -190,7 +190,7 @@ pub struct DaemonView {
 }
 
 /// The daemons of a database, as `pmoflow cluster`, `/api/cluster` and the dashboard show them.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ClusterView {
     /// `sqlite` or `postgres`.
     pub backend: &'static str,

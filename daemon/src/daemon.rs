@@ -147,7 +147,8 @@ pub async fn run(
             Some(engine.clone()),
             config.http.tokens.clone(),
         )
-        .await?;
+        .await?
+        .with_refusal_limit(config.http.refusals_per_minute);
         let (listen, shutdown) = (config.http.listen, shutdown.clone());
         tasks.spawn(async move {
             crate::http::serve(listen, state, shutdown.clone()).await;

@@ -135,9 +135,59 @@ pub fn render_json_with(
     })
 }
 
+/// Compiles an expression. minijinja 2.24's lexer panics ("empty lexer stack") on an
+/// expression that closes the variable block it is lexed in (`a }} b`); such an expression is
+/// refused here as a syntax error, so that a workflow file cannot stop a load or a run (found
+/// by the `workflow` and `template` fuzz targets).
+fn compile_expression<'s>(expr: &'s str) -> Result<minijinja::Expression<'s, 's>, TemplateError> {
+    if closes_block(expr) {
+        return Err(TemplateError {
+            message: "syntax error: unexpected `}}` or `%}` in an expression".into(),
+            line: None,
+        });
+    }
+    let env = env();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        env.compile_expression(expr)
+    })) {
+        Ok(compiled) => Ok(compiled?),
+        Err(_) => Err(TemplateError {
+            message: "syntax error: unexpected `}}` or `%}` in an expression".into(),
+            line: None,
+        }),
+    }
+}
+
+/// Whether `expr` holds `}}` or `%}` outside a string literal.
+fn closes_block(expr: &str) -> bool {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut prev = '\0';
+    for c in expr.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+                prev = '\0';
+                continue;
+            }
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '}' && (prev == '}' || prev == '%') => return true,
+            None => {}
+        }
+        prev = c;
+    }
+    false
+}
+
 /// Evaluates an expression to a value.
 pub fn eval(expr: &str, ctx: &Value) -> Result<Value, TemplateError> {
-    let compiled = env().compile_expression(expr)?;
+    let compiled = compile_expression(expr)?;
     Ok(compiled.eval(ctx)?)
 }
 
@@ -153,7 +203,7 @@ pub fn template_names(text: &str) -> Result<BTreeSet<String>, TemplateError> {
 
 /// Parses an expression and returns the dotted names it reads.
 pub fn expression_names(expr: &str) -> Result<BTreeSet<String>, TemplateError> {
-    let compiled = env().compile_expression(expr)?;
+    let compiled = compile_expression(expr)?;
     Ok(compiled.undeclared_variables(true).into_iter().collect())
 }
 
@@ -299,6 +349,16 @@ mod helpers {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_expression_that_closes_its_block_is_a_syntax_error_not_a_panic() {
+        for expr in ["1 }} 2", "a %} b", "x.y }}z"] {
+            let e = expression_names(expr).expect_err(expr);
+            assert!(e.message.contains("syntax error"), "{expr}: {}", e.message);
+            assert!(eval(expr, &Value::UNDEFINED).is_err());
+        }
+        assert!(expression_names("inputs.a == \"}}\"").is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -47,6 +47,11 @@ struct Api {
 }
 
 async fn start() -> Api {
+    start_with("").await
+}
+
+/// The API daemon with `http` appended to its `[http]` section.
+async fn start_with(http: &str) -> Api {
     let db = TestDb::new(Backend::Sqlite).await;
     let project = Project::new();
     project.workflow("incident.toml", INCIDENT);
@@ -56,7 +61,7 @@ async fn start() -> Api {
     let (viewer, v) = pmoflow_tests::new_api_token(project.path(), "dashboard", "viewer");
     let port = free_port();
     project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[secrets]\nhook_key = {{ env = \"PMOFLOW_HOOK_KEY\" }}\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n{a}\n{o}\n{v}\n",
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[secrets]\nhook_key = {{ env = \"PMOFLOW_HOOK_KEY\" }}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{http}\n\n{a}\n{o}\n{v}\n",
         db.url
     ));
     let daemon = Daemon::start(
@@ -574,7 +579,7 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     for p in [
-        "/hooks/{workflow}",
+        "/hooks/incident",
         "/api/workflows",
         "/api/runs",
         "/api/runs/{id}",
@@ -593,6 +598,90 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
         assert!(paths.contains_key(p), "{p} missing from the document");
     }
     assert!(doc["paths"]["/api/runs"]["post"]["responses"]["201"].is_object());
+    // Typed: the start-a-run body lists the loaded workflows with their declared inputs, the
+    // webhook of `incident` takes its inputs and nothing else, listings have typed query
+    // parameters, responses and errors refer to schemas, and a started run links to its
+    // follow-up operations.
+    let start = &doc["paths"]["/api/runs"]["post"];
+    let alternatives = start["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&str> = alternatives
+        .iter()
+        .map(|a| a["properties"]["workflow"]["const"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["incident", "slow"]);
+    assert_eq!(
+        alternatives[0]["properties"]["inputs"]["properties"]["severity"]["default"],
+        "S3"
+    );
+    let hook = &doc["paths"]["/hooks/incident"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(hook["additionalProperties"], false);
+    assert!(hook["properties"]["summary"].is_object());
+    assert_eq!(
+        start["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/RunStarted"
+    );
+    assert_eq!(
+        start["responses"]["201"]["links"]["GetRun"]["parameters"]["id"],
+        "$response.body#/run_id"
+    );
+    assert_eq!(
+        start["responses"]["404"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ApiError"
+    );
+    let list = doc["paths"]["/api/runs"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let status = list.iter().find(|p| p["name"] == "status").unwrap();
+    assert_eq!(status["in"], "query");
+    assert_eq!(
+        status["schema"]["$ref"], "#/components/schemas/RunStatus",
+        "{status}"
+    );
+    let limit = list.iter().find(|p| p["name"] == "limit").unwrap();
+    assert_eq!(limit["schema"]["maximum"], 1000);
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "RunRow",
+        "StepRow",
+        "EventRow",
+        "RunStatus",
+        "ApiError",
+        "ClusterView",
+        "OutboxRow",
+        "RequestRow",
+    ] {
+        assert!(schemas.contains_key(name), "{name} missing from components");
+    }
+    let statuses: Vec<&Json> = schemas["RunStatus"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["const"])
+        .collect();
+    assert!(statuses.contains(&&json!("cancelled")), "{statuses:?}");
+    // What the daemon leaves out when empty is optional; what it always sends is required.
+    assert_eq!(schemas["RunStarted"]["required"], json!(["run_id"]));
+    // Errors made outside the handlers are JSON too: an unknown path, a wrong method.
+    let res = web
+        .get(format!("{}/api/nothing-here", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let e: Json = res.json().await.unwrap();
+    assert!(e["error"].is_string(), "{e}");
+    let res = web
+        .delete(format!("{}/api/runs", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert!(res.headers().contains_key("allow"));
+    let e: Json = res.json().await.unwrap();
+    assert!(e["error"].is_string(), "{e}");
     // Every operation that needs a token refuses a call without one: 401.
     let mut checked = 0;
     for (path, item) in paths {
@@ -766,4 +855,57 @@ async fn the_session_cookie_rotates_at_login() {
     let planted = "pmoflow_session=0123456789abcdef0123456789abcdef".to_string();
     let third = login(Some(planted.clone())).await.unwrap();
     assert_ne!(session(&third), planted);
+}
+
+/// Schemathesis (a generic API fuzzer, PyPI) run against the live daemon with every check:
+/// schema-valid requests are accepted, invalid ones refused with a 4xx, every status and body
+/// is the documented one, no server error, protected operations refuse missing credentials,
+/// and the stateful phase follows the document's links (start → read → cancel/retry/resolve).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generic_api_fuzzer_finds_no_failure_with_all_checks() {
+    // The fuzzer's deliberate refusals (missing or wrong tokens) must not block it.
+    let mut api = start_with("refusals_per_minute = 1000000").await;
+    let examples = std::env::var("PMOFLOW_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "25".into());
+    let out = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "schemathesis.cli",
+            "run",
+            &format!("{}/api/openapi.json", api.base),
+            "-H",
+            &format!("Authorization: Bearer {}", api.admin),
+            "--checks",
+            "all",
+            "--max-examples",
+            &examples,
+            "--seed",
+            "1",
+            "--no-color",
+        ])
+        // Its cache directory goes into the test's project, not the source tree.
+        .current_dir(api._project.path())
+        .env("SCHEMATHESIS_TELEMETRY", "false")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run schemathesis (PyPI: schemathesis)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "schemathesis reported failures:\n{stdout}\n{stderr}"
+    );
+    // The figures, for the record (`cargo test … -- --nocapture`).
+    for line in stdout
+        .lines()
+        .skip_while(|l| !l.contains("Test cases:"))
+        .take(2)
+    {
+        println!("schemathesis: {}", line.trim());
+    }
+    assert!(
+        !api.daemon.log_text().contains("panicked"),
+        "the daemon panicked under the fuzzer"
+    );
+    assert!(api.daemon.is_running(), "the daemon survived the fuzzer");
 }

@@ -435,7 +435,7 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 404, "already resolved");
+    assert_eq!(again.status(), 409, "already resolved");
     let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
         r.status.is_terminal()
     })

@@ -50,6 +50,13 @@ pub fn parse(bytes: &[u8]) -> Result<Years, CsvError> {
         let d = NaiveDate::parse_from_str(date.trim(), "%Y/%m/%d")
             .or_else(|_| NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d"))
             .map_err(|_| err(format!("`{date}` is not a date (YYYY/M/D)")))?;
+        // The holiday law dates from 1948; a year outside four digits cannot be written as a
+        // TOML date either (found by the `calendar_csv` fuzz target).
+        if !(1948..=9999).contains(&d.year()) {
+            return Err(err(format!(
+                "`{date}` is outside the years a holiday calendar holds (1948–9999)"
+            )));
+        }
         let name = name.trim().trim_matches('"');
         if name.is_empty() {
             return Err(err("the holiday has no name".into()));
@@ -89,4 +96,24 @@ pub fn to_toml(years: &Years, source: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn years_a_toml_date_cannot_hold_are_refused_with_the_line() {
+        for (csv, line) in [
+            ("2025/1/1,元日\n-12025/1/1,元日\n", 2),
+            ("1900/1/1,元日\n", 1),
+        ] {
+            let e = parse(csv.as_bytes()).expect_err(csv);
+            assert_eq!(e.line, line, "{e}");
+            assert!(e.message.contains("1948"), "{e}");
+        }
+        let years = parse("2025/1/1,元日\n".as_bytes()).expect("a plain year");
+        let toml = to_toml(&years, "x.csv");
+        assert!(toml.contains("date = 2025-01-01"), "{toml}");
+    }
 }

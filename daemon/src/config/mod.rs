@@ -137,12 +137,28 @@ impl Config {
             }
             None => (RawConfig::default(), None, String::new()),
         };
+        Self::from_raw(raw, source, &text, env)
+    }
+
+    /// The configuration `text` (the contents of `path`) would give, without reading the file;
+    /// errors point into `text`.
+    pub fn from_text(path: &Path, text: &str, env: &EnvOverrides) -> Result<Config, ConfigError> {
+        let raw = parse(path, text)?;
+        Self::from_raw(raw, Some(path.to_path_buf()), text, env)
+    }
+
+    fn from_raw(
+        raw: RawConfig,
+        source: Option<PathBuf>,
+        text: &str,
+        env: &EnvOverrides,
+    ) -> Result<Config, ConfigError> {
         let file = source
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
         let mut r = sections::Reader {
             file: &file,
-            text: &text,
+            text,
             env,
             secret_errors: Vec::new(),
         };

@@ -73,6 +73,7 @@ pub(super) struct RawHttp {
     pub(super) listen: Option<Spanned<String>>,
     pub(super) public_url: Option<Spanned<String>>,
     pub(super) enabled: Option<bool>,
+    pub(super) refusals_per_minute: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) tokens: Vec<Spanned<RawToken>>,
 }

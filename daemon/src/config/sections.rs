@@ -414,10 +414,18 @@ impl Reader<'_> {
                 hash: tr.hash.get_ref().clone(),
             });
         }
+        let refusals_per_minute = self.count(
+            &h.refusals_per_minute,
+            crate::http::limit::MAX_REFUSALS as usize,
+            1_000_000,
+            "refusals_per_minute",
+        )?;
         Ok(crate::http::HttpConfig {
             enabled: h.enabled.unwrap_or(true),
             listen,
             tokens,
+            refusals_per_minute: u32::try_from(refusals_per_minute)
+                .unwrap_or(crate::http::limit::MAX_REFUSALS),
         })
     }
 

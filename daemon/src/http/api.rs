@@ -4,17 +4,253 @@
 use std::fmt::Write as _;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value as Json, json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
 use super::{AppState, Role, api_error, authorize};
 use crate::engine::{RunRequest, TriggerError};
-use crate::store::{CancelOutcome, Created, RunFilter, RunStatus};
+use crate::store::{
+    AuditRow, CancelOutcome, Created, EventRow, OutboxRow, RequestRow, RunFilter, RunRow,
+    RunStatus, StepRow,
+};
 
-fn ok(status: StatusCode, body: Json) -> Response {
+fn ok<T: Serialize>(status: StatusCode, body: T) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+// The bodies the API answers with. The OpenAPI document's schemas are derived from these types
+// (see `openapi.rs`), so the document describes exactly what the handlers serialize.
+
+/// Every refusal and failure of the API has this body.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ApiError {
+    /// What went wrong, for people.
+    pub error: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Readiness {
+    /// `ok`, or why the database does not answer.
+    pub database: String,
+    /// Workflows loaded (none while the catalog is not loaded).
+    pub workflows: Option<usize>,
+}
+
+/// A run was started (or, for the same call again, found).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunStarted {
+    /// The run's id: `GET /api/runs/{id}`.
+    pub run_id: String,
+    /// The same call (signature or `Idempotency-Key`) started this run before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// A state change that was made.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Done {
+    /// `cancelled`, `cancel_requested`, `resolved`, `pending`, `retrying`, `acknowledged`,
+    /// `already_acknowledged`.
+    pub status: String,
+    /// Steps given another attempt (retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    /// The request's number (acknowledgements).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<i64>,
+}
+
+impl Done {
+    pub(super) fn status(status: &str) -> Self {
+        Self {
+            status: status.into(),
+            steps: None,
+            tag: None,
+        }
+    }
+}
+
+/// `GET /api/workflows`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WorkflowList {
+    /// The loaded workflows.
+    pub workflows: Vec<WorkflowSummary>,
+    /// Files in the workflow directory that do not load, with where and why.
+    pub invalid: Vec<InvalidFile>,
+}
+
+/// One loaded workflow.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WorkflowSummary {
+    /// Its id (the file name without `.toml`).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// The first 12 hex digits of its content hash.
+    pub version: String,
+    /// The next scheduled fire (RFC 3339), if it has a schedule.
+    pub next_fire: Option<String>,
+    /// Whether it has a webhook trigger (`POST /hooks/{id}`).
+    pub webhook: bool,
+    /// Its newest run.
+    pub last_run: Option<LastRun>,
+}
+
+/// A workflow's newest run.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LastRun {
+    /// Run id.
+    pub id: String,
+    /// Its status.
+    pub status: RunStatus,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A workflow file that does not load.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InvalidFile {
+    /// The file.
+    pub path: String,
+    /// Line (from 1).
+    pub line: usize,
+    /// Column (from 1).
+    pub col: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// `GET /api/workflows/{id}`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WorkflowDetail {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Its content hash (hex).
+    pub version: String,
+    /// The file it was loaded from.
+    pub path: String,
+    /// Its triggers, as the workflow format writes them.
+    pub triggers: Json,
+    /// Its webhook trigger, if any.
+    pub webhook: Json,
+    /// Declared inputs with their defaults.
+    pub inputs: serde_json::Map<String, Json>,
+    /// Its steps.
+    pub steps: Vec<StepSummary>,
+    /// The next five scheduled fires (RFC 3339).
+    pub next_fires: Vec<String>,
+    /// The newest failed run among the recent ones.
+    pub last_error: Option<LastError>,
+    /// Up to 20 recent runs, newest first.
+    pub recent_runs: Vec<RunRow>,
+}
+
+/// A step of a workflow.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StepSummary {
+    /// Step id.
+    pub id: String,
+    /// Its action (`email`, `request`, `plugin:NAME`, …).
+    pub action: String,
+}
+
+/// A workflow's newest failure.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LastError {
+    /// The failed run.
+    pub run_id: String,
+    /// Why.
+    pub error: Option<String>,
+    /// When.
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `GET /api/runs`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunRow>,
+}
+
+/// `GET /api/runs/{id}`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunDetail {
+    /// The run.
+    pub run: RunRow,
+    /// Its steps (and foreach items).
+    pub steps: Vec<StepRow>,
+    /// Its events, oldest first.
+    pub events: Vec<EventRow>,
+}
+
+/// `GET /api/requests`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RequestList {
+    /// Newest first.
+    pub requests: Vec<RequestRow>,
+}
+
+/// `GET /api/outbox`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OutboxList {
+    /// Newest first.
+    pub messages: Vec<OutboxRow>,
+}
+
+/// `GET /api/audit`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AuditList {
+    /// Newest first.
+    pub entries: Vec<AuditRow>,
+}
+
+/// `POST /inbound/email`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InboundReceived {
+    /// The stored message (absent for a duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `done`, `quarantined`, `pending` (stored, processed later) or `duplicate`.
+    pub status: String,
+    /// `answer`, `incomplete_answer`, `auto_reply`, `bounce`, `unmatched`, `wrong_sender`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Why, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Most items a listing returns.
+const MAX_LIMIT: i64 = 1000;
+
+/// The `limit` query parameter: 1 to 1000 (the error is a 400's message).
+fn limit(given: Option<i64>, default: i64) -> Result<i64, String> {
+    match given {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(format!("limit must be between 1 and {MAX_LIMIT}, got {n}")),
+    }
+}
+
+/// The query string, or why it does not parse (a 400's message).
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, String> {
+    q.map(|Query(q)| q).map_err(|e| e.body_text())
+}
+
+fn bad_request(message: String) -> Response {
+    api_error(StatusCode::BAD_REQUEST, &message)
 }
 
 async fn audit(state: &AppState, actor: &str, action: &str, target: Option<&str>, detail: &str) {
@@ -35,14 +271,26 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
         .as_ref()
         .map(|e| e.registry().catalog().workflows.len());
     match (db, workflows) {
-        (Ok(()), Some(n)) => ok(StatusCode::OK, json!({ "database": "ok", "workflows": n })),
+        (Ok(()), Some(n)) => ok(
+            StatusCode::OK,
+            Readiness {
+                database: "ok".into(),
+                workflows: Some(n),
+            },
+        ),
         (Err(e), _) => ok(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "database": e.to_string() }),
+            Readiness {
+                database: e.to_string(),
+                workflows: None,
+            },
         ),
         (Ok(()), None) => ok(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "database": "ok", "workflows": "not loaded" }),
+            Readiness {
+                database: "ok".into(),
+                workflows: None,
+            },
         ),
     }
 }
@@ -191,9 +439,21 @@ pub(super) async fn hook(
     match engine.trigger(&workflow, &req).await {
         Ok(Created::New(id)) => {
             audit(&state, &actor, "hook", Some(&id), &workflow).await;
-            ok(StatusCode::ACCEPTED, json!({ "run_id": id }))
+            ok(
+                StatusCode::ACCEPTED,
+                RunStarted {
+                    run_id: id,
+                    duplicate: false,
+                },
+            )
         }
-        Ok(Created::Existing(id)) => ok(StatusCode::OK, json!({ "run_id": id, "duplicate": true })),
+        Ok(Created::Existing(id)) => ok(
+            StatusCode::OK,
+            RunStarted {
+                run_id: id,
+                duplicate: true,
+            },
+        ),
         Err(e) => trigger_error(&e),
     }
 }
@@ -216,24 +476,36 @@ pub(super) async fn workflows(State(state): State<AppState>, headers: HeaderMap)
                 .first()
                 .map(|f| f.to_rfc3339());
         let last = state.store.last_run(&wf.id).await.ok().flatten();
-        list.push(json!({
-            "id": wf.id,
-            "name": wf.name,
-            "description": wf.description,
-            "version": &wf.hash[..12],
-            "next_fire": next,
-            "webhook": wf.webhook.is_some(),
-            "last_run": last.map(|r| json!({ "id": r.id, "status": r.status, "error": r.error })),
-        }));
+        list.push(WorkflowSummary {
+            id: wf.id.clone(),
+            name: wf.name.clone(),
+            description: wf.description.clone(),
+            version: wf.hash.chars().take(12).collect(),
+            next_fire: next,
+            webhook: wf.webhook.is_some(),
+            last_run: last.map(|r| LastRun {
+                id: r.id,
+                status: r.status,
+                error: r.error,
+            }),
+        });
     }
-    let invalid: Vec<Json> = catalog
+    let invalid = catalog
         .diagnostics
         .iter()
-        .map(|d| json!({ "path": d.path, "line": d.line, "col": d.col, "message": d.message }))
+        .map(|d| InvalidFile {
+            path: d.path.display().to_string(),
+            line: d.line,
+            col: d.col,
+            message: d.message.clone(),
+        })
         .collect();
     ok(
         StatusCode::OK,
-        json!({ "workflows": list, "invalid": invalid }),
+        WorkflowList {
+            workflows: list,
+            invalid,
+        },
     )
 }
 
@@ -272,23 +544,46 @@ pub(super) async fn workflow(
     let last_error = runs
         .iter()
         .find(|r| r.status == RunStatus::Failed)
-        .map(|r| json!({ "run_id": r.id, "error": r.error, "finished_at": r.finished_at }));
+        .map(|r| LastError {
+            run_id: r.id.clone(),
+            error: r.error.clone(),
+            finished_at: r.finished_at,
+        });
     ok(
         StatusCode::OK,
-        json!({
-            "id": wf.id, "name": wf.name, "description": wf.description, "version": wf.hash,
-            "path": wf.path, "triggers": wf.triggers, "webhook": wf.webhook,
-            "inputs": wf.inputs, "steps": wf.steps.iter().map(|s| json!({ "id": s.id, "action": s.action.name() })).collect::<Vec<_>>(),
-            "next_fires": fires, "last_error": last_error, "recent_runs": runs,
-        }),
+        WorkflowDetail {
+            id: wf.id.clone(),
+            name: wf.name.clone(),
+            description: wf.description.clone(),
+            version: wf.hash.clone(),
+            path: wf.path.display().to_string(),
+            triggers: serde_json::to_value(&wf.triggers).unwrap_or_default(),
+            webhook: serde_json::to_value(&wf.webhook).unwrap_or_default(),
+            inputs: wf.inputs.clone(),
+            steps: wf
+                .steps
+                .iter()
+                .map(|s| StepSummary {
+                    id: s.id.clone(),
+                    action: s.action.name().to_string(),
+                })
+                .collect(),
+            next_fires: fires,
+            last_error,
+            recent_runs: runs,
+        },
     )
 }
 
 /// Query of `GET /api/runs`.
-#[derive(serde::Deserialize)]
-pub(super) struct RunsQuery {
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunsQuery {
+    /// Only runs of this workflow.
     workflow: Option<String>,
-    status: Option<String>,
+    /// Only runs in this status.
+    status: Option<RunStatus>,
+    /// At most this many (default 50).
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<i64>,
 }
 
@@ -296,28 +591,26 @@ pub(super) struct RunsQuery {
 pub(super) async fn runs(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<RunsQuery>,
+    q: Result<Query<RunsQuery>, QueryRejection>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, Role::Viewer).await {
         return r;
     }
-    let status = match q.status.as_deref().map(str::parse::<RunStatus>) {
-        None => None,
-        Some(Ok(s)) => Some(s),
-        Some(Err(_)) => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "unknown status (pending, running, waiting, succeeded, failed, cancelled, queued, skipped)",
-            );
-        }
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(m) => return bad_request(m),
+    };
+    let limit = match limit(q.limit, 50) {
+        Ok(n) => n,
+        Err(m) => return bad_request(m),
     };
     let filter = RunFilter {
         workflow_id: q.workflow,
-        status,
-        limit: q.limit.unwrap_or(50).clamp(1, 1000),
+        status: q.status,
+        limit,
     };
     match state.store.list_runs(&filter).await {
-        Ok(rows) => ok(StatusCode::OK, json!({ "runs": rows })),
+        Ok(runs) => ok(StatusCode::OK, RunList { runs }),
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
@@ -338,18 +631,23 @@ pub(super) async fn run(
     };
     let steps = state.store.get_steps(&id).await.unwrap_or_default();
     let events = state.store.get_events(&id).await.unwrap_or_default();
-    ok(
-        StatusCode::OK,
-        json!({ "run": run, "steps": steps, "events": events }),
-    )
+    ok(StatusCode::OK, RunDetail { run, steps, events })
 }
 
 /// Body of `POST /api/runs`.
-#[derive(serde::Deserialize)]
-pub(super) struct TriggerBody {
-    workflow: String,
-    #[serde(default)]
-    inputs: Json,
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBody {
+    /// The workflow's id.
+    pub workflow: String,
+    /// Inputs overriding the workflow's defaults; only declared inputs are accepted.
+    #[serde(default = "empty_object")]
+    #[schemars(with = "serde_json::Map<String, Json>")]
+    pub inputs: Json,
+}
+
+fn empty_object() -> Json {
+    Json::Object(serde_json::Map::new())
 }
 
 /// `POST /api/runs`: starts a run (operator).
@@ -371,6 +669,12 @@ pub(super) async fn trigger(
             );
         }
     };
+    if !body.inputs.is_object() {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            &format!("inputs must be a JSON object, got {}", body.inputs),
+        );
+    }
     let Some(engine) = &state.engine else {
         return api_error(StatusCode::SERVICE_UNAVAILABLE, "no engine in this process");
     };
@@ -382,7 +686,13 @@ pub(super) async fn trigger(
         Ok(created) => {
             let id = created.id().to_string();
             audit(&state, &actor, "trigger", Some(&id), &body.workflow).await;
-            ok(StatusCode::CREATED, json!({ "run_id": id }))
+            ok(
+                StatusCode::CREATED,
+                RunStarted {
+                    run_id: id,
+                    duplicate: false,
+                },
+            )
         }
         Err(e) => trigger_error(&e),
     }
@@ -405,14 +715,11 @@ pub(super) async fn cancel(
     {
         Ok(CancelOutcome::Cancelled) => {
             audit(&state, &actor, "cancel", Some(&id), "cancelled").await;
-            ok(StatusCode::OK, json!({ "status": "cancelled" }))
+            ok(StatusCode::OK, Done::status("cancelled"))
         }
         Ok(CancelOutcome::Requested) => {
             audit(&state, &actor, "cancel", Some(&id), "requested").await;
-            ok(
-                StatusCode::ACCEPTED,
-                json!({ "status": "cancel_requested" }),
-            )
+            ok(StatusCode::ACCEPTED, Done::status("cancel_requested"))
         }
         Ok(CancelOutcome::AlreadyFinished) => {
             api_error(StatusCode::CONFLICT, "the run has already finished")
@@ -422,12 +729,15 @@ pub(super) async fn cancel(
     }
 }
 
-#[derive(serde::Deserialize, Default)]
+/// Body of `POST /api/runs/{id}/resolve` (optional).
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ResolveBody {
+pub struct ResolveBody {
+    /// What was done, for the 最終報.
     #[serde(default)]
-    note: String,
-    by: Option<String>,
+    pub note: String,
+    /// Who resolved it (default: `api:` and the token's name).
+    pub by: Option<String>,
 }
 
 /// `POST /api/runs/{id}/resolve` (operator): ends the run's escalation with a 最終報.
@@ -465,12 +775,18 @@ pub(super) async fn resolve(
                 e.wake();
             }
             audit(&state, &actor, "resolve", Some(&id), &body.note).await;
-            ok(StatusCode::OK, json!({ "status": "resolved" }))
+            ok(StatusCode::OK, Done::status("resolved"))
         }
-        Ok(false) => api_error(
-            StatusCode::NOT_FOUND,
-            &format!("run {id} has no open escalation"),
-        ),
+        Ok(false) => match state.store.get_run(&id).await {
+            Ok(Some(_)) => api_error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "run {id} has no open escalation (not an escalation, or already resolved)"
+                ),
+            ),
+            Ok(None) => api_error(StatusCode::NOT_FOUND, &format!("no run {id}")),
+            Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        },
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
@@ -497,7 +813,10 @@ pub(super) async fn retry(
             }
             ok(
                 StatusCode::ACCEPTED,
-                json!({ "status": "retrying", "steps": n }),
+                Done {
+                    steps: Some(n),
+                    ..Done::status("retrying")
+                },
             )
         }
         Ok(None) => match state.store.get_run(&id).await {
@@ -509,33 +828,81 @@ pub(super) async fn retry(
     }
 }
 
-/// Query with a status and a limit.
-#[derive(serde::Deserialize)]
-pub(super) struct ListQuery {
-    status: Option<String>,
+/// States of a request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// Waiting for an answer.
+    Open,
+    /// Answered.
+    Answered,
+    /// The mail bounced.
+    Bounced,
+    /// Its step finished.
+    Closed,
+}
+
+/// Query of `GET /api/requests`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RequestsQuery {
+    /// Only requests in this state.
+    status: Option<RequestState>,
+    /// At most this many (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<i64>,
+}
+
+/// States of an outgoing message.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    /// Not delivered yet.
+    Pending,
+    /// Accepted by the server.
+    Sent,
+    /// Given up (a dead letter).
+    Dead,
+}
+
+/// Query of `GET /api/outbox`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct OutboxQuery {
+    /// Only messages in this state.
+    status: Option<OutboxState>,
+    /// At most this many (default 100).
+    #[schemars(range(min = 1, max = 1000))]
+    limit: Option<i64>,
+}
+
+/// Query of `GET /api/audit`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AuditQuery {
+    /// At most this many (default 100).
+    #[schemars(range(min = 1, max = 1000))]
+    limit: Option<i64>,
+}
+
+fn state_name<T: Serialize>(s: Option<T>) -> Option<String> {
+    s.and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
 }
 
 /// `GET /api/requests`: who was asked, who has answered.
 pub(super) async fn requests(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<RequestsQuery>, QueryRejection>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, Role::Viewer).await {
         return r;
     }
-    if let Some(s) = &q.status
-        && !matches!(s.as_str(), "open" | "answered" | "bounced" | "closed")
-    {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "unknown status (open, answered, bounced, closed)",
-        );
-    }
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    match state.store.list_requests(q.status.as_deref(), limit).await {
-        Ok(rows) => ok(StatusCode::OK, json!({ "requests": rows })),
+    let (status, limit) =
+        match query(q).and_then(|q| Ok((state_name(q.status), limit(q.limit, 100)?))) {
+            Ok(v) => v,
+            Err(m) => return bad_request(m),
+        };
+    match state.store.list_requests(status.as_deref(), limit).await {
+        Ok(requests) => ok(StatusCode::OK, RequestList { requests }),
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
@@ -546,10 +913,7 @@ pub(super) async fn cluster(State(state): State<AppState>, headers: HeaderMap) -
         return r;
     }
     match crate::cluster::view(&state.store, state.clock.now(), state.lease()).await {
-        Ok(view) => ok(
-            StatusCode::OK,
-            serde_json::to_value(&view).unwrap_or_default(),
-        ),
+        Ok(view) => ok(StatusCode::OK, view),
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
@@ -558,22 +922,18 @@ pub(super) async fn cluster(State(state): State<AppState>, headers: HeaderMap) -
 pub(super) async fn outbox(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<OutboxQuery>, QueryRejection>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, Role::Viewer).await {
         return r;
     }
-    if let Some(s) = &q.status
-        && !matches!(s.as_str(), "pending" | "sent" | "dead")
-    {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "unknown status (pending, sent, dead)",
-        );
-    }
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    match state.store.list_outbox(q.status.as_deref(), limit).await {
-        Ok(rows) => ok(StatusCode::OK, json!({ "messages": rows })),
+    let (status, limit) =
+        match query(q).and_then(|q| Ok((state_name(q.status), limit(q.limit, 100)?))) {
+            Ok(v) => v,
+            Err(m) => return bad_request(m),
+        };
+    match state.store.list_outbox(status.as_deref(), limit).await {
+        Ok(messages) => ok(StatusCode::OK, OutboxList { messages }),
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
@@ -594,7 +954,7 @@ pub(super) async fn outbox_retry(
             if let Some(e) = &state.engine {
                 e.outbox_wake().notify_one();
             }
-            ok(StatusCode::OK, json!({ "status": "pending" }))
+            ok(StatusCode::OK, Done::status("pending"))
         }
         Ok(false) => api_error(
             StatusCode::CONFLICT,
@@ -608,17 +968,17 @@ pub(super) async fn outbox_retry(
 pub(super) async fn audit_log(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, Role::Admin).await {
         return r;
     }
-    match state
-        .store
-        .list_audit(q.limit.unwrap_or(100).clamp(1, 1000))
-        .await
-    {
-        Ok(rows) => ok(StatusCode::OK, json!({ "entries": rows })),
+    let limit = match query(q).and_then(|q| limit(q.limit, 100)) {
+        Ok(n) => n,
+        Err(m) => return bad_request(m),
+    };
+    match state.store.list_audit(limit).await {
+        Ok(entries) => ok(StatusCode::OK, AuditList { entries }),
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }

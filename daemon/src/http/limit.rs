@@ -1,6 +1,6 @@
 //! Brute-force protection: refused credentials (an unknown bearer token, a failed login) and
 //! unknown answer or acknowledgement tokens are counted per client address; a client with
-//! [`MAX_REFUSALS`] refusals in a [`WINDOW`] is answered `429 Too Many Requests` with
+//! [`MAX_REFUSALS`] (or `[http] refusals_per_minute`) refusals in a [`WINDOW`] is answered `429 Too Many Requests` with
 //! `Retry-After` until the window ends. Successful requests are never counted, so legitimate
 //! traffic is not slowed. The first block of a client in a window is written to the audit log
 //! (`action = "refusals"`, with the count), once, so an attack shows up in aggregate.
@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 
-/// Refusals a client may have in one window.
+/// Refusals a client may have in one window, unless `[http] refusals_per_minute` says otherwise.
 pub const MAX_REFUSALS: u32 = 20;
 /// The counting window.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -28,9 +28,16 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 const MAX_CLIENTS: usize = 10_000;
 
 /// Refusal counts per client address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Refusals {
     clients: Mutex<HashMap<IpAddr, Window>>,
+    max: u32,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self::new(MAX_REFUSALS)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -41,12 +48,20 @@ struct Window {
 }
 
 impl Refusals {
+    /// A limit of `max` refusals per client and window.
+    pub fn new(max: u32) -> Self {
+        Self {
+            clients: Mutex::default(),
+            max: max.max(1),
+        }
+    }
+
     /// How long `ip` must still wait, if it is blocked now.
     fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let w = clients.get(&ip)?;
         let left = WINDOW.checked_sub(now.duration_since(w.started))?;
-        (w.refusals >= MAX_REFUSALS && !left.is_zero()).then_some(left)
+        (w.refusals >= self.max && !left.is_zero()).then_some(left)
     }
 
     /// Counts a refusal; returns the count if this one reached the limit (to be audited).
@@ -76,7 +91,7 @@ impl Refusals {
             };
         }
         w.refusals += 1;
-        if w.refusals >= MAX_REFUSALS && !w.reported {
+        if w.refusals >= self.max && !w.reported {
             w.reported = true;
             return Some(w.refusals);
         }
@@ -137,7 +152,7 @@ pub async fn limit_refusals(
 
 fn too_many(path: &str, left: Duration) -> Response {
     let secs = left.as_secs().max(1);
-    let mut res = if path.starts_with("/api/") || path.starts_with("/hooks/") {
+    let mut res = if super::is_api_path(path) {
         (
             StatusCode::TOO_MANY_REQUESTS,
             axum::Json(serde_json::json!({

@@ -30,7 +30,7 @@ use crate::inbound::intake::Intake;
 use crate::store::{NewAnswer, Recorded, RequestRow, Store, requests::lookup_of};
 
 mod api;
-mod limit;
+pub(crate) mod limit;
 mod links;
 pub mod openapi;
 mod pages;
@@ -81,6 +81,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// API tokens.
     pub tokens: Vec<ApiToken>,
+    /// Refused credentials or tokens a client address may have in a minute before it is
+    /// answered 429 (`refusals_per_minute`).
+    pub refusals_per_minute: u32,
 }
 
 impl Default for HttpConfig {
@@ -89,6 +92,7 @@ impl Default for HttpConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tokens: Vec::new(),
+            refusals_per_minute: limit::MAX_REFUSALS,
         }
     }
 }
@@ -120,6 +124,12 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Sets how many refused credentials or tokens a client may have in a minute.
+    pub fn with_refusal_limit(mut self, per_minute: u32) -> Self {
+        self.refusals = Arc::new(limit::Refusals::new(per_minute));
+        self
+    }
+
     /// The daemons' lease (heartbeat expiry), from the engine's configuration.
     pub(super) fn lease(&self) -> chrono::Duration {
         self.engine.as_ref().map_or(
@@ -205,7 +215,55 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn(request_context))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Paths of the machine-facing API: their errors are JSON.
+pub(super) fn is_api_path(path: &str) -> bool {
+    path.starts_with("/api/")
+        || path.starts_with("/hooks/")
+        || path.starts_with("/inbound/")
+        || path == "/readyz"
+}
+
+/// Every error of the API answers `{"error": …}`, also those made outside the handlers (an
+/// unknown path, a method not allowed, a body over the limit, a timeout).
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let api = is_api_path(req.uri().path());
+    let res = next.run(req).await;
+    if !api || res.status().as_u16() < 400 {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 16 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let error = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let body = serde_json::to_vec(&api::ApiError { error }).unwrap_or_default();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Longest a request may take before it is answered 503.
@@ -299,7 +357,10 @@ pub async fn serve(listen: SocketAddr, state: AppState, shutdown: CancellationTo
 }
 
 fn api_error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
+    let body = api::ApiError {
+        error: message.to_string(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// The configured token `token` is, if any: (name, role). Verified against the argon2 hashes
@@ -395,10 +456,14 @@ async fn authorize(
     }
 }
 
-#[derive(serde::Deserialize)]
-struct AckBody {
-    token: String,
-    by: Option<String>,
+/// Body of `POST /api/acks`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    /// The acknowledgement request's token (from its link).
+    pub token: String,
+    /// Who acknowledges (default: `api:` and the token's name).
+    pub by: Option<String>,
 }
 
 async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -450,13 +515,19 @@ async fn api_ack(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
                 .await;
             (
                 StatusCode::CREATED,
-                axum::Json(json!({ "status": "acknowledged", "tag": row.tag })),
+                axum::Json(api::Done {
+                    tag: Some(row.tag),
+                    ..api::Done::status("acknowledged")
+                }),
             )
                 .into_response()
         }
         Ok(Recorded::Replay) => (
             StatusCode::OK,
-            axum::Json(json!({ "status": "already_acknowledged", "tag": row.tag })),
+            axum::Json(api::Done {
+                tag: Some(row.tag),
+                ..api::Done::status("already_acknowledged")
+            }),
         )
             .into_response(),
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -493,33 +564,40 @@ async fn inbound_email(State(state): State<AppState>, headers: HeaderMap, body: 
             id
         }
         Ok(None) => {
-            return (StatusCode::OK, axum::Json(json!({ "status": "duplicate" }))).into_response();
+            let body = api::InboundReceived {
+                id: None,
+                status: "duplicate".into(),
+                outcome: None,
+                detail: None,
+            };
+            return (StatusCode::OK, axum::Json(body)).into_response();
         }
         Err(e) => return api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
+    let pending = |id: String| {
+        let body = api::InboundReceived {
+            id: Some(id),
+            status: "pending".into(),
+            outcome: None,
+            detail: None,
+        };
+        (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+    };
     let row = match state.store.inbound_get(&id).await {
         Ok(Some(r)) => r,
-        _ => {
-            return (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({ "id": id, "status": "pending" })),
-            )
-                .into_response();
-        }
+        _ => return pending(id),
     };
     match state.intake.process(&row).await {
-        Ok(Some(p)) => (
-            StatusCode::ACCEPTED,
-            axum::Json(
-                json!({ "id": id, "status": p.status, "outcome": p.outcome, "detail": p.detail }),
-            ),
-        )
-            .into_response(),
-        _ => (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({ "id": id, "status": "pending" })),
-        )
-            .into_response(),
+        Ok(Some(p)) => {
+            let body = api::InboundReceived {
+                id: Some(id),
+                status: p.status,
+                outcome: Some(p.outcome),
+                detail: Some(p.detail),
+            };
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+        }
+        _ => pending(id),
     }
 }
 

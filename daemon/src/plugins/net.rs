@@ -411,7 +411,8 @@ pub async fn peer_certificates(
         })?
 }
 
-fn cert_facts(der: &[u8]) -> Result<CertFacts, NetError> {
+/// What the host reads from a DER certificate (public for the fuzz targets).
+pub fn cert_facts(der: &[u8]) -> Result<CertFacts, NetError> {
     use x509_parser::prelude::*;
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| NetError::Certificate(e.to_string()))?;

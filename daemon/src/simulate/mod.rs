@@ -30,7 +30,8 @@ mod scenario;
 mod timeline;
 
 pub use scenario::{
-    AnswerRule, PluginRule, ResolveRule, Scenario, TriggerRule, load_scenario, parse_time,
+    AnswerRule, PluginRule, ResolveRule, Scenario, TriggerRule, load_scenario, parse_scenario,
+    parse_time,
 };
 pub use timeline::{Event, Timeline, render_text};
 

@@ -131,6 +131,12 @@ pub(super) fn duration(text: &str) -> Result<chrono::Duration, SimError> {
 pub fn load_scenario(path: &Path, tz: chrono_tz::Tz) -> Result<Scenario, SimError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| SimError::new(format!("{}: {e}", path.display())))?;
+    parse_scenario(path, &text, tz)
+}
+
+/// Parses and checks scenario `text` (the contents of `path`).
+pub fn parse_scenario(path: &Path, text: &str, tz: chrono_tz::Tz) -> Result<Scenario, SimError> {
+    let text = text.to_string();
     let scenario: Scenario = toml::from_str(&text).map_err(|e| {
         let (line, col) = e
             .span()

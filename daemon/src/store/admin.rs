@@ -36,7 +36,7 @@ impl Store {
 }
 
 /// An audit-log entry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct AuditRow {
     /// When.
     pub at: DateTime<Utc>,

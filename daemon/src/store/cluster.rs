@@ -7,7 +7,7 @@ use sqlx::Row;
 use super::{Backend, Result, Store, from_ms, ms};
 
 /// One daemon process, as it registered itself.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct DaemonRow {
     /// Unique per process (host name + a random part); the owner of its leases.
     pub instance_id: String,
@@ -30,7 +30,7 @@ pub struct DaemonRow {
 }
 
 /// A singleton role and its holder.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct RoleRow {
     /// `scheduler`, `imap:user@host/INBOX`, …
     pub name: String,

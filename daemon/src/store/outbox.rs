@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::{Backend, Result, Store, StoreError, from_ms, ms};
 
 /// Kinds of outgoing messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     /// An email (raw RFC 5322 bytes and an envelope).
@@ -43,7 +43,7 @@ pub struct NewMessage {
 }
 
 /// An outbox row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct OutboxRow {
     /// Row id.
     pub id: String,

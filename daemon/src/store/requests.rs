@@ -40,7 +40,7 @@ pub struct NewRequest {
 }
 
 /// A request as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RequestRow {
     /// The token (never shown in listings meant for others).
     #[serde(skip)]

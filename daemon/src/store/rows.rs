@@ -8,7 +8,9 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use super::{Result, StoreError, from_ms};
 
 /// The life of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Created, not started yet.
@@ -80,7 +82,7 @@ impl std::str::FromStr for RunStatus {
 }
 
 /// The life of a step (or foreach item).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// An attempt is under way (or was, when a daemon died).
@@ -127,7 +129,7 @@ impl std::str::FromStr for StepStatus {
 }
 
 /// A run as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunRow {
     /// Run id (UUIDv7).
     pub id: String,
@@ -160,7 +162,7 @@ pub struct RunRow {
 }
 
 /// A step row as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct StepRow {
     /// `id` or `id[i]`.
     pub step_key: String,
@@ -187,7 +189,7 @@ pub struct StepRow {
 }
 
 /// An event of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct EventRow {
     /// When.
     pub at: DateTime<Utc>,
