@@ -371,3 +371,132 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
         assert!(screenshots().join(format!("{name}.png")).exists());
     }
 }
+
+const HOSTILE: &str = r#"
+id = "hostile"
+name = "<img src=x onerror=\"window.__pwned='name'\">状況報告<script>window.__pwned='name-script'</script>"
+[inputs]
+summary = ""
+[[steps]]
+id = "ask"
+action = "request"
+foreach = "data.projects.projects"
+[steps.with]
+to = "{{ item.lead }} <{{ item.lead_email }}>"
+subject = "【要回答】{{ item.name }} {{ inputs.summary }}"
+body = "{{ inputs.summary }}"
+fields = ["総合評価", "進捗"]
+required = ["総合評価"]
+deadline = "10m"
+"#;
+
+/// A workflow name, an input, an answer's text and a field value that hold HTML and script are
+/// shown as text on every page: no script runs, no element is injected, the markup is visible
+/// as written.
+#[tokio::test(flavor = "multi_thread")]
+async fn html_and_script_in_names_inputs_and_answers_stay_inert_in_the_browser() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    std::fs::write(project.workflows().join("data/projects.toml"), PROJECTS).unwrap();
+    project.workflow("hostile.toml", HOSTILE);
+    let (token, entry) = pmoflow_tests::new_api_token(project.path(), "pmo-desk", "operator");
+    let (smtp_port, http_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{http_port}");
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n[outbox]\npoll_interval = \"200ms\"\n[replies]\naddress = \"pmo+{{token}}@example.go.jp\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"{base}\"\n\n{entry}\n",
+        db.url
+    ));
+    let maildir = project.path().join("maildir");
+    let _smtp = SmtpSink::start(smtp_port, &maildir);
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("http listening", STARTUP);
+
+    let web = reqwest::Client::new();
+    let res = web
+        .post(format!("{base}/api/runs"))
+        .bearer_auth(&token)
+        .json(&json!({
+            "workflow": "hostile",
+            "inputs": { "summary": "<img src=x onerror=\"window.__pwned='input'\">至急" }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let run_id = res.json::<Json>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mails = wait_mail(&maildir, 2);
+    let yamada = mails
+        .iter()
+        .find(|m| m["to"][0].as_str().unwrap().contains("yamada@"))
+        .unwrap();
+    let reply_to = yamada["reply_to"]
+        .as_str()
+        .unwrap()
+        .rsplit('<')
+        .next()
+        .unwrap()
+        .trim_end_matches('>')
+        .to_string();
+    // Yamada's answer holds markup in a field and in its text.
+    let raw = format!(
+        "From: yamada@pjmo-a.example.go.jp\r\nTo: {reply_to}\r\nSubject: Re: x\r\nMessage-ID: <h-{run_id}@x>\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n総合評価: <img src=x onerror=\"window.__pwned='field'\">良好\r\n進捗: <script>window.__pwned='script'</script>80%\r\n\r\n<iframe src=\"javascript:window.top.__pwned='iframe'\"></iframe>順調です\r\n"
+    );
+    let path = project.path().join("r.eml");
+    std::fs::write(&path, raw).unwrap();
+    let (code, out, err) = cli(project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("answer"), "{out}");
+
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{base}/login")).await.unwrap();
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_source(&c, "pmo-desk").await;
+    for (page, shown) in [
+        ("/".to_string(), "状況報告"),
+        (format!("/runs/{run_id}"), "状況報告"),
+        ("/status".to_string(), "良好"),
+        ("/requests".to_string(), "yamada@pjmo-a.example.go.jp"),
+    ] {
+        c.goto(&format!("{base}{page}")).await.unwrap();
+        let source = until_page_has(&c, shown, Duration::from_secs(15)).await;
+        // Give an injected handler every chance to run (an image error fires at once).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pwned = c
+            .execute(
+                "return window.__pwned === undefined ? null : String(window.__pwned);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(pwned, Json::Null, "a script ran on {page}");
+        for css in [
+            "img[onerror]",
+            "img[src='x']",
+            "iframe",
+            "script:not([src])",
+        ] {
+            let found = c.find_all(Locator::Css(css)).await.unwrap();
+            assert!(found.is_empty(), "{page} has an injected {css}");
+        }
+        assert!(
+            source.contains("&lt;img src=x onerror=") || source.contains("&lt;script&gt;"),
+            "{page} shows the markup as text:\n{source}"
+        );
+    }
+    shot(&c, "hostile-status-board").await;
+    c.close().await.unwrap();
+}

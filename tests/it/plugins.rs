@@ -197,6 +197,12 @@ async fn hostile_plugins_fail_with_the_right_reason_and_the_engine_keeps_serving
             "loopback or private address (127.0.0.1); list it exactly",
         ),
         ("kv-flood", "", "kv quota: at most 256 KiB per plugin"),
+        (
+            "deep-json",
+            "",
+            "returned output that is not JSON: recursion limit exceeded",
+        ),
+        ("log-spin", "", "ran past 2 s"),
     ];
     let started = Instant::now();
     let mut ids = Vec::new();
@@ -624,7 +630,7 @@ fn shipped_plugins_are_built_in_and_an_installed_one_replaces_them() {
     std::fs::write(
         dir.path().join("echo/plugin.toml"),
         format!(
-            "name = \"echo\"\nversion = \"9.0.0\"\ncomponent = \"{}\"\ncapabilities = [\"http\", \"kv\"]\n",
+            "name = \"echo\"\nversion = \"9.0.0\"\ncomponent = \"{}\"\ncapabilities = [\"http\", \"kv\", \"log\"]\n",
             guest_wasm().join("hostile.wasm").display()
         ),
     )
@@ -722,4 +728,67 @@ async fn status_digest_summarises_a_collection_with_a_csv() {
         "P-004,人事給与,tanaka@example.go.jp,未回答,未回答,,,,35,35日遅延"
     );
     assert_eq!(lines.len(), 6, "header, four rows, final CRLF");
+}
+
+/// A plugin stuck inside a host call (an HTTP fetch from a server that accepts and never
+/// answers) is stopped by its deadline like one spinning in its own code; one that floods its
+/// log keeps at most `max_log` bytes of it and still succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_stuck_in_a_host_call_is_stopped_and_a_log_flood_is_capped() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    project.workflow("p.toml", WORKFLOW);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for sock in silent.incoming().flatten() {
+            keep.lock().unwrap().push(sock);
+        }
+    });
+    let engine = engine(&db, &project, &hostile_grants(1, port)).await;
+    let store = engine.engine.store().clone();
+    let started = Instant::now();
+    let inputs = json!({ "what": "fetch", "url": format!("http://127.0.0.1:{port}/never") });
+    let stuck = engine
+        .engine
+        .trigger("p", &RunRequest::manual(&inputs))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let inputs = json!({ "what": "log-flood", "url": "" });
+    let flood = engine
+        .engine
+        .trigger("p", &RunRequest::manual(&inputs))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let run = wait_run(&store, &stuck, Duration::from_secs(30), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    let error = run.error.unwrap_or_default();
+    assert!(error.contains("ran past 2 s"), "{error}");
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the fetch reached the silent server"
+    );
+    println!(
+        "a plugin stuck in a host call stopped after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let run = wait_run(&store, &flood, Duration::from_secs(30), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let steps = store.get_steps(&flood).await.unwrap();
+    let bad = steps.iter().find(|s| s.step_id == "bad").unwrap();
+    assert_eq!(bad.output.as_ref().unwrap(), &json!({ "logged": 20000 }));
+    engine.stop().await;
 }
