@@ -814,3 +814,127 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_the_server_asked() {
         "retried after {waited:?}, before the 2 s the server asked for"
     );
 }
+
+/// One email through an SMTP server that misbehaves as `script` says
+/// (`tests/support/faulty_smtp.py`), until it is sent or dead. Returns the outbox row and what
+/// the server logged.
+async fn through_faulty_smtp(script: &str) -> (pmoflow::store::OutboxRow, Vec<String>, usize) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let port = free_port();
+    let maildir = project.path().join("maildir");
+    let mut server = std::process::Command::new("python3")
+        .arg(pmoflow_tests::support("faulty_smtp.py"))
+        .arg(port.to_string())
+        .arg(&maildir)
+        .arg(script)
+        .spawn()
+        .expect("python3 faulty_smtp.py");
+    let start = Instant::now();
+    // Not a probe connection: it would take the first behaviour.
+    while !project.path().join("faulty_smtp.log.ready").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "faulty SMTP server up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    project.workflow("m.toml", "id = \"m\"\n[[steps]]\nid = \"send\"\naction = \"email\"\nwith = { to = \"yamada@example.go.jp\", subject = \"件名\", body = \"本文\" }\n");
+    project.config(&format!(
+        "database_url = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = \"2s\"\n[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 3\n",
+        db.url
+    ));
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("workflows loaded", STARTUP);
+    cli(project.path(), &["trigger", "m"]);
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let started = Instant::now();
+    let row = loop {
+        let rows = store.list_outbox(None, 10).await.unwrap();
+        if let Some(r) = rows.into_iter().find(|r| r.status != "pending") {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{script}: the message neither sent nor dead after a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    store.close().await;
+    drop(d);
+    let _ = server.kill();
+    let _ = server.wait();
+    let log = std::fs::read_to_string(project.path().join("faulty_smtp.log")).unwrap_or_default();
+    let stored = std::fs::read_dir(&maildir).map(|d| d.count()).unwrap_or(0);
+    (row, log.lines().map(str::to_string).collect(), stored)
+}
+
+/// Each SMTP fault ends as docs/notifications.md says: a 421 greeting, a 451 to RCPT, a 452
+/// after DATA, a server that accepts the connection and never answers (the `[smtp] timeout`),
+/// and a connection dropped after DATA are retried until the message is accepted; a 554 after
+/// DATA is a dead letter at once; a temporary refusal that never ends is dead after
+/// `max_attempts`. Only the drop after DATA — the server had the message but never said so —
+/// delivers it twice, with the same Message-ID (the documented in-flight case).
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_faults_are_retried_or_dead_lettered_as_documented() {
+    let cases = [
+        ("421,ok", "sent", 2, 1),
+        ("451,ok", "sent", 2, 1),
+        ("452,ok", "sent", 2, 1),
+        ("hang,ok", "sent", 2, 1),
+        ("drop,ok", "sent", 2, 2),
+        ("554", "dead", 1, 0),
+        ("451", "dead", 3, 0),
+    ];
+    let handles: Vec<_> = cases
+        .iter()
+        .map(|(s, ..)| tokio::spawn(through_faulty_smtp(s)))
+        .collect();
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(h.await.unwrap());
+    }
+    for ((script, status, attempts, stored), (row, log, got)) in cases.iter().zip(results) {
+        assert_eq!(row.status, *status, "{script}: {row:?}\n{log:?}");
+        // The fault was met, then (for a temporary one) the message went through.
+        let first = script.split(',').next().unwrap();
+        assert!(
+            log.first()
+                .is_some_and(|l| l.split_whitespace().nth(1) == Some(first)),
+            "{script}: {log:?}"
+        );
+        if *status == "sent" {
+            assert!(
+                log.last().is_some_and(|l| l.contains(" ok ")),
+                "{script}: {log:?}"
+            );
+        }
+        assert_eq!(row.attempts, *attempts, "{script}: {row:?}\n{log:?}");
+        assert_eq!(
+            got, *stored,
+            "{script}: messages stored by the server\n{log:?}"
+        );
+        if *status == "dead" {
+            let error = row.last_error.clone().unwrap_or_default();
+            let code = script.split(',').next_back().unwrap();
+            assert!(error.contains(code), "{script}: {error}");
+        }
+        if *script == "drop,ok" {
+            let ids: Vec<&str> = log
+                .iter()
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .collect();
+            assert_eq!(ids.len(), 2, "{log:?}");
+            assert_eq!(ids[0], ids[1], "the resend has the same Message-ID");
+            assert!(
+                ids[0].contains(row.message_id.trim_matches(['<', '>'])),
+                "{ids:?} {}",
+                row.message_id
+            );
+        }
+        println!(
+            "smtp {script}: {} after {} attempt(s); server: {log:?}",
+            row.status, row.attempts
+        );
+    }
+}

@@ -275,7 +275,26 @@ impl Transports {
                 Ok(t) => t,
                 Err(d) => return d,
             };
-            match transport.send_raw(&envelope, raw.as_bytes()).await {
+            // lettre bounds the connection and each read by `[smtp] timeout`, but not a server
+            // that accepts the connection and never greets (found by the SMTP fault test): the
+            // whole transaction gets three times the timeout.
+            let limit = self
+                .delivery
+                .mail
+                .smtp
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(90), |c| c.timeout * 3);
+            let sent = tokio::time::timeout(limit, transport.send_raw(&envelope, raw.as_bytes()));
+            let sent = match sent.await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Delivery::Temporary(format!(
+                        "SMTP: the server did not finish the transaction within {} s",
+                        limit.as_secs()
+                    ));
+                }
+            };
+            match sent {
                 Ok(_) => return Delivery::Sent,
                 Err(e) if is_auth_refusal(&e) => {
                     if let (Some(token), Smtp::Token { source, .. }) = (&token, smtp)
