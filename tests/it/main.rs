@@ -10,6 +10,7 @@ mod crash;
 mod domain_check;
 mod egress;
 mod engine;
+mod faults;
 mod golden;
 mod mail_oauth;
 mod notify;

@@ -1082,3 +1082,139 @@ impl Drop for TcpProxy {
         self.task.abort();
     }
 }
+
+/// A PostgreSQL server of its own (initdb in a temp dir, on a free port, trust auth), for tests
+/// that stop and restart the database without disturbing the shared server the other tests use.
+/// The binaries come from `pg_config --bindir` or `/usr/lib/postgresql/<newest>/bin`; as root
+/// the server runs as the `postgres` user.
+pub struct PrivatePg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    pub url: String,
+}
+
+impl PrivatePg {
+    pub fn start() -> PrivatePg {
+        let bin = pg_bindir();
+        let dir = tempfile::tempdir().unwrap();
+        let as_root = Self::as_root();
+        if as_root {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status();
+        }
+        let port = free_port();
+        let pg = PrivatePg {
+            port,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            dir,
+        };
+        let data = pg.dir.path().join("data");
+        let out = pg
+            .command(as_root, "initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .expect("initdb (Debian: postgresql)");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.pg_ctl("start");
+        pg
+    }
+
+    fn command(&self, as_root: bool, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn as_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false)
+    }
+
+    /// `pg_ctl start`, `stop` (immediate: like a crash) or `restart`, waiting for it.
+    pub fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let mut c = self.command(Self::as_root(), "pg_ctl");
+        c.arg("-D")
+            .arg(&data)
+            .args(["-w", "-l"])
+            .arg(self.dir.path().join("log"));
+        if action != "start" {
+            c.args(["-m", "immediate"]);
+        }
+        if action != "stop" {
+            c.arg("-o").arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.path().display()
+            ));
+        }
+        let out = c.arg(action).output().expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {action}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self
+            .command(Self::as_root(), "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    let v = versions
+        .last()
+        .expect("PostgreSQL server binaries (Debian: postgresql)");
+    PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))
+}

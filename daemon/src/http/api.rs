@@ -265,7 +265,13 @@ async fn audit(state: &AppState, actor: &str, action: &str, target: Option<&str>
 
 /// `GET /readyz`: the database answers and a catalog is loaded.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let db = state.store.ping().await;
+    // A database that has gone away may leave the connection attempt hanging: readiness is
+    // answered within two seconds either way.
+    let db = match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await
+    {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer within 2 s".to_string()),
+    };
     let workflows = state
         .engine
         .as_ref()
@@ -281,7 +287,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
         (Err(e), _) => ok(
             StatusCode::SERVICE_UNAVAILABLE,
             Readiness {
-                database: e.to_string(),
+                database: e,
                 workflows: None,
             },
         ),
