@@ -738,6 +738,17 @@ private_key_file = "{}"
 /// A receiver that answers the first call `429` with `Retry-After: 2` and the next ones 200;
 /// it records when each call arrived.
 async fn rate_limited_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    scripted_receiver(Some(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ))
+    .await
+}
+
+/// A receiver that answers its first call `first` (or, with `None`, never answers it) and
+/// every later one 200; it keeps the time of each call.
+async fn scripted_receiver(
+    first: Option<&'static str>,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -775,10 +786,13 @@ async fn rate_limited_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<In
                     c.push(Instant::now());
                     c.len()
                 };
-                let answer = if n == 1 {
-                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                } else {
-                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                let answer = match (n, first) {
+                    (1, Some(answer)) => answer,
+                    (1, None) => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    _ => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 };
                 let _ = sock.write_all(answer.as_bytes()).await;
             });
@@ -937,4 +951,36 @@ async fn smtp_faults_are_retried_or_dead_lettered_as_documented() {
             row.status, row.attempts
         );
     }
+}
+
+/// A webhook receiver that takes the request and never answers: the attempt ends after
+/// `[outbox] webhook_timeout` and the retry is delivered (with the same Idempotency-Key).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_receiver_that_never_answers_times_out_and_is_retried() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let (port, calls) = scripted_receiver(None).await;
+    project.workflow(
+        "hook.toml",
+        &format!("id = \"hook\"\n[[steps]]\nid = \"notify\"\naction = \"webhook\"\nwith = {{ url = \"http://127.0.0.1:{port}/slow\", text = \"障害発生\" }}\n"),
+    );
+    project.config(&format!(
+        "database_url = \"{}\"\n[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\nwebhook_timeout = \"1s\"\n",
+        db.url
+    ));
+    let _d = Daemon::start(project.path(), "d", &[]);
+    let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
+    assert_eq!(code, 0, "{err}");
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    wait_outbox(&store, "sent", 1, Duration::from_secs(30)).await;
+    let row = &store.list_outbox(Some("sent"), 1).await.unwrap()[0];
+    assert_eq!(row.attempts, 2, "{row:?}");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "one unanswered call, one delivery");
+    let waited = calls[1] - calls[0];
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "retried after {waited:?}, before the 1 s timeout ended the first attempt"
+    );
+    store.close().await;
 }

@@ -164,6 +164,7 @@ pub(super) struct RawOutbox {
     pub(super) max_backoff: Option<Spanned<String>>,
     pub(super) concurrency: Option<Spanned<i64>>,
     pub(super) poll_interval: Option<Spanned<String>>,
+    pub(super) webhook_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -449,6 +449,7 @@ impl Reader<'_> {
             max_backoff: self.duration(&o.max_backoff, od.max_backoff)?,
             concurrency: self.count(&o.concurrency, od.concurrency, 256, "concurrency")?,
             poll_interval: self.duration(&o.poll_interval, od.poll_interval)?,
+            webhook_timeout: self.duration(&o.webhook_timeout, od.webhook_timeout)?,
         })
     }
 

@@ -37,6 +37,8 @@ pub struct OutboxConfig {
     pub concurrency: usize,
     /// How often the outbox is checked for messages queued by other processes.
     pub poll_interval: Duration,
+    /// Longest a webhook receiver may take to answer one delivery.
+    pub webhook_timeout: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -48,6 +50,7 @@ impl Default for OutboxConfig {
             max_backoff: Duration::from_secs(3600),
             concurrency: 32,
             poll_interval: Duration::from_secs(1),
+            webhook_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -168,7 +168,7 @@ impl Transports {
         };
         let http = crate::egress::client(
             delivery.egress.clone(),
-            std::time::Duration::from_secs(30),
+            delivery.outbox.webhook_timeout,
             concat!("pmoflow/", env!("CARGO_PKG_VERSION")),
         )
         .map_err(TransportError::Http)?;
