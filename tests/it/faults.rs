@@ -147,3 +147,175 @@ async fn a_postgres_outage_in_the_middle_of_100_runs_loses_and_doubles_nothing()
     assert!(d.is_running());
     store.close().await;
 }
+
+/// A tmpfs of `size` mounted at `dir` for the test (needs root, as CI runs), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system under `path` with a file there; returns it.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 16 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+const SLOW: &str = r#"
+id = "slow"
+[inputs]
+n = 0
+[[steps]]
+id = "pause"
+action = "wait"
+with = { duration = "2s" }
+[[steps]]
+id = "note"
+action = "log"
+with = { message = "run {{ inputs.n }} done" }
+"#;
+
+/// The SQLite database's disk fills up while 20 runs wait: a new run is refused with `503` and
+/// the reason, the daemon stays up and says why, nothing committed is lost, and when space
+/// returns the waiting runs finish and new runs are accepted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_under_sqlite_refuses_new_work_keeps_what_was_committed_and_recovers() {
+    let project = Project::new();
+    let mnt = project.path().join("db");
+    let _fs = Tmpfs::mount(&mnt, "4m");
+    project.workflow("slow.toml", SLOW);
+    let (token, entry) = pmoflow_tests::new_api_token(project.path(), "ops", "operator");
+    let http_port = free_port();
+    let url = format!("sqlite://{}", mnt.join("pmoflow.db").display());
+    project.config(&format!(
+        "database_url = \"{url}\"\n[engine]\npoll_interval = \"100ms\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n{entry}\n"
+    ));
+    let mut d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("http listening", STARTUP);
+    let base = format!("http://127.0.0.1:{http_port}");
+    let web = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let start = |n: i64| {
+        let web = web.clone();
+        let (base, token) = (base.clone(), token.clone());
+        async move {
+            web.post(format!("{base}/api/runs"))
+                .bearer_auth(&token)
+                .json(&json!({ "workflow": "slow", "inputs": { "n": n } }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let res = start(n).await;
+        assert_eq!(res.status(), 201);
+        ids.push(
+            res.json::<serde_json::Value>().await.unwrap()["run_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // The disk fills up while they wait.
+    let filler = fill(&mnt);
+    let res = start(99).await;
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(status, 503, "a new run on a full disk: {body}");
+    let why = body["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("full"), "the refusal says why: {why}");
+    // The waits end while the disk is still full: their commits fail, the daemon keeps trying.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(d.is_running(), "the daemon stays up on a full disk");
+    assert!(
+        d.log_text().contains("full"),
+        "the daemon's log says the disk is full"
+    );
+    // Space returns.
+    std::fs::remove_file(&filler).unwrap();
+    let t = Instant::now();
+    loop {
+        let mut done = 0;
+        for id in &ids {
+            let v: serde_json::Value = web
+                .get(format!("{base}/api/runs/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let status = v["run"]["status"].as_str().unwrap_or_default().to_string();
+            assert_ne!(status, "failed", "{v}");
+            done += usize::from(status == "succeeded");
+        }
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{done} of 20 runs done a minute after space returned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recovered = t.elapsed();
+    let res = start(100).await;
+    assert_eq!(res.status(), 201, "new work is accepted again");
+    // What the daemon reported is on disk: after a kill -9, another process reads every run
+    // as succeeded.
+    let log = d.log_text();
+    d.kill9();
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .take(15)
+        .collect();
+    println!("daemon problems:\n{}", problems.join("\n"));
+    let store = Store::open(&url, Durability::Process).await.unwrap();
+    for id in &ids {
+        let run = store
+            .get_run(id)
+            .await
+            .unwrap()
+            .expect("a committed run is kept");
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    }
+    println!(
+        "sqlite disk full: refused with `{why}`; 20 runs finished {} ms after space returned",
+        recovered.as_millis()
+    );
+    store.close().await;
+}

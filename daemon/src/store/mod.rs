@@ -218,6 +218,18 @@ impl Store {
             let pool = loop {
                 match SqlitePoolOptions::new()
                     .max_connections(1)
+                    // A connection must not go back to the pool inside a transaction. After a
+                    // COMMIT that failed (`database or disk is full`), sqlx still counts the
+                    // transaction as open and the next one became a savepoint inside it: the
+                    // daemon read its own writes, but nothing reached the file (found by the
+                    // full-disk test). Such a connection is closed; SQLite rolls back what it
+                    // held, which was never reported committed.
+                    .after_release(|conn, _| {
+                        Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                    })
+                    .before_acquire(|conn, _| {
+                        Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                    })
                     .connect_with(opts.clone())
                     .await
                 {
