@@ -319,3 +319,137 @@ async fn a_full_disk_under_sqlite_refuses_new_work_keeps_what_was_committed_and_
     );
     store.close().await;
 }
+
+const TICK: &str = r#"
+id = "tick"
+[[triggers]]
+cron = "*/5 * * * * *"
+[[steps]]
+id = "a"
+action = "log"
+with = { message = "tick {{ run.scheduled_at }}" }
+"#;
+
+const PAUSE: &str = r#"
+id = "pause"
+[[steps]]
+id = "w"
+action = "wait"
+with = { duration = "30s" }
+"#;
+
+/// The daemon's wall clock stepped back an hour and forward again, then forward an hour (the
+/// daemon runs under libfaketime, the monotonic clock untouched, as an NTP step would leave
+/// it): a schedule firing every 5 s fires no instant twice and loses none — after the step back
+/// nothing fires until the clock passes what was already handled; the hour jumped over is
+/// accounted for as one run and `skipped` fires — and a 30 s wait ends at its deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn clock_steps_neither_double_nor_lose_a_fire_and_waits_keep_their_deadline() {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libfaketime (Debian: faketime; tests/run installs it)");
+    let db = pmoflow_tests::TestDb::new(pmoflow_tests::Backend::Sqlite).await;
+    let project = Project::new();
+    project.workflow("tick.toml", TICK);
+    project.workflow("pause.toml", PAUSE);
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[http]\nenabled = false\n",
+        db.url
+    ));
+    let offset = project.path().join("faketime");
+    let set = |spec: &str| std::fs::write(&offset, format!("{spec}\n")).unwrap();
+    set("+0");
+    let offset_file = offset.display().to_string();
+    let mut d = Daemon::start(
+        project.path(),
+        "d",
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", &offset_file),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    d.wait_log("workflows loaded", STARTUP);
+    let (code, out, err) = pmoflow_tests::cli(project.path(), &["trigger", "pause"]);
+    assert_eq!(code, 0, "{err}");
+    let pause = out.trim().to_string();
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let ticks = || async {
+        store
+            .list_runs(&pmoflow::store::RunFilter {
+                workflow_id: Some("tick".into()),
+                status: None,
+                limit: 5000,
+            })
+            .await
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before_back = ticks().await.len();
+    assert!(before_back >= 1, "the schedule fires");
+    // Back an hour: everything in the repeated hour was handled already.
+    set("-1h");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let during_back = ticks().await.len();
+    set("+0");
+    assert!(
+        during_back <= before_back + 1,
+        "fires while the clock was an hour back: {before_back} -> {during_back}"
+    );
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let after_back = ticks().await.len();
+    assert!(after_back > during_back, "the schedule resumes");
+    // The wait (30 s from its start) ended once its deadline passed.
+    let run = store.get_run(&pause).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let waited = run.finished_at.unwrap() - run.created_at;
+    assert!(
+        waited >= chrono::Duration::seconds(30),
+        "the wait ended after {waited}, before its deadline"
+    );
+    // Forward an hour: the hour jumped over is one run and skipped fires.
+    set("+1h");
+    let t = Instant::now();
+    let runs = loop {
+        let runs = ticks().await;
+        if runs.len() > after_back + 700 {
+            break runs;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{} fires after jumping an hour",
+            runs.len() - after_back
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    set("+0");
+    let mut at: Vec<chrono::DateTime<chrono::Utc>> =
+        runs.iter().filter_map(|r| r.scheduled_at).collect();
+    at.sort();
+    let n = at.len();
+    at.dedup();
+    assert_eq!(at.len(), n, "a fire ran twice");
+    let gaps: Vec<_> = at
+        .windows(2)
+        .filter(|w| w[1] - w[0] != chrono::Duration::seconds(5))
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(gaps.is_empty(), "fires lost between {gaps:?}");
+    let skipped = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Skipped)
+        .count();
+    println!(
+        "clock steps: {before_back} fires, +{} while an hour back, +{} after, then {} over the hour jumped ({skipped} skipped); wait ended after {waited}",
+        during_back - before_back,
+        after_back - during_back,
+        n - after_back
+    );
+    store.close().await;
+    d.kill9();
+}
