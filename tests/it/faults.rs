@@ -453,3 +453,119 @@ async fn clock_steps_neither_double_nor_lose_a_fire_and_waits_keep_their_deadlin
     store.close().await;
     d.kill9();
 }
+
+fn plain(n: usize, body_kib: usize) -> Vec<u8> {
+    format!(
+        "From: pjmo{n}@example.go.jp\r\nTo: pmo@example.go.jp\r\nSubject: report {n}\r\nMessage-ID: <fault-{n}@pjmo.example.go.jp>\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n{}\r\n",
+        "状況報告です。".repeat(body_kib * 1024 / 21 + 1)
+    )
+    .into_bytes()
+}
+
+/// Each message (by subject) → how many times it was taken in, and how many rows the intake
+/// recorded in all (markers of UIDs passed over included).
+async fn processed(store: &Store) -> (BTreeMap<String, usize>, usize) {
+    let rows = store.inbound_list(None, 10_000).await.unwrap();
+    let mut by_id = BTreeMap::new();
+    for r in &rows {
+        // `imap-duplicate` and `imap-skipped` rows only mark a UID as passed over.
+        if r.via == "imap" {
+            // The listing leaves the raw message out; each test message has its own subject.
+            *by_id
+                .entry(r.subject.clone().unwrap_or_default())
+                .or_insert(0) += 1;
+        }
+    }
+    (by_id, rows.len())
+}
+
+async fn wait_processed(store: &Store, n: usize, what: &str) -> BTreeMap<String, usize> {
+    let t = Instant::now();
+    loop {
+        let (by_id, _) = processed(store).await;
+        if by_id.len() >= n {
+            return by_id;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{what}: {} of {n} messages processed",
+            by_id.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The IMAP server misbehaves while replies arrive: sessions cut in the middle of fetching 200
+/// messages of 20 KiB, the server killed and restarted while the daemon idles, and the mailbox
+/// coming back with a new UIDVALIDITY and renumbered messages. Every message is processed
+/// exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn imap_drops_restarts_and_a_uidvalidity_change_lose_and_double_nothing() {
+    let db = pmoflow_tests::TestDb::new(pmoflow_tests::Backend::Sqlite).await;
+    let mut imap = pmoflow_tests::Dovecot::start();
+    let project = Project::new();
+    project.config(&format!(
+        "database_url = \"{}\"\n[http]\nenabled = false\n{}",
+        db.url,
+        imap.config("poll_interval = \"1s\"\ntimeout = \"5s\"")
+    ));
+    let password = imap.password.clone();
+    let d = Daemon::start(
+        project.path(),
+        "d",
+        &[("PMOFLOW_IMAP_PASSWORD", password.as_str())],
+    );
+    d.wait_log("mailbox registered", STARTUP);
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    imap.append_raw("INBOX", &(0..20).map(|n| plain(n, 1)).collect::<Vec<_>>());
+    wait_processed(&store, 20, "before any fault").await;
+
+    // Sessions cut while 200 larger messages are being fetched.
+    imap.append_raw(
+        "INBOX",
+        &(20..220).map(|n| plain(n, 20)).collect::<Vec<_>>(),
+    );
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // `doveadm kick` fails when no session is open at that moment (between polls).
+        let _ = std::process::Command::new("doveadm")
+            .arg("-c")
+            .arg(imap.dir.path().join("dovecot.conf"))
+            .args(["kick", &imap.user])
+            .output();
+    }
+    wait_processed(&store, 220, "after cut sessions").await;
+
+    // The server restarted while the daemon idles.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    imap.restart(false);
+    imap.append_raw(
+        "INBOX",
+        &(220..230).map(|n| plain(n, 1)).collect::<Vec<_>>(),
+    );
+    wait_processed(&store, 230, "after a restart").await;
+
+    // A new UIDVALIDITY: every message renumbered, five new ones among them.
+    imap.restart(true);
+    imap.append_raw(
+        "INBOX",
+        &(230..235).map(|n| plain(n, 1)).collect::<Vec<_>>(),
+    );
+    let by_id = wait_processed(&store, 235, "after a UIDVALIDITY change").await;
+    // Give a second, wrong processing of the renumbered messages time to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (by_id_later, rows) = processed(&store).await;
+    assert_eq!(by_id, by_id_later);
+    let twice: Vec<_> = by_id.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "processed twice: {twice:?}");
+    assert_eq!(by_id.len(), 235);
+    assert!(
+        d.log_text().contains("UIDVALIDITY changed"),
+        "the daemon noticed the new UIDVALIDITY"
+    );
+    println!(
+        "imap faults: 235 messages processed once each; {rows} intake rows ({} recognised again after the UIDVALIDITY change)",
+        rows - 235
+    );
+    store.close().await;
+}

@@ -696,6 +696,49 @@ protocol imap {{
         }
     }
 
+    /// Stops the server (SIGKILL, sessions cut) and starts it again on the same port with the
+    /// same mail. With `reset_uids`, the mailbox indexes and UID lists are deleted while it is
+    /// down, so every mailbox comes back with a new UIDVALIDITY and renumbered messages (as
+    /// after a mailbox was deleted and recreated, or restored from a backup).
+    pub fn restart(&mut self, reset_uids: bool) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if reset_uids {
+            fn walk(dir: &Path) {
+                for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if p.is_dir() {
+                        walk(&p);
+                    } else if name.starts_with("dovecot-uidlist")
+                        || name.starts_with("dovecot.index")
+                    {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+            walk(&self.dir.path().join("mail"));
+            // UIDVALIDITY is the creation time in seconds: make sure it differs.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let root = self.dir.path();
+        self.child = Command::new("dovecot")
+            .args(["-F", "-c"])
+            .arg(root.join("dovecot.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dovecot");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "dovecot did not restart"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Ends every IMAP session of the test user (`doveadm kick`): clients must reconnect.
     pub fn kick(&self) {
         let out = Command::new("doveadm")
