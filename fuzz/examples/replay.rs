@@ -36,7 +36,7 @@ fn main() {
         times.push((t.elapsed(), data.len(), file));
     }
     let total = started.elapsed();
-    times.sort_by(|a, b| b.0.cmp(&a.0));
+    times.sort_by_key(|t| std::cmp::Reverse(t.0));
     println!(
         "{} inputs in {total:?} ({:.0}/s)",
         times.len(),
