@@ -26,6 +26,7 @@ pub mod simulate;
 pub mod store;
 pub mod template;
 pub mod wake;
+pub mod workbook;
 pub mod workflow;
 
 /// This pmoflow's version, as daemons register it and `pmoflow cluster` compares it.

@@ -298,6 +298,7 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
             required: vec![],
             deadline: None,
             expires_at: t0 + Duration::days(30),
+            form: None,
         })
         .collect();
     let waiting = StepWrite {

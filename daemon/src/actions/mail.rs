@@ -66,6 +66,8 @@ pub(crate) struct StepMail<'a> {
     pub message_id: &'a str,
     /// The outbox key: the same mail decided again after a crash is queued once.
     pub key: String,
+    /// Files: (name, bytes, content type), e.g. the request's Excel 様式.
+    pub attachments: Vec<(String, Vec<u8>, String)>,
 }
 
 /// Builds `m` now (the outbox keeps the raw message) into an outbox row.
@@ -80,7 +82,7 @@ pub(crate) fn step_mail(cx: &ActionContext<'_>, m: StepMail<'_>) -> Result<NewMe
         subject: m.subject,
         text: m.text,
         html: None,
-        attachments: Vec::new(),
+        attachments: m.attachments,
         message_id: format!("<{}>", m.message_id),
         date: cx.clock.now(),
         timezone: cx.services.mail.timezone,

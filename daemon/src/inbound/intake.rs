@@ -25,6 +25,7 @@ use crate::clock::SharedClock;
 use crate::message::email::{EmailSpec, build};
 use crate::store::{Disposition, InboundRow, NewAnswer, RequestRow, Store, StoreError};
 use crate::store::{MessageKind, NewMessage};
+use crate::workbook::{FormRead, FormSpec, Problem};
 
 /// Receives and processes inbound messages.
 #[derive(Clone)]
@@ -163,16 +164,11 @@ impl Intake {
         {
             w.wake_runs();
         }
-        let queued = matches!(
-            &disposition,
-            Disposition::Quarantine {
-                notify: Some(_),
-                ..
-            } | Disposition::Answer {
-                notice: Some(_),
-                ..
-            }
-        );
+        let queued = match &disposition {
+            Disposition::Quarantine { notify, .. } => notify.is_some(),
+            Disposition::Answer { notices, .. } => !notices.is_empty(),
+            _ => false,
+        };
         if queued && let Some(w) = &self.wakers {
             w.wake_outbox();
         }
@@ -400,10 +396,32 @@ impl Intake {
                     attachments: json!([]),
                     complete: true,
                 },
-                notice: None,
+                notices: Vec::new(),
             };
         }
-        let parsed = reply::parse_fields(&text, &req.fields, msg.from_name.as_deref());
+        let mut parsed = reply::parse_fields(&text, &req.fields, msg.from_name.as_deref());
+        let form: Option<FormSpec> = req
+            .form
+            .as_ref()
+            .and_then(|f| serde_json::from_value(f.clone()).ok());
+        let (reads, broken) = match &form {
+            Some(spec) => read_workbooks(spec, &msg.attachments),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut problems: Vec<Problem> = Vec::new();
+        if let Some(spec) = &form {
+            problems = crate::workbook::form::merge(spec, &reads, &mut parsed.fields);
+        }
+        for (name, error) in &broken {
+            problems.insert(
+                0,
+                Problem {
+                    field: None,
+                    at: None,
+                    message: format!("添付ファイル「{name}」: {error}"),
+                },
+            );
+        }
         let missing: Vec<&String> =
             req.required
                 .iter()
@@ -412,23 +430,44 @@ impl Intake {
                         v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())
                     })
                 })
+                .filter(|f| !problems.iter().any(|p| p.field.as_ref() == Some(*f)))
                 .collect();
         let attachments: Vec<Json> = msg
             .attachments
             .iter()
             .map(|a| {
-                json!({
+                let mut entry = json!({
                     "name": a.name,
                     "content_type": a.content_type,
                     "size": a.size,
                     "sha256": hex::encode(Sha256::digest(&a.content)),
                     "content_base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &a.content),
-                })
+                });
+                if let Some(r) = reads.iter().find(|r| r.file == a.name) {
+                    entry["workbook"] = serde_json::to_value(r).unwrap_or_default();
+                } else if let Some((_, e)) = broken.iter().find(|(n, _)| n == &a.name) {
+                    entry["workbook"] = json!({ "error": e });
+                }
+                entry
             })
             .collect();
-        let notice = (!missing.is_empty() && req.status == "open")
-            .then(|| self.missing_notice(row, msg, &req, &missing))
-            .flatten();
+        let complete = missing.is_empty() && problems.is_empty();
+        let mut notices = Vec::new();
+        if !complete && req.status == "open" {
+            let notice = match &form {
+                Some(_) => self.correction_notice(row, msg, &req, &problems, &missing),
+                None => self.missing_notice(row, msg, &req, &missing),
+            };
+            notices.extend(notice);
+        }
+        if !broken.is_empty() {
+            let detail = broken
+                .iter()
+                .map(|(n, e)| format!("添付ファイル「{n}」を読み取れませんでした: {e}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            notices.extend(self.pmo_notice(row, Some(&from), Some(&msg.subject), &detail));
+        }
         tracing::debug!(request = req.tag, by = ?by, "reply correlated");
         Disposition::Answer {
             answer: NewAnswer {
@@ -439,10 +478,47 @@ impl Intake {
                 fields: serde_json::to_value(&parsed.fields).unwrap_or_default(),
                 text: parsed.free_text,
                 attachments: Json::Array(attachments),
-                complete: missing.is_empty(),
+                complete,
             },
-            notice,
+            notices,
         }
+    }
+
+    /// To the sender of an answer whose 様式 needs correcting: one mail naming each sheet and
+    /// cell and what is wrong, and any required item that is still missing.
+    fn correction_notice(
+        &self,
+        row: &InboundRow,
+        msg: &Inbound,
+        req: &RequestRow,
+        problems: &[Problem],
+        missing: &[&String],
+    ) -> Option<NewMessage> {
+        let mut lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("  ・{}", p.message))
+            .collect();
+        lines.extend(missing.iter().map(|f| format!("  ・{f}が未記入です")));
+        let text = format!(
+            "{}\nご回答ありがとうございます。\n\
+             ご提出いただいた内容を確認したところ、以下の点について修正をお願いいたします。\n\
+             お手数ですが、様式を修正のうえ本メールに添付してご返信ください。\n\n{}\n\n\
+             （本メールは pmoflow により自動送信されています）\n",
+            reply::CUT_MARKER,
+            lines.join("\n")
+        );
+        let base = ["【要回答】", "【ご依頼】", "【要修正】"]
+            .iter()
+            .find_map(|p| req.subject.strip_prefix(p))
+            .unwrap_or(&req.subject);
+        self.notice_to_sender(
+            row,
+            msg,
+            req,
+            format!("【要修正】{base}"),
+            text,
+            "correction",
+        )
     }
 
     fn domain(&self) -> String {
@@ -461,13 +537,30 @@ impl Intake {
         req: &RequestRow,
         missing: &[&String],
     ) -> Option<NewMessage> {
-        let pattern = self.services.replies.pattern(&self.services.mail.from);
         let list: Vec<String> = missing.iter().map(|f| format!("  {f}: ")).collect();
         let text = format!(
             "{}\nご回答ありがとうございます。\n以下の必須項目が確認できませんでした。お手数ですが、ご記入のうえ本メールにご返信ください。\n\n{}\n\n（本メールは pmoflow により自動送信されています）\n",
             reply::CUT_MARKER,
             list.join("\n")
         );
+        let subject = format!(
+            "【要再回答】{}",
+            req.subject.trim_start_matches("【要回答】")
+        );
+        self.notice_to_sender(row, msg, req, subject, text, "missing")
+    }
+
+    /// A notice to the (verified) sender of an answer, as a reply on the request's thread.
+    fn notice_to_sender(
+        &self,
+        row: &InboundRow,
+        msg: &Inbound,
+        req: &RequestRow,
+        subject: String,
+        text: String,
+        what: &str,
+    ) -> Option<NewMessage> {
+        let pattern = self.services.replies.pattern(&self.services.mail.from);
         let message_id = format!("<pmoflow.{}.m{}@{}>", req.token, row.id, self.domain());
         let spec = EmailSpec {
             from: self.services.mail.from.clone(),
@@ -475,10 +568,7 @@ impl Intake {
             cc: Vec::new(),
             bcc: Vec::new(),
             reply_to: Some(correlate::reply_address(&pattern, &req.token)),
-            subject: format!(
-                "【要再回答】{}",
-                req.subject.trim_start_matches("【要回答】")
-            ),
+            subject,
             text,
             html: None,
             attachments: Vec::new(),
@@ -490,7 +580,7 @@ impl Intake {
         let built = build(&spec).ok()?;
         Some(NewMessage {
             kind: MessageKind::Email,
-            key: format!("inbound:{}:missing", row.id),
+            key: format!("inbound:{}:{what}", row.id),
             target: spec.to.join(", "),
             message_id,
             payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
@@ -583,4 +673,33 @@ fn describe(d: &Disposition) -> (&'static str, &str, &str) {
             outcome, detail, ..
         } => ("quarantined", outcome, detail),
     }
+}
+
+/// Reads every workbook attached to an answer with the request's form: what each gave, and
+/// (name, reason) for each that could not be read. A reader that panics on a hostile file is
+/// caught here: the message is kept and the sender told.
+fn read_workbooks(
+    spec: &FormSpec,
+    attachments: &[super::Attachment],
+) -> (Vec<FormRead>, Vec<(String, String)>) {
+    let limits = crate::workbook::Limits::default();
+    let mut reads = Vec::new();
+    let mut broken = Vec::new();
+    for a in attachments
+        .iter()
+        .filter(|a| crate::workbook::is_workbook(&a.name, &a.content_type))
+    {
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::workbook::form::read_answer(spec, &a.name, &a.content, &limits)
+        }));
+        match read {
+            Ok(Ok(r)) => reads.push(r),
+            Ok(Err(e)) => broken.push((a.name.clone(), e.to_string())),
+            Err(_) => broken.push((
+                a.name.clone(),
+                "ファイルの読み取り中に問題が発生したため読み取れませんでした".to_string(),
+            )),
+        }
+    }
+    (reads, broken)
 }

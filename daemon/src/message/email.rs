@@ -306,6 +306,8 @@ pub fn content_type_for(name: &str) -> &'static str {
         "csv" => "text/csv; charset=utf-8",
         "txt" => "text/plain; charset=utf-8",
         "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "xlsm" => "application/vnd.ms-excel.sheet.macroEnabled.12",
+        "xls" => "application/vnd.ms-excel",
         "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
         "zip" => "application/zip",
         "json" => "application/json",

@@ -56,7 +56,7 @@ pub enum Disposition {
         /// The answer.
         answer: NewAnswer,
         /// A message to queue in the same transaction.
-        notice: Option<super::NewMessage>,
+        notices: Vec<super::NewMessage>,
     },
     /// A bounce for a request: the request marked bounced, the run woken.
     Bounce {
@@ -339,7 +339,7 @@ impl Store {
             let mut wake = None;
             let mut after_close = None;
             match disposition {
-                Disposition::Answer { answer: a, notice } => {
+                Disposition::Answer { answer: a, notices } => {
                     let req = sqlx::query(
                         "SELECT run_id, status, deadline, tag, final_at FROM requests \
                          WHERE token = $1",
@@ -378,7 +378,7 @@ impl Store {
                             }
                         }
                         if accepted {
-                            if let Some(m) = notice {
+                            for m in notices {
                                 insert_message!(tx, now_ms, m);
                             }
                             sqlx::query(

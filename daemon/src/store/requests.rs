@@ -37,6 +37,8 @@ pub struct NewRequest {
     pub deadline: Option<DateTime<Utc>>,
     /// The token is refused after this.
     pub expires_at: DateTime<Utc>,
+    /// The Excel 様式 a returned workbook is read with (`workbook::FormSpec` as JSON).
+    pub form: Option<Json>,
 }
 
 /// A request as stored.
@@ -85,6 +87,10 @@ pub struct RequestRow {
     pub bounce: Option<String>,
     /// When the request's step finished: from then on nothing sent to it counts.
     pub final_at: Option<DateTime<Utc>>,
+    /// The Excel 様式 a returned workbook is read with (`workbook::FormSpec` as JSON).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub form: Option<Json>,
 }
 
 /// An answer as stored.
@@ -153,7 +159,7 @@ pub fn lookup_of(token: &str) -> &str {
 
 const REQUEST_COLUMNS: &str = "token, run_id, step_key, workflow_id, kind, recipient, allowed, tag, \
     message_id, subject, fields, required, created_at, deadline, expires_at, status, answered_at, \
-    answer_id, bounced_at, bounce, final_at";
+    answer_id, bounced_at, bounce, final_at, form";
 const ANSWER_COLUMNS: &str =
     "id, token, received_at, via, from_addr, message_id, fields, free_text, attachments, late";
 
@@ -190,6 +196,11 @@ macro_rules! request_row {
             bounced_at: r.try_get::<Option<i64>, _>("bounced_at")?.map(from_ms),
             bounce: r.try_get("bounce")?,
             final_at: r.try_get::<Option<i64>, _>("final_at")?.map(from_ms),
+            form: r
+                .try_get::<Option<String>, _>("form")?
+                .map(|f| serde_json::from_str(&f))
+                .transpose()
+                .map_err(corrupt("requests"))?,
         }
     }};
 }
@@ -223,8 +234,8 @@ macro_rules! insert_requests {
             sqlx::query(
                 "INSERT INTO requests (token, lookup, run_id, step_key, workflow_id, kind, recipient, \
                  allowed, tag, message_id, subject, fields, required, created_at, deadline, \
-                 expires_at, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                 $13, $14, $15, $16, 'open') ON CONFLICT DO NOTHING",
+                 expires_at, status, form) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                 $12, $13, $14, $15, $16, 'open', $17) ON CONFLICT DO NOTHING",
             )
             .bind(req.token.as_str())
             .bind($crate::store::requests::lookup_of(&req.token))
@@ -242,6 +253,7 @@ macro_rules! insert_requests {
             .bind($now)
             .bind(req.deadline.map($crate::store::ms))
             .bind($crate::store::ms(req.expires_at))
+            .bind(req.form.as_ref().map(|f| f.to_string()))
             .execute(&mut *$conn)
             .await?;
         }
@@ -449,7 +461,7 @@ impl Store {
                 None,
                 &Disposition::Answer {
                     answer: answer.clone(),
-                    notice: None,
+                    notices: Vec::new(),
                 },
             )
             .await?;

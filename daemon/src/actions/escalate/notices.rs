@@ -65,6 +65,7 @@ pub(super) fn open_level(
                     text,
                     message_id: &message_id,
                     key: format!("{}:{}:esc:{seq}:{recipient}", cx.run_id, cx.step_key),
+                    attachments: Vec::new(),
                 },
             )?);
             requests.push(NewRequest {
@@ -82,6 +83,7 @@ pub(super) fn open_level(
                 expires_at: now
                     + chrono::Duration::days(30)
                     + chrono::Duration::from_std(cx.services.replies.token_ttl).unwrap_or_default(),
+                form: None,
             });
             state.round.push(token);
         }
@@ -211,6 +213,7 @@ pub(super) fn notice(
                 text: body.to_string(),
                 message_id: &message_id,
                 key: format!("{}:{}:esc:{seq}:{recipient}", cx.run_id, cx.step_key),
+                attachments: Vec::new(),
             },
         )?);
     }

@@ -291,5 +291,6 @@ fn resolve_request(
         required: Vec::new(),
         deadline: None,
         expires_at: now + chrono::Duration::days(3650),
+        form: None,
     })
 }

@@ -8,6 +8,7 @@
 //! closed → done with 未回答 recorded, or failed when `on_timeout = "fail"`. Every call is
 //! idempotent (reminders are keyed by request and number), so a crash anywhere repeats nothing.
 
+mod form;
 mod start;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,26 @@ pub(crate) const PARAMS: &[Param] = &[
         name: "context",
         required: false,
     },
+    Param {
+        name: "form",
+        required: false,
+    },
+    Param {
+        name: "form_name",
+        required: false,
+    },
+    Param {
+        name: "cells",
+        required: false,
+    },
+    Param {
+        name: "types",
+        required: false,
+    },
+    Param {
+        name: "prefill",
+        required: false,
+    },
 ];
 
 const REMIND_HINT: &str = "write offsets from the deadline: \"-1d@10:00\" (the day before at 10:00), \
@@ -90,7 +111,7 @@ const REMIND_HINT: &str = "write offsets from the deadline: \"-1d@10:00\" (the d
     { at = \"+1d\", subject_prefix = \"【再送・要回答】\", cc = [\"…\"] }";
 
 pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
-    let mut problems = Vec::new();
+    let mut problems = form::check(with);
     if with.contains_key("body") && with.contains_key("template") {
         problems.push(WithProblem {
             key: Some("template".into()),
@@ -254,6 +275,9 @@ struct State {
     /// `with.context`, echoed in the output (e.g. the foreach item the request is about).
     #[serde(default)]
     context: Json,
+    /// The Excel 様式, sent again with each reminder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    form: Option<form::FormState>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -395,6 +419,12 @@ fn reminder_mail(
         text.push_str(&format!("\nWebフォームからもご回答いただけます:\n{url}\n"));
     }
     let message_id = format!("pmoflow.{}.r{n}@{domain}", req.token);
+    let attachments: Vec<_> = state
+        .form
+        .as_ref()
+        .and_then(|f| form::again(cx, f, &req.fields))
+        .into_iter()
+        .collect();
     let mut cc = state.cc.clone();
     cc.extend(reminder.cc.iter().cloned());
     step_mail(
@@ -407,6 +437,7 @@ fn reminder_mail(
             text,
             message_id: &message_id,
             key: format!("{}:{}:remind:{n}:{}", cx.run_id, cx.step_key, req.recipient),
+            attachments,
         },
     )
 }

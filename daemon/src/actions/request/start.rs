@@ -61,6 +61,11 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
         )));
     }
     let reminders = reminders(cx, with, deadline)?;
+    let form = super::form::load(cx, with, &fields, &required)?;
+    let attachment = form
+        .as_ref()
+        .map(|f| super::form::attachment(f, &super::form::prefill_of(with)?))
+        .transpose()?;
     let token_ttl = chrono::Duration::from_std(cx.services.replies.token_ttl).unwrap_or_default();
     let close_at = match deadline {
         Some(d) => d + wait_after,
@@ -76,6 +81,10 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
         delegates,
         ack,
         expires_at: close_at + token_ttl,
+        form_spec: form
+            .as_ref()
+            .map(|f| serde_json::to_value(&f.spec).unwrap_or_default()),
+        attachment,
     };
     let mut requests = Vec::new();
     let mut messages = Vec::new();
@@ -101,6 +110,7 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
         any,
         until_close,
         context: with.get("context").cloned().unwrap_or(Json::Null),
+        form: super::form::FormState::of(with)?,
     };
     let until = next_wake(&state);
     Ok(Outcome::Suspend {
@@ -191,6 +201,10 @@ struct Ask {
     delegates: Vec<String>,
     ack: bool,
     expires_at: DateTime<Utc>,
+    /// The Excel 様式's cell map, stored with each request.
+    form_spec: Option<Json>,
+    /// The prefilled 様式: (file name, bytes, content type).
+    attachment: Option<(String, Vec<u8>, String)>,
 }
 
 impl Ask {
@@ -228,9 +242,17 @@ impl Ask {
             "answer_url": answer_url,
             "tag": tag,
             "to": addr,
+            "form_file": self.attachment.as_ref().map(|a| a.0.clone()),
         });
         let body = render_body(cx, with, &request_ctx)?;
         let mut text = format!("{CUT_MARKER}\n{body}");
+        if let Some((name, _, _)) = &self.attachment
+            && !body.contains(name.as_str())
+        {
+            text.push_str(&format!(
+                "\n\n添付の様式（{name}）にご記入のうえ、本メールに添付してご返信ください。\n"
+            ));
+        }
         if !self.fields.is_empty() && !body.contains(self.form.trim_end()) {
             text.push_str("\n\n");
             text.push_str(&self.form);
@@ -254,6 +276,7 @@ impl Ask {
                 text,
                 message_id: &message_id,
                 key: format!("{}:{}:request:{recipient}", cx.run_id, cx.step_key),
+                attachments: self.attachment.iter().cloned().collect(),
             },
         )?;
         let mut allowed = vec![recipient.clone()];
@@ -271,6 +294,7 @@ impl Ask {
             required: self.required.clone(),
             deadline: self.deadline,
             expires_at: self.expires_at,
+            form: self.form_spec.clone(),
         };
         Ok((message, request, body))
     }
