@@ -227,6 +227,21 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
     let mut attachments = Vec::new();
     if let Some(list) = with.get("attachments").and_then(Json::as_array) {
         for item in list {
+            if let Json::Object(m) = item
+                && m.contains_key("sheets")
+            {
+                // A generated workbook: `{ name = "一覧.xlsx", sheets = [{ name, columns, rows }] }`.
+                let name = m.get("name").and_then(Json::as_str).unwrap_or("").trim();
+                if name.is_empty() || name.contains(['/', '\\']) {
+                    return Err(StepError::fatal(
+                        "a workbook attachment needs `name` (a file name ending in .xlsx)",
+                    ));
+                }
+                let bytes = report_workbook(m.get("sheets").unwrap_or(&Json::Null))
+                    .map_err(|e| StepError::fatal(format!("attachment {name}: {e}")))?;
+                attachments.push((name.to_string(), bytes, content_type_for(name).to_string()));
+                continue;
+            }
             if let Json::Object(m) = item {
                 // Generated content: `{ name = "summary.csv", content = "{{ … }}" }`.
                 let name = m.get("name").and_then(Json::as_str).unwrap_or("").trim();
@@ -319,4 +334,76 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
         json!({ "message_id": message_id, "to": to, "cc": cc, "subject": subject }),
         vec![message],
     ))
+}
+
+/// The `.xlsx` of an attachment's `sheets`: each with `name`, `columns` (`header`, optional
+/// `key`, `format`, `width`) and `rows`, a list (or JSON text of a list, as a template loop makes
+/// it) of rows, each a list of values in column order or a table read by the columns' `key`s.
+pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
+    let list = sheets
+        .as_array()
+        .ok_or("`sheets` must be a list of { name, columns, rows } tables")?;
+    let mut out = Vec::new();
+    for (i, sheet) in list.iter().enumerate() {
+        let m = sheet
+            .as_object()
+            .ok_or_else(|| format!("sheets[{i}] must be a table"))?;
+        let name = m.get("name").and_then(Json::as_str).unwrap_or("Sheet").to_string();
+        let columns = m
+            .get("columns")
+            .and_then(Json::as_array)
+            .ok_or_else(|| format!("sheet {name}: `columns` must be a list"))?;
+        let mut cols = Vec::new();
+        let mut keys = Vec::new();
+        for c in columns {
+            let (header, key, format, width) = match c {
+                Json::String(h) => (h.clone(), None, None, None),
+                Json::Object(c) => (
+                    c.get("header").and_then(Json::as_str).unwrap_or("").to_string(),
+                    c.get("key").and_then(Json::as_str).map(str::to_string),
+                    c.get("format").and_then(Json::as_str).map(str::to_string),
+                    c.get("width").and_then(Json::as_f64),
+                ),
+                other => return Err(format!("sheet {name}: column {other} is not a table")),
+            };
+            cols.push(crate::workbook::report::Column {
+                header,
+                format,
+                width,
+            });
+            keys.push(key);
+        }
+        let rows = match m.get("rows") {
+            None | Some(Json::Null) => Vec::new(),
+            Some(Json::Array(a)) => a.clone(),
+            Some(Json::String(t)) if t.trim().is_empty() => Vec::new(),
+            Some(Json::String(t)) => match serde_json::from_str::<Json>(t) {
+                Ok(Json::Array(a)) => a,
+                Ok(_) => return Err(format!("sheet {name}: `rows` is not a list")),
+                Err(e) => {
+                    return Err(format!(
+                        "sheet {name}: `rows` is not JSON ({e}); build it with `tojson`"
+                    ));
+                }
+            },
+            Some(other) => return Err(format!("sheet {name}: `rows` must be a list, got {other}")),
+        };
+        let rows = rows
+            .iter()
+            .map(|r| match r {
+                Json::Array(a) => Ok(a.clone()),
+                Json::Object(o) => Ok(keys
+                    .iter()
+                    .map(|k| k.as_ref().and_then(|k| o.get(k)).cloned().unwrap_or(Json::Null))
+                    .collect()),
+                other => Err(format!("sheet {name}: row {other} is neither a list nor a table")),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        out.push(crate::workbook::report::Sheet {
+            name,
+            columns: cols,
+            rows,
+        });
+    }
+    crate::workbook::report::write(&out).map_err(|e| e.to_string())
 }

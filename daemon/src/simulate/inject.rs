@@ -1,8 +1,10 @@
 //! What the scenario makes happen: a manual trigger, a resolution, and the people's answers —
 //! replies built as real emails and fed to the intake, or answers given on the web form.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 use super::run::Simulation;
 use super::{Event, Inject, ResolveRule, SimError, err};
@@ -129,6 +131,49 @@ impl Simulation<'_> {
             .via
             .as_ref()
             .map_or_else(|| "email".to_string(), |v| v.get_ref().clone());
+        // A returned 様式: a workbook with the scenario's cell values, and what pmoflow reads
+        // from it (the same reader as for real mail) for the timeline.
+        let workbook = match (&req.form, r.workbook.is_empty()) {
+            (Some(form), false) => {
+                let spec: crate::workbook::FormSpec =
+                    serde_json::from_value(form.clone()).map_err(err)?;
+                let values: BTreeMap<String, Json> = r
+                    .workbook
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
+                    .collect();
+                let bytes = crate::workbook::form::sample_answer(&spec, &values)
+                    .map_err(err)?;
+                let read = crate::workbook::form::read_answer(
+                    &spec,
+                    &spec.file,
+                    &bytes,
+                    &crate::workbook::Limits::default(),
+                )
+                .map_err(err)?;
+                let shown: Vec<String> = read
+                    .cells
+                    .iter()
+                    .filter(|c| !c.value.is_null() || c.error.is_some())
+                    .map(|c| match &c.error {
+                        Some(e) => format!("{}({}){e}", c.field, c.at),
+                        None => format!(
+                            "{}={} ({})",
+                            c.field,
+                            c.value.as_str().map_or_else(|| c.value.to_string(), str::to_string),
+                            c.at
+                        ),
+                    })
+                    .collect();
+                Some((spec.file.clone(), bytes, shown.join(", ")))
+            }
+            _ => None,
+        };
+        let fields_line = match &workbook {
+            Some((file, _, read)) if fields_line.is_empty() => format!("{file} → {read}"),
+            Some((file, _, read)) => format!("{fields_line}; {file} → {read}"),
+            None => fields_line,
+        };
         if via == "web" {
             let fields = serde_json::to_value(&r.fields).map_err(err)?;
             let answer = NewAnswer {
@@ -151,8 +196,28 @@ impl Simulation<'_> {
                 .map_err(err)?;
         } else {
             self.replies += 1;
+            let (content_type, body) = match &workbook {
+                Some((file, bytes, _)) => {
+                    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+                    let lines: Vec<&str> = b64
+                        .as_bytes()
+                        .chunks(76)
+                        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                        .collect();
+                    (
+                        "multipart/mixed; boundary=\"sim-boundary\"".to_string(),
+                        format!(
+                            "--sim-boundary\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n{body}\n--sim-boundary\nContent-Type: {}\nContent-Disposition: attachment; filename*=UTF-8''{}\nContent-Transfer-Encoding: base64\n\n{}\n--sim-boundary--\n",
+                            crate::message::email::content_type_for(file),
+                            percent(file),
+                            lines.join("\n")
+                        ),
+                    )
+                }
+                None => ("text/plain; charset=utf-8".to_string(), body),
+            };
             let raw = format!(
-                "From: {sender}\r\nTo: {}\r\nSubject: Re: {}\r\nIn-Reply-To: <{}>\r\nMessage-ID: <sim.{}@simulate.invalid>\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}",
+                "From: {sender}\r\nTo: {}\r\nSubject: Re: {}\r\nIn-Reply-To: <{}>\r\nMessage-ID: <sim.{}@simulate.invalid>\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}",
                 crate::message::correlate::reply_address(&self.pattern, token),
                 req.subject,
                 req.message_id,
@@ -189,4 +254,17 @@ impl Simulation<'_> {
         });
         Ok(())
     }
+}
+
+/// RFC 2231 percent-encoding of a file name.
+fn percent(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

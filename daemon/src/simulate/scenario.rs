@@ -47,6 +47,10 @@ pub struct AnswerRule {
     /// Field values.
     #[serde(default)]
     pub fields: BTreeMap<String, toml::Value>,
+    /// Cell values of the request's Excel 様式, returned as an attached workbook: keys are field
+    /// names, names defined in the form or cells (`"様式1!C7"`).
+    #[serde(default)]
+    pub workbook: BTreeMap<String, toml::Value>,
     /// Free text after the fields (an acknowledgement reply says 了解しました by default).
     pub text: Option<String>,
     /// Send from another address (a delegate, or someone not allowed to answer).

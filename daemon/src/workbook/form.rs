@@ -156,8 +156,12 @@ impl FormSpec {
                 Json::Bool(b) => Fill::Bool(*b),
                 Json::Number(n) => Fill::Number(n.as_f64().unwrap_or_default()),
                 Json::String(s) if s.trim().is_empty() => continue,
+                // A numeric string is a number in a number field, and in any other cell unless
+                // it looks like a code ("007").
                 Json::String(s) => match s.trim().parse::<f64>() {
-                    Ok(n) if number_field && n.is_finite() => Fill::Number(n),
+                    Ok(n) if n.is_finite() && (number_field || plain_number(s.trim())) => {
+                        Fill::Number(n)
+                    }
                     _ => Fill::Text(s.clone()),
                 },
                 other => Fill::Text(other.to_string()),
@@ -178,6 +182,62 @@ impl FormSpec {
         }
         pkg.fill(template, &by_part)
     }
+}
+
+/// A workbook as a PJMO might return the form, with `values` (keys: field names or cells such as
+/// `様式1!C7`) on the form's sheets, each field's defined name kept: what `simulate` attaches
+/// to a scripted answer. Written with `rust_xlsxwriter`, not from the template, so it is also a
+/// workbook made by another program than the one that sent the form.
+pub fn sample_answer(spec: &FormSpec, values: &BTreeMap<String, Json>) -> Result<Vec<u8>> {
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let w = |e: rust_xlsxwriter::XlsxError| WorkbookError::Write(e.to_string());
+    for sheet in &spec.sheets {
+        let ws = book.add_worksheet();
+        ws.set_name(sheet).map_err(w)?;
+        for (key, value) in values {
+            let at = match spec.fields.iter().find(|f| &f.field == key) {
+                Some(f) => f.at.clone(),
+                None => CellAt::parse(key).ok_or_else(|| {
+                    WorkbookError::Template(format!(
+                        "workbook key \"{key}\" is neither a field of the form nor a cell such as \"様式1!C7\""
+                    ))
+                })?,
+            };
+            if &at.sheet != sheet {
+                continue;
+            }
+            let col = u16::try_from(at.col).map_err(|_| WorkbookError::Write(key.clone()))?;
+            match value {
+                Json::Number(n) => ws
+                    .write_number(at.row, col, n.as_f64().unwrap_or_default())
+                    .map(|_| ())
+                    .map_err(w)?,
+                Json::Bool(b) => ws.write_boolean(at.row, col, *b).map(|_| ()).map_err(w)?,
+                Json::Null => {}
+                Json::String(s) => ws.write_string(at.row, col, s).map(|_| ()).map_err(w)?,
+                other => ws
+                    .write_string(at.row, col, other.to_string())
+                    .map(|_| ())
+                    .map_err(w)?,
+            }
+        }
+    }
+    for f in &spec.fields {
+        if let Some(name) = &f.name {
+            let sheet = f.at.sheet.replace('\'', "''");
+            let target = format!("='{sheet}'!${}${}", super::col_name(f.at.col), f.at.row + 1);
+            book.define_name(name, &target).map_err(w)?;
+        }
+    }
+    book.save_to_buffer().map_err(w)
+}
+
+/// "118000", "-5", "0.25"; not "007", "1e5" or "+3".
+fn plain_number(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && !(digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0."))
 }
 
 /// The kind a template's data validation gives a cell: a list → a choice, decimal or whole →
