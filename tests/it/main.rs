@@ -23,3 +23,4 @@ mod scheduling;
 mod shipped;
 mod simulate;
 mod store;
+mod workbook;

@@ -927,3 +927,204 @@ async fn domain_renewal_end_to_end() {
     // Exactly the notices above: the inventory run sends none.
     assert_eq!(with_subject(&mails(&s), "登録期限まで").len(), 3);
 }
+
+/// A reply to `request` with a file attached, as a mail client sends it.
+fn reply_with_file(from: &str, request: &Json, body: &str, name: &str, bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let reply_to = request["reply_to"].as_str().unwrap();
+    let reply_to = reply_to.rsplit('<').next().unwrap().trim_end_matches('>');
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let encoded_name: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!(
+        "From: {from}\r\nTo: {reply_to}\r\nSubject: Re: reply\r\nMessage-ID: <{}.{}@pjmo.example.go.jp>\r\nIn-Reply-To: {irt}\r\nReferences: {irt}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n--b1\r\nContent-Type: application/vnd.openxmlformats-officedocument.spreadsheetml.sheet\r\nContent-Disposition: attachment; filename*=UTF-8''{encoded_name}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() + u128::from(fastrand_u32()),
+        body.replace('\n', "\r\n"),
+        lines.join("\r\n"),
+        irt = request["message_id"].as_str().unwrap(),
+    )
+    .into_bytes()
+}
+
+fn workbooks_py(args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(pmoflow_tests::support("workbooks.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The attachment `name` of `mail`, written to `dir`.
+fn save_attachment(mail: &Json, name: &str, dir: &Path) -> PathBuf {
+    use base64::Engine;
+    let names = mail["attachments"].as_array().unwrap();
+    let i = names
+        .iter()
+        .position(|n| n.as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no attachment {name} in {names:?}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(mail["attachment_base64"][i].as_str().unwrap())
+        .unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budget_request_cycle_with_excel_forms_end_to_end() {
+    let s = setup().await;
+    let d = start(&s, "d");
+    d.wait_log("mailbox registered", STARTUP);
+    let work = tempfile::tempdir().unwrap();
+    let inputs = json!({
+        "deadline": rfc3339_in(40),
+        "remind": ["-30s", "-29s", "-28s"],
+        "resend": "+1s",
+        "close_after": "5s",
+        "correction_deadline": rfc3339_in(100),
+        "milestones": false,
+    });
+    let (code, out, err) = cli(
+        s.project.path(),
+        &["trigger", "budget-request-cycle", "--input", &inputs.to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let m = wait_mails(&s, "four calls", Duration::from_secs(30), |m| {
+        with_subject(m, "【ご依頼】").len() == 4
+    });
+    let calls = with_subject(&m, "【ご依頼】");
+    let call = |who: &str| (*addressed(&calls, who).first().unwrap()).clone();
+    // Each PJMO gets its own copy of the 様式, its project filled in.
+    let sato_form = save_attachment(&call("sato@"), "様式1_予算要求_P01.xlsx", work.path());
+    let seen: Json = serde_json::from_str(&workbooks_py(&["inspect", sato_form.to_str().unwrap()])).unwrap();
+    let cells = &seen["sheets"]["様式1"]["cells"];
+    assert_eq!(cells["C4"], json!("P01"));
+    assert_eq!(cells["C5"], json!("電子申請システム"));
+    assert_eq!(cells["C9"], json!(118000), "当年度予算額 from data/budget.toml, in 千円");
+    assert_eq!(seen["sheets"]["様式1"]["protected"], json!(true));
+    assert!(call("sato@")["body"].as_str().unwrap().contains("様式1_予算要求_P01.xlsx"));
+    let suzuki_form = save_attachment(&call("suzuki@"), "様式1_予算要求_P02.xlsx", work.path());
+    // 佐藤 fills everything in; 鈴木 leaves 運用等経費 empty; 渡辺 writes in the body.
+    let sato = work.path().join("sato.xlsx");
+    workbooks_py(&[
+        "fill",
+        sato_form.to_str().unwrap(),
+        sato.to_str().unwrap(),
+        &json!({ "区分": "改修", "整備経費": 85000, "運用等経費": "３３，０００",
+                 "前年度比": "+5,000千円（機能追加）", "積算根拠": "見積3社", "KPI": "オンライン申請率 80%",
+                 "共通基盤の利用": "○" })
+        .to_string(),
+    ]);
+    let suzuki = work.path().join("suzuki.xlsx");
+    workbooks_py(&[
+        "fill",
+        suzuki_form.to_str().unwrap(),
+        suzuki.to_str().unwrap(),
+        &json!({ "区分": "新規", "整備経費": 60000, "積算根拠": "見積2社", "KPI": "公開データセット数 300件" })
+            .to_string(),
+    ]);
+    s.imap.append_raw(
+        "INBOX",
+        &[
+            reply_with_file(
+                "sato@pjmo-a.example.go.jp",
+                &call("sato@"),
+                "お世話になっております。様式を添付します。",
+                "様式1_予算要求_P01.xlsx",
+                &std::fs::read(&sato).unwrap(),
+            ),
+            reply_with_file(
+                "suzuki@pjmo-b.example.go.jp",
+                &call("suzuki@"),
+                "添付のとおり提出します。",
+                "様式1_予算要求_P02.xlsx",
+                &std::fs::read(&suzuki).unwrap(),
+            ),
+            reply(
+                "watanabe@pjmo-c.example.go.jp",
+                &call("watanabe@"),
+                "区分: 運用\n整備経費: 0千円\n運用等経費: 45,000千円\n積算根拠: 現行契約\nKPI: 稼働率 99.9%",
+            ),
+        ],
+    );
+    // 鈴木 gets one 【要修正】 naming the sheet and the cell, and sends the workbook again,
+    // completed and saved by LibreOffice this time.
+    let m = wait_mails(&s, "the correction request", Duration::from_secs(60), |m| {
+        !with_subject(m, "【要修正】").is_empty()
+    });
+    let fix = with_subject(&m, "【要修正】");
+    assert_eq!(fix.len(), 1, "{fix:#?}");
+    assert!(to(fix[0]).contains("suzuki@"));
+    let text = fix[0]["body"].as_str().unwrap();
+    assert!(text.contains("様式1 C8（運用等経費）が空欄です"), "{text}");
+    let fixed = work.path().join("fixed.xlsx");
+    workbooks_py(&[
+        "fill",
+        suzuki.to_str().unwrap(),
+        fixed.to_str().unwrap(),
+        &json!({ "運用等経費": 18000 }).to_string(),
+    ]);
+    workbooks_py(&[
+        "convert",
+        fixed.to_str().unwrap(),
+        work.path().join("lo").to_str().unwrap(),
+        "xlsx",
+    ]);
+    s.imap.append_raw(
+        "INBOX",
+        &[reply_with_file(
+            "suzuki@pjmo-b.example.go.jp",
+            fix[0],
+            "修正しました。",
+            "様式1_予算要求_P02.xlsx",
+            &std::fs::read(work.path().join("lo/fixed.xlsx")).unwrap(),
+        )],
+    );
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let run = wait_run(&store, &run_id, Duration::from_secs(120), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}\n{}", d.log_text());
+    let m = wait_mails(&s, "the gate report", Duration::from_secs(20), |m| {
+        !with_subject(m, "一覧（PMOレビュー後）").is_empty()
+    });
+    let gate = with_subject(&m, "一覧（PMOレビュー後）")[0];
+    let body = gate["body"].as_str().unwrap();
+    assert!(
+        body.contains("P02 統計データ基盤構築: 回答済 / 区分 新規 / 整備経費 60,000千円 / 運用等経費 18,000千円"),
+        "{body}"
+    );
+    let year = &rfc3339_in(0)[..4];
+    let list = save_attachment(gate, &format!("budget-requests-review-{year}.xlsx"), work.path());
+    let report: Json = serde_json::from_str(&workbooks_py(&["report", list.to_str().unwrap()])).unwrap();
+    let rows = report["予算要求一覧"]["rows"].as_array().unwrap();
+    assert_eq!(rows[0][0], json!("プロジェクトID"));
+    let row = |id: &str| rows.iter().find(|r| r[0] == json!(id)).unwrap().clone();
+    assert_eq!(row("P01")[2], json!("回答済"));
+    assert_eq!((row("P01")[5].clone(), row("P01")[6].clone()), (json!(85000), json!(33000)));
+    assert_eq!((row("P02")[5].clone(), row("P02")[6].clone()), (json!(60000), json!(18000)));
+    assert_eq!((row("P03")[5].clone(), row("P03")[6].clone()), (json!(0), json!(45000)));
+    assert_eq!(row("P04")[2], json!("未回答"));
+    assert_eq!(row("P04")[5], Json::Null);
+    assert_eq!(report["予算要求一覧"]["formats"][0][5], json!("#,##0\"千円\""));
+    assert_eq!(report["予算要求一覧"]["freeze"], json!("A2"));
+    assert_eq!(report["未提出"]["rows"][1][0], json!("P04"));
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Decodes every message in a Maildir or a directory of .eml files with Python's `email`
 package (an implementation independent of pmoflow's) and prints them as JSON."""
+import base64
 import email.policy
 import json
 import pathlib
@@ -37,5 +38,7 @@ for path in files:
         "attachments": [a.get_filename() for a in msg.iter_attachments()],
         "attachment_texts": [a.get_content() if a.get_content_maintype() == "text" else None
                              for a in msg.iter_attachments()],
+        "attachment_base64": [base64.b64encode(a.get_payload(decode=True) or b"").decode()
+                              for a in msg.iter_attachments()],
     })
 print(json.dumps(out, ensure_ascii=False))

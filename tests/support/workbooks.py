@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Workbooks made and read by other programs than pmoflow, for tests/it/workbook.rs.
+
+  fill FORM OUT JSON        openpyxl fills cells (keys: defined names or Sheet!A1) and saves
+  convert IN OUTDIR FMT     LibreOffice (soffice --headless --convert-to FMT: xlsx, xls)
+  inspect FILE              JSON: defined names, validations, protection, print setup, merged
+                            cells and the values of every sheet (openpyxl)
+  report FILE               JSON: each sheet's rows, number formats, widths and frozen pane
+  encrypt IN OUT PASSWORD   a password-protected workbook (msoffcrypto-tool)
+  macro IN OUT              IN with a VBA project part, as an .xlsm
+  external IN OUT           IN with an external link and a formula using it (cached value kept)
+  bomb OUT                  a zip whose sheet inflates to about 1 GiB
+  huge OUT                  a well-formed sheet with 1.2 million cells
+  corrupt IN OUT            IN cut in half
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+
+def fill(form, out, values):
+    from openpyxl import load_workbook
+
+    wb = load_workbook(form)
+    for key, value in json.loads(values).items():
+        if "!" in key:
+            sheet, cell = key.rsplit("!", 1)
+            ws = wb[sheet.strip("'")]
+        else:
+            dest = list(wb.defined_names[key].destinations)[0]
+            ws, cell = wb[dest[0]], dest[1].replace("$", "")
+        if isinstance(value, dict) and "date" in value:
+            import datetime
+
+            value = datetime.date.fromisoformat(value["date"])
+        ws[cell] = value
+    wb.save(out)
+
+
+def convert(src, outdir, fmt):
+    profile = tempfile.mkdtemp(prefix="lo-profile-")
+    try:
+        subprocess.run(
+            [
+                "soffice",
+                f"-env:UserInstallation=file://{profile}",
+                "--headless",
+                "--convert-to",
+                fmt,
+                "--outdir",
+                outdir,
+                src,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=180,
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def inspect(path):
+    from openpyxl import load_workbook
+
+    wb = load_workbook(path)
+    out = {"names": {}, "sheets": {}}
+    for name, dn in wb.defined_names.items():
+        out["names"][name] = dn.attr_text
+    for ws in wb.worksheets:
+        cells = {}
+        for row in ws.iter_rows():
+            for c in row:
+                if c.value is not None:
+                    cells[c.coordinate] = c.value if not hasattr(c.value, "isoformat") else c.value.isoformat()
+        out["sheets"][ws.title] = {
+            "state": ws.sheet_state,
+            "protected": bool(ws.protection.sheet),
+            "merged": sorted(str(r) for r in ws.merged_cells.ranges),
+            "validations": [
+                {"type": v.type, "sqref": str(v.sqref), "formula1": v.formula1}
+                for v in ws.data_validations.dataValidation
+            ],
+            "orientation": ws.page_setup.orientation,
+            "paper": ws.page_setup.paperSize,
+            "fit_width": ws.page_setup.fitToWidth,
+            "print_area": ws.print_area,
+            "header": ws.oddHeader.center.text,
+            "unlocked": sorted(
+                c.coordinate for row in ws.iter_rows() for c in row if c.protection.locked is False
+            ),
+            "formats": {
+                c.coordinate: c.number_format
+                for row in ws.iter_rows()
+                for c in row
+                if c.number_format != "General"
+            },
+            "cells": cells,
+        }
+    print(json.dumps(out, ensure_ascii=False))
+
+
+def report(path):
+    from openpyxl import load_workbook
+
+    wb = load_workbook(path)
+    out = {}
+    for ws in wb.worksheets:
+        rows = [[c.value for c in row] for row in ws.iter_rows()]
+        out[ws.title] = {
+            "rows": rows,
+            "formats": [[c.number_format for c in row] for row in ws.iter_rows(min_row=2)],
+            "widths": {k: v.width for k, v in ws.column_dimensions.items()},
+            "freeze": ws.freeze_panes,
+            "bold_header": all(c.font.bold for c in ws[1]) if ws.max_row else False,
+        }
+    print(json.dumps(out, ensure_ascii=False, default=str))
+
+
+def encrypt(src, out, password):
+    import msoffcrypto.format.ooxml
+
+    with open(src, "rb") as f:
+        file = msoffcrypto.format.ooxml.OOXMLFile(f)
+        with open(out, "wb") as o:
+            file.encrypt(password, o)
+
+
+def rewrite(src, out, extra, change=None):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if change:
+                data = change(item.filename, data)
+            zout.writestr(item, data)
+        for name, data in extra.items():
+            zout.writestr(name, data)
+
+
+def macro(src, out):
+    def change(name, data):
+        if name == "[Content_Types].xml":
+            return data.replace(
+                b"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml",
+                b"application/vnd.ms-excel.sheet.macroEnabled.main+xml",
+            ).replace(
+                b"</Types>",
+                b'<Default Extension="bin" ContentType="application/vnd.ms-office.vbaProject"/></Types>',
+            )
+        return data
+
+    # Not a runnable project, just the part an .xlsm carries: it must never be executed or
+    # even parsed as code.
+    rewrite(src, out, {"xl/vbaProject.bin": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504}, change)
+
+
+def external(src, out):
+    link = (
+        b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+        b'<externalLink xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+        b'<externalBook xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships" r:id="rId1">'
+        b'<sheetNames><sheetName val="Sheet1"/></sheetNames></externalBook></externalLink>'
+    )
+
+    def change(name, data):
+        if name == "xl/worksheets/sheet1.xml":
+            # C8 (運用等経費) becomes a formula into another workbook, with a cached value.
+            import re
+
+            return re.sub(
+                rb'<c r="C8"([^>]*?)(/>|>.*?</c>)',
+                rb'<c r="C8"\1><f>[1]Sheet1!A1</f><v>999</v></c>',
+                data,
+                count=1,
+                flags=re.S,
+            )
+        return data
+
+    rewrite(src, out, {"xl/externalLinks/externalLink1.xml": link}, change)
+
+
+def bomb(out):
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/workbook.xml", "<workbook/>")
+        with z.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as f:
+            chunk = b"<c/>" * (1 << 18)
+            for _ in range(1024):
+                f.write(chunk)
+
+
+def huge(out):
+    from openpyxl import Workbook
+
+    tmp = out + ".tmp.xlsx"
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("様式1")
+    row = [1] * 100
+    for _ in range(12_000):
+        ws.append(row)
+    wb.save(tmp)
+    os.replace(tmp, out)
+
+
+def corrupt(src, out):
+    data = open(src, "rb").read()
+    open(out, "wb").write(data[: len(data) // 2])
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {
+        "fill": fill,
+        "convert": convert,
+        "inspect": inspect,
+        "report": report,
+        "encrypt": encrypt,
+        "macro": macro,
+        "external": external,
+        "bomb": bomb,
+        "huge": huge,
+        "corrupt": corrupt,
+    }[cmd](*args)
