@@ -335,31 +335,37 @@ mod helpers {
         );
         // `{{ f['整備経費'] | amount('千円') }}` → 60,000千円: a number with thousands
         // separators and its unit; anything else (text as a person wrote it) as it is.
-        env.add_filter("amount", |v: minijinja::Value, unit: Option<String>| -> String {
-            let unit = unit.unwrap_or_default();
-            match f64::try_from(v.clone()) {
-                Ok(n) if v.kind() == minijinja::value::ValueKind::Number => {
-                    let whole = n.trunc();
-                    let digits = format!("{}", whole.abs() as u64);
-                    let mut out = String::new();
-                    for (i, c) in digits.chars().enumerate() {
-                        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                            out.push(',');
+        env.add_filter(
+            "amount",
+            |v: minijinja::Value, unit: Option<String>| -> String {
+                let unit = unit.unwrap_or_default();
+                match f64::try_from(v.clone()) {
+                    Ok(n) if v.kind() == minijinja::value::ValueKind::Number => {
+                        let whole = n.trunc();
+                        let digits = format!("{}", whole.abs() as u64);
+                        let mut out = String::new();
+                        for (i, c) in digits.chars().enumerate() {
+                            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                                out.push(',');
+                            }
+                            out.push(c);
                         }
-                        out.push(c);
+                        let frac = n.abs() - whole.abs();
+                        let frac = if frac > 0.0 {
+                            format!("{frac:.3}")
+                                .trim_start_matches('0')
+                                .trim_end_matches('0')
+                                .to_string()
+                        } else {
+                            String::new()
+                        };
+                        format!("{}{out}{frac}{unit}", if n < 0.0 { "-" } else { "" })
                     }
-                    let frac = n.abs() - whole.abs();
-                    let frac = if frac > 0.0 {
-                        format!("{frac:.3}").trim_start_matches('0').trim_end_matches('0').to_string()
-                    } else {
-                        String::new()
-                    };
-                    format!("{}{out}{frac}{unit}", if n < 0.0 { "-" } else { "" })
+                    _ if v.is_undefined() || v.is_none() => String::new(),
+                    _ => v.to_string(),
                 }
-                _ if v.is_undefined() || v.is_none() => String::new(),
-                _ => v.to_string(),
-            }
-        });
+            },
+        );
         env.add_filter("yen", |v: i64| {
             let digits = v.unsigned_abs().to_string();
             let mut out = String::new();

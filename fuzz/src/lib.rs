@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("registry", registry),
     ("certificate", certificate),
     ("webhook_trigger", webhook_trigger),
+    ("workbook", workbook),
 ];
 
 /// Where a target's seed corpus lives, relative to the repository root (`fuzz/seeds.txt`, which
@@ -227,5 +228,68 @@ pub fn webhook_trigger(data: &[u8]) {
     if let Ok(inputs) = pmoflow::engine::resolve_inputs(&wf, &given) {
         let ctx = pmoflow::template::value(&json!({ "inputs": inputs }));
         let _ = pmoflow::template::render("{{ inputs.severity }}: {{ inputs.summary }}", &ctx);
+    }
+}
+
+/// The shipped example 様式's cell map, made once.
+fn budget_form() -> &'static pmoflow::workbook::FormSpec {
+    static FORM: std::sync::OnceLock<pmoflow::workbook::FormSpec> = std::sync::OnceLock::new();
+    FORM.get_or_init(|| {
+        let template = include_bytes!("../../workflows/templates/様式1_予算要求.xlsx");
+        let mapping = pmoflow::workbook::form::Mapping {
+            fields: [
+                "システム名",
+                "区分",
+                "整備経費",
+                "運用等経費",
+                "積算根拠",
+                "KPI",
+                "共通基盤の利用",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            required: vec!["区分".into(), "整備経費".into()],
+            ..Default::default()
+        };
+        match pmoflow::workbook::FormSpec::from_template("様式1.xlsx", template, &mapping) {
+            Ok(spec) => spec,
+            Err(e) => panic!("the shipped form loads: {e}"),
+        }
+    })
+}
+
+/// A returned workbook (any bytes: .xlsx, .xlsm, .xls, or not a workbook) → the 様式 reader and
+/// the merge with body fields, as the intake runs them; the same bytes as an administrator's
+/// template → the form's cell map and a prefill. Every refusal must be a sentence.
+pub fn workbook(data: &[u8]) {
+    let spec = budget_form();
+    match pmoflow::workbook::form::read_answer(
+        spec,
+        "fuzz.xlsx",
+        data,
+        &pmoflow::workbook::Limits::default(),
+    ) {
+        Ok(read) => {
+            let mut body = std::collections::BTreeMap::new();
+            for p in pmoflow::workbook::form::merge(spec, &[read], &mut body) {
+                assert!(!p.message.is_empty(), "a problem without a message");
+            }
+        }
+        Err(e) => assert!(!e.to_string().is_empty(), "an error without a message"),
+    }
+    let mapping = pmoflow::workbook::form::Mapping {
+        fields: vec!["区分".into(), "整備経費".into()],
+        ..Default::default()
+    };
+    if let Ok(form) = pmoflow::workbook::FormSpec::from_template("t.xlsx", data, &mapping) {
+        let values = [("整備経費".to_string(), json!(1200))].into();
+        let _ = form.prefill(data, &values);
+    }
+    if let Some(t) = text(data) {
+        let _ = pmoflow::workbook::value::parse_number(t, Some("千円"));
+        let _ = pmoflow::workbook::value::parse_date(t);
+        let _ = pmoflow::workbook::value::parse_bool(t);
+        let _ = pmoflow::workbook::CellAt::parse(t);
     }
 }

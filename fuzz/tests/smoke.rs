@@ -211,6 +211,11 @@ fn certificate() {
 }
 
 #[test]
+fn workbook() {
+    smoke("workbook");
+}
+
+#[test]
 fn webhook_trigger() {
     smoke("webhook_trigger");
 }

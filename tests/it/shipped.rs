@@ -966,7 +966,11 @@ fn workbooks_py(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -1002,7 +1006,12 @@ async fn budget_request_cycle_with_excel_forms_end_to_end() {
     });
     let (code, out, err) = cli(
         s.project.path(),
-        &["trigger", "budget-request-cycle", "--input", &inputs.to_string()],
+        &[
+            "trigger",
+            "budget-request-cycle",
+            "--input",
+            &inputs.to_string(),
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
@@ -1013,13 +1022,23 @@ async fn budget_request_cycle_with_excel_forms_end_to_end() {
     let call = |who: &str| (*addressed(&calls, who).first().unwrap()).clone();
     // Each PJMO gets its own copy of the 様式, its project filled in.
     let sato_form = save_attachment(&call("sato@"), "様式1_予算要求_P01.xlsx", work.path());
-    let seen: Json = serde_json::from_str(&workbooks_py(&["inspect", sato_form.to_str().unwrap()])).unwrap();
+    let seen: Json =
+        serde_json::from_str(&workbooks_py(&["inspect", sato_form.to_str().unwrap()])).unwrap();
     let cells = &seen["sheets"]["様式1"]["cells"];
     assert_eq!(cells["C4"], json!("P01"));
     assert_eq!(cells["C5"], json!("電子申請システム"));
-    assert_eq!(cells["C9"], json!(118000), "当年度予算額 from data/budget.toml, in 千円");
+    assert_eq!(
+        cells["C9"],
+        json!(118000),
+        "当年度予算額 from data/budget.toml, in 千円"
+    );
     assert_eq!(seen["sheets"]["様式1"]["protected"], json!(true));
-    assert!(call("sato@")["body"].as_str().unwrap().contains("様式1_予算要求_P01.xlsx"));
+    assert!(
+        call("sato@")["body"]
+            .as_str()
+            .unwrap()
+            .contains("様式1_予算要求_P01.xlsx")
+    );
     let suzuki_form = save_attachment(&call("suzuki@"), "様式1_予算要求_P02.xlsx", work.path());
     // 佐藤 fills everything in; 鈴木 leaves 運用等経費 empty; 渡辺 writes in the body.
     let sato = work.path().join("sato.xlsx");
@@ -1102,7 +1121,12 @@ async fn budget_request_cycle_with_excel_forms_end_to_end() {
         r.status.is_terminal()
     })
     .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}\n{}", d.log_text());
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{run:?}\n{}",
+        d.log_text()
+    );
     let m = wait_mails(&s, "the gate report", Duration::from_secs(20), |m| {
         !with_subject(m, "一覧（PMOレビュー後）").is_empty()
     });
@@ -1113,18 +1137,166 @@ async fn budget_request_cycle_with_excel_forms_end_to_end() {
         "{body}"
     );
     let year = &rfc3339_in(0)[..4];
-    let list = save_attachment(gate, &format!("budget-requests-review-{year}.xlsx"), work.path());
-    let report: Json = serde_json::from_str(&workbooks_py(&["report", list.to_str().unwrap()])).unwrap();
+    let list = save_attachment(
+        gate,
+        &format!("budget-requests-review-{year}.xlsx"),
+        work.path(),
+    );
+    let report: Json =
+        serde_json::from_str(&workbooks_py(&["report", list.to_str().unwrap()])).unwrap();
     let rows = report["予算要求一覧"]["rows"].as_array().unwrap();
     assert_eq!(rows[0][0], json!("プロジェクトID"));
     let row = |id: &str| rows.iter().find(|r| r[0] == json!(id)).unwrap().clone();
     assert_eq!(row("P01")[2], json!("回答済"));
-    assert_eq!((row("P01")[5].clone(), row("P01")[6].clone()), (json!(85000), json!(33000)));
-    assert_eq!((row("P02")[5].clone(), row("P02")[6].clone()), (json!(60000), json!(18000)));
-    assert_eq!((row("P03")[5].clone(), row("P03")[6].clone()), (json!(0), json!(45000)));
+    assert_eq!(
+        (row("P01")[5].clone(), row("P01")[6].clone()),
+        (json!(85000), json!(33000))
+    );
+    assert_eq!(
+        (row("P02")[5].clone(), row("P02")[6].clone()),
+        (json!(60000), json!(18000))
+    );
+    assert_eq!(
+        (row("P03")[5].clone(), row("P03")[6].clone()),
+        (json!(0), json!(45000))
+    );
     assert_eq!(row("P04")[2], json!("未回答"));
     assert_eq!(row("P04")[5], Json::Null);
-    assert_eq!(report["予算要求一覧"]["formats"][0][5], json!("#,##0\"千円\""));
+    assert_eq!(
+        report["予算要求一覧"]["formats"][0][5],
+        json!("#,##0\"千円\"")
+    );
     assert_eq!(report["予算要求一覧"]["freeze"], json!("A2"));
     assert_eq!(report["未提出"]["rows"][1][0], json!("P04"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_or_broken_workbook_is_kept_and_its_sender_and_the_pmo_are_told_why() {
+    let s = setup().await;
+    let d = start(&s, "d");
+    d.wait_log("mailbox registered", STARTUP);
+    let work = tempfile::tempdir().unwrap();
+    let inputs = json!({
+        "deadline": rfc3339_in(600),
+        "remind": ["-500s", "-499s", "-498s"],
+        "milestones": false,
+    });
+    let (code, out, err) = cli(
+        s.project.path(),
+        &[
+            "trigger",
+            "budget-request-cycle",
+            "--input",
+            &inputs.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let m = wait_mails(&s, "four calls", Duration::from_secs(30), |m| {
+        with_subject(m, "【ご依頼】").len() == 4
+    });
+    let calls = with_subject(&m, "【ご依頼】");
+    let call = (*addressed(&calls, "sato@").first().unwrap()).clone();
+    let form = save_attachment(&call, "様式1_予算要求_P01.xlsx", work.path());
+    let filled = work.path().join("filled.xlsx");
+    workbooks_py(&[
+        "fill",
+        form.to_str().unwrap(),
+        filled.to_str().unwrap(),
+        &json!({ "区分": "改修", "整備経費": 85000, "運用等経費": 33000, "積算根拠": "見積3社", "KPI": "申請率" })
+            .to_string(),
+    ]);
+    let locked = work.path().join("locked.xlsx");
+    workbooks_py(&[
+        "encrypt",
+        filled.to_str().unwrap(),
+        locked.to_str().unwrap(),
+        "pass",
+    ]);
+    s.imap.append_raw(
+        "INBOX",
+        &[reply_with_file(
+            "sato@pjmo-a.example.go.jp",
+            &call,
+            "パスワード付きで失礼します。",
+            "様式1_予算要求_P01.xlsx",
+            &std::fs::read(&locked).unwrap(),
+        )],
+    );
+    let m = wait_mails(
+        &s,
+        "the correction and the PMO notice",
+        Duration::from_secs(60),
+        |m| !with_subject(m, "【要修正】").is_empty() && !with_subject(m, "保留").is_empty(),
+    );
+    let fix = with_subject(&m, "【要修正】")[0];
+    assert!(to(fix).contains("sato@"));
+    let text = fix["body"].as_str().unwrap();
+    assert!(
+        text.contains(
+            "添付ファイル「様式1_予算要求_P01.xlsx」: パスワードで保護されているため読み取れません"
+        ),
+        "{text}"
+    );
+    let pmo = with_subject(&m, "保留")[0];
+    assert!(to(pmo).contains("pmo-desk@"));
+    assert!(pmo["body"].as_str().unwrap().contains("パスワード"));
+    // The message is kept with its attachment, as an incomplete answer.
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let sato_request = || async {
+        for i in 0..4 {
+            let reqs = store
+                .requests_for_step(&run_id, &format!("call[{i}]"))
+                .await
+                .unwrap();
+            if let Some(r) = reqs.into_iter().find(|r| r.recipient.starts_with("sato@")) {
+                return r;
+            }
+        }
+        panic!("no request to sato")
+    };
+    let sato = sato_request().await;
+    assert_eq!(sato.status, "open");
+    let answers = store.answers_for(&[sato.token.clone()]).await.unwrap();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(
+        answers[0].attachments[0]["name"],
+        json!("様式1_予算要求_P01.xlsx")
+    );
+    assert!(
+        answers[0].attachments[0]["workbook"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("パスワード")
+    );
+    // The same workbook without the password completes the request.
+    s.imap.append_raw(
+        "INBOX",
+        &[reply_with_file(
+            "sato@pjmo-a.example.go.jp",
+            fix,
+            "パスワードを外して再送します。",
+            "様式1_予算要求_P01.xlsx",
+            &std::fs::read(&filled).unwrap(),
+        )],
+    );
+    let start = Instant::now();
+    loop {
+        let sato = sato_request().await;
+        if sato.status == "answered" {
+            let a = store.answers_for(&[sato.token.clone()]).await.unwrap();
+            let last = a
+                .iter()
+                .find(|x| Some(&x.id) == sato.answer_id.as_ref())
+                .unwrap();
+            assert_eq!(last.fields["整備経費"], json!(85000));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not answered: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -181,7 +181,11 @@ fn pjmo_status_collection_over_three_months() {
             .unwrap()
             .contains("回答 3/4件、要対応 1件")
     );
-    let csv = summaries[1]["attachments"][0]["text"].as_str().unwrap();
+    assert_eq!(
+        summaries[1]["attachments"][0]["name"],
+        serde_json::json!("portfolio-2027-05.xlsx")
+    );
+    let csv = summaries[1]["attachments"][1]["text"].as_str().unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 5, "{csv}");
     assert_eq!(
@@ -267,10 +271,19 @@ fn budget_request_cycle_over_a_fiscal_year() {
     let handover = mails(&events, "引継ぎ");
     assert_eq!(times(&handover), ["2027-07-01 10:00"]);
     assert_eq!(to(handover[0]), ["kato@kaikei.example.go.jp"]);
-    let csv = handover[0]["attachments"][0]["text"].as_str().unwrap();
+    assert_eq!(
+        handover[0]["attachments"][0]["name"],
+        serde_json::json!("budget-requests-2027.xlsx")
+    );
+    let csv = handover[0]["attachments"][1]["text"].as_str().unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
+    // 佐藤's amounts as read from the returned 様式 (in 千円), 渡辺's from the mail body.
     assert!(
-        csv.contains("P01,電子申請システム刷新,回答済,\"改修\",\"85,000千円\""),
+        csv.contains("P01,電子申請システム刷新,回答済,\"改修\",\"85000\",\"33000\""),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("P03,文書管理システム運用,遅延回答,\"運用\",\"0\",\"45000\""),
         "{csv}"
     );
     assert_eq!(times(&mails(&events, "事前レビュー")), ["2027-07-08 10:00"]);

@@ -163,7 +163,9 @@ fn a_prefilled_copy_keeps_formatting_validation_protection_and_print_setup() {
     assert_eq!(after, expected);
     for key in ["merged", "validations", "unlocked", "formats"] {
         assert!(
-            !after["sheets"]["様式1"][key].as_array().is_some_and(|a| a.is_empty())
+            !after["sheets"]["様式1"][key]
+                .as_array()
+                .is_some_and(|a| a.is_empty())
                 && !after["sheets"]["様式1"][key].is_null(),
             "{key} is empty: the comparison would prove nothing"
         );
@@ -306,7 +308,12 @@ fn hostile_and_broken_workbooks_are_refused_with_a_reason() {
     let p = |n: &str| path(n).to_str().unwrap().to_string();
     py(&["corrupt", form.to_str().unwrap(), &p("cut.xlsx")]);
     py(&["bomb", &p("bomb.xlsx")]);
-    py(&["encrypt", form.to_str().unwrap(), &p("locked.xlsx"), "himitsu"]);
+    py(&[
+        "encrypt",
+        form.to_str().unwrap(),
+        &p("locked.xlsx"),
+        "himitsu",
+    ]);
     py(&["huge", &p("huge.xlsx")]);
     let filled = path("filled.xlsx");
     py(&[
@@ -317,7 +324,14 @@ fn hostile_and_broken_workbooks_are_refused_with_a_reason() {
     ]);
     py(&["macro", filled.to_str().unwrap(), &p("macro.xlsm")]);
     py(&["external", filled.to_str().unwrap(), &p("linked.xlsx")]);
-    let open = |n: &str| read_answer(&spec, n, &std::fs::read(path(n)).unwrap(), &Limits::default());
+    let open = |n: &str| {
+        read_answer(
+            &spec,
+            n,
+            &std::fs::read(path(n)).unwrap(),
+            &Limits::default(),
+        )
+    };
     assert!(
         matches!(open("cut.xlsx"), Err(WorkbookError::Corrupt(_))),
         "{:?}",
@@ -325,17 +339,27 @@ fn hostile_and_broken_workbooks_are_refused_with_a_reason() {
     );
     let bomb = open("bomb.xlsx").unwrap_err();
     assert!(matches!(bomb, WorkbookError::Bomb(_)), "{bomb}");
-    assert!(bomb.to_string().contains("展開後のサイズが上限を超える"), "{bomb}");
+    assert!(
+        bomb.to_string().contains("展開後のサイズが上限を超える"),
+        "{bomb}"
+    );
     let locked = open("locked.xlsx").unwrap_err();
     assert!(matches!(locked, WorkbookError::Encrypted), "{locked}");
     assert!(locked.to_string().contains("パスワード"));
     let huge = open("huge.xlsx").unwrap_err();
-    assert!(huge.to_string().contains("1000000個を超えています"), "{huge}");
+    assert!(
+        huge.to_string().contains("1000000個を超えています"),
+        "{huge}"
+    );
     let not_a_book = read_answer(&spec, "x.xlsx", b"hello", &Limits::default()).unwrap_err();
     assert!(matches!(not_a_book, WorkbookError::NotAWorkbook));
     // Macros: values only, never run; said so.
     let m = open("macro.xlsm").unwrap();
-    assert!(m.notes.iter().any(|n| n.contains("実行せず")), "{:?}", m.notes);
+    assert!(
+        m.notes.iter().any(|n| n.contains("実行せず")),
+        "{:?}",
+        m.notes
+    );
     let mut f = BTreeMap::new();
     assert!(merge(&spec, &[m], &mut f).is_empty());
     assert_eq!(f["整備経費"], json!(100));
@@ -344,7 +368,10 @@ fn hostile_and_broken_workbooks_are_refused_with_a_reason() {
     assert!(l.notes.iter().any(|n| n.contains("外部ブック")));
     let problems = merge(&spec, &[l], &mut BTreeMap::new());
     assert_eq!(
-        problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>(),
+        problems
+            .iter()
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>(),
         ["様式1 C8（運用等経費）は外部ブックを参照する数式です。値を直接入力してください"]
     );
 }
@@ -369,8 +396,20 @@ fn a_report_is_read_back_by_openpyxl_with_its_formats() {
                 col("提出日", Some("date")),
             ],
             rows: vec![
-                vec![json!("P01"), json!(85000), json!(118000000), json!(0.825), json!("2027-05-20")],
-                vec![json!("P02"), json!("60,000"), Json::Null, json!(1.1), Json::Null],
+                vec![
+                    json!("P01"),
+                    json!(85000),
+                    json!(118000000),
+                    json!(0.825),
+                    json!("2027-05-20"),
+                ],
+                vec![
+                    json!("P02"),
+                    json!("60,000"),
+                    Json::Null,
+                    json!(1.1),
+                    Json::Null,
+                ],
             ],
         },
         Sheet {
@@ -386,14 +425,30 @@ fn a_report_is_read_back_by_openpyxl_with_its_formats() {
     let s = &r["予算要求一覧"];
     assert_eq!(
         s["rows"][0],
-        json!(["プロジェクトID", "整備経費（千円）", "予算(円)", "執行率", "提出日"])
+        json!([
+            "プロジェクトID",
+            "整備経費（千円）",
+            "予算(円)",
+            "執行率",
+            "提出日"
+        ])
     );
     assert_eq!(s["rows"][1][1], json!(85000));
-    assert_eq!(s["rows"][2][1], json!(60000), "numeric text in a number column");
+    assert_eq!(
+        s["rows"][2][1],
+        json!(60000),
+        "numeric text in a number column"
+    );
     assert_eq!(s["rows"][1][4], json!("2027-05-20 00:00:00"));
     assert_eq!(
         s["formats"][0],
-        json!(["General", "#,##0\"千円\"", "#,##0\"円\"", "0.0%", "yyyy\"年\"m\"月\"d\"日\""])
+        json!([
+            "General",
+            "#,##0\"千円\"",
+            "#,##0\"円\"",
+            "0.0%",
+            "yyyy\"年\"m\"月\"d\"日\""
+        ])
     );
     assert_eq!(s["freeze"], json!("A2"));
     assert_eq!(s["bold_header"], json!(true));

@@ -348,7 +348,11 @@ pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
         let m = sheet
             .as_object()
             .ok_or_else(|| format!("sheets[{i}] must be a table"))?;
-        let name = m.get("name").and_then(Json::as_str).unwrap_or("Sheet").to_string();
+        let name = m
+            .get("name")
+            .and_then(Json::as_str)
+            .unwrap_or("Sheet")
+            .to_string();
         let columns = m
             .get("columns")
             .and_then(Json::as_array)
@@ -359,7 +363,10 @@ pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
             let (header, key, format, width) = match c {
                 Json::String(h) => (h.clone(), None, None, None),
                 Json::Object(c) => (
-                    c.get("header").and_then(Json::as_str).unwrap_or("").to_string(),
+                    c.get("header")
+                        .and_then(Json::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                     c.get("key").and_then(Json::as_str).map(str::to_string),
                     c.get("format").and_then(Json::as_str).map(str::to_string),
                     c.get("width").and_then(Json::as_f64),
@@ -394,9 +401,16 @@ pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
                 Json::Array(a) => Ok(a.clone()),
                 Json::Object(o) => Ok(keys
                     .iter()
-                    .map(|k| k.as_ref().and_then(|k| o.get(k)).cloned().unwrap_or(Json::Null))
+                    .map(|k| {
+                        k.as_ref()
+                            .and_then(|k| o.get(k))
+                            .cloned()
+                            .unwrap_or(Json::Null)
+                    })
                     .collect()),
-                other => Err(format!("sheet {name}: row {other} is neither a list nor a table")),
+                other => Err(format!(
+                    "sheet {name}: row {other} is neither a list nor a table"
+                )),
             })
             .collect::<Result<Vec<_>, String>>()?;
         out.push(crate::workbook::report::Sheet {

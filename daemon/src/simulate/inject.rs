@@ -142,8 +142,7 @@ impl Simulation<'_> {
                     .iter()
                     .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
                     .collect();
-                let bytes = crate::workbook::form::sample_answer(&spec, &values)
-                    .map_err(err)?;
+                let bytes = crate::workbook::form::sample_answer(&spec, &values).map_err(err)?;
                 let read = crate::workbook::form::read_answer(
                     &spec,
                     &spec.file,
@@ -160,7 +159,9 @@ impl Simulation<'_> {
                         None => format!(
                             "{}={} ({})",
                             c.field,
-                            c.value.as_str().map_or_else(|| c.value.to_string(), str::to_string),
+                            c.value
+                                .as_str()
+                                .map_or_else(|| c.value.to_string(), str::to_string),
                             c.at
                         ),
                     })
@@ -198,7 +199,8 @@ impl Simulation<'_> {
             self.replies += 1;
             let (content_type, body) = match &workbook {
                 Some((file, bytes, _)) => {
-                    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+                    let b64 =
+                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
                     let lines: Vec<&str> = b64
                         .as_bytes()
                         .chunks(76)

@@ -172,6 +172,17 @@ pub fn write(sheets: &[Sheet]) -> Result<Vec<u8>, WorkbookError> {
                             s.clone()
                         }
                     }
+                    Json::Array(items) => {
+                        // A list of reasons reads as one cell: 超過・遅延.
+                        let t = items
+                            .iter()
+                            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                            .collect::<Vec<_>>()
+                            .join("・");
+                        ws.write_string_with_format(r, col16, &t, fmt)
+                            .map_err(write_error)?;
+                        t
+                    }
                     other => {
                         let t = other.to_string();
                         ws.write_string_with_format(r, col16, &t, fmt)

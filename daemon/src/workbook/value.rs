@@ -355,7 +355,7 @@ mod tests {
         assert_eq!(k("▲300"), Some(-300.0));
         assert_eq!(k("¥12,000円"), Some(12000.0));
         assert_eq!(k("1.2億"), Some(120_000_000.0));
-        assert_eq!(k("1億2,000万円"), Some(120_000_000.0 + 20_000_000.0));
+        assert_eq!(k("1億2,000万円"), Some(120_000_000.0));
         assert_eq!(k("5%"), Some(0.05));
         assert_eq!(k("約千二百"), None);
         assert_eq!(k("12,000千円 程度"), None);

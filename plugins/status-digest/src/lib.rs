@@ -249,7 +249,8 @@ fn digest(input: &Input) -> Value {
         );
         csv.push_str("\r\n");
         rows.push(json!({
-            "project": p.id, "name": p.name, "lead": p.lead, "status": status, "rating": rating,
+            "project": p.id, "name": p.name, "lead": p.lead, "status": status, "status_ja": label,
+            "rating": rating,
             "budget": budget, "forecast": forecast, "over_percent": over, "days_late": days_late,
             "support": reasons,
         }));
