@@ -133,7 +133,14 @@ fn smoke(target: &str) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let pool = seeds(target);
+    // PMOFLOW_FUZZ_TRACE=1 keeps each input in a file before it runs, for an input that kills
+    // the process (out of memory) rather than panicking.
+    let trace = std::env::var_os("PMOFLOW_FUZZ_TRACE")
+        .map(|_| std::env::temp_dir().join(format!("pmoflow-fuzz-{target}-current")));
     let run = |data: &[u8]| {
+        if let Some(t) = &trace {
+            let _ = std::fs::write(t, data);
+        }
         let started = Instant::now();
         let result = std::panic::catch_unwind(|| f(data));
         if let Err(e) = result {

@@ -29,6 +29,9 @@ pub struct Inspection {
     pub macros: bool,
     /// It links to other workbooks.
     pub external_links: bool,
+    /// For a compound file: the same workbook stream in a compound file written afresh (see
+    /// [`inspect`]), which is what the `.xls` reader is given.
+    pub rebuilt: Option<Vec<u8>>,
 }
 
 /// Refuses what is not a workbook, an encrypted workbook, and a zip that would inflate past
@@ -43,16 +46,7 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<(Format, Inspection)> {
         )));
     }
     if bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
-        // An encrypted .xlsx is a compound file with an `EncryptedPackage` stream; a .xls with
-        // a password has a FILEPASS record, which the .xls reader reports.
-        let marker: Vec<u8> = "EncryptedPackage"
-            .encode_utf16()
-            .flat_map(u16::to_le_bytes)
-            .collect();
-        if bytes.windows(marker.len()).any(|w| w == marker.as_slice()) {
-            return Err(WorkbookError::Encrypted);
-        }
-        return Ok((Format::Xls, Inspection::default()));
+        return inspect_compound(bytes, limits).map(|i| (Format::Xls, i));
     }
     if !bytes.starts_with(b"PK\x03\x04") {
         return Err(WorkbookError::NotAWorkbook);
@@ -101,6 +95,132 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<(Format, Inspection)> {
         return Err(WorkbookError::NotAWorkbook);
     }
     Ok((Format::Zip, found))
+}
+
+/// An OLE compound file (legacy `.xls`, or an encrypted `.xlsx`), opened with the `cfb` crate,
+/// never with calamine's own container reader (calamine 0.38 follows a malformed sector chain
+/// until memory runs out: the `workbook` fuzz target's second finding). The workbook stream is
+/// read with a cap and written into a fresh compound file of its own; macros and every other
+/// stream are left behind (only values are read).
+fn inspect_compound(bytes: &[u8], limits: &Limits) -> Result<Inspection> {
+    let mut file = cfb::CompoundFile::open(Cursor::new(bytes))
+        .map_err(|e| WorkbookError::Corrupt(format!("not a readable compound file: {e}")))?;
+    let entries: Vec<(String, bool)> = file
+        .walk()
+        .map(|e| (e.path().to_string_lossy().into_owned(), e.is_stream()))
+        .collect();
+    if entries.len() > limits.max_entries {
+        return Err(WorkbookError::Bomb(format!(
+            "{} entries; the limit is {}",
+            entries.len(),
+            limits.max_entries
+        )));
+    }
+    // An encrypted .xlsx is a compound file with an `EncryptedPackage` stream (a .xls with a
+    // password has a FILEPASS record, which the .xls reader reports).
+    if entries.iter().any(|(p, _)| p.ends_with("EncryptedPackage")) {
+        return Err(WorkbookError::Encrypted);
+    }
+    let mut found = Inspection {
+        macros: entries.iter().any(|(p, _)| p.contains("_VBA_PROJECT")),
+        ..Inspection::default()
+    };
+    let Some((path, _)) = entries
+        .iter()
+        .find(|(p, s)| *s && (p.ends_with("/Workbook") || p.ends_with("/Book")))
+    else {
+        return Err(WorkbookError::NotAWorkbook);
+    };
+    let mut stream = file
+        .open_stream(path)
+        .map_err(|e| WorkbookError::Corrupt(format!("{path}: {e}")))?;
+    let mut data = Vec::new();
+    (&mut stream)
+        .take(limits.max_inflated_bytes + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| WorkbookError::Corrupt(format!("{path}: {e}")))?;
+    if data.len() as u64 > limits.max_inflated_bytes {
+        return Err(WorkbookError::Bomb(format!(
+            "a workbook stream of more than {} MiB",
+            limits.max_inflated_bytes >> 20
+        )));
+    }
+    // Version 3 (512-byte sectors), as Excel writes .xls: calamine refuses a version 4 file whose
+    // root has no mini stream.
+    check_biff(&data, limits)?;
+    let mut fresh =
+        cfb::CompoundFile::create_with_version(cfb::Version::V3, Cursor::new(Vec::new()))
+            .map_err(|e| WorkbookError::Write(e.to_string()))?;
+    {
+        let mut out = fresh
+            .create_stream("/Workbook")
+            .map_err(|e| WorkbookError::Write(e.to_string()))?;
+        out.write_all(&data)
+            .map_err(|e| WorkbookError::Write(e.to_string()))?;
+    }
+    fresh
+        .flush()
+        .map_err(|e| WorkbookError::Write(e.to_string()))?;
+    found.rebuilt = Some(fresh.into_inner().into_inner());
+    Ok(found)
+}
+
+/// The BIFF records of a `.xls` workbook stream, checked for what the `.xls` reader would trust:
+/// calamine 0.38 reserves room for every cell a sheet's DIMENSIONS record claims (a 2-cell file
+/// can claim 4 × 10⁹ rows), and subtracts its bounds without checking their order. Both are
+/// refused here, as the `workbook` fuzz target found.
+fn check_biff(stream: &[u8], limits: &Limits) -> Result<()> {
+    let u16_at = |b: &[u8], i: usize| u32::from(u16::from_le_bytes([b[i], b[i + 1]]));
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut pos = 0usize;
+    while pos + 4 <= stream.len() {
+        let typ = u16_at(stream, pos);
+        let len = u16_at(stream, pos + 2) as usize;
+        let Some(data) = stream.get(pos + 4..pos + 4 + len) else {
+            break;
+        };
+        pos += 4 + len;
+        if typ != 0x0200 {
+            continue;
+        }
+        // As calamine reads it (MS-XLS 2.4.90): first row, last row + 1, first column, last
+        // column + 1; 16-bit rows before BIFF8.
+        let (rf, rl, mut cf, cl) = match data.len() {
+            10 => (
+                u16_at(data, 0),
+                u16_at(data, 2),
+                u16_at(data, 4),
+                u16_at(data, 6),
+            ),
+            14 | 16 => (
+                u32_at(data, 0),
+                u32_at(data, 4),
+                u16_at(data, 8),
+                u16_at(data, 10),
+            ),
+            _ => continue,
+        };
+        if 0xFF < cf || cl < cf {
+            cf = 0;
+        }
+        if rl == 0 || cl == 0 {
+            continue;
+        }
+        let (Some(rows), Some(cols)) = ((rl - 1).checked_sub(rf), (cl - 1).checked_sub(cf)) else {
+            return Err(WorkbookError::Corrupt(
+                "a sheet's dimensions end before they start".into(),
+            ));
+        };
+        let cells = (u64::from(rows) + 1) * (u64::from(cols) + 1);
+        if cells > limits.max_cells as u64 {
+            return Err(WorkbookError::TooLarge(format!(
+                "シートの使用範囲が{}行×{}列です",
+                u64::from(rows) + 1,
+                u64::from(cols) + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The parts of a package, by name (inflated).

@@ -37,6 +37,17 @@ pub struct Workbook {
     pub inspection: Inspection,
 }
 
+/// Runs a call into `calamine`, turning a panic (calamine 0.38 slices past the end of some
+/// malformed `.xls` records: the `workbook` fuzz target's first finding, kept in
+/// `fuzz/regressions/workbook/`) into a refusal of the file.
+fn shielded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(WorkbookError::Corrupt(
+            "the file's structure is damaged and could not be read".into(),
+        ))
+    })
+}
+
 fn corrupt(e: impl std::fmt::Display) -> WorkbookError {
     let text = e.to_string();
     if text.to_lowercase().contains("password") {
@@ -49,12 +60,14 @@ fn corrupt(e: impl std::fmt::Display) -> WorkbookError {
 impl Workbook {
     /// Checks and opens `bytes`.
     pub fn open(bytes: &[u8], limits: &Limits) -> Result<Workbook> {
-        let (format, inspection) = inspect(bytes, limits)?;
-        let cursor = Cursor::new(bytes.to_vec());
-        let book = match format {
-            Format::Zip => Book::Xlsx(Box::new(calamine::Xlsx::new(cursor).map_err(corrupt)?)),
-            Format::Xls => Book::Xls(Box::new(calamine::Xls::new(cursor).map_err(corrupt)?)),
-        };
+        let (format, mut inspection) = inspect(bytes, limits)?;
+        let cursor = Cursor::new(inspection.rebuilt.take().unwrap_or_else(|| bytes.to_vec()));
+        let book = shielded(|| {
+            Ok(match format {
+                Format::Zip => Book::Xlsx(Box::new(calamine::Xlsx::new(cursor).map_err(corrupt)?)),
+                Format::Xls => Book::Xls(Box::new(calamine::Xls::new(cursor).map_err(corrupt)?)),
+            })
+        })?;
         Ok(Workbook {
             book,
             limits: limits.clone(),
@@ -104,6 +117,14 @@ impl Workbook {
     /// The cells at `wanted` on `sheet`. A position inside a merged area reads the area's
     /// top-left cell, where Excel keeps the value. Cells that hold nothing are `Raw::Empty`.
     pub fn cells(
+        &mut self,
+        sheet: &str,
+        wanted: &[(u32, u32)],
+    ) -> Result<BTreeMap<(u32, u32), Cell>> {
+        shielded(|| self.cells_unshielded(sheet, wanted))
+    }
+
+    fn cells_unshielded(
         &mut self,
         sheet: &str,
         wanted: &[(u32, u32)],
@@ -209,6 +230,10 @@ fn from_data(v: &Data) -> Raw {
 
 /// The values of a range in a trusted workbook (a form's validation list kept on a sheet).
 pub fn range_values(bytes: &[u8], sheet: &str, area: &Area) -> Result<Vec<String>> {
+    shielded(|| range_values_unshielded(bytes, sheet, area))
+}
+
+fn range_values_unshielded(bytes: &[u8], sheet: &str, area: &Area) -> Result<Vec<String>> {
     let mut book = calamine::Xlsx::new(Cursor::new(bytes.to_vec())).map_err(corrupt)?;
     let range = book.worksheet_range(sheet).map_err(corrupt)?;
     let mut out = Vec::new();
