@@ -1257,7 +1257,10 @@ async fn a_locked_or_broken_workbook_is_kept_and_its_sender_and_the_pmo_are_told
     };
     let sato = sato_request().await;
     assert_eq!(sato.status, "open");
-    let answers = store.answers_for(&[sato.token.clone()]).await.unwrap();
+    let answers = store
+        .answers_for(std::slice::from_ref(&sato.token))
+        .await
+        .unwrap();
     assert_eq!(answers.len(), 1);
     assert_eq!(
         answers[0].attachments[0]["name"],
@@ -1284,7 +1287,10 @@ async fn a_locked_or_broken_workbook_is_kept_and_its_sender_and_the_pmo_are_told
     loop {
         let sato = sato_request().await;
         if sato.status == "answered" {
-            let a = store.answers_for(&[sato.token.clone()]).await.unwrap();
+            let a = store
+                .answers_for(std::slice::from_ref(&sato.token))
+                .await
+                .unwrap();
             let last = a
                 .iter()
                 .find(|x| Some(&x.id) == sato.answer_id.as_ref())

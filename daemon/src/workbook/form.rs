@@ -509,6 +509,7 @@ pub fn merge(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is the failure
 mod tests {
     use super::*;
     use serde_json::json;

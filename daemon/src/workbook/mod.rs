@@ -204,6 +204,7 @@ pub fn is_workbook(name: &str, content_type: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is the failure
 mod tests {
     use super::*;
 

@@ -322,7 +322,7 @@ impl Package {
                 .unwrap_or_default();
             let areas = sqref
                 .split_whitespace()
-                .filter_map(|a| Area::parse_local(a))
+                .filter_map(Area::parse_local)
                 .collect();
             out.push(Validation {
                 kind,
@@ -344,10 +344,10 @@ impl Package {
                 Ok(Event::Start(e)) if e.local_name().as_ref() == "c" => {
                     inside = attr(&e, "r").as_deref() == Some(want.as_str());
                 }
-                Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == "f" => {
-                    if inside {
-                        return Ok(true);
-                    }
+                Ok(Event::Start(e) | Event::Empty(e))
+                    if inside && e.local_name().as_ref() == "f" =>
+                {
+                    return Ok(true);
                 }
                 Ok(Event::End(e)) if e.local_name().as_ref() == "c" => inside = false,
                 Ok(Event::Eof) => return Ok(false),
@@ -803,6 +803,7 @@ fn recalc_on_load(xml: &str) -> Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is the failure
 mod tests {
     use super::*;
 

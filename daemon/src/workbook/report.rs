@@ -224,6 +224,7 @@ fn shown_number(v: f64, kind: Option<&str>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is the failure
 mod tests {
     use super::*;
 

@@ -265,7 +265,7 @@ pub fn parse_bool(text: &str) -> Option<bool> {
 
 /// The date of an Excel serial (1900 system, with its phantom 29 February 1900; or 1904).
 pub fn serial_date(serial: f64, date1904: bool) -> Option<String> {
-    if !serial.is_finite() || serial < 1.0 || serial > 2_958_465.0 {
+    if !serial.is_finite() || !(1.0..=2_958_465.0).contains(&serial) {
         return None;
     }
     let days = serial.floor() as i64;
@@ -305,7 +305,7 @@ pub fn parse_date(text: &str) -> Result<NaiveDate, String> {
     };
     let rest = rest.replacen("元", "1", 1);
     let parts: Vec<&str> = rest
-        .split(|c: char| matches!(c, '-' | '/' | '.' | '年' | '月' | '日'))
+        .split(['-', '/', '.', '年', '月', '日'])
         .filter(|p| !p.is_empty())
         .collect();
     let [y, m, d] = parts.as_slice() else {
@@ -343,6 +343,7 @@ pub fn parse_date(text: &str) -> Result<NaiveDate, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is the failure
 mod tests {
     use super::*;
 
