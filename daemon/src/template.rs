@@ -392,6 +392,16 @@ mod tests {
         assert!(expression_names("inputs.a == \"}}\"").is_ok());
     }
 
+    #[test]
+    fn amounts_print_with_separators_and_their_unit() {
+        let ctx = minijinja::context! { f => serde_json::json!({ "a": 60000, "b": -1234.5, "c": "未定" }) };
+        let r = |t: &str| render(t, &ctx).expect(t);
+        assert_eq!(r("{{ f.a | amount('千円') }}"), "60,000千円");
+        assert_eq!(r("{{ f.b | amount }}"), "-1,234.5");
+        assert_eq!(r("{{ f.c | amount('千円') }}"), "未定");
+        assert_eq!(r("{{ f.missing | default(none) | amount('円') }}"), "");
+    }
+
     use super::*;
 
     #[test]

@@ -1130,6 +1130,19 @@ async fn budget_request_cycle_with_excel_forms_end_to_end() {
     let m = wait_mails(&s, "the gate report", Duration::from_secs(20), |m| {
         !with_subject(m, "一覧（PMOレビュー後）").is_empty()
     });
+    // Reminders carry the addressee's form again.
+    let reminders = with_subject(&m, "【リマインド】");
+    let mori = addressed(&reminders, "mori@");
+    assert_eq!(mori.len(), 3, "{reminders:#?}");
+    assert!(
+        mori.iter().all(|r| r["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| !n.is_null())
+            .eq([&json!("様式1_予算要求_P04.xlsx")])),
+        "{mori:#?}"
+    );
     let gate = with_subject(&m, "一覧（PMOレビュー後）")[0];
     let body = gate["body"].as_str().unwrap();
     assert!(
