@@ -584,7 +584,13 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
             .collect::<Vec<_>>()
     );
     for d in &daemons {
-        assert!(!d.log_text().contains("lease lost"), "{}", d.log_text());
+        let log = d.log_text();
+        // Only the warnings and errors: a whole log is cut short in CI's report.
+        let notable: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || (l.contains(" ERROR ") && !l.contains("plugin")))
+            .collect();
+        assert!(!log.contains("lease lost"), "{}", notable.join("\n"));
     }
     eprintln!(
         "rolling restart of 3 daemons: 60 webhook runs, {} mails, none doubled, 3 answers",

@@ -83,7 +83,7 @@ pub(crate) struct EngineCore {
     /// Runs this daemon is executing now, each with the token that stops it when its lease is
     /// lost; only their leases are renewed. A std Mutex: held for an insert/remove/copy, never
     /// across an await.
-    active: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
+    active: std::sync::Mutex<ActiveRuns>,
     /// Shared HTTP client for the `http` action.
     pub(crate) http: reqwest::Client,
 }
@@ -98,10 +98,32 @@ impl EngineCore {
         self.wakers.wake_outbox();
     }
 
-    fn active(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, CancellationToken>> {
+    fn active(&self) -> std::sync::MutexGuard<'_, ActiveRuns> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The runs this daemon executes, by id. A run that parks can be claimed here again before
+/// the task that parked it has finished: each execution is numbered, so that the old task's
+/// exit removes its own entry and never the new one's (whose lease must go on being renewed).
+#[derive(Default)]
+struct ActiveRuns {
+    next: u64,
+    runs: std::collections::HashMap<String, (u64, CancellationToken)>,
+}
+
+impl ActiveRuns {
+    /// Registers an execution of `id`; returns its number for [`ActiveRuns::finished`].
+    fn started(&mut self, id: &str, lost: CancellationToken) -> u64 {
+        self.next += 1;
+        self.runs.insert(id.to_string(), (self.next, lost));
+        self.next
+    }
+
+    fn finished(&mut self, id: &str, execution: u64) {
+        if self.runs.get(id).is_some_and(|(n, _)| *n == execution) {
+            self.runs.remove(id);
+        }
     }
 }
 
@@ -255,7 +277,7 @@ impl Engine {
                 registry,
                 shutdown,
                 wakers: crate::wake::Wakers::new(),
-                active: std::sync::Mutex::new(std::collections::HashMap::new()),
+                active: std::sync::Mutex::default(),
                 http,
             }),
         }
@@ -371,7 +393,7 @@ impl Engine {
                             };
                             let core = core.clone();
                             let lost = CancellationToken::new();
-                            core.active().insert(id.clone(), lost.clone());
+                            let execution = core.active().started(&id, lost.clone());
                             tasks.spawn(async move {
                                 tokio::select! {
                                     () = executor::execute(core.clone(), run, fresh) => {}
@@ -380,7 +402,7 @@ impl Engine {
                                         tracing::warn!(run = %id, "lease lost: the run's step is abandoned here (another daemon continues the run)");
                                     }
                                 }
-                                core.active().remove(&id);
+                                core.active().finished(&id, execution);
                                 drop(permit);
                             });
                         }
@@ -476,7 +498,7 @@ async fn heartbeat(core: Arc<EngineCore>) {
         let started = tokio::time::Instant::now();
         let now = core.clock.now();
         let until = now + core.config.lease;
-        let mut ids: Vec<String> = core.active().keys().cloned().collect();
+        let mut ids: Vec<String> = core.active().runs.keys().cloned().collect();
         ids.sort();
         let beat = tokio::select! {
             r = tokio::time::timeout(
@@ -490,20 +512,19 @@ async fn heartbeat(core: Arc<EngineCore>) {
             }
         };
         match beat {
-            Ok(Ok(held)) => {
+            Ok(Ok(taken)) => {
                 last_ok = started;
                 if fenced {
                     tracing::info!("heartbeat reached the database again");
                     fenced = false;
                 }
-                if held.len() < ids.len() {
-                    let held: std::collections::HashSet<String> = held.into_iter().collect();
-                    let active = core.active();
-                    for (id, lost) in active.iter() {
-                        if ids.contains(id) && !held.contains(id) {
-                            tracing::warn!(run = %id, "another daemon holds this run's lease now");
-                            lost.cancel();
-                        }
+                // Only a lease another daemon holds is lost. A run with no lease at all has
+                // given it up itself (its task parked or finished it while this heartbeat ran).
+                let active = core.active();
+                for id in &taken {
+                    if let Some((_, lost)) = active.runs.get(id) {
+                        tracing::warn!(run = %id, "another daemon holds this run's lease now");
+                        lost.cancel();
                     }
                 }
             }
@@ -519,11 +540,11 @@ async fn heartbeat(core: Arc<EngineCore>) {
 fn fence(core: &EngineCore, silent: Duration) {
     let active = core.active();
     tracing::error!(
-        runs = active.len(),
+        runs = active.runs.len(),
         silent_ms = silent.as_millis() as u64,
         "no heartbeat reached the database for most of the lease: stopping every run here, since another daemon may take them over"
     );
-    for lost in active.values() {
+    for (_, lost) in active.runs.values() {
         lost.cancel();
     }
 }

@@ -110,7 +110,8 @@ impl Store {
 
     /// A heartbeat: records that `instance` is alive at `now` and extends its leases on the
     /// runs it is executing (`run_ids`) to `lease_until`, in one transaction. Returns the runs
-    /// whose lease it still holds (another daemon may have taken one over after a stall).
+    /// of `run_ids` whose lease another daemon holds now (it took one over after a stall); a
+    /// run with no lease at all was parked or finished by its own task meanwhile.
     pub async fn heartbeat(
         &self,
         instance: &str,
@@ -120,7 +121,7 @@ impl Store {
     ) -> Result<Vec<String>> {
         let ids = serde_json::to_string(run_ids).unwrap_or_else(|_| "[]".into());
         macro_rules! beat {
-            ($pool:expr, $renew:expr) => {{
+            ($pool:expr, $renew:expr, $taken:expr) => {{
                 let mut tx = $pool.begin().await?;
                 sqlx::query(
                     "UPDATE daemons SET heartbeat_at = $1, stopped_at = NULL WHERE instance_id = $2",
@@ -129,11 +130,16 @@ impl Store {
                 .bind(instance)
                 .execute(&mut *tx)
                 .await?;
-                let held: Vec<String> = if run_ids.is_empty() {
+                let taken: Vec<String> = if run_ids.is_empty() {
                     Vec::new()
                 } else {
                     sqlx::query($renew)
                         .bind(ms(lease_until))
+                        .bind(instance)
+                        .bind(&ids)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query($taken)
                         .bind(instance)
                         .bind(&ids)
                         .fetch_all(&mut *tx)
@@ -143,21 +149,25 @@ impl Store {
                         .collect::<std::result::Result<_, _>>()?
                 };
                 tx.commit().await?;
-                held
+                taken
             }};
         }
         Ok(match &self.backend {
             Backend::Sqlite(pool) => beat!(
                 pool,
                 "UPDATE runs SET lease_until = $1 WHERE lease_owner = $2 \
-                 AND id IN (SELECT value FROM json_each($3)) RETURNING id"
+                 AND id IN (SELECT value FROM json_each($3))",
+                "SELECT id FROM runs WHERE lease_owner IS NOT NULL AND lease_owner <> $1 \
+                 AND id IN (SELECT value FROM json_each($2))"
             ),
             // Rows locked in id order, the order group commits use: no deadlocks.
             Backend::Postgres(pool) => beat!(
                 pool,
                 "UPDATE runs SET lease_until = $1 WHERE id IN (SELECT id FROM runs \
                  WHERE lease_owner = $2 AND id IN (SELECT json_array_elements_text($3::json)) \
-                 ORDER BY id FOR UPDATE) RETURNING id"
+                 ORDER BY id FOR UPDATE)",
+                "SELECT id FROM runs WHERE lease_owner IS NOT NULL AND lease_owner <> $1 \
+                 AND id IN (SELECT json_array_elements_text($2::json))"
             ),
         })
     }
