@@ -500,3 +500,138 @@ async fn html_and_script_in_names_inputs_and_answers_stay_inert_in_the_browser()
     shot(&c, "hostile-status-board").await;
     c.close().await.unwrap();
 }
+
+const BUDGET_FORM: &str = r#"
+id = "budget"
+name = "予算要求"
+[[steps]]
+id = "call"
+action = "request"
+[steps.with]
+to = "佐藤 花子 <sato@pjmo-a.example.go.jp>"
+subject = "【ご依頼】予算要求内容の提出について（電子申請システム）"
+body = "佐藤 様\n\n添付の様式に記入のうえ、ご提出ください。"
+fields = ["システム名", "区分", "整備経費", "運用等経費"]
+required = ["区分", "整備経費", "運用等経費"]
+form = "templates/様式1_予算要求.xlsx"
+form_name = "様式1_予算要求_P01.xlsx"
+types = { "整備経費" = { type = "number", unit = "千円" }, "運用等経費" = { type = "number", unit = "千円" } }
+prefill = { "プロジェクトID" = "P01", "システム名" = "電子申請システム" }
+deadline = "10m"
+"#;
+
+/// A PJMO lead answers with the 様式 through the answer page instead of a mail: the workbook
+/// is chosen in Chromium's file input and uploaded; an empty required cell is named by sheet
+/// and cell on the page at once and nothing is recorded; the corrected workbook is accepted
+/// and its typed numbers (full-width digits included) are the run's output.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filled_form_is_uploaded_on_the_answer_page_and_corrected_there() {
+    use pmoflow_tests::{save_attachment, workbooks_py};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    let templates = project.workflows().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../workflows/templates/様式1_予算要求.xlsx"),
+        templates.join("様式1_予算要求.xlsx"),
+    )
+    .unwrap();
+    project.workflow("budget.toml", BUDGET_FORM);
+    let (smtp_port, http_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{http_port}");
+    project.config(&format!(
+        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n[outbox]\npoll_interval = \"200ms\"\n[replies]\naddress = \"pmo+{{token}}@example.go.jp\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"{base}\"\n",
+        db.url
+    ));
+    let maildir = project.path().join("maildir");
+    let _smtp = SmtpSink::start(smtp_port, &maildir);
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("http listening", STARTUP);
+    let (code, out, err) = cli(project.path(), &["trigger", "budget"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let call = wait_mail(&maildir, 1).remove(0);
+    let link = call["body"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("/answer/"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let work = tempfile::tempdir().unwrap();
+    let form = save_attachment(&call, "様式1_予算要求_P01.xlsx", work.path());
+    // Filled by openpyxl, 運用等経費 left empty.
+    let first = work.path().join("first.xlsx");
+    workbooks_py(&[
+        "fill",
+        form.to_str().unwrap(),
+        first.to_str().unwrap(),
+        &json!({ "区分": "改修", "整備経費": "１２，０００" }).to_string(),
+    ]);
+    let (_driver, c) = browser().await;
+    let upload = |path: PathBuf| {
+        let c = c.clone();
+        let link = link.clone();
+        async move {
+            c.goto(&link).await.unwrap();
+            wait_source(&c, "様式1_予算要求_P01.xlsx").await;
+            c.find(Locator::Id("workbook"))
+                .await
+                .unwrap()
+                .send_keys(path.to_str().unwrap())
+                .await
+                .unwrap();
+            c.find(Locator::Css("button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+    };
+    upload(first).await;
+    let page = wait_source(&c, "様式1 C8（運用等経費）が空欄です").await;
+    assert!(page.contains("もう一度添付して"), "{page}");
+    shot(&c, "answer-form-correction").await;
+    let store = Store::open(&db.url, Durability::Process).await.unwrap();
+    let requests = store.requests_for_step(&run_id, "call").await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].status, "open", "nothing recorded: {requests:?}");
+
+    let fixed = work.path().join("fixed.xlsx");
+    workbooks_py(&[
+        "fill",
+        form.to_str().unwrap(),
+        fixed.to_str().unwrap(),
+        &json!({ "区分": "改修", "整備経費": "１２，０００", "運用等経費": 3400 }).to_string(),
+    ]);
+    upload(fixed).await;
+    wait_source(&c, "回答を受け付けました").await;
+    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let steps = store.get_steps(&run_id).await.unwrap();
+    // One addressee: the step's output is that addressee's answer.
+    let out = steps[0].output.clone().unwrap();
+    let answer = &out;
+    assert_eq!(answer["status"], "answered", "{out:#}");
+    assert_eq!(answer["via"], "web", "{out:#}");
+    assert_eq!(answer["fields"]["整備経費"], json!(12000), "{out:#}");
+    assert_eq!(answer["fields"]["運用等経費"], json!(3400), "{out:#}");
+    assert_eq!(answer["fields"]["区分"], json!("改修"), "{out:#}");
+    assert_eq!(
+        answer["fields"]["システム名"],
+        json!("電子申請システム"),
+        "{out:#}"
+    );
+    assert_eq!(answer["attachments"][0]["name"], "fixed.xlsx", "{out:#}");
+    assert_eq!(
+        answer["attachments"][0]["workbook"]["cells"][3]["at"], "様式1 C8",
+        "{out:#}"
+    );
+    let _ = c.close().await;
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
-    free_port, new_api_token, wait_run,
+    free_port, new_api_token, save_attachment, wait_run, workbooks_py,
 };
 use serde_json::{Value as Json, json};
 
@@ -960,35 +960,7 @@ fn reply_with_file(from: &str, request: &Json, body: &str, name: &str, bytes: &[
     .into_bytes()
 }
 
-fn workbooks_py(args: &[&str]) -> String {
-    let out = std::process::Command::new("python3")
-        .arg(pmoflow_tests::support("workbooks.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The attachment `name` of `mail`, written to `dir`.
-fn save_attachment(mail: &Json, name: &str, dir: &Path) -> PathBuf {
-    use base64::Engine;
-    let names = mail["attachments"].as_array().unwrap();
-    let i = names
-        .iter()
-        .position(|n| n.as_str() == Some(name))
-        .unwrap_or_else(|| panic!("no attachment {name} in {names:?}"));
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(mail["attachment_base64"][i].as_str().unwrap())
-        .unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn budget_request_cycle_with_excel_forms_end_to_end() {

@@ -4,29 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use pmoflow::workbook::form::{Mapping, merge, read_answer};
 use pmoflow::workbook::{FormSpec, Kind, Limits, WorkbookError};
-use pmoflow_tests::support;
+use pmoflow_tests::workbooks_py as py;
 use serde_json::{Value as Json, json};
 
 fn form_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/templates/様式1_予算要求.xlsx")
-}
-
-fn py(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(support("workbooks.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "workbooks.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn inspect(path: &Path) -> Json {
@@ -454,4 +439,99 @@ fn a_report_is_read_back_by_openpyxl_with_its_formats() {
     assert_eq!(s["bold_header"], json!(true));
     assert!(s["widths"]["A"].as_f64().unwrap() >= 16.0, "{s}");
     assert_eq!(r["未提出"]["rows"][1], json!(["P04"]));
+}
+
+fn excel_sample(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/excel")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Workbooks saved by Microsoft Excel 16 (public samples, `tests/fixtures/excel/README.md`):
+/// cached formula values (text and boolean), an integer and a decimal, a date cell, text, a
+/// broken defined name, and merged areas read off their anchors.
+#[test]
+fn a_workbook_saved_by_excel_is_read_with_cached_formulas_dates_and_merged_cells() {
+    let book = excel_sample("issues.xlsx");
+    let mapping = Mapping {
+        fields: [
+            "整数",
+            "小数",
+            "連結",
+            "比較",
+            "文字",
+            "日付",
+            "MyBrokenRange",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        required: vec!["整数".into(), "日付".into()],
+        cells: [
+            ("整数", "datatypes!A1"),
+            ("小数", "datatypes!A2"),
+            ("連結", "datatypes!A3"),
+            ("比較", "datatypes!A4"),
+            ("文字", "datatypes!A5"),
+            ("日付", "datatypes!A6"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        types: [
+            ("整数".to_string(), Kind::Number { unit: None }),
+            ("比較".to_string(), Kind::Bool),
+            ("日付".to_string(), Kind::Date),
+            ("連結".to_string(), Kind::Text),
+        ]
+        .into(),
+    };
+    let spec = FormSpec::from_template("issues.xlsx", &book, &mapping).unwrap();
+    // A field whose defined name is broken (`Sheet1!#REF!`) has no cell: it is asked in the body.
+    assert!(
+        !spec.fields.iter().any(|f| f.field == "MyBrokenRange"),
+        "{:?}",
+        spec.fields
+    );
+    let read = read_answer(&spec, "issues.xlsx", &book, &Limits::default()).unwrap();
+    let mut fields = BTreeMap::new();
+    let problems = merge(&spec, std::slice::from_ref(&read), &mut fields);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(fields["整数"], json!(1), "{read:?}");
+    assert_eq!(fields["小数"], json!(1.5));
+    assert_eq!(fields["連結"], json!("ab"), "the formula's cached value");
+    assert_eq!(
+        fields["比較"],
+        json!(false),
+        "a boolean formula's cached value"
+    );
+    assert_eq!(fields["文字"], json!("test"));
+    assert_eq!(fields["日付"], json!("2016-10-20"));
+    let formula = read.cells.iter().find(|c| c.field == "連結").unwrap();
+    assert_eq!(formula.at, "datatypes A3");
+
+    // Merged areas: any cell of an area reads the value Excel keeps in its top-left cell.
+    let merged = excel_sample("merged_range.xlsx");
+    let mapping = Mapping {
+        fields: vec!["縦".into(), "横".into(), "四角".into()],
+        cells: [
+            ("縦", "Sheet2!A4"),
+            ("横", "Sheet1!D2"),
+            ("四角", "Sheet2!H4"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..Mapping::default()
+    };
+    let spec = FormSpec::from_template("merged_range.xlsx", &merged, &mapping).unwrap();
+    let read = read_answer(&spec, "merged_range.xlsx", &merged, &Limits::default()).unwrap();
+    let mut fields = BTreeMap::new();
+    assert!(merge(&spec, &[read], &mut fields).is_empty());
+    assert_eq!(fields["縦"], json!("A1"));
+    assert_eq!(fields["横"], json!("C1"));
+    assert_eq!(fields["四角"], json!("F1"));
 }

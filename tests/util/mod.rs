@@ -393,6 +393,38 @@ pub fn support(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Runs `tests/support/workbooks.py` (openpyxl, LibreOffice, msoffcrypto: a second program on
+/// the workbooks pmoflow reads and writes) and returns what it printed.
+pub fn workbooks_py(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(support("workbooks.py"))
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "workbooks.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 from workbooks.py")
+}
+
+/// Writes the attachment `name` of a mail (as [`decode_mail`] gives it) into `dir`.
+pub fn save_attachment(mail: &serde_json::Value, name: &str, dir: &Path) -> PathBuf {
+    use base64::Engine;
+    let names = mail["attachments"].as_array().expect("attachments");
+    let i = names
+        .iter()
+        .position(|n| n.as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no attachment {name} in {names:?}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(mail["attachment_base64"][i].as_str().expect("base64"))
+        .expect("valid base64");
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("attachment written");
+    path
+}
+
 /// A real SMTP server (aiosmtpd, installed by tests/run) delivering into a Maildir.
 pub struct SmtpSink {
     child: Child,

@@ -4,6 +4,8 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::workbook::FormSpec;
+use crate::workbook::form::{Offered, read_offered};
 
 pub(super) fn page(state: &AppState, status: StatusCode, name: &str, ctx: Json) -> Response {
     match state
@@ -225,6 +227,7 @@ pub(super) async fn answer_form(
             "errors": errors,
             "nonce": new_nonce(state, token),
             "action": format!("/answer/{token}"),
+            "form": row.form.as_ref().and_then(|f| f.get("file")).and_then(Json::as_str),
         }),
     )
 }
@@ -242,14 +245,89 @@ pub(super) async fn answer_page(
     }
 }
 
+/// What an answer form sent: its text fields, and the files attached to it (the 様式).
+struct Submission {
+    form: HashMap<String, String>,
+    files: Vec<Offered>,
+}
+
+/// Reads a submission of the answer form: `multipart/form-data` (the page sends it, with the
+/// 様式 as a file) or `application/x-www-form-urlencoded` (a form without a file input).
+async fn submission(request: axum::extract::Request) -> Result<Submission, String> {
+    use axum::extract::FromRequest;
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    if !multipart {
+        let Form(form) = Form::<HashMap<String, String>>::from_request(request, &())
+            .await
+            .map_err(|e| e.body_text())?;
+        return Ok(Submission {
+            form,
+            files: Vec::new(),
+        });
+    }
+    let mut parts = axum::extract::Multipart::from_request(request, &())
+        .await
+        .map_err(|e| e.body_text())?;
+    let mut out = Submission {
+        form: HashMap::new(),
+        files: Vec::new(),
+    };
+    while let Some(part) = parts.next_field().await.map_err(|e| e.body_text())? {
+        let name = part.name().unwrap_or_default().to_string();
+        match part.file_name().map(str::to_string) {
+            Some(file) => {
+                let content_type = part
+                    .content_type()
+                    .unwrap_or("application/octet-stream")
+                    .to_string();
+                let content = part.bytes().await.map_err(|e| e.body_text())?;
+                // A file input left empty still sends a part, nameless and empty.
+                if !file.is_empty() || !content.is_empty() {
+                    out.files.push(Offered {
+                        name: file.rsplit(['/', '\\']).next().unwrap_or(&file).to_string(),
+                        content_type,
+                        content: content.to_vec(),
+                    });
+                }
+            }
+            None => {
+                let text = part.text().await.map_err(|e| e.body_text())?;
+                out.form.insert(name, text);
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub(super) async fn answer_submit(
     State(state): State<AppState>,
     Path(token): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    request: axum::extract::Request,
 ) -> Response {
     let row = match find(&state, &token, "request").await {
         Ok(row) => row,
         Err(why) => return refused(&state, &token, why, "answer submission"),
+    };
+    let Submission { form, files } = match submission(request).await {
+        Ok(s) => s,
+        Err(why) => {
+            tracing::warn!(token_prefix = %lookup_of(&token), why, "unreadable answer form refused");
+            return message(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "送信できませんでした",
+                "送信内容を読み取れませんでした。ページを開き直してから送信してください。",
+                "error",
+            );
+        }
     };
     let nonce = form.get("nonce").cloned().unwrap_or_default();
     if let Err(why) = check_nonce(&state, &token, &nonce) {
@@ -276,32 +354,60 @@ pub(super) async fn answer_submit(
     if step_finished(&state, &row).await {
         return refused(&state, &token, Refused::Closed, "answer submission");
     }
-    let mut fields = serde_json::Map::new();
-    let mut missing = Vec::new();
+    let mut fields = std::collections::BTreeMap::new();
     for f in &row.fields {
         let v = form
             .get(&format!("field:{f}"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        if v.is_empty() {
-            if row.required.contains(f) {
-                missing.push(format!("「{f}」は必須項目です。"));
-            }
-            continue;
+        if !v.is_empty() {
+            fields.insert(
+                f.clone(),
+                crate::message::reply::normalise_value(&crate::message::correlate::fold_width(&v)),
+            );
         }
-        fields.insert(
-            f.clone(),
-            crate::message::reply::normalise_value(&crate::message::correlate::fold_width(&v)),
-        );
     }
-    if !missing.is_empty() {
+    // The 様式: read as a returned mail's attachment is (same precedence, same checks), but the
+    // sender is here, so what needs correcting is shown at once and nothing is recorded.
+    let spec: Option<FormSpec> = row
+        .form
+        .as_ref()
+        .and_then(|f| serde_json::from_value(f.clone()).ok());
+    let mut errors = Vec::new();
+    let (reads, broken) = match &spec {
+        Some(spec) => read_offered(spec, files.clone(), crate::workbook::Limits::default()).await,
+        None => (Vec::new(), Vec::new()),
+    };
+    for (name, why) in &broken {
+        tracing::warn!(token_prefix = %lookup_of(&token), file = %name, why = %why, "uploaded workbook not readable");
+        errors.push(format!("添付ファイル「{name}」: {why}"));
+    }
+    let mut flagged = Vec::new();
+    if let Some(spec) = &spec {
+        for p in crate::workbook::form::merge(spec, &reads, &mut fields) {
+            flagged.extend(p.field.clone());
+            errors.push(p.message);
+        }
+    }
+    for f in &row.required {
+        let empty = fields
+            .get(f)
+            .is_none_or(|v| v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty()));
+        if empty && !flagged.contains(f) {
+            errors.push(format!("「{f}」は必須項目です。"));
+        }
+    }
+    if !errors.is_empty() {
+        if !files.is_empty() {
+            errors.push("修正した様式を、もう一度添付して送信してください。".into());
+        }
         return answer_form(
             &state,
             &token,
             &row,
             StatusCode::UNPROCESSABLE_ENTITY,
             &form,
-            &missing,
+            &errors,
         )
         .await;
     }
@@ -310,12 +416,12 @@ pub(super) async fn answer_submit(
         via: "web".into(),
         from: Some(row.recipient.clone()),
         message_id: None,
-        fields: Json::Object(fields),
+        fields: serde_json::to_value(&fields).unwrap_or_default(),
         text: form
             .get("text")
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
-        attachments: json!([]),
+        attachments: Json::Array(files.iter().map(|f| f.record(&reads, &broken)).collect()),
         complete: true,
     };
     match state

@@ -25,6 +25,7 @@ use crate::clock::SharedClock;
 use crate::message::email::{EmailSpec, build};
 use crate::store::{Disposition, InboundRow, NewAnswer, RequestRow, Store, StoreError};
 use crate::store::{MessageKind, NewMessage};
+use crate::workbook::form::{Offered, read_offered};
 use crate::workbook::{FormRead, FormSpec, Problem};
 
 /// Receives and processes inbound messages.
@@ -276,7 +277,28 @@ impl Intake {
                 let notify = self.pmo_notice(row, from.as_deref(), subject.as_deref(), &detail);
                 quarantine("unmatched", None, detail, notify)
             }
-            (Kind::Reply, Some((req, by))) => self.answer(row, &msg, req, &by, now),
+            (Kind::Reply, Some((req, by))) => {
+                let form: Option<FormSpec> = req
+                    .form
+                    .as_ref()
+                    .and_then(|f| serde_json::from_value(f.clone()).ok());
+                let workbooks = match &form {
+                    Some(spec) => {
+                        let files = msg
+                            .attachments
+                            .iter()
+                            .map(|a| Offered {
+                                name: a.name.clone(),
+                                content_type: a.content_type.clone(),
+                                content: a.content.clone(),
+                            })
+                            .collect();
+                        read_offered(spec, files, crate::workbook::Limits::default()).await
+                    }
+                    None => (Vec::new(), Vec::new()),
+                };
+                self.answer(row, &msg, req, &by, now, form, workbooks)
+            }
         };
         Ok((from, subject, disposition))
     }
@@ -326,6 +348,9 @@ impl Intake {
         Ok(None)
     }
 
+    /// The answer a reply makes, with what its workbooks said (read beforehand, off the async
+    /// workers) when the request has a form.
+    #[allow(clippy::too_many_arguments)] // the reply, its request and what was read of it
     fn answer(
         &self,
         row: &InboundRow,
@@ -333,6 +358,8 @@ impl Intake {
         req: RequestRow,
         by: &Key,
         now: DateTime<Utc>,
+        form: Option<FormSpec>,
+        workbooks: (Vec<FormRead>, Vec<(String, String)>),
     ) -> Disposition {
         let from = msg.from.clone().unwrap_or_default();
         if !req.allowed.contains(&from) {
@@ -400,14 +427,7 @@ impl Intake {
             };
         }
         let mut parsed = reply::parse_fields(&text, &req.fields, msg.from_name.as_deref());
-        let form: Option<FormSpec> = req
-            .form
-            .as_ref()
-            .and_then(|f| serde_json::from_value(f.clone()).ok());
-        let (reads, broken) = match &form {
-            Some(spec) => read_workbooks(spec, &msg.attachments),
-            None => (Vec::new(), Vec::new()),
-        };
+        let (reads, broken) = workbooks;
         let mut problems: Vec<Problem> = Vec::new();
         if let Some(spec) = &form {
             problems = crate::workbook::form::merge(spec, &reads, &mut parsed.fields);
@@ -436,19 +456,12 @@ impl Intake {
             .attachments
             .iter()
             .map(|a| {
-                let mut entry = json!({
-                    "name": a.name,
-                    "content_type": a.content_type,
-                    "size": a.size,
-                    "sha256": hex::encode(Sha256::digest(&a.content)),
-                    "content_base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &a.content),
-                });
-                if let Some(r) = reads.iter().find(|r| r.file == a.name) {
-                    entry["workbook"] = serde_json::to_value(r).unwrap_or_default();
-                } else if let Some((_, e)) = broken.iter().find(|(n, _)| n == &a.name) {
-                    entry["workbook"] = json!({ "error": e });
+                Offered {
+                    name: a.name.clone(),
+                    content_type: a.content_type.clone(),
+                    content: a.content.clone(),
                 }
-                entry
+                .record(&reads, &broken)
             })
             .collect();
         let complete = missing.is_empty() && problems.is_empty();
@@ -673,33 +686,4 @@ fn describe(d: &Disposition) -> (&'static str, &str, &str) {
             outcome, detail, ..
         } => ("quarantined", outcome, detail),
     }
-}
-
-/// Reads every workbook attached to an answer with the request's form: what each gave, and
-/// (name, reason) for each that could not be read. A reader that panics on a hostile file is
-/// caught here: the message is kept and the sender told.
-fn read_workbooks(
-    spec: &FormSpec,
-    attachments: &[super::Attachment],
-) -> (Vec<FormRead>, Vec<(String, String)>) {
-    let limits = crate::workbook::Limits::default();
-    let mut reads = Vec::new();
-    let mut broken = Vec::new();
-    for a in attachments
-        .iter()
-        .filter(|a| crate::workbook::is_workbook(&a.name, &a.content_type))
-    {
-        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::workbook::form::read_answer(spec, &a.name, &a.content, &limits)
-        }));
-        match read {
-            Ok(Ok(r)) => reads.push(r),
-            Ok(Err(e)) => broken.push((a.name.clone(), e.to_string())),
-            Err(_) => broken.push((
-                a.name.clone(),
-                "ファイルの読み取り中に問題が発生したため読み取れませんでした".to_string(),
-            )),
-        }
-    }
-    (reads, broken)
 }

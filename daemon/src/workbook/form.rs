@@ -328,6 +328,93 @@ pub struct FormRead {
     pub notes: Vec<String>,
 }
 
+/// A file offered with an answer (a mail attachment, an upload on the answer page).
+#[derive(Debug, Clone)]
+pub struct Offered {
+    /// Its file name.
+    pub name: String,
+    /// Its MIME type, as sent.
+    pub content_type: String,
+    /// Its bytes.
+    pub content: Vec<u8>,
+}
+
+impl Offered {
+    /// How the file is kept with the answer: its name, type, size, SHA-256 and bytes, and what
+    /// was read of it as a form (or why it could not be).
+    pub fn record(&self, reads: &[FormRead], broken: &[(String, String)]) -> Json {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let mut entry = serde_json::json!({
+            "name": self.name,
+            "content_type": self.content_type,
+            "size": self.content.len(),
+            "sha256": hex::encode(sha2::Sha256::digest(&self.content)),
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(&self.content),
+        });
+        if let Some(r) = reads.iter().find(|r| r.file == self.name) {
+            entry["workbook"] = serde_json::to_value(r).unwrap_or_default();
+        } else if let Some((_, e)) = broken.iter().find(|(n, _)| n == &self.name) {
+            entry["workbook"] = serde_json::json!({ "error": e });
+        }
+        entry
+    }
+}
+
+/// What the workbooks among `files` say: the forms read, and the files that could not be read
+/// (file name, reason in Japanese for the sender). Files that are not workbooks are passed over.
+/// Reading is CPU work bounded by [`Limits`] (up to seconds for a large workbook), so it runs on
+/// the blocking pool, off the workers that renew leases and answer requests.
+pub async fn read_offered(
+    spec: &FormSpec,
+    files: Vec<Offered>,
+    limits: Limits,
+) -> (Vec<FormRead>, Vec<(String, String)>) {
+    let files: Vec<Offered> = files
+        .into_iter()
+        .filter(|f| super::is_workbook(&f.name, &f.content_type))
+        .collect();
+    if files.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let spec = spec.clone();
+    let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+    match tokio::task::spawn_blocking(move || read_each(&spec, &files, &limits)).await {
+        Ok(read) => read,
+        Err(_) => (
+            Vec::new(),
+            names
+                .into_iter()
+                .map(|n| (n, UNREADABLE.to_string()))
+                .collect(),
+        ),
+    }
+}
+
+const UNREADABLE: &str = "ファイルの読み取り中に問題が発生したため読み取れませんでした";
+
+fn read_each(
+    spec: &FormSpec,
+    files: &[Offered],
+    limits: &Limits,
+) -> (Vec<FormRead>, Vec<(String, String)>) {
+    let mut reads = Vec::new();
+    let mut broken = Vec::new();
+    for f in files {
+        // The reader already stops calamine's panics; this keeps one bad file from taking
+        // the others with it whatever happens.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_answer(spec, &f.name, &f.content, limits)
+        }));
+        match read {
+            Ok(Ok(r)) => reads.push(r),
+            Ok(Err(e)) => broken.push((f.name.clone(), e.to_string())),
+            Err(_) => broken.push((f.name.clone(), UNREADABLE.to_string())),
+        }
+    }
+    (reads, broken)
+}
+
 /// Reads the form's cells from a returned workbook.
 pub fn read_answer(spec: &FormSpec, file: &str, bytes: &[u8], limits: &Limits) -> Result<FormRead> {
     let mut book = Workbook::open(bytes, limits)?;

@@ -165,58 +165,174 @@ fn inspect_compound(bytes: &[u8], limits: &Limits) -> Result<Inspection> {
     Ok(found)
 }
 
-/// The BIFF records of a `.xls` workbook stream, checked for what the `.xls` reader would trust:
-/// calamine 0.38 reserves room for every cell a sheet's DIMENSIONS record claims (a 2-cell file
-/// can claim 4 × 10⁹ rows), and subtracts its bounds without checking their order. Both are
-/// refused here, as the `workbook` fuzz target found.
-fn check_biff(stream: &[u8], limits: &Limits) -> Result<()> {
-    let u16_at = |b: &[u8], i: usize| u32::from(u16::from_le_bytes([b[i], b[i + 1]]));
-    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+/// The BIFF records of a stream from `pos`, as calamine walks them: type and data, until the
+/// stream ends or a record runs past it.
+fn records(stream: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut pos = 0usize;
-    while pos + 4 <= stream.len() {
-        let typ = u16_at(stream, pos);
-        let len = u16_at(stream, pos + 2) as usize;
-        let Some(data) = stream.get(pos + 4..pos + 4 + len) else {
-            break;
-        };
+    std::iter::from_fn(move || {
+        let head = stream.get(pos..pos + 4)?;
+        let typ = u16::from_le_bytes([head[0], head[1]]);
+        let len = usize::from(u16::from_le_bytes([head[2], head[3]]));
+        let data = stream.get(pos + 4..pos + 4 + len)?;
         pos += 4 + len;
-        if typ != 0x0200 {
+        Some((typ, data))
+    })
+}
+
+fn u16_at(b: &[u8], i: usize) -> u32 {
+    b.get(i..i + 2)
+        .map_or(0, |x| u32::from(u16::from_le_bytes([x[0], x[1]])))
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    b.get(i..i + 4)
+        .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+}
+
+/// A DIMENSIONS record as calamine reads it (MS-XLS 2.4.90): first row, last row + 1, first
+/// column, last column + 1; 16-bit rows before BIFF8. Checked before calamine reserves room for
+/// every cell it claims (a 2-cell file can claim 4 × 10⁹ rows) and subtracts bounds it does not
+/// order.
+fn check_dimensions(data: &[u8], limits: &Limits) -> Result<()> {
+    let (rf, rl, mut cf, cl) = match data.len() {
+        10 => (
+            u16_at(data, 0),
+            u16_at(data, 2),
+            u16_at(data, 4),
+            u16_at(data, 6),
+        ),
+        14 | 16 => (
+            u32_at(data, 0),
+            u32_at(data, 4),
+            u16_at(data, 8),
+            u16_at(data, 10),
+        ),
+        _ => return Ok(()),
+    };
+    if 0xFF < cf || cl < cf {
+        cf = 0;
+    }
+    if rl == 0 || cl == 0 {
+        return Ok(());
+    }
+    let (Some(rows), Some(cols)) = ((rl - 1).checked_sub(rf), (cl - 1).checked_sub(cf)) else {
+        return Err(WorkbookError::Corrupt(
+            "a sheet's dimensions end before they start".into(),
+        ));
+    };
+    let cells = (u64::from(rows) + 1) * (u64::from(cols) + 1);
+    if cells > limits.max_cells as u64 {
+        return Err(WorkbookError::TooLarge(format!(
+            "シートの使用範囲が{}行×{}列です",
+            u64::from(rows) + 1,
+            u64::from(cols) + 1
+        )));
+    }
+    Ok(())
+}
+
+/// The bounding box of cell positions, in cells.
+#[derive(Default)]
+struct Grid(Option<((u32, u32), (u32, u32))>);
+
+impl Grid {
+    fn add(&mut self, row: u32, col: u32) {
+        self.0 = Some(match self.0 {
+            None => ((row, row), (col, col)),
+            Some(((r0, r1), (c0, c1))) => ((r0.min(row), r1.max(row)), (c0.min(col), c1.max(col))),
+        });
+    }
+
+    fn cells(&self) -> u64 {
+        self.0.map_or(0, |((r0, r1), (c0, c1))| {
+            (u64::from(r1 - r0) + 1) * (u64::from(c1 - c0) + 1)
+        })
+    }
+}
+
+/// The cells calamine allocates for one sheet: it builds the sheet's values and formulas as two
+/// dense grids spanning the positions of their cells, so two cells far apart make a grid of
+/// millions. The records are walked from the sheet's BOF as calamine walks them (nested
+/// substreams such as embedded charts skipped, up to the sheet's EOF).
+fn sheet_cells(sheet: &[u8], limits: &Limits) -> Result<u64> {
+    let (mut values, mut formulas) = (Grid::default(), Grid::default());
+    let mut formula_at = (0, 0);
+    let (mut seen_bof, mut depth) = (false, 0usize);
+    for (typ, data) in records(sheet) {
+        if depth > 0 {
+            match typ {
+                0x0809 => depth += 1,
+                0x000A => depth -= 1,
+                _ => {}
+            }
             continue;
         }
-        // As calamine reads it (MS-XLS 2.4.90): first row, last row + 1, first column, last
-        // column + 1; 16-bit rows before BIFF8.
-        let (rf, rl, mut cf, cl) = match data.len() {
-            10 => (
-                u16_at(data, 0),
-                u16_at(data, 2),
-                u16_at(data, 4),
-                u16_at(data, 6),
-            ),
-            14 | 16 => (
-                u32_at(data, 0),
-                u32_at(data, 4),
-                u16_at(data, 8),
-                u16_at(data, 10),
-            ),
-            _ => continue,
-        };
-        if 0xFF < cf || cl < cf {
-            cf = 0;
+        match typ {
+            0x0809 if seen_bof => depth += 1,
+            0x0809 => seen_bof = true,
+            0x000A => break,
+            0x0200 => check_dimensions(data, limits)?,
+            // Number, Label, RString, BoolErr, Rk, LabelSst: row and column first.
+            0x0203 | 0x0204 | 0x00D6 | 0x0205 | 0x027E | 0x00FD if data.len() >= 4 => {
+                values.add(u16_at(data, 0), u16_at(data, 2));
+            }
+            // MulRk: a row, its first column, then 6 bytes a cell.
+            0x00BD if data.len() >= 12 => {
+                let first = u16_at(data, 2);
+                let n = u32::try_from((data.len() - 6) / 6).unwrap_or(u32::MAX);
+                values.add(u16_at(data, 0), first);
+                values.add(u16_at(data, 0), first.saturating_add(n - 1));
+            }
+            0x0006 if data.len() >= 20 => {
+                formula_at = (u16_at(data, 0), u16_at(data, 2));
+                values.add(formula_at.0, formula_at.1);
+                formulas.add(formula_at.0, formula_at.1);
+            }
+            // String: the value of the last formula.
+            0x0207 => values.add(formula_at.0, formula_at.1),
+            _ => {}
         }
-        if rl == 0 || cl == 0 {
+    }
+    let cells = values.cells() + formulas.cells();
+    if cells > limits.max_cells as u64 {
+        return Err(WorkbookError::TooLarge(format!(
+            "シートの使用範囲が{cells}セルに及びます（上限{}セル）",
+            limits.max_cells
+        )));
+    }
+    Ok(cells)
+}
+
+/// The BIFF records of a `.xls` workbook stream, checked for what calamine 0.38 would trust when
+/// it opens the file, which reads every sheet at once: each DIMENSIONS record (found in the
+/// stream's order and in each sheet's), and the grid each sheet becomes, each sheet and all
+/// together (a BoundSheet may name the same sheet's records again and again). The sheets are
+/// found as calamine finds them, by the offsets of the BoundSheet records of the workbook's
+/// globals. All of it found by the `workbook` fuzz target.
+fn check_biff(stream: &[u8], limits: &Limits) -> Result<()> {
+    for (typ, data) in records(stream) {
+        if typ == 0x0200 {
+            check_dimensions(data, limits)?;
+        }
+    }
+    let mut sheets = Vec::new();
+    for (typ, data) in records(stream) {
+        match typ {
+            0x0085 if data.len() >= 4 => sheets.push(u32_at(data, 0) as usize),
+            0x000A => break,
+            _ => {}
+        }
+    }
+    let mut total = 0u64;
+    for pos in sheets {
+        let Some(sheet) = stream.get(pos..) else {
             continue;
-        }
-        let (Some(rows), Some(cols)) = ((rl - 1).checked_sub(rf), (cl - 1).checked_sub(cf)) else {
-            return Err(WorkbookError::Corrupt(
-                "a sheet's dimensions end before they start".into(),
-            ));
         };
-        let cells = (u64::from(rows) + 1) * (u64::from(cols) + 1);
-        if cells > limits.max_cells as u64 {
+        total += sheet_cells(sheet, limits)?;
+        if total > 2 * limits.max_cells as u64 {
             return Err(WorkbookError::TooLarge(format!(
-                "シートの使用範囲が{}行×{}列です",
-                u64::from(rows) + 1,
-                u64::from(cols) + 1
+                "ブック全体の使用範囲が{}セルを超えています",
+                2 * limits.max_cells
             )));
         }
     }
@@ -813,6 +929,80 @@ mod tests {
             row: r,
             col: c,
         }
+    }
+
+    fn record(typ: u16, data: &[u8]) -> Vec<u8> {
+        let mut r = typ.to_le_bytes().to_vec();
+        r.extend((data.len() as u16).to_le_bytes());
+        r.extend(data);
+        r
+    }
+
+    /// A BIFF8 `.xls` with `sheets` BoundSheets that all name one sheet holding a number at
+    /// each of `cells`, in a compound file.
+    fn xls(sheets: usize, cells: &[(u16, u16)]) -> Vec<u8> {
+        use std::io::Write as _;
+        let bof = |dt: u8| {
+            record(
+                0x0809,
+                &[0x00, 0x06, dt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            )
+        };
+        let bound = |pos: u32, name: &str| {
+            let mut d = pos.to_le_bytes().to_vec();
+            d.extend([0, 0, name.len() as u8, 0]);
+            d.extend(name.as_bytes());
+            record(0x0085, &d)
+        };
+        let eof = record(0x000A, &[]);
+        let names: Vec<String> = (0..sheets).map(|i| format!("S{i}")).collect();
+        let globals_len =
+            bof(5).len() + names.iter().map(|n| bound(0, n).len()).sum::<usize>() + eof.len();
+        let mut stream = bof(5);
+        for n in &names {
+            stream.extend(bound(globals_len as u32, n));
+        }
+        stream.extend(&eof);
+        stream.extend(bof(0x10));
+        for (i, (r, c)) in cells.iter().enumerate() {
+            let mut d = r.to_le_bytes().to_vec();
+            d.extend(c.to_le_bytes());
+            d.extend([0, 0]);
+            d.extend((i as f64 + 1.0).to_le_bytes());
+            stream.extend(record(0x0203, &d));
+        }
+        stream.extend(&eof);
+        let mut file =
+            cfb::CompoundFile::create_with_version(cfb::Version::V3, Cursor::new(Vec::new()))
+                .unwrap();
+        file.create_stream("/Workbook")
+            .unwrap()
+            .write_all(&stream)
+            .unwrap();
+        file.flush().unwrap();
+        file.into_inner().into_inner()
+    }
+
+    #[test]
+    fn an_xls_whose_cells_span_a_huge_grid_is_refused_before_calamine_builds_it() {
+        // The file is one calamine reads: a small one opens and its cells are there.
+        let small = xls(1, &[(0, 0), (3, 2)]);
+        let mut book = super::super::read::Workbook::open(&small, &Limits::default()).unwrap();
+        let cells = book.cells("S0", &[(3, 2)]).unwrap();
+        assert_eq!(cells[&(3, 2)].value, super::super::value::Raw::Number(2.0));
+        // Two numbers far apart: calamine would allocate 65,536 × 256 cells for the sheet.
+        let far = xls(1, &[(0, 0), (65535, 255)]);
+        match inspect(&far, &Limits::default()) {
+            Err(WorkbookError::TooLarge(m)) => assert!(m.contains("16777216セル"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // A sheet under the limit, named by 40 BoundSheets: 40 grids of 640,000 cells.
+        let many = xls(40, &[(0, 0), (9999, 63)]);
+        match inspect(&many, &Limits::default()) {
+            Err(WorkbookError::TooLarge(m)) => assert!(m.contains("ブック全体"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert!(inspect(&xls(2, &[(0, 0), (9999, 63)]), &Limits::default()).is_ok());
     }
 
     #[test]

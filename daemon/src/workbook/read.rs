@@ -235,17 +235,28 @@ pub fn range_values(bytes: &[u8], sheet: &str, area: &Area) -> Result<Vec<String
 
 fn range_values_unshielded(bytes: &[u8], sheet: &str, area: &Area) -> Result<Vec<String>> {
     let mut book = calamine::Xlsx::new(Cursor::new(bytes.to_vec())).map_err(corrupt)?;
-    let range = book.worksheet_range(sheet).map_err(corrupt)?;
-    let mut out = Vec::new();
-    for r in area.start.0..=area.end.0.min(area.start.0 + 1000) {
-        for c in area.start.1..=area.end.1.min(area.start.1 + 100) {
-            if let Some(v) = range.get_value((r, c)) {
-                let raw = from_data(v);
-                if !raw.is_empty() {
-                    out.push(raw.shown());
-                }
+    // Streamed, not `worksheet_range`: that allocates a grid spanning every cell of the sheet.
+    let mut reader = book.worksheet_cells_reader(sheet).map_err(corrupt)?;
+    let (rows, cols) = (
+        area.start.0..=area.end.0.min(area.start.0 + 1000),
+        area.start.1..=area.end.1.min(area.start.1 + 100),
+    );
+    let mut found = BTreeMap::new();
+    let mut n = 0usize;
+    while let Some(cell) = reader.next_cell().map_err(corrupt)? {
+        n += 1;
+        if n > Limits::default().max_cells {
+            return Err(WorkbookError::TooLarge(format!(
+                "シート「{sheet}」のセルが多すぎます"
+            )));
+        }
+        let (r, c) = cell.get_position();
+        if rows.contains(&r) && cols.contains(&c) {
+            let raw = from_ref(cell.get_value());
+            if !raw.is_empty() {
+                found.insert((r, c), raw.shown());
             }
         }
     }
-    Ok(out)
+    Ok(found.into_values().collect())
 }
