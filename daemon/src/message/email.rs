@@ -132,14 +132,24 @@ pub fn build(spec: &EmailSpec) -> Result<Built, EmailError> {
     if let Some(r) = &spec.reply_to {
         b = b.reply_to(mailbox(r)?);
     }
-    let body = match &spec.html {
-        Some(html) => MultiPart::alternative_plain_html(spec.text.clone(), html.clone()),
-        None => MultiPart::mixed().singlepart(SinglePart::plain(spec.text.clone())),
-    };
-    let message = if spec.attachments.is_empty() && spec.html.is_none() {
-        b.singlepart(SinglePart::plain(spec.text.clone()))
+    // text/plain alone; multipart/alternative with HTML; with attachments, multipart/mixed
+    // holding the body (the text part itself, or the alternative) first, then the files.
+    let message = if spec.attachments.is_empty() {
+        match &spec.html {
+            Some(html) => b.multipart(MultiPart::alternative_plain_html(
+                spec.text.clone(),
+                html.clone(),
+            )),
+            None => b.singlepart(SinglePart::plain(spec.text.clone())),
+        }
     } else {
-        let mut mixed = MultiPart::mixed().multipart(body);
+        let mut mixed = match &spec.html {
+            Some(html) => MultiPart::mixed().multipart(MultiPart::alternative_plain_html(
+                spec.text.clone(),
+                html.clone(),
+            )),
+            None => MultiPart::mixed().singlepart(SinglePart::plain(spec.text.clone())),
+        };
         for (name, bytes, ctype) in &spec.attachments {
             let ct = header::ContentType::parse(ctype)
                 .map_err(|e| EmailError(format!("invalid content type `{ctype}`: {e}")))?;
