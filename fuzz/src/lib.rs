@@ -278,6 +278,16 @@ pub fn workbook(data: &[u8]) {
         }
         Err(e) => assert!(!e.to_string().is_empty(), "an error without a message"),
     }
+    // The same bytes as a ZIP attachment that may hold workbooks.
+    if let Ok(members) =
+        pmoflow::workbook::package::unpack_archive(data, &pmoflow::workbook::Limits::default())
+    {
+        for m in members {
+            if let Err(e) = m.content {
+                assert!(!e.to_string().is_empty(), "an error without a message");
+            }
+        }
+    }
     let mapping = pmoflow::workbook::form::Mapping {
         fields: vec!["区分".into(), "整備経費".into()],
         ..Default::default()

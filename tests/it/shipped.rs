@@ -949,8 +949,14 @@ fn reply_with_file(from: &str, request: &Json, body: &str, name: &str, bytes: &[
             }
         })
         .collect();
+    // As Outlook labels them.
+    let content_type = if name.ends_with(".zip") {
+        "application/x-zip-compressed"
+    } else {
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    };
     format!(
-        "From: {from}\r\nTo: {reply_to}\r\nSubject: Re: reply\r\nMessage-ID: <{}.{}@pjmo.example.go.jp>\r\nIn-Reply-To: {irt}\r\nReferences: {irt}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n--b1\r\nContent-Type: application/vnd.openxmlformats-officedocument.spreadsheetml.sheet\r\nContent-Disposition: attachment; filename*=UTF-8''{encoded_name}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        "From: {from}\r\nTo: {reply_to}\r\nSubject: Re: reply\r\nMessage-ID: <{}.{}@pjmo.example.go.jp>\r\nIn-Reply-To: {irt}\r\nReferences: {irt}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n--b1\r\nContent-Type: {content_type}\r\nContent-Disposition: attachment; filename*=UTF-8''{encoded_name}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
         std::process::id(),
         Instant::now().elapsed().as_nanos() + u128::from(fastrand_u32()),
         body.replace('\n', "\r\n"),
@@ -1257,15 +1263,53 @@ async fn a_locked_or_broken_workbook_is_kept_and_its_sender_and_the_pmo_are_told
             .unwrap()
             .contains("パスワード")
     );
-    // The same workbook without the password completes the request.
+    // Then as a password-protected ZIP (PPAP): refused with its own sentence.
+    let ppap = work.path().join("ppap.zip");
+    workbooks_py(&[
+        "ppap",
+        ppap.to_str().unwrap(),
+        filled.to_str().unwrap(),
+        "himitsu",
+    ]);
     s.imap.append_raw(
         "INBOX",
         &[reply_with_file(
             "sato@pjmo-a.example.go.jp",
             fix,
-            "パスワードを外して再送します。",
-            "様式1_予算要求_P01.xlsx",
-            &std::fs::read(&filled).unwrap(),
+            "ZIPで再送します。パスワードは別途お送りします。",
+            "提出書類.zip",
+            &std::fs::read(&ppap).unwrap(),
+        )],
+    );
+    let m = wait_mails(&s, "the second correction", Duration::from_secs(60), |m| {
+        with_subject(m, "【要修正】").len() >= 2
+    });
+    let second = with_subject(&m, "【要修正】")
+        .into_iter()
+        .find(|x| x["body"].as_str().unwrap().contains("ZIP"))
+        .unwrap_or_else(|| panic!("{:#?}", with_subject(&m, "【要修正】")));
+    assert!(
+        second["body"].as_str().unwrap().contains(
+            "添付ファイル「提出書類.zip/様式.xlsx」: パスワード付きZIPファイルのため開けませんでした"
+        ),
+        "{second:#}"
+    );
+    // The same workbook in a plain ZIP completes the request.
+    let zipped = work.path().join("zipped.zip");
+    workbooks_py(&[
+        "archive",
+        zipped.to_str().unwrap(),
+        "様式1_予算要求_P01.xlsx",
+        filled.to_str().unwrap(),
+    ]);
+    s.imap.append_raw(
+        "INBOX",
+        &[reply_with_file(
+            "sato@pjmo-a.example.go.jp",
+            second,
+            "パスワードなしのZIPで再送します。",
+            "様式提出.zip",
+            &std::fs::read(&zipped).unwrap(),
         )],
     );
     let start = Instant::now();

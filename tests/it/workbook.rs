@@ -535,3 +535,78 @@ fn a_workbook_saved_by_excel_is_read_with_cached_formulas_dates_and_merged_cells
     assert_eq!(fields["横"], json!("C1"));
     assert_eq!(fields["四角"], json!("F1"));
 }
+
+/// A 様式 sent inside a ZIP (folders and a CP932 file name, as Windows' built-in ZIP writes them)
+/// is read like an attachment; a password-protected ZIP (PPAP: the password in a second mail)
+/// is refused with a sentence telling the sender to attach the workbook itself.
+#[tokio::test]
+async fn a_form_inside_a_zip_is_read_and_a_password_zip_is_refused_with_a_reason() {
+    use pmoflow::workbook::form::{Offered, read_offered};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    py(&[
+        "fill",
+        form_path().to_str().unwrap(),
+        &p("filled.xlsx"),
+        &json!({ "区分": "新規", "整備経費": "１，２００", "運用等経費": 300 }).to_string(),
+    ]);
+    py(&[
+        "archive",
+        &p("様式提出.zip"),
+        "様式1_予算要求_P03.xlsx",
+        &p("filled.xlsx"),
+    ]);
+    py(&["ppap", &p("ppap.zip"), &p("filled.xlsx"), "himitsu"]);
+    let offered = |file: &str, name: &str| Offered {
+        name: name.into(),
+        content_type: "application/x-zip-compressed".into(),
+        content: std::fs::read(p(file)).unwrap(),
+    };
+    let spec = spec();
+
+    let zipped = offered("様式提出.zip", "様式提出.zip");
+    let (reads, broken) = read_offered(&spec, vec![zipped.clone()], Limits::default()).await;
+    assert!(broken.is_empty(), "{broken:?}");
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].file, "様式提出.zip/様式1_予算要求_P03.xlsx");
+    let mut fields = BTreeMap::new();
+    let problems = merge(&spec, &reads, &mut fields);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(fields["整備経費"], json!(1200));
+    assert_eq!(fields["区分"], json!("新規"));
+    // Kept with the answer: the archive, and what was read of the workbook in it.
+    let record = zipped.record(&reads, &broken);
+    assert_eq!(record["archive"][0]["name"], "様式1_予算要求_P03.xlsx");
+    assert_eq!(
+        record["archive"][0]["workbook"]["cells"][2]["value"],
+        json!(1200)
+    );
+
+    let (reads, broken) = read_offered(
+        &spec,
+        vec![offered("ppap.zip", "提出書類.zip")],
+        Limits::default(),
+    )
+    .await;
+    assert!(reads.is_empty());
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert_eq!(broken[0].0, "提出書類.zip/様式.xlsx");
+    assert!(
+        broken[0].1.contains("パスワード付きZIP")
+            && broken[0].1.contains("Excelファイルのまま添付"),
+        "{}",
+        broken[0].1
+    );
+    // Not a ZIP after all.
+    let (_, broken) = read_offered(
+        &spec,
+        vec![Offered {
+            name: "壊れた.zip".into(),
+            content_type: "application/zip".into(),
+            content: b"PK\x03\x04 cut short".to_vec(),
+        }],
+        Limits::default(),
+    )
+    .await;
+    assert!(broken[0].1.contains("壊れている"), "{broken:?}");
+}

@@ -12,6 +12,9 @@
   bomb OUT                  a zip whose sheet inflates to about 1 GiB
   huge OUT                  a well-formed sheet with 1.2 million cells
   corrupt IN OUT            IN cut in half
+  archive OUT NAME IN       a ZIP holding IN as 書類/NAME, the name in CP932 without the UTF-8
+                            flag (as Windows' built-in ZIP writes it), and a PDF beside it
+  ppap OUT IN PASSWORD      a password-protected ZIP holding IN (Info-ZIP's `zip -P`)
 """
 import json
 import os
@@ -211,6 +214,35 @@ def corrupt(src, out):
     open(out, "wb").write(data[: len(data) // 2])
 
 
+def archive(out, name, src):
+    # Info-ZIP stores a file name's bytes as they are, and sets the UTF-8 flag only for UTF-8:
+    # a name in CP932 on disk is stored as Windows' built-in ZIP writes it.
+    work = tempfile.mkdtemp(prefix="archive-")
+    try:
+        folder = os.path.join(work.encode(), "書類".encode("cp932"))
+        os.makedirs(folder)
+        shutil.copy(src, os.path.join(folder, name.encode("cp932")))
+        with open(os.path.join(folder, "参考資料.pdf".encode("cp932")), "wb") as f:
+            f.write(b"%PDF-1.4 not really")
+        subprocess.run(
+            [b"zip", b"-q", b"-r", os.path.abspath(out).encode(), "書類".encode("cp932")],
+            cwd=work,
+            check=True,
+        )
+    finally:
+        shutil.rmtree(work.encode())
+
+
+def ppap(out, src, password):
+    work = tempfile.mkdtemp(prefix="ppap-")
+    try:
+        inner = os.path.join(work, "様式.xlsx")
+        shutil.copy(src, inner)
+        subprocess.run(["zip", "-q", "-j", "-P", password, os.path.abspath(out), inner], check=True)
+    finally:
+        shutil.rmtree(work)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {
@@ -224,4 +256,6 @@ if __name__ == "__main__":
         "bomb": bomb,
         "huge": huge,
         "corrupt": corrupt,
+        "archive": archive,
+        "ppap": ppap,
     }[cmd](*args)

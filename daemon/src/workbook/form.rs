@@ -341,7 +341,8 @@ pub struct Offered {
 
 impl Offered {
     /// How the file is kept with the answer: its name, type, size, SHA-256 and bytes, and what
-    /// was read of it as a form (or why it could not be).
+    /// was read of it as a form (or why it could not be); for a ZIP archive, the same for each
+    /// workbook in it (`archive`).
     pub fn record(&self, reads: &[FormRead], broken: &[(String, String)]) -> Json {
         use base64::Engine as _;
         use sha2::Digest as _;
@@ -352,19 +353,39 @@ impl Offered {
             "sha256": hex::encode(sha2::Sha256::digest(&self.content)),
             "content_base64": base64::engine::general_purpose::STANDARD.encode(&self.content),
         });
-        if let Some(r) = reads.iter().find(|r| r.file == self.name) {
-            entry["workbook"] = serde_json::to_value(r).unwrap_or_default();
-        } else if let Some((_, e)) = broken.iter().find(|(n, _)| n == &self.name) {
-            entry["workbook"] = serde_json::json!({ "error": e });
+        let what = |file: &str| {
+            if let Some(r) = reads.iter().find(|r| r.file == file) {
+                serde_json::to_value(r).ok()
+            } else {
+                broken
+                    .iter()
+                    .find(|(n, _)| n == file)
+                    .map(|(_, e)| serde_json::json!({ "error": e }))
+            }
+        };
+        if let Some(w) = what(&self.name) {
+            entry["workbook"] = w;
+        }
+        let prefix = format!("{}/", self.name);
+        let members: Vec<Json> = reads
+            .iter()
+            .map(|r| r.file.as_str())
+            .chain(broken.iter().map(|(n, _)| n.as_str()))
+            .filter_map(|f| f.strip_prefix(&prefix).map(|m| (f, m)))
+            .map(|(f, m)| serde_json::json!({ "name": m, "workbook": what(f) }))
+            .collect();
+        if !members.is_empty() {
+            entry["archive"] = Json::Array(members);
         }
         entry
     }
 }
 
 /// What the workbooks among `files` say: the forms read, and the files that could not be read
-/// (file name, reason in Japanese for the sender). Files that are not workbooks are passed over.
-/// Reading is CPU work bounded by [`Limits`] (up to seconds for a large workbook), so it runs on
-/// the blocking pool, off the workers that renew leases and answer requests.
+/// (file name, reason in Japanese for the sender). A ZIP archive is opened for the workbooks in
+/// it, which are named `archive.zip/book.xlsx`; files that are neither are passed over. Reading
+/// is CPU work bounded by [`Limits`] (up to seconds for a large workbook), so it runs on the
+/// blocking pool, off the workers that renew leases and answer requests.
 pub async fn read_offered(
     spec: &FormSpec,
     files: Vec<Offered>,
@@ -372,14 +393,17 @@ pub async fn read_offered(
 ) -> (Vec<FormRead>, Vec<(String, String)>) {
     let files: Vec<Offered> = files
         .into_iter()
-        .filter(|f| super::is_workbook(&f.name, &f.content_type))
+        .filter(|f| {
+            super::is_workbook(&f.name, &f.content_type)
+                || super::is_archive(&f.name, &f.content_type)
+        })
         .collect();
     if files.is_empty() {
         return (Vec::new(), Vec::new());
     }
     let spec = spec.clone();
     let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
-    match tokio::task::spawn_blocking(move || read_each(&spec, &files, &limits)).await {
+    match tokio::task::spawn_blocking(move || read_each(&spec, files, &limits)).await {
         Ok(read) => read,
         Err(_) => (
             Vec::new(),
@@ -395,12 +419,39 @@ const UNREADABLE: &str = "ファイルの読み取り中に問題が発生した
 
 fn read_each(
     spec: &FormSpec,
-    files: &[Offered],
+    files: Vec<Offered>,
     limits: &Limits,
 ) -> (Vec<FormRead>, Vec<(String, String)>) {
     let mut reads = Vec::new();
     let mut broken = Vec::new();
+    let mut books = Vec::new();
     for f in files {
+        // The file name's extension decides before the MIME type (mail programs label files
+        // loosely: a ZIP as application/octet-stream, or as the type of what it holds).
+        let archive = super::is_archive(&f.name, "")
+            || (!super::is_workbook(&f.name, "") && super::is_archive("", &f.content_type));
+        if !archive {
+            books.push(f);
+            continue;
+        }
+        match super::package::unpack_archive(&f.content, limits) {
+            Ok(members) => {
+                for m in members {
+                    let name = format!("{}/{}", f.name, m.name);
+                    match m.content {
+                        Ok(content) => books.push(Offered {
+                            name,
+                            content_type: String::new(),
+                            content,
+                        }),
+                        Err(e) => broken.push((name, e.to_string())),
+                    }
+                }
+            }
+            Err(e) => broken.push((f.name.clone(), e.to_string())),
+        }
+    }
+    for f in &books {
         // The reader already stops calamine's panics; this keeps one bad file from taking
         // the others with it whatever happens.
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -35,6 +35,12 @@ pub enum WorkbookError {
         "パスワードで保護されているため読み取れません。パスワードを解除して保存し直したブックをお送りください"
     )]
     Encrypted,
+    /// A password-protected ZIP holding a workbook (the PPAP practice: the password follows in a
+    /// second mail, which pmoflow never reads).
+    #[error(
+        "パスワード付きZIPファイルのため開けませんでした。様式はZIPにせず、Excelファイルのまま添付してください（パスワードの別送は不要です）"
+    )]
+    EncryptedArchive,
     /// Inflates past the limits.
     #[error("展開後のサイズが上限を超えるため読み取りを中止しました（{0}）")]
     Bomb(String),
@@ -201,6 +207,13 @@ pub fn is_workbook(name: &str, content_type: &str) -> bool {
     [".xlsx", ".xlsm", ".xls"].iter().any(|e| n.ends_with(e))
         || content_type.contains("spreadsheetml")
         || content_type.contains("ms-excel")
+}
+
+/// Whether an attachment is a ZIP archive (which may hold a workbook), by name or MIME type.
+pub fn is_archive(name: &str, content_type: &str) -> bool {
+    name.to_lowercase().ends_with(".zip")
+        || content_type.contains("application/zip")
+        || content_type.contains("x-zip")
 }
 
 #[cfg(test)]

@@ -97,6 +97,87 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<(Format, Inspection)> {
     Ok((Format::Zip, found))
 }
 
+/// A workbook found in a ZIP archive: its name in the archive (decoded), and its bytes or why
+/// they could not be taken out.
+pub struct Member {
+    /// The entry's file name, without its folders.
+    pub name: String,
+    /// The inflated bytes, or why not.
+    pub content: Result<Vec<u8>>,
+}
+
+/// The workbooks in a ZIP archive attached to an answer (folders flattened; other files and
+/// nested archives passed over), each inflated with the limits of a workbook file and all of
+/// them together within the inflated limit. An encrypted entry is not decrypted: it is
+/// [`WorkbookError::EncryptedArchive`]. Entry names written without the UTF-8 flag are decoded as
+/// Shift_JIS (CP932), as Windows' built-in ZIP writes them on Japanese systems.
+pub fn unpack_archive(bytes: &[u8], limits: &Limits) -> Result<Vec<Member>> {
+    if bytes.len() > limits.max_file_bytes {
+        return Err(WorkbookError::TooLarge(format!(
+            "{} bytes; the limit is {} MiB",
+            bytes.len(),
+            limits.max_file_bytes >> 20
+        )));
+    }
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| WorkbookError::Corrupt(format!("not a readable zip: {e}")))?;
+    if zip.len() > limits.max_entries {
+        return Err(WorkbookError::Bomb(format!(
+            "{} entries; the limit is {}",
+            zip.len(),
+            limits.max_entries
+        )));
+    }
+    let mut out = Vec::new();
+    let mut total: u64 = 0;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| WorkbookError::Corrupt(format!("zip entry {i}: {e}")))?;
+        let raw = entry.name_raw().to_vec();
+        let path = match std::str::from_utf8(&raw) {
+            Ok(s) => s.to_string(),
+            Err(_) => encoding_rs::SHIFT_JIS.decode(&raw).0.into_owned(),
+        };
+        let name = path
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if entry.is_dir() || name.is_empty() || !super::is_workbook(&name, "") {
+            continue;
+        }
+        if entry.encrypted() {
+            out.push(Member {
+                name,
+                content: Err(WorkbookError::EncryptedArchive),
+            });
+            continue;
+        }
+        drop(entry);
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| WorkbookError::Corrupt(format!("zip entry {i}: {e}")))?;
+        let mut content = Vec::new();
+        (&mut entry)
+            .take(limits.max_file_bytes as u64 + 1)
+            .read_to_end(&mut content)
+            .map_err(|e| WorkbookError::Corrupt(format!("{name}: {e}")))?;
+        total += content.len() as u64;
+        if content.len() > limits.max_file_bytes || total > limits.max_inflated_bytes {
+            return Err(WorkbookError::Bomb(format!(
+                "more than {} MiB when inflated",
+                limits.max_inflated_bytes >> 20
+            )));
+        }
+        out.push(Member {
+            name,
+            content: Ok(content),
+        });
+    }
+    Ok(out)
+}
+
 /// An OLE compound file (legacy `.xls`, or an encrypted `.xlsx`), opened with the `cfb` crate,
 /// never with calamine's own container reader (calamine 0.38 follows a malformed sector chain
 /// until memory runs out: the `workbook` fuzz target's second finding). The workbook stream is
