@@ -610,3 +610,34 @@ async fn a_form_inside_a_zip_is_read_and_a_password_zip_is_refused_with_a_reason
     .await;
     assert!(broken[0].1.contains("壊れている"), "{broken:?}");
 }
+
+/// Outlook in rich text format wraps every attachment in `winmail.dat` (TNEF): the sender is
+/// told how to send the 様式 so it can be read, unless a readable workbook came as well.
+#[tokio::test]
+async fn a_winmail_dat_instead_of_the_form_is_explained_to_the_sender() {
+    use pmoflow::workbook::form::{Offered, read_offered};
+    let spec = spec();
+    // The TNEF signature, then Outlook's attributes; its content is never parsed.
+    let tnef = Offered {
+        name: "winmail.dat".into(),
+        content_type: "application/ms-tnef".into(),
+        content: b"\x78\x9f\x3e\x22\x01\x00\x01\x06\x90\x08\x00".to_vec(),
+    };
+    let (reads, broken) = read_offered(&spec, vec![tnef.clone()], Limits::default()).await;
+    assert!(reads.is_empty());
+    assert_eq!(broken.len(), 1);
+    assert!(broken[0].1.contains("winmail.dat"), "{}", broken[0].1);
+    assert!(
+        broken[0].1.contains("「HTML」または「テキスト」"),
+        "{}",
+        broken[0].1
+    );
+    let book = Offered {
+        name: "様式1_予算要求.xlsx".into(),
+        content_type: "application/octet-stream".into(),
+        content: std::fs::read(form_path()).unwrap(),
+    };
+    let (reads, broken) = read_offered(&spec, vec![tnef, book], Limits::default()).await;
+    assert_eq!(reads.len(), 1);
+    assert!(broken.is_empty(), "{broken:?}");
+}

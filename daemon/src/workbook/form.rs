@@ -396,6 +396,7 @@ pub async fn read_offered(
         .filter(|f| {
             super::is_workbook(&f.name, &f.content_type)
                 || super::is_archive(&f.name, &f.content_type)
+                || super::is_tnef(&f.name, &f.content_type)
         })
         .collect();
     if files.is_empty() {
@@ -425,7 +426,12 @@ fn read_each(
     let mut reads = Vec::new();
     let mut broken = Vec::new();
     let mut books = Vec::new();
+    let mut tnef = Vec::new();
     for f in files {
+        if super::is_tnef(&f.name, &f.content_type) {
+            tnef.push(f.name);
+            continue;
+        }
         // The file name's extension decides before the MIME type (mail programs label files
         // loosely: a ZIP as application/octet-stream, or as the type of what it holds).
         let archive = super::is_archive(&f.name, "")
@@ -462,6 +468,13 @@ fn read_each(
             Ok(Err(e)) => broken.push((f.name.clone(), e.to_string())),
             Err(_) => broken.push((f.name.clone(), UNREADABLE.to_string())),
         }
+    }
+    // A winmail.dat beside a readable workbook is only Outlook's wrapping of the rest.
+    if reads.is_empty() {
+        broken.extend(
+            tnef.into_iter()
+                .map(|n| (n, WorkbookError::Tnef.to_string())),
+        );
     }
     (reads, broken)
 }

@@ -41,6 +41,11 @@ pub enum WorkbookError {
         "パスワード付きZIPファイルのため開けませんでした。様式はZIPにせず、Excelファイルのまま添付してください（パスワードの別送は不要です）"
     )]
     EncryptedArchive,
+    /// Outlook's rich text wrapper, `winmail.dat`.
+    #[error(
+        "Outlookのリッチテキスト形式で送信されたため、添付ファイルが winmail.dat にまとめられ読み取れませんでした。メールの形式を「HTML」または「テキスト」に変更して、様式を添付し直してください"
+    )]
+    Tnef,
     /// Inflates past the limits.
     #[error("展開後のサイズが上限を超えるため読み取りを中止しました（{0}）")]
     Bomb(String),
@@ -207,6 +212,12 @@ pub fn is_workbook(name: &str, content_type: &str) -> bool {
     [".xlsx", ".xlsm", ".xls"].iter().any(|e| n.ends_with(e))
         || content_type.contains("spreadsheetml")
         || content_type.contains("ms-excel")
+}
+
+/// Whether an attachment is Outlook's `winmail.dat` (TNEF), in which Outlook wraps every
+/// attachment when it sends in its rich text format: the workbook is inside, out of reach.
+pub fn is_tnef(name: &str, content_type: &str) -> bool {
+    name.eq_ignore_ascii_case("winmail.dat") || content_type.contains("ms-tnef")
 }
 
 /// Whether an attachment is a ZIP archive (which may hold a workbook), by name or MIME type.
