@@ -702,6 +702,28 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     let html = res.text().await.unwrap();
     assert!(html.contains("総合評価") && html.contains("必須"), "{html}");
     let first_nonce = nonce_in(&html);
+    // An upload over the message size limit (10 MiB by default): 413 and a page saying so.
+    let mut body = format!(
+        "--b\r\nContent-Disposition: form-data; name=\"nonce\"\r\n\r\n{first_nonce}\r\n\
+         --b\r\nContent-Disposition: form-data; name=\"workbook\"; filename=\"big.xlsx\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend(std::iter::repeat_n(b'x', 11 << 20));
+    body.extend(b"\r\n--b--\r\n");
+    let res = web
+        .post(&url)
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("ファイルが大きすぎます") && page.contains("10 MiB"),
+        "{page}"
+    );
     // A required field left empty: 422 and the form again, with the reason.
     let res = web
         .post(&url)

@@ -251,9 +251,30 @@ struct Submission {
     files: Vec<Offered>,
 }
 
+/// Why a submission could not be read: its status and what is logged.
+struct Unreadable(StatusCode, String);
+
+impl From<axum::extract::multipart::MultipartError> for Unreadable {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        Unreadable(e.status(), e.body_text())
+    }
+}
+
+impl From<axum::extract::multipart::MultipartRejection> for Unreadable {
+    fn from(e: axum::extract::multipart::MultipartRejection) -> Self {
+        Unreadable(e.status(), e.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::FormRejection> for Unreadable {
+    fn from(e: axum::extract::rejection::FormRejection) -> Self {
+        Unreadable(e.status(), e.body_text())
+    }
+}
+
 /// Reads a submission of the answer form: `multipart/form-data` (the page sends it, with the
 /// 様式 as a file) or `application/x-www-form-urlencoded` (a form without a file input).
-async fn submission(request: axum::extract::Request) -> Result<Submission, String> {
+async fn submission(request: axum::extract::Request) -> Result<Submission, Unreadable> {
     use axum::extract::FromRequest;
     let multipart = request
         .headers()
@@ -265,22 +286,18 @@ async fn submission(request: axum::extract::Request) -> Result<Submission, Strin
                 .starts_with("multipart/form-data")
         });
     if !multipart {
-        let Form(form) = Form::<HashMap<String, String>>::from_request(request, &())
-            .await
-            .map_err(|e| e.body_text())?;
+        let Form(form) = Form::<HashMap<String, String>>::from_request(request, &()).await?;
         return Ok(Submission {
             form,
             files: Vec::new(),
         });
     }
-    let mut parts = axum::extract::Multipart::from_request(request, &())
-        .await
-        .map_err(|e| e.body_text())?;
+    let mut parts = axum::extract::Multipart::from_request(request, &()).await?;
     let mut out = Submission {
         form: HashMap::new(),
         files: Vec::new(),
     };
-    while let Some(part) = parts.next_field().await.map_err(|e| e.body_text())? {
+    while let Some(part) = parts.next_field().await? {
         let name = part.name().unwrap_or_default().to_string();
         match part.file_name().map(str::to_string) {
             Some(file) => {
@@ -288,7 +305,7 @@ async fn submission(request: axum::extract::Request) -> Result<Submission, Strin
                     .content_type()
                     .unwrap_or("application/octet-stream")
                     .to_string();
-                let content = part.bytes().await.map_err(|e| e.body_text())?;
+                let content = part.bytes().await?;
                 // A file input left empty still sends a part, nameless and empty.
                 if !file.is_empty() || !content.is_empty() {
                     out.files.push(Offered {
@@ -299,7 +316,7 @@ async fn submission(request: axum::extract::Request) -> Result<Submission, Strin
                 }
             }
             None => {
-                let text = part.text().await.map_err(|e| e.body_text())?;
+                let text = part.text().await?;
                 out.form.insert(name, text);
             }
         }
@@ -318,8 +335,25 @@ pub(super) async fn answer_submit(
     };
     let Submission { form, files } = match submission(request).await {
         Ok(s) => s,
-        Err(why) => {
-            tracing::warn!(token_prefix = %lookup_of(&token), why, "unreadable answer form refused");
+        Err(Unreadable(status, why)) => {
+            tracing::warn!(token_prefix = %lookup_of(&token), %status, why, "unreadable answer form refused");
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                let max = state.services.replies.max_size;
+                let limit = if max >= 1 << 20 {
+                    format!("{} MiB", max >> 20)
+                } else {
+                    format!("{} KiB", max >> 10)
+                };
+                return message(
+                    &state,
+                    status,
+                    "ファイルが大きすぎます",
+                    &format!(
+                        "送信できるのは合計{limit}までです。様式以外のファイルを添付していないかご確認ください。"
+                    ),
+                    "error",
+                );
+            }
             return message(
                 &state,
                 StatusCode::BAD_REQUEST,
