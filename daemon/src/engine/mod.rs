@@ -548,3 +548,24 @@ fn fence(core: &EngineCore, silent: Duration) {
         lost.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_claimed_again_keeps_its_entry_when_the_old_execution_ends() {
+        let mut active = ActiveRuns::default();
+        let (old, new) = (CancellationToken::new(), CancellationToken::new());
+        let first = active.started("r1", old);
+        // Parked, claimed again here before the first task has exited.
+        let second = active.started("r1", new.clone());
+        active.finished("r1", first);
+        let (n, token) = active.runs.get("r1").expect("the new execution is still active");
+        assert_eq!(*n, second);
+        token.cancel();
+        assert!(new.is_cancelled(), "its own token is the one kept");
+        active.finished("r1", second);
+        assert!(active.runs.is_empty());
+    }
+}
