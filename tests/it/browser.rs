@@ -591,6 +591,25 @@ async fn a_filled_form_is_uploaded_on_the_answer_page_and_corrected_there() {
                 .unwrap();
         }
     };
+    // The page also offers the 様式 exactly as mailed (for mail systems that hold attachments
+    // back): the same bytes, with its Japanese file name.
+    c.goto(&link).await.unwrap();
+    let page = wait_source(&c, "ダウンロード").await;
+    assert!(page.contains("/form\" download"), "{page}");
+    let res = reqwest::get(format!("{link}/form")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let disposition = res.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        disposition.contains("filename*=UTF-8''%E6%A7%98%E5%BC%8F1_"),
+        "{disposition}"
+    );
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        std::fs::read(&form).unwrap().as_slice()
+    );
     upload(first).await;
     let page = wait_source(&c, "様式1 C8（運用等経費）が空欄です").await;
     assert!(page.contains("もう一度添付して"), "{page}");

@@ -702,6 +702,9 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     let html = res.text().await.unwrap();
     assert!(html.contains("総合評価") && html.contains("必須"), "{html}");
     let first_nonce = nonce_in(&html);
+    // A request without a 様式 has none to download.
+    let res = web.get(format!("{url}/form")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
     // An upload over the message size limit (10 MiB by default): 413 and a page saying so.
     let mut body = format!(
         "--b\r\nContent-Disposition: form-data; name=\"nonce\"\r\n\r\n{first_nonce}\r\n\

@@ -561,7 +561,10 @@ mod tests {
         // Parked, claimed again here before the first task has exited.
         let second = active.started("r1", new.clone());
         active.finished("r1", first);
-        let (n, token) = active.runs.get("r1").expect("the new execution is still active");
+        let (n, token) = active
+            .runs
+            .get("r1")
+            .expect("the new execution is still active");
         assert_eq!(*n, second);
         token.cancel();
         assert!(new.is_cancelled(), "its own token is the one kept");

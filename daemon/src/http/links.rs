@@ -228,6 +228,7 @@ pub(super) async fn answer_form(
             "nonce": new_nonce(state, token),
             "action": format!("/answer/{token}"),
             "form": row.form.as_ref().and_then(|f| f.get("file")).and_then(Json::as_str),
+            "form_url": format!("/answer/{token}/form"),
         }),
     )
 }
@@ -243,6 +244,87 @@ pub(super) async fn answer_page(
         Ok(row) => answer_form(&state, &token, &row, StatusCode::OK, &HashMap::new(), &[]).await,
         Err(why) => refused(&state, &token, why, "answer form"),
     }
+}
+
+/// `GET /answer/{token}/form`: the 様式 exactly as it was mailed to this addressee (prefilled),
+/// for a PJMO whose mail system held the attachment back (attachment separation and
+/// sanitising gateways are common in government networks). Taken from the request mail in the
+/// outbox; opening it changes nothing.
+pub(super) async fn answer_form_file(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Response {
+    let row = match find(&state, &token, "request").await {
+        Ok(row) => row,
+        Err(why) => return refused(&state, &token, why, "form download"),
+    };
+    let not_found = |state: &AppState| {
+        message(
+            state,
+            StatusCode::NOT_FOUND,
+            "様式が見つかりません",
+            "この依頼には様式がないか、様式を取り出せませんでした。依頼メールに添付の様式をご利用ください。",
+            "error",
+        )
+    };
+    let Some(file) = row
+        .form
+        .as_ref()
+        .and_then(|f| f.get("file"))
+        .and_then(Json::as_str)
+        .map(str::to_string)
+    else {
+        return not_found(&state);
+    };
+    let mail = match state
+        .store
+        .outbox_email(&format!("<{}>", row.message_id))
+        .await
+    {
+        Ok(Some(m)) => m,
+        Ok(None) => return not_found(&state),
+        Err(e) => {
+            tracing::error!(error = %e, "outbox lookup failed");
+            return unavailable(&state);
+        }
+    };
+    let raw = mail.payload["raw"].as_str().unwrap_or_default();
+    use mail_parser::MimeHeaders as _;
+    let parsed = mail_parser::MessageParser::default().parse(raw.as_bytes());
+    let bytes = parsed.as_ref().and_then(|m| {
+        m.attachments()
+            .find(|a| a.attachment_name() == Some(file.as_str()))
+            .map(|a| a.contents().to_vec())
+    });
+    let Some(bytes) = bytes else {
+        tracing::warn!(request = row.tag, "the form is not in the request mail");
+        return not_found(&state);
+    };
+    let content_type = if file.to_lowercase().ends_with(".xlsm") {
+        "application/vnd.ms-excel.sheet.macroEnabled.12"
+    } else {
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    };
+    // RFC 6266: an ASCII fallback, and the Japanese name percent-encoded.
+    let encoded: String = file
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let disposition = format!("attachment; filename=\"form.xlsx\"; filename*=UTF-8''{encoded}");
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// What an answer form sent: its text fields, and the files attached to it (the 様式).

@@ -206,6 +206,7 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(pages::status_board))
         .route("/static/pmoflow.css", get(css))
         .route("/answer/{token}", get(answer_page).post(answer_submit))
+        .route("/answer/{token}/form", get(answer_form_file))
         .route("/ack/{token}", get(ack_page).post(ack_submit));
     openapi::routes(pages)
         .layer(DefaultBodyLimit::max(max))

@@ -200,6 +200,24 @@ impl Store {
         })
     }
 
+    /// The email queued with `message_id` (as in its header, with angle brackets), as it was
+    /// (or will be) sent; the first one if a key was queued twice.
+    pub async fn outbox_email(&self, message_id: &str) -> Result<Option<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM outbox WHERE message_id = $1 AND kind = 'email' \
+             ORDER BY created_at, id LIMIT 1"
+        );
+        with_pool!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(message_id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(row)
+                .transpose()
+        })
+    }
+
     /// Puts a dead message back in the queue, due now, with its attempts reset.
     pub async fn retry_outbox(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
         let n = with_pool!(self, |pool| {
