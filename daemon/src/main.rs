@@ -225,6 +225,10 @@ enum InboundAction {
         /// The reply-address pattern of requests.
         #[arg(long, default_value = "pmo+{token}@example.go.jp")]
         reply_address: String,
+        /// The request's 様式 (a template `.xlsx`): read the attached workbooks with it, the
+        /// fields found by its defined names, and merge them as a reply's would be.
+        #[arg(long, value_name = "TEMPLATE")]
+        form: Option<PathBuf>,
     },
     /// List received messages, newest first: what each was taken for, or why it is held.
     List {
@@ -366,10 +370,16 @@ fn main() -> ExitCode {
                     file,
                     fields,
                     reply_address,
+                    form,
                 }),
             ..
         } => {
-            return report(cli::inbound_explain(file.as_deref(), fields, reply_address));
+            return report(cli::inbound_explain(
+                file.as_deref(),
+                fields,
+                reply_address,
+                form.as_deref(),
+            ));
         }
         Command::Token {
             action: TokenAction::New { name, role },

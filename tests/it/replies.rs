@@ -274,6 +274,56 @@ fn inbound_explain_shows_how_a_message_is_read() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["fields"], json!({ "リスク": "調達の遅れ" }));
     assert_eq!(doc["keys"][0]["by"], "message_id", "{doc:#}");
+    // With the request's 様式: the attached workbook is read by the template's defined names and
+    // merged with the body, as a reply to that request would be.
+    let template =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/templates/様式1_予算要求.xlsx");
+    let filled = dir.path().join("filled.xlsx");
+    pmoflow_tests::workbooks_py(&[
+        "fill",
+        template.to_str().unwrap(),
+        filled.to_str().unwrap(),
+        &json!({ "区分": "新規", "整備経費": "１，２００" }).to_string(),
+    ]);
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&filled).unwrap())
+    };
+    let eml = dir.path().join("with-form.eml");
+    std::fs::write(
+        &eml,
+        format!(
+            "From: {LEAD}\r\nTo: pmo@example.go.jp\r\nSubject: Re: 様式\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+             Content-Type: text/plain; charset=UTF-8\r\n\r\n運用等経費: 300\r\n--b\r\n\
+             Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"youshiki.xlsx\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = pmoflow_tests::cli(
+        dir.path(),
+        &[
+            "inbound",
+            "explain",
+            "--fields",
+            "区分,整備経費,運用等経費,KPI",
+            "--form",
+            template.to_str().unwrap(),
+            eml.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["fields"]["区分"], "新規", "{doc:#}");
+    assert_eq!(doc["fields"]["整備経費"], 1200, "{doc:#}");
+    assert_eq!(
+        doc["fields"]["運用等経費"], 300,
+        "the body fills what the workbook left empty"
+    );
+    assert_eq!(doc["workbooks"]["read"][0]["file"], "youshiki.xlsx");
+    assert_eq!(doc["workbooks"]["problems"], json!([]), "{doc:#}");
     // Unreadable input is a clear error, exit 1.
     let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies/33-malformed.eml");
     let (code, _, err) =

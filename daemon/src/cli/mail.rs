@@ -69,6 +69,7 @@ pub fn inbound_explain(
     file: Option<&std::path::Path>,
     fields: &[String],
     reply_address: &str,
+    form: Option<&std::path::Path>,
 ) -> Result<(), CliError> {
     use std::io::Read;
     let raw = match file {
@@ -92,7 +93,48 @@ pub fn inbound_explain(
     let msg = crate::inbound::parse(&raw, crate::inbound::DEFAULT_MAX_SIZE)
         .map_err(|e| CliError::new(format!("the message cannot be read: {e}")))?;
     let text = crate::message::reply::new_text(&msg.text);
-    let answers = crate::message::reply::parse_fields(&text, fields, msg.from_name.as_deref());
+    let mut answers = crate::message::reply::parse_fields(&text, fields, msg.from_name.as_deref());
+    // With the request's 様式: its attached workbooks read and merged as a reply's would be (the
+    // fields found by the template's defined names).
+    let mut workbooks = Json::Null;
+    if let Some(path) = form {
+        let template = std::fs::read(path)
+            .map_err(|e| CliError::caused(format!("cannot read {}", path.display()), e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mapping = crate::workbook::form::Mapping {
+            fields: fields.to_vec(),
+            ..Default::default()
+        };
+        let spec = crate::workbook::FormSpec::from_template(&name, &template, &mapping)
+            .map_err(|e| CliError::new(e.to_string()))?;
+        let files = msg
+            .attachments
+            .iter()
+            .map(|a| crate::workbook::form::Offered {
+                name: a.name.clone(),
+                content_type: a.content_type.clone(),
+                content: a.content.clone(),
+            })
+            .collect();
+        let (reads, broken) = crate::workbook::form::read_offered_blocking(
+            &spec,
+            files,
+            &crate::workbook::Limits::default(),
+        );
+        let mut problems: Vec<String> = broken
+            .iter()
+            .map(|(n, e)| format!("添付ファイル「{n}」: {e}"))
+            .collect();
+        problems.extend(
+            crate::workbook::form::merge(&spec, &reads, &mut answers.fields)
+                .into_iter()
+                .map(|p| p.message),
+        );
+        workbooks = json!({ "form": spec, "read": reads, "problems": problems });
+    }
     let mut doc = serde_json::to_value(&msg.kind).unwrap_or_else(|_| json!({}));
     let rest = json!({
         "message_id": msg.message_id,
@@ -105,6 +147,7 @@ pub fn inbound_explain(
         "fields": answers.fields,
         "free_text": answers.free_text,
         "attachments": msg.attachments,
+        "workbooks": workbooks,
     });
     if let (Some(d), Some(r)) = (doc.as_object_mut(), rest.as_object()) {
         d.extend(r.clone());

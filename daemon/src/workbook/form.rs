@@ -404,7 +404,7 @@ pub async fn read_offered(
     }
     let spec = spec.clone();
     let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
-    match tokio::task::spawn_blocking(move || read_each(&spec, files, &limits)).await {
+    match tokio::task::spawn_blocking(move || read_offered_blocking(&spec, files, &limits)).await {
         Ok(read) => read,
         Err(_) => (
             Vec::new(),
@@ -418,7 +418,8 @@ pub async fn read_offered(
 
 const UNREADABLE: &str = "ファイルの読み取り中に問題が発生したため読み取れませんでした";
 
-fn read_each(
+/// [`read_offered`] on the calling thread (for the CLI, or code already off the async workers).
+pub fn read_offered_blocking(
     spec: &FormSpec,
     files: Vec<Offered>,
     limits: &Limits,
