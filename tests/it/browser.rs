@@ -56,6 +56,18 @@ action = "wait"
 with = { duration = "1h" }
 "#;
 
+/// The daemon's configuration for these tests: SMTP to the sink on `smtp_port`, the HTTP face on
+/// `http_port` (its public URL too), and `extra` (API token entries).
+fn config(db_url: &str, smtp_port: u16, http_port: u16, extra: &str) -> String {
+    format!(
+        "database_url = \"{db_url}\"\n[engine]\npoll_interval = \"100ms\"\n\
+         [mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n\
+         [smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
+         [outbox]\npoll_interval = \"200ms\"\n[replies]\naddress = \"pmo+{{token}}@example.go.jp\"\n\
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"http://127.0.0.1:{http_port}\"\n\n{extra}\n"
+    )
+}
+
 struct Driver(Child);
 
 impl Drop for Driver {
@@ -175,10 +187,7 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
     let (token, entry) = pmoflow_tests::new_api_token(project.path(), "pmo-desk", "operator");
     let (smtp_port, http_port) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{http_port}");
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n[outbox]\npoll_interval = \"200ms\"\n[replies]\naddress = \"pmo+{{token}}@example.go.jp\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"{base}\"\n\n{entry}\n",
-        db.url
-    ));
+    project.config(&config(&db.url, smtp_port, http_port, &entry));
     let maildir = project.path().join("maildir");
     let _smtp = SmtpSink::start(smtp_port, &maildir);
     let d = Daemon::start(project.path(), "d", &[]);
@@ -402,10 +411,7 @@ async fn html_and_script_in_names_inputs_and_answers_stay_inert_in_the_browser()
     let (token, entry) = pmoflow_tests::new_api_token(project.path(), "pmo-desk", "operator");
     let (smtp_port, http_port) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{http_port}");
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n[outbox]\npoll_interval = \"200ms\"\n[replies]\naddress = \"pmo+{{token}}@example.go.jp\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"{base}\"\n\n{entry}\n",
-        db.url
-    ));
+    project.config(&config(&db.url, smtp_port, http_port, &entry));
     let maildir = project.path().join("maildir");
     let _smtp = SmtpSink::start(smtp_port, &maildir);
     let d = Daemon::start(project.path(), "d", &[]);
@@ -539,11 +545,7 @@ async fn a_filled_form_is_uploaded_on_the_answer_page_and_corrected_there() {
     .unwrap();
     project.workflow("budget.toml", BUDGET_FORM);
     let (smtp_port, http_port) = (free_port(), free_port());
-    let base = format!("http://127.0.0.1:{http_port}");
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[mail]\nfrom = \"PMO事務局 <pmo@example.go.jp>\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n[outbox]\npoll_interval = \"200ms\"\n[replies]\naddress = \"pmo+{{token}}@example.go.jp\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"{base}\"\n",
-        db.url
-    ));
+    project.config(&config(&db.url, smtp_port, http_port, ""));
     let maildir = project.path().join("maildir");
     let _smtp = SmtpSink::start(smtp_port, &maildir);
     let d = Daemon::start(project.path(), "d", &[]);

@@ -34,6 +34,20 @@ pub struct Inspection {
     pub rebuilt: Option<Vec<u8>>,
 }
 
+/// A zip's directory, refused if unreadable or with more entries than the limit.
+fn open_zip<'a>(bytes: &'a [u8], limits: &Limits) -> Result<zip::ZipArchive<Cursor<&'a [u8]>>> {
+    let zip = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| WorkbookError::Corrupt(format!("not a readable zip: {e}")))?;
+    if zip.len() > limits.max_entries {
+        return Err(WorkbookError::Bomb(format!(
+            "{} entries; the limit is {}",
+            zip.len(),
+            limits.max_entries
+        )));
+    }
+    Ok(zip)
+}
+
 /// Refuses what is not a workbook, an encrypted workbook, and a zip that would inflate past
 /// the limits, before any parser sees it. The entries are inflated here (and thrown away) with
 /// a cap, so a header that lies about sizes is caught too.
@@ -51,15 +65,7 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<(Format, Inspection)> {
     if !bytes.starts_with(b"PK\x03\x04") {
         return Err(WorkbookError::NotAWorkbook);
     }
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| WorkbookError::Corrupt(format!("not a readable zip: {e}")))?;
-    if zip.len() > limits.max_entries {
-        return Err(WorkbookError::Bomb(format!(
-            "{} entries; the limit is {}",
-            zip.len(),
-            limits.max_entries
-        )));
-    }
+    let mut zip = open_zip(bytes, limits)?;
     let mut found = Inspection::default();
     let mut total: u64 = 0;
     let mut has_workbook = false;
@@ -119,15 +125,7 @@ pub fn unpack_archive(bytes: &[u8], limits: &Limits) -> Result<Vec<Member>> {
             limits.max_file_bytes >> 20
         )));
     }
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| WorkbookError::Corrupt(format!("not a readable zip: {e}")))?;
-    if zip.len() > limits.max_entries {
-        return Err(WorkbookError::Bomb(format!(
-            "{} entries; the limit is {}",
-            zip.len(),
-            limits.max_entries
-        )));
-    }
+    let mut zip = open_zip(bytes, limits)?;
     let mut out = Vec::new();
     let mut total: u64 = 0;
     for i in 0..zip.len() {
