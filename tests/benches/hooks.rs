@@ -37,15 +37,7 @@ async fn main() {
         db.url
     ));
     let daemon = Daemon::start(project.path(), "d", &[("RUST_LOG", "warn")]);
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pmoflow_tests::wait_port(port, pmoflow_tests::STARTUP);
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/hooks/alert");
     // The token's first use costs one argon2 verification; measured once, apart.
@@ -90,17 +82,11 @@ async fn main() {
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    loop {
+    pmoflow_tests::wait::until("every run to finish", Duration::from_secs(120), || async {
         let done = store.count_runs(RunStatus::Succeeded).await.unwrap();
-        if done as usize > N {
-            break;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(120),
-            "only {done} runs finished"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if done as usize > N { Ok(()) } else { Err(done) }
+    })
+    .await;
     println!(
         "hooks: {accepted}/{N} accepted (202) at {RATE}/s, sent in {:.2} s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all {N} runs succeeded {:.2} s after the first call",
         sent_in.as_secs_f64(),

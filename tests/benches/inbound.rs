@@ -83,13 +83,15 @@ async fn bench(backend: Backend) {
         .await
         .unwrap();
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    let requests = loop {
-        let r = store.list_requests(Some("open"), 5000).await.unwrap();
-        if r.len() == N {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let requests = pmoflow_tests::wait::until(
+        "the requests to be open",
+        Duration::from_secs(120),
+        || async {
+            let r = store.list_requests(Some("open"), 5000).await.unwrap();
+            if r.len() == N { Ok(r) } else { Err(r.len()) }
+        },
+    )
+    .await;
     // The mailbox: registered first (as a running daemon would be), then the replies arrive.
     let imap = Dovecot::start();
     let cfg = imap.imap_config();
@@ -138,20 +140,16 @@ async fn bench(backend: Backend) {
     );
     // The run continues once every answer is in.
     let start = Instant::now();
-    loop {
-        let r = store.get_run(run.id()).await.unwrap().unwrap();
-        if r.status.is_terminal() {
-            println!(
-                "inbound {:<8} run finished {:.0} ms after the last answer ({:?})",
-                db.url.split(':').next().unwrap_or(""),
-                start.elapsed().as_secs_f64() * 1e3,
-                r.status
-            );
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let r = pmoflow_tests::wait_run(&store, run.id(), Duration::from_secs(60), |r| {
+        r.status.is_terminal()
+    })
+    .await;
+    println!(
+        "inbound {:<8} run finished {:.0} ms after the last answer ({:?})",
+        db.url.split(':').next().unwrap_or(""),
+        start.elapsed().as_secs_f64() * 1e3,
+        r.status
+    );
     engine.stop().await;
 }
 

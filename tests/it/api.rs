@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, free_port, wait_run};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, free_port, wait, wait_run};
 use serde_json::{Value as Json, json};
 
 const INCIDENT: &str = r#"
@@ -124,7 +124,11 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    assert!(res.text().await.unwrap().contains("window"));
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("timestamp outside the 300 s window (replayed or stale request)"),
+        "{text}"
+    );
 
     // Signed: 202 with the run id; the same request again returns the same run.
     let (ts, sig) = signed(&body, now);
@@ -498,22 +502,30 @@ async fn a_failed_run_can_be_retried_from_its_failed_step() {
             .send()
     };
     // Wait for the reload to pick the new workflow up.
-    let start = std::time::Instant::now();
-    let run_id = loop {
-        let res = post("/api/runs".into(), &api.operator).await.unwrap();
-        if res.status() == 201 {
-            break res.json::<Json>().await.unwrap()["run_id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{}",
-            res.status()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    wait::until(
+        "the flaky workflow to be loaded",
+        Duration::from_secs(30),
+        || async {
+            let res = web
+                .get(format!("{}/api/workflows/flaky", api.base))
+                .bearer_auth(&api.viewer)
+                .send()
+                .await
+                .unwrap();
+            if res.status() == 200 {
+                Ok(())
+            } else {
+                Err(res.status())
+            }
+        },
+    )
+    .await;
+    let res = post("/api/runs".into(), &api.operator).await.unwrap();
+    assert_eq!(res.status(), 201);
+    let run_id = res.json::<Json>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let store = Store::open(&api.url, Durability::Process).await.unwrap();
     let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
         r.status.is_terminal()
@@ -536,8 +548,10 @@ async fn a_failed_run_can_be_retried_from_its_failed_step() {
         404
     );
     // Fix the data, retry: the failed step runs again, the first one does not.
+    let reloads = api.daemon.log_text().matches("workflows reloaded").count();
     std::fs::write(dir.join("workflows/data/flag.toml"), "ok = \"yes\"\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    api.daemon
+        .wait_log_count("workflows reloaded", reloads + 1, Duration::from_secs(30));
     let res = post(format!("/api/runs/{run_id}/retry"), &api.operator)
         .await
         .unwrap();

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, SlowHttp, TcpProxy, TestDb, cli, wait_run};
+use pmoflow_tests::{
+    Backend, Daemon, Project, STARTUP, SlowHttp, TcpProxy, TestDb, cli, wait, wait_run,
+};
 
 fn slow_workflow(port: u16, ms: u64) -> String {
     format!(
@@ -15,18 +17,8 @@ fn slow_workflow(port: u16, ms: u64) -> String {
 
 /// The instance id a daemon logged at start.
 fn instance_of(d: &Daemon) -> String {
-    let log = d.wait_log("pmoflow starting", STARTUP);
-    let line = log
-        .lines()
-        .find(|l| l.contains("pmoflow starting"))
-        .unwrap();
-    line.split("instance=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    d.wait_log("pmoflow starting", STARTUP);
+    d.instance().expect("the instance id in the start line")
 }
 
 /// Two daemons with the same `node_id` (two instances on one host): the second one starting
@@ -52,15 +44,7 @@ async fn two_daemons_with_one_label_never_take_each_others_runs() {
         assert_eq!(code, 0, "{err}");
         ids.push(out.trim().to_string());
     }
-    let start = Instant::now();
-    while http.calls().len() < 6 {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "{}",
-            a.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    http.wait_count("/slow", 6, Duration::from_secs(30)).await;
     // The slow calls are in flight on `a`: a second daemon with the same label starts now.
     let b = Daemon::start(dir, "b", &[]);
     b.wait_log("workflows loaded", STARTUP);
@@ -98,8 +82,8 @@ async fn two_daemons_with_one_label_never_take_each_others_runs() {
     }
     // One of them holds the scheduler.
     assert_eq!(out.matches("scheduler").count(), 1, "{out}");
-    let (code, json, _) = cli(dir, &["cluster", "--format", "json"]);
-    assert_eq!(code, 0);
+    let (code, json, err) = cli(dir, &["cluster", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["daemons"].as_array().unwrap().len(), 2, "{v:#}");
     assert!(v["warnings"].as_array().unwrap().is_empty(), "{v:#}");
@@ -135,25 +119,22 @@ async fn a_killed_daemons_runs_continue_elsewhere_within_the_lease() {
         })
         .await;
         let owner = run.lease_owner.unwrap();
-        while http.count(&format!("run={id}")) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        http.wait_count(&format!("run={id}"), 1, Duration::from_secs(30))
+            .await;
         let victim = daemons
             .iter()
             .position(|d| instance_of(d) == owner)
             .expect("owner is one of ours");
         daemons[victim].kill9();
         let killed = Instant::now();
-        while http.count(&format!("run={id}")) < 2 {
-            assert!(killed.elapsed() < Duration::from_secs(20), "not taken over");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        http.wait_count(&format!("run={id}"), 2, Duration::from_secs(20))
+            .await;
         failovers.push(killed.elapsed());
         let run = store.get_run(&id).await.unwrap().unwrap();
         assert_ne!(run.lease_owner.as_deref(), Some(owner.as_str()));
         // A short run still completes on the survivor; then the victim comes back.
-        let (code, out, _) = cli(dir, &["trigger", "quick"]);
-        assert_eq!(code, 0);
+        let (code, out, err) = cli(dir, &["trigger", "quick"]);
+        assert_eq!(code, 0, "{err}");
         let q = wait_run(&store, out.trim(), Duration::from_secs(15), |r| {
             r.status.is_terminal()
         })
@@ -161,7 +142,8 @@ async fn a_killed_daemons_runs_continue_elsewhere_within_the_lease() {
         assert_eq!(q.status, RunStatus::Succeeded);
         daemons[victim] = Daemon::start(dir, &format!("r{round}"), &[]);
         daemons[victim].wait_log("workflows loaded", STARTUP);
-        cli(dir, &["cancel", &id]);
+        let (code, _, err) = cli(dir, &["cancel", &id]);
+        assert_eq!(code, 0, "cancel {id}: {err}");
     }
     failovers.sort();
     eprintln!(
@@ -193,24 +175,16 @@ async fn a_partitioned_daemon_stops_acting_before_its_lease_expires() {
     let (code, out, err) = cli(dir, &["trigger", "slow"]);
     assert_eq!(code, 0, "{err}");
     let id = out.trim().to_string();
-    while http.count(&format!("run={id}")) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    http.wait_count(&format!("run={id}"), 1, Duration::from_secs(30))
+        .await;
     let b = Daemon::start(dir, "b", &[]);
     b.wait_log("workflows loaded", STARTUP);
     proxy.partition();
     let cut = Instant::now();
     a.wait_log("no heartbeat reached the database", Duration::from_secs(10));
     let fenced = cut.elapsed();
-    let start = Instant::now();
-    while http.count(&format!("run={id}")) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{}",
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    http.wait_count(&format!("run={id}"), 2, Duration::from_secs(30))
+        .await;
     let calls = http.calls();
     let hung_up = calls[0]
         .hung_up
@@ -427,9 +401,11 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
                         ),
                         Err(_) => {}
                     }
+                    // pace: a load balancer's retry interval.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 };
                 runs.push((key, run_id));
+                // pace: the burst is spread over the restarts.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             runs
@@ -439,6 +415,7 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
     // The restart, one daemon at a time; the three answers arrive during it.
     let mut answered = std::collections::BTreeSet::new();
     for (i, daemon) in daemons.iter_mut().enumerate() {
+        // pace: let work start on the daemon before it is restarted.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let code = daemon.terminate(Duration::from_secs(20));
         assert_eq!(code, Some(0), "{}", daemon.log_text());
@@ -496,29 +473,23 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
         .collect();
     assert_eq!(statuses, ["answered", "answered", "answered"], "{out:#}");
     // The escalation reached its second level during the restarts; resolving ends it.
-    let start_wait = Instant::now();
-    while !decode_mail(&maildir)
-        .iter()
-        .any(|m| m["to"][0].as_str().unwrap_or("").contains("oncall2@"))
-    {
-        if start_wait.elapsed() > Duration::from_secs(30) {
-            let mails: Vec<_> = decode_mail(&maildir)
+    wait::until(
+        "level 2 of the escalation to be mailed",
+        Duration::from_secs(30),
+        || async {
+            let mails = wait::outside_runtime(|| decode_mail(&maildir));
+            if mails.iter().any(|m| m["to"][0] == "oncall2@example.go.jp") {
+                return Ok(());
+            }
+            let mails: Vec<_> = mails
                 .iter()
                 .map(|m| (m["to"].clone(), m["subject"].clone()))
                 .collect();
-            let run = store.get_run(&incident).await.unwrap();
             let steps = store.get_steps(&incident).await.unwrap();
-            panic!(
-                "level 2 never alerted: {mails:#?}\n{run:?}\n{steps:#?}\n{}",
-                daemons
-                    .iter()
-                    .map(Daemon::log_text)
-                    .collect::<Vec<_>>()
-                    .join("\n----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            Err(format!("{mails:#?}\n{steps:#?}"))
+        },
+    )
+    .await;
     let (code, _, err) = cli(dir, &["resolve", &incident, "--note", "復旧"]);
     assert_eq!(code, 0, "{err}");
     let run = wait_run(&store, &incident, Duration::from_secs(30), |r| {
@@ -548,19 +519,15 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
     assert_eq!(hook_runs.len(), 60, "one run per key");
 
     // Every mail exactly once: three requests, 第一報 and level 2, the 最終報 to both.
-    let drained = Instant::now();
-    while !store
-        .list_outbox(Some("pending"), 1)
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            drained.elapsed() < Duration::from_secs(30),
-            "outbox not drained"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait::until("the outbox to drain", Duration::from_secs(30), || async {
+        let pending = store.list_outbox(Some("pending"), 10).await.unwrap();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(pending)
+        }
+    })
+    .await;
     let mails = decode_mail(&maildir);
     let mut seen = std::collections::BTreeMap::new();
     for m in &mails {

@@ -4,7 +4,16 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, StepStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli, wait_run};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli, wait, wait_run};
+
+/// How many of the run's steps have succeeded.
+async fn succeeded(store: &Store, id: &str) -> usize {
+    let steps = store.get_steps(id).await.unwrap();
+    steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Succeeded)
+        .count()
+}
 
 const CRASH_WORKFLOW: &str = r#"
 id = "crash"
@@ -44,16 +53,21 @@ async fn crash_during_wait(backend: Backend, durability: &str) {
     a.wait_log(&format!("FIRST-MARK {id}"), Duration::from_secs(10));
 
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    let deadline = loop {
-        let steps = store.get_steps(&id).await.unwrap();
-        if let Some(p) = steps
-            .iter()
-            .find(|s| s.step_id == "pause" && s.status == StepStatus::Waiting)
-        {
-            break p.wake_at.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let deadline = wait::until(
+        "the pause step to wait",
+        Duration::from_secs(10),
+        || async {
+            let steps = store.get_steps(&id).await.unwrap();
+            match steps
+                .iter()
+                .find(|s| s.step_id == "pause" && s.status == StepStatus::Waiting)
+            {
+                Some(p) => Ok(p.wake_at.unwrap()),
+                None => Err(steps),
+            }
+        },
+    )
+    .await;
     a.kill9();
 
     let run = store.get_run(&id).await.unwrap().unwrap();
@@ -163,23 +177,34 @@ async fn repeated_kill9_at_random_moments_loses_and_repeats_nothing() {
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     let mut logs = String::new();
     let mut kills = 0;
-    for round in 0..40 {
+    // Kills that found a step under way or a wait parked (state committed, effect pending).
+    let mut in_flight = 0;
+    let mut progressed = 0;
+    for round in 0..60 {
         let mut d = Daemon::start(dir, &format!("d{round}"), &[]);
-        // Kill somewhere between 150 and 550 ms after start: startup, mid-step, mid-wait.
-        tokio::time::sleep(Duration::from_millis(150 + (round * 97) % 400)).await;
-        let finished = store
-            .get_run(&id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status
-            .is_terminal();
+        // The window is measured from readiness, not from process start: a kill during
+        // startup (plugins still loading) would prove nothing about steps.
+        d.wait_log("workflows loaded", STARTUP);
+        let done_before = succeeded(&store, &id).await;
+        // pace: kill somewhere 20–300 ms into the work: mid-step, mid-wait, between steps.
+        tokio::time::sleep(Duration::from_millis(20 + (round * 97) % 280)).await;
         d.kill9();
         logs.push_str(&d.log_text());
-        if finished {
+        let run = store.get_run(&id).await.unwrap().unwrap();
+        if run.status.is_terminal() {
             break;
         }
         kills += 1;
+        let steps = store.get_steps(&id).await.unwrap();
+        if steps
+            .iter()
+            .any(|s| matches!(s.status, StepStatus::Running | StepStatus::Waiting))
+        {
+            in_flight += 1;
+        }
+        if succeeded(&store, &id).await > done_before {
+            progressed += 1;
+        }
     }
     let run = wait_run(&store, &id, Duration::from_secs(1), |r| {
         r.status.is_terminal()
@@ -187,6 +212,14 @@ async fn repeated_kill9_at_random_moments_loses_and_repeats_nothing() {
     .await;
     assert_eq!(run.status, RunStatus::Succeeded);
     assert!(kills >= 3, "the daemon was killed only {kills} times");
+    assert!(
+        in_flight >= 3 && progressed >= 3,
+        "the kills must land on work under way: {kills} kills, {in_flight} with a step running \
+         or waiting, {progressed} after progress"
+    );
+    eprintln!(
+        "repeated kill -9: {kills} kills, {in_flight} in flight, {progressed} after progress"
+    );
     let steps = store.get_steps(&id).await.unwrap();
     assert_eq!(steps.len(), 60);
     assert!(steps.iter().all(|s| s.status == StepStatus::Succeeded));
@@ -207,12 +240,13 @@ async fn a_second_daemon_on_one_sqlite_file_is_refused() {
     let mut first = Daemon::start(project.path(), "first", &[]);
     first.wait_log("workflows loaded", STARTUP);
     let mut second = Daemon::start(project.path(), "second", &[]);
-    let start = std::time::Instant::now();
-    while second.is_running() {
-        assert!(start.elapsed() < STARTUP, "{}", second.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let code = second.wait_exit(STARTUP);
     let log = second.log_text();
+    assert_eq!(
+        code,
+        Some(1),
+        "the second daemon must stop with exit code 1:\n{log}"
+    );
     assert!(
         log.contains(
             "another pmoflow daemon is running on the SQLite database var/pmoflow.db (pid "
@@ -245,8 +279,8 @@ async fn postgres_wakes_daemons_for_runs_created_elsewhere() {
     ));
     let d = Daemon::start(project.path(), "d", &[]);
     d.wait_log("listening for wake-ups", STARTUP);
-    // Let the first poll pass, so that only a notification can start the next run soon.
-    std::thread::sleep(Duration::from_secs(1));
+    // pace: let the first poll pass, so that only a notification can start the next run soon.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     let started = std::time::Instant::now();
     let (code, out, err) = cli(project.path(), &["trigger", "quick"]);

@@ -144,7 +144,7 @@ async fn default_policy_keeps_trigger_inputs_off_internal_addresses() {
         assert_eq!(run.status, RunStatus::Failed, "{url}");
         let error = run.error.unwrap_or_default();
         assert!(
-            error.contains("refused") && error.contains("allow_hosts"),
+            error.contains(&format!("request to {url} refused: ")) && error.contains("allow_hosts"),
             "{url}: {error}"
         );
         // Refused, not retried as a network failure.
@@ -154,7 +154,11 @@ async fn default_policy_keeps_trigger_inputs_off_internal_addresses() {
     // The webhook action refuses the same way, before anything is queued.
     let run = site.run("notify", &internal).await;
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(run.error.unwrap_or_default().contains("refused"));
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains(&format!("webhook to {internal} refused: ")),
+        "{error}"
+    );
     assert_eq!(target.calls().len(), 0, "an internal address was called");
     assert!(site.daemon.is_running());
 }

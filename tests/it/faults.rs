@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Daemon, PrivatePg, Project, STARTUP, SmtpSink, decode_mail, free_port};
+use pmoflow_tests::{Daemon, PrivatePg, Project, STARTUP, SmtpSink, decode_mail, free_port, wait};
 use serde_json::json;
 
 const WORKFLOW: &str = r#"
@@ -64,9 +64,20 @@ async fn a_postgres_outage_in_the_middle_of_100_runs_loses_and_doubles_nothing()
                 .to_string(),
         );
     }
-    // The outage, while the runs wait and the first emails go out.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The outage, once the first emails went out and while most runs still wait.
+    let delivered = || std::fs::read_dir(maildir.join("new")).map_or(0, |d| d.count());
+    wait::until(
+        "the first email to arrive",
+        Duration::from_secs(30),
+        || async { if delivered() >= 1 { Ok(()) } else { Err(0) } },
+    )
+    .await;
     pg.pg_ctl("stop");
+    let sent_before_outage = delivered();
+    assert!(
+        sent_before_outage < 100,
+        "the outage must hit work in flight: all 100 emails were out before it"
+    );
     let down = Instant::now();
     let mut statuses = BTreeMap::new();
     while down.elapsed() < Duration::from_secs(3) {
@@ -75,6 +86,7 @@ async fn a_postgres_outage_in_the_middle_of_100_runs_loses_and_doubles_nothing()
             Err(_) => 0,
         };
         *statuses.entry(status).or_insert(0) += 1;
+        // pace: sampling /readyz during the outage.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pg.pg_ctl("start");
@@ -85,63 +97,68 @@ async fn a_postgres_outage_in_the_middle_of_100_runs_loses_and_doubles_nothing()
     assert!(d.is_running(), "the daemon stays up without its database");
     // Recovery: ready again, every run done, every email sent.
     let up = Instant::now();
-    loop {
-        if let Ok(r) = web.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(
-            up.elapsed() < Duration::from_secs(60),
-            "/readyz never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait::until(
+        "/readyz to answer 200 again",
+        Duration::from_secs(60),
+        || async {
+            match web.get(format!("{base}/readyz")).send().await {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
     let ready_after = up.elapsed();
     let store = Store::open(&pg.url, Durability::Process).await.unwrap();
-    let started = Instant::now();
-    loop {
-        let mut done = 0;
-        for id in &ids {
-            let run = store.get_run(id).await.unwrap().unwrap();
-            assert_ne!(run.status, RunStatus::Failed, "{run:?}");
-            done += usize::from(run.status == RunStatus::Succeeded);
-        }
-        let sent = store.count_outbox("sent").await.unwrap();
-        if done == 100 && sent == 100 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{done} of 100 runs succeeded, {sent} emails sent, two minutes after the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait::until(
+        "100 runs succeeded and 100 emails sent",
+        Duration::from_secs(120),
+        || async {
+            let mut done = 0;
+            for id in &ids {
+                let run = store.get_run(id).await.unwrap().unwrap();
+                assert_ne!(run.status, RunStatus::Failed, "{run:?}");
+                done += usize::from(run.status == RunStatus::Succeeded);
+            }
+            let sent = store.count_outbox("sent").await.unwrap();
+            if done == 100 && sent == 100 {
+                Ok(())
+            } else {
+                Err((done, sent))
+            }
+        },
+    )
+    .await;
     assert_eq!(store.count_outbox("dead").await.unwrap(), 0);
     // What the SMTP server got: 100 distinct emails; a repeat only of one it had accepted
     // while the daemon could not record it, with the same Message-ID.
-    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        by_id.clear();
-        for m in decode_mail(&maildir) {
-            *by_id
-                .entry(m["message_id"].as_str().unwrap().to_string())
-                .or_insert(0) += 1;
-        }
-        if by_id.len() >= 100 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(by_id.len(), 100, "every email arrived");
+    let by_id = wait::until(
+        "100 distinct emails in the sink",
+        Duration::from_secs(30),
+        || async {
+            let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+            for m in wait::outside_runtime(|| decode_mail(&maildir)) {
+                *by_id
+                    .entry(m["message_id"].as_str().unwrap().to_string())
+                    .or_insert(0) += 1;
+            }
+            if by_id.len() >= 100 {
+                Ok(by_id)
+            } else {
+                Err(by_id.len())
+            }
+        },
+    )
+    .await;
+    assert_eq!(by_id.len(), 100, "every email arrived, none extra");
     let repeats: usize = by_id.values().map(|n| n - 1).sum();
     assert!(
         repeats <= 2,
         "{repeats} resends: only a message in flight at the outage may repeat"
     );
     println!(
-        "postgres outage 3 s: /readyz {statuses:?}; ready {} ms after the restart; 100 runs and 100 emails, {repeats} resend(s)",
+        "postgres outage 3 s (after {sent_before_outage} emails): /readyz {statuses:?}; ready {} ms after the restart; 100 runs and 100 emails, {repeats} resend(s)",
         ready_after.as_millis()
     );
     assert!(d.is_running());
@@ -255,42 +272,34 @@ async fn a_full_disk_under_sqlite_refuses_new_work_keeps_what_was_committed_and_
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(status, 503, "a new run on a full disk: {body}");
     let why = body["error"].as_str().unwrap_or_default().to_string();
-    assert!(why.contains("full"), "the refusal says why: {why}");
-    // The waits end while the disk is still full: their commits fail, the daemon keeps trying.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(d.is_running(), "the daemon stays up on a full disk");
     assert!(
-        d.log_text().contains("full"),
-        "the daemon's log says the disk is full"
+        why.contains("database or disk is full"),
+        "the refusal says why: {why}"
+    );
+    // The waits end while the disk is still full: their commits fail, the daemon keeps trying.
+    // pace: past the waits' 2 s deadline.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    d.wait_log("database or disk is full", Duration::from_secs(30));
+    assert!(d.is_running(), "the daemon stays up on a full disk");
+    let still_waiting = store_runs_not_done(&web, &base, &token, &ids).await;
+    assert!(
+        still_waiting > 0,
+        "the full disk must hold back runs whose waits ended: all 20 finished"
     );
     // Space returns.
     std::fs::remove_file(&filler).unwrap();
     let t = Instant::now();
-    loop {
-        let mut done = 0;
-        for id in &ids {
-            let v: serde_json::Value = web
-                .get(format!("{base}/api/runs/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let status = v["run"]["status"].as_str().unwrap_or_default().to_string();
-            assert_ne!(status, "failed", "{v}");
-            done += usize::from(status == "succeeded");
-        }
-        if done == ids.len() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{done} of 20 runs done a minute after space returned"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait::until(
+        "20 runs done after space returned",
+        Duration::from_secs(60),
+        || async {
+            match store_runs_not_done(&web, &base, &token, &ids).await {
+                0 => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
+    .await;
     let recovered = t.elapsed();
     let res = start(100).await;
     assert_eq!(res.status(), 201, "new work is accepted again");
@@ -318,6 +327,31 @@ async fn a_full_disk_under_sqlite_refuses_new_work_keeps_what_was_committed_and_
         recovered.as_millis()
     );
     store.close().await;
+}
+
+/// How many of `ids` have not succeeded, read through the API (a failed one fails the test).
+async fn store_runs_not_done(
+    web: &reqwest::Client,
+    base: &str,
+    token: &str,
+    ids: &[String],
+) -> usize {
+    let mut left = 0;
+    for id in ids {
+        let v: serde_json::Value = web
+            .get(format!("{base}/api/runs/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = v["run"]["status"].as_str().unwrap_or_default().to_string();
+        assert_ne!(status, "failed", "{v}");
+        left += usize::from(status != "succeeded");
+    }
+    left
 }
 
 const TICK: &str = r#"
@@ -389,11 +423,13 @@ async fn clock_steps_neither_double_nor_lose_a_fire_and_waits_keep_their_deadlin
             .await
             .unwrap()
     };
+    // pace: the clock runs for 11 s (two or more fires) before each step.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let before_back = ticks().await.len();
     assert!(before_back >= 1, "the schedule fires");
     // Back an hour: everything in the repeated hour was handled already.
     set("-1h");
+    // pace: 11 s an hour back.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let during_back = ticks().await.len();
     set("+0");
@@ -401,6 +437,7 @@ async fn clock_steps_neither_double_nor_lose_a_fire_and_waits_keep_their_deadlin
         during_back <= before_back + 1,
         "fires while the clock was an hour back: {before_back} -> {during_back}"
     );
+    // pace: 11 s back on time.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let after_back = ticks().await.len();
     assert!(after_back > during_back, "the schedule resumes");
@@ -414,19 +451,19 @@ async fn clock_steps_neither_double_nor_lose_a_fire_and_waits_keep_their_deadlin
     );
     // Forward an hour: the hour jumped over is one run and skipped fires.
     set("+1h");
-    let t = Instant::now();
-    let runs = loop {
-        let runs = ticks().await;
-        if runs.len() > after_back + 700 {
-            break runs;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{} fires after jumping an hour",
-            runs.len() - after_back
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let runs = wait::until(
+        "the hour jumped over to be accounted for",
+        Duration::from_secs(30),
+        || async {
+            let runs = ticks().await;
+            if runs.len() > after_back + 700 {
+                Ok(runs)
+            } else {
+                Err(runs.len() - after_back)
+            }
+        },
+    )
+    .await;
     set("+0");
     let mut at: Vec<chrono::DateTime<chrono::Utc>> =
         runs.iter().filter_map(|r| r.scheduled_at).collect();
@@ -444,6 +481,15 @@ async fn clock_steps_neither_double_nor_lose_a_fire_and_waits_keep_their_deadlin
         .iter()
         .filter(|r| r.status == RunStatus::Skipped)
         .count();
+    // An hour of 5 s fires is 720 instants: all but the latest are recorded as skipped.
+    assert!(
+        (700..=721).contains(&skipped),
+        "{skipped} fires skipped over the hour jumped (720 expected, less the one caught up)"
+    );
+    assert!(
+        during_back - before_back <= 1 && after_back > during_back,
+        "{before_back} -> {during_back} -> {after_back}"
+    );
     println!(
         "clock steps: {before_back} fires, +{} while an hour back, +{} after, then {} over the hour jumped ({skipped} skipped); wait ended after {waited}",
         during_back - before_back,
@@ -480,19 +526,19 @@ async fn processed(store: &Store) -> (BTreeMap<String, usize>, usize) {
 }
 
 async fn wait_processed(store: &Store, n: usize, what: &str) -> BTreeMap<String, usize> {
-    let t = Instant::now();
-    loop {
-        let (by_id, _) = processed(store).await;
-        if by_id.len() >= n {
-            return by_id;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{what}: {} of {n} messages processed",
-            by_id.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait::until(
+        &format!("{n} messages processed {what}"),
+        Duration::from_secs(60),
+        || async {
+            let (by_id, _) = processed(store).await;
+            if by_id.len() >= n {
+                Ok(by_id)
+            } else {
+                Err(by_id.len())
+            }
+        },
+    )
+    .await
 }
 
 /// The IMAP server misbehaves while replies arrive: sessions cut in the middle of fetching 200
@@ -525,18 +571,35 @@ async fn imap_drops_restarts_and_a_uidvalidity_change_lose_and_double_nothing() 
         "INBOX",
         &(20..220).map(|n| plain(n, 20)).collect::<Vec<_>>(),
     );
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        // `doveadm kick` fails when no session is open at that moment (between polls).
-        let _ = std::process::Command::new("doveadm")
-            .arg("-c")
-            .arg(imap.dir.path().join("dovecot.conf"))
-            .args(["kick", &imap.user])
-            .output();
+    // Kick until three kicks have cut a session while messages were still unprocessed;
+    // `doveadm kick` fails when no session is open at that moment (between polls).
+    let connected_before = d.log_text().matches("imap connected").count();
+    let mut cut_mid_fetch = 0;
+    for _ in 0..200 {
+        let (by_id, _) = processed(&store).await;
+        if by_id.len() >= 220 || cut_mid_fetch >= 3 {
+            break;
+        }
+        // pace: spread the kicks over the fetch.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if imap.try_kick() {
+            cut_mid_fetch += 1;
+        }
     }
+    assert!(
+        cut_mid_fetch >= 1,
+        "no session was cut while the 200 messages were being taken in"
+    );
     wait_processed(&store, 220, "after cut sessions").await;
+    // Each cut session was followed by a new login.
+    d.wait_log_count(
+        "imap connected",
+        connected_before + 1,
+        Duration::from_secs(30),
+    );
 
     // The server restarted while the daemon idles.
+    // pace: let the daemon settle into IDLE.
     tokio::time::sleep(Duration::from_secs(2)).await;
     imap.restart(false);
     imap.append_raw(
@@ -552,7 +615,8 @@ async fn imap_drops_restarts_and_a_uidvalidity_change_lose_and_double_nothing() 
         &(230..235).map(|n| plain(n, 1)).collect::<Vec<_>>(),
     );
     let by_id = wait_processed(&store, 235, "after a UIDVALIDITY change").await;
-    // Give a second, wrong processing of the renumbered messages time to show.
+    // pace: a check that nothing more happens: three poll intervals for a second, wrong
+    // processing of the renumbered messages to show.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (by_id_later, rows) = processed(&store).await;
     assert_eq!(by_id, by_id_later);
@@ -560,11 +624,16 @@ async fn imap_drops_restarts_and_a_uidvalidity_change_lose_and_double_nothing() 
     assert!(twice.is_empty(), "processed twice: {twice:?}");
     assert_eq!(by_id.len(), 235);
     assert!(
-        d.log_text().contains("UIDVALIDITY changed"),
+        d.log_text()
+            .contains("UIDVALIDITY changed; rescanning the mailbox"),
         "the daemon noticed the new UIDVALIDITY"
     );
+    assert!(
+        rows > 235,
+        "the renumbered messages were recognised again, not ignored: {rows} rows"
+    );
     println!(
-        "imap faults: 235 messages processed once each; {rows} intake rows ({} recognised again after the UIDVALIDITY change)",
+        "imap faults: 235 messages processed once each; {cut_mid_fetch} sessions cut mid-fetch; {rows} intake rows ({} recognised again after the UIDVALIDITY change)",
         rows - 235
     );
     store.close().await;

@@ -12,7 +12,7 @@ use pmoflow::outbox::Secret;
 use pmoflow::store::{Durability, Store};
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, OAuthServer, Project, TestDb, cli, free_port, oauth_smtp,
-    rsa_key_and_cert,
+    rsa_key_and_cert, wait,
 };
 use serde_json::json;
 
@@ -41,8 +41,11 @@ fn mail(n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn imap_logs_in_with_xoauth2_and_oauthbearer_refreshing_expired_and_revoked_tokens() {
+    // Long enough that three logins and two appends fit in one token's life on a loaded
+    // machine (the source refreshes at 80 % of it); the expiry below is waited for.
+    const LIFETIME: Duration = Duration::from_secs(15);
     let server = OAuthServer::start(&json!({
-        "lifetime": 3,
+        "lifetime": LIFETIME.as_secs(),
         "clients": {"pmoflow": {"secret": "s3cret-value", "user": "pmo"}}
     }));
     let imap = Dovecot::start_oauth(&server.url("/introspect"));
@@ -64,6 +67,7 @@ async fn imap_logs_in_with_xoauth2_and_oauthbearer_refreshing_expired_and_revoke
         ..imap.imap_config()
     };
     // First contact registers the mailbox; then one message per round, alternating mechanisms.
+    let fetched = Instant::now();
     poll_once(&base, &store, &clock, &tokens, max)
         .await
         .unwrap();
@@ -82,11 +86,17 @@ async fn imap_logs_in_with_xoauth2_and_oauthbearer_refreshing_expired_and_revoke
         assert_eq!(stats.stored, 1, "{sasl:?}");
     }
     // Three logins within the token's lifetime: one fetch.
+    assert!(
+        fetched.elapsed() < LIFETIME * 4 / 5,
+        "the logins took {:?}: longer than the token's refresh point",
+        fetched.elapsed()
+    );
     assert_eq!(source.fetches(), 1);
     assert_eq!(server.stats()["issued"], 1);
 
     // Expired: the next login fetches a new one before it is refused.
-    std::thread::sleep(Duration::from_millis(3100));
+    // pace: until the token's lifetime has passed.
+    tokio::time::sleep_until((fetched + LIFETIME + Duration::from_millis(100)).into()).await;
     imap.append_raw("INBOX", &[mail(2)]);
     assert_eq!(
         poll_once(&base, &store, &clock, &tokens, max)
@@ -97,16 +107,8 @@ async fn imap_logs_in_with_xoauth2_and_oauthbearer_refreshing_expired_and_revoke
     );
     assert_eq!(source.fetches(), 2);
 
-    // Revoked before it expired: the server refuses it, the source fetches a fresh one, the
-    // login succeeds, and nothing is taken twice.
-    server.set_config(&json!({
-        "lifetime": 3600,
-        "clients": {"pmoflow": {"secret": "s3cret-value", "user": "pmo"}}
-    }));
-    std::thread::sleep(Duration::from_millis(3100));
-    poll_once(&base, &store, &clock, &tokens, max)
-        .await
-        .unwrap();
+    // Revoked before it expired (the token just fetched lives 15 s): the server refuses it,
+    // the source fetches a fresh one, the login succeeds, and nothing is taken twice.
     let before = source.fetches();
     server.revoke_all();
     imap.append_raw("INBOX", &[mail(3)]);
@@ -306,16 +308,21 @@ oauth2 = "idp"
     assert_eq!(code, 0, "{err}");
     let first_run = out.trim().to_string();
     // The message waits in the outbox with a reason naming the provider's answer.
-    let start = Instant::now();
-    loop {
-        let (_, out, _) = cli(dir, &["outbox"]);
-        if out.contains("invalid_client") {
-            assert!(out.contains("pending"), "{out}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{out}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let out = wait::until(
+        "the outbox to show the refusal",
+        Duration::from_secs(30),
+        || async {
+            let (code, out, err) = cli(dir, &["outbox"]);
+            assert_eq!(code, 0, "pmoflow outbox: {err}");
+            if out.contains("invalid_client") {
+                Ok(out)
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await;
+    assert!(out.contains("pending"), "{out}");
     assert!(d.is_running(), "{}", d.log_text());
 
     // Fixed in the file: the poller and the outbox recover, no restart.
@@ -324,24 +331,18 @@ oauth2 = "idp"
     let mails = wait_mails(&maildir, 1, Duration::from_secs(60));
     assert!(mails[0].contains(&first_run), "{}", mails[0]);
     // Tokens expire every 3 s: later mail goes out with fresh ones.
-    std::thread::sleep(Duration::from_millis(3500));
+    // pace: past one token's lifetime.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let (code, _, err) = cli(dir, &["trigger", "notice"]);
     assert_eq!(code, 0, "{err}");
     wait_mails(&maildir, 2, Duration::from_secs(30));
     // The server ends the poller's session; it logs in again with a new token.
-    std::thread::sleep(Duration::from_millis(3500));
+    // pace: past one token's lifetime.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let connected = d.log_text().matches("imap connected").count();
     server.revoke_all();
     imap.kick();
-    let start = Instant::now();
-    while d.log_text().matches("imap connected").count() <= connected {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_log_count("imap connected", connected + 1, Duration::from_secs(30));
     // A message that arrives now is taken once, by the new session.
     imap.append_raw("INBOX", &[mail(99)]);
     let store = Store::open(
@@ -350,27 +351,24 @@ oauth2 = "idp"
     )
     .await
     .unwrap();
-    let start = Instant::now();
-    loop {
+    let imap_rows = || async {
         let rows = store.inbound_list(None, 100).await.unwrap();
-        let imap_rows: Vec<_> = rows.iter().filter(|r| r.via == "imap").collect();
-        if !imap_rows.is_empty() {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let again = store.inbound_list(None, 100).await.unwrap();
-            assert_eq!(
-                again.iter().filter(|r| r.via == "imap").count(),
-                1,
-                "{again:?}"
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        rows.iter().filter(|r| r.via == "imap").count()
+    };
+    wait::until(
+        "the message to be taken in",
+        Duration::from_secs(30),
+        || async {
+            match imap_rows().await {
+                0 => Err(0),
+                n => Ok(n),
+            }
+        },
+    )
+    .await;
+    // pace: a check that nothing more happens: two poll intervals for a second taking.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(imap_rows().await, 1, "the message was taken in once");
     let stats = server.stats();
     assert!(stats["issued"].as_u64().unwrap() >= 3, "{stats}");
     let log = d.log_text();
@@ -401,7 +399,12 @@ oauth2 = "idp"
     );
     let mails = wait_mails(&maildir, 3, Duration::from_secs(10));
     assert!(mails.iter().any(|m| m.contains("kanri@example.go.jp")));
-    let _ = d.terminate(Duration::from_secs(10));
+    assert_eq!(
+        d.terminate(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        d.log_text()
+    );
 }
 
 /// `pmoflow mail check` against an SMTP server that refuses the token as Exchange does
@@ -460,8 +463,7 @@ oauth2 = "m365"
 }
 
 fn wait_mails(dir: &std::path::Path, n: usize, timeout: Duration) -> Vec<String> {
-    let start = Instant::now();
-    loop {
+    wait::until_blocking(&format!("{n} mails in {}", dir.display()), timeout, || {
         let mut found = Vec::new();
         for sub in ["new", "cur"] {
             if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
@@ -471,13 +473,9 @@ fn wait_mails(dir: &std::path::Path, n: usize, timeout: Duration) -> Vec<String>
             }
         }
         if found.len() >= n {
-            return found;
+            Ok(found)
+        } else {
+            Err(found.len())
         }
-        assert!(
-            start.elapsed() < timeout,
-            "{} of {n} mails arrived",
-            found.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use pmoflow::outbox::webhook;
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
-    free_port, wait_run,
+    Backend, Daemon, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, cli_ok, decode_mail,
+    free_port, wait, wait_run,
 };
 
 const PEOPLE: &str = r#"
@@ -59,18 +59,11 @@ fn expected_body() -> String {
 }
 
 async fn wait_outbox(store: &Store, status: &str, n: i64, timeout: Duration) {
-    let start = Instant::now();
-    loop {
+    wait::until(&format!("{n} messages {status}"), timeout, || async {
         let got = store.count_outbox(status).await.unwrap();
-        if got >= n {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "only {got} of {n} messages {status} after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if got >= n { Ok(()) } else { Err(got) }
+    })
+    .await
 }
 
 fn check_japanese_message(m: &serde_json::Value) {
@@ -200,24 +193,25 @@ async fn fifty_messages_survive_a_down_server_and_a_kill9_and_arrive_once() {
     })
     .await;
     // The server is down: every message is pending and has failed at least once.
-    let start = Instant::now();
-    loop {
-        let rows = store.list_outbox(Some("pending"), 100).await.unwrap();
-        if rows.len() == 50 && rows.iter().all(|r| r.attempts >= 1) {
-            assert!(
-                rows.iter()
-                    .all(|r| r.last_error.as_deref().unwrap_or("").contains("SMTP")),
-                "{:?}",
-                rows[0].last_error
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "messages not retried: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rows = wait::until(
+        "50 messages pending after a failed attempt",
+        Duration::from_secs(20),
+        || async {
+            let rows = store.list_outbox(Some("pending"), 100).await.unwrap();
+            if rows.len() == 50 && rows.iter().all(|r| r.attempts >= 1) {
+                Ok(rows)
+            } else {
+                Err(rows)
+            }
+        },
+    )
+    .await;
+    assert!(
+        rows.iter()
+            .all(|r| r.last_error.as_deref().unwrap_or("").contains("SMTP")),
+        "{:?}",
+        rows[0].last_error
+    );
     a.kill9();
     let _b = Daemon::start(dir, "b", &[]);
     let maildir = dir.join("maildir");
@@ -228,6 +222,7 @@ async fn fifty_messages_survive_a_down_server_and_a_kill9_and_arrive_once() {
         "50 messages delivered {} ms after the SMTP server came up",
         started.elapsed().as_millis()
     );
+    // pace: a check that nothing more arrives: a late duplicate would land within this.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let messages = decode_mail(&maildir);
     let ids: BTreeSet<String> = messages
@@ -492,11 +487,15 @@ async fn a_permanent_refusal_is_a_dead_letter_that_can_be_retried() {
         .clone();
     let (code, out, _) = cli(project.path(), &["outbox", "retry", &id]);
     assert_eq!(code, 0, "{out}");
-    let start = Instant::now();
-    while server.requests().len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(10), "retry not sent");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until(
+        "the retried webhook to arrive",
+        Duration::from_secs(20),
+        || async {
+            let n = server.requests().len();
+            if n >= 2 { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
     let (code, _, err) = cli(project.path(), &["outbox", "retry", "nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("no dead message nope"), "{err}");
@@ -517,9 +516,9 @@ async fn iso_2022_jp_for_gateways_that_need_it() {
     let d = Daemon::start(project.path(), "d", &[]);
     d.wait_log("workflows loaded", STARTUP);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    let (_, out, _) = cli(project.path(), &["trigger", "notice"]);
+    let out = cli_ok(project.path(), &["trigger", "notice"]);
     let ok = out.trim().to_string();
-    let (_, out, _) = cli(project.path(), &["trigger", "bad"]);
+    let out = cli_ok(project.path(), &["trigger", "bad"]);
     let bad = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
         r.status.is_terminal()
     })
@@ -574,7 +573,7 @@ async fn http_step_output_is_the_response_and_5xx_is_retried() {
     ));
     let d = Daemon::start(project.path(), "d", &[]);
     d.wait_log("workflows loaded", STARTUP);
-    let (_, out, _) = cli(project.path(), &["trigger", "call"]);
+    let out = cli_ok(project.path(), &["trigger", "call"]);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     let run = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
         r.status.is_terminal()
@@ -619,7 +618,7 @@ async fn a_5xx_smtp_reply_is_a_dead_letter_at_once_with_the_servers_reply() {
     ));
     let d = Daemon::start(project.path(), "d", &[]);
     d.wait_log("workflows loaded", STARTUP);
-    cli(project.path(), &["trigger", "m"]);
+    cli_ok(project.path(), &["trigger", "m"]);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     wait_outbox(&store, "dead", 1, Duration::from_secs(20)).await;
     let dead = &store.list_outbox(Some("dead"), 1).await.unwrap()[0];
@@ -629,7 +628,7 @@ async fn a_5xx_smtp_reply_is_a_dead_letter_at_once_with_the_servers_reply() {
         "{:?}",
         dead.last_error
     );
-    let (_, out, _) = cli(project.path(), &["outbox", "--status", "dead"]);
+    let out = cli_ok(project.path(), &["outbox", "--status", "dead"]);
     assert!(out.contains("User unknown"), "{out}");
     store.close().await;
 }
@@ -789,6 +788,7 @@ async fn scripted_receiver(
                 let answer = match (n, first) {
                     (1, Some(answer)) => answer,
                     (1, None) => {
+                        // pace: a server that never answers (the client's timeout ends it).
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
                     }
@@ -844,15 +844,19 @@ async fn through_faulty_smtp(script: &str) -> (pmoflow::store::OutboxRow, Vec<St
         .arg(script)
         .spawn()
         .expect("python3 faulty_smtp.py");
-    let start = Instant::now();
     // Not a probe connection: it would take the first behaviour.
-    while !project.path().join("faulty_smtp.log.ready").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "faulty SMTP server up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ready = project.path().join("faulty_smtp.log.ready");
+    wait::until_blocking(
+        "the faulty SMTP server to be up",
+        Duration::from_secs(20),
+        || {
+            if ready.exists() {
+                Ok(())
+            } else {
+                Err("no ready file")
+            }
+        },
+    );
     project.workflow("m.toml", "id = \"m\"\n[[steps]]\nid = \"send\"\naction = \"email\"\nwith = { to = \"yamada@example.go.jp\", subject = \"件名\", body = \"本文\" }\n");
     project.config(&format!(
         "database_url = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = \"2s\"\n[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 3\n",
@@ -860,20 +864,21 @@ async fn through_faulty_smtp(script: &str) -> (pmoflow::store::OutboxRow, Vec<St
     ));
     let d = Daemon::start(project.path(), "d", &[]);
     d.wait_log("workflows loaded", STARTUP);
-    cli(project.path(), &["trigger", "m"]);
+    let (code, _, err) = cli(project.path(), &["trigger", "m"]);
+    assert_eq!(code, 0, "{err}");
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    let started = Instant::now();
-    let row = loop {
-        let rows = store.list_outbox(None, 10).await.unwrap();
-        if let Some(r) = rows.into_iter().find(|r| r.status != "pending") {
-            break r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{script}: the message neither sent nor dead after a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let row = wait::until(
+        &format!("{script}: the message sent or dead"),
+        Duration::from_secs(60),
+        || async {
+            let rows = store.list_outbox(None, 10).await.unwrap();
+            rows.iter()
+                .find(|r| r.status != "pending")
+                .cloned()
+                .ok_or(rows)
+        },
+    )
+    .await;
     store.close().await;
     drop(d);
     let _ = server.kill();

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use pmoflow::inbound::{self, Kind, correlate, reply};
+use pmoflow_tests::golden::{GoldenSet, Mode, fixtures_root};
 use serde_json::{Value, json};
 
 const PATTERN: &str = "pmo+{token}@example.go.jp";
@@ -41,7 +42,7 @@ fn outcome(raw: &[u8]) -> Value {
 }
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies");
+    let dir = fixtures_root().join("replies");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -61,29 +62,15 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn reply_corpus_matches_golden_files() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies/golden");
-    let bless = std::env::var_os("BLESS").is_some();
+    let dir = fixtures_root().join("replies/golden");
     let corpus = corpus();
     assert!(corpus.len() >= 30, "corpus missing: {}", corpus.len());
-    let mut mismatches = Vec::new();
+    let mut set = GoldenSet::new(&dir, &["json"], Mode::from_env());
     for (name, raw) in &corpus {
         let got = serde_json::to_string_pretty(&outcome(raw)).unwrap() + "\n";
-        let file = dir.join(format!("{name}.json"));
-        if bless {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&file, &got).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&file).unwrap_or_default();
-        if want != got {
-            mismatches.push(format!("{name}:\n{got}"));
-        }
+        set.check(&dir.join(format!("{name}.json")), &got);
     }
-    assert!(
-        mismatches.is_empty(),
-        "golden mismatches (rerun with BLESS=1 if intended):\n{}",
-        mismatches.join("\n")
-    );
+    assert_eq!(set.finish(), corpus.len());
 }
 
 fn case(name: &str) -> Value {

@@ -4,12 +4,12 @@
 //! answers. The real daemon, killed with SIGKILL or aborted at a failpoint.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, cli, decode_mail, free_port,
-    wait_run,
+    Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, cli, cli_ok, decode_mail,
+    free_port, wait, wait_run,
 };
 use serde_json::Value as Json;
 
@@ -90,21 +90,18 @@ async fn setup_on(backend: Backend, deadline: &str, extra_step: &str, extra_conf
 
 /// Waits until at least `n` messages arrived at the SMTP sink; returns them all.
 fn wait_mail(dir: &Path, n: usize, timeout: Duration) -> Vec<Json> {
-    let start = Instant::now();
-    loop {
-        if dir.exists() {
-            let mails = decode_mail(dir);
-            if mails.len() >= n {
-                return mails;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "only {} of {n} mails arrived: {mails:#?}",
-                mails.len()
-            );
+    wait::until_blocking(&format!("{n} mails in {}", dir.display()), timeout, || {
+        let mails = if dir.exists() {
+            decode_mail(dir)
+        } else {
+            Vec::new()
+        };
+        if mails.len() >= n {
+            Ok(mails)
+        } else {
+            Err(mails)
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 fn to_addr(m: &Json) -> String {
@@ -391,15 +388,13 @@ async fn reply_survives_a_crash(backend: Backend) {
         )],
     );
     // The daemon stores the reply, then dies before processing it.
-    let start = Instant::now();
-    while d.is_running() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let code = d.wait_exit(Duration::from_secs(30));
+    assert_ne!(
+        code,
+        Some(0),
+        "the failpoint aborts the daemon:\n{}",
+        d.log_text()
+    );
     assert!(d.log_text().contains("failpoint after-intake"));
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
     let pending = store.inbound_list(Some("pending"), 10).await.unwrap();
@@ -407,16 +402,21 @@ async fn reply_survives_a_crash(backend: Backend) {
 
     // Restart: processed once; the IMAP UID is not fetched again.
     let _d2 = Daemon::start(s.project.path(), "d2", &env);
-    let start = Instant::now();
-    loop {
-        let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
-        if rows[0].status == "answered" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{rows:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Give the poller a few more rounds to (wrongly) take the message again.
+    wait::until(
+        "the stored reply to be processed",
+        Duration::from_secs(30),
+        || async {
+            let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
+            if rows[0].status == "answered" {
+                Ok(())
+            } else {
+                Err(rows)
+            }
+        },
+    )
+    .await;
+    // pace: a check that nothing more happens: a few poller rounds to (wrongly) take the
+    // message again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
     let answers = store.answers_for(&[rows[0].token.clone()]).await.unwrap();
@@ -908,7 +908,7 @@ async fn acknowledgements_by_reply_link_and_api() {
     );
     let path = s.project.path().join("r.eml");
     std::fs::write(&path, not_ack).unwrap();
-    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
     assert!(out.contains("not_an_ack"), "{out}");
     let ack = gmail_reply(
         "oncall1@example.go.jp",
@@ -918,7 +918,7 @@ async fn acknowledgements_by_reply_link_and_api() {
         "",
     );
     std::fs::write(&path, ack).unwrap();
-    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
     assert!(out.contains("answer (done)"), "{out}");
     let run = wait_run(&store, &run1, Duration::from_secs(20), |r| {
         r.status.is_terminal()
@@ -1059,7 +1059,7 @@ async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link
         "",
     );
     std::fs::write(&path, by_deputy).unwrap();
-    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
     assert!(out.contains("answer (done)"), "{out}");
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
     wait_run(&store, &run_id, Duration::from_secs(20), |r| {
@@ -1071,6 +1071,7 @@ async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link
     assert_eq!(out[0]["from"], "deputy@pjmo-a.example.go.jp");
     assert_eq!(out[1]["status"], "unanswered");
     // A second past the close, Suzuki's token has expired: his reply and his link are refused.
+    // pace: the token's expiry is a time, not an event.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let suzuki = mail_to(&mails, "suzuki@");
     let late = gmail_reply(
@@ -1081,7 +1082,7 @@ async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link
         "",
     );
     std::fs::write(&path, late).unwrap();
-    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
     assert!(out.contains("expired (quarantined)"), "{out}");
     let url = url_in(suzuki["body"].as_str().unwrap(), "/answer/");
     let res = reqwest::get(&url).await.unwrap();
@@ -1160,9 +1161,11 @@ async fn late_answers_and_attachments_are_recorded() {
         base64(csv)
     );
     std::fs::write(&path, raw).unwrap();
-    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains("answer (done)"), "{out}");
     // Suzuki answers after the deadline, while the step still waits.
+    // pace: past the deadline (a time, not an event).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let late = gmail_reply(
         "suzuki@pjmo-b.example.go.jp",
@@ -1172,7 +1175,7 @@ async fn late_answers_and_attachments_are_recorded() {
         "",
     );
     std::fs::write(&path, late).unwrap();
-    let (_, out, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
     assert!(out.contains("answer (done)"), "{out}");
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
     let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunFilter, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, wait};
 
 /// Two daemons on one database: one holds the scheduler role and fires; when it stops, the
 /// other takes the role over and goes on. Every instant is fired once, none is missed (a fire
@@ -26,24 +26,25 @@ async fn two_daemons_on_one_database_fire_each_instant_once() {
     let b = Daemon::start(dir, "b", &[("PMOFLOW_NODE_ID", "node-b")]);
     a.wait_log("workflows loaded", STARTUP);
     b.wait_log("workflows loaded", STARTUP);
-    let start = std::time::Instant::now();
-    let (mut holder, mut other) = loop {
+    let first = wait::until_blocking("a daemon to fire", STARTUP, || {
         if a.log_text().contains("scheduled fire") {
-            break (a, b);
+            Ok(0)
+        } else if b.log_text().contains("scheduled fire") {
+            Ok(1)
+        } else {
+            Err("no fire yet")
         }
-        if b.log_text().contains("scheduled fire") {
-            break (b, a);
-        }
-        assert!(start.elapsed() < STARTUP, "no daemon fires");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    });
+    let (mut holder, mut other) = if first == 0 { (a, b) } else { (b, a) };
+    // pace: three fire intervals in which the other daemon must not fire.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         !other.log_text().contains("scheduled fire"),
         "both daemons fire"
     );
     assert_eq!(holder.terminate(Duration::from_secs(15)), Some(0));
-    other.wait_log("scheduled fire", Duration::from_secs(10));
+    other.wait_log("scheduled fire", Duration::from_secs(30));
+    // pace: three more fire intervals on the new holder.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(other.terminate(Duration::from_secs(15)), Some(0));
 

@@ -11,7 +11,7 @@ use pmoflow::daemon::scheduler;
 use pmoflow::engine::EngineConfig;
 use pmoflow::store::{Durability, RunFilter, RunRow, RunStatus};
 use pmoflow::workflow::schedule::TriggerSchedule;
-use pmoflow_tests::{Backend, InProcess, Project, TestDb, cli};
+use pmoflow_tests::{Backend, InProcess, Project, TestDb, cli, cli_ok, wait};
 
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,7 +114,7 @@ fn imported_csv_and_ministry_days_override_the_computed_calendar() {
     let (code, out, err) = cli(dir, &["calendar", "import", "revised.csv"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("differs from computed"), "{out}");
-    let (_, out, _) = cli(
+    let out = cli_ok(
         dir,
         &[
             "schedule",
@@ -132,7 +132,7 @@ fn imported_csv_and_ministry_days_override_the_computed_calendar() {
         "[[closed]]\ndate = 2027-04-02\nname = \"創立記念日\"\n",
     )
     .unwrap();
-    let (_, out, _) = cli(
+    let out = cli_ok(
         dir,
         &[
             "schedule",
@@ -144,7 +144,7 @@ fn imported_csv_and_ministry_days_override_the_computed_calendar() {
         ],
     );
     assert_eq!(out, "2027-04-05T09:00:00+09:00\n");
-    let (_, out, _) = cli(dir, &["calendar", "--year", "2027"]);
+    let out = cli_ok(dir, &["calendar", "--year", "2027"]);
     assert!(out.contains("2027-04-02 (金)  創立記念日"), "{out}");
     // A broken CSV is refused with its line.
     std::fs::write(
@@ -279,7 +279,7 @@ fn dst_in_new_york_both_transitions() {
     // An hourly job keeps one run per wall-clock hour on both days.
     let project = Project::new();
     project.workflow("h.toml", "id = \"h\"\n[[triggers]]\ncron = \"0 * * * *\"\ntimezone = \"America/New_York\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"x\" }\n");
-    let (_, out, _) = cli(
+    let out = cli_ok(
         project.path(),
         &[
             "schedule",
@@ -294,7 +294,7 @@ fn dst_in_new_york_both_transitions() {
         out,
         "2027-03-14T01:00:00-05:00\n2027-03-14T03:00:00-04:00\n2027-03-14T04:00:00-04:00\n"
     );
-    let (_, out, _) = cli(
+    let out = cli_ok(
         project.path(),
         &[
             "schedule",
@@ -482,20 +482,22 @@ async fn the_scheduler_loop_fires_on_time_on_a_simulated_clock_and_runs_execute(
         // Let the scheduler register and go to sleep, then step just past the fire: the run is
         // created at once, due after its jitter (a delay below 10 minutes, the same for every
         // daemon since it derives from the fire's key).
+        // pace: the scheduler goes to sleep on the simulated clock.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         sim.set(fire + Duration::seconds(1));
-        let start = std::time::Instant::now();
-        let created = loop {
-            let runs = runs_of(&engine).await;
-            if runs.len() == want {
-                break runs[want - 1].clone();
-            }
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(10),
-                "day {day}: {runs:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
+        let created = wait::until(
+            &format!("day {day}'s run"),
+            std::time::Duration::from_secs(30),
+            || async {
+                let runs = runs_of(&engine).await;
+                if runs.len() == want {
+                    Ok(runs[want - 1].clone())
+                } else {
+                    Err(runs)
+                }
+            },
+        )
+        .await;
         assert_eq!(created.scheduled_at, Some(fire));
         let due = created.wake_at.unwrap_or(fire);
         assert!(

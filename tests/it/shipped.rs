@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
-    free_port, new_api_token, save_attachment, wait_run, workbooks_py,
+    free_port, new_api_token, save_attachment, wait, wait_run, workbooks_py,
 };
 use serde_json::{Value as Json, json};
 
@@ -99,21 +99,16 @@ fn wait_mails(
     timeout: Duration,
     pred: impl Fn(&[Json]) -> bool,
 ) -> Vec<Json> {
-    let start = Instant::now();
-    loop {
+    wait::until_blocking(what, timeout, || {
         let m = mails(s);
         if pred(&m) {
-            return m;
+            return Ok(m);
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out waiting for {what}; mails so far: {:#?}",
-            m.iter()
-                .map(|x| (x["to"].clone(), x["subject"].clone()))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err(m
+            .iter()
+            .map(|x| (x["to"].clone(), x["subject"].clone()))
+            .collect::<Vec<_>>())
+    })
 }
 
 fn with_subject<'a>(mails: &'a [Json], part: &str) -> Vec<&'a Json> {
@@ -393,20 +388,21 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
     // The acknowledgement stops the chain: CSIRT and the CISO are never alerted, even well after
     // the third level would have been due.
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let start_wait = Instant::now();
-    loop {
-        let rows = store.list_requests(Some("answered"), 100).await.unwrap();
-        if rows.iter().any(|r| r.run_id == run_id && r.kind == "ack") {
-            break;
-        }
-        assert!(
-            start_wait.elapsed() < Duration::from_secs(20),
-            "no acknowledgement recorded\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(10));
+    wait::until(
+        "the acknowledgement to be recorded",
+        Duration::from_secs(30),
+        || async {
+            let rows = store.list_requests(Some("answered"), 100).await.unwrap();
+            if rows.iter().any(|r| r.run_id == run_id && r.kind == "ack") {
+                Ok(())
+            } else {
+                Err(rows)
+            }
+        },
+    )
+    .await;
+    // pace: a check that nothing more happens: well past when the third level would be due.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let m = mails(&s);
     let alerts = with_subject(&m, "【緊急・第一報】");
     assert!(
@@ -1312,26 +1308,27 @@ async fn a_locked_or_broken_workbook_is_kept_and_its_sender_and_the_pmo_are_told
             &std::fs::read(&zipped).unwrap(),
         )],
     );
-    let start = Instant::now();
-    loop {
-        let sato = sato_request().await;
-        if sato.status == "answered" {
-            let a = store
-                .answers_for(std::slice::from_ref(&sato.token))
-                .await
-                .unwrap();
-            let last = a
-                .iter()
-                .find(|x| Some(&x.id) == sato.answer_id.as_ref())
-                .unwrap();
-            assert_eq!(last.fields["整備経費"], json!(85000));
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not answered: {}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let sato = wait::until(
+        "佐藤's ZIP answer to be taken",
+        Duration::from_secs(60),
+        || async {
+            let sato = sato_request().await;
+            if sato.status == "answered" {
+                Ok(sato)
+            } else {
+                Err(sato.status)
+            }
+        },
+    )
+    .await;
+    let a = store
+        .answers_for(std::slice::from_ref(&sato.token))
+        .await
+        .unwrap();
+    let last = a
+        .iter()
+        .find(|x| Some(&x.id) == sato.answer_id.as_ref())
+        .unwrap();
+    assert_eq!(last.fields["整備経費"], json!(85000));
+    drop(d);
 }

@@ -11,6 +11,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use pmoflow_tests::bin;
+use pmoflow_tests::golden::{GoldenSet, Mode, fixtures_root};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -42,23 +43,63 @@ fn simulate(workflow: &str, from: &str, until: &str, format: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The shipped workflows with a golden timeline, each compared by its own test below.
+const SIMULATED: [&str; 5] = [
+    "budget-request-cycle",
+    "domain-renewal-check",
+    "emergency-escalation",
+    "pjmo-status-collection",
+    "quarterly-audit-reminder",
+];
+
 fn golden(workflow: &str, from: &str, until: &str) -> Vec<Value> {
+    assert!(
+        SIMULATED.contains(&workflow),
+        "{workflow} is not in SIMULATED"
+    );
     let text = simulate(workflow, from, until, "text");
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/simulate/{workflow}.txt"));
-    if std::env::var_os("BLESS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &text).unwrap();
-    } else {
-        let expected = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            expected == text,
-            "{workflow}: the timeline differs from {} (BLESS=1 rewrites it)\n--- actual ---\n{text}",
-            path.display()
-        );
-    }
+    let dir = fixtures_root().join("simulate");
+    let mut set = GoldenSet::new(&dir, &["txt"], Mode::from_env());
+    set.check(&dir.join(format!("{workflow}.txt")), &text);
+    // Only this file is this test's business; the others belong to their own tests.
+    let problems: Vec<String> = set
+        .report()
+        .into_iter()
+        .filter(|p| !p.contains("a golden file with no fixture"))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{workflow}: BLESS=1 rewrites it if the change is intended\n{}",
+        problems.join("\n")
+    );
     let json: Value = serde_json::from_str(&simulate(workflow, from, until, "json")).unwrap();
     json["events"].as_array().unwrap().clone()
+}
+
+/// Every timeline golden belongs to a shipped workflow that a test simulates, and every
+/// shipped workflow has one.
+#[test]
+fn every_timeline_golden_has_its_workflow() {
+    let dir = fixtures_root().join("simulate");
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let want: Vec<String> = SIMULATED.iter().map(|w| format!("{w}.txt")).collect();
+    assert_eq!(found, want, "golden timelines in {}", dir.display());
+    let mut shipped: Vec<String> = std::fs::read_dir(root().join("workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    shipped.retain(|w| w != "hello"); // the one-step example has no period to simulate
+    shipped.sort();
+    assert_eq!(
+        shipped, SIMULATED,
+        "every shipped workflow has a simulated year"
+    );
 }
 
 fn mails<'a>(events: &'a [Value], subject_part: &str) -> Vec<&'a Value> {

@@ -331,14 +331,15 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
             .unwrap(),
         Recorded::Replay
     );
-    // 60 answers spread over the four requests, one every millisecond; the step ends once ten
-    // of them are in, so the rest race with (or come after) its end.
+    // 60 answers spread over the four requests, one every two milliseconds; the step ends once
+    // ten of them are in, so the rest race with (or come after) its end.
     let mut answers = Vec::new();
     for n in 1..=60u64 {
         let a = answer(&tokens[n as usize % 4], n as usize);
         let s = store.clone();
         answers.push(tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(n)).await;
+            // pace: the answers are spread over 120 ms to race with the finalisation.
+            tokio::time::sleep(std::time::Duration::from_millis(2 * n)).await;
             s.record_answer(t0, &a, &format!("k{n}")).await.unwrap()
         }));
     }
@@ -347,9 +348,14 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
         let run = run.clone();
         tokio::spawn(async move {
             let tokens = tokens_of(&store, &run).await;
-            while store.answers_for(&tokens).await.unwrap().len() < 11 {
-                tokio::task::yield_now().await;
-            }
+            let eleven = async {
+                while store.answers_for(&tokens).await.unwrap().len() < 11 {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(60), eleven)
+                .await
+                .expect("ten answers recorded within a minute");
             store.finalize_requests(&run, "ask", t0).await.unwrap();
             // What the step reads once its requests are final.
             store.answers_for(&tokens).await.unwrap().len()
@@ -365,6 +371,11 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
     assert_eq!(accepted + closed, 60, "{results:?}");
     eprintln!("{backend:?}: {accepted} answers accepted before the step's end, {closed} after");
     assert!(accepted >= 10, "{results:?}");
+    // The race really happened: answers arrived after the end as well as before it.
+    assert!(
+        closed > 0,
+        "no answer came after the step's end: the race was not exercised: {results:?}"
+    );
     // The first answer plus every accepted one: exactly what the step saw after finalizing.
     assert_eq!(seen_count, accepted + 1, "{results:?}");
     let all = store.answers_for(&tokens).await.unwrap();

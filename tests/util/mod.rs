@@ -1,6 +1,9 @@
 //! Helpers for pmoflow's integration tests: temp projects, real databases, the real binary.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod golden;
+pub mod wait;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -197,6 +200,13 @@ pub fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs a CLI command that must succeed (exit 0); returns its stdout.
+pub fn cli_ok(dir: &Path, args: &[&str]) -> String {
+    let (code, out, err) = cli(dir, args);
+    assert_eq!(code, 0, "pmoflow {args:?} exited {code}:\n{out}{err}");
+    out
+}
+
 /// `pmoflow token new --name NAME --role ROLE` run in `dir`: the token and its
 /// `[[http.tokens]]` entry for pmoflow.toml.
 pub fn new_api_token(dir: &Path, name: &str, role: &str) -> (String, String) {
@@ -216,6 +226,9 @@ pub fn new_api_token(dir: &Path, name: &str, role: &str) -> (String, String) {
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
+    /// Set when the test ends the process itself or waits for it to exit; a daemon that
+    /// exits on its own otherwise fails the test when it is dropped.
+    ended_by_test: bool,
 }
 
 impl Daemon {
@@ -234,49 +247,108 @@ impl Daemon {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        Daemon { child, log }
+        Daemon {
+            child,
+            log,
+            ended_by_test: false,
+        }
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the log contains `needle`.
+    /// Waits until the log contains `needle` (panics with the log after `timeout`, or at once
+    /// if the daemon exited without showing it).
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
-        let start = Instant::now();
-        loop {
-            let text = self.log_text();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "log never showed {needle:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log contains `needle` at least `n` times.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> String {
+        let log = self.log.clone();
+        wait::until_blocking(
+            &format!("{n}× {needle:?} in {}", log.display()),
+            timeout,
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.matches(needle).count() >= n {
+                    return Ok(text);
+                }
+                if self.exited() {
+                    panic!("the daemon exited before its log showed {needle:?}:\n{text}");
+                }
+                Err(text)
+            },
+        )
+    }
+
+    /// The instance id the daemon logged at start (`pmoflow starting … instance=ID`), once it
+    /// has.
+    pub fn instance(&self) -> Option<String> {
+        let log = self.log_text();
+        let line = log.lines().find(|l| l.contains("pmoflow starting"))?;
+        Some(
+            line.split("instance=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_string(),
+        )
+    }
+
+    /// Whether the process has exited (a zombie not yet reaped counts), without reaping it.
+    pub fn exited(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
+            Err(_) => true,
+            // The state letter follows the command name in parentheses.
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
         }
     }
 
     /// SIGKILL: no chance to clean up.
     pub fn kill9(&mut self) {
+        self.ended_by_test = true;
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM and wait; returns the exit code.
+    /// SIGTERM and wait; returns the exit code (`None`: still running after `timeout`, then
+    /// killed).
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code (`None`: still running
+    /// after `timeout`, then killed).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        self.ended_by_test = true;
+        let child = &mut self.child;
         let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
+        let code = wait::outside_runtime(|| {
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return Some(status.code());
+                }
+                if start.elapsed() > timeout {
+                    return None;
+                }
+                // pace: polling for the exit, bounded by `timeout` above.
+                std::thread::sleep(wait::POLL);
             }
-            if start.elapsed() > timeout {
+        });
+        match code {
+            Some(code) => code,
+            None => {
                 let _ = self.child.kill();
-                return None;
+                let _ = self.child.wait();
+                None
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -287,31 +359,53 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if !self.ended_by_test
+            && !std::thread::panicking()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "the daemon {} exited on its own ({status}) although the test did not end it:\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// Polls the store until the run satisfies `done`.
+/// Polls the store until the run exists and satisfies `done` (bounded: a run that never
+/// appears fails the test like one that never gets there).
 pub async fn wait_run(
     store: &Store,
     id: &str,
     timeout: Duration,
     done: impl Fn(&RunRow) -> bool,
 ) -> RunRow {
-    let start = Instant::now();
-    loop {
-        if let Some(run) = store.get_run(id).await.unwrap() {
-            if done(&run) {
-                return run;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "run {id} did not get there in {timeout:?}: {run:?}"
-            );
+    wait::until(&format!("run {id}"), timeout, || async {
+        match store.get_run(id).await.unwrap() {
+            Some(run) if done(&run) => Ok(run),
+            Some(run) => Err(format!("{run:?}")),
+            None => Err("no such run (yet)".to_string()),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
+}
+
+/// Polls the store until `n` runs have `status`.
+pub async fn wait_runs(
+    store: &Store,
+    status: pmoflow::store::RunStatus,
+    n: i64,
+    timeout: Duration,
+) {
+    wait::until(&format!("{n} runs {status:?}"), timeout, || async {
+        let have = store.count_runs(status).await.unwrap();
+        if have >= n { Ok(()) } else { Err(have) }
+    })
+    .await
 }
 
 /// An engine running in this process over `dir`'s workflows.
@@ -378,12 +472,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_port(port: u16, timeout: Duration) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < timeout, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Waits until something accepts connections on loopback `port`.
+pub fn wait_port(port: u16, timeout: Duration) {
+    wait::until_blocking(&format!("a listener on port {port}"), timeout, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).map(drop)
+    })
 }
 
 /// A support script under `tests/support/`.
@@ -709,15 +802,14 @@ protocol imap {{
             .stderr(Stdio::piped())
             .spawn()
             .expect("dovecot (apt-get install dovecot-imapd; tests/run does)");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = std::fs::read_to_string(root.join("dovecot.log")).unwrap_or_default();
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "dovecot did not start:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait::until_blocking("dovecot to listen", Duration::from_secs(20), || {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(_) => Ok(()),
+                Err(_) => {
+                    Err(std::fs::read_to_string(root.join("dovecot.log")).unwrap_or_default())
+                }
+            }
+        });
         Dovecot {
             child,
             port,
@@ -750,8 +842,8 @@ protocol imap {{
                 }
             }
             walk(&self.dir.path().join("mail"));
-            // UIDVALIDITY is the creation time in seconds: make sure it differs.
-            std::thread::sleep(Duration::from_millis(1100));
+            // pace: UIDVALIDITY is the creation time in seconds: make sure it differs.
+            wait::outside_runtime(|| std::thread::sleep(Duration::from_millis(1100)));
         }
         let root = self.dir.path();
         self.child = Command::new("dovecot")
@@ -761,14 +853,20 @@ protocol imap {{
             .stderr(Stdio::piped())
             .spawn()
             .expect("dovecot");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "dovecot did not restart"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_port(self.port, Duration::from_secs(20));
+    }
+
+    /// `doveadm kick` of the test user: true if it ended a session (it fails when none is
+    /// open at that moment).
+    pub fn try_kick(&self) -> bool {
+        Command::new("doveadm")
+            .arg("-c")
+            .arg(self.dir.path().join("dovecot.conf"))
+            .args(["kick", &self.user])
+            .output()
+            .expect("doveadm")
+            .status
+            .success()
     }
 
     /// Ends every IMAP session of the test user (`doveadm kick`): clients must reconnect.
@@ -1049,7 +1147,7 @@ impl SlowHttp {
                         });
                         c.len() - 1
                     };
-                    // Wait, noticing a caller that hangs up meanwhile.
+                    // pace: the server's answer delay, noticing a caller that hangs up.
                     let mut probe = [0u8; 1];
                     let gone = tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(ms)) => false,
@@ -1076,6 +1174,19 @@ impl SlowHttp {
 
     pub fn calls(&self) -> Vec<SlowCall> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` calls with a path containing `needle` have arrived.
+    pub async fn wait_count(&self, needle: &str, n: usize, timeout: Duration) {
+        wait::until(
+            &format!("{n} calls to a path with {needle:?}"),
+            timeout,
+            || async {
+                let have = self.count(needle);
+                if have >= n { Ok(()) } else { Err(have) }
+            },
+        )
+        .await
     }
 
     /// How many calls had a path containing `needle`.

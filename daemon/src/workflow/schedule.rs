@@ -32,6 +32,21 @@ pub enum ScheduleError {
         /// What is wrong, in the `cron` crate's words.
         reason: String,
     },
+    /// A number outside its field's range (checked here: the `cron` crate's own message is
+    /// off by one, "Hours must be less than 23").
+    #[error("invalid cron expression `{expr}`: {field} must be {min}–{max}, got `{value}`")]
+    OutOfRange {
+        /// The expression.
+        expr: String,
+        /// Which field: `second`, `minute`, `hour`, `day of month` or `month`.
+        field: &'static str,
+        /// The smallest value allowed.
+        min: u32,
+        /// The largest value allowed.
+        max: u32,
+        /// The value given.
+        value: String,
+    },
     /// A day-of-week field that is not crontab's 0–7.
     #[error("invalid cron expression `{expr}`: {reason}")]
     DayOfWeek {
@@ -127,6 +142,7 @@ fn normalize_cron(expr: &str) -> Result<String, ScheduleError> {
                 });
             }
         }
+        check_ranges(expr, &fields)?;
         fields[5] = unix_day_of_week(&fields[5]).map_err(|reason| ScheduleError::DayOfWeek {
             expr: expr.to_string(),
             reason,
@@ -134,6 +150,37 @@ fn normalize_cron(expr: &str) -> Result<String, ScheduleError> {
         fields.join(" ")
     };
     Ok(normalized)
+}
+
+/// Checks the numbers of the second, minute, hour, day-of-month and month fields (6-field form)
+/// against their ranges; names (`JAN`) and anything else unusual are left to the `cron` crate.
+fn check_ranges(expr: &str, fields: &[String]) -> Result<(), ScheduleError> {
+    const RANGES: [(&str, u32, u32); 5] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+    ];
+    for (field, &(name, min, max)) in fields.iter().zip(RANGES.iter()) {
+        for part in field.split(',') {
+            let range = part.split_once('/').map_or(part, |(r, _)| r);
+            for value in range.split('-') {
+                if let Ok(v) = value.parse::<u32>()
+                    && !(min..=max).contains(&v)
+                {
+                    return Err(ScheduleError::OutOfRange {
+                        expr: expr.to_string(),
+                        field: name,
+                        min,
+                        max,
+                        value: value.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Translates a day-of-week field from crontab's numbering (0–7, Sunday = 0 or 7, Monday = 1)
@@ -511,6 +558,34 @@ fn resolve(tz: Tz, local: NaiveDateTime, dst: DstPolicy) -> Vec<(DateTime<Utc>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_range_numbers_name_their_field_and_range() {
+        let msg = |e: &str| parse_cron(e).unwrap_err().to_string();
+        assert_eq!(
+            msg("0 25 * * *"),
+            "invalid cron expression `0 25 * * *`: hour must be 0–23, got `25`"
+        );
+        assert_eq!(
+            msg("60 9 * * *"),
+            "invalid cron expression `60 9 * * *`: minute must be 0–59, got `60`"
+        );
+        assert_eq!(
+            msg("0 9 0 * *"),
+            "invalid cron expression `0 9 0 * *`: day of month must be 1–31, got `0`"
+        );
+        assert_eq!(
+            msg("0 9 1 1-13 *"),
+            "invalid cron expression `0 9 1 1-13 *`: month must be 1–12, got `13`"
+        );
+        assert_eq!(
+            msg("61 0 9 * * *"),
+            "invalid cron expression `61 0 9 * * *`: second must be 0–59, got `61`"
+        );
+        for ok in ["0 23 * * *", "*/15 0-23/2 31 12 *", "0 9 1 JAN-MAR *"] {
+            assert!(parse_cron(ok).is_ok(), "{ok}");
+        }
+    }
     use crate::workflow::raw::{CalendarKind, CatchUp, Overlap};
 
     pub(crate) fn trigger(cron: Option<&str>, tz: &str) -> Trigger {
