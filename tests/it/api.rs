@@ -909,14 +909,29 @@ async fn a_generic_api_fuzzer_finds_no_failure_with_all_checks() {
         out.status.success(),
         "schemathesis reported failures:\n{stdout}\n{stderr}"
     );
-    // The figures, for the record (`cargo test … -- --nocapture`).
-    for line in stdout
+    // The figures: every generated case passed, and there were enough of them to reach past
+    // the first refusals of every operation (about 1,000 at 25 examples per operation).
+    let cases = stdout
         .lines()
         .skip_while(|l| !l.contains("Test cases:"))
-        .take(2)
-    {
-        println!("schemathesis: {}", line.trim());
-    }
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `Test cases:` summary:\n{stdout}"))
+        .trim()
+        .to_string();
+    println!("schemathesis: {cases}");
+    let count = |word: &str| -> u64 {
+        cases
+            .split(',')
+            .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (generated, passed) = (count("generated"), count("passed"));
+    let per_operation: u64 = examples.parse().unwrap_or(25);
+    assert!(
+        generated >= 20 * per_operation && passed == generated,
+        "schemathesis: {cases} (expected at least {} cases, all passed)",
+        20 * per_operation
+    );
     assert!(
         !api.daemon.log_text().contains("panicked"),
         "the daemon panicked under the fuzzer"

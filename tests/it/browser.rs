@@ -10,23 +10,10 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, Project, STARTUP, SmtpSink, TestDb, cli, decode_mail, free_port, wait,
-    wait_port, wait_run,
+    Backend, Daemon, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, decode_mail, free_port,
+    wait, wait_port, wait_run,
 };
 use serde_json::{Value as Json, json};
-
-const PROJECTS: &str = r#"
-# Example projects.
-[[projects]]
-name = "電子申請基盤"
-lead = "山田 太郎"
-lead_email = "yamada@pjmo-a.example.go.jp"
-
-[[projects]]
-name = "文書管理システム"
-lead = "鈴木 一郎"
-lead_email = "suzuki@pjmo-b.example.go.jp"
-"#;
 
 const STATUS: &str = r#"
 id = "status"

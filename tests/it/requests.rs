@@ -8,23 +8,10 @@ use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, cli, cli_ok, decode_mail,
-    free_port, wait, wait_run,
+    Backend, Daemon, Dovecot, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, cli_ok,
+    decode_mail, free_port, wait, wait_run,
 };
 use serde_json::Value as Json;
-
-const PROJECTS: &str = r#"
-# Example projects.
-[[projects]]
-name = "電子申請基盤"
-lead = "山田 太郎"
-lead_email = "yamada@pjmo-a.example.go.jp"
-
-[[projects]]
-name = "文書管理システム"
-lead = "鈴木 一郎"
-lead_email = "suzuki@pjmo-b.example.go.jp"
-"#;
 
 const TEMPLATE: &str = "{{ item.lead }} 様\n\nお疲れ様です。PMO事務局です。\n{{ item.name }}の状況報告を{{ request.deadline_ja }}までにお願いいたします。\n\n以下の項目を返信メールの本文にご記入ください。\n\n{{ request.form }}\nよろしくお願いいたします。\nPMO事務局\n";
 

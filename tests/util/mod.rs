@@ -112,6 +112,21 @@ fn uuid_like() -> String {
     )
 }
 
+/// Reference data of two projects and their leads (`workflows/data/projects.toml`), as the
+/// request tests and the browser tests use it.
+pub const PROJECTS: &str = r#"
+# Example projects.
+[[projects]]
+name = "電子申請基盤"
+lead = "山田 太郎"
+lead_email = "yamada@pjmo-a.example.go.jp"
+
+[[projects]]
+name = "文書管理システム"
+lead = "鈴木 一郎"
+lead_email = "suzuki@pjmo-b.example.go.jp"
+"#;
+
 /// A temp directory laid out like an installation: `workflows/`, `var/`, `pmoflow.toml`.
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -526,34 +541,21 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
+    /// Delivers every message into `maildir`.
     pub fn start(port: u16, maildir: &Path) -> SmtpSink {
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
-            .arg(maildir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m aiosmtpd (pip install aiosmtpd; tests/run does)");
-        wait_port(port, Duration::from_secs(20));
-        SmtpSink {
-            child,
-            port,
-            maildir: maildir.to_path_buf(),
-        }
+        let mut sink = Self::aiosmtpd(port, "aiosmtpd.handlers.Mailbox", &[maildir.as_os_str()]);
+        sink.maildir = maildir.to_path_buf();
+        sink
     }
-}
 
-impl SmtpSink {
     /// A real SMTP server that refuses every recipient with 550.
     pub fn rejecting(port: u16) -> SmtpSink {
+        Self::aiosmtpd(port, "reject_smtp.Reject", &[])
+    }
+
+    /// `python -m aiosmtpd` on loopback `port` with `handler` (from aiosmtpd or
+    /// `tests/support/`), once it listens.
+    fn aiosmtpd(port: u16, handler: &str, args: &[&std::ffi::OsStr]) -> SmtpSink {
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -562,13 +564,14 @@ impl SmtpSink {
                 "-l",
                 &format!("127.0.0.1:{port}"),
                 "-c",
-                "reject_smtp.Reject",
+                handler,
             ])
+            .args(args)
             .env("PYTHONPATH", support(""))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 -m aiosmtpd");
+            .expect("python3 -m aiosmtpd (pip install aiosmtpd; tests/run does)");
         wait_port(port, Duration::from_secs(20));
         SmtpSink {
             child,
