@@ -624,7 +624,11 @@ async fn a_5xx_smtp_reply_is_a_dead_letter_at_once_with_the_servers_reply() {
     let dead = &store.list_outbox(Some("dead"), 1).await.unwrap()[0];
     assert_eq!(dead.attempts, 1, "a permanent refusal is not retried");
     assert!(
-        dead.last_error.as_deref().unwrap().contains("550"),
+        dead.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("SMTP server refused the message: ")
+            && dead.last_error.as_deref().unwrap().contains("550"),
         "{:?}",
         dead.last_error
     );

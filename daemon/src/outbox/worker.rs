@@ -17,6 +17,10 @@ use crate::store::{OutboxRow, Store};
 /// How long a delivery may hold a message before another worker may try it.
 const LEASE: Duration = Duration::minutes(5);
 
+/// How long a worker keeps trying to record a delivery's result while the database is away:
+/// well within [`LEASE`], so that no other worker has taken the message meanwhile.
+const RECORD_FOR: Duration = Duration::minutes(4);
+
 /// The delay before attempt `attempt + 1`, exponential with equal jitter.
 pub fn backoff(delivery: &DeliveryConfig, attempt: u32, random_unit: f64) -> std::time::Duration {
     let cfg = &delivery.outbox;
@@ -147,12 +151,41 @@ async fn deliver_one(
             }
         }
     };
-    if let Err(err) = store
-        .outbox_attempted(&row.id, node_id, done, status, retry_at, error.as_deref())
-        .await
-    {
-        // The lease expires and the message is tried again: at most a duplicate of a message
-        // the server already accepted, with the same Message-ID / Idempotency-Key.
-        tracing::error!(message_id = %row.message_id, error = %err, "outbox: cannot record delivery result");
+    // The result is known: record it, trying again while the database is away (an outage, a
+    // failover) for most of the lease. Only if that fails too does the lease expire and the
+    // message go out again: at most a duplicate of a message the server already accepted, with
+    // the same Message-ID / Idempotency-Key. (Found by the PostgreSQL outage test: dropping
+    // the result left a delivered message leased for the whole five minutes.)
+    let give_up = clock.now() + RECORD_FOR;
+    let mut pause = std::time::Duration::from_millis(200);
+    let mut failures = 0u32;
+    loop {
+        match store
+            .outbox_attempted(&row.id, node_id, done, status, retry_at, error.as_deref())
+            .await
+        {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(message_id = %row.message_id, failures, "outbox: delivery result recorded after the database came back");
+                }
+                return;
+            }
+            Err(err) if clock.now() < give_up => {
+                if failures == 0 {
+                    tracing::warn!(message_id = %row.message_id, error = %err, "outbox: cannot record the delivery result yet; retrying");
+                }
+                failures += 1;
+                clock
+                    .sleep_until(
+                        clock.now() + Duration::from_std(pause).unwrap_or(Duration::seconds(1)),
+                    )
+                    .await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(err) => {
+                tracing::error!(message_id = %row.message_id, error = %err, "outbox: cannot record the delivery result; the message is tried again when its lease ends");
+                return;
+            }
+        }
     }
 }
