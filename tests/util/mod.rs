@@ -931,6 +931,29 @@ protocol imap {{
         self.append(mailbox, &files)
     }
 
+    /// Delivers raw messages straight into the user's INBOX Maildir (`new/`), as a local
+    /// delivery agent does: no IMAP session of the test's own, so a `doveadm kick` can only hit
+    /// the daemon's. Dovecot sees them at its next look (IDLE notices at once).
+    pub fn deliver_maildir(&self, messages: &[Vec<u8>]) {
+        let inbox = self.dir.path().join("mail").join(&self.user);
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(inbox.join(sub)).unwrap();
+        }
+        for (i, m) in messages.iter().enumerate() {
+            let name = format!("{}.M{i}P{}.pmoflow-test", uuid_like(), std::process::id());
+            // Written in tmp/ and renamed into new/: Dovecot never sees half a message.
+            let tmp = inbox.join("tmp").join(&name);
+            std::fs::write(&tmp, m).unwrap();
+            std::fs::rename(&tmp, inbox.join("new").join(&name)).unwrap();
+        }
+        let status = Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(&inbox)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown of the Maildir");
+    }
+
     /// The mail config for the pmoflow library, in-process.
     pub fn imap_config(&self) -> pmoflow::inbound::imap::ImapConfig {
         pmoflow::inbound::imap::ImapConfig {
