@@ -561,7 +561,11 @@ mod tests {
 
     #[test]
     fn out_of_range_numbers_name_their_field_and_range() {
-        let msg = |e: &str| parse_cron(e).unwrap_err().to_string();
+        let msg = |e: &str| {
+            parse_cron(e)
+                .expect_err("an invalid expression")
+                .to_string()
+        };
         assert_eq!(
             msg("0 25 * * *"),
             "invalid cron expression `0 25 * * *`: hour must be 0–23, got `25`"
