@@ -29,12 +29,14 @@ use crate::clock::SharedClock;
 use crate::inbound::intake::Intake;
 use crate::store::{NewAnswer, Recorded, RequestRow, Store, requests::lookup_of};
 
+mod answer;
 mod api;
 pub(crate) mod limit;
 mod links;
 pub mod openapi;
 mod pages;
 
+use answer::*;
 use links::*;
 
 /// A role of an API token.

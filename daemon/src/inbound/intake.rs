@@ -422,6 +422,7 @@ impl Intake {
                     text,
                     attachments: json!([]),
                     complete: true,
+                    form_fields: Vec::new(),
                 },
                 notices: Vec::new(),
             };
@@ -432,6 +433,13 @@ impl Intake {
         if let Some(spec) = &form {
             problems = crate::workbook::form::merge(spec, &reads, &mut parsed.fields);
         }
+        // The same types govern the body and the 様式: what is still not typed is refused.
+        for p in req.types.apply(&mut parsed.fields) {
+            if !problems.iter().any(|q| q.field == p.field) {
+                problems.push(p);
+            }
+        }
+        let form_fields = crate::workbook::form::given_by_workbook(&reads, &parsed.fields);
         for (name, error) in &broken {
             problems.insert(
                 0,
@@ -467,9 +475,10 @@ impl Intake {
         let complete = missing.is_empty() && problems.is_empty();
         let mut notices = Vec::new();
         if !complete && req.status == "open" {
-            let notice = match &form {
-                Some(_) => self.correction_notice(row, msg, &req, &problems, &missing),
-                None => self.missing_notice(row, msg, &req, &missing),
+            let notice = if form.is_some() || !problems.is_empty() {
+                self.correction_notice(row, msg, &req, &problems, &missing, form.is_some())
+            } else {
+                self.missing_notice(row, msg, &req, &missing)
             };
             notices.extend(notice);
         }
@@ -492,6 +501,7 @@ impl Intake {
                 text: parsed.free_text,
                 attachments: Json::Array(attachments),
                 complete,
+                form_fields,
             },
             notices,
         }
@@ -506,16 +516,34 @@ impl Intake {
         req: &RequestRow,
         problems: &[Problem],
         missing: &[&String],
+        with_form: bool,
     ) -> Option<NewMessage> {
         let mut lines: Vec<String> = problems
             .iter()
             .map(|p| format!("  ・{}", p.message))
             .collect();
         lines.extend(missing.iter().map(|f| format!("  ・{f}が未記入です")));
+        let how = if with_form {
+            "お手数ですが、様式を修正のうえ本メールに添付してご返信ください。".to_string()
+        } else {
+            let fix: Vec<String> = problems
+                .iter()
+                .filter_map(|p| p.field.as_ref())
+                .chain(missing.iter().copied())
+                .map(|f| match req.types.hint(f) {
+                    Some(h) => format!("{f}（{h}）: "),
+                    None => format!("{f}: "),
+                })
+                .collect();
+            format!(
+                "お手数ですが、本メールにご返信いただき、下記の項目の「:」の後に正しい値をご記入ください。\n\n{}",
+                fix.join("\n")
+            )
+        };
         let text = format!(
             "{}\nご回答ありがとうございます。\n\
-             ご提出いただいた内容を確認したところ、以下の点について修正をお願いいたします。\n\
-             お手数ですが、様式を修正のうえ本メールに添付してご返信ください。\n\n{}\n\n\
+             ご提出いただいた内容を確認したところ、以下の点について修正をお願いいたします。\n\n{}\n\n\
+             {how}\n\n\
              （本メールは pmoflow により自動送信されています）\n",
             reply::CUT_MARKER,
             lines.join("\n")
@@ -687,3 +715,4 @@ fn describe(d: &Disposition) -> (&'static str, &str, &str) {
         } => ("quarantined", outcome, detail),
     }
 }
+

@@ -597,9 +597,15 @@ fn field_line<'a>(line: &str, wanted: &[(String, &'a String)]) -> Option<(&'a St
         (k, v)
     };
     let key = key_form(key);
+    // `総合評価（良好／注意／要対応）: 良好`: the request mail says what a field takes in
+    // brackets after its name.
+    let base = key
+        .strip_suffix(')')
+        .and_then(|k| k.rfind('(').map(|i| k[..i].to_string()));
     wanted
         .iter()
         .find(|(k, _)| *k == key)
+        .or_else(|| wanted.iter().find(|(k, _)| Some(k) == base.as_ref()))
         .map(|(_, name)| (*name, value.trim().to_string()))
 }
 

@@ -176,7 +176,19 @@ impl Simulation<'_> {
             None => fields_line,
         };
         if via == "web" {
-            let fields = serde_json::to_value(&r.fields).map_err(err)?;
+            // As the answer page would: typed, or refused (a scenario's mistake, said as such).
+            let mut typed: std::collections::BTreeMap<String, serde_json::Value> = r
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
+                .collect();
+            if let Some(p) = req.types.apply(&mut typed).into_iter().next() {
+                return Err(SimError::new(format!(
+                    "rule {rule}: the answer page would refuse this web answer: {}",
+                    p.message
+                )));
+            }
+            let fields = serde_json::to_value(&typed).map_err(err)?;
             let answer = NewAnswer {
                 token: token.to_string(),
                 via: "web".into(),
@@ -190,6 +202,7 @@ impl Simulation<'_> {
                 text: r.text.clone().unwrap_or_default(),
                 attachments: json!([]),
                 complete: true,
+                form_fields: Vec::new(),
             };
             self.store
                 .record_answer(now, &answer, &format!("sim:{token}:{rule}"))

@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::requests::NewAnswer;
-use super::{Result, Store, from_ms, ms};
+use super::{Result, Store, StoreError, from_ms, ms};
 
 /// An inbound message row.
 #[derive(Debug, Clone, Serialize)]
@@ -341,8 +341,8 @@ impl Store {
             match disposition {
                 Disposition::Answer { answer: a, notices } => {
                     let req = sqlx::query(
-                        "SELECT run_id, status, deadline, tag, final_at FROM requests \
-                         WHERE token = $1",
+                        "SELECT run_id, status, deadline, tag, final_at, workflow_id, record \
+                         FROM requests WHERE token = $1",
                     )
                     .bind(&a.token)
                     .fetch_optional(&mut *tx)
@@ -353,6 +353,13 @@ impl Store {
                         let deadline: Option<i64> = req.try_get("deadline")?;
                         let tag: i64 = req.try_get("tag")?;
                         let final_at: Option<i64> = req.try_get("final_at")?;
+                        let workflow_id: String = req.try_get("workflow_id")?;
+                        let record: Option<super::RecordKey> = req
+                            .try_get::<Option<String>, _>("record")?
+                            .map(|r| serde_json::from_str(&r))
+                            .transpose()
+                            .map_err(|e| StoreError::Corrupt("requests", e.to_string()))?;
+                        let mut answered = false;
                         let late = deadline.is_some_and(|d| now_ms > d);
                         let answer_id = uuid::Uuid::now_v7().to_string();
                         // Decided as an answer, but the step may have finished since: the
@@ -372,9 +379,10 @@ impl Store {
                             .await?
                             .rows_affected();
                             accepted = n > 0;
+                            answered = accepted;
                             if accepted {
                                 nudge_run!(tx, &run_id, now_ms);
-                                wake = Some(run_id);
+                                wake = Some(run_id.clone());
                             }
                         }
                         if accepted {
@@ -399,6 +407,23 @@ impl Store {
                             .bind(id)
                             .execute(&mut *tx)
                             .await?;
+                            if answered && let Some(record) = &record {
+                                super::portfolio::record_accepted!(
+                                    tx,
+                                    &super::portfolio::Accepted {
+                                        workflow_id: &workflow_id,
+                                        run_id: &run_id,
+                                        token: &a.token,
+                                        record,
+                                        answer_id: &answer_id,
+                                        via: &a.via,
+                                        fields: &a.fields,
+                                        form_fields: &a.form_fields,
+                                        late,
+                                        now: now_ms,
+                                    }
+                                );
+                            }
                         } else {
                             let detail = format!(
                                 "request {tag} was already closed; the message is kept but not \

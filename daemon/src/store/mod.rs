@@ -410,6 +410,7 @@ mod catalog;
 mod cluster;
 mod inbound;
 mod outbox;
+pub mod portfolio;
 pub mod requests;
 mod rows;
 mod runs;
@@ -419,6 +420,7 @@ pub use admin::{AuditRow, SessionRow};
 pub use cluster::{DaemonRow, RoleRow, schema_version};
 pub use inbound::{Applied, Disposition, InboundRow, MailboxState};
 pub use outbox::{MessageKind, NewMessage, OutboxRow};
+pub use portfolio::{PortfolioEntry, PortfolioQuery, PortfolioValue, RecordKey, Subject};
 pub use requests::{AnswerRow, NewAnswer, NewRequest, Recorded, RequestRow};
 pub use rows::{EventRow, RunRow, RunStatus, StepRow, StepStatus};
 pub use runs::{

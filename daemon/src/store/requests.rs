@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use sqlx::Row;
 
+use super::portfolio::RecordKey;
 use super::{Applied, Disposition, Result, Store, StoreError, from_ms, ms};
+use crate::workbook::FieldTypes;
 
 /// A request row to insert with the step transition that sends its mail.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +41,10 @@ pub struct NewRequest {
     pub expires_at: DateTime<Utc>,
     /// The Excel 様式 a returned workbook is read with (`workbook::FormSpec` as JSON).
     pub form: Option<Json>,
+    /// What each field takes (`with.types`).
+    pub types: FieldTypes,
+    /// Whom and which period the answers are about (`with.record`).
+    pub record: Option<RecordKey>,
 }
 
 /// A request as stored.
@@ -91,6 +97,12 @@ pub struct RequestRow {
     #[serde(skip)]
     #[schemars(skip)]
     pub form: Option<Json>,
+    /// What each field takes.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub types: FieldTypes,
+    /// Whom and which period the answers are about, if they are recorded in the portfolio.
+    pub record: Option<RecordKey>,
 }
 
 /// An answer as stored.
@@ -139,6 +151,8 @@ pub struct NewAnswer {
     /// Every required field is filled in. An incomplete answer is kept in the history but does
     /// not answer the request.
     pub complete: bool,
+    /// The fields whose value came from a returned 様式 (their portfolio source is `workbook`).
+    pub form_fields: Vec<String>,
 }
 
 /// What became of an answer given through a form, an API call or the simulator.
@@ -159,7 +173,7 @@ pub fn lookup_of(token: &str) -> &str {
 
 const REQUEST_COLUMNS: &str = "token, run_id, step_key, workflow_id, kind, recipient, allowed, tag, \
     message_id, subject, fields, required, created_at, deadline, expires_at, status, answered_at, \
-    answer_id, bounced_at, bounce, final_at, form";
+    answer_id, bounced_at, bounce, final_at, form, types, record";
 const ANSWER_COLUMNS: &str =
     "id, token, received_at, via, from_addr, message_id, fields, free_text, attachments, late";
 
@@ -201,6 +215,17 @@ macro_rules! request_row {
                 .map(|f| serde_json::from_str(&f))
                 .transpose()
                 .map_err(corrupt("requests"))?,
+            types: r
+                .try_get::<Option<String>, _>("types")?
+                .map(|f| serde_json::from_str(&f))
+                .transpose()
+                .map_err(corrupt("requests"))?
+                .unwrap_or_default(),
+            record: r
+                .try_get::<Option<String>, _>("record")?
+                .map(|f| serde_json::from_str(&f))
+                .transpose()
+                .map_err(corrupt("requests"))?,
         }
     }};
 }
@@ -234,8 +259,8 @@ macro_rules! insert_requests {
             sqlx::query(
                 "INSERT INTO requests (token, lookup, run_id, step_key, workflow_id, kind, recipient, \
                  allowed, tag, message_id, subject, fields, required, created_at, deadline, \
-                 expires_at, status, form) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                 $12, $13, $14, $15, $16, 'open', $17) ON CONFLICT DO NOTHING",
+                 expires_at, status, form, types, record) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+                 $9, $10, $11, $12, $13, $14, $15, $16, 'open', $17, $18, $19) ON CONFLICT DO NOTHING",
             )
             .bind(req.token.as_str())
             .bind($crate::store::requests::lookup_of(&req.token))
@@ -254,6 +279,8 @@ macro_rules! insert_requests {
             .bind(req.deadline.map($crate::store::ms))
             .bind($crate::store::ms(req.expires_at))
             .bind(req.form.as_ref().map(|f| f.to_string()))
+            .bind((!req.types.is_empty()).then(|| serde_json::to_string(&req.types).unwrap_or_default()))
+            .bind(req.record.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default()))
             .execute(&mut *$conn)
             .await?;
         }
@@ -382,16 +409,34 @@ impl Store {
         step_key: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let now = ms(now);
         with_pool!(self, |pool| {
-            sqlx::query(
+            let mut tx = pool.begin().await?;
+            let closed = sqlx::query(
                 "UPDATE requests SET status = CASE WHEN status = 'open' THEN 'closed' ELSE status \
-                 END, final_at = $3 WHERE run_id = $1 AND step_key = $2 AND final_at IS NULL",
+                 END, final_at = $3 WHERE run_id = $1 AND step_key = $2 AND final_at IS NULL \
+                 RETURNING token, workflow_id, status, record",
             )
             .bind(run_id)
             .bind(step_key)
-            .bind(ms(now))
-            .execute(pool)
+            .bind(now)
+            .fetch_all(&mut *tx)
             .await?;
+            // Whoever did not answer is 未回答 for the period in the portfolio.
+            for r in closed {
+                let status: String = r.try_get("status")?;
+                let Some(record) = r.try_get::<Option<String>, _>("record")? else {
+                    continue;
+                };
+                if status == "answered" {
+                    continue;
+                }
+                let record: RecordKey = serde_json::from_str(&record).map_err(corrupt("requests"))?;
+                let token: String = r.try_get("token")?;
+                let workflow_id: String = r.try_get("workflow_id")?;
+                super::portfolio::record_unanswered!(tx, &workflow_id, run_id, &token, &record, now);
+            }
+            tx.commit().await?;
             Ok(())
         })
     }
@@ -502,6 +547,7 @@ impl Store {
             text: note.to_string(),
             attachments: serde_json::json!([]),
             complete: true,
+            form_fields: Vec::new(),
         };
         Ok(self
             .record_answer(now, &answer, &format!("resolve:{}", row.token))

@@ -280,7 +280,11 @@ fn kind_from_validation(pkg: &Package, template: &[u8], part: &str, at: &CellAt)
                 Kind::Choice { choices }
             }
         }
-        "decimal" | "whole" => Kind::Number { unit: None },
+        "decimal" | "whole" => Kind::Number {
+            unit: None,
+            min: None,
+            max: None,
+        },
         "date" => Kind::Date,
         _ => Kind::Auto,
     })
@@ -577,6 +581,20 @@ pub fn read_answer(spec: &FormSpec, file: &str, bytes: &[u8], limits: &Limits) -
     Ok(out)
 }
 
+/// The fields whose merged value is the one a returned workbook gave (their portfolio source).
+pub fn given_by_workbook(reads: &[FormRead], fields: &BTreeMap<String, Json>) -> Vec<String> {
+    let mut out: Vec<String> = reads
+        .iter()
+        .filter(|r| r.matched)
+        .flat_map(|r| r.cells.iter())
+        .filter(|c| !c.value.is_null() && fields.get(&c.field) == Some(&c.value))
+        .map(|c| c.field.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Merges what workbooks gave into the body's fields (see the module's precedence rule) and
 /// returns the problems left: invalid cells and empty required cells of fields no source gave.
 /// Body values of typed fields are converted where they can be ("12,000千円" → 12000).
@@ -677,6 +695,8 @@ mod tests {
                     name: None,
                     kind: Kind::Number {
                         unit: Some("千円".into()),
+                        min: None,
+                        max: None,
                     },
                     required: true,
                 },

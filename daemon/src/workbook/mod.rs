@@ -15,10 +15,12 @@ pub mod form;
 pub mod package;
 pub mod read;
 pub mod report;
+pub mod types;
 pub mod value;
 
 pub use form::{FormField, FormRead, FormSpec, Problem};
 pub use package::Fill;
+pub use types::FieldTypes;
 pub use value::Kind;
 
 /// Why a workbook could not be used; the message is for the person who sent it.

@@ -60,6 +60,12 @@ pub enum Kind {
     Number {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unit: Option<String>,
+        /// The smallest value allowed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<f64>,
+        /// The largest value allowed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<f64>,
     },
     /// A calendar date, given as an ISO date.
     Date,
@@ -80,6 +86,8 @@ impl Kind {
             "text" | "string" => Kind::Text,
             "number" => Kind::Number {
                 unit: unit.map(str::to_string),
+                min: None,
+                max: None,
             },
             "date" => Kind::Date,
             "bool" | "boolean" => Kind::Bool,
@@ -88,12 +96,28 @@ impl Kind {
     }
 
     /// The names [`Kind::named`] accepts, for error hints.
-    pub const NAMES: &'static str = "\"auto\", \"text\", \"number\", \"date\" or \"bool\"";
+    pub const NAMES: &'static str =
+        "\"auto\", \"text\", \"number\", \"date\", \"bool\" or \"choice\"";
 }
 
 /// NFKC (full-width digits and letters to ASCII) and trimmed.
 fn fold(s: &str) -> String {
     s.nfkc().collect::<String>().trim().to_string()
+}
+
+/// A choice as people write it: NFKC, without whitespace and the brackets around it
+/// (「要対応」, 【注意】, (良好)).
+pub fn choice_key(s: &str) -> String {
+    fold(s)
+        .chars()
+        .filter(|c| {
+            !c.is_whitespace()
+                && !matches!(
+                    c,
+                    '「' | '」' | '『' | '』' | '【' | '】' | '(' | ')' | '[' | ']' | '〔' | '〕' | '<' | '>' | '〈' | '〉' | '"' | '\''
+                )
+        })
+        .collect()
 }
 
 /// A number without a pointless `.0`.
@@ -138,14 +162,27 @@ pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Str
             Raw::Text(t) => json!(t.trim()),
             _ => return Err(format!("は文字で入力してください（入力値: {shown}）")),
         },
-        Kind::Number { unit } => {
-            match raw {
-                Raw::Number(n) | Raw::Date(n) => number_json(*n),
-                Raw::Text(t) => number_json(parse_number(t, unit.as_deref()).ok_or_else(|| {
+        Kind::Number { unit, min, max } => {
+            let n = match raw {
+                Raw::Number(n) | Raw::Date(n) => *n,
+                Raw::Text(t) => parse_number(t, unit.as_deref()).ok_or_else(|| {
                     format!("は数値で入力してください（入力値: 「{}」）", t.trim())
-                })?),
+                })?,
                 _ => return Err(format!("は数値で入力してください（入力値: {shown}）")),
+            };
+            let unit = unit.as_deref().unwrap_or("");
+            let bound = |b: f64| format!("{}{unit}", number_text(b));
+            let out_of_range = min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m);
+            if out_of_range {
+                let range = match (min, max) {
+                    (Some(a), Some(b)) => format!("{}から{}まで", bound(*a), bound(*b)),
+                    (Some(a), None) => format!("{}以上", bound(*a)),
+                    (None, Some(b)) => format!("{}以下", bound(*b)),
+                    (None, None) => String::new(),
+                };
+                return Err(format!("は{range}の数値で入力してください（入力値: 「{shown}」）"));
             }
+            number_json(n)
         }
         Kind::Date => match raw {
             Raw::Number(n) | Raw::Date(n) => {
@@ -166,8 +203,8 @@ pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Str
             ))?),
         },
         Kind::Choice { choices } => {
-            let mine = fold(&shown);
-            match choices.iter().find(|c| fold(c) == mine) {
+            let mine = choice_key(&shown);
+            match choices.iter().find(|c| choice_key(c) == mine) {
                 Some(c) => json!(c),
                 None => {
                     let list: Vec<String> = choices.iter().map(|c| format!("「{c}」")).collect();
@@ -201,7 +238,9 @@ pub fn parse_number(text: &str, unit: Option<&str>) -> Option<f64> {
     }
     if let Some(p) = t.strip_suffix('%') {
         let n: f64 = p.parse().ok()?;
-        return Some(if negative { -n } else { n } / 100.0);
+        let n = if negative { -n } else { n };
+        // A field counted in percent takes "5%" as 5; any other as the fraction 0.05.
+        return Some(if unit.is_some_and(|u| u.trim() == "%") { n } else { n / 100.0 });
     }
     let mut total = 0.0;
     let mut scaled = false;
@@ -400,6 +439,8 @@ mod tests {
     fn typed_values_and_their_messages() {
         let n = Kind::Number {
             unit: Some("千円".into()),
+            min: None,
+            max: None,
         };
         assert_eq!(typed(&Raw::Empty, &n, false), Ok(None));
         assert_eq!(
@@ -437,6 +478,32 @@ mod tests {
             typed(&Raw::Date(46478.0), &Kind::Auto, false),
             Ok(Some(json!("2027-04-01")))
         );
+        let days = Kind::Number {
+            unit: Some("日".into()),
+            min: Some(0.0),
+            max: Some(3650.0),
+        };
+        assert_eq!(
+            typed(&Raw::Text("-3".into()), &days, false).unwrap_err(),
+            "は0日から3650日までの数値で入力してください（入力値: 「-3」）"
+        );
+        assert_eq!(typed(&Raw::Text("１２".into()), &days, false), Ok(Some(json!(12))));
+        let pct = Kind::Number {
+            unit: Some("%".into()),
+            min: None,
+            max: None,
+        };
+        assert_eq!(typed(&Raw::Text("5%".into()), &pct, false), Ok(Some(json!(5))));
+        let rating = Kind::Choice {
+            choices: vec!["良好".into(), "注意".into(), "要対応".into()],
+        };
+        for written in ["「要対応」", "【要対応】", " 要対応 ", "（要対応）"] {
+            assert_eq!(
+                typed(&Raw::Text(written.into()), &rating, false),
+                Ok(Some(json!("要対応"))),
+                "{written}"
+            );
+        }
         assert_eq!(
             typed(&Raw::Error("#REF!".into()), &Kind::Auto, false).unwrap_err(),
             "の値がエラー（#REF!）になっています"

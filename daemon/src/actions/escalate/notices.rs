@@ -84,6 +84,8 @@ pub(super) fn open_level(
                     + chrono::Duration::days(30)
                     + chrono::Duration::from_std(cx.services.replies.token_ttl).unwrap_or_default(),
                 form: None,
+                types: Default::default(),
+                record: None,
             });
             state.round.push(token);
         }

@@ -292,5 +292,7 @@ fn resolve_request(
         deadline: None,
         expires_at: now + chrono::Duration::days(3650),
         form: None,
+        types: Default::default(),
+        record: None,
     })
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::actions::{ActionContext, StepError, WithProblem, is_dynamic, str_param};
-use crate::workbook::{FormSpec, Kind, form::Mapping};
+use crate::workbook::{FieldTypes, FormSpec, form::Mapping};
 
 /// A loaded form.
 pub(super) struct Form {
@@ -65,7 +65,7 @@ pub(super) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
             });
         }
     }
-    for key in ["cells", "types", "prefill", "form_name"] {
+    for key in ["cells", "prefill", "form_name"] {
         if with.contains_key(key) && !with.contains_key("form") {
             problems.push(WithProblem {
                 key: Some(key.into()),
@@ -91,38 +91,29 @@ pub(super) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
             hint: Some("cells = { \"整備経費\" = \"様式1!E10\" }".into()),
         });
     }
-    if let Some(Json::Object(types)) = with.get("types") {
-        for (k, v) in types {
-            if let Err(m) = kind_of(k, v) {
-                problems.push(WithProblem {
-                    key: Some("types".into()),
-                    message: m,
-                    hint: Some(
-                        "types = { \"整備経費\" = { type = \"number\", unit = \"千円\" }, \"開始日\" = \"date\" }"
-                            .into(),
-                    ),
-                });
-            }
+    if let Some(types) = with.get("types").filter(|v| !is_dynamic(v))
+        && let Err(found) = FieldTypes::parse(types)
+    {
+        for m in found {
+            problems.push(WithProblem {
+                key: Some("types".into()),
+                message: m,
+                hint: Some(
+                    "types = { \"総合評価\" = { type = \"choice\", options = [\"良好\", \"注意\", \"要対応\"] }, \"見込額\" = { type = \"number\", unit = \"万円\", min = 0 }, \"開始日\" = \"date\" }"
+                        .into(),
+                ),
+            });
         }
     }
     problems
 }
 
-fn kind_of(field: &str, v: &Json) -> Result<Kind, String> {
-    let (name, unit) = match v {
-        Json::String(s) => (s.as_str(), None),
-        Json::Object(m) => (
-            m.get("type").and_then(Json::as_str).unwrap_or(""),
-            m.get("unit").and_then(Json::as_str),
-        ),
-        _ => ("", None),
-    };
-    Kind::named(name, unit).ok_or_else(|| {
-        format!(
-            "`types.{field}` must be {} (or a table with `type` and `unit`), got {v}",
-            Kind::NAMES
-        )
-    })
+/// `with.types` as rendered, for the request rows (empty without it).
+pub(super) fn types_of(with: &Json) -> Result<FieldTypes, StepError> {
+    match with.get("types") {
+        None | Some(Json::Null) => Ok(FieldTypes::default()),
+        Some(v) => FieldTypes::parse(v).map_err(|e| StepError::fatal(e.join("; "))),
+    }
 }
 
 /// The form of `with.form`, if any.
@@ -156,13 +147,7 @@ pub(super) fn load(
             mapping.cells.insert(k.clone(), cell.to_string());
         }
     }
-    if let Some(Json::Object(types)) = with.get("types") {
-        for (k, v) in types {
-            mapping
-                .types
-                .insert(k.clone(), kind_of(k, v).map_err(StepError::fatal)?);
-        }
-    }
+    mapping.types.extend(types_of(with)?.0);
     let spec = FormSpec::from_template(&file_name(with, rel)?, &template, &mapping)
         .map_err(|e| StepError::fatal(e.to_string()))?;
     Ok(Some(Form { spec, template }))

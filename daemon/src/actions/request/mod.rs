@@ -104,6 +104,10 @@ pub(crate) const PARAMS: &[Param] = &[
         name: "prefill",
         required: false,
     },
+    Param {
+        name: "record",
+        required: false,
+    },
 ];
 
 const REMIND_HINT: &str = "write offsets from the deadline: \"-1d@10:00\" (the day before at 10:00), \
@@ -212,6 +216,26 @@ pub(crate) fn check(with: &BTreeMap<String, Json>) -> Vec<WithProblem> {
             message: format!("`remind` must be a list, got {v}"),
             hint: Some(REMIND_HINT.into()),
         });
+    }
+    if let Some(v) = with.get("record").filter(|v| !is_dynamic(v)) {
+        let ok = v.as_object().is_some_and(|m| {
+            m.contains_key("subject")
+                && m.contains_key("period")
+                && m.keys()
+                    .all(|k| ["subject", "period", "name", "owner"].contains(&k.as_str()))
+        });
+        if !ok {
+            problems.push(WithProblem {
+                key: Some("record".into()),
+                message: format!(
+                    "`record` must be a table with `subject` and `period` (and optionally `name`, `owner`), got {v}"
+                ),
+                hint: Some(
+                    "record = { subject = \"{{ item.id }}\", period = \"{{ now[:7] }}\", name = \"{{ item.name }}\" }"
+                        .into(),
+                ),
+            });
+        }
     }
     if let Some(v) = with.get("wait_after_deadline").filter(|v| !is_dynamic(v))
         && let Some(message) = match v.as_str() {
@@ -408,7 +432,7 @@ fn reminder_mail(
         .as_ref()
         .map(|u| format!("{u}/answer/{}", req.token));
     let mut text = format!("{CUT_MARKER}\n{preface}\n{}", state.text);
-    let form: String = req.fields.iter().map(|f| format!("{f}: \n")).collect();
+    let form = crate::workbook::types::form_lines(&req.fields, &req.types);
     if !form.is_empty() && !state.text.contains(form.trim_end()) {
         text.push_str("\n\n");
         text.push_str(&form);

@@ -14,7 +14,7 @@ use crate::actions::{ActionContext, Outcome, StepError, str_param};
 use crate::message::correlate;
 use crate::message::email::bare;
 use crate::message::reply::CUT_MARKER;
-use crate::store::{NewMessage, NewRequest};
+use crate::store::{NewMessage, NewRequest, RecordKey};
 
 pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
     let now = cx.clock.now();
@@ -61,6 +61,13 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
         )));
     }
     let reminders = reminders(cx, with, deadline)?;
+    let types = super::form::types_of(with)?;
+    if let Some(f) = types.0.keys().find(|f| !fields.contains(f)) {
+        return Err(StepError::fatal(format!(
+            "`types` declares `{f}`, which is not in `fields`"
+        )));
+    }
+    let record = record_of(with)?;
     let form = super::form::load(cx, with, &fields, &required)?;
     let attachment = form
         .as_ref()
@@ -73,8 +80,10 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
     };
     let ask = Ask {
         subject,
-        form: fields.iter().map(|f| format!("{f}: \n")).collect(),
+        form: crate::workbook::types::form_lines(&fields, &types),
         fields,
+        types,
+        record,
         required,
         deadline,
         cc,
@@ -119,6 +128,41 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
         messages,
         requests,
     })
+}
+
+/// `with.record`: whom and which period the answers are about (`subject`, `period`, and
+/// optionally `name` and `owner`, else `context.name` / `context.owner`).
+fn record_of(with: &Json) -> Result<Option<RecordKey>, StepError> {
+    let Some(r) = with.get("record").filter(|r| !r.is_null()) else {
+        return Ok(None);
+    };
+    let text = |k: &str| -> Result<String, StepError> {
+        match r.get(k).or_else(|| match k {
+            "name" | "owner" => with.get("context").and_then(|c| c.get(k)),
+            _ => None,
+        }) {
+            None | Some(Json::Null) => Ok(String::new()),
+            Some(Json::String(s)) => Ok(s.trim().to_string()),
+            Some(Json::Number(n)) => Ok(n.to_string()),
+            Some(other) => Err(StepError::fatal(format!(
+                "`record.{k}` must be text, got {other}"
+            ))),
+        }
+    };
+    let record = RecordKey {
+        subject: text("subject")?,
+        period: text("period")?,
+        name: text("name")?,
+        owner: text("owner")?,
+    };
+    for (k, v) in [("subject", &record.subject), ("period", &record.period)] {
+        if v.is_empty() {
+            return Err(StepError::fatal(format!(
+                "`record.{k}` is empty: the portfolio needs whom and which period an answer is about"
+            )));
+        }
+    }
+    Ok(Some(record))
 }
 
 /// `with.complete_when`: `(any, until_close)`.
@@ -193,6 +237,10 @@ struct Ask {
     subject: String,
     fields: Vec<String>,
     required: Vec<String>,
+    /// What each field takes.
+    types: crate::workbook::FieldTypes,
+    /// Whom and which period the answers are about.
+    record: Option<RecordKey>,
     /// The fields as a form to fill in (`name: ` lines).
     form: String,
     deadline: Option<DateTime<Utc>>,
@@ -234,6 +282,7 @@ impl Ask {
             .map(|u| format!("{u}/answer/{token}"));
         let request_ctx = json!({
             "fields": self.fields,
+            "hints": self.fields.iter().map(|f| (f.clone(), json!(self.types.hint(f)))).collect::<serde_json::Map<String, Json>>(),
             "required": self.required,
             "form": self.form,
             "deadline": self.deadline.map(|d| d.with_timezone(&tz).to_rfc3339()),
@@ -295,6 +344,8 @@ impl Ask {
             deadline: self.deadline,
             expires_at: self.expires_at,
             form: self.form_spec.clone(),
+            types: self.types.clone(),
+            record: self.record.clone(),
         };
         Ok((message, request, body))
     }
