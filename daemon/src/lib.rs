@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod outbox;
 pub mod plugins;
+pub mod portfolio;
 pub mod simulate;
 pub mod store;
 pub mod template;

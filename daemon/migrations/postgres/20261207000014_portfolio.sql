@@ -35,7 +35,8 @@ CREATE TABLE portfolio_entries (
 CREATE INDEX portfolio_entries_by_period ON portfolio_entries (workflow_id, period);
 
 -- Every typed value of every accepted answer; the current one has no superseded_at, earlier
--- ones are the history. Keyed by the answer, so applying one answer twice writes nothing.
+-- ones are the history. `unit` is what a number counts in (万円, 日), from the request's
+-- types; `position` is the field's place in the request's `fields` (the order pages show). Keyed by the answer, so applying one answer twice writes nothing.
 CREATE TABLE portfolio_values (
     workflow_id   TEXT NOT NULL,
     subject       TEXT NOT NULL,
@@ -43,6 +44,8 @@ CREATE TABLE portfolio_values (
     field         TEXT NOT NULL,
     answer_id     TEXT NOT NULL,
     value         TEXT NOT NULL,
+    unit          TEXT,
+    position      BIGINT NOT NULL DEFAULT 0,
     source        TEXT NOT NULL,
     late          BIGINT NOT NULL DEFAULT 0,
     recorded_at   BIGINT NOT NULL,

@@ -35,6 +35,8 @@ pub(crate) mod limit;
 mod links;
 pub mod openapi;
 mod pages;
+mod portfolio;
+mod view;
 
 use answer::*;
 use links::*;
@@ -188,6 +190,8 @@ fn pages() -> minijinja::Environment<'static> {
         ("run.html", include_str!("templates/run.html")),
         ("requests.html", include_str!("templates/requests.html")),
         ("status.html", include_str!("templates/status.html")),
+        ("portfolio.html", include_str!("templates/portfolio.html")),
+        ("subject.html", include_str!("templates/subject.html")),
     ] {
         // The templates are part of the binary; a broken one fails the unit test below.
         let _ = env.add_template(name, text);
@@ -206,6 +210,8 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/{action}", post(pages::run_action))
         .route("/requests", get(pages::requests_page))
         .route("/status", get(pages::status_board))
+        .route("/portfolio", get(portfolio::overview))
+        .route("/portfolio/{subject}", get(portfolio::subject_page))
         .route("/static/pmoflow.css", get(css))
         .route("/answer/{token}", get(answer_page).post(answer_submit))
         .route("/answer/{token}/form", get(answer_form_file))

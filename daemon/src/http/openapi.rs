@@ -57,7 +57,7 @@ struct Resp {
     what: &'static str,
     schema: Option<SchemaFn>,
     /// The body is this media type instead of JSON.
-    text: bool,
+    media: Option<&'static str>,
 }
 
 const fn r(code: u16, what: &'static str) -> Resp {
@@ -65,7 +65,7 @@ const fn r(code: u16, what: &'static str) -> Resp {
         code,
         what,
         schema: None,
-        text: false,
+        media: None,
     }
 }
 
@@ -74,16 +74,21 @@ const fn rs(code: u16, what: &'static str, schema: SchemaFn) -> Resp {
         code,
         what,
         schema: Some(schema),
-        text: false,
+        media: None,
     }
 }
 
 const fn text(code: u16, what: &'static str) -> Resp {
+    file(code, what, "text/plain")
+}
+
+/// A body of another media type (`text/csv`, a workbook).
+const fn file(code: u16, what: &'static str, media: &'static str) -> Resp {
     Resp {
         code,
         what,
         schema: None,
-        text: true,
+        media: Some(media),
     }
 }
 
@@ -377,6 +382,56 @@ pub(super) fn ops() -> Vec<Op> {
             handler: || get(api::requests),
         },
         Op {
+            id: "getPortfolio",
+            method: "get",
+            path: "/api/portfolio",
+            role: Some(Role::Viewer),
+            summary: "The portfolio: typed answers per subject and period",
+            query: Some(inline::<super::portfolio::PortfolioParams>),
+            body: None,
+            responses: vec![
+                rs(200, "the entries", s::<super::portfolio::PortfolioList>),
+                r(400, "a parameter too long, or from after to"),
+            ],
+            links: &[],
+            handler: || get(super::portfolio::api_json),
+        },
+        Op {
+            id: "getPortfolioCsv",
+            method: "get",
+            path: "/api/portfolio.csv",
+            role: Some(Role::Viewer),
+            summary: "The portfolio as CSV (UTF-8 with BOM), one line per subject and period",
+            query: Some(inline::<super::portfolio::PortfolioParams>),
+            body: None,
+            responses: vec![
+                file(200, "the CSV", "text/csv"),
+                r(400, "a parameter too long, or from after to"),
+            ],
+            links: &[],
+            handler: || get(super::portfolio::api_csv),
+        },
+        Op {
+            id: "getPortfolioXlsx",
+            method: "get",
+            path: "/api/portfolio.xlsx",
+            role: Some(Role::Viewer),
+            summary: "The portfolio as an Excel workbook: a sheet per field, a line chart per numeric field",
+            query: Some(inline::<super::portfolio::PortfolioParams>),
+            body: None,
+            responses: vec![
+                file(
+                    200,
+                    "the workbook",
+                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                ),
+                r(400, "a parameter too long, or from after to"),
+                r(500, "the workbook could not be written"),
+            ],
+            links: &[],
+            handler: || get(super::portfolio::api_xlsx),
+        },
+        Op {
             id: "listOutbox",
             method: "get",
             path: "/api/outbox",
@@ -496,7 +551,7 @@ pub(super) fn ops() -> Vec<Op> {
                 code: 200,
                 what: "OpenAPI 3.1",
                 schema: None,
-                text: false,
+                media: None,
             }],
             links: &[],
             handler: || get(openapi_json),
@@ -654,8 +709,13 @@ fn operation(
     let mut out = serde_json::Map::new();
     for resp in &responses {
         let mut o = json!({ "description": resp.what });
-        if resp.text {
-            o["content"] = json!({ "text/plain": { "schema": { "type": "string" } } });
+        if let Some(media) = resp.media {
+            let schema = if media.starts_with("text/") {
+                json!({ "type": "string" })
+            } else {
+                json!({ "type": "string", "contentMediaType": media })
+            };
+            o["content"] = json!({ media: { "schema": schema } });
         } else if let Some(f) = resp.schema {
             o["content"] = json!({ "application/json": { "schema": f(g) } });
         } else if resp.code >= 400 {

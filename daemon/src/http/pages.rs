@@ -47,7 +47,7 @@ fn hash(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
 
-async fn user(state: &AppState, headers: &HeaderMap) -> Option<User> {
+pub(super) async fn user(state: &AppState, headers: &HeaderMap) -> Option<User> {
     let id = cookie_value(headers)?;
     let s = state
         .store
@@ -61,7 +61,7 @@ async fn user(state: &AppState, headers: &HeaderMap) -> Option<User> {
     })
 }
 
-fn to_login() -> Response {
+pub(super) fn to_login() -> Response {
     Redirect::to("/login").into_response()
 }
 
@@ -268,7 +268,7 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
             let (badge, ja) = run_badge(r.status.as_str());
             active.push(json!({
                 "id": r.id, "workflow_id": r.workflow_id, "badge": badge, "status_ja": ja,
-                "trigger_kind": r.trigger_kind, "created": local(Some(r.created_at), tz),
+                "trigger_kind": super::view::trigger_ja(&r.trigger_kind), "created": local(Some(r.created_at), tz),
             }));
         }
     }
@@ -367,16 +367,13 @@ pub(super) async fn run_page(
         .unwrap_or_default()
         .into_iter()
         .map(|s| {
-            let badge = match s.status.as_str() {
-                "succeeded" => "b-good",
-                "failed" => "b-bad",
-                "skipped" => "b-none",
-                _ => "b-warn",
-            };
+            let (badge, status_ja) = super::view::step_status(s.status.as_str());
+            let shown = s.output.as_ref().map(redact);
             json!({
-                "key": s.step_key, "status": s.status.as_str(), "badge": badge, "attempt": s.attempt,
+                "key": s.step_key, "status_ja": status_ja, "badge": badge, "attempt": s.attempt,
                 "started": local(s.started_at, tz), "finished": local(s.finished_at, tz),
-                "output": s.output.as_ref().map(|o| serde_json::to_string_pretty(&redact(o)).unwrap_or_default()),
+                "view": shown.as_ref().map(|o| super::view::output(o, 4)),
+                "output": shown.as_ref().map(|o| serde_json::to_string_pretty(o).unwrap_or_default()),
                 "error": s.error,
             })
         })
@@ -387,7 +384,7 @@ pub(super) async fn run_page(
         .await
         .unwrap_or_default()
         .into_iter()
-        .map(|e| json!({ "at": local(Some(e.at), tz), "kind": e.kind, "message": e.message }))
+        .map(|e| json!({ "at": local(Some(e.at), tz), "kind": super::view::event_ja(&e.kind), "message": e.message }))
         .collect();
     let (badge, ja) = run_badge(run.status.as_str());
     page(
@@ -396,7 +393,7 @@ pub(super) async fn run_page(
         "run.html",
         json!({
             "title": format!("実行 {id}"), "wide": true, "user": u, "run": run,
-            "badge": badge, "status_ja": ja,
+            "badge": badge, "status_ja": ja, "trigger_ja": super::view::trigger_ja(&run.trigger_kind),
             "created": local(Some(run.created_at), tz), "finished": run.finished_at.map(|f| local(Some(f), tz)),
             "steps": steps, "events": events,
             "can_operate": u.can_operate(),

@@ -341,7 +341,7 @@ impl Store {
             match disposition {
                 Disposition::Answer { answer: a, notices } => {
                     let req = sqlx::query(
-                        "SELECT run_id, status, deadline, tag, final_at, workflow_id, record \
+                        "SELECT run_id, status, deadline, tag, final_at, workflow_id, record, types, fields \
                          FROM requests WHERE token = $1",
                     )
                     .bind(&a.token)
@@ -359,6 +359,15 @@ impl Store {
                             .map(|r| serde_json::from_str(&r))
                             .transpose()
                             .map_err(|e| StoreError::Corrupt("requests", e.to_string()))?;
+                        let types: crate::workbook::FieldTypes = req
+                            .try_get::<Option<String>, _>("types")?
+                            .map(|r| serde_json::from_str(&r))
+                            .transpose()
+                            .map_err(|e| StoreError::Corrupt("requests", e.to_string()))?
+                            .unwrap_or_default();
+                        let order: Vec<String> =
+                            serde_json::from_str(&req.try_get::<String, _>("fields")?)
+                                .map_err(|e| StoreError::Corrupt("requests", e.to_string()))?;
                         let mut answered = false;
                         let late = deadline.is_some_and(|d| now_ms > d);
                         let answer_id = uuid::Uuid::now_v7().to_string();
@@ -419,6 +428,8 @@ impl Store {
                                         via: &a.via,
                                         fields: &a.fields,
                                         form_fields: &a.form_fields,
+                                        types: &types,
+                                        order: &order,
                                         late,
                                         now: now_ms,
                                     }

@@ -32,7 +32,13 @@ pub struct RecordKey {
 pub struct PortfolioValue {
     /// The value: a number in the field's unit, text, an ISO date or a boolean.
     pub value: Json,
-    /// Where it came from: `email`, `web`, `workbook` (the 様式), `api` or `simulated`.
+    /// What a number counts in (`万円`, `日`), as the request declared it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The field's place in the request's `fields`.
+    #[serde(skip)]
+    pub position: i64,
+    /// Where it came from: `email`, `web` or `workbook` (the 様式).
     pub source: String,
     /// The answer it came from.
     pub answer_id: String,
@@ -108,6 +114,8 @@ pub(super) struct Accepted<'a> {
     pub via: &'a str,
     pub fields: &'a Json,
     pub form_fields: &'a [String],
+    pub types: &'a crate::workbook::FieldTypes,
+    pub order: &'a [String],
     pub late: bool,
     pub now: i64,
 }
@@ -161,8 +169,8 @@ macro_rules! record_accepted {
                 };
                 sqlx::query(
                     "INSERT INTO portfolio_values (workflow_id, subject, period, field, answer_id, \
-                     value, source, late, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                     ON CONFLICT DO NOTHING",
+                     value, unit, position, source, late, recorded_at) VALUES ($1, $2, $3, $4, $5, \
+                     $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
                 )
                 .bind(a.workflow_id)
                 .bind(&a.record.subject)
@@ -170,6 +178,11 @@ macro_rules! record_accepted {
                 .bind(field)
                 .bind(a.answer_id)
                 .bind(value.to_string())
+                .bind(match a.types.get(field) {
+                    Some($crate::workbook::Kind::Number { unit, .. }) => unit.clone(),
+                    _ => None,
+                })
+                .bind(a.order.iter().position(|f| f == field).unwrap_or(a.order.len()) as i64)
                 .bind(source)
                 .bind(i64::from(a.late))
                 .bind(a.now)
@@ -260,7 +273,7 @@ impl Store {
              ORDER BY e.workflow_id, e.subject, e.period"
         );
         let values_sql = format!(
-            "SELECT e.workflow_id, e.subject, e.period, e.field, e.answer_id, e.value, e.source, \
+            "SELECT e.workflow_id, e.subject, e.period, e.field, e.answer_id, e.value, e.unit, e.position, e.source, \
              e.late, e.recorded_at FROM portfolio_values e{filter} AND e.superseded_at IS NULL"
         );
         type Key = (String, String, String);
@@ -280,6 +293,8 @@ impl Store {
                 );
                 let value = PortfolioValue {
                     value: serde_json::from_str(&r.try_get::<String, _>("value")?).map_err(corrupt)?,
+                    unit: r.try_get("unit")?,
+                    position: r.try_get("position")?,
                     source: r.try_get("source")?,
                     answer_id: r.try_get("answer_id")?,
                     late: r.try_get::<i64, _>("late")? != 0,
@@ -325,7 +340,7 @@ impl Store {
     ) -> Result<Vec<(String, String, PortfolioValue)>> {
         with_pool!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT period, field, answer_id, value, source, late, recorded_at, superseded_at \
+                "SELECT period, field, answer_id, value, unit, position, source, late, recorded_at, superseded_at \
                  FROM portfolio_values WHERE workflow_id = $1 AND subject = $2 \
                  ORDER BY period, field, recorded_at",
             )
@@ -341,7 +356,9 @@ impl Store {
                     PortfolioValue {
                         value: serde_json::from_str(&r.try_get::<String, _>("value")?)
                             .map_err(corrupt)?,
-                        source: r.try_get("source")?,
+                        unit: r.try_get("unit")?,
+                    position: r.try_get("position")?,
+                    source: r.try_get("source")?,
                         answer_id: r.try_get("answer_id")?,
                         late: r.try_get::<i64, _>("late")? != 0,
                         recorded_at: from_ms(r.try_get("recorded_at")?),
