@@ -90,6 +90,9 @@ enum Command {
         /// Print each email's body (text format).
         #[arg(long)]
         bodies: bool,
+        /// Write the portfolio the simulation recorded to this .xlsx file.
+        #[arg(long, value_name = "FILE.xlsx")]
+        portfolio: Option<PathBuf>,
     },
     /// Resolve a run's open escalation (`escalate` step): the chain stops and the 最終報 goes out.
     Resolve {
@@ -496,6 +499,7 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             answers,
             format,
             bodies,
+            portfolio,
         } => {
             cli::simulate(
                 &config,
@@ -505,6 +509,7 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
                 answers.as_deref(),
                 format,
                 bodies,
+                portfolio.as_deref(),
             )
             .await
         }

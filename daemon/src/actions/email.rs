@@ -207,7 +207,67 @@ pub(crate) fn render_file_with(
     })
 }
 
-pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepError> {
+/// The bytes of each `{ name, portfolio = { workflow, periods } }` attachment, by its index in
+/// `attachments`: the portfolio workbook of a workflow over its latest periods, read now.
+pub(crate) async fn portfolio_workbooks(
+    cx: &ActionContext<'_>,
+    with: &Json,
+) -> Result<Vec<(usize, Vec<u8>)>, StepError> {
+    let mut out = Vec::new();
+    let Some(list) = with.get("attachments").and_then(Json::as_array) else {
+        return Ok(out);
+    };
+    for (i, item) in list.iter().enumerate() {
+        let Some(spec) = item.get("portfolio") else {
+            continue;
+        };
+        let workflow = spec
+            .get("workflow")
+            .and_then(Json::as_str)
+            .filter(|w| !w.trim().is_empty())
+            .unwrap_or(cx.workflow_id)
+            .to_string();
+        let periods = match spec.get("periods") {
+            None => 12,
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .filter(|n| (1..=120).contains(n))
+                .ok_or_else(|| {
+                    StepError::fatal(format!(
+                        "`portfolio.periods` must be a whole number from 1 to 120, got {v}"
+                    ))
+                })? as usize,
+        };
+        let store = cx
+            .store
+            .ok_or_else(|| StepError::retryable("no database for the portfolio attachment"))?;
+        let entries = store
+            .portfolio(&crate::store::PortfolioQuery {
+                workflow: Some(workflow),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StepError::retryable(e.to_string()))?;
+        let keep = crate::portfolio::periods(&entries, periods);
+        let entries: Vec<_> = entries
+            .into_iter()
+            .filter(|e| keep.first().is_some_and(|p| &e.period >= p))
+            .collect();
+        let bytes = tokio::task::spawn_blocking(move || crate::portfolio::xlsx::workbook(&entries))
+            .await
+            .map_err(|e| StepError::retryable(e.to_string()))?
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        out.push((i, bytes));
+    }
+    Ok(out)
+}
+
+pub(crate) fn run(
+    cx: &ActionContext<'_>,
+    with: &Json,
+    mut portfolios: Vec<(usize, Vec<u8>)>,
+) -> Result<Outcome, StepError> {
     let to = recipients(cx, with, "to")?;
     let cc = recipients(cx, with, "cc")?;
     let bcc = recipients(cx, with, "bcc")?;
@@ -226,7 +286,21 @@ pub(crate) fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, StepEr
         .transpose()?;
     let mut attachments = Vec::new();
     if let Some(list) = with.get("attachments").and_then(Json::as_array) {
-        for item in list {
+        for (i, item) in list.iter().enumerate() {
+            if let Json::Object(m) = item
+                && m.contains_key("portfolio")
+            {
+                let name = m.get("name").and_then(Json::as_str).unwrap_or("").trim();
+                if name.is_empty() || name.contains(['/', '\\']) {
+                    return Err(StepError::fatal(
+                        "a portfolio attachment needs `name` (a file name ending in .xlsx)",
+                    ));
+                }
+                let at = portfolios.iter().position(|(k, _)| *k == i);
+                let bytes = at.map(|k| portfolios.swap_remove(k).1).unwrap_or_default();
+                attachments.push((name.to_string(), bytes, content_type_for(name).to_string()));
+                continue;
+            }
             if let Json::Object(m) = item
                 && m.contains_key("sheets")
             {

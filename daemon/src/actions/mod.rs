@@ -334,7 +334,10 @@ impl ActionKind {
             Self::Log => log::run(cx, with),
             Self::Wait => wait::run(cx, with),
             Self::Fail => fail::run(cx, with),
-            Self::Email => email::run(cx, with),
+            Self::Email => {
+                let portfolios = email::portfolio_workbooks(cx, with).await?;
+                email::run(cx, with, portfolios)
+            }
             Self::Webhook => webhook::run(cx, with),
             Self::Http => http::run(cx, with).await,
             Self::Plugin => plugin::run(cx, with).await,

@@ -12,6 +12,7 @@ pub async fn simulate(
     answers: Option<&Path>,
     format: Format,
     bodies: bool,
+    portfolio: Option<&Path>,
 ) -> Result<(), CliError> {
     use crate::simulate as sim;
     let tz = config.engine.timezone;
@@ -27,6 +28,11 @@ pub async fn simulate(
     let timeline = sim::simulate(config, workflow, from, until, &scenario)
         .await
         .map_err(CliError::of)?;
+    if let Some(path) = portfolio {
+        let bytes = crate::portfolio::xlsx::workbook(&timeline.portfolio).map_err(CliError::of)?;
+        std::fs::write(path, bytes)
+            .map_err(|e| CliError::caused(format!("cannot write {}", path.display()), e))?;
+    }
     match format {
         Format::Text => print!("{}", sim::render_text(&timeline, tz, bodies)),
         Format::Json => println!(

@@ -333,6 +333,11 @@ impl<'a> Simulation<'a> {
             }
         }
         runs.sort_by_key(|(n, _)| *n);
+        let portfolio = self
+            .store
+            .portfolio(&crate::store::PortfolioQuery::default())
+            .await
+            .map_err(err)?;
         self.store.close().await;
         let order = |k: &str| match k {
             "run" => 0,
@@ -347,6 +352,7 @@ impl<'a> Simulation<'a> {
             until,
             events: self.events,
             runs: runs.into_iter().map(|(_, j)| j).collect(),
+            portfolio,
         })
     }
 }

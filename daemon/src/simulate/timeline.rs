@@ -46,6 +46,8 @@ pub struct Timeline {
     pub events: Vec<Event>,
     /// The final status of every run.
     pub runs: Vec<Json>,
+    /// What the simulated year left in the portfolio.
+    pub portfolio: Vec<crate::store::PortfolioEntry>,
 }
 pub(super) fn outbox_event(
     row: &crate::store::OutboxRow,
@@ -211,6 +213,34 @@ pub fn render_text(t: &Timeline, tz: chrono_tz::Tz, bodies: bool) -> String {
                     }
                 }
             }
+        }
+    }
+    if !t.portfolio.is_empty() {
+        out.push_str("portfolio (subject period: status, typed values)
+");
+        for e in &t.portfolio {
+            let mut ordered: Vec<_> = e.values.iter().collect();
+            ordered.sort_by_key(|(k, v)| (v.position, k.as_str()));
+            let values: Vec<String> = ordered
+                .into_iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        crate::portfolio::value_text(&v.value, v.unit.as_deref())
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                "  {} {}: {}{}\n",
+                e.subject,
+                e.period,
+                crate::portfolio::status_ja(e),
+                if values.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", values.join(", "))
+                }
+            ));
         }
     }
     let emails = t.events.iter().filter(|e| e.kind == "email").count();

@@ -4,8 +4,9 @@
 //!
 //! Input: `projects` (the register: `id`, `name`, `lead`, optional `budget` in yen) and
 //! `responses` (one per project: `project`, `status` answered/late/unanswered/bounced,
-//! `fields` as parsed from the reply, optional `days_late`). Amounts in the `経費` field are read
-//! from text such as `予算 1,200万円 / 契約額 1,100万円 / 執行額 600万円 / 見込 1,350万円`.
+//! `fields` as the request step typed them, optional `days_late`). Amounts are the typed fields
+//! `予算額` and `見込額`, numbers in `amount_unit` (default 万円); `遅延日数` is a number of days.
+//! Nothing is read out of sentences: the request's `types` did the reading.
 
 use pmoflow_plugin_sdk::{Context, Descriptor, Guest, StepError, export_plugin};
 use serde::Deserialize;
@@ -23,6 +24,25 @@ struct Input {
     /// More than this many days late opens a support case.
     #[serde(default = "thirty")]
     late_days: i64,
+    /// What the amount fields count in: 円, 千円, 万円, 百万円 or 億円.
+    #[serde(default = "man_yen")]
+    amount_unit: String,
+}
+
+fn man_yen() -> String {
+    "万円".into()
+}
+
+/// Yen in one `unit`.
+fn yen_per(unit: &str) -> Option<f64> {
+    Some(match unit {
+        "円" => 1.0,
+        "千円" => 1e3,
+        "万円" => 1e4,
+        "百万円" => 1e6,
+        "億円" => 1e8,
+        _ => return None,
+    })
 }
 
 fn ten() -> f64 {
@@ -99,7 +119,8 @@ const INPUT_SCHEMA: &str = r#"{
       }
     },
     "overrun_percent": { "type": "number", "minimum": 0 },
-    "late_days": { "type": "integer", "minimum": 0 }
+    "late_days": { "type": "integer", "minimum": 0 },
+    "amount_unit": { "enum": ["円", "千円", "万円", "百万円", "億円"] }
   }
 }"#;
 
@@ -163,35 +184,22 @@ fn digest(input: &Input) -> Value {
         } else {
             by_rating.insert(rating.clone(), json!(1));
         }
-        let cost = field("経費");
-        let budget = p.budget.or_else(|| amount_after(cost, &["予算"]));
-        let forecast = amount_after(cost, &["見込", "見通し", "執行見込"]);
+        let number = |k: &str| {
+            r.and_then(|r| r.fields.get(k)).and_then(|v| match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().replace(',', "").parse().ok(),
+                _ => None,
+            })
+        };
+        let scale = yen_per(&input.amount_unit).unwrap_or(1e4);
+        let budget = p.budget.or_else(|| number("予算額").map(|b| b * scale));
+        let forecast = number("見込額").map(|f| f * scale);
         let over = match (budget, forecast) {
             (Some(b), Some(f)) if b > 0.0 => Some(((f - b) / b * 1000.0).round() / 10.0),
             _ => None,
         };
-        // Days late: given, or the answer's 遅延日数 field (a number, or text such as "45日").
         let days_late = r
-            .and_then(|r| {
-                r.days_late.or_else(|| match r.fields.get("遅延日数") {
-                    Some(Value::Number(n)) => n.as_i64(),
-                    Some(Value::String(s)) => {
-                        let digits: String = s
-                            .chars()
-                            .map(|c| match c {
-                                '０'..='９' => {
-                                    char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c)
-                                }
-                                c => c,
-                            })
-                            .skip_while(|c| !c.is_ascii_digit())
-                            .take_while(char::is_ascii_digit)
-                            .collect();
-                        digits.parse().ok()
-                    }
-                    _ => None,
-                })
-            })
+            .and_then(|r| r.days_late.or_else(|| number("遅延日数").map(|d| d.round() as i64)))
             .unwrap_or(0);
         let mut reasons = Vec::new();
         if rating == "要対応" {
@@ -291,55 +299,6 @@ fn normalise_rating(value: &str) -> String {
         })
 }
 
-/// The first amount after one of `keys`: `1,200万円`, `１２００万円`, `3.5億円`, `12000000円`,
-/// `1200千円`. In yen.
-fn amount_after(text: &str, keys: &[&str]) -> Option<f64> {
-    let text: String = text.chars().map(narrow).collect();
-    let start = keys
-        .iter()
-        .filter_map(|k| text.find(k).map(|i| i + k.len()))
-        .min()?;
-    let rest = &text[start..];
-    let begin = rest.find(|c: char| c.is_ascii_digit())?;
-    // Stop at the next key: `予算: -, 見込 100万円` has no budget.
-    if rest[..begin].contains(['/', '、', ','])
-        && !rest[..begin].trim_start_matches([':', ' ']).is_empty()
-    {
-        return None;
-    }
-    let digits: String = rest[begin..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == ',' || *c == '.')
-        .filter(|c| *c != ',')
-        .collect();
-    let value: f64 = digits.parse().ok()?;
-    let unit =
-        rest[begin..].trim_start_matches(|c: char| c.is_ascii_digit() || c == ',' || c == '.');
-    let factor = if unit.starts_with("億") {
-        1e8
-    } else if unit.starts_with("万") {
-        1e4
-    } else if unit.starts_with("千") {
-        1e3
-    } else {
-        1.0
-    };
-    Some(value * factor)
-}
-
-/// Full-width digits and punctuation to ASCII.
-fn narrow(c: char) -> char {
-    match c {
-        '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
-        '，' => ',',
-        '．' => '.',
-        '：' => ':',
-        '／' => '/',
-        '　' => ' ',
-        _ => c,
-    }
-}
-
 fn csv_cell(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -355,16 +314,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn amounts() {
-        let cost = "予算 1,200万円 / 契約額 1,100万円 / 執行額 600万円 / 見込 １，３５０万円";
-        assert_eq!(amount_after(cost, &["予算"]), Some(12_000_000.0));
-        assert_eq!(amount_after(cost, &["見込"]), Some(13_500_000.0));
-        assert_eq!(
-            amount_after("予算: 3.5億円", &["予算"]),
-            Some(350_000_000.0)
-        );
-        assert_eq!(amount_after("契約額 100万円", &["予算"]), None);
+    fn ratings_as_people_write_them() {
         assert_eq!(normalise_rating("「要対応」（詳細は別紙）"), "要対応");
+        assert_eq!(yen_per("千円"), Some(1e3));
     }
 
     #[test]
@@ -376,7 +328,7 @@ mod tests {
             ],
             "responses": [
                 { "to": "SATO@a.example", "status": "answered", "status_ja": "回答済",
-                  "fields": { "総合評価": "注意", "経費": "予算 1,000万円 / 見込 1,200万円", "遅延日数": "４５日" } },
+                  "fields": { "総合評価": "注意", "予算額": 1000, "見込額": 1200, "遅延日数": 45 } },
                 { "to": "suzuki@b.example", "status": "unanswered", "fields": {} }
             ]
         }))
