@@ -15,6 +15,7 @@ mod golden;
 mod mail_oauth;
 mod notify;
 mod plugins;
+mod portfolio;
 mod reload;
 mod replies;
 mod requests;

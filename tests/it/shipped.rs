@@ -3,9 +3,10 @@
 //! and a short time scale given through each workflow's inputs.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::mail::{answer_link, answer_on_page, reply, reply_with_file};
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
     free_port, new_api_token, save_attachment, wait, wait_run, workbooks_py,
@@ -135,27 +136,6 @@ fn addressed<'a>(list: &[&'a Json], who: &str) -> Vec<&'a Json> {
         .collect()
 }
 
-/// A plain reply to `request` (In-Reply-To and the reply address), as a mail client sends it.
-fn reply(from: &str, request: &Json, body: &str) -> Vec<u8> {
-    let reply_to = request["reply_to"].as_str().unwrap();
-    let reply_to = reply_to.rsplit('<').next().unwrap().trim_end_matches('>');
-    format!(
-        "From: {from}\r\nTo: {reply_to}\r\nSubject: Re: reply\r\nMessage-ID: <{}.{}@pjmo.example.go.jp>\r\nIn-Reply-To: {irt}\r\nReferences: {irt}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() + u128::from(fastrand_u32()),
-        body.replace('\n', "\r\n"),
-        irt = request["message_id"].as_str().unwrap(),
-    )
-    .into_bytes()
-}
-
-fn fastrand_u32() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-}
-
 fn rfc3339_in(secs: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::seconds(secs))
         .with_timezone(&chrono_tz::Asia::Tokyo)
@@ -199,10 +179,17 @@ async fn pjmo_status_collection_end_to_end() {
         .unwrap()
         .to_string();
     assert!(body.contains("佐藤 花子 様"), "{body}");
-    assert!(
-        body.contains("総合評価: \n") || body.contains("総合評価: \r\n"),
-        "{body}"
-    );
+    // Each line says what the field takes.
+    for line in [
+        "総合評価（良好／注意／要対応）: ",
+        "見込額（万円・0以上）: ",
+        "遅延日数（日・0以上）: ",
+    ] {
+        assert!(
+            body.contains(&format!("{line}\n")) || body.contains(&format!("{line}\r\n")),
+            "{line} in {body}"
+        );
+    }
     // Two answer by mail (through IMAP), one through the web form; 森 never answers.
     let n = s.imap.append_raw(
         "INBOX",
@@ -210,38 +197,27 @@ async fn pjmo_status_collection_end_to_end() {
             reply(
                 "佐藤 花子 <sato@pjmo-a.example.go.jp>",
                 ask("sato@"),
-                "総合評価：良好\n経費：予算 12,000万円 / 見込 11,800万円\n遅延日数：０\n\nよろしくお願いします。",
+                "総合評価（良好／注意／要対応）：良好\n予算額：12,000\n見込額：１億1,800万円\n遅延日数：０\n\nよろしくお願いします。",
             ),
             reply(
                 "suzuki@pjmo-b.example.go.jp",
                 ask("suzuki@"),
-                "総合評価: 要対応\n経費: 予算 8,000万円 / 見込 8,500万円\n遅延日数: 35\n支援要望: ベンダー調整への同席",
+                "総合評価: 【要対応】\n予算額: 8,000\n見込額: 8,500万円\n遅延日数: 35\n支援要望: ベンダー調整への同席",
             ),
         ],
     );
     assert_eq!(n, 2);
-    let link = ask("watanabe@")["body"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.find("http://").map(|i| l[i..].trim().to_string()))
-        .expect("an answer link");
-    let web = reqwest::Client::new();
-    let html = web.get(&link).send().await.unwrap().text().await.unwrap();
-    let start = html.find("name=\"nonce\" value=\"").expect("a nonce") + 20;
-    let nonce = html[start..start + html[start..].find('"').unwrap()].to_string();
-    let res = web
-        .post(&link)
-        .form(&[
-            ("nonce", nonce.as_str()),
+    let (status, _) = answer_on_page(
+        &answer_link(ask("watanabe@")),
+        &[
             ("field:総合評価", "注意"),
-            ("field:経費", "予算 4,500万円 / 見込 5,400万円"),
+            ("field:予算額", "4,500"),
+            ("field:見込額", "5,400"),
             ("field:遅延日数", "5"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
     let run = wait_run(&store, &run_id, Duration::from_secs(90), |r| {
@@ -327,6 +303,73 @@ async fn pjmo_status_collection_end_to_end() {
     assert_eq!(
         rows[4],
         "P04,職員ポータル改修,森 拓也,未回答,未回答,30000000,,,0,"
+    );
+    // The portfolio kept this month's typed answers, and 未回答 for 森.
+    let month = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Tokyo)
+        .format("%Y-%m")
+        .to_string();
+    let api: Json = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/api/portfolio?workflow=pjmo-status-collection",
+            s.http_port
+        ))
+        .bearer_auth(&s.operator)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String, Json)> = api["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let values: serde_json::Map<String, Json> = e["values"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v["value"].clone()))
+                .collect();
+            (
+                e["subject"].as_str().unwrap().to_string(),
+                e["period"].as_str().unwrap().to_string(),
+                e["status"].as_str().unwrap().to_string(),
+                Json::Object(values),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "P01".into(),
+                month.clone(),
+                "answered".into(),
+                json!({ "総合評価": "良好", "予算額": 12000, "見込額": 11800, "遅延日数": 0 })
+            ),
+            (
+                "P02".into(),
+                month.clone(),
+                "answered".into(),
+                json!({ "総合評価": "要対応", "予算額": 8000, "見込額": 8500, "遅延日数": 35, "支援要望": "ベンダー調整への同席" })
+            ),
+            (
+                "P03".into(),
+                month.clone(),
+                "answered".into(),
+                json!({ "総合評価": "注意", "予算額": 4500, "見込額": 5400, "遅延日数": 5 })
+            ),
+            ("P04".into(), month, "unanswered".into(), json!({})),
+        ]
+    );
+    // The summary carries the portfolio workbook.
+    assert!(
+        names.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.starts_with("portfolio-history-"))),
+        "{names:?}"
     );
 }
 
@@ -922,44 +965,6 @@ async fn domain_renewal_end_to_end() {
     );
     // Exactly the notices above: the inventory run sends none.
     assert_eq!(with_subject(&mails(&s), "登録期限まで").len(), 3);
-}
-
-/// A reply to `request` with a file attached, as a mail client sends it.
-fn reply_with_file(from: &str, request: &Json, body: &str, name: &str, bytes: &[u8]) -> Vec<u8> {
-    use base64::Engine;
-    let reply_to = request["reply_to"].as_str().unwrap();
-    let reply_to = reply_to.rsplit('<').next().unwrap().trim_end_matches('>');
-    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(76)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    let encoded_name: String = name
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    // As Outlook labels them.
-    let content_type = if name.ends_with(".zip") {
-        "application/x-zip-compressed"
-    } else {
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-    };
-    format!(
-        "From: {from}\r\nTo: {reply_to}\r\nSubject: Re: reply\r\nMessage-ID: <{}.{}@pjmo.example.go.jp>\r\nIn-Reply-To: {irt}\r\nReferences: {irt}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n--b1\r\nContent-Type: {content_type}\r\nContent-Disposition: attachment; filename*=UTF-8''{encoded_name}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() + u128::from(fastrand_u32()),
-        body.replace('\n', "\r\n"),
-        lines.join("\r\n"),
-        irt = request["message_id"].as_str().unwrap(),
-    )
-    .into_bytes()
 }
 
 /// The attachment `name` of `mail`, written to `dir`.

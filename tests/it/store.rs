@@ -299,6 +299,13 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
             deadline: None,
             expires_at: t0 + Duration::days(30),
             form: None,
+            types: Default::default(),
+            record: Some(pmoflow::store::RecordKey {
+                subject: format!("S{i}"),
+                period: "2027-04".into(),
+                name: format!("案件{i}"),
+                owner: String::new(),
+            }),
         })
         .collect();
     let waiting = StepWrite {
@@ -316,6 +323,7 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
         text: String::new(),
         attachments: json!([]),
         complete: true,
+        form_fields: Vec::new(),
     };
     assert_eq!(
         store
@@ -378,6 +386,16 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
     );
     // The first answer plus every accepted one: exactly what the step saw after finalizing.
     assert_eq!(seen_count, accepted + 1, "{results:?}");
+    // And exactly what the portfolio recorded: one value per accepted answer, none after.
+    let mut recorded = 0;
+    for i in 0..4 {
+        recorded += store
+            .portfolio_history("wf", &format!("S{i}"))
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(recorded, accepted + 1, "{results:?}");
     let all = store.answers_for(&tokens).await.unwrap();
     assert_eq!(
         all.len(),

@@ -49,6 +49,8 @@ fn mapping() -> Mapping {
     ];
     let thousand = || Kind::Number {
         unit: Some("千円".into()),
+        min: None,
+        max: None,
     };
     Mapping {
         fields: fields.iter().map(|s| s.to_string()).collect(),
@@ -61,7 +63,14 @@ fn mapping() -> Mapping {
             ("整備経費".to_string(), thousand()),
             ("運用等経費".to_string(), thousand()),
             ("億".to_string(), thousand()),
-            ("件数".to_string(), Kind::Number { unit: None }),
+            (
+                "件数".to_string(),
+                Kind::Number {
+                    unit: None,
+                    min: None,
+                    max: None,
+                },
+            ),
             ("開始日".to_string(), Kind::Date),
             ("和暦日".to_string(), Kind::Date),
             ("稼働".to_string(), Kind::Bool),
@@ -482,7 +491,14 @@ fn a_workbook_saved_by_excel_is_read_with_cached_formulas_dates_and_merged_cells
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
         types: [
-            ("整数".to_string(), Kind::Number { unit: None }),
+            (
+                "整数".to_string(),
+                Kind::Number {
+                    unit: None,
+                    min: None,
+                    max: None,
+                },
+            ),
             ("比較".to_string(), Kind::Bool),
             ("日付".to_string(), Kind::Date),
             ("連結".to_string(), Kind::Text),

@@ -15,6 +15,9 @@
   archive OUT NAME IN       a ZIP holding IN as 書類/NAME, the name in CP932 without the UTF-8
                             flag (as Windows' built-in ZIP writes it), and a PDF beside it
   ppap OUT IN PASSWORD      a password-protected ZIP holding IN (Info-ZIP's `zip -P`)
+  form OUT SHEET LABELS     a blank 様式: sheet SHEET, labels (JSON list) in B2…, values in C2…
+  charts FILE               JSON: per sheet, its charts (type, title) and each series' name,
+                            category and value references, and the cells they point at
 """
 import json
 import os
@@ -243,6 +246,65 @@ def ppap(out, src, password):
         shutil.rmtree(work)
 
 
+def form(out, sheet, labels):
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    ws = wb.active
+    ws.title = sheet
+    ws["B1"] = "項目"
+    ws["C1"] = "記入欄"
+    for i, label in enumerate(json.loads(labels)):
+        ws.cell(row=i + 2, column=2, value=label)
+    wb.save(out)
+
+
+def charts(path):
+    from openpyxl import load_workbook
+    from openpyxl.chart.reader import read_chart  # noqa: F401 (charts are read on load)
+
+    wb = load_workbook(path)
+    out = {}
+
+    def ref(r):
+        if r is None:
+            return None
+        return (r.numRef or r.strRef).f if hasattr(r, "numRef") else r.f
+
+    def cells(formula):
+        sheet, rng = formula.rsplit("!", 1)
+        ws = wb[sheet.strip("'")]
+        got = ws[rng.replace("$", "")]
+        if not isinstance(got, tuple):
+            return [got.value]
+        flat = []
+        for row in got:
+            flat.extend(c.value for c in (row if isinstance(row, tuple) else (row,)))
+        return flat
+
+    for ws in wb.worksheets:
+        found = []
+        for ch in ws._charts:
+            title = None
+            if ch.title and ch.title.tx and ch.title.tx.rich:
+                title = "".join(
+                    r.t for p in ch.title.tx.rich.p for r in (p.r or [])
+                )
+            series = []
+            for s in ch.series:
+                name = s.tx.strRef.f if s.tx and s.tx.strRef else None
+                cat = ref(s.cat)
+                val = ref(s.val)
+                series.append({
+                    "name": name, "name_value": cells(name)[0] if name else None,
+                    "categories": cat, "category_values": cells(cat) if cat else [],
+                    "values": val, "value_values": cells(val) if val else [],
+                })
+            found.append({"type": ch.tagname, "title": title, "series": series})
+        out[ws.title] = found
+    print(json.dumps(out, ensure_ascii=False, default=str))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {
@@ -258,4 +320,6 @@ if __name__ == "__main__":
         "corrupt": corrupt,
         "archive": archive,
         "ppap": ppap,
+        "form": form,
+        "charts": charts,
     }[cmd](*args)

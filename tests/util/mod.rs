@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 pub mod golden;
+pub mod mail;
 pub mod wait;
 
 use std::path::{Path, PathBuf};

@@ -3,9 +3,9 @@
 //! download and upload, and the submission — checked on the server with the same types as a
 //! reply by mail, answered `422` with every problem beside its field and the values kept.
 
+use super::links::*;
 #[allow(unused_imports)]
 use super::*;
-use super::links::*;
 use crate::workbook::form::{Offered, read_offered};
 use crate::workbook::{FormSpec, Kind};
 
@@ -401,7 +401,10 @@ pub(super) async fn answer_submit(
     }
     if !errors.is_empty() {
         if !files.is_empty() {
-            errors.push((None, "修正した様式を、もう一度添付して送信してください。".into()));
+            errors.push((
+                None,
+                "修正した様式を、もう一度添付して送信してください。".into(),
+            ));
         }
         return answer_form(
             &state,
@@ -453,4 +456,3 @@ pub(super) async fn answer_submit(
         }
     }
 }
-

@@ -226,7 +226,12 @@ pub(super) async fn overview(
         .field
         .clone()
         .filter(|f| fields.iter().any(|x| &x.name == f))
-        .or_else(|| text_fields.iter().find(|f| f.name == "総合評価").map(|f| f.name.clone()))
+        .or_else(|| {
+            text_fields
+                .iter()
+                .find(|f| f.name == "総合評価")
+                .map(|f| f.name.clone())
+        })
         .or_else(|| text_fields.first().map(|f| f.name.clone()))
         .unwrap_or_default();
     // Per subject: its row of cells and its latest value of the field.
@@ -270,8 +275,7 @@ pub(super) async fn overview(
                 .as_ref()
                 .filter(|o| !o.is_empty())
                 .is_none_or(|o| s["owner"].as_str() == Some(o.as_str()))
-                && q
-                    .value
+                && q.value
                     .as_ref()
                     .filter(|v| !v.is_empty())
                     .is_none_or(|v| latest.as_deref() == Some(v.as_str()))

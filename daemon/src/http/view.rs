@@ -104,12 +104,9 @@ fn scalar(v: &Json) -> Option<String> {
         Json::String(s) => Some(word(s)),
         Json::Bool(b) => Some(word(&b.to_string())),
         Json::Number(n) => Some(crate::portfolio::grouped(n.as_f64().unwrap_or(0.0))),
-        Json::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => Some(
-            a.iter()
-                .filter_map(scalar)
-                .collect::<Vec<_>>()
-                .join("、"),
-        ),
+        Json::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            Some(a.iter().filter_map(scalar).collect::<Vec<_>>().join("、"))
+        }
         _ => None,
     }
 }

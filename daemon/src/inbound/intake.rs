@@ -523,23 +523,33 @@ impl Intake {
             .map(|p| format!("  ・{}", p.message))
             .collect();
         lines.extend(missing.iter().map(|f| format!("  ・{f}が未記入です")));
-        let how = if with_form {
-            "お手数ですが、様式を修正のうえ本メールに添付してご返信ください。".to_string()
-        } else {
-            let fix: Vec<String> = problems
+        // Cells are fixed in the 様式; values written in the body are written again.
+        let in_body: Vec<&String> = problems
+            .iter()
+            .filter(|p| p.at.is_none())
+            .filter_map(|p| p.field.as_ref())
+            .chain(missing.iter().copied().filter(|_| !with_form))
+            .collect();
+        let mut how = Vec::new();
+        if with_form && (problems.iter().any(|p| p.at.is_some()) || in_body.is_empty()) {
+            how.push(
+                "お手数ですが、様式を修正のうえ本メールに添付してご返信ください。".to_string(),
+            );
+        }
+        if !in_body.is_empty() {
+            let fix: Vec<String> = in_body
                 .iter()
-                .filter_map(|p| p.field.as_ref())
-                .chain(missing.iter().copied())
                 .map(|f| match req.types.hint(f) {
                     Some(h) => format!("{f}（{h}）: "),
                     None => format!("{f}: "),
                 })
                 .collect();
-            format!(
+            how.push(format!(
                 "お手数ですが、本メールにご返信いただき、下記の項目の「:」の後に正しい値をご記入ください。\n\n{}",
                 fix.join("\n")
-            )
-        };
+            ));
+        }
+        let how = how.join("\n");
         let text = format!(
             "{}\nご回答ありがとうございます。\n\
              ご提出いただいた内容を確認したところ、以下の点について修正をお願いいたします。\n\n{}\n\n\
@@ -715,4 +725,3 @@ fn describe(d: &Disposition) -> (&'static str, &str, &str) {
         } => ("quarantined", outcome, detail),
     }
 }
-

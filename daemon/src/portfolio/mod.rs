@@ -104,7 +104,9 @@ pub fn grouped(n: f64) -> String {
         Some(r) => ("-", r),
         None => ("", text.as_str()),
     };
-    let (int, frac) = rest.split_once('.').map_or((rest, None), |(i, f)| (i, Some(f)));
+    let (int, frac) = rest
+        .split_once('.')
+        .map_or((rest, None), |(i, f)| (i, Some(f)));
     let mut out = String::new();
     for (i, c) in int.chars().enumerate() {
         if i > 0 && (int.len() - i) % 3 == 0 {
@@ -145,11 +147,11 @@ pub fn rows(entries: &[PortfolioEntry], fields: &[Field]) -> Vec<Vec<Json>> {
                 if e.late { "○" } else { "" }.into(),
                 e.via.as_deref().map(source_ja).unwrap_or("").into(),
             ];
-            row.extend(
-                fields
-                    .iter()
-                    .map(|f| e.values.get(&f.name).map_or(Json::Null, |v| v.value.clone())),
-            );
+            row.extend(fields.iter().map(|f| {
+                e.values
+                    .get(&f.name)
+                    .map_or(Json::Null, |v| v.value.clone())
+            }));
             row
         })
         .collect()
@@ -210,7 +212,10 @@ mod tests {
         assert_eq!(grouped(12000.0), "12,000");
         assert_eq!(grouped(-1234567.5), "-1,234,567.5");
         assert_eq!(grouped(0.0), "0");
-        assert_eq!(value_text(&serde_json::json!(8500), Some("万円")), "8,500万円");
+        assert_eq!(
+            value_text(&serde_json::json!(8500), Some("万円")),
+            "8,500万円"
+        );
         assert_eq!(value_text(&serde_json::json!(true), None), "はい");
     }
 }

@@ -53,7 +53,13 @@ fn step(span: f64) -> f64 {
 }
 
 /// The chart: `id` names its title for `aria-labelledby`.
-pub fn line_chart(id: &str, title: &str, unit: &str, periods: &[String], series: &[Series]) -> String {
+pub fn line_chart(
+    id: &str,
+    title: &str,
+    unit: &str,
+    periods: &[String],
+    series: &[Series],
+) -> String {
     let values: Vec<f64> = series
         .iter()
         .flat_map(|s| s.points.iter().flatten().copied())
@@ -82,7 +88,11 @@ pub fn line_chart(id: &str, title: &str, unit: &str, periods: &[String], series:
         s,
         r#"<title id="{id}-t">{}</title><desc id="{id}-d">{}（期間ごとの値は右の表を参照）</desc>"#,
         esc(title),
-        esc(&series.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join("・"))
+        esc(&series
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join("・"))
     );
     let _ = write!(
         s,
@@ -144,7 +154,13 @@ pub fn line_chart(id: &str, title: &str, unit: &str, periods: &[String], series:
         for (i, v) in ser.points.iter().enumerate() {
             match v {
                 Some(v) => {
-                    let _ = write!(path, "{}{:.1},{:.1} ", if pen_up { "M" } else { "L" }, x(i), y(*v));
+                    let _ = write!(
+                        path,
+                        "{}{:.1},{:.1} ",
+                        if pen_up { "M" } else { "L" },
+                        x(i),
+                        y(*v)
+                    );
                     pen_up = false;
                 }
                 None => pen_up = true,
@@ -198,8 +214,14 @@ mod tests {
             "万円",
             &periods,
             &[
-                Series { name: "予算額".into(), points: vec![Some(8000.0), Some(8000.0), Some(8000.0)] },
-                Series { name: "見込額".into(), points: vec![Some(8300.0), None, Some(8500.0)] },
+                Series {
+                    name: "予算額".into(),
+                    points: vec![Some(8000.0), Some(8000.0), Some(8000.0)],
+                },
+                Series {
+                    name: "見込額".into(),
+                    points: vec![Some(8300.0), None, Some(8500.0)],
+                },
             ],
         );
         assert_eq!(svg.matches("<circle").count(), 5);

@@ -75,7 +75,16 @@ pub fn workbook(entries: &[PortfolioEntry]) -> Result<Vec<u8>, XlsxError> {
     let periods = super::periods(entries, usize::MAX);
     let cell: BTreeMap<(&str, &str, &str), &PortfolioEntry> = entries
         .iter()
-        .map(|e| ((e.workflow_id.as_str(), e.subject.as_str(), e.period.as_str()), e))
+        .map(|e| {
+            (
+                (
+                    e.workflow_id.as_str(),
+                    e.subject.as_str(),
+                    e.period.as_str(),
+                ),
+                e,
+            )
+        })
         .collect();
     for f in &fields {
         let name = sheet_name(&f.name, &mut taken);
@@ -119,7 +128,11 @@ fn chart(f: &Field, sheet: &str, subjects: usize, periods: usize) -> Chart {
         format!("{}の推移（{unit}）", f.name)
     });
     chart.x_axis().set_name("期間");
-    chart.y_axis().set_name(if unit.is_empty() { f.name.as_str() } else { unit });
+    chart.y_axis().set_name(if unit.is_empty() {
+        f.name.as_str()
+    } else {
+        unit
+    });
     let last = periods as u16 + 1;
     for r in 0..subjects.min(MAX_SERIES) {
         let row = r as u32 + 1;

@@ -216,8 +216,10 @@ pub fn render_text(t: &Timeline, tz: chrono_tz::Tz, bodies: bool) -> String {
         }
     }
     if !t.portfolio.is_empty() {
-        out.push_str("portfolio (subject period: status, typed values)
-");
+        out.push_str(
+            "portfolio (subject period: status, typed values)
+",
+        );
         for e in &t.portfolio {
             let mut ordered: Vec<_> = e.values.iter().collect();
             ordered.sort_by_key(|(k, v)| (v.position, k.as_str()));

@@ -292,7 +292,8 @@ impl Store {
                     r.try_get("period")?,
                 );
                 let value = PortfolioValue {
-                    value: serde_json::from_str(&r.try_get::<String, _>("value")?).map_err(corrupt)?,
+                    value: serde_json::from_str(&r.try_get::<String, _>("value")?)
+                        .map_err(corrupt)?,
                     unit: r.try_get("unit")?,
                     position: r.try_get("position")?,
                     source: r.try_get("source")?,
@@ -357,8 +358,8 @@ impl Store {
                         value: serde_json::from_str(&r.try_get::<String, _>("value")?)
                             .map_err(corrupt)?,
                         unit: r.try_get("unit")?,
-                    position: r.try_get("position")?,
-                    source: r.try_get("source")?,
+                        position: r.try_get("position")?,
+                        source: r.try_get("source")?,
                         answer_id: r.try_get("answer_id")?,
                         late: r.try_get::<i64, _>("late")? != 0,
                         recorded_at: from_ms(r.try_get("recorded_at")?),

@@ -431,10 +431,18 @@ impl Store {
                 if status == "answered" {
                     continue;
                 }
-                let record: RecordKey = serde_json::from_str(&record).map_err(corrupt("requests"))?;
+                let record: RecordKey =
+                    serde_json::from_str(&record).map_err(corrupt("requests"))?;
                 let token: String = r.try_get("token")?;
                 let workflow_id: String = r.try_get("workflow_id")?;
-                super::portfolio::record_unanswered!(tx, &workflow_id, run_id, &token, &record, now);
+                super::portfolio::record_unanswered!(
+                    tx,
+                    &workflow_id,
+                    run_id,
+                    &token,
+                    &record,
+                    now
+                );
             }
             tx.commit().await?;
             Ok(())

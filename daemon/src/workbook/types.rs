@@ -117,7 +117,9 @@ pub fn hint(kind: &Kind) -> Option<String> {
                 u.to_string()
             }];
             match (min, max) {
-                (Some(a), Some(b)) => parts.push(format!("{}〜{}", number_text(*a), number_text(*b))),
+                (Some(a), Some(b)) => {
+                    parts.push(format!("{}〜{}", number_text(*a), number_text(*b)))
+                }
                 (Some(a), None) => parts.push(format!("{}以上", number_text(*a))),
                 (None, Some(b)) => parts.push(format!("{}以下", number_text(*b))),
                 (None, None) => {}
@@ -242,7 +244,11 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let problems: Vec<String> = types().apply(&mut bad).into_iter().map(|p| p.message).collect();
+        let problems: Vec<String> = types()
+            .apply(&mut bad)
+            .into_iter()
+            .map(|p| p.message)
+            .collect();
         assert_eq!(
             problems,
             [
@@ -262,7 +268,10 @@ mod tests {
         assert!(e(json!({ "type": "number", "min": 5, "max": 1 })).contains("greater than max"));
         assert!(e(json!({ "type": "number", "maximum": 1 })).contains("unknown key `maximum`"));
         assert!(e(json!("integer")).contains("\"choice\""));
-        assert_eq!(types().hint("総合評価").as_deref(), Some("良好／注意／要対応"));
+        assert_eq!(
+            types().hint("総合評価").as_deref(),
+            Some("良好／注意／要対応")
+        );
         assert_eq!(types().hint("予算額").as_deref(), Some("万円・0以上"));
         assert_eq!(types().hint("目標・KPI"), None);
     }

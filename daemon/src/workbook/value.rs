@@ -114,7 +114,23 @@ pub fn choice_key(s: &str) -> String {
             !c.is_whitespace()
                 && !matches!(
                     c,
-                    '「' | '」' | '『' | '』' | '【' | '】' | '(' | ')' | '[' | ']' | '〔' | '〕' | '<' | '>' | '〈' | '〉' | '"' | '\''
+                    '「' | '」'
+                        | '『'
+                        | '』'
+                        | '【'
+                        | '】'
+                        | '('
+                        | ')'
+                        | '['
+                        | ']'
+                        | '〔'
+                        | '〕'
+                        | '<'
+                        | '>'
+                        | '〈'
+                        | '〉'
+                        | '"'
+                        | '\''
                 )
         })
         .collect()
@@ -180,7 +196,9 @@ pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Str
                     (None, Some(b)) => format!("{}以下", bound(*b)),
                     (None, None) => String::new(),
                 };
-                return Err(format!("は{range}の数値で入力してください（入力値: 「{shown}」）"));
+                return Err(format!(
+                    "は{range}の数値で入力してください（入力値: 「{shown}」）"
+                ));
             }
             number_json(n)
         }
@@ -240,7 +258,11 @@ pub fn parse_number(text: &str, unit: Option<&str>) -> Option<f64> {
         let n: f64 = p.parse().ok()?;
         let n = if negative { -n } else { n };
         // A field counted in percent takes "5%" as 5; any other as the fraction 0.05.
-        return Some(if unit.is_some_and(|u| u.trim() == "%") { n } else { n / 100.0 });
+        return Some(if unit.is_some_and(|u| u.trim() == "%") {
+            n
+        } else {
+            n / 100.0
+        });
     }
     let mut total = 0.0;
     let mut scaled = false;
@@ -487,13 +509,19 @@ mod tests {
             typed(&Raw::Text("-3".into()), &days, false).unwrap_err(),
             "は0日から3650日までの数値で入力してください（入力値: 「-3」）"
         );
-        assert_eq!(typed(&Raw::Text("１２".into()), &days, false), Ok(Some(json!(12))));
+        assert_eq!(
+            typed(&Raw::Text("１２".into()), &days, false),
+            Ok(Some(json!(12)))
+        );
         let pct = Kind::Number {
             unit: Some("%".into()),
             min: None,
             max: None,
         };
-        assert_eq!(typed(&Raw::Text("5%".into()), &pct, false), Ok(Some(json!(5))));
+        assert_eq!(
+            typed(&Raw::Text("5%".into()), &pct, false),
+            Ok(Some(json!(5)))
+        );
         let rating = Kind::Choice {
             choices: vec!["良好".into(), "注意".into(), "要対応".into()],
         };
