@@ -86,7 +86,10 @@ fn every_timeline_golden_has_its_workflow() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     found.sort();
-    let want: Vec<String> = SIMULATED.iter().map(|w| format!("{w}.txt")).collect();
+    let mut want: Vec<String> = SIMULATED.iter().map(|w| format!("{w}.txt")).collect();
+    // The status collection also has a year: its portfolio.
+    want.push("pjmo-status-collection-year.txt".into());
+    want.sort();
     assert_eq!(found, want, "golden timelines in {}", dir.display());
     let mut shipped: Vec<String> = std::fs::read_dir(root().join("workflows"))
         .unwrap()
@@ -722,4 +725,64 @@ fn a_bad_scenario_is_refused_with_its_line_and_column() {
         assert!(err.contains(expected), "{err}");
         assert!(out.stdout.is_empty(), "nothing is simulated");
     }
+}
+
+/// A simulated year of the status collection fills the portfolio: 12 months × 4 projects, typed,
+/// 未回答 for the one who never answers; `--portfolio` writes the workbook of that year.
+#[test]
+fn pjmo_status_collection_over_a_year_fills_the_portfolio() {
+    let work = tempfile::tempdir().unwrap();
+    let xlsx = work.path().join("year.xlsx");
+    let out = Command::new(bin())
+        .args([
+            "simulate",
+            "pjmo-status-collection",
+            "--from",
+            "2027-04-01",
+            "--until",
+            "2028-03-31",
+            "--answers",
+            "workflows/scenarios/pjmo-status-collection.toml",
+            "--portfolio",
+            xlsx.to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let dir = fixtures_root().join("simulate");
+    let mut set = GoldenSet::new(&dir, &["txt"], Mode::from_env());
+    set.check(&dir.join("pjmo-status-collection-year.txt"), &text);
+    let problems: Vec<String> = set
+        .report()
+        .into_iter()
+        .filter(|p| !p.contains("a golden file with no fixture"))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let portfolio: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("portfolio "))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(portfolio.len(), 48, "{portfolio:#?}");
+    assert_eq!(
+        portfolio.iter().filter(|l| l.starts_with("  P04 ") && l.ends_with(": 未回答")).count(),
+        12
+    );
+    assert!(portfolio.contains(
+        &"  P02 2027-05: 回答済 総合評価=要対応, 予算額=8,000万円, 見込額=8,500万円, 遅延日数=35日, 支援要望=ベンダー調整への同席を希望"
+    ));
+    assert!(portfolio.contains(&"  P03 2028-03: 期限後回答 総合評価=注意, 予算額=4,500万円, 見込額=5,400万円, 遅延日数=5日"));
+    let charts: Value = serde_json::from_str(&pmoflow_tests::workbooks_py(&[
+        "charts",
+        xlsx.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let forecast = &charts["見込額"][0]["series"][1];
+    assert_eq!(forecast["name_value"], "統計データ基盤構築");
+    assert_eq!(forecast["category_values"].as_array().unwrap().len(), 12);
+    assert_eq!(forecast["value_values"][0], 8300);
+    assert_eq!(forecast["value_values"][11], 8500);
 }
