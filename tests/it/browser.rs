@@ -636,3 +636,310 @@ async fn a_filled_form_is_uploaded_on_the_answer_page_and_corrected_there() {
     );
     let _ = c.close().await;
 }
+
+const PORTFOLIO: &str = r#"
+id = "status"
+name = "PJMO状況報告"
+[inputs]
+period = ""
+[[steps]]
+id = "ask"
+action = "request"
+foreach = "data.projects.projects"
+[steps.with]
+to = "{{ item.lead }} <{{ item.lead_email }}>"
+subject = "【要回答】{{ item.name }} {{ inputs.period }} 状況報告のお願い"
+body = "{{ item.lead }} 様\n\n状況報告をお願いいたします。"
+fields = ["総合評価", "予算額", "見込額", "遅延日数", "課題"]
+required = ["総合評価"]
+types = { "総合評価" = { type = "choice", options = ["良好", "注意", "要対応"] }, "予算額" = { type = "number", unit = "万円", min = 0 }, "見込額" = { type = "number", unit = "万円", min = 0 }, "遅延日数" = { type = "number", unit = "日", min = 0 } }
+record = { subject = "{{ item.id }}", period = "{{ inputs.period }}", name = "{{ item.name }}", owner = "{{ item.owner }}" }
+deadline = "10m"
+complete_when = "deadline"
+"#;
+
+const PORTFOLIO_PROJECTS: &str = r#"
+[[projects]]
+id = "P01"
+name = "電子申請基盤"
+lead = "山田 太郎"
+lead_email = "yamada@pjmo-a.example.go.jp"
+owner = "高橋 一郎"
+
+[[projects]]
+id = "P02"
+name = "文書管理システム"
+lead = "鈴木 一郎"
+lead_email = "suzuki@pjmo-b.example.go.jp"
+owner = "田中 裕子"
+"#;
+
+/// The portfolio in the browser: the answer page's typed inputs and its 422 with the values
+/// kept, the overview with 要対応 first, and a project's page whose SVG has a point per period
+/// and whose table is the API's numbers.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_portfolio_and_typed_answers_in_the_browser() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let project = Project::new();
+    std::fs::write(
+        project.workflows().join("data/projects.toml"),
+        PORTFOLIO_PROJECTS,
+    )
+    .unwrap();
+    project.workflow("status.toml", PORTFOLIO);
+    let (token, entry) = pmoflow_tests::new_api_token(project.path(), "pmo-desk", "viewer");
+    let (smtp_port, http_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{http_port}");
+    project.config(&config(&db.url, smtp_port, http_port, &entry));
+    let maildir = project.path().join("maildir");
+    let _smtp = SmtpSink::start(smtp_port, &maildir);
+    let d = Daemon::start(project.path(), "d", &[]);
+    d.wait_log("http listening", STARTUP);
+    let periods = ["2027-04", "2027-05", "2027-06"];
+    for p in periods {
+        let input = json!({ "period": p }).to_string();
+        pmoflow_tests::cli_ok(project.path(), &["trigger", "status", "--input", &input]);
+    }
+    let mails = wait_mail(&maildir, 6);
+    let link = |who: &str, period: &str| {
+        pmoflow_tests::mail::answer_link(
+            mails
+                .iter()
+                .find(|m| {
+                    m["to"][0].as_str().unwrap().contains(who)
+                        && m["subject"].as_str().unwrap().contains(period)
+                })
+                .unwrap(),
+        )
+    };
+    // Yamada's April and May and Suzuki's three months over HTTP; Yamada's June in the browser.
+    let answers = [
+        ("yamada@", "2027-04", ["良好", "12,000", "11,800", "0"]),
+        ("yamada@", "2027-05", ["注意", "12,000", "12,600", "8"]),
+        ("suzuki@", "2027-04", ["注意", "8,000", "8,300", "10"]),
+        ("suzuki@", "2027-05", ["要対応", "8,000", "8,500", "35"]),
+        ("suzuki@", "2027-06", ["要対応", "8,000", "9,000", "40"]),
+    ];
+    for (who, period, [rating, budget, forecast, late]) in answers {
+        let (status, html) = pmoflow_tests::mail::answer_on_page(
+            &link(who, period),
+            &[
+                ("field:総合評価", rating),
+                ("field:予算額", budget),
+                ("field:見込額", forecast),
+                ("field:遅延日数", late),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{html}");
+    }
+    let (_driver, c) = browser().await;
+
+    // The answer page: a select of the three ratings, number inputs with their unit.
+    c.goto(&link("yamada@", "2027-06")).await.unwrap();
+    let options: Vec<String> = {
+        let mut out = Vec::new();
+        for o in c
+            .find_all(Locator::Css("select[name='field:総合評価'] option"))
+            .await
+            .unwrap()
+        {
+            out.push(o.text().await.unwrap());
+        }
+        out
+    };
+    assert_eq!(options, ["（選択してください）", "良好", "注意", "要対応"]);
+    let unit = c
+        .find(Locator::Css(".with-unit .unit"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(unit, "万円");
+    c.find(Locator::Css(
+        "select[name='field:総合評価'] option[value='注意']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    for (name, value) in [
+        ("予算額", "12,000"),
+        ("見込額", "たくさん"),
+        ("遅延日数", "12"),
+    ] {
+        c.find(Locator::Css(&format!("input[name='field:{name}']")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let src = wait_source(&c, "入力内容を確認してください").await;
+    assert!(
+        src.contains("見込額は数値で入力してください（入力値: 「たくさん」）"),
+        "{src}"
+    );
+    // The values are kept: the choice still selected, the numbers still there.
+    let kept = c
+        .find(Locator::Css("input[name='field:予算額']"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("12,000"));
+    let selected = c
+        .find(Locator::Css("select[name='field:総合評価'] option:checked"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(selected, "注意");
+    shot(&c, "answer-422").await;
+    let forecast = c
+        .find(Locator::Css("input[name='field:見込額']"))
+        .await
+        .unwrap();
+    forecast.clear().await.unwrap();
+    forecast.send_keys("1億3,000万円").await.unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_source(&c, "回答を受け付けました").await;
+
+    // Log in and look at the portfolio.
+    c.goto(&format!("{base}/login")).await.unwrap();
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_source(&c, "pmo-desk").await;
+    c.goto(&format!("{base}/portfolio")).await.unwrap();
+    let rows = c
+        .find_all(Locator::Css("#portfolio tr[data-subject]"))
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    for r in &rows {
+        order.push(r.attr("data-subject").await.unwrap().unwrap());
+    }
+    assert_eq!(order, ["P02", "P01"], "要対応 first");
+    let june = c
+        .find(Locator::Css(
+            "tr[data-subject='P01'] td[data-period='2027-06']",
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(june, "注意");
+    shot(&c, "portfolio").await;
+    // Filtered by the latest rating.
+    c.goto(&format!(
+        "{base}/portfolio?value=%E8%A6%81%E5%AF%BE%E5%BF%9C"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        c.find_all(Locator::Css("#portfolio tr[data-subject]"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // One project's page: a point per period on the chart, and the API's numbers in the table.
+    c.goto(&format!("{base}/portfolio/P01?workflow=status"))
+        .await
+        .unwrap();
+    let src = wait_source(&c, "予算額・見込額の推移（万円）").await;
+    let points = c
+        .find_all(Locator::Css("svg.chart circle.point[data-series='見込額']"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for p in &points {
+        seen.push((
+            p.attr("data-period").await.unwrap().unwrap(),
+            p.attr("data-value").await.unwrap().unwrap(),
+        ));
+    }
+    let api: Json = reqwest::Client::new()
+        .get(format!("{base}/api/portfolio?subject=P01"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected: Vec<(String, String)> = api["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["period"].as_str().unwrap().to_string(),
+                e["values"]["見込額"]["value"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("2027-04".to_string(), "11800".to_string()),
+            ("2027-05".into(), "12600".into()),
+            ("2027-06".into(), "13000".into()),
+        ]
+    );
+    assert_eq!(seen, expected);
+    let table: Vec<String> = {
+        let mut out = Vec::new();
+        for td in c
+            .find_all(Locator::Css("#history tr[data-period] td"))
+            .await
+            .unwrap()
+        {
+            out.push(td.text().await.unwrap());
+        }
+        out
+    };
+    assert_eq!(
+        &table[..8],
+        [
+            "2027-04",
+            "回答済",
+            "Webフォーム",
+            "良好",
+            "12,000万円",
+            "11,800万円",
+            "0日",
+            "回答内容"
+        ]
+    );
+    assert!(table.contains(&"13,000万円".to_string()), "{table:?}");
+    assert!(!src.contains("<script"), "no script on the page");
+    shot(&c, "portfolio-subject").await;
+}

@@ -749,7 +749,11 @@ fn pjmo_status_collection_over_a_year_fills_the_portfolio() {
         .current_dir(root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let dir = fixtures_root().join("simulate");
     let mut set = GoldenSet::new(&dir, &["txt"], Mode::from_env());
@@ -768,13 +772,18 @@ fn pjmo_status_collection_over_a_year_fills_the_portfolio() {
         .collect();
     assert_eq!(portfolio.len(), 48, "{portfolio:#?}");
     assert_eq!(
-        portfolio.iter().filter(|l| l.starts_with("  P04 ") && l.ends_with(": 未回答")).count(),
+        portfolio
+            .iter()
+            .filter(|l| l.starts_with("  P04 ") && l.ends_with(": 未回答"))
+            .count(),
         12
     );
     assert!(portfolio.contains(
         &"  P02 2027-05: 回答済 総合評価=要対応, 予算額=8,000万円, 見込額=8,500万円, 遅延日数=35日, 支援要望=ベンダー調整への同席を希望"
     ));
-    assert!(portfolio.contains(&"  P03 2028-03: 期限後回答 総合評価=注意, 予算額=4,500万円, 見込額=5,400万円, 遅延日数=5日"));
+    assert!(portfolio.contains(
+        &"  P03 2028-03: 期限後回答 総合評価=注意, 予算額=4,500万円, 見込額=5,400万円, 遅延日数=5日"
+    ));
     let charts: Value = serde_json::from_str(&pmoflow_tests::workbooks_py(&[
         "charts",
         xlsx.to_str().unwrap(),

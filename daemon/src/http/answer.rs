@@ -62,9 +62,15 @@ pub(super) async fn answer_form(
                 }
                 Some(Kind::Number { unit, min, max }) => {
                     field["input"] = json!("number");
+                    let u = unit.as_deref().unwrap_or("");
+                    let n = |v: f64| format!("{}{u}", crate::workbook::value::number_text(v));
                     field["unit"] = json!(unit);
-                    field["min"] = json!(min);
-                    field["max"] = json!(max);
+                    field["range"] = json!(match (min, max) {
+                        (Some(a), Some(b)) => format!("{}から{}まで", n(*a), n(*b)),
+                        (Some(a), None) => format!("{}以上", n(*a)),
+                        (None, Some(b)) => format!("{}以下", n(*b)),
+                        (None, None) => String::new(),
+                    });
                 }
                 Some(Kind::Date) => field["input"] = json!("date"),
                 Some(Kind::Bool) => {

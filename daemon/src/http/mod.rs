@@ -663,9 +663,33 @@ mod tests {
             "run.html",
             "requests.html",
             "status.html",
+            "portfolio.html",
+            "subject.html",
         ] {
             env.get_template(name).unwrap();
         }
+        // Filters and macros fail only when rendered.
+        let html = env
+            .get_template("portfolio.html")
+            .unwrap()
+            .render(minijinja::context! {
+                periods => ["2027-04"], field => "総合評価", fields => ["総合評価"], values => ["良好"],
+                owners => ["高橋"], workflows => ["status"], q => minijinja::context! {},
+                rows => [minijinja::context! { id => "P 1", workflow => "status", name => "<x>", owner => "高橋",
+                    cells => [minijinja::context! { value => "良好", badge => "b-good", unanswered => false, late => true }] }],
+            })
+            .unwrap();
+        assert!(html.contains("/portfolio/P%201?workflow=status"), "{html}");
+        assert!(html.contains("&lt;x&gt;"), "{html}");
+        let html = env
+            .get_template("run.html")
+            .unwrap()
+            .render(minijinja::context! {
+                run => minijinja::context! { id => "r1" },
+                steps => [minijinja::context! { key => "ask", view => view::output(&serde_json::json!([{ "fields": { "総合評価": "良好" } }]), 4), output => "[]" }],
+            })
+            .unwrap();
+        assert!(html.contains("<th>総合評価</th><td>良好</td>"), "{html}");
         let html = env
             .get_template("message.html")
             .unwrap()

@@ -19,7 +19,9 @@ const W: f64 = 680.0;
 const H: f64 = 300.0;
 const LEFT: f64 = 90.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 44.0;
+const TOP: f64 = 52.0;
+/// Room inside the plot before the first and after the last period (their labels).
+const PAD: f64 = 28.0;
 const BOTTOM: f64 = 56.0;
 const COLORS: [&str; 6] = [
     "#1f5fa8", "#d4622a", "#2e8b57", "#8e44ad", "#b8860b", "#c0392b",
@@ -68,14 +70,14 @@ pub fn line_chart(
     let hi = values.iter().copied().fold(0.0_f64, f64::max);
     let st = step(hi - lo);
     let (y0, y1) = ((lo / st).floor() * st, ((hi / st).ceil() * st).max(st));
-    let plot_w = W - LEFT - RIGHT;
+    let plot_w = W - LEFT - RIGHT - 2.0 * PAD;
     let plot_h = H - TOP - BOTTOM;
     let n = periods.len().max(1);
     let x = |i: usize| {
         if n == 1 {
-            LEFT + plot_w / 2.0
+            LEFT + PAD + plot_w / 2.0
         } else {
-            LEFT + plot_w * i as f64 / (n - 1) as f64
+            LEFT + PAD + plot_w * i as f64 / (n - 1) as f64
         }
     };
     let y = |v: f64| TOP + plot_h * (1.0 - (v - y0) / (y1 - y0));
@@ -131,7 +133,7 @@ pub fn line_chart(
     let _ = write!(
         s,
         r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#222">期間</text>"##,
-        LEFT + plot_w / 2.0,
+        LEFT + PAD + plot_w / 2.0,
         H - 8.0
     );
     let every = n.div_ceil(12);
@@ -192,7 +194,7 @@ pub fn line_chart(
         let lx = LEFT + 10.0 + 150.0 * k as f64;
         let _ = write!(
             s,
-            r##"<rect x="{lx}" y="30" width="14" height="4" fill="{color}"/><text x="{}" y="36" fill="#222">{}</text>"##,
+            r##"<rect x="{lx}" y="34" width="14" height="4" fill="{color}"/><text x="{}" y="40" fill="#222">{}</text>"##,
             lx + 18.0,
             esc(&ser.name)
         );
