@@ -507,9 +507,11 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
                 &from,
                 &until,
                 answers.as_deref(),
-                format,
-                bodies,
-                portfolio.as_deref(),
+                cli::SimOutput {
+                    format,
+                    bodies,
+                    portfolio: portfolio.as_deref(),
+                },
             )
             .await
         }

@@ -31,7 +31,7 @@ pub use mail::{
 pub use mailcheck::mail_check;
 pub use plugin::{plugin_inspect, plugin_new, plugin_run};
 pub use runs::{cancel, resolve, runs, show, trigger};
-pub use schedule::{calendar_import, calendar_list, schedule, simulate, workflows};
+pub use schedule::{SimOutput, calendar_import, calendar_list, schedule, simulate, workflows};
 pub use validate::validate;
 
 /// Output format of commands that print data.

@@ -4,16 +4,30 @@
 use super::*;
 
 /// `pmoflow simulate WORKFLOW --from --until [--answers FILE]`.
+/// What `pmoflow simulate` prints and writes.
+#[derive(Debug, Clone, Copy)]
+pub struct SimOutput<'a> {
+    /// The timeline's format.
+    pub format: Format,
+    /// Each email's body too (text format).
+    pub bodies: bool,
+    /// Write the portfolio workbook here.
+    pub portfolio: Option<&'a Path>,
+}
+
 pub async fn simulate(
     config: &Config,
     workflow: &str,
     from: &str,
     until: &str,
     answers: Option<&Path>,
-    format: Format,
-    bodies: bool,
-    portfolio: Option<&Path>,
+    output: SimOutput<'_>,
 ) -> Result<(), CliError> {
+    let SimOutput {
+        format,
+        bodies,
+        portfolio,
+    } = output;
     use crate::simulate as sim;
     let tz = config.engine.timezone;
     let from = sim::parse_time(from, tz, false).map_err(|e| CliError::caused("--from", e))?;

@@ -198,6 +198,9 @@ fn text_of(e: &PortfolioEntry, field: &str) -> Option<String> {
         .map(|v| portfolio::value_text(&v.value, v.unit.as_deref()))
 }
 
+/// One subject's row of the overview: who, a cell per period, the latest value of the field.
+type Row = (Json, Vec<Json>, Option<String>);
+
 /// `GET /portfolio`.
 pub(super) async fn overview(
     State(state): State<AppState>,
@@ -235,8 +238,7 @@ pub(super) async fn overview(
         .or_else(|| text_fields.first().map(|f| f.name.clone()))
         .unwrap_or_default();
     // Per subject: its row of cells and its latest value of the field.
-    let mut subjects: BTreeMap<(String, String), (Json, Vec<Json>, Option<String>)> =
-        BTreeMap::new();
+    let mut subjects: BTreeMap<(String, String), Row> = BTreeMap::new();
     let mut owners: BTreeSet<String> = BTreeSet::new();
     let mut values: BTreeSet<String> = BTreeSet::new();
     for e in &entries {

@@ -97,10 +97,41 @@ fn word(v: &str) -> String {
     .to_string()
 }
 
+/// The order keys are shown in (others after them, as stored).
+const ORDER: [&str; 12] = [
+    "to",
+    "status_ja",
+    "fields",
+    "text",
+    "answered_at",
+    "via",
+    "from",
+    "attachments",
+    "bounce",
+    "project",
+    "name",
+    "reasons",
+];
+
+fn ordered<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut keys: Vec<&String> = keys.collect();
+    keys.sort_by_key(|k| ORDER.iter().position(|o| o == k).unwrap_or(ORDER.len()));
+    keys
+}
+
 fn scalar(v: &Json) -> Option<String> {
     match v {
         Json::Null => Some("—".into()),
         Json::String(s) if s.is_empty() => Some("—".into()),
+        // An instant as the pages show them (the reader's time zone, to the minute).
+        Json::String(s) if s.len() >= 20 && chrono::DateTime::parse_from_rfc3339(s).is_ok() => {
+            let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+            Some(
+                t.with_timezone(&chrono_tz::Asia::Tokyo)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string(),
+            )
+        }
         Json::String(s) => Some(word(s)),
         Json::Bool(b) => Some(word(&b.to_string())),
         Json::Number(n) => Some(crate::portfolio::grouped(n.as_f64().unwrap_or(0.0))),
@@ -122,10 +153,10 @@ pub(super) fn output(v: &Json, depth: usize) -> Json {
     }
     match v {
         Json::Object(m) => {
-            let rows: Vec<Json> = m
-                .iter()
-                .filter(|(k, _)| !hidden(k))
-                .map(|(k, v)| json!({ "label": label(k), "view": output(v, depth - 1) }))
+            let rows: Vec<Json> = ordered(m.keys())
+                .into_iter()
+                .filter(|k| !hidden(k))
+                .map(|k| json!({ "label": label(k), "view": cell(k, &m[k.as_str()], depth - 1) }))
                 .collect();
             json!({ "kind": "pairs", "rows": rows })
         }
@@ -134,19 +165,26 @@ pub(super) fn output(v: &Json, depth: usize) -> Json {
             for item in items {
                 if let Some(m) = item.as_object() {
                     for k in m.keys() {
-                        if !hidden(k) && !columns.contains(k) {
+                        // A column that is empty in every row says nothing.
+                        let any = items.iter().any(|i| {
+                            i.get(k).is_some_and(|v| {
+                                !matches!(v, Json::Null) && v != "" && v != &json!([])
+                            })
+                        });
+                        if !hidden(k) && !columns.contains(k) && any {
                             columns.push(k.clone());
                         }
                     }
                 }
             }
+            let columns: Vec<String> = ordered(columns.iter()).into_iter().cloned().collect();
             let rows: Vec<Json> = items
                 .iter()
                 .map(|item| {
                     Json::Array(
                         columns
                             .iter()
-                            .map(|c| output(item.get(c).unwrap_or(&Json::Null), depth - 1))
+                            .map(|c| cell(c, item.get(c).unwrap_or(&Json::Null), depth - 1))
                             .collect(),
                     )
                 })
@@ -158,6 +196,14 @@ pub(super) fn output(v: &Json, depth: usize) -> Json {
             })
         }
         other => json!({ "kind": "text", "text": other.to_string() }),
+    }
+}
+
+/// A value under `key`: numbers that are identifiers (a tag) are not grouped.
+fn cell(key: &str, v: &Json, depth: usize) -> Json {
+    match (key, v) {
+        ("tag", Json::Number(n)) => json!({ "kind": "text", "text": n.to_string() }),
+        _ => output(v, depth),
     }
 }
 
@@ -173,11 +219,17 @@ mod tests {
             3,
         );
         assert_eq!(out["kind"], "table");
-        assert_eq!(out["columns"], json!(["回答内容", "状態", "宛先"]));
-        let fields = &out["rows"][0][0];
+        assert_eq!(out["columns"], json!(["宛先", "状態", "回答内容"]));
+        let fields = &out["rows"][0][2];
         assert_eq!(fields["kind"], "pairs");
         assert_eq!(fields["rows"][0]["label"], "予算額");
         assert_eq!(fields["rows"][0]["view"]["text"], "12,000");
         assert_eq!(out["rows"][0][1]["text"], "回答済");
+        let one = output(
+            &json!({ "tag": 633169, "answered_at": "2026-12-07T06:40:05.145+00:00" }),
+            2,
+        );
+        assert_eq!(one["rows"][0]["view"]["text"], "2026-12-07 15:40");
+        assert_eq!(one["rows"][1]["view"]["text"], "633169");
     }
 }
