@@ -691,10 +691,11 @@ async fn status_digest_summarises_a_collection_with_a_csv() {
             { "id": "P-004", "name": "人事給与", "lead": "tanaka@example.go.jp" },
         ],
         "responses": [
+            // Typed by the request (amounts in 万円), as the shipped collection sends them.
             { "project": "P-001", "status": "answered", "fields": {
-                "総合評価": "良好", "経費": "予算 1,200万円 / 契約額 1,100万円 / 執行額 600万円 / 見込 1,250万円" } },
+                "総合評価": "良好", "予算額": 1200, "契約額": 1100, "執行額": 600, "見込額": 1250 } },
             { "project": "P-002", "status": "late", "days_late": 2, "fields": {
-                "総合評価": "「注意」", "経費": "見込 ５，６００万円" } },
+                "総合評価": "「注意」", "見込額": 5600 } },
             { "project": "P-003", "status": "answered", "fields": { "総合評価": "要対応（ベンダー遅延）" } },
             { "project": "P-004", "status": "unanswered", "days_late": 35 },
         ],
