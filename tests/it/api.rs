@@ -719,7 +719,7 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
             checked += 1;
         }
     }
-    assert_eq!(checked, 16, "every operation that needs a token");
+    assert_eq!(checked, 19, "every operation that needs a token");
 }
 
 /// `GET /api/cluster` (viewer): the one daemon on the SQLite file, live, holding the scheduler,

@@ -391,7 +391,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             responses: vec![
                 rs(200, "the entries", s::<super::portfolio::PortfolioList>),
-                r(400, "a parameter too long, or from after to"),
+                r(400, "a parameter longer than documented"),
             ],
             links: &[],
             handler: || get(super::portfolio::api_json),
@@ -406,7 +406,7 @@ pub(super) fn ops() -> Vec<Op> {
             body: None,
             responses: vec![
                 file(200, "the CSV", "text/csv"),
-                r(400, "a parameter too long, or from after to"),
+                r(400, "a parameter longer than documented"),
             ],
             links: &[],
             handler: || get(super::portfolio::api_csv),
@@ -425,7 +425,7 @@ pub(super) fn ops() -> Vec<Op> {
                     "the workbook",
                     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
                 ),
-                r(400, "a parameter too long, or from after to"),
+                r(400, "a parameter longer than documented"),
                 r(500, "the workbook could not be written"),
             ],
             links: &[],

@@ -199,7 +199,10 @@ fn digest(input: &Input) -> Value {
             _ => None,
         };
         let days_late = r
-            .and_then(|r| r.days_late.or_else(|| number("遅延日数").map(|d| d.round() as i64)))
+            .and_then(|r| {
+                r.days_late
+                    .or_else(|| number("遅延日数").map(|d| d.round() as i64))
+            })
             .unwrap_or(0);
         let mut reasons = Vec::new();
         if rating == "要対応" {
