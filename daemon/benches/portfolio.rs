@@ -313,7 +313,12 @@ async fn bench(backend: &str, url: &str) {
             size / 1024
         );
     }
-    let res = web
+    // The login answers a redirect whose Set-Cookie is the session: read it, don't follow it.
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = no_follow
         .post(format!("{base}/login"))
         .form(&[("token", token.as_str())])
         .send()
