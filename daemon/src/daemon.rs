@@ -149,9 +149,10 @@ pub async fn run(
         )
         .await?
         .with_refusal_limit(config.http.refusals_per_minute);
-        let (listen, shutdown) = (config.http.listen, shutdown.clone());
+        let (listen, limits) = (config.http.listen, config.http.connections);
+        let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            crate::http::serve(listen, state, shutdown.clone()).await;
+            crate::http::serve(listen, limits, state, shutdown.clone()).await;
             // A listener that could not start leaves the rest running.
             shutdown.cancelled().await;
             Ok(())

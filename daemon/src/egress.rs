@@ -43,6 +43,37 @@ pub enum EgressError {
     },
 }
 
+/// Why a response body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Longer than the cap: reading stopped there.
+    #[error("the response exceeds the {} KiB limit ([http_client] max_response_kib)", .max >> 10)]
+    TooLarge {
+        /// The cap in bytes.
+        max: usize,
+    },
+    /// The connection failed while reading.
+    #[error("reading the response failed: {0}")]
+    Read(#[source] reqwest::Error),
+}
+
+/// Reads a response body as it streams in, up to `max` bytes: a longer body (announced by
+/// `Content-Length` or found while reading) stops the reading with [`ReadError::TooLarge`],
+/// so no more than `max` bytes are ever held.
+pub async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ReadError> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(ReadError::TooLarge { max });
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Read)? {
+        if out.len() + chunk.len() > max {
+            return Err(ReadError::TooLarge { max });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// ` (resolved to ADDRESS)` when the host is a name.
 fn resolved(host: &str, ip: &IpAddr) -> String {
     if host.parse::<IpAddr>().is_ok() {
@@ -57,7 +88,11 @@ fn resolved(host: &str, ip: &IpAddr) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressPolicy {
     rules: Vec<HostRule>,
+    max_response: usize,
 }
+
+/// `[http_client] max_response_kib` by default: 4 MiB.
+pub const DEFAULT_MAX_RESPONSE: usize = 4 << 20;
 
 impl Default for EgressPolicy {
     fn default() -> Self {
@@ -66,6 +101,7 @@ impl Default for EgressPolicy {
                 host: "*".into(),
                 port: None,
             }],
+            max_response: DEFAULT_MAX_RESPONSE,
         }
     }
 }
@@ -73,7 +109,21 @@ impl Default for EgressPolicy {
 impl EgressPolicy {
     /// A policy of these entries (an empty list allows nothing).
     pub fn new(rules: Vec<HostRule>) -> Self {
-        Self { rules }
+        Self {
+            rules,
+            max_response: DEFAULT_MAX_RESPONSE,
+        }
+    }
+
+    /// The same policy with responses read up to `max` bytes.
+    pub fn with_max_response(mut self, max: usize) -> Self {
+        self.max_response = max;
+        self
+    }
+
+    /// The most of a response body that is read (`[http_client] max_response_kib`).
+    pub fn max_response(&self) -> usize {
+        self.max_response
     }
 
     /// Whether `host:port` is covered by an entry; an entry without a port covers every port.

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod failure;
 pub mod http;
 pub mod inbound;
+pub mod inside;
 pub mod message;
 pub mod metrics;
 pub mod oauth;

@@ -45,6 +45,7 @@ async fn main() {
     let res = client
         .post(&url)
         .bearer_auth(&token)
+        .header("content-type", "application/json")
         .body("{\"n\": -1}")
         .send()
         .await
@@ -62,6 +63,7 @@ async fn main() {
             let res = client
                 .post(&url)
                 .bearer_auth(&token)
+                .header("content-type", "application/json")
                 .body(format!("{{\"n\": {i}}}"))
                 .send()
                 .await

@@ -102,13 +102,31 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
     let now = chrono::Utc::now().timestamp();
 
     // No credentials, a wrong signature, a stale (replayed) one: 401.
+    // A body that does not say it is JSON: 415, before anything else.
+    let res = web
+        .post(&hook)
+        .header("content-type", "text/plain")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
     let res = web.post(&hook).body(body.clone()).send().await.unwrap();
+    assert_eq!(res.status(), 415, "no content type");
+    let res = web
+        .post(&hook)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401);
     let (ts, _) = signed(&body, now);
     let res = web
         .post(&hook)
         .header("X-Pmoflow-Timestamp", &ts)
         .header("X-Pmoflow-Signature", "sha256=00")
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await
@@ -119,6 +137,7 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
         .post(&hook)
         .header("X-Pmoflow-Timestamp", &old_ts)
         .header("X-Pmoflow-Signature", &old_sig)
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await
@@ -136,6 +155,7 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
         web.post(&hook)
             .header("X-Pmoflow-Timestamp", &ts)
             .header("X-Pmoflow-Signature", &sig)
+            .header("content-type", "application/json")
             .body(body.clone())
             .send()
     };
@@ -152,6 +172,7 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
     let res = web
         .post(&hook)
         .bearer_auth(&api.viewer)
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await
@@ -161,6 +182,7 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
         .post(&hook)
         .bearer_auth(&api.operator)
         .header("Idempotency-Key", "alert-42")
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await
@@ -170,6 +192,7 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
         .post(&hook)
         .bearer_auth(&api.operator)
         .header("Idempotency-Key", "alert-42")
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await
@@ -187,6 +210,7 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
         let res = web
             .post(format!("{}{path}", api.base))
             .bearer_auth(&api.operator)
+            .header("content-type", "application/json")
             .body(body.clone())
             .send()
             .await
@@ -710,7 +734,10 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
             );
             let req = match method.as_str() {
                 "get" => web.get(&url),
-                "post" => web.post(&url).body("{}"),
+                "post" => web
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body("{}"),
                 other => panic!("unexpected method {other}"),
             };
             let res = req.send().await.unwrap();

@@ -239,3 +239,82 @@ fn validate_refuses_a_literal_url_outside_the_policy() {
         "{out}{err}"
     );
 }
+
+/// A server whose every answer is an endless chunked body (1 MiB chunks, up to `total` bytes or
+/// until the client hangs up); counts the bytes it got out.
+async fn endless(total: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 1 << 20];
+                let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                framed.extend_from_slice(&chunk);
+                framed.extend_from_slice(b"\r\n");
+                let mut out = 0;
+                while out < total {
+                    if sock.write_all(&framed).await.is_err() {
+                        return;
+                    }
+                    out += chunk.len();
+                    counter.fetch_add(chunk.len(), Ordering::Relaxed);
+                }
+                let _ = sock.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    (port, sent)
+}
+
+/// The peak resident memory of a process (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib >> 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_mb_response_fails_its_step_at_the_cap_and_the_daemon_stays_small() {
+    let (port, sent) = endless(400 << 20).await;
+    let mut site = start("[egress]\nallow_hosts = [\"127.0.0.1\"]").await;
+    let url = format!("http://127.0.0.1:{port}/huge");
+    let run = site.run("fetch", &url).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("the response exceeds the 4096 KiB limit ([http_client] max_response_kib)"),
+        "{error}"
+    );
+    // Not retried: the same URL would answer the same again.
+    let steps = site.store.get_steps(&run.id).await.unwrap();
+    assert_eq!(steps[0].attempt, 1, "{steps:?}");
+    assert!(steps[0].output.is_none(), "nothing of the body is stored");
+    // The reading stopped near the cap: far from 400 MB left the server.
+    let out = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        out < 64 << 20,
+        "{out} bytes were sent before the daemon hung up"
+    );
+    let peak = peak_rss_mib(site.daemon.child.id());
+    assert!(peak < 150, "the daemon's peak RSS was {peak} MiB");
+    // The daemon kept its roles and answers as before.
+    let log = site.daemon.log_text();
+    assert!(!log.contains("cannot renew role"), "{log}");
+    assert!(site.daemon.is_running());
+}

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod domain_check;
+mod door;
 mod egress;
 mod engine;
 mod faults;

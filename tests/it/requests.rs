@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::mail::is_copy;
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, cli_ok,
     decode_mail, free_port, wait, wait_run,
@@ -99,7 +100,9 @@ fn mail_to<'a>(mails: &'a [Json], who: &str) -> &'a Json {
     mails
         .iter()
         .find(|m| {
-            to_addr(m).contains(who) && m["subject"].as_str().unwrap().starts_with("【要回答】")
+            to_addr(m).contains(who)
+                && m["subject"].as_str().unwrap().starts_with("【要回答】")
+                && !is_copy(m)
         })
         .unwrap_or_else(|| panic!("no request to {who} in {mails:#?}"))
 }
@@ -629,6 +632,89 @@ async fn forged_and_unmatched_replies_never_reach_the_run() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn copied_people_get_a_copy_without_the_answer_link_and_cannot_answer() {
+    let port = free_port();
+    let scratch = tempfile::tempdir().unwrap();
+    let (http, _, _) = http_config(port, scratch.path());
+    let s = setup("10m", "cc = \"PMO担当 <pmo-staff@example.go.jp>\"", &http).await;
+    let maildir = s.project.path().join("maildir");
+    let _d = Daemon::start(s.project.path(), "d", &[]);
+    let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id = out.trim().to_string();
+    let mails = wait_mail(&maildir, 4, Duration::from_secs(30));
+    let (copies, own): (Vec<&Json>, Vec<&Json>) = mails.iter().partition(|m| is_copy(m));
+    assert_eq!((own.len(), copies.len()), (2, 2), "{mails:#?}");
+    for m in &own {
+        // The addressee's mail goes to the addressee alone; its Cc header shows who is copied.
+        assert_eq!(m["cc"][0], "PMO担当 <pmo-staff@example.go.jp>");
+        assert!(
+            !m["rcpt_to"].as_str().unwrap().contains("pmo-staff"),
+            "{m:#}"
+        );
+        assert!(m["body"].as_str().unwrap().contains("/answer/"));
+    }
+    let yamada = mail_to(&mails, "yamada@");
+    let token = bare(yamada["reply_to"].as_str().unwrap())
+        .strip_prefix("pmo+")
+        .unwrap()
+        .strip_suffix("@example.go.jp")
+        .unwrap()
+        .to_string();
+    let copy = copies
+        .iter()
+        .find(|m| to_addr(m).contains("yamada@"))
+        .expect("the copy of yamada's request");
+    assert_eq!(copy["rcpt_to"], "pmo-staff@example.go.jp");
+    assert_eq!(copy["subject"], yamada["subject"]);
+    assert!(copy["reply_to"].is_null(), "{copy:#}");
+    let body = copy["body"].as_str().unwrap();
+    assert!(
+        body.starts_with("（本メールは山田 太郎 様へのご依頼の写しです）"),
+        "{body}"
+    );
+    assert!(
+        body.contains("本メールは写しのため、回答用のリンクは記載していません"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("/answer/") && !body.contains(&token),
+        "{body}"
+    );
+    let raw: String = std::fs::read_dir(maildir.join("new"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .filter(|t| t.contains("pmoflow.cc."))
+        .collect();
+    assert!(!raw.contains(&token), "the token is nowhere in the copies");
+
+    // Replying to the copy answers nothing: no token, a Message-ID of no request, and the
+    // subject tag matches only the addressee and delegates.
+    let reply = gmail_reply(
+        "pmo-staff@example.go.jp",
+        "pmo@example.go.jp",
+        copy,
+        "総合評価: 良好",
+        "",
+    );
+    let path = s.project.path().join("cc-reply.eml");
+    std::fs::write(&path, reply).unwrap();
+    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("unmatched (quarantined)"), "{out}");
+    let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
+    let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
+    assert_eq!(rows[0].status, "open");
+    assert!(
+        store
+            .answers_for(&[rows[0].token.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 fn url_in(body: &str, path: &str) -> String {
     body.lines()
         .find(|l| l.contains(path))
@@ -975,6 +1061,15 @@ async fn acknowledgements_by_reply_link_and_api() {
     let res = web
         .post(&acks)
         .bearer_auth(&operator)
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415, "a body without a JSON content type");
+    let res = web
+        .post(&acks)
+        .bearer_auth(&operator)
+        .header("content-type", "application/json")
         .body("not json")
         .send()
         .await

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::mail::{answer_link, answer_on_page, reply, reply_with_file};
+use pmoflow_tests::mail::{answer_link, answer_on_page, is_copy, reply, reply_with_file};
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
     free_port, new_api_token, save_attachment, wait, wait_run, workbooks_py,
@@ -112,10 +112,20 @@ fn wait_mails(
     })
 }
 
+/// The mails whose subject has `part`, copies for the people in cc left out (they have the
+/// addressee's headers: `copies_of` finds them).
 fn with_subject<'a>(mails: &'a [Json], part: &str) -> Vec<&'a Json> {
     mails
         .iter()
-        .filter(|m| m["subject"].as_str().unwrap_or("").contains(part))
+        .filter(|m| m["subject"].as_str().unwrap_or("").contains(part) && !is_copy(m))
+        .collect()
+}
+
+/// The copies, for the people in cc, of the mails whose subject has `part`.
+fn copies_of<'a>(mails: &'a [Json], part: &str) -> Vec<&'a Json> {
+    mails
+        .iter()
+        .filter(|m| m["subject"].as_str().unwrap_or("").contains(part) && is_copy(m))
         .collect()
 }
 
@@ -246,6 +256,11 @@ async fn pjmo_status_collection_end_to_end() {
             .unwrap()
             .contains("shimizu@example.go.jp")
     );
+    // The owner's copy is a message of its own, without the answer link.
+    let copies = copies_of(&m, "【再送・要回答】");
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    assert_eq!(copies[0]["rcpt_to"], "shimizu@example.go.jp");
+    assert!(!copies[0]["body"].as_str().unwrap().contains("/answer/"));
     // He is escalated to the PMO head.
     let esc = with_subject(&m, "未回答のプロジェクト");
     assert_eq!(esc.len(), 1);

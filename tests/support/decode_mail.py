@@ -28,6 +28,8 @@ for path in files:
         "to": [str(a) for a in (msg["To"].addresses if msg["To"] else [])],
         "cc": [str(a) for a in (msg["Cc"].addresses if msg["Cc"] else [])],
         "bcc_header": msg["Bcc"] is not None,
+        # The SMTP envelope's recipients, as the aiosmtpd sink recorded them.
+        "rcpt_to": str(msg["X-RcptTo"]) if msg["X-RcptTo"] else None,
         "subject": str(msg["Subject"]),
         "reply_to": str(msg["Reply-To"]) if msg["Reply-To"] else None,
         "date": str(msg["Date"]),

@@ -19,6 +19,14 @@ pub fn reply(from: &str, request: &Json, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Whether `m` (as `decode_mail` gives it) is the copy of a request for the people in cc: its
+/// own Message-ID, no reply token, no answer link.
+pub fn is_copy(m: &Json) -> bool {
+    m["message_id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("<pmoflow.cc."))
+}
+
 /// Unique within the process: a counter, with the clock's nanoseconds against other runs.
 pub(crate) fn fastrand_u32() -> u32 {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

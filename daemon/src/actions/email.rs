@@ -161,26 +161,19 @@ pub fn people_with_role(data: &Json, role: &str) -> Vec<String> {
 
 /// Finds a template file: next to the workflow, then in `workflows/templates/`.
 fn find_template(cx: &ActionContext<'_>, name: &str) -> Result<PathBuf, StepError> {
-    if name.contains("..") || Path::new(name).is_absolute() {
-        return Err(StepError::fatal(format!(
-            "template `{name}` must be a relative path inside the workflows directory"
-        )));
-    }
     let candidates = [
-        cx.workflow_dir.join(name),
-        cx.services.workflows_dir.join("templates").join(name),
+        cx.workflow_dir.to_path_buf(),
+        cx.services.workflows_dir.join("templates"),
     ];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            StepError::fatal(format!(
-                "template `{name}` not found (looked in {} and {})",
-                candidates[0].display(),
-                candidates[1].display()
-            ))
-        })
+    match crate::inside::find(&cx.services.workflows_dir, &candidates, name) {
+        Ok(Some(path)) => Ok(path),
+        Ok(None) => Err(StepError::fatal(format!(
+            "template `{name}` not found (looked in {} and {})",
+            candidates[0].join(name).display(),
+            candidates[1].join(name).display()
+        ))),
+        Err(e) => Err(StepError::fatal(format!("template: {e}"))),
+    }
 }
 
 fn render_file(cx: &ActionContext<'_>, name: &str) -> Result<String, StepError> {
@@ -339,12 +332,9 @@ pub(crate) fn run(
                     "`attachments` must be a list of file paths or { name, content } tables",
                 )
             })?;
-            if rel.contains("..") || Path::new(rel).is_absolute() {
-                return Err(StepError::fatal(format!(
-                    "attachment `{rel}` must be a relative path inside the workflows directory"
-                )));
-            }
-            let path = cx.services.workflows_dir.join(rel);
+            let root = &cx.services.workflows_dir;
+            let path = crate::inside::resolve(root, root, rel)
+                .map_err(|e| StepError::fatal(format!("attachment: {e}")))?;
             let bytes = std::fs::read(&path).map_err(|e| {
                 StepError::fatal(format!("cannot read attachment {}: {e}", path.display()))
             })?;

@@ -101,10 +101,17 @@ pub(crate) async fn run(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, 
             ))
         })
         .collect();
-    let text = resp
-        .text()
+    // Read as it streams, never more than the cap: an oversized answer fails the step (the
+    // same URL would answer the same again, so it is not retried).
+    let bytes = crate::egress::read_capped(resp, cx.services.egress.max_response())
         .await
-        .map_err(|e| StepError::retryable(format!("reading the response of {url}: {e}")))?;
+        .map_err(|e| match e {
+            crate::egress::ReadError::TooLarge { .. } => StepError::fatal(format!("{url}: {e}")),
+            crate::egress::ReadError::Read(_) => {
+                StepError::retryable(format!("reading the response of {url}: {e}"))
+            }
+        })?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let ok: Vec<u64> = with
         .get("ok_status")
         .and_then(Json::as_array)

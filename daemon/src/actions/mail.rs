@@ -3,6 +3,7 @@
 //! built from it all.
 
 use serde_json::{Value as Json, json};
+use sha2::Digest;
 
 use super::{ActionContext, StepError, str_param};
 use crate::message::correlate;
@@ -70,10 +71,26 @@ pub(crate) struct StepMail<'a> {
     pub attachments: Vec<(String, Vec<u8>, String)>,
 }
 
-/// Builds `m` now (the outbox keeps the raw message) into an outbox row.
-pub(crate) fn step_mail(cx: &ActionContext<'_>, m: StepMail<'_>) -> Result<NewMessage, StepError> {
+/// How the Message-ID of a copy for the people in cc begins (it names no token).
+const COPY_PREFIX: &str = "pmoflow.cc.";
+
+/// Whether an outbox row's Message-ID (`<…>`) is that of a copy for the people in cc.
+pub fn is_copy(message_id: &str) -> bool {
+    message_id.trim_start_matches('<').starts_with(COPY_PREFIX)
+}
+
+/// Builds `m` now (the outbox keeps the raw message) into outbox rows: one for the addressee,
+/// and — when there are copies of a mail that can be answered — one for the people copied.
+/// Both show the same `To` and `Cc`, but only the addressee's carries the reply token and the
+/// answer or acknowledgement link: a copy has neither (its links are replaced by a note, its
+/// replies go to the PMO's plain address and its Message-ID names no token), so nobody copied
+/// can answer in the addressee's name.
+pub(crate) fn step_mail(
+    cx: &ActionContext<'_>,
+    m: StepMail<'_>,
+) -> Result<Vec<NewMessage>, StepError> {
     let pattern = cx.services.replies.pattern(&cx.services.mail.from);
-    let spec = EmailSpec {
+    let mut spec = EmailSpec {
         from: cx.services.mail.from.clone(),
         to: vec![m.to.to_string()],
         cc: m.cc.to_vec(),
@@ -89,16 +106,70 @@ pub(crate) fn step_mail(cx: &ActionContext<'_>, m: StepMail<'_>) -> Result<NewMe
         charset: cx.services.mail.charset,
     };
     let built = build(&spec).map_err(|e| StepError::fatal(e.to_string()))?;
-    Ok(NewMessage {
+    let Some(token) = m.reply_token.filter(|_| !m.cc.is_empty()) else {
+        return Ok(vec![NewMessage {
+            kind: MessageKind::Email,
+            key: m.key,
+            target: std::iter::once(m.to.to_string())
+                .chain(m.cc.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message_id: format!("<{}>", m.message_id),
+            payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
+        }]);
+    };
+    // The addressee's own mail goes to the addressee alone (the Cc header still shows who is
+    // copied); the copy is another message, to the copied people only.
+    let addressee = vec![crate::message::email::bare(m.to)];
+    let own = NewMessage {
         kind: MessageKind::Email,
-        key: m.key,
-        target: std::iter::once(m.to.to_string())
-            .chain(m.cc.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(", "),
+        key: m.key.clone(),
+        target: m.to.to_string(),
         message_id: format!("<{}>", m.message_id),
-        payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
-    })
+        payload: json!({ "from": built.envelope_from, "to": addressee, "raw": built.raw }),
+    };
+    let note = "（ご回答はご依頼先の方からお願いいたします。本メールは写しのため、回答用のリンクは記載していません）";
+    let mut text = std::mem::take(&mut spec.text);
+    for path in ["answer", "ack"] {
+        if let Some(base) = &cx.services.replies.public_url {
+            text = text.replace(&format!("{base}/{path}/{token}"), note);
+        }
+        text = text.replace(&format!("/{path}/{token}"), note);
+    }
+    let text = text.replace(token, "");
+    let digest = hex::encode(&sha2::Sha256::digest(format!("cc:{}", m.message_id))[..12]);
+    let copy_id = format!(
+        "<{COPY_PREFIX}{digest}@{}>",
+        domain_of(&cx.services.mail.from)
+    );
+    // 「山田 太郎 <yamada@…>」 is called 山田 太郎; a bare address is itself.
+    let addressee_name =
+        m.to.split('<')
+            .next()
+            .map(|n| n.trim().trim_matches('"'))
+            .filter(|n| !n.is_empty())
+            .unwrap_or(m.to);
+    let copy_spec = EmailSpec {
+        reply_to: None,
+        text: format!("（本メールは{addressee_name} 様へのご依頼の写しです）\n\n{text}"),
+        message_id: copy_id.clone(),
+        ..spec
+    };
+    let copy = build(&copy_spec).map_err(|e| StepError::fatal(e.to_string()))?;
+    let copied: Vec<String> =
+        m.cc.iter()
+            .map(|c| crate::message::email::bare(c))
+            .collect();
+    Ok(vec![
+        own,
+        NewMessage {
+            kind: MessageKind::Email,
+            key: format!("{}:cc", m.key),
+            target: m.cc.join(", "),
+            message_id: copy_id,
+            payload: json!({ "from": copy.envelope_from, "to": copied, "raw": copy.raw }),
+        },
+    ])
 }
 
 /// How to acknowledge: reply with a word, or open the link (a page with a button: mail scanners

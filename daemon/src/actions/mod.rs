@@ -17,7 +17,7 @@ pub mod escalate;
 pub mod fail;
 pub mod http;
 pub mod log;
-mod mail;
+pub(crate) mod mail;
 pub mod plugin;
 pub mod request;
 pub mod wait;

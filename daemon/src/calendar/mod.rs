@@ -85,11 +85,27 @@ impl Calendar {
     pub fn load(dir: &Path) -> Result<Self, Vec<Diagnostic>> {
         let mut cal = Calendar::default();
         let mut diags = Vec::new();
-        let read = |name: &str| -> Option<(PathBuf, String)> {
+        // Inside the workflows directory (the calendar directory's parent), links included; a
+        // missing file is no data, any other failure is said.
+        let root = dir.parent().unwrap_or(dir);
+        let read = |name: &str, diags: &mut Vec<Diagnostic>| -> Option<(PathBuf, String)> {
             let p = dir.join(name);
-            std::fs::read_to_string(&p).ok().map(|s| (p, s))
+            match crate::inside::read_to_string(root, &p) {
+                Ok(s) => Some((p, s)),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => {
+                    diags.push(Diagnostic {
+                        path: p,
+                        line: 1,
+                        col: 1,
+                        message: e.to_string(),
+                        hint: None,
+                    });
+                    None
+                }
+            }
         };
-        if let Some((path, source)) = read(IMPORTED_FILE) {
+        if let Some((path, source)) = read(IMPORTED_FILE, &mut diags) {
             match toml::from_str::<ImportedFile>(&source) {
                 Ok(file) => {
                     let _ = file.source;
@@ -111,7 +127,7 @@ impl Calendar {
                 Err(err) => diags.push(toml_diag(&path, &source, &err)),
             }
         }
-        if let Some((path, source)) = read(CLOSED_FILE) {
+        if let Some((path, source)) = read(CLOSED_FILE, &mut diags) {
             match toml::from_str::<ClosedFile>(&source) {
                 Ok(file) => {
                     for e in &file.closed {

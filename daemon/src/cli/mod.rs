@@ -141,9 +141,12 @@ pub fn token_new(name: &str, role: &str) -> Result<(), CliError> {
     if name.is_empty() || name.contains('"') {
         return Err(CliError::new("--name must be a plain name"));
     }
-    let crate::http::NewToken { token, hash } = crate::http::new_token().map_err(CliError::of)?;
+    let crate::http::NewToken { token, id, hash } =
+        crate::http::new_token().map_err(CliError::of)?;
     println!("token (shown once; give it to the client, keep it secret):\n  {token}\n");
     println!("add to pmoflow.toml:\n");
-    println!("[[http.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nhash = \"{hash}\"");
+    println!(
+        "[[http.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nid = \"{id}\"\nhash = \"{hash}\""
+    );
     Ok(())
 }

@@ -40,6 +40,15 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) oauth2: std::collections::BTreeMap<String, Spanned<RawOAuth2>>,
     pub(super) egress: Option<Spanned<RawEgress>>,
+    #[serde(default)]
+    pub(super) http_client: RawHttpClient,
+}
+
+/// `[http_client]`: pmoflow's own outbound HTTP (the `http` action, webhooks, OAuth).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttpClient {
+    pub(super) max_response_kib: Option<Spanned<i64>>,
 }
 
 /// `[egress]`.
@@ -74,6 +83,9 @@ pub(super) struct RawHttp {
     pub(super) public_url: Option<Spanned<String>>,
     pub(super) enabled: Option<bool>,
     pub(super) refusals_per_minute: Option<Spanned<i64>>,
+    pub(super) header_timeout: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) max_connections_per_address: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) tokens: Vec<Spanned<RawToken>>,
 }
@@ -83,6 +95,7 @@ pub(super) struct RawHttp {
 pub(super) struct RawToken {
     pub(super) name: String,
     pub(super) role: Spanned<String>,
+    pub(super) id: Option<Spanned<String>>,
     pub(super) hash: Spanned<String>,
 }
 
@@ -182,6 +195,7 @@ pub(super) struct RawEngine {
     pub(super) lease: Option<Spanned<String>>,
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) reload_interval: Option<Spanned<String>>,
+    pub(super) max_output_kib: Option<Spanned<i64>>,
 }
 
 /// Reads the file: unknown keys and wrong types are errors, located.

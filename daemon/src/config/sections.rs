@@ -202,6 +202,12 @@ impl Reader<'_> {
             shutdown_grace: self.duration(&raw.engine.shutdown_grace, defaults.shutdown_grace)?,
             timezone,
             services: std::sync::Arc::default(),
+            max_output: self.count(
+                &raw.engine.max_output_kib,
+                crate::engine::DEFAULT_MAX_OUTPUT >> 10,
+                1 << 20,
+                "max_output_kib",
+            )? << 10,
         })
     }
 
@@ -408,9 +414,35 @@ impl Reader<'_> {
                     Some("make one with `pmoflow token new --name NAME --role ROLE`".into()),
                 ));
             }
+            if let Some(id) = &tr.id {
+                if !crate::http::is_token_id(id.get_ref()) {
+                    return Err(self.err(
+                        id.span(),
+                        format!(
+                            "the id of token `{}` is not 8 lowercase hex digits",
+                            tr.name
+                        ),
+                        Some("copy it from `pmoflow token new`".into()),
+                    ));
+                }
+                if tokens
+                    .iter()
+                    .any(|t: &crate::http::ApiToken| t.id.as_deref() == Some(id.get_ref()))
+                {
+                    return Err(self.err(
+                        id.span(),
+                        format!("two tokens have the id `{}`", id.get_ref()),
+                        Some(
+                            "each token has its own id: make another with `pmoflow token new`"
+                                .into(),
+                        ),
+                    ));
+                }
+            }
             tokens.push(crate::http::ApiToken {
                 name: tr.name.clone(),
                 role,
+                id: tr.id.as_ref().map(|i| i.get_ref().clone()),
                 hash: tr.hash.get_ref().clone(),
             });
         }
@@ -420,10 +452,22 @@ impl Reader<'_> {
             1_000_000,
             "refusals_per_minute",
         )?;
+        let dc = crate::http::ConnectionLimits::default();
+        let connections = crate::http::ConnectionLimits {
+            header_timeout: self.duration(&h.header_timeout, dc.header_timeout)?,
+            max: self.count(&h.max_connections, dc.max, 1_000_000, "max_connections")?,
+            per_address: self.count(
+                &h.max_connections_per_address,
+                dc.per_address,
+                1_000_000,
+                "max_connections_per_address",
+            )?,
+        };
         Ok(crate::http::HttpConfig {
             enabled: h.enabled.unwrap_or(true),
             listen,
             tokens,
+            connections,
             refusals_per_minute: u32::try_from(refusals_per_minute)
                 .unwrap_or(crate::http::limit::MAX_REFUSALS),
         })
@@ -454,13 +498,20 @@ impl Reader<'_> {
     }
 
     /// `[plugins.NAME]`: what each plugin is granted.
-    /// `[egress] allow_hosts`; without the table, every public host.
+    /// `[egress] allow_hosts`; without the table, every public host. With the response cap of
+    /// `[http_client] max_response_kib`.
     pub(super) fn egress(
         &self,
         raw: &RawConfig,
     ) -> Result<crate::egress::EgressPolicy, ConfigError> {
+        let max_response = self.count(
+            &raw.http_client.max_response_kib,
+            crate::egress::DEFAULT_MAX_RESPONSE >> 10,
+            1 << 20,
+            "max_response_kib",
+        )? << 10;
         let Some(egress) = &raw.egress else {
-            return Ok(crate::egress::EgressPolicy::default());
+            return Ok(crate::egress::EgressPolicy::default().with_max_response(max_response));
         };
         let mut rules = Vec::new();
         for host in &egress.get_ref().allow_hosts {
@@ -476,7 +527,7 @@ impl Reader<'_> {
                 Some("list the hosts they may reach, e.g. allow_hosts = [\"*\", \"intranet.example.go.jp\"] (\"*\" is every public host)".into()),
             ));
         }
-        Ok(crate::egress::EgressPolicy::new(rules))
+        Ok(crate::egress::EgressPolicy::new(rules).with_max_response(max_response))
     }
 
     pub(super) fn plugin_grants(

@@ -44,7 +44,12 @@ pub struct EngineConfig {
     pub timezone: chrono_tz::Tz,
     /// Mail, outbox and secrets configuration.
     pub services: Arc<crate::actions::StepServices>,
+    /// A step output larger than this (serialised JSON, bytes) fails the step.
+    pub max_output: usize,
 }
+
+/// `[engine] max_output_kib` by default: 8 MiB.
+pub const DEFAULT_MAX_OUTPUT: usize = 8 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -57,6 +62,7 @@ impl Default for EngineConfig {
             lease: chrono::Duration::seconds(DEFAULT_LEASE_SECS),
             shutdown_grace: Duration::from_secs(10),
             timezone: chrono_tz::Asia::Tokyo,
+            max_output: DEFAULT_MAX_OUTPUT,
             services: Arc::default(),
         }
     }

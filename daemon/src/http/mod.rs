@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,7 +22,6 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 use crate::actions::StepServices;
 use crate::clock::SharedClock;
@@ -31,50 +30,21 @@ use crate::store::{NewAnswer, Recorded, RequestRow, Store, requests::lookup_of};
 
 mod answer;
 mod api;
+mod auth;
 pub(crate) mod limit;
 mod links;
 pub mod openapi;
 mod pages;
 mod portfolio;
+mod serve;
 mod view;
 
 use answer::*;
+use auth::authorize;
+pub(super) use auth::verify_token;
+pub use auth::{ApiToken, NewToken, Role, TokenError, is_token_id, new_token, token_id};
 use links::*;
-
-/// A role of an API token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Read only.
-    Viewer,
-    /// Can trigger, acknowledge, deliver mail.
-    Operator,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// From `viewer`, `operator`, `admin`.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "viewer" => Some(Role::Viewer),
-            "operator" => Some(Role::Operator),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
-
-/// An API token as configured: its name, role and argon2 hash (never the token).
-#[derive(Debug, Clone)]
-pub struct ApiToken {
-    /// Who it belongs to (shown in logs and the audit trail).
-    pub name: String,
-    /// What it may do.
-    pub role: Role,
-    /// PHC string.
-    pub hash: String,
-}
+pub use serve::{ConnectionLimits, serve};
 
 /// `[http]`, resolved.
 #[derive(Debug, Clone)]
@@ -88,6 +58,8 @@ pub struct HttpConfig {
     /// Refused credentials or tokens a client address may have in a minute before it is
     /// answered 429 (`refusals_per_minute`).
     pub refusals_per_minute: u32,
+    /// Header timeout and connection caps.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for HttpConfig {
@@ -97,15 +69,13 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tokens: Vec::new(),
             refusals_per_minute: limit::MAX_REFUSALS,
+            connections: ConnectionLimits::default(),
         }
     }
 }
 
 /// How long a form's nonce is accepted.
 const NONCE_TTL_MS: i64 = 2 * 3600 * 1000;
-
-/// SHA-256 of a bearer token → who it is.
-type VerifiedTokens = HashMap<[u8; 32], (String, Role)>;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -116,12 +86,8 @@ pub struct AppState {
     intake: Intake,
     engine: Option<crate::engine::Engine>,
     key: Arc<Vec<u8>>,
-    tokens: Arc<Vec<ApiToken>>,
-    /// SHA-256 of tokens already verified against their argon2 hash → (name, role).
-    verified: Arc<Mutex<VerifiedTokens>>,
-    /// One argon2 verification at a time: a burst of calls with a new token costs one
-    /// verification, not one per call (and cannot exhaust the CPU).
-    verifying: Arc<tokio::sync::Mutex<()>>,
+    /// The API tokens and what is known of presented ones.
+    tokens: Arc<auth::TokenBook>,
     pages: Arc<minijinja::Environment<'static>>,
     /// Refused credentials and tokens per client (brute-force limit).
     refusals: Arc<limit::Refusals>,
@@ -161,6 +127,14 @@ impl AppState {
         if let Some(e) = &engine {
             intake = intake.with_wakers(e.wakers());
         }
+        let tokens = auth::TokenBook::new(tokens);
+        for name in tokens.without_id() {
+            tracing::warn!(
+                token = name,
+                "API token has no id: every unknown token presented costs an argon2 verification \
+                 while it is configured; replace it with one from `pmoflow token new`"
+            );
+        }
         Ok(AppState {
             store,
             clock,
@@ -169,8 +143,6 @@ impl AppState {
             engine,
             key: Arc::new(hex::decode(&key).unwrap_or_else(|_| key.into_bytes())),
             tokens: Arc::new(tokens),
-            verified: Arc::default(),
-            verifying: Arc::default(),
             pages: Arc::new(pages()),
             refusals: Arc::default(),
         })
@@ -222,6 +194,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             limit::limit_refusals,
         ))
+        .layer(axum::middleware::from_fn(json_bodies))
+        .layer(axum::middleware::from_fn(clean_paths))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn(request_context))
         .layer(axum::middleware::from_fn(json_errors))
@@ -273,6 +247,71 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// A path with a control character (CR, LF, NUL…), raw or percent-encoded, names nothing:
+/// `400 Bad Request` before any handler sees it (an id with a line break could otherwise reach
+/// a header or a log line).
+async fn clean_paths(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if has_control(req.uri().path()) {
+        let message = "the path contains a control character";
+        return if is_api_path(req.uri().path()) {
+            api_error(StatusCode::BAD_REQUEST, message)
+        } else {
+            (StatusCode::BAD_REQUEST, "不正なアドレスです。").into_response()
+        };
+    }
+    next.run(req).await
+}
+
+/// Whether `path` has a control byte, raw or as `%XX`.
+fn has_control(path: &str) -> bool {
+    let b = path.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    (0..b.len()).any(|i| {
+        let byte = if b[i] == b'%' && i + 2 < b.len() {
+            match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => (h * 16 + l) as u8,
+                _ => b[i],
+            }
+        } else {
+            b[i]
+        };
+        byte < 0x20 || byte == 0x7f
+    })
+}
+
+/// A body sent to a JSON endpoint (`/api/…`, `/hooks/…`) must say it is JSON: anything else is
+/// `415 Unsupported Media Type` before it is read. An empty body needs no type.
+async fn json_bodies(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    let json_endpoint = path.starts_with("/api/") || path.starts_with("/hooks/");
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|n| n.trim() != "0")
+        && (req.headers().contains_key(header::CONTENT_LENGTH)
+            || req.headers().contains_key(header::TRANSFER_ENCODING));
+    if json_endpoint && has_body && !is_json_type(req.headers()) {
+        return api_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON, sent with Content-Type: application/json",
+        );
+    }
+    next.run(req).await
+}
+
+/// `application/json` or a `+json` type, with any parameters.
+fn is_json_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| {
+            t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+        })
 }
 
 /// Longest a request may take before it is answered 503.
@@ -340,129 +379,11 @@ async fn css() -> impl IntoResponse {
     )
 }
 
-/// Serves until `shutdown`. A listen address that cannot be bound is logged and the HTTP face
-/// stays off; the rest of the daemon keeps running.
-pub async fn serve(listen: SocketAddr, state: AppState, shutdown: CancellationToken) {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%listen, error = %e, "cannot listen for HTTP; answer links, acknowledgement links and the API are unavailable");
-            return;
-        }
-    };
-    // The bound address: with port 0 the system chose one.
-    let listen = listener.local_addr().unwrap_or(listen);
-    tracing::info!(%listen, "http listening");
-    let app = router(state);
-    if let Err(e) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-    {
-        tracing::error!(error = %e, "http server stopped");
-    }
-}
-
 fn api_error(status: StatusCode, message: &str) -> Response {
     let body = api::ApiError {
         error: message.to_string(),
     };
     (status, axum::Json(body)).into_response()
-}
-
-/// The configured token `token` is, if any: (name, role). Verified against the argon2 hashes
-/// once, then from a cache of SHA-256 digests.
-pub(super) async fn verify_token(state: &AppState, token: &str) -> Option<(String, Role)> {
-    if token.is_empty() {
-        return None;
-    }
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let lookup = || {
-        state
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&digest)
-            .cloned()
-    };
-    let mut cached = lookup();
-    let _guard = if cached.is_none() {
-        let guard = state.verifying.lock().await;
-        cached = lookup();
-        Some(guard)
-    } else {
-        None
-    };
-    match cached {
-        Some(w) => Some(w),
-        None => {
-            let tokens = state.tokens.clone();
-            let token = token.to_string();
-            let found = tokio::task::spawn_blocking(move || {
-                use argon2::PasswordVerifier;
-                tokens.iter().find_map(|t| {
-                    let hash = argon2::PasswordHash::new(&t.hash).ok()?;
-                    argon2::Argon2::default()
-                        .verify_password(token.as_bytes(), &hash)
-                        .ok()
-                        .map(|()| (t.name.clone(), t.role))
-                })
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(w) = &found {
-                state
-                    .verified
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(digest, w.clone());
-            }
-            found
-        }
-    }
-}
-
-/// Checks `Authorization: Bearer` against the configured hashes; returns the caller.
-async fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    need: Role,
-) -> Result<(String, Role), Response> {
-    let unauthorized = || {
-        let mut r = api_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"pmoflow\""),
-        );
-        r
-    };
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    else {
-        return Err(unauthorized());
-    };
-    let who = verify_token(state, token).await;
-    match who {
-        None => {
-            tracing::warn!("API call with an unknown bearer token refused");
-            Err(unauthorized())
-        }
-        Some((name, role)) if role < need => {
-            tracing::warn!(token = %name, ?role, "API call refused: role too low");
-            Err(api_error(
-                StatusCode::FORBIDDEN,
-                &format!("token `{name}` has role {role:?}; this needs {need:?} or higher"),
-            ))
-        }
-        Some(w) => Ok(w),
-    }
 }
 
 /// Body of `POST /api/acks`.
@@ -610,41 +531,6 @@ async fn inbound_email(State(state): State<AppState>, headers: HeaderMap, body: 
     }
 }
 
-/// A new API token (shown once) and its PHC hash (what `[[http.tokens]]` keeps).
-#[derive(Debug)]
-pub struct NewToken {
-    /// `pmo_…`, 24 random bytes in hex.
-    pub token: String,
-    /// Argon2id PHC string of `token`.
-    pub hash: String,
-}
-
-/// Why a token could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// The operating system's random source failed.
-    #[error("no randomness: {0}")]
-    Random(getrandom::Error),
-    /// Argon2 refused to hash.
-    #[error("cannot hash the token: {0}")]
-    Hash(argon2::password_hash::Error),
-}
-
-/// A new API token and its PHC hash (for `pmoflow token new`).
-pub fn new_token() -> Result<NewToken, TokenError> {
-    use argon2::PasswordHasher;
-    let mut raw = [0u8; 24];
-    getrandom::fill(&mut raw).map_err(TokenError::Random)?;
-    let token = format!("pmo_{}", hex::encode(raw));
-    let salt =
-        argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    let hash = argon2::Argon2::default()
-        .hash_password(token.as_bytes(), &salt)
-        .map_err(TokenError::Hash)?
-        .to_string();
-    Ok(NewToken { token, hash })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -699,9 +585,20 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_in_paths_are_found_raw_or_encoded() {
+        assert!(has_control("/api/runs/a%0D%0Ab"));
+        assert!(has_control("/api/runs/a%00"));
+        assert!(has_control("/runs/a\tb"));
+        assert!(!has_control("/api/runs/0192-abc"));
+        assert!(!has_control("/portfolio/%E6%9D%B1"));
+        assert!(!has_control("/x%"), "a lone % is not a control character");
+        assert!(!has_control("/x%2"));
+    }
+
+    #[test]
     fn token_hashes_verify() {
         use argon2::PasswordVerifier;
-        let NewToken { token, hash } = new_token().unwrap();
+        let NewToken { token, hash, .. } = new_token().unwrap();
         let parsed = argon2::PasswordHash::new(&hash).unwrap();
         assert!(
             argon2::Argon2::default()

@@ -681,8 +681,14 @@ fn operation(
     if op.query.is_some() || op.body.is_some() {
         extra.push(r(400, "a malformed request"));
     }
-    if op.body.is_some() {
+    if op.path.contains('{') {
+        extra.push(r(400, "a path parameter with a control character"));
+    }
+    if let Some(b) = &op.body {
         extra.push(r(413, "the body is over the size limit"));
+        if !matches!(b.kind, BodyKind::Raw(_)) {
+            extra.push(r(415, "a body that is not `application/json`"));
+        }
     }
     if op.role.is_some() {
         extra.push(r(401, "no bearer token, or an unknown one"));
@@ -748,7 +754,7 @@ fn operation(
         .split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .filter(|name| hook.is_none() || *name != "workflow")
-        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string", "minLength": 1 } }))
+        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "pattern": "^[^\\u0000-\\u001F\\u007F]+$" } }))
         .collect();
     if let Some(f) = op.query {
         let q = Json::from(f(gi));

@@ -132,6 +132,16 @@ pub(super) async fn login(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    // Login CSRF: a page elsewhere must not sign a browser in (to an account of its choosing).
+    if cross_site(&headers, state.services.replies.public_url.as_deref()) {
+        tracing::warn!("login from another site refused");
+        return page(
+            &state,
+            StatusCode::FORBIDDEN,
+            "message.html",
+            json!({ "title": "ログイン", "message": "他のサイトからのログインは受け付けていません。pmoflow のログイン画面からログインしてください。", "kind": "error" }),
+        );
+    }
     let token = form.get("token").map(|t| t.trim()).unwrap_or("");
     let Some((name, role)) = verify_token(&state, token).await else {
         tracing::warn!("login with an unknown token refused");
@@ -562,4 +572,34 @@ pub(super) async fn status_board(State(state): State<AppState>, headers: HeaderM
         ctx["rows"] = Json::Array(list);
     }
     page(&state, StatusCode::OK, "status.html", ctx)
+}
+
+/// Whether a request came from a page of another site: `Sec-Fetch-Site: cross-site` (or
+/// `same-site`, another host of the same site), or an `Origin` whose host is not the `Host` the
+/// request was sent to nor the configured public URL's. A request with neither header (an old
+/// browser, a script) is not refused here.
+fn cross_site(headers: &HeaderMap, public_url: Option<&str>) -> bool {
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    if let Some(site) = fetch_site {
+        return site != "same-origin" && site != "none";
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.trim_end_matches('/'));
+    let public_host = public_url
+        .and_then(|u| u.split_once("://"))
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(""));
+    origin == "null"
+        || !(origin_host.eq_ignore_ascii_case(host)
+            || public_host.is_some_and(|p| origin_host.eq_ignore_ascii_case(p)))
 }

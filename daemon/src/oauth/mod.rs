@@ -420,10 +420,15 @@ impl TokenSource {
             .await
             .map_err(|e| self.endpoint_error(e.without_url().to_string()))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
+        // A token response is small: 256 KiB is far beyond any real one.
+        let body = crate::egress::read_capped(resp, 256 << 10)
             .await
-            .map_err(|e| self.endpoint_error(e.without_url().to_string()))?;
+            .map_err(|e| match e {
+                crate::egress::ReadError::Read(e) => {
+                    self.endpoint_error(e.without_url().to_string())
+                }
+                e => self.endpoint_error(e.to_string()),
+            })?;
         if status.is_success() {
             let r: oauth2::basic::BasicTokenResponse = serde_json::from_slice(&body)
                 .map_err(|e| self.endpoint_error(format!("HTTP {status}, not a token: {e}")))?;

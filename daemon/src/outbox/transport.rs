@@ -445,7 +445,11 @@ impl Transports {
                 {
                     Delivery::Temporary(format!("HTTP {status}"))
                 } else {
-                    let text = resp.text().await.unwrap_or_default();
+                    // Only the start is shown; a long error page is not read whole.
+                    let text = crate::egress::read_capped(resp, 64 << 10)
+                        .await
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default();
                     Delivery::Permanent(format!(
                         "HTTP {status}: {}",
                         text.chars().take(200).collect::<String>()

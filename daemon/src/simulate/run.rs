@@ -239,8 +239,11 @@ impl<'a> Simulation<'a> {
                 batch.push(row);
             }
         }
+        // A request's copy for the people in cc is a message of its own; the timeline shows it
+        // on the addressee's line, as `(cc …)`.
         let mut mails: Vec<Event> = batch
             .iter()
+            .filter(|row| !crate::actions::mail::is_copy(&row.message_id))
             .map(|row| {
                 outbox_event(
                     row,

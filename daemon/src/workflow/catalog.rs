@@ -59,10 +59,10 @@ impl Catalog {
         let mut first_path: BTreeMap<String, PathBuf> = BTreeMap::new();
         for path in files {
             catalog.files.push(path.clone());
-            let source = match std::fs::read_to_string(&path) {
+            let source = match crate::inside::read_to_string(dir, &path) {
                 Ok(s) => s,
                 Err(e) => {
-                    catalog.diagnostics.push(io_diag(&path, &e));
+                    catalog.diagnostics.push(outside_diag(&path, &e));
                     continue;
                 }
             };
@@ -126,7 +126,8 @@ impl Catalog {
     pub fn load_file(path: &Path) -> Result<(Workflow, String), Vec<Diagnostic>> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let (data, diags) = load_data(&dir.join("data"));
-        let source = std::fs::read_to_string(path).map_err(|e| vec![io_diag(path, &e)])?;
+        let source =
+            crate::inside::read_to_string(dir, path).map_err(|e| vec![outside_diag(path, &e)])?;
         let wf = compile(path, &source, &data_names(&data)).map_err(|mut d| {
             d.extend(diags);
             d
@@ -163,7 +164,23 @@ fn id_offset(source: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// The `*.toml` files directly in `dir`, sorted.
+/// A file that cannot be read, or is not inside the workflows directory.
+fn outside_diag(path: &Path, err: &crate::inside::Outside) -> Diagnostic {
+    Diagnostic {
+        path: path.to_path_buf(),
+        line: 1,
+        col: 1,
+        message: match err {
+            crate::inside::Outside::Io { source, .. } => format!("cannot read: {source}"),
+            other => other.to_string(),
+        },
+        hint: matches!(err, crate::inside::Outside::Link { .. })
+            .then(|| "copy the file into the workflows directory instead of linking it".into()),
+    }
+}
+
+/// The `*.toml` entries directly in `dir` (files, and links whichever way they point: reading
+/// one says why it cannot be used), sorted; subdirectories are not entries.
 fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -173,7 +190,7 @@ fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_none_or(|n| n.starts_with('.') || n.starts_with('#'));
-        if !hidden && path.extension().is_some_and(|e| e == "toml") && entry.file_type()?.is_file()
+        if !hidden && path.extension().is_some_and(|e| e == "toml") && !entry.file_type()?.is_dir()
         {
             files.push(path);
         }
@@ -200,10 +217,10 @@ pub fn load_data(dir: &Path) -> (Json, Vec<Diagnostic>) {
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
-        let source = match std::fs::read_to_string(&path) {
+        let source = match crate::inside::read_to_string(dir.parent().unwrap_or(dir), &path) {
             Ok(s) => s,
             Err(e) => {
-                diags.push(io_diag(&path, &e));
+                diags.push(outside_diag(&path, &e));
                 continue;
             }
         };

@@ -319,19 +319,27 @@ fn check_templates(cx: &mut Ctx<'_>, span: Range<usize>, value: &Json, scope: &S
 /// `templates/`), parses, and reads only names that will exist.
 fn check_template_file(cx: &mut Ctx<'_>, span: Range<usize>, name: &str, scope: &Scope<'_>) {
     let dir = cx.path.parent().unwrap_or(Path::new("."));
-    let candidates = [dir.join(name), dir.join("templates").join(name)];
-    let Some(file) = candidates.iter().find(|p| p.is_file()) else {
-        cx.error(
-            span,
-            format!("template file `{name}` not found"),
-            Some(format!(
-                "looked in {} and {}",
-                candidates[0].display(),
-                candidates[1].display()
-            )),
-        );
-        return;
+    let candidates = [dir.to_path_buf(), dir.join("templates")];
+    let file = match crate::inside::find(dir, &candidates, name) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
+            cx.error(
+                span,
+                format!("template file `{name}` not found"),
+                Some(format!(
+                    "looked in {} and {}",
+                    candidates[0].join(name).display(),
+                    candidates[1].join(name).display()
+                )),
+            );
+            return;
+        }
+        Err(e) => {
+            cx.error(span, format!("template file: {e}"), None);
+            return;
+        }
     };
+    let file = &file;
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {

@@ -55,7 +55,7 @@ pub(super) fn open_level(
                 ack_instructions(cx, &token)
             );
             let recipient = bare(addr);
-            messages.push(step_mail(
+            messages.extend(step_mail(
                 cx,
                 StepMail {
                     to: addr,
@@ -205,7 +205,7 @@ pub(super) fn notice(
             cx.step_key.replace(['[', ']'], "_"),
             recipient.replace('@', "=")
         );
-        messages.push(step_mail(
+        messages.extend(step_mail(
             cx,
             StepMail {
                 to: addr,

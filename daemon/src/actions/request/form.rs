@@ -126,12 +126,9 @@ pub(super) fn load(
     let Some(rel) = str_param(with, "form")?.filter(|s| !s.trim().is_empty()) else {
         return Ok(None);
     };
-    if rel.contains("..") || Path::new(rel).is_absolute() {
-        return Err(StepError::fatal(format!(
-            "`form` {rel} must be a relative path inside the workflows directory"
-        )));
-    }
-    let path = cx.services.workflows_dir.join(rel);
+    let root = &cx.services.workflows_dir;
+    let path = crate::inside::resolve(root, root, rel)
+        .map_err(|e| StepError::fatal(format!("`form`: {e}")))?;
     let template = std::fs::read(&path)
         .map_err(|e| StepError::fatal(format!("cannot read form {}: {e}", path.display())))?;
     let mut mapping = Mapping {

@@ -385,7 +385,7 @@ async fn resume(cx: &ActionContext<'_>, mut state: State) -> Result<Outcome, Ste
         }
         let n = state.sent + 1;
         for req in &open {
-            messages.push(reminder_mail(cx, &state, &reminder, n, req)?);
+            messages.extend(reminder_mail(cx, &state, &reminder, n, req)?);
         }
         state.sent = n;
     }
@@ -403,7 +403,7 @@ fn reminder_mail(
     reminder: &Reminder,
     n: usize,
     req: &RequestRow,
-) -> Result<NewMessage, StepError> {
+) -> Result<Vec<NewMessage>, StepError> {
     let tz = cx.services.mail.timezone;
     let domain = domain_of(&cx.services.mail.from);
     // The reminder's prefix replaces the request's own (【要回答】, 【ご依頼】, …).

@@ -103,7 +103,7 @@ pub(super) fn start(cx: &ActionContext<'_>, with: &Json) -> Result<Outcome, Step
         if i == 0 {
             text_for_state = body;
         }
-        messages.push(message);
+        messages.extend(message);
         requests.push(request);
     }
     let state = State {
@@ -265,7 +265,7 @@ impl Ask {
         cx: &ActionContext<'_>,
         with: &Json,
         addr: &str,
-    ) -> Result<(NewMessage, NewRequest, String), StepError> {
+    ) -> Result<(Vec<NewMessage>, NewRequest, String), StepError> {
         let tz = cx.services.mail.timezone;
         let RequestIds {
             token,

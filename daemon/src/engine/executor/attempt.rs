@@ -80,6 +80,14 @@ impl RunExec<'_> {
             number: attempt,
             started_at,
         };
+        // An output over `[engine] max_output_kib` is refused: the step fails, nothing huge is
+        // written (a big write would hold the database from every other run and the heartbeat).
+        let result = result.and_then(|outcome| match &outcome {
+            Outcome::Done(output) | Outcome::Emit(output, _) => {
+                within(output, self.core.config.max_output).map(|()| outcome)
+            }
+            _ => Ok(outcome),
+        });
         match result {
             Ok(Outcome::Done(output)) => self.succeed(unit, attempt, started_at, output, &[]).await,
             Ok(Outcome::Emit(output, messages)) => {
@@ -285,4 +293,33 @@ struct Attempt<'a, 'b> {
     unit: &'a StepInstance<'b>,
     number: i64,
     started_at: Option<DateTime<Utc>>,
+}
+
+/// Whether `output` serialises to at most `max` bytes (counted without keeping the bytes, and
+/// stopping at the limit).
+fn within(output: &Json, max: usize) -> Result<(), StepError> {
+    struct Counter {
+        n: usize,
+        max: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n += buf.len();
+            if self.n > self.max {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { n: 0, max };
+    match serde_json::to_writer(&mut counter, output) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(StepError::fatal(format!(
+            "the step's output exceeds the {} KiB limit ([engine] max_output_kib)",
+            max >> 10
+        ))),
+    }
 }
