@@ -56,6 +56,12 @@ pub fn resolve(root: &Path, base: &Path, rel: &str) -> Result<PathBuf, Outside> 
 /// `path` (found in a listing of a directory inside `root`), checked: its real location is
 /// inside `root`. Returns `path`.
 pub fn check(root: &Path, path: &Path) -> Result<PathBuf, Outside> {
+    // The parent of a bare file name (`x.toml`) is the empty path: the current directory.
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
+    };
     let io = |source| Outside::Io {
         path: path.to_path_buf(),
         source,

@@ -339,15 +339,27 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
             .unwrap(),
         Recorded::Replay
     );
-    // 60 answers spread over the four requests, one every two milliseconds; the step ends once
-    // ten of them are in, so the rest race with (or come after) its end.
+    // 60 answers spread over the four requests. The step ends once ten are in: the first 40 are
+    // paced two milliseconds apart, the next 14 start when the end starts and race with it,
+    // and the last 6 come once it has ended — so answers arrive before, during and after the
+    // end on any machine, however fast or loaded.
+    let (phase_tx, phase_rx) = tokio::sync::watch::channel(0u8);
     let mut answers = Vec::new();
     for n in 1..=60u64 {
         let a = answer(&tokens[n as usize % 4], n as usize);
         let s = store.clone();
+        let mut phase = phase_rx.clone();
         answers.push(tokio::spawn(async move {
-            // pace: the answers are spread over 120 ms to race with the finalisation.
-            tokio::time::sleep(std::time::Duration::from_millis(2 * n)).await;
+            match n {
+                1..=40 => tokio::time::sleep(std::time::Duration::from_millis(2 * n)).await,
+                41..=54 => {
+                    phase.wait_for(|p| *p >= 1).await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_micros(300 * (n - 40))).await;
+                }
+                _ => {
+                    phase.wait_for(|p| *p >= 2).await.unwrap();
+                }
+            }
             s.record_answer(t0, &a, &format!("k{n}")).await.unwrap()
         }));
     }
@@ -364,7 +376,9 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
             tokio::time::timeout(std::time::Duration::from_secs(60), eleven)
                 .await
                 .expect("ten answers recorded within a minute");
+            phase_tx.send_replace(1);
             store.finalize_requests(&run, "ask", t0).await.unwrap();
+            phase_tx.send_replace(2);
             // What the step reads once its requests are final.
             store.answers_for(&tokens).await.unwrap().len()
         })
