@@ -351,9 +351,11 @@ async fn answers_race_with_the_end_of_their_step(backend: Backend) {
         let mut phase = phase_rx.clone();
         answers.push(tokio::spawn(async move {
             match n {
+                // pace: two milliseconds apart, before the end.
                 1..=40 => tokio::time::sleep(std::time::Duration::from_millis(2 * n)).await,
                 41..=54 => {
                     phase.wait_for(|p| *p >= 1).await.unwrap();
+                    // pace: spread over the end's transaction.
                     tokio::time::sleep(std::time::Duration::from_micros(300 * (n - 40))).await;
                 }
                 _ => {
