@@ -316,8 +316,8 @@ impl TokenSource {
                 key_pem,
                 thumbprint,
             } => {
-                let assertion =
-                    jwt::client_assertion(cfg, key_pem, thumbprint).map_err(cred_err)?;
+                let assertion = jwt::client_assertion(cfg, key_pem, thumbprint)
+                    .map_err(|e| cred_err(e.to_string()))?;
                 self.client_credentials(
                     None,
                     &[
@@ -338,7 +338,7 @@ impl TokenSource {
             } => {
                 let assertion =
                     jwt::google_assertion(cfg, client_email, key_id.as_deref(), key_pem, subject)
-                        .map_err(cred_err)?;
+                        .map_err(|e| cred_err(e.to_string()))?;
                 self.jwt_bearer(assertion, &[]).await
             }
             Credential::LineWorks {
@@ -347,8 +347,8 @@ impl TokenSource {
                 key_pem,
             } => {
                 let secret = secret.read().map_err(cred_err)?;
-                let assertion =
-                    jwt::line_works_assertion(cfg, service_account, key_pem).map_err(cred_err)?;
+                let assertion = jwt::line_works_assertion(cfg, service_account, key_pem)
+                    .map_err(|e| cred_err(e.to_string()))?;
                 self.jwt_bearer(
                     assertion,
                     &[
