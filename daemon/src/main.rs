@@ -232,6 +232,14 @@ enum InboundAction {
         /// fields found by its defined names, and merge them as a reply's would be.
         #[arg(long, value_name = "TEMPLATE")]
         form: Option<PathBuf>,
+        /// Trust the `Authentication-Results` of this server too (besides `[replies]
+        /// trusted_authserv_ids`); repeatable.
+        #[arg(long, value_name = "AUTHSERV_ID")]
+        trust_authserv_id: Vec<String>,
+        /// Also verify DKIM signatures (DNS lookups, `[replies] dns_servers`), as the daemon does
+        /// for a reply matched by subject tag only.
+        #[arg(long)]
+        verify_dkim: bool,
     },
     /// List received messages, newest first: what each was taken for, or why it is held.
     List {
@@ -252,6 +260,11 @@ enum InboundAction {
     },
     /// Poll the configured IMAP mailbox once and process what arrived (checks `[imap]`).
     Poll,
+    /// Take a reply held for its sender's confirmation as confirmed, and process it now.
+    Release {
+        /// Message id (from `pmoflow inbound list --status held`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,14 +387,21 @@ fn main() -> ExitCode {
                     fields,
                     reply_address,
                     form,
+                    trust_authserv_id,
+                    verify_dkim,
                 }),
             ..
         } => {
+            let mut auth = config.engine.services.replies.auth.clone();
+            auth.trusted_authserv_ids
+                .extend(trust_authserv_id.iter().map(|s| s.to_lowercase()));
+            auth.verify_dkim = *verify_dkim;
             return report(cli::inbound_explain(
                 file.as_deref(),
                 fields,
                 reply_address,
                 form.as_deref(),
+                auth,
             ));
         }
         Command::Token {
@@ -467,6 +487,12 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             action: Some(InboundAction::Poll),
             ..
         } => cli::inbound_poll(&config).await,
+        Command::Inbound {
+            action: Some(InboundAction::Release { id }),
+            ..
+        } => cli::inbound_release(&config, &id)
+            .await
+            .map(|m| println!("{m}")),
         Command::Mail {
             action: MailAction::Check { send_test },
         } => {

@@ -22,6 +22,7 @@ mod replies;
 mod requests;
 mod schedule;
 mod scheduling;
+mod sender_auth;
 mod shipped;
 mod simulate;
 mod store;

@@ -42,17 +42,22 @@ message = "{{{{ steps.ask.output | map(attribute='status') | join(',') }}}}"
     )
 }
 
-struct Setup {
-    project: Project,
-    db: TestDb,
+pub(crate) struct Setup {
+    pub(crate) project: Project,
+    pub(crate) db: TestDb,
     _smtp: SmtpSink,
 }
 
-async fn setup(deadline: &str, extra_step: &str, extra_config: &str) -> Setup {
+pub(crate) async fn setup(deadline: &str, extra_step: &str, extra_config: &str) -> Setup {
     setup_on(Backend::Sqlite, deadline, extra_step, extra_config).await
 }
 
-async fn setup_on(backend: Backend, deadline: &str, extra_step: &str, extra_config: &str) -> Setup {
+pub(crate) async fn setup_on(
+    backend: Backend,
+    deadline: &str,
+    extra_step: &str,
+    extra_config: &str,
+) -> Setup {
     let db = TestDb::new(backend).await;
     let port = free_port();
     let project = Project::new();
@@ -77,7 +82,7 @@ async fn setup_on(backend: Backend, deadline: &str, extra_step: &str, extra_conf
 }
 
 /// Waits until at least `n` messages arrived at the SMTP sink; returns them all.
-fn wait_mail(dir: &Path, n: usize, timeout: Duration) -> Vec<Json> {
+pub(crate) fn wait_mail(dir: &Path, n: usize, timeout: Duration) -> Vec<Json> {
     wait::until_blocking(&format!("{n} mails in {}", dir.display()), timeout, || {
         let mails = if dir.exists() {
             decode_mail(dir)
@@ -92,11 +97,11 @@ fn wait_mail(dir: &Path, n: usize, timeout: Duration) -> Vec<Json> {
     })
 }
 
-fn to_addr(m: &Json) -> String {
+pub(crate) fn to_addr(m: &Json) -> String {
     m["to"][0].as_str().unwrap().to_string()
 }
 
-fn mail_to<'a>(mails: &'a [Json], who: &str) -> &'a Json {
+pub(crate) fn mail_to<'a>(mails: &'a [Json], who: &str) -> &'a Json {
     mails
         .iter()
         .find(|m| {
@@ -107,7 +112,7 @@ fn mail_to<'a>(mails: &'a [Json], who: &str) -> &'a Json {
         .unwrap_or_else(|| panic!("no request to {who} in {mails:#?}"))
 }
 
-fn bare(reply_to: &str) -> String {
+pub(crate) fn bare(reply_to: &str) -> String {
     reply_to
         .rsplit('<')
         .next()
@@ -117,7 +122,13 @@ fn bare(reply_to: &str) -> String {
 }
 
 /// A reply as Gmail JP would send it: answer on top, the request quoted below.
-fn gmail_reply(from: &str, to: &str, request: &Json, body: &str, extra: &str) -> Vec<u8> {
+pub(crate) fn gmail_reply(
+    from: &str,
+    to: &str,
+    request: &Json,
+    body: &str,
+    extra: &str,
+) -> Vec<u8> {
     let quoted: String = request["body"]
         .as_str()
         .unwrap()
@@ -163,7 +174,7 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-async fn step_output(store: &Store, run_id: &str, step: &str) -> Json {
+pub(crate) async fn step_output(store: &Store, run_id: &str, step: &str) -> Json {
     store
         .get_steps(run_id)
         .await
@@ -715,7 +726,7 @@ async fn copied_people_get_a_copy_without_the_answer_link_and_cannot_answer() {
     );
 }
 
-fn url_in(body: &str, path: &str) -> String {
+pub(crate) fn url_in(body: &str, path: &str) -> String {
     body.lines()
         .find(|l| l.contains(path))
         .unwrap_or_else(|| panic!("no {path} link in {body}"))
@@ -723,12 +734,12 @@ fn url_in(body: &str, path: &str) -> String {
         .to_string()
 }
 
-fn nonce_in(html: &str) -> String {
+pub(crate) fn nonce_in(html: &str) -> String {
     let start = html.find("name=\"nonce\" value=\"").expect("a nonce") + 20;
     html[start..start + html[start..].find('"').unwrap()].to_string()
 }
 
-fn http_config(port: u16, dir: &Path) -> (String, String, String) {
+pub(crate) fn http_config(port: u16, dir: &Path) -> (String, String, String) {
     let (operator, op_entry) = pmoflow_tests::new_api_token(dir, "mta", "operator");
     let (viewer, viewer_entry) = pmoflow_tests::new_api_token(dir, "monitor", "viewer");
     (

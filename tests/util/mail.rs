@@ -110,3 +110,19 @@ pub async fn answer_on_page(link: &str, fields: &[(&str, &str)]) -> (u16, String
     let status = res.status().as_u16();
     (status, res.text().await.unwrap())
 }
+
+/// A reply that keeps only the subject tag of `request` (as webmail replying to `From`, or a
+/// gateway rewriting the headers, sends it): to the PMO's plain address, no In-Reply-To or
+/// References, the subject with its `[#tag]`. `extra` headers go first.
+pub fn tag_only_reply(from: &str, request: &Json, body: &str, extra: &str) -> Vec<u8> {
+    use base64::Engine;
+    let subject = format!("Re: {}", request["subject"].as_str().unwrap());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(subject.as_bytes());
+    format!(
+        "{extra}From: {from}\r\nTo: PMO事務局 <pmo@example.go.jp>\r\nSubject: =?UTF-8?B?{encoded}?=\r\nDate: Mon, 30 Nov 2026 10:00:00 +0900\r\nMessage-ID: <tag-{}.{}@pjmo.example.go.jp>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n",
+        std::process::id(),
+        fastrand_u32(),
+        body.replace('\n', "\r\n"),
+    )
+    .into_bytes()
+}

@@ -70,6 +70,7 @@ pub fn inbound_explain(
     fields: &[String],
     reply_address: &str,
     form: Option<&std::path::Path>,
+    auth: crate::message::settings::SenderAuth,
 ) -> Result<(), CliError> {
     use std::io::Read;
     let raw = match file {
@@ -135,6 +136,26 @@ pub fn inbound_explain(
         );
         workbooks = json!({ "form": spec, "read": reads, "problems": problems });
     }
+    // Sender authentication as the daemon reaches it: the trusted gateways' word, and DKIM
+    // verified here only when asked (it needs DNS).
+    let verify = auth.verify_dkim;
+    let authenticator = crate::inbound::auth::Authenticator::new(auth);
+    let verdict = if verify {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::caused("cannot start the async runtime", e))?
+            .block_on(authenticator.verdict(&raw, msg.from.as_deref()))
+    } else {
+        authenticator
+            .from_headers(&raw, msg.from.as_deref())
+            .unwrap_or_else(|| crate::inbound::auth::Verdict {
+                result: crate::inbound::auth::AuthResult::None,
+                reason: "no Authentication-Results from a trusted server (DKIM not verified: \
+                         --verify-dkim)"
+                    .into(),
+            })
+    };
     let mut doc = serde_json::to_value(&msg.kind).unwrap_or_else(|_| json!({}));
     let rest = json!({
         "message_id": msg.message_id,
@@ -143,6 +164,7 @@ pub fn inbound_explain(
         "recipients": msg.recipients,
         "subject": msg.subject,
         "keys": crate::message::correlate::keys(&msg, reply_address),
+        "authentication": verdict,
         "new_text": text,
         "fields": answers.fields,
         "free_text": answers.free_text,
@@ -244,10 +266,10 @@ pub async fn inbound_list(
     format: Format,
 ) -> Result<(), CliError> {
     if let Some(s) = status
-        && !matches!(s, "pending" | "done" | "quarantined")
+        && !matches!(s, "pending" | "done" | "quarantined" | "held")
     {
         return Err(CliError::new(format!(
-            "unknown inbound status `{s}` (pending, done, quarantined)"
+            "unknown inbound status `{s}` (pending, done, quarantined, held)"
         )));
     }
     let store = Store::open(&config.database_url, config.durability).await?;
@@ -303,12 +325,28 @@ pub async fn inbound_show(config: &Config, id: &str) -> Result<(), CliError> {
             "detail": r.detail,
             "from": r.from,
             "subject": r.subject,
+            "authentication": r.auth,
             "processed_at": r.processed_at.map(|t| local(t, config.timezone)),
+            "confirmed_at": r.confirmed_at.map(|t| local(t, config.timezone)),
         })
     );
     println!("---");
     println!("{}", String::from_utf8_lossy(&r.raw));
     Ok(())
+}
+
+/// `pmoflow inbound release ID`: a reply held for its sender's confirmation is taken as
+/// confirmed (the PMO vouches for it, e.g. after a phone call) and processed now.
+pub async fn inbound_release(config: &Config, id: &str) -> Result<String, CliError> {
+    let store = Store::open(&config.database_url, config.durability).await?;
+    let processed = intake(config, &store).confirm(id, false).await;
+    store.close().await;
+    match processed? {
+        Some(p) => Ok(format!("{}: {} ({})", p.id, p.outcome, p.status)),
+        None => Err(CliError::new(format!(
+            "no held message {id} (see `pmoflow inbound list --status held`)"
+        ))),
+    }
 }
 
 /// `pmoflow inbound poll`: one IMAP round.

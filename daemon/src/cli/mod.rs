@@ -25,8 +25,8 @@ mod validate;
 
 pub use cluster::cluster;
 pub use mail::{
-    inbound_explain, inbound_list, inbound_poll, inbound_receive, inbound_show, outbox_list,
-    outbox_retry, requests,
+    inbound_explain, inbound_list, inbound_poll, inbound_receive, inbound_release, inbound_show,
+    outbox_list, outbox_retry, requests,
 };
 pub use mailcheck::mail_check;
 pub use plugin::{plugin_inspect, plugin_new, plugin_run};

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod raw;
+mod replies;
 mod sections;
 mod tokens;
 

@@ -106,6 +106,10 @@ pub(super) struct RawReplies {
     pub(super) notify: Option<Spanned<String>>,
     pub(super) max_size_kib: Option<Spanned<i64>>,
     pub(super) token_ttl: Option<Spanned<String>>,
+    pub(super) trusted_authserv_ids: Option<Vec<Spanned<String>>>,
+    pub(super) verify_dkim: Option<bool>,
+    pub(super) dns_servers: Option<Vec<Spanned<String>>>,
+    pub(super) dns_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

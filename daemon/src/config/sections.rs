@@ -316,67 +316,6 @@ impl Reader<'_> {
         })
     }
 
-    /// `[replies]` and `[http] public_url`.
-    pub(super) fn replies(
-        &self,
-        raw: &RawConfig,
-    ) -> Result<crate::outbox::ReplySettings, ConfigError> {
-        let r = &raw.replies;
-        if let Some(a) = &r.address {
-            let text = a.get_ref();
-            let valid = text.matches("{token}").count() == 1
-                && text
-                    .replace("{token}", "t")
-                    .parse::<lettre::Address>()
-                    .is_ok();
-            if !valid {
-                return Err(self.err(
-                    a.span(),
-                    format!("`{text}` is not a reply-address pattern"),
-                    Some(
-                        "write an address with {token} once, e.g. \"pmo+{token}@example.go.jp\""
-                            .into(),
-                    ),
-                ));
-            }
-        }
-        if let Some(u) = &raw.http.public_url
-            && !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://"))
-        {
-            return Err(self.err(
-                u.span(),
-                format!("`{}` is not an http(s) URL", u.get_ref()),
-                Some("e.g. public_url = \"https://pmoflow.example.go.jp\"".into()),
-            ));
-        }
-        Ok(crate::outbox::ReplySettings {
-            address: r.address.as_ref().map(|a| a.get_ref().clone()),
-            notify: r.notify.as_ref().map(|a| a.get_ref().clone()),
-            max_size: match &r.max_size_kib {
-                None => crate::inbound::DEFAULT_MAX_SIZE,
-                Some(n) if (1..=1 << 20).contains(n.get_ref()) => {
-                    usize::try_from(*n.get_ref()).unwrap_or(1) << 10
-                }
-                Some(n) => {
-                    return Err(self.err(
-                        n.span(),
-                        format!(
-                            "max_size_kib must be between 1 and 1048576, got {}",
-                            n.get_ref()
-                        ),
-                        None,
-                    ));
-                }
-            },
-            token_ttl: self.duration(&r.token_ttl, Duration::from_secs(60 * 24 * 3600))?,
-            public_url: raw
-                .http
-                .public_url
-                .as_ref()
-                .map(|u| u.get_ref().trim_end_matches('/').to_string()),
-        })
-    }
-
     /// `[http]` (and `PMOFLOW_HTTP_LISTEN`).
     pub(super) fn http(&self, raw: &RawConfig) -> Result<crate::http::HttpConfig, ConfigError> {
         let h = &raw.http;

@@ -103,7 +103,10 @@ impl Refusals {
 fn is_refusal(path: &str, status: StatusCode) -> bool {
     status == StatusCode::UNAUTHORIZED
         || (status == StatusCode::NOT_FOUND
-            && (path.starts_with("/answer/") || path.starts_with("/ack/") || path == "/api/acks"))
+            && (path.starts_with("/answer/")
+                || path.starts_with("/ack/")
+                || path.starts_with("/confirm/")
+                || path == "/api/acks"))
 }
 
 /// The middleware.

@@ -31,6 +31,7 @@ use crate::store::{NewAnswer, Recorded, RequestRow, Store, requests::lookup_of};
 mod answer;
 mod api;
 mod auth;
+mod confirm;
 pub(crate) mod limit;
 mod links;
 pub mod openapi;
@@ -156,6 +157,7 @@ fn pages() -> minijinja::Environment<'static> {
         ("base.html", include_str!("templates/base.html")),
         ("answer.html", include_str!("templates/answer.html")),
         ("ack.html", include_str!("templates/ack.html")),
+        ("confirm.html", include_str!("templates/confirm.html")),
         ("message.html", include_str!("templates/message.html")),
         ("login.html", include_str!("templates/login.html")),
         ("dashboard.html", include_str!("templates/dashboard.html")),
@@ -187,7 +189,11 @@ pub fn router(state: AppState) -> Router {
         .route("/static/pmoflow.css", get(css))
         .route("/answer/{token}", get(answer_page).post(answer_submit))
         .route("/answer/{token}/form", get(answer_form_file))
-        .route("/ack/{token}", get(ack_page).post(ack_submit));
+        .route("/ack/{token}", get(ack_page).post(ack_submit))
+        .route(
+            "/confirm/{token}",
+            get(confirm::confirm_page).post(confirm::confirm_submit),
+        );
     openapi::routes(pages)
         .layer(DefaultBodyLimit::max(max))
         .layer(axum::middleware::from_fn_with_state(
@@ -324,7 +330,7 @@ async fn request_context(req: axum::extract::Request, next: axum::middleware::Ne
     let id = uuid::Uuid::now_v7().simple().to_string();
     let path = req.uri().path();
     let shown = match path.split('/').nth(1) {
-        Some(p @ ("answer" | "ack")) => format!("/{p}/…"),
+        Some(p @ ("answer" | "ack" | "confirm")) => format!("/{p}/…"),
         _ => path.to_string(),
     };
     let span = tracing::info_span!("http", request_id = %id, method = %req.method(), path = %shown);

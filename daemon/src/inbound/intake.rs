@@ -18,6 +18,7 @@ use futures::StreamExt;
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
+use super::auth::Authenticator;
 use super::correlate::{self, Key};
 use super::{Inbound, Kind, reply};
 use crate::actions::StepServices;
@@ -27,6 +28,9 @@ use crate::store::{Disposition, InboundRow, NewAnswer, RequestRow, Store, StoreE
 use crate::workbook::form::{Offered, read_offered};
 use crate::workbook::{FormRead, FormSpec, Problem};
 
+mod held;
+use held::Gate;
+pub use held::confirm_hash;
 mod notices;
 
 /// Receives and processes inbound messages.
@@ -37,7 +41,21 @@ pub struct Intake {
     services: Arc<StepServices>,
     /// The daemon's wakers: runs when an answer nudged one, the outbox when a notice was queued.
     wakers: Option<crate::wake::Wakers>,
+    /// Sender authentication (`[replies]`).
+    auth: Arc<Authenticator>,
 }
+
+/// What processing decided about one message, before it is applied.
+pub(super) struct Decision {
+    from: Option<String>,
+    subject: Option<String>,
+    /// The authentication verdict, when one was reached.
+    auth: Option<String>,
+    disposition: Disposition,
+}
+
+/// At most this many confirmation mails wait for one addressee and request at a time.
+const MAX_PENDING_CONFIRMATIONS: i64 = 3;
 
 /// What happened to one message.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -72,11 +90,13 @@ pub fn source_key(raw: &[u8]) -> String {
 impl Intake {
     /// An intake over `store`.
     pub fn new(store: Store, clock: SharedClock, services: Arc<StepServices>) -> Self {
+        let auth = Arc::new(Authenticator::new(services.replies.auth.clone()));
         Self {
             store,
             clock,
             services,
             wakers: None,
+            auth,
         }
     }
 
@@ -129,7 +149,12 @@ impl Intake {
     /// Processes one stored message; `None` if someone else processed it first.
     pub async fn process(&self, row: &InboundRow) -> Result<Option<Processed>, StoreError> {
         let now = self.clock.now();
-        let (from, subject, disposition) = self.decide(row, now).await?;
+        let Decision {
+            from,
+            subject,
+            auth,
+            disposition,
+        } = self.decide(row, now).await?;
         let Some(applied) = self
             .store
             .inbound_apply(
@@ -137,6 +162,7 @@ impl Intake {
                 now,
                 from.as_deref(),
                 subject.as_deref(),
+                auth.as_deref(),
                 &disposition,
             )
             .await?
@@ -153,7 +179,7 @@ impl Intake {
             .metrics
             .inc("pmoflow_inbound_messages_total", &[("outcome", outcome)]);
         match status {
-            "quarantined" => tracing::warn!(
+            "quarantined" | "held" => tracing::warn!(
                 inbound = %row.id, outcome, from = from.as_deref().unwrap_or("-"), "{detail}"
             ),
             _ => tracing::info!(
@@ -167,7 +193,9 @@ impl Intake {
             w.wake_runs();
         }
         let queued = match &disposition {
-            Disposition::Quarantine { notify, .. } => notify.is_some(),
+            Disposition::Quarantine { notify, .. } | Disposition::Hold { notify, .. } => {
+                notify.is_some()
+            }
             Disposition::Answer { notices, .. } => !notices.is_empty(),
             _ => false,
         };
@@ -183,11 +211,13 @@ impl Intake {
         }))
     }
 
-    async fn decide(
-        &self,
-        row: &InboundRow,
-        now: DateTime<Utc>,
-    ) -> Result<(Option<String>, Option<String>, Disposition), StoreError> {
+    async fn decide(&self, row: &InboundRow, now: DateTime<Utc>) -> Result<Decision, StoreError> {
+        let decided = |from, subject, disposition| Decision {
+            from,
+            subject,
+            auth: None,
+            disposition,
+        };
         let max = self.services.replies.max_size;
         let size = usize::try_from(row.size).unwrap_or(usize::MAX);
         if size > max {
@@ -204,14 +234,22 @@ impl Intake {
                 max >> 10
             );
             let notify = self.pmo_notice(row, from.as_deref(), subject.as_deref(), &detail);
-            return Ok((from, subject, quarantine("too_large", None, detail, notify)));
+            return Ok(decided(
+                from,
+                subject,
+                quarantine("too_large", None, detail, notify),
+            ));
         }
         let msg = match super::parse(&row.raw, max) {
             Ok(m) => m,
             Err(e) => {
                 let detail = format!("unreadable message: {e}");
                 let notify = self.pmo_notice(row, None, None, &detail);
-                return Ok((None, None, quarantine("unreadable", None, detail, notify)));
+                return Ok(decided(
+                    None,
+                    None,
+                    quarantine("unreadable", None, detail, notify),
+                ));
             }
         };
         let from = msg.from.clone();
@@ -220,12 +258,15 @@ impl Intake {
         {
             let detail = "unreadable message: no From address".to_string();
             let notify = self.pmo_notice(row, None, subject.as_deref(), &detail);
-            return Ok((
+            return Ok(decided(
                 None,
                 subject,
                 quarantine("unreadable", None, detail, notify),
             ));
         }
+        // What the trusted gateway says costs nothing; DKIM verified here (DNS) only when a
+        // match by subject tag needs it.
+        let said = self.auth.from_headers(&row.raw, from.as_deref());
         let mut found = self.correlate(&msg).await?;
         // A request whose step (or run) has finished is closed, even if it was answered before:
         // a later answer is kept as a message but changes nothing.
@@ -235,6 +276,17 @@ impl Intake {
         {
             req.status = "closed".into();
         }
+        let auth = match self.gate(row, &msg, found.as_ref(), said, now).await? {
+            Gate::Decided(disposition, auth) => {
+                return Ok(Decision {
+                    from,
+                    subject,
+                    auth,
+                    disposition: *disposition,
+                });
+            }
+            Gate::Open(auth) => auth,
+        };
         let disposition = match (&msg.kind, found) {
             (Kind::Bounce { recipients, .. }, Some((req, _))) => Disposition::Bounce {
                 token: req.token.clone(),
@@ -301,7 +353,12 @@ impl Intake {
                 self.answer(row, &msg, req, &by, now, form, workbooks)
             }
         };
-        Ok((from, subject, disposition))
+        Ok(Decision {
+            from,
+            subject,
+            auth,
+            disposition,
+        })
     }
 
     /// The request a message belongs to, strongest key first. A subject tag alone only matches
@@ -541,5 +598,6 @@ fn describe(d: &Disposition) -> (&'static str, &str, &str) {
         Disposition::Quarantine {
             outcome, detail, ..
         } => ("quarantined", outcome, detail),
+        Disposition::Hold { detail, .. } => ("held", "unauthenticated", detail),
     }
 }

@@ -7,6 +7,7 @@
 //! reply with quoted history and signatures removed ([`reply`]). It never panics on bad input:
 //! a message it cannot read is an error to quarantine, not a crash.
 
+pub mod auth;
 pub mod imap;
 pub mod intake;
 

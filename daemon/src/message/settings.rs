@@ -115,6 +115,33 @@ pub struct ReplySettings {
     pub token_ttl: Duration,
     /// Base URL for links in emails (`[http] public_url`), if the HTTP listener is reachable.
     pub public_url: Option<String>,
+    /// How the sender of a reply is authenticated.
+    pub auth: SenderAuth,
+}
+
+/// `[replies]` sender authentication: whose word is taken that a reply comes from its `From`.
+#[derive(Debug, Clone)]
+pub struct SenderAuth {
+    /// `authserv-id`s (RFC 8601) whose `Authentication-Results` headers are trusted: the
+    /// ministry's own receiving gateway, which strips such headers from incoming mail.
+    pub trusted_authserv_ids: Vec<String>,
+    /// Verify DKIM signatures here (keys looked up in DNS).
+    pub verify_dkim: bool,
+    /// DNS servers for the key lookups (`ip:port`); empty means the system's resolver.
+    pub dns_servers: Vec<std::net::SocketAddr>,
+    /// How long one key lookup may take.
+    pub dns_timeout: Duration,
+}
+
+impl Default for SenderAuth {
+    fn default() -> Self {
+        Self {
+            trusted_authserv_ids: Vec::new(),
+            verify_dkim: true,
+            dns_servers: Vec::new(),
+            dns_timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 impl ReplySettings {

@@ -30,7 +30,7 @@ pub struct InboundRow {
     /// The message as received.
     #[serde(skip)]
     pub raw: Vec<u8>,
-    /// `pending`, `done`, `quarantined` or `ignored`.
+    /// `pending`, `done`, `quarantined`, `held` (waiting for the addressee's confirmation).
     pub status: String,
     /// What processing decided (`answer`, `auto_reply`, `bounce`, `unmatched`, …).
     pub outcome: Option<String>,
@@ -45,6 +45,10 @@ pub struct InboundRow {
     pub token: Option<String>,
     /// When it was processed.
     pub processed_at: Option<DateTime<Utc>>,
+    /// What sender authentication said (`pass: dmarc=pass (mx…)`), when it was asked.
+    pub auth: Option<String>,
+    /// When the addressee confirmed a held answer as theirs (or the PMO released it).
+    pub confirmed_at: Option<DateTime<Utc>>,
 }
 
 /// What processing an inbound message decided; applied in one transaction with the row's status.
@@ -85,6 +89,19 @@ pub enum Disposition {
         /// The notice to the PMO.
         notify: Option<super::NewMessage>,
     },
+    /// An answer matched only by subject tag and sender, from a sender nobody authenticated:
+    /// held until the addressee confirms it (`confirm_hash` finds it from the link), then
+    /// processed again as confirmed.
+    Hold {
+        /// Request token.
+        token: String,
+        /// Why.
+        detail: String,
+        /// SHA-256 (hex) of the confirmation token mailed to the addressee.
+        confirm_hash: String,
+        /// The confirmation mail (none once a few are pending for the same request and sender).
+        notify: Option<super::NewMessage>,
+    },
 }
 
 /// What applying an inbound message did.
@@ -108,8 +125,8 @@ pub struct MailboxState {
     pub registered_at: DateTime<Utc>,
 }
 
-const INBOUND_COLUMNS: &str = "id, source_key, via, received_at, size, raw, status, outcome, detail, \
-    from_addr, subject, token, processed_at";
+pub(super) const INBOUND_COLUMNS: &str = "id, source_key, via, received_at, size, raw, status, \
+    outcome, detail, from_addr, subject, token, processed_at, auth, confirmed_at";
 
 macro_rules! inbound_row {
     ($r:expr) => {{
@@ -118,7 +135,7 @@ macro_rules! inbound_row {
             id: r.try_get("id")?,
             source_key: r.try_get("source_key")?,
             via: r.try_get("via")?,
-            received_at: from_ms(r.try_get("received_at")?),
+            received_at: super::from_ms(r.try_get("received_at")?),
             size: r.try_get("size")?,
             raw: r.try_get("raw")?,
             status: r.try_get("status")?,
@@ -127,10 +144,17 @@ macro_rules! inbound_row {
             from: r.try_get("from_addr")?,
             subject: r.try_get("subject")?,
             token: r.try_get("token")?,
-            processed_at: r.try_get::<Option<i64>, _>("processed_at")?.map(from_ms),
+            processed_at: r
+                .try_get::<Option<i64>, _>("processed_at")?
+                .map(super::from_ms),
+            auth: r.try_get("auth")?,
+            confirmed_at: r
+                .try_get::<Option<i64>, _>("confirmed_at")?
+                .map(super::from_ms),
         }
     }};
 }
+pub(super) use inbound_row;
 
 /// Wakes a run now (or, if it is executing, makes its next park wake it at once).
 macro_rules! nudge_run {
@@ -280,6 +304,7 @@ impl Store {
         now: DateTime<Utc>,
         from: Option<&str>,
         subject: Option<&str>,
+        auth: Option<&str>,
         disposition: &Disposition,
     ) -> Result<Option<Applied>> {
         let (status, outcome, token, detail): (&str, &str, Option<&str>, String) = match disposition
@@ -313,13 +338,24 @@ impl Store {
                 token.as_deref(),
                 detail.clone(),
             ),
+            Disposition::Hold { token, detail, .. } => (
+                "held",
+                "unauthenticated",
+                Some(token.as_str()),
+                detail.clone(),
+            ),
+        };
+        let confirm_hash = match disposition {
+            Disposition::Hold { confirm_hash, .. } => Some(confirm_hash.as_str()),
+            _ => None,
         };
         let now_ms = ms(now);
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(
                 "UPDATE inbound SET status = $1, outcome = $2, detail = $3, from_addr = $4, \
-                 subject = $5, token = $6, processed_at = $7 WHERE id = $8 AND status = 'pending'",
+                 subject = $5, token = $6, processed_at = $7, auth = $9, \
+                 confirm_hash = COALESCE($10, confirm_hash) WHERE id = $8 AND status = 'pending'",
             )
             .bind(status)
             .bind(outcome)
@@ -329,6 +365,8 @@ impl Store {
             .bind(token)
             .bind(now_ms)
             .bind(id)
+            .bind(auth)
+            .bind(confirm_hash)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -470,7 +508,7 @@ impl Store {
                     }
                 }
                 Disposition::Record { .. } => {}
-                Disposition::Quarantine { notify, .. } => {
+                Disposition::Quarantine { notify, .. } | Disposition::Hold { notify, .. } => {
                     if let Some(m) = notify {
                         insert_message!(tx, now_ms, m);
                     }

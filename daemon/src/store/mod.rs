@@ -43,6 +43,9 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("corrupt stored value in {0}: {1}")]
     Corrupt(&'static str, String),
+    /// The operating system gave no randomness for a new token.
+    #[error(transparent)]
+    NoRandomness(#[from] crate::message::correlate::NoRandomness),
     /// Another daemon holds the embedded database.
     #[error(
         "another pmoflow daemon is running on the SQLite database {path} ({holder}); SQLite serves \
@@ -408,6 +411,7 @@ fn sqlite_path(url: &str) -> Option<String> {
 mod admin;
 mod catalog;
 mod cluster;
+mod held;
 mod inbound;
 mod outbox;
 pub mod portfolio;

@@ -512,6 +512,7 @@ impl Store {
                 now,
                 answer.from.as_deref(),
                 None,
+                None,
                 &Disposition::Answer {
                     answer: answer.clone(),
                     notices: Vec::new(),
