@@ -60,10 +60,21 @@ impl Verdict {
     }
 }
 
+/// Why DKIM keys cannot be looked up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolverError {
+    /// No `dns_servers`, and the system's resolver configuration cannot be read.
+    #[error("no system DNS resolver ({0})")]
+    System(String),
+    /// The resolver could not be made.
+    #[error("DNS resolver: {0}")]
+    Build(String),
+}
+
 /// Checks senders with one configuration; the DNS resolver is made on first use.
 pub struct Authenticator {
     settings: SenderAuth,
-    resolver: OnceLock<Result<mail_auth::MessageAuthenticator, String>>,
+    resolver: OnceLock<Result<mail_auth::MessageAuthenticator, ResolverError>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -171,7 +182,7 @@ impl Authenticator {
         Verdict::none(seen.join("; "))
     }
 
-    fn make_resolver(&self) -> Result<mail_auth::MessageAuthenticator, String> {
+    fn make_resolver(&self) -> Result<mail_auth::MessageAuthenticator, ResolverError> {
         use mail_auth::hickory_resolver::config::{
             ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
         };
@@ -185,7 +196,7 @@ impl Authenticator {
                     system.attempts = 1;
                     mail_auth::MessageAuthenticator::new(config, system)
                 }
-                Err(e) => return Err(format!("no system DNS resolver ({e})")),
+                Err(e) => return Err(ResolverError::System(e.to_string())),
             }
         } else {
             let servers = self
@@ -207,7 +218,7 @@ impl Authenticator {
                 opts,
             )
         };
-        made.map_err(|e| format!("DNS resolver: {e}"))
+        made.map_err(|e| ResolverError::Build(e.to_string()))
     }
 }
 
