@@ -16,7 +16,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Why a role could not be taken or renewed this time.
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    /// The database refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The database did not answer within a third of the time to live.
+    #[error("the database did not answer in time")]
+    Timeout,
+}
 
 /// This process's identity among the daemons of a database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,14 +129,14 @@ impl Role {
 
     /// One attempt to take or renew the hold. It is bounded by a third of the time to live, so a
     /// database that stopped answering counts as a failed renewal, not as a wait.
-    async fn try_take(&self) -> Result<bool, String> {
+    async fn try_take(&self) -> Result<bool, RenewError> {
         let now = self.clock.now();
         let until = now + chrono::Duration::from_std(self.ttl).unwrap_or_default();
         let take = self.store.take_role(&self.name, &self.holder, now, until);
         match tokio::time::timeout(self.ttl / 3, take).await {
             Ok(Ok(held)) => Ok(held),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the database did not answer in time".to_string()),
+            Ok(Err(e)) => Err(RenewError::Store(e)),
+            Err(_) => Err(RenewError::Timeout),
         }
     }
 

@@ -235,22 +235,29 @@ pub struct InboundReceived {
 /// Most items a listing returns.
 const MAX_LIMIT: i64 = 1000;
 
-/// The `limit` query parameter: 1 to 1000 (the error is a 400's message).
-fn limit(given: Option<i64>, default: i64) -> Result<i64, String> {
+/// A request the API answers `400`: the message says what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct BadRequest(pub(super) String);
+
+/// The `limit` query parameter: 1 to 1000.
+fn limit(given: Option<i64>, default: i64) -> Result<i64, BadRequest> {
     match given {
         None => Ok(default),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(format!("limit must be between 1 and {MAX_LIMIT}, got {n}")),
+        Some(n) => Err(BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}, got {n}"
+        ))),
     }
 }
 
-/// The query string, or why it does not parse (a 400's message).
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, String> {
-    q.map(|Query(q)| q).map_err(|e| e.body_text())
+/// The query string, or why it does not parse.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, BadRequest> {
+    q.map(|Query(q)| q).map_err(|e| BadRequest(e.body_text()))
 }
 
-fn bad_request(message: String) -> Response {
-    api_error(StatusCode::BAD_REQUEST, &message)
+fn bad_request(e: BadRequest) -> Response {
+    api_error(StatusCode::BAD_REQUEST, &e.0)
 }
 
 async fn audit(state: &AppState, actor: &str, action: &str, target: Option<&str>, detail: &str) {

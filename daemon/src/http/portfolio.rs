@@ -42,7 +42,7 @@ pub struct PortfolioParams {
 impl PortfolioParams {
     /// The query, or why not (a value over its documented length). A filter no entry can match
     /// (`from` after `to`, a NUL character) is a valid query with no entries.
-    fn check(self) -> Result<PortfolioQuery, String> {
+    fn check(self) -> Result<PortfolioQuery, super::api::BadRequest> {
         for (name, v, max) in [
             ("workflow", &self.workflow, 200),
             ("subject", &self.subject, 200),
@@ -52,7 +52,9 @@ impl PortfolioParams {
             if let Some(v) = v
                 && v.chars().count() > max
             {
-                return Err(format!("{name} is longer than {max} characters"));
+                return Err(super::api::BadRequest(format!(
+                    "{name} is longer than {max} characters"
+                )));
             }
         }
         Ok(PortfolioQuery {
@@ -81,7 +83,7 @@ async fn entries(
         .map(|Query(q)| q)
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, &e.body_text()))?
         .check()
-        .map_err(|m| api_error(StatusCode::BAD_REQUEST, &m))?;
+        .map_err(|m| api_error(StatusCode::BAD_REQUEST, &m.0))?;
     let nul = [&q.workflow, &q.subject, &q.from, &q.to]
         .iter()
         .any(|v| v.as_ref().is_some_and(|v| v.contains('\0')));

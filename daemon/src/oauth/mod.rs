@@ -72,13 +72,26 @@ pub enum SecretSource {
     File(PathBuf),
 }
 
+/// A secret file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct SecretFileError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub source: std::io::Error,
+}
+
 impl SecretSource {
-    fn read(&self) -> Result<Secret, String> {
+    fn read(&self) -> Result<Secret, SecretFileError> {
         match self {
             Self::Value(s) => Ok(s.clone()),
             Self::File(p) => std::fs::read_to_string(p)
                 .map(|v| Secret::new(v.trim()))
-                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+                .map_err(|source| SecretFileError {
+                    path: p.display().to_string(),
+                    source,
+                }),
         }
     }
 }
@@ -309,7 +322,7 @@ impl TokenSource {
         };
         match &cfg.credential {
             Credential::ClientSecret(secret) => {
-                let secret = secret.read().map_err(cred_err)?;
+                let secret = secret.read().map_err(|e| cred_err(e.to_string()))?;
                 self.client_credentials(Some(secret), &[]).await
             }
             Credential::Certificate {
@@ -346,7 +359,7 @@ impl TokenSource {
                 service_account,
                 key_pem,
             } => {
-                let secret = secret.read().map_err(cred_err)?;
+                let secret = secret.read().map_err(|e| cred_err(e.to_string()))?;
                 let assertion = jwt::line_works_assertion(cfg, service_account, key_pem)
                     .map_err(|e| cred_err(e.to_string()))?;
                 self.jwt_bearer(

@@ -353,10 +353,27 @@ impl PluginHost {
             std::fs::write(&tmp, &compiled)?;
             std::fs::rename(&tmp, &cached)
         });
-        if let Err(e) = written {
-            tracing::warn!(dir = %cache.display(), error = %e, "cannot cache compiled plugin code");
+        match written {
+            Ok(()) => {
+                // The code just written is loaded from the file (mapped, not copied): compiling
+                // a second time would double the start-up work, and the mapped pages are clean
+                // file pages the kernel can share and reclaim, not heap the daemon keeps.
+                // SAFETY: as above; the file was written a moment ago by this host from
+                // `precompile_component` with this engine.
+                #[allow(unsafe_code)]
+                let loaded = unsafe { Component::deserialize_file(&self.engine, &cached) };
+                if let Ok(c) = loaded {
+                    return Ok(c);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %cache.display(), error = %e, "cannot cache compiled plugin code");
+            }
         }
-        Component::new(&self.engine, bytes).map_err(LoadError::Compile)
+        // SAFETY: `compiled` is what this engine's `precompile_component` produced just above.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize(&self.engine, &compiled) };
+        loaded.map_err(LoadError::Compile)
     }
 }
 
