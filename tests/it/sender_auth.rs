@@ -103,6 +103,11 @@ async fn held_until_confirmed(backend: Backend) {
         })
         .expect("a confirmation mail");
     assert!(to_addr(confirm).contains("yamada@pjmo-a.example.go.jp"));
+    // No tag in its subject and no reply address: a reply to it matches no request.
+    assert!(
+        !confirm["subject"].as_str().unwrap().contains("[#"),
+        "{confirm:#}"
+    );
     assert!(confirm["reply_to"].is_null(), "{confirm:#}");
     assert!(
         confirm["message_id"]

@@ -19,6 +19,17 @@ use crate::inbound::{Inbound, Kind};
 use crate::message::email::{EmailSpec, build};
 use crate::store::{Disposition, InboundRow, MessageKind, NewMessage, RequestRow, StoreError};
 
+/// `subject` without its `[#tag]` (in any width).
+fn without_tag(subject: &str) -> String {
+    static TAG: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\s*[\[［]\s*[#＃]\s*[0-9０-９]+\s*[\]］]").ok()
+    });
+    match TAG.as_ref() {
+        Some(re) => re.replace_all(subject, "").trim().to_string(),
+        None => subject.to_string(),
+    }
+}
+
 /// The SHA-256 (hex) a confirmation token is stored as.
 pub fn confirm_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -169,7 +180,11 @@ impl Intake {
             cc: Vec::new(),
             bcc: Vec::new(),
             reply_to: None,
-            subject: format!("【確認のお願い】ご回答の受付確認（{}）", req.subject),
+            // Without the request's tag: a reply to this mail must not match the request.
+            subject: format!(
+                "【確認のお願い】ご回答の受付確認（{}）",
+                without_tag(&req.subject)
+            ),
             text,
             html: None,
             attachments: Vec::new(),
