@@ -410,6 +410,7 @@ fn sqlite_path(url: &str) -> Option<String> {
 // Declared after the macros above so that they can use them.
 mod admin;
 mod catalog;
+mod claims;
 mod cluster;
 mod held;
 mod inbound;
