@@ -400,18 +400,46 @@ pub(crate) fn run(
     ))
 }
 
+/// What is wrong with an attachment's `sheets` (a mistake in the workflow, told to its author).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SheetsError {
+    /// `sheets` is not a list.
+    #[error("`sheets` must be a list of {{ name, columns, rows }} tables")]
+    NotAList,
+    /// An entry is not a table.
+    #[error("sheets[{0}] must be a table")]
+    NotATable(usize),
+    /// `columns` is not a list.
+    #[error("sheet {0}: `columns` must be a list")]
+    Columns(String),
+    /// A column is neither a header nor a table.
+    #[error("sheet {sheet}: column {column} is not a table")]
+    Column { sheet: String, column: Json },
+    /// `rows` is JSON text of something other than a list.
+    #[error("sheet {0}: `rows` is not a list")]
+    RowsNotAList(String),
+    /// `rows` is text that is not JSON.
+    #[error("sheet {sheet}: `rows` is not JSON ({error}); build it with `tojson`")]
+    RowsNotJson { sheet: String, error: String },
+    /// `rows` is neither a list nor JSON text.
+    #[error("sheet {sheet}: `rows` must be a list, got {got}")]
+    Rows { sheet: String, got: Json },
+    /// A row is neither a list nor a table.
+    #[error("sheet {sheet}: row {row} is neither a list nor a table")]
+    Row { sheet: String, row: Json },
+    /// The workbook could not be written.
+    #[error(transparent)]
+    Write(#[from] crate::workbook::WorkbookError),
+}
+
 /// The `.xlsx` of an attachment's `sheets`: each with `name`, `columns` (`header`, optional
 /// `key`, `format`, `width`) and `rows`, a list (or JSON text of a list, as a template loop makes
 /// it) of rows, each a list of values in column order or a table read by the columns' `key`s.
-pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
-    let list = sheets
-        .as_array()
-        .ok_or("`sheets` must be a list of { name, columns, rows } tables")?;
+pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, SheetsError> {
+    let list = sheets.as_array().ok_or(SheetsError::NotAList)?;
     let mut out = Vec::new();
     for (i, sheet) in list.iter().enumerate() {
-        let m = sheet
-            .as_object()
-            .ok_or_else(|| format!("sheets[{i}] must be a table"))?;
+        let m = sheet.as_object().ok_or(SheetsError::NotATable(i))?;
         let name = m
             .get("name")
             .and_then(Json::as_str)
@@ -420,7 +448,7 @@ pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
         let columns = m
             .get("columns")
             .and_then(Json::as_array)
-            .ok_or_else(|| format!("sheet {name}: `columns` must be a list"))?;
+            .ok_or_else(|| SheetsError::Columns(name.clone()))?;
         let mut cols = Vec::new();
         let mut keys = Vec::new();
         for c in columns {
@@ -435,7 +463,12 @@ pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
                     c.get("format").and_then(Json::as_str).map(str::to_string),
                     c.get("width").and_then(Json::as_f64),
                 ),
-                other => return Err(format!("sheet {name}: column {other} is not a table")),
+                other => {
+                    return Err(SheetsError::Column {
+                        sheet: name,
+                        column: other.clone(),
+                    });
+                }
             };
             cols.push(crate::workbook::report::Column {
                 header,
@@ -450,14 +483,20 @@ pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
             Some(Json::String(t)) if t.trim().is_empty() => Vec::new(),
             Some(Json::String(t)) => match serde_json::from_str::<Json>(t) {
                 Ok(Json::Array(a)) => a,
-                Ok(_) => return Err(format!("sheet {name}: `rows` is not a list")),
+                Ok(_) => return Err(SheetsError::RowsNotAList(name)),
                 Err(e) => {
-                    return Err(format!(
-                        "sheet {name}: `rows` is not JSON ({e}); build it with `tojson`"
-                    ));
+                    return Err(SheetsError::RowsNotJson {
+                        sheet: name,
+                        error: e.to_string(),
+                    });
                 }
             },
-            Some(other) => return Err(format!("sheet {name}: `rows` must be a list, got {other}")),
+            Some(other) => {
+                return Err(SheetsError::Rows {
+                    sheet: name,
+                    got: other.clone(),
+                });
+            }
         };
         let rows = rows
             .iter()
@@ -472,16 +511,17 @@ pub(crate) fn report_workbook(sheets: &Json) -> Result<Vec<u8>, String> {
                             .unwrap_or(Json::Null)
                     })
                     .collect()),
-                other => Err(format!(
-                    "sheet {name}: row {other} is neither a list nor a table"
-                )),
+                other => Err(SheetsError::Row {
+                    sheet: name.clone(),
+                    row: other.clone(),
+                }),
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, SheetsError>>()?;
         out.push(crate::workbook::report::Sheet {
             name,
             columns: cols,
             rows,
         });
     }
-    crate::workbook::report::write(&out).map_err(|e| e.to_string())
+    Ok(crate::workbook::report::write(&out)?)
 }

@@ -113,7 +113,7 @@ pub async fn mail_check(config: &Config, send_test: Option<&str>) -> Result<i32,
             } else {
                 let ok = match transports.check_smtp().await {
                     Ok(detail) => line(true, &what, &detail.unwrap_or_default()),
-                    Err(e) => line(false, &what, &e),
+                    Err(e) => line(false, &what, &e.to_string()),
                 };
                 all_ok &= ok;
                 if let (true, Some(to)) = (ok, send_test) {

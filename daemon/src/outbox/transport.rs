@@ -34,6 +34,28 @@ pub enum TransportError {
     Http(#[source] reqwest::Error),
 }
 
+/// Why `pmoflow mail check` could not log in to the SMTP server.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpCheckError {
+    /// No connection (or no token to log in with).
+    #[error("{0}")]
+    Connect(String),
+    /// The server hung up after EHLO.
+    #[error("the server closed the connection after EHLO")]
+    ClosedAfterEhlo,
+    /// The login was refused; the hint says what to check.
+    #[error("login refused: {detail}. {hint}")]
+    LoginRefused {
+        /// The server's answer.
+        detail: String,
+        /// What to check (the provider's usual causes).
+        hint: String,
+    },
+    /// Any other SMTP error.
+    #[error("{0}")]
+    Smtp(String),
+}
+
 /// The SMTP relay: one pooled lettre transport, or, with OAuth2, one per access token (the
 /// credentials of a lettre pool are fixed; a new token makes a new pool, the old one closes when
 /// its last delivery ends).
@@ -183,14 +205,16 @@ impl Transports {
 
     /// `pmoflow mail check`: connects to the SMTP server, says EHLO and logs in (with a fresh
     /// token once more if the first is refused); sends nothing. `Ok(None)` without `[smtp]`.
-    pub async fn check_smtp(&self) -> Result<Option<String>, String> {
+    pub async fn check_smtp(&self) -> Result<Option<String>, SmtpCheckError> {
         let Some(smtp) = &self.smtp else {
             return Ok(None);
         };
         for attempt in 0..2 {
             let (transport, token) = smtp.transport().await.map_err(|d| match d {
-                Delivery::Temporary(m) | Delivery::Later(m, _) | Delivery::Permanent(m) => m,
-                Delivery::Sent => String::new(),
+                Delivery::Temporary(m) | Delivery::Later(m, _) | Delivery::Permanent(m) => {
+                    SmtpCheckError::Connect(m)
+                }
+                Delivery::Sent => SmtpCheckError::Connect(String::new()),
             })?;
             match transport.test_connection().await {
                 Ok(true) => {
@@ -208,7 +232,7 @@ impl Transports {
                         "EHLO accepted (no login configured)".into()
                     }));
                 }
-                Ok(false) => return Err("the server closed the connection after EHLO".into()),
+                Ok(false) => return Err(SmtpCheckError::ClosedAfterEhlo),
                 Err(e) if is_auth_refusal(&e) => {
                     if let (Some(token), Smtp::Token { source, .. }) = (&token, smtp)
                         && attempt == 0
@@ -216,12 +240,18 @@ impl Transports {
                         source.refused(token).await;
                         continue;
                     }
-                    return Err(format!("login refused: {e}. {}", self.refusal_hint(smtp)));
+                    return Err(SmtpCheckError::LoginRefused {
+                        detail: e.to_string(),
+                        hint: self.refusal_hint(smtp),
+                    });
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(SmtpCheckError::Smtp(e.to_string())),
             }
         }
-        Err("login refused".into())
+        Err(SmtpCheckError::LoginRefused {
+            detail: "refused again with a fresh token".into(),
+            hint: self.refusal_hint(smtp),
+        })
     }
 
     /// `pmoflow mail check --send-test ADDRESS`: one short message through the real path.

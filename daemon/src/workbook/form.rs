@@ -568,7 +568,7 @@ pub fn read_answer(spec: &FormSpec, file: &str, bytes: &[u8], limits: &Limits) -
         } else {
             match typed(&cell.value, &f.kind, date1904) {
                 Ok(v) => (v.unwrap_or(Json::Null), None),
-                Err(e) => (Json::Null, Some(e)),
+                Err(e) => (Json::Null, Some(e.0)),
             }
         };
         out.cells.push(ReadCell {

@@ -12,6 +12,7 @@
 //! This module is pure: bytes in, bytes or values out. It knows nothing of requests or mail.
 
 pub mod form;
+pub mod inspect;
 pub mod package;
 pub mod read;
 pub mod report;

@@ -31,7 +31,7 @@ impl FieldTypes {
                 Ok(k) => {
                     out.insert(field.clone(), k);
                 }
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             }
         }
         if problems.is_empty() {
@@ -131,9 +131,20 @@ pub fn hint(kind: &Kind) -> Option<String> {
     }
 }
 
+/// A `types` entry that does not declare a type (the workflow author's mistake, a sentence).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TypeDeclError(pub String);
+
+impl From<String> for TypeDeclError {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// One entry of `types` as written: a name (`"date"`), or a table with `type` and, for numbers,
 /// `unit`, `min`, `max`, for choices `options`.
-pub fn kind_of(field: &str, v: &Json) -> Result<Kind, String> {
+pub fn kind_of(field: &str, v: &Json) -> Result<Kind, TypeDeclError> {
     let bad = || {
         format!(
             "`types.{field}` must be {} (or a table with `type`, and `unit`/`min`/`max` for a number or `options` for a choice), got {v}",
@@ -143,13 +154,13 @@ pub fn kind_of(field: &str, v: &Json) -> Result<Kind, String> {
     let (name, table) = match v {
         Json::String(s) => (s.as_str(), None),
         Json::Object(m) => (m.get("type").and_then(Json::as_str).unwrap_or(""), Some(m)),
-        _ => return Err(bad()),
+        _ => return Err(TypeDeclError(bad())),
     };
     let known = ["type", "unit", "min", "max", "options"];
     if let Some(k) = table.and_then(|m| m.keys().find(|k| !known.contains(&k.as_str()))) {
-        return Err(format!(
+        return Err(TypeDeclError(format!(
             "`types.{field}` has an unknown key `{k}` (known: type, unit, min, max, options)"
-        ));
+        )));
     }
     let get = |k: &str| table.and_then(|m| m.get(k));
     if name == "choice" {
@@ -159,40 +170,42 @@ pub fn kind_of(field: &str, v: &Json) -> Result<Kind, String> {
                 .map(|o| o.as_str().map(str::to_string).ok_or_else(bad))
                 .collect::<Result<_, _>>()?,
             _ => {
-                return Err(format!(
+                return Err(TypeDeclError(format!(
                     "`types.{field}` is a choice and needs `options`, a non-empty list such as [\"良好\", \"注意\", \"要対応\"]"
-                ));
+                )));
             }
         };
         return Ok(Kind::Choice { choices: options });
     }
     if get("options").is_some() {
-        return Err(format!(
+        return Err(TypeDeclError(format!(
             "`types.{field}`: `options` belongs to type = \"choice\""
-        ));
+        )));
     }
     let unit = match get("unit") {
         None => None,
         Some(Json::String(u)) => Some(u.as_str()),
-        Some(_) => return Err(bad()),
+        Some(_) => return Err(TypeDeclError(bad())),
     };
     let bound = |k: &str| match get(k) {
         None => Ok(None),
         Some(Json::Number(n)) => Ok(n.as_f64()),
-        Some(other) => Err(format!("`types.{field}.{k}` must be a number, got {other}")),
+        Some(other) => Err(TypeDeclError(format!(
+            "`types.{field}.{k}` must be a number, got {other}"
+        ))),
     };
     let (min, max) = (bound("min")?, bound("max")?);
     if (min.is_some() || max.is_some() || unit.is_some()) && name != "number" {
-        return Err(format!(
+        return Err(TypeDeclError(format!(
             "`types.{field}`: `unit`, `min` and `max` belong to type = \"number\""
-        ));
+        )));
     }
     if let (Some(a), Some(b)) = (min, max)
         && a > b
     {
-        return Err(format!(
+        return Err(TypeDeclError(format!(
             "`types.{field}`: min ({a}) is greater than max ({b})"
-        ));
+        )));
     }
     match Kind::named(name, unit).ok_or_else(bad)? {
         Kind::Number { unit, .. } => Ok(Kind::Number { unit, min, max }),
@@ -262,7 +275,7 @@ mod tests {
 
     #[test]
     fn declarations_are_checked() {
-        let e = |v: Json| kind_of("x", &v).unwrap_err();
+        let e = |v: Json| kind_of("x", &v).unwrap_err().0;
         assert!(e(json!({ "type": "choice" })).contains("needs `options`"));
         assert!(e(json!({ "type": "text", "unit": "円" })).contains("belong to type = \"number\""));
         assert!(e(json!({ "type": "number", "min": 5, "max": 1 })).contains("greater than max"));

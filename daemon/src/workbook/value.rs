@@ -156,14 +156,38 @@ pub fn number_json(n: f64) -> Json {
     }
 }
 
+/// Why a written value does not fit its field: a Japanese phrase that follows the field's name
+/// (「予算額」 + 「は数値で入力してください（入力値: 未定）」).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unfit(pub String);
+
+impl From<String> for Unfit {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Unfit {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl PartialEq<&str> for Unfit {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Converts `raw` to `kind`; `Ok(None)` for an empty cell, `Err` with what is wrong (Japanese,
 /// without the cell's name: the caller prefixes it).
-pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, String> {
+pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Unfit> {
     if raw.is_empty() {
         return Ok(None);
     }
     if let Raw::Error(e) = raw {
-        return Err(format!("の値がエラー（{}）になっています", e.trim()));
+        return Err(Unfit(format!("の値がエラー（{}）になっています", e.trim())));
     }
     let shown = raw.shown();
     let value = match kind {
@@ -176,7 +200,11 @@ pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Str
         },
         Kind::Text => match raw {
             Raw::Text(t) => json!(t.trim()),
-            _ => return Err(format!("は文字で入力してください（入力値: {shown}）")),
+            _ => {
+                return Err(Unfit(format!(
+                    "は文字で入力してください（入力値: {shown}）"
+                )));
+            }
         },
         Kind::Number { unit, min, max } => {
             let n = match raw {
@@ -184,7 +212,11 @@ pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Str
                 Raw::Text(t) => parse_number(t, unit.as_deref()).ok_or_else(|| {
                     format!("は数値で入力してください（入力値: 「{}」）", t.trim())
                 })?,
-                _ => return Err(format!("は数値で入力してください（入力値: {shown}）")),
+                _ => {
+                    return Err(Unfit(format!(
+                        "は数値で入力してください（入力値: {shown}）"
+                    )));
+                }
             };
             let unit = unit.as_deref().unwrap_or("");
             let bound = |b: f64| format!("{}{unit}", number_text(b));
@@ -196,9 +228,9 @@ pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Str
                     (None, Some(b)) => format!("{}以下", bound(*b)),
                     (None, None) => String::new(),
                 };
-                return Err(format!(
+                return Err(Unfit(format!(
                     "は{range}の数値で入力してください（入力値: 「{shown}」）"
-                ));
+                )));
             }
             number_json(n)
         }
@@ -211,7 +243,11 @@ pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Str
             }
             Raw::IsoDate(s) => json!(s.get(..10).unwrap_or(s)),
             Raw::Text(t) => json!(parse_date(t)?.format("%Y-%m-%d").to_string()),
-            _ => return Err(format!("は日付で入力してください（入力値: {shown}）")),
+            _ => {
+                return Err(Unfit(format!(
+                    "は日付で入力してください（入力値: {shown}）"
+                )));
+            }
         },
         Kind::Bool => match raw {
             Raw::Bool(b) => json!(b),
@@ -226,10 +262,10 @@ pub fn typed(raw: &Raw, kind: &Kind, date1904: bool) -> Result<Option<Json>, Str
                 Some(c) => json!(c),
                 None => {
                     let list: Vec<String> = choices.iter().map(|c| format!("「{c}」")).collect();
-                    return Err(format!(
+                    return Err(Unfit(format!(
                         "は{}のいずれかを選択してください（入力値: 「{shown}」）",
                         list.join("")
-                    ));
+                    )));
                 }
             }
         }
@@ -352,7 +388,7 @@ const ERAS: &[(&str, &str, (i32, u32, u32))] = &[
 
 /// A date written as text: "2027-04-01", "2027/4/1", "2027年4月1日", "令和9年4月1日", "令和元年
 /// 5月1日", "R9.4.1", "R9/4/1".
-pub fn parse_date(text: &str) -> Result<NaiveDate, String> {
+pub fn parse_date(text: &str) -> Result<NaiveDate, Unfit> {
     let t = fold(text).replace(' ', "");
     let bad = || format!("は日付で入力してください（入力値: 「{}」）", text.trim());
     let (era, rest) = match ERAS.iter().find_map(|e| {
@@ -370,16 +406,16 @@ pub fn parse_date(text: &str) -> Result<NaiveDate, String> {
         .filter(|p| !p.is_empty())
         .collect();
     let [y, m, d] = parts.as_slice() else {
-        return Err(bad());
+        return Err(Unfit(bad()));
     };
     let (y, m, d): (i32, u32, u32) = match (y.parse(), m.parse(), d.parse()) {
         (Ok(y), Ok(m), Ok(d)) => (y, m, d),
-        _ => return Err(bad()),
+        _ => return Err(Unfit(bad())),
     };
     let year = match era {
         Some((_, _, (start, _, _))) => start + y - 1,
         None if (1900..=9999).contains(&y) => y,
-        None => return Err(bad()),
+        None => return Err(Unfit(bad())),
     };
     let date = NaiveDate::from_ymd_opt(year, m, d)
         .ok_or_else(|| format!("の「{}」は存在しない日付です", text.trim()))?;
@@ -391,13 +427,13 @@ pub fn parse_date(text: &str) -> Result<NaiveDate, String> {
             .last()
             .and_then(|e| NaiveDate::from_ymd_opt(e.2.0, e.2.1, e.2.2));
         if date < first || next_era.is_some_and(|n| date >= n) {
-            return Err(format!(
+            return Err(Unfit(format!(
                 "の「{}」は{name}の期間にない日付です（{}年{}月{}日）",
                 text.trim(),
                 date.year(),
                 date.month(),
                 date.day()
-            ));
+            )));
         }
     }
     Ok(date)
@@ -446,14 +482,16 @@ mod tests {
         assert!(
             d("令和元年4月30日")
                 .unwrap_err()
+                .0
                 .contains("令和の期間にない")
         );
         assert!(
             d("平成31年5月1日")
                 .unwrap_err()
+                .0
                 .contains("平成の期間にない")
         );
-        assert!(d("2027年2月30日").unwrap_err().contains("存在しない"));
+        assert!(d("2027年2月30日").unwrap_err().0.contains("存在しない"));
         assert!(d("来年度").is_err());
     }
 
