@@ -199,17 +199,7 @@ async fn held_until_confirmed(backend: Backend) {
 fn dkim_key(dir: &std::path::Path) -> (Vec<u8>, String) {
     use base64::Engine;
     let pem = dir.join("k.pem");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| pmoflow_tests::run_ok("openssl", args);
     let pem_s = pem.to_str().unwrap();
     let der = dir.join("k.der");
     let public = dir.join("p.der");

@@ -590,6 +590,20 @@ impl Drop for SmtpSink {
     }
 }
 
+/// Runs `program` with `args`; fails the test (with its stderr) unless it succeeds; its stdout.
+pub fn run_ok(program: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Decodes every message under `dir` with Python's `email` package.
 pub fn decode_mail(dir: &Path) -> Vec<serde_json::Value> {
     let out = Command::new("python3")

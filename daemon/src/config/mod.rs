@@ -309,7 +309,7 @@ mod tests {
         assert!(text.contains(":2:17: error: invalid duration"), "{text}");
     }
 
-    fn load_text(text: &str) -> Result<Config, String> {
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("pmoflow.toml");
         std::fs::write(&p, text).expect("write");
@@ -317,12 +317,14 @@ mod tests {
             vars: [("M365_SECRET".to_string(), "s".to_string())].into(),
             ..EnvOverrides::default()
         };
-        Config::load(Some(&p), &env).map_err(|e| e.to_string())
+        Config::load(Some(&p), &env)
     }
 
     #[test]
     fn oauth2_sources_are_checked_where_they_are_written() {
-        let err = load_text("[oauth2.m365]\nprovider = \"azure\"\n").expect_err("bad");
+        let err = load_text("[oauth2.m365]\nprovider = \"azure\"\n")
+            .expect_err("bad")
+            .to_string();
         assert!(
             err.contains(":2:12: error: unknown oauth2 provider `azure`")
                 && err.contains("microsoft, google, generic, line-works"),
@@ -331,18 +333,22 @@ mod tests {
         let err = load_text(
             "[oauth2.m365]\nprovider = \"microsoft\"\ntenant = \"t\"\nclient_id = \"c\"\n",
         )
-        .expect_err("no secret");
+        .expect_err("no secret")
+        .to_string();
         assert!(
             err.contains(":1:1: error: [oauth2.m365] has no client secret"),
             "{err}"
         );
-        let err = load_text("[oauth2.g]\nprovider = \"google\"\n").expect_err("no file");
+        let err = load_text("[oauth2.g]\nprovider = \"google\"\n")
+            .expect_err("no file")
+            .to_string();
         assert!(err.contains("needs `service_account_file`"), "{err}");
         let ok = "[oauth2.m365]\nprovider = \"microsoft\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"M365_SECRET\"\n";
         let err = load_text(&format!(
             "{ok}[imap]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"X\"\noauth2 = \"m365\"\n"
         ))
-        .expect_err("both");
+        .expect_err("both")
+        .to_string();
         assert!(
             err.contains(":9:16: error: [imap] has both `oauth2` and a password"),
             "{err}"
@@ -350,7 +356,8 @@ mod tests {
         let err = load_text(&format!(
             "{ok}[smtp]\nhost = \"h\"\nusername = \"u\"\noauth2 = \"m356\"\n"
         ))
-        .expect_err("unknown source");
+        .expect_err("unknown source")
+        .to_string();
         assert!(
             err.contains(":9:10: error: no [oauth2.m356] table")
                 && err.contains("configured sources: m365"),

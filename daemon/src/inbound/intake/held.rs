@@ -7,7 +7,6 @@
 //! forgery never counts. Without `[http] public_url` there is no page: the PMO is told instead
 //! and releases the message with `pmoflow inbound release ID`.
 
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use chrono::{DateTime, Utc};
@@ -16,8 +15,7 @@ use super::{Intake, MAX_PENDING_CONFIRMATIONS, Processed, quarantine};
 use crate::inbound::auth::{AuthResult, Verdict};
 use crate::inbound::correlate::Key;
 use crate::inbound::{Inbound, Kind};
-use crate::message::email::{EmailSpec, build};
-use crate::store::{Disposition, InboundRow, MessageKind, NewMessage, RequestRow, StoreError};
+use crate::store::{Disposition, InboundRow, NewMessage, RequestRow, StoreError};
 
 /// `subject` without its `[#tag]` (in any width).
 fn without_tag(subject: &str) -> String {
@@ -174,33 +172,19 @@ impl Intake {
         );
         // Its own Message-ID and no reply address: a reply to it matches no request.
         let message_id = format!("<pmoflow.confirm.{}@{}>", row.id, self.domain());
-        let spec = EmailSpec {
-            from: self.services.mail.from.clone(),
-            to: vec![to.clone()],
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            reply_to: None,
-            // Without the request's tag: a reply to this mail must not match the request.
-            subject: format!(
+        // Without the request's tag, and no reply address: a reply to this mail must not match
+        // the request.
+        self.plain_mail(
+            format!("inbound:{}:confirm", row.id),
+            to,
+            None,
+            format!(
                 "【確認のお願い】ご回答の受付確認（{}）",
                 without_tag(&req.subject)
             ),
             text,
-            html: None,
-            attachments: Vec::new(),
-            message_id: message_id.clone(),
-            date: self.clock.now(),
-            timezone: tz,
-            charset: self.services.mail.charset,
-        };
-        let built = build(&spec).ok()?;
-        Some(NewMessage {
-            kind: MessageKind::Email,
-            key: format!("inbound:{}:confirm", row.id),
-            target: to,
             message_id,
-            payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
-        })
+        )
     }
 
     /// Confirms a held message and processes it at once. `None` if nothing is held under that

@@ -116,29 +116,14 @@ impl Intake {
     ) -> Option<NewMessage> {
         let pattern = self.services.replies.pattern(&self.services.mail.from);
         let message_id = format!("<pmoflow.{}.m{}@{}>", req.token, row.id, self.domain());
-        let spec = EmailSpec {
-            from: self.services.mail.from.clone(),
-            to: vec![msg.from.clone()?],
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            reply_to: Some(correlate::reply_address(&pattern, &req.token)),
+        self.plain_mail(
+            format!("inbound:{}:{what}", row.id),
+            msg.from.clone()?,
+            Some(correlate::reply_address(&pattern, &req.token)),
             subject,
             text,
-            html: None,
-            attachments: Vec::new(),
-            message_id: message_id.clone(),
-            date: self.clock.now(),
-            timezone: self.services.mail.timezone,
-            charset: self.services.mail.charset,
-        };
-        let built = build(&spec).ok()?;
-        Some(NewMessage {
-            kind: MessageKind::Email,
-            key: format!("inbound:{}:{what}", row.id),
-            target: spec.to.join(", "),
             message_id,
-            payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
-        })
+        )
     }
 
     /// To the PMO: a message was held for a person to look at.
@@ -168,13 +153,33 @@ impl Intake {
             row.id
         );
         let message_id = format!("<pmoflow.inbound.{}@{}>", row.id, self.domain());
+        self.plain_mail(
+            format!("inbound:{}:quarantine", row.id),
+            to,
+            None,
+            "【pmoflow】受信メールを保留しました".into(),
+            text,
+            message_id,
+        )
+    }
+
+    /// One plain-text mail from the PMO's address to `to`, queued under the idempotency `key`.
+    pub(super) fn plain_mail(
+        &self,
+        key: String,
+        to: String,
+        reply_to: Option<String>,
+        subject: String,
+        text: String,
+        message_id: String,
+    ) -> Option<NewMessage> {
         let spec = EmailSpec {
             from: self.services.mail.from.clone(),
             to: vec![to.clone()],
             cc: Vec::new(),
             bcc: Vec::new(),
-            reply_to: None,
-            subject: "【pmoflow】受信メールを保留しました".into(),
+            reply_to,
+            subject,
             text,
             html: None,
             attachments: Vec::new(),
@@ -186,7 +191,7 @@ impl Intake {
         let built = build(&spec).ok()?;
         Some(NewMessage {
             kind: MessageKind::Email,
-            key: format!("inbound:{}:quarantine", row.id),
+            key,
             target: to,
             message_id,
             payload: json!({ "from": built.envelope_from, "to": built.envelope_to, "raw": built.raw }),
