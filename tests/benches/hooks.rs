@@ -13,17 +13,7 @@ use pmoflow_tests::{Backend, Daemon, Project, TestDb, free_port};
 const N: usize = 1000;
 const RATE: u64 = 200;
 
-const HOOK: &str = r#"
-id = "alert"
-[[triggers]]
-webhook = true
-[inputs]
-n = 0
-[[steps]]
-id = "note"
-action = "log"
-with = { message = "alert {{ inputs.n }}" }
-"#;
+const HOOK: &str = include_str!("../fixtures/flows/hooks_hook.toml");
 
 #[tokio::main]
 async fn main() {

@@ -20,21 +20,7 @@ use pmoflow_tests::{Backend, Dovecot, InProcess, TestDb};
 
 const N: usize = 1000;
 
-const WORKFLOW: &str = r#"
-id = "ask"
-[[steps]]
-id = "ask"
-action = "request"
-foreach = "range(1000)"
-parallelism = 64
-[steps.with]
-to = "PJMO担当 {{ item }} <pjmo{{ item }}@example.go.jp>"
-subject = "【要回答】状況報告のお願い（No.{{ item }}）"
-body = "PJMO担当者 様\n\n状況報告をお願いいたします。"
-fields = ["総合評価", "進捗", "経費", "リスク", "課題"]
-required = ["総合評価"]
-deadline = "30d"
-"#;
+const WORKFLOW: &str = include_str!("../fixtures/flows/inbound_workflow.toml");
 
 fn reply(i: usize, to: &str, subject: &str, irt: &str) -> Vec<u8> {
     let body = format!(

@@ -5,35 +5,13 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, free_port, wait, wait_run};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, free_port, wait};
+use pmoflow_tests::{expect_done, wait_status};
 use serde_json::{Value as Json, json};
 
-const INCIDENT: &str = r#"
-id = "incident"
-name = "緊急連絡"
+const INCIDENT: &str = include_str!("../fixtures/flows/api_incident.toml");
 
-[[triggers]]
-webhook = true
-secret = "hook_key"
-
-[inputs]
-severity = "S3"
-system = ""
-summary = ""
-
-[[steps]]
-id = "note"
-action = "log"
-with = { message = "{{ inputs.severity }} {{ inputs.system }}: {{ inputs.summary }}" }
-"#;
-
-const SLOW: &str = r#"
-id = "slow"
-[[steps]]
-id = "pause"
-action = "wait"
-with = { duration = "1h" }
-"#;
+const SLOW: &str = include_str!("../fixtures/flows/api_slow.toml");
 
 struct Api {
     _project: Project,
@@ -219,11 +197,7 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
     }
 
     let store = Store::open(&api.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    let run = expect_done(&store, &run_id, RunStatus::Succeeded).await;
     assert_eq!(run.trigger_kind, "webhook");
     assert_eq!(run.inputs["system"], "電子申請");
     assert!(api.daemon.log_text().contains("webhook call refused"));
@@ -324,10 +298,7 @@ async fn the_rest_api_with_roles_and_an_audit_trail() {
         .to_string();
 
     let store = Store::open(&api.url, Durability::Process).await.unwrap();
-    wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status == RunStatus::Waiting
-    })
-    .await;
+    wait_status(&store, &run_id, RunStatus::Waiting).await;
     let runs: Json = get("/api/runs?workflow=slow", Some(&api.viewer))
         .await
         .unwrap()
@@ -499,18 +470,7 @@ async fn the_rest_api_with_roles_and_an_audit_trail() {
     );
 }
 
-const FLAKY: &str = r#"
-id = "flaky"
-[[steps]]
-id = "first"
-action = "log"
-with = { message = "first-step-ran" }
-
-[[steps]]
-id = "needs_flag"
-action = "log"
-with = { message = "flag is {{ data.flag.ok }}" }
-"#;
+const FLAKY: &str = include_str!("../fixtures/flows/api_flaky.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_run_can_be_retried_from_its_failed_step() {
@@ -551,11 +511,7 @@ async fn a_failed_run_can_be_retried_from_its_failed_step() {
         .unwrap()
         .to_string();
     let store = Store::open(&api.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Failed);
+    expect_done(&store, &run_id, RunStatus::Failed).await;
     // Not retryable yet by a viewer, nor a run that did not fail.
     assert_eq!(
         post(format!("/api/runs/{run_id}/retry"), &api.viewer)
@@ -580,11 +536,7 @@ async fn a_failed_run_can_be_retried_from_its_failed_step() {
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let steps = store.get_steps(&run_id).await.unwrap();
     assert_eq!(
         steps[0].attempt, 1,

@@ -10,39 +10,14 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
-    Backend, Daemon, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, decode_mail, free_port,
-    wait, wait_port, wait_run,
+    Backend, Daemon, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, free_port, wait, wait_port,
 };
+use pmoflow_tests::{deliver, expect_done, reply_address, wait_mail};
 use serde_json::{Value as Json, json};
 
-const STATUS: &str = r#"
-id = "status"
-name = "PJMO状況報告"
-[[steps]]
-id = "ask"
-action = "request"
-foreach = "data.projects.projects"
-[steps.with]
-to = "{{ item.lead }} <{{ item.lead_email }}>"
-subject = "【要回答】{{ item.name }} 状況報告のお願い"
-body = "{{ item.lead }} 様\n\n状況報告をお願いいたします。"
-fields = ["総合評価", "進捗", "課題"]
-required = ["総合評価"]
-deadline = "10m"
-"#;
+const STATUS: &str = include_str!("../fixtures/flows/browser_status.toml");
 
-const HOOK: &str = r#"
-id = "incident"
-name = "緊急連絡"
-[[triggers]]
-webhook = true
-[inputs]
-summary = ""
-[[steps]]
-id = "hold"
-action = "wait"
-with = { duration = "1h" }
-"#;
+const HOOK: &str = include_str!("../fixtures/flows/browser_hook.toml");
 
 /// The daemon's configuration for these tests: SMTP to the sink on `smtp_port`, the HTTP face on
 /// `http_port` (its public URL too), and `extra` (API token entries).
@@ -143,17 +118,6 @@ async fn wait_source(c: &Client, needle: &str) -> String {
         },
     )
     .await
-}
-
-fn wait_mail(dir: &std::path::Path, n: usize) -> Vec<Json> {
-    wait::until_blocking(&format!("{n} mails"), Duration::from_secs(30), || {
-        let m = if dir.exists() {
-            decode_mail(dir)
-        } else {
-            Vec::new()
-        };
-        if m.len() >= n { Ok(m) } else { Err(m.len()) }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -306,28 +270,14 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
         .iter()
         .find(|m| m["to"][0].as_str().unwrap().contains("suzuki@"))
         .unwrap();
-    let reply_to = suzuki["reply_to"]
-        .as_str()
-        .unwrap()
-        .rsplit('<')
-        .next()
-        .unwrap()
-        .trim_end_matches('>')
-        .to_string();
+    let reply_to = reply_address(suzuki);
     let raw = format!(
         "From: suzuki@pjmo-b.example.go.jp\r\nTo: {reply_to}\r\nSubject: Re: status\r\nMessage-ID: <b-{run_id}@x>\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n総合評価: 注意\r\n"
     );
-    let path = project.path().join("r.eml");
-    std::fs::write(&path, raw).unwrap();
-    let (code, out, err) = cli(project.path(), &["inbound", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out = deliver(project.path(), raw.as_bytes());
     assert!(out.contains("answer (done)"), "{out}");
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    expect_done(&store, &run_id, RunStatus::Succeeded).await;
     c.goto(&format!("{base}/runs/{run_id}")).await.unwrap();
     until_page_has(&c, "成功", Duration::from_secs(10)).await;
     assert_eq!(
@@ -360,23 +310,7 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
     }
 }
 
-const HOSTILE: &str = r#"
-id = "hostile"
-name = "<img src=x onerror=\"window.__pwned='name'\">状況報告<script>window.__pwned='name-script'</script>"
-[inputs]
-summary = ""
-[[steps]]
-id = "ask"
-action = "request"
-foreach = "data.projects.projects"
-[steps.with]
-to = "{{ item.lead }} <{{ item.lead_email }}>"
-subject = "【要回答】{{ item.name }} {{ inputs.summary }}"
-body = "{{ inputs.summary }}"
-fields = ["総合評価", "進捗"]
-required = ["総合評価"]
-deadline = "10m"
-"#;
+const HOSTILE: &str = include_str!("../fixtures/flows/browser_hostile.toml");
 
 /// A workflow name, an input, an answer's text and a field value that hold HTML and script are
 /// shown as text on every page: no script runs, no element is injected, the markup is visible
@@ -417,22 +351,12 @@ async fn html_and_script_in_names_inputs_and_answers_stay_inert_in_the_browser()
         .iter()
         .find(|m| m["to"][0].as_str().unwrap().contains("yamada@"))
         .unwrap();
-    let reply_to = yamada["reply_to"]
-        .as_str()
-        .unwrap()
-        .rsplit('<')
-        .next()
-        .unwrap()
-        .trim_end_matches('>')
-        .to_string();
+    let reply_to = reply_address(yamada);
     // Yamada's answer holds markup in a field and in its text.
     let raw = format!(
         "From: yamada@pjmo-a.example.go.jp\r\nTo: {reply_to}\r\nSubject: Re: x\r\nMessage-ID: <h-{run_id}@x>\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n総合評価: <img src=x onerror=\"window.__pwned='field'\">良好\r\n進捗: <script>window.__pwned='script'</script>80%\r\n\r\n<iframe src=\"javascript:window.top.__pwned='iframe'\"></iframe>順調です\r\n"
     );
-    let path = project.path().join("r.eml");
-    std::fs::write(&path, raw).unwrap();
-    let (code, out, err) = cli(project.path(), &["inbound", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out = deliver(project.path(), raw.as_bytes());
     assert!(out.trim_end().ends_with(": answer (done)"), "{out}");
 
     let (_driver, c) = browser().await;
@@ -487,24 +411,7 @@ async fn html_and_script_in_names_inputs_and_answers_stay_inert_in_the_browser()
     c.close().await.unwrap();
 }
 
-const BUDGET_FORM: &str = r#"
-id = "budget"
-name = "予算要求"
-[[steps]]
-id = "call"
-action = "request"
-[steps.with]
-to = "佐藤 花子 <sato@pjmo-a.example.go.jp>"
-subject = "【ご依頼】予算要求内容の提出について（電子申請システム）"
-body = "佐藤 様\n\n添付の様式に記入のうえ、ご提出ください。"
-fields = ["システム名", "区分", "整備経費", "運用等経費"]
-required = ["区分", "整備経費", "運用等経費"]
-form = "templates/様式1_予算要求.xlsx"
-form_name = "様式1_予算要求_P01.xlsx"
-types = { "整備経費" = { type = "number", unit = "千円" }, "運用等経費" = { type = "number", unit = "千円" } }
-prefill = { "プロジェクトID" = "P01", "システム名" = "電子申請システム" }
-deadline = "10m"
-"#;
+const BUDGET_FORM: &str = include_str!("../fixtures/flows/browser_budget_form.toml");
 
 /// A PJMO lead answers with the 様式 through the answer page instead of a mail: the workbook
 /// is chosen in Chromium's file input and uploaded; an empty required cell is named by sheet
@@ -610,11 +517,7 @@ async fn a_filled_form_is_uploaded_on_the_answer_page_and_corrected_there() {
     ]);
     upload(fixed).await;
     wait_source(&c, "回答を受け付けました").await;
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let steps = store.get_steps(&run_id).await.unwrap();
     // One addressee: the step's output is that addressee's answer.
     let out = steps[0].output.clone().unwrap();
@@ -637,42 +540,9 @@ async fn a_filled_form_is_uploaded_on_the_answer_page_and_corrected_there() {
     let _ = c.close().await;
 }
 
-const PORTFOLIO: &str = r#"
-id = "status"
-name = "PJMO状況報告"
-[inputs]
-period = ""
-[[steps]]
-id = "ask"
-action = "request"
-foreach = "data.projects.projects"
-[steps.with]
-to = "{{ item.lead }} <{{ item.lead_email }}>"
-subject = "【要回答】{{ item.name }} {{ inputs.period }} 状況報告のお願い"
-body = "{{ item.lead }} 様\n\n状況報告をお願いいたします。"
-fields = ["総合評価", "予算額", "見込額", "遅延日数", "課題"]
-required = ["総合評価"]
-types = { "総合評価" = { type = "choice", options = ["良好", "注意", "要対応"] }, "予算額" = { type = "number", unit = "万円", min = 0 }, "見込額" = { type = "number", unit = "万円", min = 0 }, "遅延日数" = { type = "number", unit = "日", min = 0 } }
-record = { subject = "{{ item.id }}", period = "{{ inputs.period }}", name = "{{ item.name }}", owner = "{{ item.owner }}" }
-deadline = "10m"
-complete_when = "deadline"
-"#;
+const PORTFOLIO: &str = include_str!("../fixtures/flows/browser_portfolio.toml");
 
-const PORTFOLIO_PROJECTS: &str = r#"
-[[projects]]
-id = "P01"
-name = "電子申請基盤"
-lead = "山田 太郎"
-lead_email = "yamada@pjmo-a.example.go.jp"
-owner = "高橋 一郎"
-
-[[projects]]
-id = "P02"
-name = "文書管理システム"
-lead = "鈴木 一郎"
-lead_email = "suzuki@pjmo-b.example.go.jp"
-owner = "田中 裕子"
-"#;
+const PORTFOLIO_PROJECTS: &str = include_str!("../fixtures/flows/browser_portfolio_projects.toml");
 
 /// The portfolio in the browser: the answer page's typed inputs and its 422 with the values
 /// kept, the overview with 要対応 first, and a project's page whose SVG has a point per period

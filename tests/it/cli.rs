@@ -4,7 +4,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli, wait_run};
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli};
+use pmoflow_tests::{expect_done, wait_status};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -58,20 +59,7 @@ fn a_bad_config_file_is_located() {
     );
 }
 
-const HELLO: &str = r#"
-id = "hello"
-[inputs]
-who = "PMO"
-[[steps]]
-id = "greet"
-action = "log"
-with = { message = "HELLO-MARK {{ inputs.who }} {{ run.id }}" }
-[[steps]]
-id = "pause"
-action = "wait"
-with = { duration = "{{ inputs.wait }}" }
-if = "false"
-"#;
+const HELLO: &str = include_str!("../fixtures/flows/cli_hello.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_survives_bad_files_and_run_time_errors() {
@@ -113,11 +101,7 @@ async fn the_daemon_survives_bad_files_and_run_time_errors() {
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     let (code, out, err) = cli(dir, &["trigger", "oops"]);
     assert_eq!(code, 0, "{err}");
-    let run = wait_run(&store, out.trim(), Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Failed);
+    expect_done(&store, out.trim(), RunStatus::Failed).await;
 
     // Hot reload: a new broken file is reported, a fixed one is picked up, nothing stops.
     project.workflow(
@@ -129,19 +113,11 @@ async fn the_daemon_survives_bad_files_and_run_time_errors() {
     d.wait_log("workflows=3", Duration::from_secs(5));
     let (code, out, err) = cli(dir, &["trigger", "late"]);
     assert_eq!(code, 0, "{err}");
-    let run = wait_run(&store, out.trim(), Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    expect_done(&store, out.trim(), RunStatus::Succeeded).await;
 
     let (code, out, err) = cli(dir, &["trigger", "hello", "--input", "{\"who\": \"山田\"}"]);
     assert_eq!(code, 0, "{err}");
-    let run = wait_run(&store, out.trim(), Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    let run = expect_done(&store, out.trim(), RunStatus::Succeeded).await;
     d.wait_log(
         &format!("HELLO-MARK 山田 {}", run.id),
         Duration::from_secs(5),
@@ -186,10 +162,7 @@ async fn trigger_runs_show_and_cancel_from_the_command_line() {
     let (code, out, err) = cli(dir, &["trigger", "hello"]);
     assert_eq!(code, 0, "{err}");
     let id = out.trim().to_string();
-    let run = wait_run(&store, &id, Duration::from_secs(5), |r| {
-        r.status == RunStatus::Waiting
-    })
-    .await;
+    let run = wait_status(&store, &id, RunStatus::Waiting).await;
     // Picked up by the running daemon within 1 s of the trigger (default poll interval 250 ms).
     let picked = run.started_at.unwrap() - run.created_at;
     assert!(

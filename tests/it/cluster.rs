@@ -8,6 +8,7 @@ use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
     Backend, Daemon, Project, STARTUP, SlowHttp, TcpProxy, TestDb, cli, wait, wait_run,
 };
+use pmoflow_tests::{expect_done, wait_done};
 
 fn slow_workflow(port: u16, ms: u64) -> String {
     format!(
@@ -50,11 +51,7 @@ async fn two_daemons_with_one_label_never_take_each_others_runs() {
     b.wait_log("workflows loaded", STARTUP);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     for id in &ids {
-        let run = wait_run(&store, id, Duration::from_secs(30), |r| {
-            r.status.is_terminal()
-        })
-        .await;
-        assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+        expect_done(&store, id, RunStatus::Succeeded).await;
         assert_eq!(
             http.count(&format!("run={id}")),
             1,
@@ -135,11 +132,7 @@ async fn a_killed_daemons_runs_continue_elsewhere_within_the_lease() {
         // A short run still completes on the survivor; then the victim comes back.
         let (code, out, err) = cli(dir, &["trigger", "quick"]);
         assert_eq!(code, 0, "{err}");
-        let q = wait_run(&store, out.trim(), Duration::from_secs(15), |r| {
-            r.status.is_terminal()
-        })
-        .await;
-        assert_eq!(q.status, RunStatus::Succeeded);
+        expect_done(&store, out.trim(), RunStatus::Succeeded).await;
         daemons[victim] = Daemon::start(dir, &format!("r{round}"), &[]);
         daemons[victim].wait_log("workflows loaded", STARTUP);
         let (code, _, err) = cli(dir, &["cancel", &id]);
@@ -452,11 +445,7 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
         "three requests were mailed before the last restart"
     );
 
-    let run = wait_run(&store, &collect, Duration::from_secs(30), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &collect, RunStatus::Succeeded).await;
     let steps = store.get_steps(&collect).await.unwrap();
     let out = steps
         .iter()
@@ -492,18 +481,11 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
     .await;
     let (code, _, err) = cli(dir, &["resolve", &incident, "--note", "復旧"]);
     assert_eq!(code, 0, "{err}");
-    let run = wait_run(&store, &incident, Duration::from_secs(30), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &incident, RunStatus::Succeeded).await;
     let mut ids = std::collections::BTreeSet::new();
     for (key, id) in &hooks {
         assert!(ids.insert(id.clone()), "{key}: a second run for one key");
-        let run = wait_run(&store, id, Duration::from_secs(30), |r| {
-            r.status.is_terminal()
-        })
-        .await;
+        let run = wait_done(&store, id).await;
         assert_eq!(run.status, RunStatus::Succeeded, "{key}: {run:?}");
         assert_eq!(http.count(&format!("run={id}")), 1, "{key}: endpoint calls");
     }

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, StepStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli, wait, wait_run};
+use pmoflow_tests::backend_tests;
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli, wait};
+use pmoflow_tests::{wait_done, wait_status};
 
 /// How many of the run's steps have succeeded.
 async fn succeeded(store: &Store, id: &str) -> usize {
@@ -15,25 +17,7 @@ async fn succeeded(store: &Store, id: &str) -> usize {
         .count()
 }
 
-const CRASH_WORKFLOW: &str = r#"
-id = "crash"
-name = "クラッシュ試験"
-
-[[steps]]
-id = "first"
-action = "log"
-with = { message = "FIRST-MARK {{ run.id }}" }
-
-[[steps]]
-id = "pause"
-action = "wait"
-with = { duration = "3s" }
-
-[[steps]]
-id = "second"
-action = "log"
-with = { message = "SECOND-MARK {{ run.id }}" }
-"#;
+const CRASH_WORKFLOW: &str = include_str!("../fixtures/flows/crash_crash_workflow.toml");
 
 async fn crash_during_wait(backend: Backend, durability: &str) {
     let db = TestDb::new(backend).await;
@@ -85,10 +69,7 @@ async fn crash_during_wait(backend: Backend, durability: &str) {
     );
 
     let mut b = Daemon::start(dir, "b", &[]);
-    let run = wait_run(&store, &id, Duration::from_secs(30), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, &id).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,
@@ -133,25 +114,8 @@ async fn crash_during_wait(backend: Backend, durability: &str) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_process_durability_survives_kill9() {
-    crash_during_wait(Backend::Sqlite, "process").await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_fsync_durability_survives_kill9() {
-    crash_during_wait(Backend::Sqlite, "fsync").await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_process_durability_survives_kill9() {
-    crash_during_wait(Backend::Postgres, "process").await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_fsync_durability_survives_kill9() {
-    crash_during_wait(Backend::Postgres, "fsync").await;
-}
+backend_tests!(sqlite_process_durability_survives_kill9, postgres_process_durability_survives_kill9 => crash_during_wait, "process");
+backend_tests!(sqlite_fsync_durability_survives_kill9, postgres_fsync_durability_survives_kill9 => crash_during_wait, "fsync");
 
 /// Kills the daemon over and over at arbitrary moments (20–300 ms after it is ready) while a
 /// 30-step run executes: the kills land on steps under way and waits parked (counted and
@@ -210,10 +174,7 @@ async fn repeated_kill9_at_random_moments_loses_and_repeats_nothing() {
     }
     // A last daemon, left running, finishes what the kills left.
     let last = Daemon::start(dir, "last", &[]);
-    let run = wait_run(&store, &id, Duration::from_secs(120), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, &id).await;
     logs.push_str(&last.log_text());
     assert_eq!(run.status, RunStatus::Succeeded);
     assert!(kills >= 3, "the daemon was killed only {kills} times");
@@ -290,10 +251,7 @@ async fn postgres_wakes_daemons_for_runs_created_elsewhere() {
     let started = std::time::Instant::now();
     let (code, out, err) = cli(project.path(), &["trigger", "quick"]);
     assert_eq!(code, 0, "{err}");
-    let run = wait_run(&store, out.trim(), Duration::from_secs(30), |r| {
-        r.status == RunStatus::Succeeded
-    })
-    .await;
+    let run = wait_status(&store, out.trim(), RunStatus::Succeeded).await;
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(8),

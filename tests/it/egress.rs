@@ -3,52 +3,17 @@
 //! through a name that resolves there, or through a redirect), while hosts the administrator
 //! listed exactly are reached; `validate` refuses a literal URL outside the policy.
 
-use std::time::Duration;
-
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{
-    Backend, Daemon, Project, STARTUP, SlowHttp, TestDb, cli, free_port, wait_run,
-};
+use pmoflow_tests::wait_done;
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, SlowHttp, TestDb, cli, free_port};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const FETCH: &str = r#"
-id = "fetch"
-[[triggers]]
-webhook = true
-[inputs]
-url = ""
-[[steps]]
-id = "call"
-action = "http"
-with = { url = "{{ inputs.url }}" }
-retry = { attempts = 3, backoff = "100ms" }
-"#;
+const FETCH: &str = include_str!("../fixtures/flows/egress_fetch.toml");
 
-const TAGGED: &str = r#"
-id = "tagged"
-[[triggers]]
-webhook = true
-[inputs]
-url = ""
-ticket = ""
-[[steps]]
-id = "call"
-action = "http"
-with = { url = "{{ inputs.url }}", headers = { "X-Ticket" = "{{ inputs.ticket }}" } }
-"#;
+const TAGGED: &str = include_str!("../fixtures/flows/egress_tagged.toml");
 
-const NOTIFY: &str = r#"
-id = "notify"
-[[triggers]]
-webhook = true
-[inputs]
-url = ""
-[[steps]]
-id = "post"
-action = "webhook"
-with = { url = "{{ inputs.url }}", text = "障害発生" }
-"#;
+const NOTIFY: &str = include_str!("../fixtures/flows/egress_notify.toml");
 
 /// A server whose every answer is a redirect to `location`.
 async fn redirector(location: String) -> u16 {
@@ -121,10 +86,7 @@ impl Site {
         assert_eq!(res.status(), 202);
         let body: Json = res.json().await.unwrap();
         let id = body["run_id"].as_str().unwrap().to_string();
-        wait_run(&self.store, &id, Duration::from_secs(30), |r| {
-            r.status.is_terminal()
-        })
-        .await
+        wait_done(&self.store, &id).await
     }
 }
 

@@ -9,7 +9,9 @@ use pmoflow::clock::{SharedClock, SimClock, SystemClock};
 use pmoflow::engine::{EngineConfig, RunRequest};
 use pmoflow::store::{CancelOutcome, Durability, RunFilter, RunStatus, StepStatus};
 use pmoflow::workflow::Catalog;
-use pmoflow_tests::{Backend, InProcess, Project, TestDb, wait_run};
+use pmoflow_tests::backend_tests;
+use pmoflow_tests::{Backend, InProcess, Project, TestDb};
+use pmoflow_tests::{expect_done, wait_done, wait_status};
 use serde_json::json;
 
 fn fast_config(node: &str) -> EngineConfig {
@@ -82,30 +84,9 @@ async fn hundred_concurrent_runs(backend: Backend) {
     engine.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_100_concurrent_runs_of_10_steps() {
-    hundred_concurrent_runs(Backend::Sqlite).await;
-}
+backend_tests!(sqlite_100_concurrent_runs_of_10_steps, postgres_100_concurrent_runs_of_10_steps => hundred_concurrent_runs);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_100_concurrent_runs_of_10_steps() {
-    hundred_concurrent_runs(Backend::Postgres).await;
-}
-
-const RETRY: &str = r#"
-id = "flaky"
-
-[[steps]]
-id = "try"
-action = "fail"
-with = { message = "gateway said 503", retryable = true }
-retry = { attempts = 3, backoff = "50ms", max_backoff = "100ms" }
-
-[[steps]]
-id = "never"
-action = "log"
-with = { message = "not reached" }
-"#;
+const RETRY: &str = include_str!("../fixtures/flows/engine_retry.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retryable_failures_are_retried_with_backoff_then_fail_the_run() {
@@ -128,11 +109,7 @@ async fn retryable_failures_are_retried_with_backoff_then_fail_the_run() {
         .id()
         .to_string();
     let store = engine.engine.store().clone();
-    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Failed);
+    let run = expect_done(&store, &id, RunStatus::Failed).await;
     assert!(
         run.error
             .as_deref()
@@ -158,21 +135,7 @@ async fn retryable_failures_are_retried_with_backoff_then_fail_the_run() {
     engine.stop().await;
 }
 
-const FOREACH: &str = r#"
-id = "fanout"
-
-[[steps]]
-id = "each"
-action = "log"
-foreach = "data.projects.projects"
-parallelism = 2
-with = { message = "{{ index }}:{{ item.code }}" }
-
-[[steps]]
-id = "summary"
-action = "log"
-with = { message = "{{ steps.each.output | length }} projects; first {{ steps.each.output[0].message }}" }
-"#;
+const FOREACH: &str = include_str!("../fixtures/flows/engine_foreach.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreach_fans_out_over_reference_data_in_order() {
@@ -200,11 +163,7 @@ async fn foreach_fans_out_over_reference_data_in_order() {
         .id()
         .to_string();
     let store = engine.engine.store().clone();
-    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &id, RunStatus::Succeeded).await;
     let steps = store.get_steps(&id).await.unwrap();
     let each = steps.iter().find(|s| s.step_key == "each").unwrap();
     let messages: Vec<_> = each
@@ -235,27 +194,7 @@ async fn foreach_fans_out_over_reference_data_in_order() {
     engine.stop().await;
 }
 
-const LONG_WAIT: &str = r#"
-id = "long"
-
-[inputs]
-note = "x"
-
-[[steps]]
-id = "start"
-action = "log"
-with = { message = "start" }
-
-[[steps]]
-id = "pause"
-action = "wait"
-with = { duration = "1h" }
-
-[[steps]]
-id = "after"
-action = "log"
-with = { message = "version 1: {{ inputs.note }}" }
-"#;
+const LONG_WAIT: &str = include_str!("../fixtures/flows/engine_long_wait.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_simulated_clock_drives_the_same_engine() {
@@ -281,10 +220,7 @@ async fn a_simulated_clock_drives_the_same_engine() {
         .id()
         .to_string();
     let store = engine.engine.store().clone();
-    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status == RunStatus::Waiting
-    })
-    .await;
+    let run = wait_status(&store, &id, RunStatus::Waiting).await;
     assert_eq!(run.wake_at, Some(start + chrono::Duration::hours(1)));
     // Time stands still: nothing happens however long we (really) wait a little.
     // pace: a check that nothing happens.
@@ -295,11 +231,7 @@ async fn a_simulated_clock_drives_the_same_engine() {
     );
     let real = Instant::now();
     sim.advance(chrono::Duration::minutes(61));
-    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    let run = expect_done(&store, &id, RunStatus::Succeeded).await;
     assert!(real.elapsed() < Duration::from_secs(5));
     assert_eq!(run.finished_at, Some(start + chrono::Duration::minutes(61)));
     engine.stop().await;
@@ -326,10 +258,7 @@ async fn a_run_keeps_the_workflow_version_it_started_with() {
         .id()
         .to_string();
     let store = engine.engine.store().clone();
-    wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status == RunStatus::Waiting
-    })
-    .await;
+    wait_status(&store, &id, RunStatus::Waiting).await;
     // The administrator edits the file while the run waits.
     project.workflow(
         "long.toml",
@@ -341,11 +270,7 @@ async fn a_run_keeps_the_workflow_version_it_started_with() {
         .engine
         .registry()
         .set_catalog(Arc::new(Catalog::load(&project.workflows())));
-    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    let run = expect_done(&store, &id, RunStatus::Succeeded).await;
     let steps = store.get_steps(&id).await.unwrap();
     let after = steps.iter().find(|s| s.step_id == "after").unwrap();
     assert_eq!(
@@ -360,10 +285,7 @@ async fn a_run_keeps_the_workflow_version_it_started_with() {
         .unwrap()
         .id()
         .to_string();
-    let run2 = wait_run(&store, &id2, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run2 = wait_done(&store, &id2).await;
     assert_ne!(run2.version_hash, run.version_hash);
     let steps = store.get_steps(&id2).await.unwrap();
     let after = steps.iter().find(|s| s.step_id == "after").unwrap();
@@ -395,10 +317,7 @@ async fn cancelling_a_waiting_run_stops_it() {
         .id()
         .to_string();
     let store = engine.engine.store().clone();
-    wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status == RunStatus::Waiting
-    })
-    .await;
+    wait_status(&store, &id, RunStatus::Waiting).await;
     assert_eq!(
         store.cancel_run(&id, Utc::now(), "test").await.unwrap(),
         CancelOutcome::Cancelled
@@ -425,19 +344,7 @@ async fn cancelling_a_waiting_run_stops_it() {
     engine.stop().await;
 }
 
-const RUNTIME_ERROR: &str = r#"
-id = "oops"
-
-[[steps]]
-id = "first"
-action = "log"
-with = { message = "fine" }
-
-[[steps]]
-id = "second"
-action = "log"
-with = { message = "{{ steps.first.output.no_such_field }}" }
-"#;
+const RUNTIME_ERROR: &str = include_str!("../fixtures/flows/engine_runtime_error.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_template_error_at_run_time_fails_that_run_only() {
@@ -468,22 +375,14 @@ async fn a_template_error_at_run_time_fails_that_run_only() {
         .id()
         .to_string();
     let store = engine.engine.store().clone();
-    let run = wait_run(&store, &bad, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Failed);
+    let run = expect_done(&store, &bad, RunStatus::Failed).await;
     let error = run.error.unwrap();
     assert!(
         error.contains("step `second` failed: template in `with` (step at line 9)"),
         "{error}"
     );
     assert!(error.contains("undefined"), "{error}");
-    let run = wait_run(&store, &good, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    expect_done(&store, &good, RunStatus::Succeeded).await;
     engine.stop().await;
 }
 

@@ -8,20 +8,7 @@ use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{Daemon, PrivatePg, Project, STARTUP, SmtpSink, decode_mail, free_port, wait};
 use serde_json::json;
 
-const WORKFLOW: &str = r#"
-id = "report"
-name = "状況報告"
-[inputs]
-n = 0
-[[steps]]
-id = "pause"
-action = "wait"
-with = { duration = "1s" }
-[[steps]]
-id = "send"
-action = "email"
-with = { to = "pjmo{{ inputs.n }}@example.go.jp", subject = "状況報告のお願い {{ inputs.n }}", body = "状況報告をお願いいたします。" }
-"#;
+const WORKFLOW: &str = include_str!("../fixtures/flows/faults_workflow.toml");
 
 /// PostgreSQL goes away (stopped `-m immediate`, like a crash) for three seconds while 100 runs,
 /// each sending an email, are under way (after the first email went out), then comes back. The
@@ -258,19 +245,7 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-const SLOW: &str = r#"
-id = "slow"
-[inputs]
-n = 0
-[[steps]]
-id = "pause"
-action = "wait"
-with = { duration = "2s" }
-[[steps]]
-id = "note"
-action = "log"
-with = { message = "run {{ inputs.n }} done" }
-"#;
+const SLOW: &str = include_str!("../fixtures/flows/faults_slow.toml");
 
 /// The SQLite database's disk fills up while 20 runs wait: a new run is refused with `503` and
 /// the reason, the daemon stays up and says why, nothing committed is lost, and when space
@@ -406,23 +381,9 @@ async fn store_runs_not_done(
     left
 }
 
-const TICK: &str = r#"
-id = "tick"
-[[triggers]]
-cron = "*/5 * * * * *"
-[[steps]]
-id = "a"
-action = "log"
-with = { message = "tick {{ run.scheduled_at }}" }
-"#;
+const TICK: &str = include_str!("../fixtures/flows/faults_tick.toml");
 
-const PAUSE: &str = r#"
-id = "pause"
-[[steps]]
-id = "w"
-action = "wait"
-with = { duration = "30s" }
-"#;
+const PAUSE: &str = include_str!("../fixtures/flows/faults_pause.toml");
 
 /// The daemon's wall clock stepped back an hour and forward again, then forward an hour (the
 /// daemon runs under libfaketime, the monotonic clock untouched, as an NTP step would leave

@@ -235,13 +235,7 @@ async fn certificate_service_account_and_line_works_assertions_are_signed_and_ac
     assert_eq!(stats["scopes"][0], "https://outlook.office365.com/.default");
 }
 
-const WORKFLOW: &str = r#"
-id = "notice"
-[[steps]]
-id = "mail"
-action = "email"
-with = { to = "yamada@pjmo-a.example.go.jp", subject = "お知らせ", body = "本文です。{{ run.id }}" }
-"#;
+const WORKFLOW: &str = include_str!("../fixtures/flows/mail_oauth_workflow.toml");
 
 /// The daemon with `[oauth2]` for IMAP and SMTP: a wrong secret is a clear error and the
 /// daemon keeps running; fixed in the secret file, it recovers without a restart; mail goes out

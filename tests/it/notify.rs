@@ -8,39 +8,15 @@ use pmoflow::outbox::webhook;
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::{
     Backend, Daemon, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, cli_ok, decode_mail,
-    free_port, wait, wait_run,
+    free_port, wait,
 };
+use pmoflow_tests::{expect_done, wait_status};
 
-const PEOPLE: &str = r#"
-# Example people directory.
-[[people]]
-name = "山田 太郎"
-email = "yamada@example.go.jp"
-roles = ["pmo_head"]
-organisation = "デジタル統括室"
-
-[[people]]
-name = "佐藤 花子"
-email = "sato@example.go.jp"
-roles = ["project_owner"]
-"#;
+const PEOPLE: &str = include_str!("../fixtures/flows/notify_people.toml");
 
 const TEMPLATE: &str = "{{ inputs.who }} 様\n\nお疲れ様です。PMO事務局です。\n令和8年度の状況報告を{{ \"2026-12-04\" | jp_date }}17時までにお願いいたします。\n\n記\n１．総合評価：良好／注意／要対応\n２．経費（予算・執行額）：１００％\n以上\n";
 
-const MAIL_WORKFLOW: &str = r#"
-id = "notice"
-[inputs]
-who = "鈴木 一郎"
-[[steps]]
-id = "send"
-action = "email"
-[steps.with]
-to = ["role:pmo_head", "鈴木 一郎 <suzuki@example.go.jp>"]
-cc = "role:project_owner"
-bcc = "audit@example.go.jp"
-subject = "【要回答】令和8年度 状況報告のお願い（{{ inputs.who }} 様）【12/4(金)締切】"
-template = "request.txt"
-"#;
+const MAIL_WORKFLOW: &str = include_str!("../fixtures/flows/notify_mail_workflow.toml");
 
 fn mail_project(config: &str) -> Project {
     let project = Project::new();
@@ -112,11 +88,7 @@ async fn japanese_email_arrives_intact_through_a_real_smtp_server() {
     let (code, out, err) = cli(project.path(), &["trigger", "notice"]);
     assert_eq!(code, 0, "{err}");
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let run = expect_done(&store, out.trim(), RunStatus::Succeeded).await;
     wait_outbox(&store, "sent", 1, Duration::from_secs(20)).await;
     let rows = store.list_outbox(Some("sent"), 10).await.unwrap();
     let messages = decode_mail(&maildir);
@@ -163,15 +135,7 @@ async fn without_smtp_messages_become_eml_files() {
     store.close().await;
 }
 
-const FIFTY: &str = r#"
-id = "fifty"
-[[steps]]
-id = "each"
-action = "email"
-foreach = "range(50)"
-parallelism = 10
-with = { to = "user{{ item }}@example.go.jp", subject = "【ご連絡】テスト {{ item }} 件目", body = "本文 {{ item }}" }
-"#;
+const FIFTY: &str = include_str!("../fixtures/flows/notify_fifty.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_messages_survive_a_down_server_and_a_kill9_and_arrive_once() {
@@ -188,10 +152,7 @@ async fn fifty_messages_survive_a_down_server_and_a_kill9_and_arrive_once() {
     let (code, out, err) = cli(dir, &["trigger", "fifty"]);
     assert_eq!(code, 0, "{err}");
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
-        r.status == RunStatus::Succeeded
-    })
-    .await;
+    wait_status(&store, out.trim(), RunStatus::Succeeded).await;
     // The server is down: every message is pending and has failed at least once.
     let rows = wait::until(
         "50 messages pending after a failed attempt",
@@ -519,11 +480,7 @@ async fn iso_2022_jp_for_gateways_that_need_it() {
     let out = cli_ok(project.path(), &["trigger", "notice"]);
     let ok = out.trim().to_string();
     let out = cli_ok(project.path(), &["trigger", "bad"]);
-    let bad = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(bad.status, RunStatus::Failed);
+    let bad = expect_done(&store, out.trim(), RunStatus::Failed).await;
     assert!(
         bad.error
             .as_deref()
@@ -531,10 +488,7 @@ async fn iso_2022_jp_for_gateways_that_need_it() {
             .contains("cannot be encoded in ISO-2022-JP: \"🙇\""),
         "{bad:?}"
     );
-    wait_run(&store, &ok, Duration::from_secs(20), |r| {
-        r.status == RunStatus::Succeeded
-    })
-    .await;
+    wait_status(&store, &ok, RunStatus::Succeeded).await;
     wait_outbox(&store, "sent", 1, Duration::from_secs(20)).await;
     let dir = project.path().join("var/outbox");
     let raw = std::fs::read_to_string(
@@ -575,11 +529,7 @@ async fn http_step_output_is_the_response_and_5xx_is_retried() {
     d.wait_log("workflows loaded", STARTUP);
     let out = cli_ok(project.path(), &["trigger", "call"]);
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, out.trim(), Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let run = expect_done(&store, out.trim(), RunStatus::Succeeded).await;
     let steps = store.get_steps(&run.id).await.unwrap();
     let ask = steps.iter().find(|s| s.step_id == "ask").unwrap();
     assert_eq!(ask.attempt, 2, "the 500 was retried once");

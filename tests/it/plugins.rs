@@ -10,6 +10,7 @@ use pmoflow::engine::{EngineConfig, RunRequest};
 use pmoflow::plugins::{Grant, Grants, HostRule, Limits, PluginHost};
 use pmoflow::store::{Durability, RunStatus};
 use pmoflow_tests::{Backend, InProcess, Project, TestDb, wait_run};
+use pmoflow_tests::{expect_done, wait_done};
 use serde_json::json;
 
 /// The source tree's `plugins/` (SDK, WIT, lock file).
@@ -56,20 +57,7 @@ pub(crate) fn plugins_dir() -> std::path::PathBuf {
     .clone()
 }
 
-const WORKFLOW: &str = r#"
-id = "p"
-[inputs]
-what = "spin"
-url = ""
-[[steps]]
-id = "echo"
-action = "plugin:echo"
-with = { greeting = "こんにちは {{ inputs.what }}", n = 3 }
-[[steps]]
-id = "bad"
-action = "plugin:hostile"
-with = { do = "{{ inputs.what }}", url = "{{ inputs.url }}" }
-"#;
+const WORKFLOW: &str = include_str!("../fixtures/flows/plugins_workflow.toml");
 
 /// The hostile fixture's grant: `http` and `kv`, hosts under `*.go.jp`, any host on port
 /// `wild` (a wildcard: never loopback), and `127.0.0.1:exact` listed exactly.
@@ -220,10 +208,7 @@ async fn hostile_plugins_fail_with_the_right_reason_and_the_engine_keeps_serving
     }
     let mut timed_out = Vec::new();
     for ((what, _, reason), id) in cases.iter().zip(&ids) {
-        let run = wait_run(&store, id, Duration::from_secs(30), |r| {
-            r.status.is_terminal()
-        })
-        .await;
+        let run = wait_done(&store, id).await;
         if reason.contains("ran past 2 s") {
             timed_out.push((*what, run.started_at.unwrap(), run.finished_at.unwrap()));
         }
@@ -273,11 +258,7 @@ async fn hostile_plugins_fail_with_the_right_reason_and_the_engine_keeps_serving
         .unwrap()
         .id()
         .to_string();
-    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &id, RunStatus::Succeeded).await;
     assert_eq!(exact.requests().len(), 1);
     // No environment, and the engine is unaffected: a plugin still runs fine afterwards.
     let inputs = json!({ "what": "env" });
@@ -288,11 +269,7 @@ async fn hostile_plugins_fail_with_the_right_reason_and_the_engine_keeps_serving
         .unwrap()
         .id()
         .to_string();
-    let run = wait_run(&store, &id, Duration::from_secs(10), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &id, RunStatus::Succeeded).await;
     let steps = store.get_steps(&id).await.unwrap();
     let bad = steps.iter().find(|s| s.step_id == "bad").unwrap();
     assert_eq!(
@@ -785,11 +762,7 @@ async fn a_plugin_stuck_in_a_host_call_is_stopped_and_a_log_flood_is_capped() {
         .unwrap()
         .id()
         .to_string();
-    let run = wait_run(&store, &stuck, Duration::from_secs(30), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    let run = expect_done(&store, &stuck, RunStatus::Failed).await;
     let error = run.error.unwrap_or_default();
     assert!(error.contains("ran past 2 s"), "{error}");
     assert!(
@@ -801,11 +774,7 @@ async fn a_plugin_stuck_in_a_host_call_is_stopped_and_a_log_flood_is_capped() {
         started.elapsed().as_millis()
     );
     assert!(started.elapsed() < Duration::from_secs(20));
-    let run = wait_run(&store, &flood, Duration::from_secs(30), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &flood, RunStatus::Succeeded).await;
     let steps = store.get_steps(&flood).await.unwrap();
     let bad = steps.iter().find(|s| s.step_id == "bad").unwrap();
     assert_eq!(bad.output.as_ref().unwrap(), &json!({ "logged": 20000 }));

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, PortfolioQuery, RunStatus, Store};
+use pmoflow_tests::backend_tests;
 use pmoflow_tests::mail::{answer_link, answer_on_page, reply, reply_with_file};
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, cli_ok, decode_mail, free_port,
@@ -16,62 +17,9 @@ use pmoflow_tests::{
 };
 use serde_json::{Value as Json, json};
 
-const WORKFLOW: &str = r#"
-id = "status"
-name = "状況報告（試験）"
+const WORKFLOW: &str = include_str!("../fixtures/flows/portfolio_workflow.toml");
 
-[inputs]
-period = ""
-deadline = ""
-
-[[steps]]
-id = "ask"
-action = "request"
-foreach = "data.projects.projects"
-
-[steps.with]
-to = "{{ item.lead }} <{{ item.lead_email }}>"
-subject = "【要回答】{{ item.name }} {{ inputs.period }} 状況報告"
-body = "{{ item.lead }} 様\n\n{{ inputs.period }} の状況をご回答ください。\n"
-fields = ["総合評価", "予算額", "見込額", "遅延日数", "課題"]
-required = ["総合評価"]
-types = { "総合評価" = { type = "choice", options = ["良好", "注意", "要対応"] }, "予算額" = { type = "number", unit = "万円", min = 0 }, "見込額" = { type = "number", unit = "万円", min = 0 }, "遅延日数" = { type = "number", unit = "日", min = 0 } }
-record = { subject = "{{ item.id }}", period = "{{ inputs.period }}", name = "{{ item.name }}", owner = "{{ item.owner }}" }
-form = "templates/status.xlsx"
-cells = { "総合評価" = "報告!C2", "予算額" = "報告!C3", "見込額" = "報告!C4", "遅延日数" = "報告!C5" }
-deadline = "{{ inputs.deadline }}"
-complete_when = "deadline"
-"#;
-
-const PROJECTS: &str = r#"
-[[projects]]
-id = "P01"
-name = "電子申請システム刷新"
-lead = "佐藤 花子"
-lead_email = "sato@pjmo-a.example.go.jp"
-owner = "高橋 一郎"
-
-[[projects]]
-id = "P02"
-name = "統計データ基盤構築"
-lead = "鈴木 次郎"
-lead_email = "suzuki@pjmo-b.example.go.jp"
-owner = "田中 裕子"
-
-[[projects]]
-id = "P03"
-name = "文書管理システム運用"
-lead = "渡辺 涼"
-lead_email = "watanabe@pjmo-c.example.go.jp"
-owner = "高橋 一郎"
-
-[[projects]]
-id = "P04"
-name = "職員ポータル改修"
-lead = "森 拓也"
-lead_email = "mori@pjmo-d.example.go.jp"
-owner = "清水 明"
-"#;
+const PROJECTS: &str = include_str!("../fixtures/flows/portfolio_projects.toml");
 
 const PERIODS: [&str; 3] = ["2027-04", "2027-05", "2027-06"];
 
@@ -608,12 +556,4 @@ async fn portfolio_end_to_end(backend: Backend) {
     drop(d2);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn portfolio_end_to_end_on_sqlite() {
-    portfolio_end_to_end(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn portfolio_end_to_end_on_postgres() {
-    portfolio_end_to_end(Backend::Postgres).await;
-}
+backend_tests!(portfolio_end_to_end_on_sqlite, portfolio_end_to_end_on_postgres => portfolio_end_to_end);

@@ -7,10 +7,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::backend_tests;
 use pmoflow_tests::mail::is_copy;
+use pmoflow_tests::mail::{nonce_in, url_in};
 use pmoflow_tests::{
-    Backend, Daemon, Dovecot, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, cli_ok,
-    decode_mail, free_port, wait, wait_run,
+    Backend, Daemon, Dovecot, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, free_port, wait,
+};
+use pmoflow_tests::{
+    deliver, expect_done, mail_to, reply_address, step_output, to_addr, wait_done, wait_mail,
 };
 use serde_json::Value as Json;
 
@@ -81,46 +85,6 @@ pub(crate) async fn setup_on(
     }
 }
 
-/// Waits until at least `n` messages arrived at the SMTP sink; returns them all.
-pub(crate) fn wait_mail(dir: &Path, n: usize, timeout: Duration) -> Vec<Json> {
-    wait::until_blocking(&format!("{n} mails in {}", dir.display()), timeout, || {
-        let mails = if dir.exists() {
-            decode_mail(dir)
-        } else {
-            Vec::new()
-        };
-        if mails.len() >= n {
-            Ok(mails)
-        } else {
-            Err(mails)
-        }
-    })
-}
-
-pub(crate) fn to_addr(m: &Json) -> String {
-    m["to"][0].as_str().unwrap().to_string()
-}
-
-pub(crate) fn mail_to<'a>(mails: &'a [Json], who: &str) -> &'a Json {
-    mails
-        .iter()
-        .find(|m| {
-            to_addr(m).contains(who)
-                && m["subject"].as_str().unwrap().starts_with("【要回答】")
-                && !is_copy(m)
-        })
-        .unwrap_or_else(|| panic!("no request to {who} in {mails:#?}"))
-}
-
-pub(crate) fn bare(reply_to: &str) -> String {
-    reply_to
-        .rsplit('<')
-        .next()
-        .unwrap()
-        .trim_end_matches('>')
-        .to_string()
-}
-
 /// A reply as Gmail JP would send it: answer on top, the request quoted below.
 pub(crate) fn gmail_reply(
     from: &str,
@@ -174,17 +138,6 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-pub(crate) async fn step_output(store: &Store, run_id: &str, step: &str) -> Json {
-    store
-        .get_steps(run_id)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.step_key == step)
-        .and_then(|s| s.output)
-        .unwrap_or(Json::Null)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
     let imap = Dovecot::start();
@@ -203,13 +156,13 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
     let suzuki = mail_to(&mails, "suzuki@");
     // Each request has its own reply address with a 26-character token, the token in the
     // Message-ID, a subject tag, the cut marker first and the form.
-    let reply_y = bare(yamada["reply_to"].as_str().unwrap());
-    let reply_s = bare(suzuki["reply_to"].as_str().unwrap());
+    let reply_y = reply_address(yamada);
+    let reply_s = reply_address(suzuki);
     assert_ne!(reply_y, reply_s);
     let token = reply_y
         .strip_prefix("pmo+")
@@ -263,10 +216,7 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
     assert_eq!(n, 5);
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(40), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, &run_id).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,
@@ -328,7 +278,7 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
         4,
         "the old message was never taken: {list:#}"
     );
-    let mails = wait_mail(&maildir, 3, Duration::from_secs(20));
+    let mails = wait_mail(&maildir, 3);
     let notice = mails
         .iter()
         .find(|m| m["to"][0] == "pmo-desk@example.go.jp")
@@ -351,15 +301,7 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_reply_stored_but_not_processed_when_the_daemon_dies_is_processed_exactly_once() {
-    reply_survives_a_crash(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_reply_survives_a_crash_on_postgres_too() {
-    reply_survives_a_crash(Backend::Postgres).await;
-}
+backend_tests!(a_reply_stored_but_not_processed_when_the_daemon_dies_is_processed_exactly_once, a_reply_survives_a_crash_on_postgres_too => reply_survives_a_crash);
 
 async fn reply_survives_a_crash(backend: Backend) {
     let imap = Dovecot::start();
@@ -375,9 +317,9 @@ async fn reply_survives_a_crash(backend: Backend) {
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
-    let reply = bare(yamada["reply_to"].as_str().unwrap());
+    let reply = reply_address(yamada);
     imap.append_raw(
         "INBOX",
         &[gmail_reply(
@@ -443,12 +385,12 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
     // Yamada answers through standard input, as an MTA pipe would deliver it.
     let reply = gmail_reply(
         "yamada@pjmo-a.example.go.jp",
-        &bare(yamada["reply_to"].as_str().unwrap()),
+        &reply_address(yamada),
         yamada,
         "総合評価: 良好",
         "",
@@ -474,22 +416,16 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
     // Yamada answers again before the deadline: the latest answer wins, both are kept.
     let again = gmail_reply(
         "yamada@pjmo-a.example.go.jp",
-        &bare(yamada["reply_to"].as_str().unwrap()),
+        &reply_address(yamada),
         yamada,
         "総合評価: 注意\n課題: 要員不足",
         "",
     );
-    std::fs::write(&path, &again).unwrap();
-    let (code, out2, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out2 = deliver(s.project.path(), &again);
     assert!(out2.contains("answer (done)"), "{out2}");
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(90), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let out = step_output(&store, &run_id, "ask").await;
     assert_eq!(out[0]["status"], "answered");
     assert_eq!(
@@ -502,7 +438,7 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
     assert_eq!(history[0]["fields"]["総合評価"], "良好");
     assert_eq!(out[1]["status"], "unanswered");
     assert_eq!(out[1]["status_ja"], "未回答");
-    let mails = wait_mail(&maildir, 3, Duration::from_secs(10));
+    let mails = wait_mail(&maildir, 3);
     let reminders: Vec<&Json> = mails
         .iter()
         .filter(|m| m["subject"].as_str().unwrap().starts_with("【リマインド】"))
@@ -510,22 +446,20 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
     assert_eq!(reminders.len(), 1, "{mails:#?}");
     assert!(to_addr(reminders[0]).contains("suzuki@"));
     assert_eq!(
-        bare(reminders[0]["reply_to"].as_str().unwrap()),
-        bare(mail_to(&mails, "suzuki@")["reply_to"].as_str().unwrap()),
+        reply_address(&reminders[0]),
+        reply_address(mail_to(&mails, "suzuki@")),
         "the reminder carries the same reply address"
     );
     // An answer after the close is kept as a message but changes nothing.
     let suzuki = mail_to(&mails, "suzuki@");
     let late = gmail_reply(
         "suzuki@pjmo-b.example.go.jp",
-        &bare(suzuki["reply_to"].as_str().unwrap()),
+        &reply_address(suzuki),
         suzuki,
         "総合評価: 注意",
         "",
     );
-    std::fs::write(&path, &late).unwrap();
-    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out = deliver(s.project.path(), &late);
     assert!(out.contains("after_close (done)"), "{out}");
     assert_eq!(
         step_output(&store, &run_id, "ask").await[1]["status"],
@@ -541,9 +475,9 @@ async fn forged_and_unmatched_replies_never_reach_the_run() {
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
-    let reply = bare(yamada["reply_to"].as_str().unwrap());
+    let reply = reply_address(yamada);
     let token = reply
         .strip_prefix("pmo+")
         .unwrap()
@@ -581,10 +515,7 @@ async fn forged_and_unmatched_replies_never_reach_the_run() {
         (b"this is not an email".to_vec(), "unreadable"),
     ];
     for (raw, expected) in cases {
-        let path = s.project.path().join("msg.eml");
-        std::fs::write(&path, &raw).unwrap();
-        let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
-        assert_eq!(code, 0, "{err}");
+        let out = deliver(s.project.path(), &raw);
         assert!(out.contains(&format!("{expected} (quarantined)")), "{out}");
     }
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
@@ -613,10 +544,7 @@ async fn forged_and_unmatched_replies_never_reach_the_run() {
         suzuki["message_id"].as_str().unwrap(),
     )
     .replace("bounces+k7x2m4p6q5r3s5t7v2w4y6z3ab@", "pmo@");
-    let path = s.project.path().join("bounce.eml");
-    std::fs::write(&path, bounce).unwrap();
-    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out = deliver(s.project.path(), &bounce);
     assert!(out.contains("bounce (done)"), "{out}");
     let answer = gmail_reply(
         "yamada@pjmo-a.example.go.jp",
@@ -625,15 +553,9 @@ async fn forged_and_unmatched_replies_never_reach_the_run() {
         "総合評価: 良好",
         "",
     );
-    std::fs::write(&path, answer).unwrap();
-    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out = deliver(s.project.path(), &answer);
     assert!(out.contains("answer (done)"), "{out}");
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let out = step_output(&store, &run_id, "ask").await;
     assert_eq!(out[0]["status"], "answered", "{out:#}");
     assert_eq!(out[1]["status"], "bounced", "{out:#}");
@@ -654,7 +576,7 @@ async fn copied_people_get_a_copy_without_the_answer_link_and_cannot_answer() {
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
-    let mails = wait_mail(&maildir, 4, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 4);
     let (copies, own): (Vec<&Json>, Vec<&Json>) = mails.iter().partition(|m| is_copy(m));
     assert_eq!((own.len(), copies.len()), (2, 2), "{mails:#?}");
     for m in &own {
@@ -667,7 +589,7 @@ async fn copied_people_get_a_copy_without_the_answer_link_and_cannot_answer() {
         assert!(m["body"].as_str().unwrap().contains("/answer/"));
     }
     let yamada = mail_to(&mails, "yamada@");
-    let token = bare(yamada["reply_to"].as_str().unwrap())
+    let token = reply_address(yamada)
         .strip_prefix("pmo+")
         .unwrap()
         .strip_suffix("@example.go.jp")
@@ -709,10 +631,7 @@ async fn copied_people_get_a_copy_without_the_answer_link_and_cannot_answer() {
         "総合評価: 良好",
         "",
     );
-    let path = s.project.path().join("cc-reply.eml");
-    std::fs::write(&path, reply).unwrap();
-    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out = deliver(s.project.path(), &reply);
     assert!(out.contains("unmatched (quarantined)"), "{out}");
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
     let rows = store.requests_for_step(&run_id, "ask[0]").await.unwrap();
@@ -724,19 +643,6 @@ async fn copied_people_get_a_copy_without_the_answer_link_and_cannot_answer() {
             .unwrap()
             .is_empty()
     );
-}
-
-pub(crate) fn url_in(body: &str, path: &str) -> String {
-    body.lines()
-        .find(|l| l.contains(path))
-        .unwrap_or_else(|| panic!("no {path} link in {body}"))
-        .trim()
-        .to_string()
-}
-
-pub(crate) fn nonce_in(html: &str) -> String {
-    let start = html.find("name=\"nonce\" value=\"").expect("a nonce") + 20;
-    html[start..start + html[start..].find('"').unwrap()].to_string()
 }
 
 pub(crate) fn http_config(port: u16, dir: &Path) -> (String, String, String) {
@@ -763,7 +669,7 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
     let url = url_in(yamada["body"].as_str().unwrap(), "/answer/");
     assert!(
@@ -865,7 +771,7 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     let suzuki = mail_to(&mails, "suzuki@");
     let raw = gmail_reply(
         "suzuki@pjmo-b.example.go.jp",
-        &bare(suzuki["reply_to"].as_str().unwrap()),
+        &reply_address(suzuki),
         suzuki,
         "総合評価: 注意",
         "",
@@ -910,11 +816,7 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     assert_eq!(res.status(), 200, "the same message again is a duplicate");
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let out = step_output(&store, &run_id, "ask").await;
     assert_eq!(out[0]["via"], "web", "{out:#}");
     assert_eq!(out[0]["fields"]["総合評価"], "良好");
@@ -944,19 +846,7 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     assert_eq!(out[0]["history"].as_array().unwrap().len(), 1, "{out:#}");
 }
 
-const INCIDENT: &str = r#"
-id = "incident"
-[[steps]]
-id = "page"
-action = "request"
-[steps.with]
-to = ["oncall1@example.go.jp", "oncall2@example.go.jp"]
-subject = "【至急】障害発生のお知らせ"
-body = "システム障害が発生しました。"
-ack = true
-complete_when = "any"
-deadline = "10m"
-"#;
+const INCIDENT: &str = include_str!("../fixtures/flows/requests_incident.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledgements_by_reply_link_and_api() {
@@ -976,7 +866,7 @@ async fn acknowledgements_by_reply_link_and_api() {
     let (code, out, err) = cli(s.project.path(), &["trigger", "incident"]);
     assert_eq!(code, 0, "{err}");
     let run1 = out.trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let page1 = mails
         .iter()
         .find(|m| to_addr(m).contains("oncall1@"))
@@ -985,30 +875,23 @@ async fn acknowledgements_by_reply_link_and_api() {
     assert!(body.contains("「了解」"), "{body}");
     let not_ack = gmail_reply(
         "oncall1@example.go.jp",
-        &bare(page1["reply_to"].as_str().unwrap()),
+        &reply_address(page1),
         page1,
         "詳細を教えてください。",
         "",
     );
-    let path = s.project.path().join("r.eml");
-    std::fs::write(&path, not_ack).unwrap();
-    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = deliver(s.project.path(), &not_ack);
     assert!(out.contains("not_an_ack"), "{out}");
     let ack = gmail_reply(
         "oncall1@example.go.jp",
-        &bare(page1["reply_to"].as_str().unwrap()),
+        &reply_address(page1),
         page1,
         "了解しました。対応します。",
         "",
     );
-    std::fs::write(&path, ack).unwrap();
-    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = deliver(s.project.path(), &ack);
     assert!(out.contains("answer (done)"), "{out}");
-    let run = wait_run(&store, &run1, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    expect_done(&store, &run1, RunStatus::Succeeded).await;
     let out = step_output(&store, &run1, "page").await;
     assert_eq!(out[0]["status"], "acknowledged", "{out:#}");
     assert_eq!(out[0]["status_ja"], "確認済");
@@ -1018,7 +901,7 @@ async fn acknowledgements_by_reply_link_and_api() {
     let (code, out, err) = cli(s.project.path(), &["trigger", "incident"]);
     assert_eq!(code, 0, "{err}");
     let run2 = out.trim().to_string();
-    let mails = wait_mail(&maildir, 4, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 4);
     let rows = store.requests_for_step(&run2, "page").await.unwrap();
     let link = |who: &str| {
         let row = rows.iter().find(|r| r.recipient.starts_with(who)).unwrap();
@@ -1104,11 +987,7 @@ async fn acknowledgements_by_reply_link_and_api() {
     assert_eq!(res.status(), 200);
     let again: Json = res.json().await.unwrap();
     assert_eq!(again["status"], "already_acknowledged");
-    let run = wait_run(&store, &run2, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    expect_done(&store, &run2, RunStatus::Succeeded).await;
     let out = step_output(&store, &run2, "page").await;
     assert_eq!(out[1]["status"], "acknowledged", "{out:#}");
     assert_eq!(out[1]["via"], "api");
@@ -1140,25 +1019,20 @@ async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
-    let path = s.project.path().join("r.eml");
     // Yamada's deputy answers for him.
     let by_deputy = gmail_reply(
         "deputy@pjmo-a.example.go.jp",
-        &bare(yamada["reply_to"].as_str().unwrap()),
+        &reply_address(yamada),
         yamada,
         "総合評価: 良好",
         "",
     );
-    std::fs::write(&path, by_deputy).unwrap();
-    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = deliver(s.project.path(), &by_deputy);
     assert!(out.contains("answer (done)"), "{out}");
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    wait_done(&store, &run_id).await;
     let out = step_output(&store, &run_id, "ask").await;
     assert_eq!(out[0]["status"], "answered");
     assert_eq!(out[0]["from"], "deputy@pjmo-a.example.go.jp");
@@ -1169,13 +1043,12 @@ async fn delegates_may_answer_and_expired_tokens_are_refused_by_mail_and_by_link
     let suzuki = mail_to(&mails, "suzuki@");
     let late = gmail_reply(
         "suzuki@pjmo-b.example.go.jp",
-        &bare(suzuki["reply_to"].as_str().unwrap()),
+        &reply_address(suzuki),
         suzuki,
         "総合評価: 注意",
         "",
     );
-    std::fs::write(&path, late).unwrap();
-    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = deliver(s.project.path(), &late);
     assert!(out.contains("expired (quarantined)"), "{out}");
     let url = url_in(suzuki["body"].as_str().unwrap(), "/answer/");
     let res = reqwest::get(&url).await.unwrap();
@@ -1242,40 +1115,32 @@ async fn late_answers_and_attachments_are_recorded() {
     let (code, out, err) = cli(s.project.path(), &["trigger", "status"]);
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
     let suzuki = mail_to(&mails, "suzuki@");
-    let path = s.project.path().join("r.eml");
     // Yamada answers on time, with a spreadsheet attached.
     let csv = "項目,値\r\n進捗,90\r\n".as_bytes();
     let raw = format!(
         "From: yamada@pjmo-a.example.go.jp\r\nTo: {}\r\nSubject: Re: x\r\nMessage-ID: <att-{run_id}@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n総合評価: 良好\r\n--b1\r\nContent-Type: text/csv; name=\"report.csv\"\r\nContent-Disposition: attachment; filename=\"report.csv\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
-        bare(yamada["reply_to"].as_str().unwrap()),
+        reply_address(yamada),
         base64(csv)
     );
-    std::fs::write(&path, raw).unwrap();
-    let (code, out, err) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out = deliver(s.project.path(), &raw);
     assert!(out.contains("answer (done)"), "{out}");
     // Suzuki answers after the deadline, while the step still waits.
     // pace: past the deadline (a time, not an event).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let late = gmail_reply(
         "suzuki@pjmo-b.example.go.jp",
-        &bare(suzuki["reply_to"].as_str().unwrap()),
+        &reply_address(suzuki),
         suzuki,
         "総合評価: 注意",
         "",
     );
-    std::fs::write(&path, late).unwrap();
-    let out = cli_ok(s.project.path(), &["inbound", path.to_str().unwrap()]);
+    let out = deliver(s.project.path(), &late);
     assert!(out.contains("answer (done)"), "{out}");
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded);
+    expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let out = step_output(&store, &run_id, "ask").await;
     assert_eq!(out[0]["status"], "answered", "{out:#}");
     let att = &out[0]["attachments"][0];
@@ -1300,11 +1165,7 @@ async fn on_timeout_fail_fails_the_step_naming_who_did_not_answer() {
     assert_eq!(code, 0, "{err}");
     let run_id = out.trim().to_string();
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Failed);
+    let run = expect_done(&store, &run_id, RunStatus::Failed).await;
     let error = run.error.unwrap_or_default();
     assert!(
         error.contains("未回答")

@@ -311,20 +311,7 @@ fn dst_in_new_york_both_transitions() {
     );
 }
 
-const DAILY: &str = r#"
-id = "daily"
-
-[[triggers]]
-cron = "0 9 * * *"
-timezone = "Asia/Tokyo"
-catch_up = "POLICY"
-WINDOW
-
-[[steps]]
-id = "a"
-action = "log"
-with = { message = "fire {{ run.scheduled_at }}" }
-"#;
+const DAILY: &str = include_str!("../fixtures/flows/scheduling_daily.toml");
 
 fn jst(y: i32, m: u32, day: u32, h: u32) -> DateTime<Utc> {
     chrono_tz::Asia::Tokyo

@@ -7,23 +7,19 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, Store};
+use pmoflow_tests::backend_tests;
 use pmoflow_tests::dns::{Nsd, txt};
 use pmoflow_tests::mail::tag_only_reply;
-use pmoflow_tests::{Backend, Daemon, STARTUP, cli_ok, free_port, wait_run};
+use pmoflow_tests::{Backend, Daemon, STARTUP, cli_ok, free_port};
+use pmoflow_tests::{deliver, reply_address, wait_done};
 use serde_json::Value as Json;
 
-use super::requests::{
-    bare, gmail_reply, http_config, mail_to, nonce_in, setup, setup_on, to_addr, url_in, wait_mail,
-};
+use pmoflow_tests::mail::{nonce_in, url_in};
+use pmoflow_tests::{mail_to, to_addr, wait_mail};
+
+use super::requests::{gmail_reply, http_config, setup, setup_on};
 
 const YAMADA: &str = "山田 太郎 <yamada@pjmo-a.example.go.jp>";
-
-/// Stores and processes one message with `pmoflow inbound`; returns what the CLI printed.
-fn inbound(project: &std::path::Path, raw: &[u8]) -> String {
-    let path = project.join(format!("in-{}.eml", fastrand::u32(..)));
-    std::fs::write(&path, raw).unwrap();
-    cli_ok(project, &["inbound", path.to_str().unwrap()])
-}
 
 async fn answers(store: &Store, run_id: &str, step: &str) -> (String, Vec<Json>) {
     let rows = store.requests_for_step(run_id, step).await.unwrap();
@@ -47,15 +43,7 @@ fn inbound_rows(project: &std::path::Path) -> Vec<Json> {
         .clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_forged_from_with_only_the_subject_tag_is_held_until_the_addressee_confirms_it() {
-    held_until_confirmed(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_held_answer_is_confirmed_on_postgres_too() {
-    held_until_confirmed(Backend::Postgres).await;
-}
+backend_tests!(a_forged_from_with_only_the_subject_tag_is_held_until_the_addressee_confirms_it, a_held_answer_is_confirmed_on_postgres_too => held_until_confirmed);
 
 async fn held_until_confirmed(backend: Backend) {
     let port = free_port();
@@ -67,12 +55,12 @@ async fn held_until_confirmed(backend: Backend) {
     let d = Daemon::start(project, "d", &[]);
     d.wait_log("http listening", STARTUP);
     let run_id = cli_ok(project, &["trigger", "status"]).trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
-    let token = bare(yamada["reply_to"].as_str().unwrap());
+    let token = reply_address(yamada);
 
     // Anyone can write Yamada's address and the tag: held, nothing counted.
-    let out = inbound(
+    let out = deliver(
         project,
         &tag_only_reply(YAMADA, yamada, "総合評価: 良好\n進捗: 予定どおり", ""),
     );
@@ -92,7 +80,7 @@ async fn held_until_confirmed(backend: Backend) {
     );
 
     // The address the message claims is asked, on a mail that answers nothing itself.
-    let mails = wait_mail(&maildir, 3, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 3);
     let confirm = mails
         .iter()
         .find(|m| {
@@ -178,21 +166,18 @@ async fn held_until_confirmed(backend: Backend) {
 
     // The token match needs no authentication: Suzuki's plain reply counts at once.
     let suzuki = mail_to(&mails, "suzuki@");
-    let out = inbound(
+    let out = deliver(
         project,
         &gmail_reply(
             "suzuki@pjmo-b.example.go.jp",
-            &bare(suzuki["reply_to"].as_str().unwrap()),
+            &reply_address(suzuki),
             suzuki,
             "総合評価: 注意",
             "",
         ),
     );
     assert!(out.contains("answer (done)"), "{out}");
-    wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    wait_done(&store, &run_id).await;
 }
 
 /// An RSA key made by OpenSSL: `(PKCS#8 DER, the public key as DKIM's p=)`.
@@ -275,7 +260,7 @@ async fn dkim_or_a_trusted_gateway_lets_a_tag_match_count_and_dmarc_fail_quarant
     let maildir = project.join("maildir");
     let _d = Daemon::start(project, "d", &[]);
     let run_id = cli_ok(project, &["trigger", "status"]).trim().to_string();
-    let mails = wait_mail(&maildir, 2, Duration::from_secs(30));
+    let mails = wait_mail(&maildir, 2);
     let yamada = mail_to(&mails, "yamada@");
     let suzuki = mail_to(&mails, "suzuki@");
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
@@ -284,13 +269,13 @@ async fn dkim_or_a_trusted_gateway_lets_a_tag_match_count_and_dmarc_fail_quarant
     // authenticated and the answer is held.
     let signed = dkim_sign(&der, &tag_only_reply(YAMADA, yamada, "総合評価: 良好", ""));
     let tampered = String::from_utf8(signed).unwrap().replace("良好", "要対応");
-    let out = inbound(project, tampered.as_bytes());
+    let out = deliver(project, tampered.as_bytes());
     assert!(out.contains("unauthenticated (held)"), "{out}");
     assert_eq!(answers(&store, &run_id, "ask[0]").await.0, "open");
 
     // Signed and intact, the key published by the DNS server: accepted at once.
     let signed = dkim_sign(&der, &tag_only_reply(YAMADA, yamada, "総合評価: 注意", ""));
-    let out = inbound(project, &signed);
+    let out = deliver(project, &signed);
     assert!(out.contains("answer (done)"), "{out}");
     let (status, got) = answers(&store, &run_id, "ask[0]").await;
     assert_eq!(
@@ -322,7 +307,7 @@ async fn dkim_or_a_trusted_gateway_lets_a_tag_match_count_and_dmarc_fail_quarant
     );
 
     // Suzuki's token is right, but the ministry's gateway says DMARC failed: quarantined.
-    let reply_to = bare(suzuki["reply_to"].as_str().unwrap());
+    let reply_to = reply_address(suzuki);
     let forged = gmail_reply(
         "suzuki@pjmo-b.example.go.jp",
         &reply_to,
@@ -330,7 +315,7 @@ async fn dkim_or_a_trusted_gateway_lets_a_tag_match_count_and_dmarc_fail_quarant
         "総合評価: 良好",
         "Authentication-Results: mx.example.go.jp; spf=fail smtp.mailfrom=pjmo-b.example.go.jp;\r\n dmarc=fail (p=reject) header.from=pjmo-b.example.go.jp\r\n",
     );
-    let out = inbound(project, &forged);
+    let out = deliver(project, &forged);
     assert!(out.contains("auth_failed (quarantined)"), "{out}");
     assert_eq!(
         answers(&store, &run_id, "ask[1]").await,
@@ -343,7 +328,7 @@ async fn dkim_or_a_trusted_gateway_lets_a_tag_match_count_and_dmarc_fail_quarant
         "総合評価: 良好",
         "Authentication-Results: attacker.example; dmarc=pass header.from=pjmo-b.example.go.jp\r\n",
     );
-    let out = inbound(project, &untrusted);
+    let out = deliver(project, &untrusted);
     assert!(out.contains("unauthenticated (held)"), "{out}");
     // The trusted gateway's pass for Suzuki's domain: his tag-only reply counts.
     let passed = tag_only_reply(
@@ -352,7 +337,7 @@ async fn dkim_or_a_trusted_gateway_lets_a_tag_match_count_and_dmarc_fail_quarant
         "総合評価: 良好",
         "Authentication-Results: mx.example.go.jp; dkim=none; spf=pass smtp.mailfrom=pjmo-b.example.go.jp;\r\n dmarc=pass header.from=pjmo-b.example.go.jp\r\n",
     );
-    let out = inbound(project, &passed);
+    let out = deliver(project, &passed);
     assert!(out.contains("answer (done)"), "{out}");
     assert_eq!(answers(&store, &run_id, "ask[1]").await.0, "answered");
     // The PMO is told about the DMARC failure (the notice goes out through the outbox: wait

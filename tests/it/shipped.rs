@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::mail::{answer_link, answer_on_page, is_copy, reply, reply_with_file};
+use pmoflow_tests::wait_done;
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, Project, STARTUP, SmtpSink, TestDb, WebhookServer, cli, decode_mail,
-    free_port, new_api_token, save_attachment, wait, wait_run, workbooks_py,
+    free_port, new_api_token, save_attachment, wait, workbooks_py,
 };
 use serde_json::{Value as Json, json};
 
@@ -230,10 +231,7 @@ async fn pjmo_status_collection_end_to_end() {
     assert_eq!(status, 200);
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(90), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, &run_id).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,
@@ -490,10 +488,7 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
         .await
         .unwrap();
     assert_eq!(again.status(), 409, "already resolved");
-    let run = wait_run(&store, &run_id, Duration::from_secs(20), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, &run_id).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,
@@ -654,10 +649,7 @@ async fn budget_request_cycle_end_to_end() {
         )],
     );
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(90), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, &run_id).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,
@@ -776,10 +768,7 @@ async fn quarterly_audit_end_to_end() {
         ],
     );
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(90), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, &run_id).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,
@@ -898,10 +887,7 @@ async fn domain_renewal_end_to_end() {
     );
     assert_eq!(code, 0, "{err}");
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, out.trim(), Duration::from_secs(60), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, out.trim()).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,
@@ -950,10 +936,7 @@ async fn domain_renewal_end_to_end() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let run = wait_run(&store, out.trim(), Duration::from_secs(60), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, out.trim()).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,
@@ -1111,10 +1094,7 @@ async fn budget_request_cycle_with_excel_forms_end_to_end() {
         )],
     );
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_run(&store, &run_id, Duration::from_secs(120), |r| {
-        r.status.is_terminal()
-    })
-    .await;
+    let run = wait_done(&store, &run_id).await;
     assert_eq!(
         run.status,
         RunStatus::Succeeded,

@@ -6,6 +6,7 @@ use pmoflow::store::{
     CancelOutcome, Created, Durability, Fence, NewAnswer, NewRequest, NewRun, Recorded, RunFilter,
     RunStatus, StepStatus, StepWrite, Store, StoreError,
 };
+use pmoflow_tests::backend_tests;
 use pmoflow_tests::{Backend, TestDb};
 use serde_json::json;
 
@@ -250,15 +251,7 @@ async fn contract(backend: Backend) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn store_contract_on_sqlite() {
-    contract(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn store_contract_on_postgres() {
-    contract(Backend::Postgres).await;
-}
+backend_tests!(store_contract_on_sqlite, store_contract_on_postgres => contract);
 
 /// Answers racing with the end of their step: every answer the store accepted is in what the
 /// step reads after marking its requests final, and every later one is refused (kept as
@@ -453,12 +446,4 @@ async fn tokens_of(store: &Store, run: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn answers_racing_the_end_of_their_step_on_sqlite() {
-    answers_race_with_the_end_of_their_step(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn answers_racing_the_end_of_their_step_on_postgres() {
-    answers_race_with_the_end_of_their_step(Backend::Postgres).await;
-}
+backend_tests!(answers_racing_the_end_of_their_step_on_sqlite, answers_racing_the_end_of_their_step_on_postgres => answers_race_with_the_end_of_their_step);

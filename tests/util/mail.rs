@@ -126,3 +126,12 @@ pub fn tag_only_reply(from: &str, request: &Json, body: &str, extra: &str) -> Ve
     )
     .into_bytes()
 }
+
+/// The line of `body` holding a link with `path` (e.g. `/answer/`), trimmed.
+pub fn url_in(body: &str, path: &str) -> String {
+    body.lines()
+        .find(|l| l.contains(path))
+        .unwrap_or_else(|| panic!("no {path} link in {body}"))
+        .trim()
+        .to_string()
+}

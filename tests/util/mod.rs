@@ -2,9 +2,17 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 pub mod dns;
+pub mod flow;
 pub mod golden;
 pub mod mail;
+pub mod outbox;
 pub mod wait;
+
+pub use flow::{RUN_END, expect_done, fast_config, step_output, wait_done, wait_status};
+pub use outbox::{
+    MAIL_WAIT, bare, copies_of, deliver, mail_to, received, reply_address, to_addr, wait_mail,
+    wait_mail_where, wait_subject, with_subject,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
