@@ -7,17 +7,11 @@
 //! `cargo build --release -p pmoflow && PMOFLOW_BIN=$CARGO_TARGET_DIR/release/pmoflow cargo bench -p pmoflow-tests --bench door`
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use pmoflow_tests::Call;
+use pmoflow_tests::door::{client_from, unknown_token_flood};
 use pmoflow_tests::{Daemon, Project, free_port};
-
-fn client_from(ip: [u8; 4]) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(IpAddr::from(ip))
-        .build()
-        .unwrap()
-}
 
 #[tokio::main]
 async fn main() {
@@ -31,29 +25,13 @@ async fn main() {
     pmoflow_tests::wait_port(port, pmoflow_tests::STARTUP);
     let url = format!("http://127.0.0.1:{port}/api/workflows");
     let began = Instant::now();
-    let mut flood = Vec::new();
-    for a in 0..25u8 {
-        let client = client_from([127, 0, 0, 2 + a]);
-        for i in 0..20u32 {
-            let (client, url) = (client.clone(), url.clone());
-            let token = if i % 2 == 0 {
-                format!("pmo_{:08x}_{}", u32::from(a) << 8 | i, "0".repeat(40))
-            } else {
-                format!("pmo_bad{a}x{i}")
-            };
-            flood.push(tokio::spawn(async move {
-                let res = client.get(&url).bearer_auth(&token).send().await.unwrap();
-                (res.status().as_u16(), Instant::now())
-            }));
-        }
-    }
+    let flood = unknown_token_flood(&url);
     let valid = client_from([127, 0, 0, 1]);
     let mut times = Vec::new();
     let mut first = Duration::ZERO;
     for n in 0..=200 {
         let t = Instant::now();
-        let res = valid.get(&url).bearer_auth(&token).send().await.unwrap();
-        assert_eq!(res.status(), 200);
+        valid.get(&url).bearer_auth(&token).expect(200).await;
         if n == 0 {
             first = t.elapsed();
         } else {

@@ -8,7 +8,9 @@
 use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, TestDb, free_port};
+use pmoflow_tests::Call;
+use pmoflow_tests::fresh;
+use pmoflow_tests::{Backend, Daemon, free_port};
 
 const N: usize = 1000;
 const RATE: u64 = 200;
@@ -17,9 +19,7 @@ const HOOK: &str = include_str!("../fixtures/flows/hooks_hook.toml");
 
 #[tokio::main]
 async fn main() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("alert.toml", HOOK);
+    let (db, project) = fresh(Backend::Sqlite, "alert.toml", HOOK).await;
     let (token, entry) = pmoflow_tests::new_api_token(project.path(), "load", "operator");
     let port = free_port();
     project.config(&format!(
@@ -32,15 +32,13 @@ async fn main() {
     let url = format!("http://127.0.0.1:{port}/hooks/alert");
     // The token's first use costs one argon2 verification; measured once, apart.
     let t = Instant::now();
-    let res = client
+    client
         .post(&url)
         .bearer_auth(&token)
         .header("content-type", "application/json")
         .body("{\"n\": -1}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
+        .expect(202)
+        .await;
     let first = t.elapsed();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
     let mut tasks = Vec::with_capacity(N);

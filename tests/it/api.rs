@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::Call;
+use pmoflow_tests::fresh;
 use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, free_port, wait};
 use pmoflow_tests::{expect_done, wait_status};
 use serde_json::{Value as Json, json};
@@ -30,9 +32,7 @@ async fn start() -> Api {
 
 /// The API daemon with `http` appended to its `[http]` section.
 async fn start_with(http: &str) -> Api {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("incident.toml", INCIDENT);
+    let (db, project) = fresh(Backend::Sqlite, "incident.toml", INCIDENT).await;
     project.workflow("slow.toml", SLOW);
     let (admin, a) = pmoflow_tests::new_api_token(project.path(), "root", "admin");
     let (operator, o) = pmoflow_tests::new_api_token(project.path(), "monitoring", "operator");
@@ -81,35 +81,26 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
 
     // No credentials, a wrong signature, a stale (replayed) one: 401.
     // A body that does not say it is JSON: 415, before anything else.
-    let res = web
-        .post(&hook)
+    web.post(&hook)
         .header("content-type", "text/plain")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 415);
+        .expect(415)
+        .await;
     let res = web.post(&hook).body(body.clone()).send().await.unwrap();
     assert_eq!(res.status(), 415, "no content type");
-    let res = web
-        .post(&hook)
+    web.post(&hook)
         .header("content-type", "application/json")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
+        .expect(401)
+        .await;
     let (ts, _) = signed(&body, now);
-    let res = web
-        .post(&hook)
+    web.post(&hook)
         .header("X-Pmoflow-Timestamp", &ts)
         .header("X-Pmoflow-Signature", "sha256=00")
         .header("content-type", "application/json")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
+        .expect(401)
+        .await;
     let (old_ts, old_sig) = signed(&body, now - 600);
     let res = web
         .post(&hook)
@@ -117,10 +108,8 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
         .header("X-Pmoflow-Signature", &old_sig)
         .header("content-type", "application/json")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
+        .expect(401)
+        .await;
     let text = res.text().await.unwrap();
     assert!(
         text.contains("timestamp outside the 300 s window (replayed or stale request)"),
@@ -147,35 +136,26 @@ async fn webhook_triggers_are_authenticated_and_idempotent() {
     assert_eq!(again["run_id"], run_id.as_str());
 
     // Bearer tokens: viewer 403, operator 202; Idempotency-Key de-duplicates.
-    let res = web
-        .post(&hook)
+    web.post(&hook)
         .bearer_auth(&api.viewer)
         .header("content-type", "application/json")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
-    let res = web
-        .post(&hook)
+        .expect(403)
+        .await;
+    web.post(&hook)
         .bearer_auth(&api.operator)
         .header("Idempotency-Key", "alert-42")
         .header("content-type", "application/json")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let res = web
-        .post(&hook)
+        .expect(202)
+        .await;
+    web.post(&hook)
         .bearer_auth(&api.operator)
         .header("Idempotency-Key", "alert-42")
         .header("content-type", "application/json")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
 
     // Bad inputs, unknown workflows, workflows without a webhook trigger.
     for (path, body, status) in [
@@ -561,10 +541,8 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
     let web = reqwest::Client::new();
     let res = web
         .get(format!("{}/api/openapi.json", api.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
     let doc: Json = res.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
@@ -657,18 +635,14 @@ async fn the_openapi_document_covers_every_route_and_each_refuses_a_missing_toke
     // Errors made outside the handlers are JSON too: an unknown path, a wrong method.
     let res = web
         .get(format!("{}/api/nothing-here", api.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+        .expect(404)
+        .await;
     let e: Json = res.json().await.unwrap();
     assert!(e["error"].is_string(), "{e}");
     let res = web
         .delete(format!("{}/api/runs", api.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 405);
+        .expect(405)
+        .await;
     assert!(res.headers().contains_key("allow"));
     let e: Json = res.json().await.unwrap();
     assert!(e["error"].is_string(), "{e}");
@@ -717,8 +691,7 @@ async fn the_cluster_endpoint_shows_the_daemon_its_roles_and_no_warnings() {
         .and_then(|v| v.split_whitespace().next())
         .unwrap()
         .to_string();
-    let res = web.get(&url).bearer_auth(&api.viewer).send().await.unwrap();
-    assert_eq!(res.status(), 200);
+    let res = web.get(&url).bearer_auth(&api.viewer).expect(200).await;
     let v: Json = res.json().await.unwrap();
     assert_eq!(v["backend"], "sqlite", "{v:#}");
     let daemons = v["daemons"].as_array().unwrap();
@@ -765,8 +738,7 @@ async fn guessed_tokens_are_rate_limited_per_client_address() {
     }
     // The 21st attempt, and any request from that address for the rest of the minute.
     for token in ["guess-21", api.admin.as_str()] {
-        let res = guesser.get(&runs).bearer_auth(token).send().await.unwrap();
-        assert_eq!(res.status(), 429);
+        let res = guesser.get(&runs).bearer_auth(token).expect(429).await;
         let wait: u64 = res.headers()["retry-after"]
             .to_str()
             .unwrap()
@@ -777,13 +749,11 @@ async fn guessed_tokens_are_rate_limited_per_client_address() {
         assert!(body["error"].as_str().unwrap().contains("too many"));
     }
     // Legitimate traffic from another address is not slowed.
-    let res = reqwest::Client::new()
+    reqwest::Client::new()
         .get(&runs)
         .bearer_auth(&api.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
     let store = Store::open(&api.url, Durability::Process).await.unwrap();
     let audit = store.list_audit(100).await.unwrap();
     let blocks: Vec<_> = audit.iter().filter(|a| a.action == "refusals").collect();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::Call;
 use pmoflow_tests::{
     Backend, Daemon, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, free_port, wait, wait_port,
 };
@@ -170,18 +171,12 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
 
     // A monitoring system calls the webhook; the run shows up on the dashboard.
     let web = reqwest::Client::new();
-    let res = web
+    let hook_run = web
         .post(format!("{base}/hooks/incident"))
         .bearer_auth(&token)
         .json(&json!({ "summary": "電子申請が応答しない" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let hook_run = res.json::<Json>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .run_id(202)
+        .await;
     until_page_has(&c, &hook_run, Duration::from_secs(15)).await;
     shot(&c, "dashboard").await;
     // Its page, and cancelling it from there (a form with the session's CSRF token).
@@ -331,21 +326,15 @@ async fn html_and_script_in_names_inputs_and_answers_stay_inert_in_the_browser()
     d.wait_log("http listening", STARTUP);
 
     let web = reqwest::Client::new();
-    let res = web
+    let run_id = web
         .post(format!("{base}/api/runs"))
         .bearer_auth(&token)
         .json(&json!({
             "workflow": "hostile",
             "inputs": { "summary": "<img src=x onerror=\"window.__pwned='input'\">至急" }
         }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let run_id = res.json::<Json>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .run_id(201)
+        .await;
     let mails = wait_mail(&maildir, 2);
     let yamada = mails
         .iter()
@@ -759,12 +748,8 @@ async fn the_portfolio_and_typed_answers_in_the_browser() {
     let api: Json = reqwest::Client::new()
         .get(format!("{base}/api/portfolio?subject=P01"))
         .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect_json(200)
+        .await;
     let expected: Vec<(String, String)> = api["entries"]
         .as_array()
         .unwrap()

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli};
+use pmoflow_tests::fresh;
+use pmoflow_tests::{Backend, Daemon, Project, STARTUP, cli};
 use pmoflow_tests::{expect_done, wait_status};
 
 fn repo() -> &'static Path {
@@ -63,9 +64,12 @@ const HELLO: &str = include_str!("../fixtures/flows/cli_hello.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_survives_bad_files_and_run_time_errors() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("hello.toml", &HELLO.replace("{{ inputs.wait }}", "1s"));
+    let (db, project) = fresh(
+        Backend::Sqlite,
+        "hello.toml",
+        &HELLO.replace("{{ inputs.wait }}", "1s"),
+    )
+    .await;
     project.workflow("broken.toml", "id = \"broken\"\n[[steps]\n");
     project.workflow(
         "unknown.toml",
@@ -80,10 +84,10 @@ async fn the_daemon_survives_bad_files_and_run_time_errors() {
         "oops.toml",
         "id = \"oops\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"x\" }\n[[steps]]\nid = \"b\"\naction = \"log\"\nwith = { message = \"{{ steps.a.output.nothing }}\" }\n",
     );
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\nreload_interval = \"200ms\"\n",
-        db.url
-    ));
+    project.config_on(
+        &db,
+        "[engine]\npoll_interval = \"100ms\"\nreload_interval = \"200ms\"\n",
+    );
     let dir = project.path();
     let mut d = Daemon::start(dir, "d", &[]);
     let log = d.wait_log("workflows loaded", STARTUP);
@@ -129,15 +133,15 @@ async fn the_daemon_survives_bad_files_and_run_time_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trigger_runs_show_and_cancel_from_the_command_line() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow(
+    let (db, project) = fresh(
+        Backend::Sqlite,
         "hello.toml",
         &HELLO
             .replace("{{ inputs.wait }}", "1h")
             .replace("if = \"false\"", ""),
-    );
-    project.config(&format!("database_url = \"{}\"\n", db.url));
+    )
+    .await;
+    project.config_on(&db, "");
     let dir = project.path();
     let (code, _, err) = cli(dir, &["trigger", "nope"]);
     assert_eq!(code, 1);
@@ -216,8 +220,7 @@ async fn trigger_runs_show_and_cancel_from_the_command_line() {
 
 #[test]
 fn workflows_lists_versions_next_fires_and_invalid_files() {
-    let project = Project::new();
-    project.workflow(
+    let project = Project::with_workflow(
         "daily.toml",
         "id = \"daily\"\nname = \"毎朝の確認\"\n[[triggers]]\ncron = \"0 9 * * *\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"x\" }\n",
     );

@@ -30,12 +30,11 @@ fn instance_of(d: &Daemon) -> String {
 async fn two_daemons_with_one_label_never_take_each_others_runs() {
     let db = TestDb::new(Backend::Postgres).await;
     let http = SlowHttp::start().await;
-    let project = Project::new();
-    project.workflow("slow.toml", &slow_workflow(http.port, 3000));
-    project.config(&format!(
-        "database_url = \"{}\"\nnode_id = \"same-host\"\n[engine]\npoll_interval = \"100ms\"\n",
-        db.url
-    ));
+    let project = Project::with_workflow("slow.toml", &slow_workflow(http.port, 3000));
+    project.config_on(
+        &db,
+        "node_id = \"same-host\"\n[engine]\npoll_interval = \"100ms\"\n",
+    );
     let dir = project.path();
     let a = Daemon::start(dir, "a", &[]);
     a.wait_log("workflows loaded", STARTUP);
@@ -93,13 +92,12 @@ async fn two_daemons_with_one_label_never_take_each_others_runs() {
 async fn a_killed_daemons_runs_continue_elsewhere_within_the_lease() {
     let db = TestDb::new(Backend::Postgres).await;
     let http = SlowHttp::start().await;
-    let project = Project::new();
-    project.workflow("slow.toml", &slow_workflow(http.port, 30_000));
+    let project = Project::with_workflow("slow.toml", &slow_workflow(http.port, 30_000));
     project.workflow(
         "quick.toml",
         "id = \"quick\"\n[[steps]]\nid = \"w\"\naction = \"wait\"\nwith = { duration = \"1s\" }\n",
     );
-    project.config(&format!("database_url = \"{}\"\n", db.url));
+    project.config_on(&db, "");
     let dir = project.path();
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     let mut daemons = vec![Daemon::start(dir, "d0", &[]), Daemon::start(dir, "d1", &[])];
@@ -154,9 +152,8 @@ async fn a_killed_daemons_runs_continue_elsewhere_within_the_lease() {
 async fn a_partitioned_daemon_stops_acting_before_its_lease_expires() {
     let db = TestDb::new(Backend::Postgres).await;
     let http = SlowHttp::start().await;
-    let project = Project::new();
-    project.workflow("slow.toml", &slow_workflow(http.port, 25_000));
-    project.config(&format!("database_url = \"{}\"\n", db.url));
+    let project = Project::with_workflow("slow.toml", &slow_workflow(http.port, 25_000));
+    project.config_on(&db, "");
     let dir = project.path();
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let via_proxy = db
@@ -240,7 +237,7 @@ fn migrations_are_expand_only() {
 async fn an_older_daemon_runs_on_a_newer_schema_and_mixed_versions_are_reported() {
     let db = TestDb::new(Backend::Postgres).await;
     let project = Project::new();
-    project.config(&format!("database_url = \"{}\"\n", db.url));
+    project.config_on(&db, "");
     let dir = project.path();
     let store = Store::open(&db.url, Durability::Process).await.unwrap();
     store.close().await;
@@ -298,8 +295,7 @@ async fn a_rolling_restart_loses_and_doubles_nothing() {
     let http = SlowHttp::start().await;
     let imap = Dovecot::start();
     let smtp_port = free_port();
-    let project = Project::new();
-    project.workflow(
+    let project = Project::with_workflow(
         "collect.toml",
         "id = \"collect\"\n[[steps]]\nid = \"ask\"\naction = \"request\"\n[steps.with]\n\
          to = [\"a@pjmo.example.go.jp\", \"b@pjmo.example.go.jp\", \"c@pjmo.example.go.jp\"]\n\

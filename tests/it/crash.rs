@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, StepStatus, Store};
 use pmoflow_tests::backend_tests;
+use pmoflow_tests::fresh;
 use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, cli, wait};
 use pmoflow_tests::{wait_done, wait_status};
 
@@ -21,8 +22,7 @@ const CRASH_WORKFLOW: &str = include_str!("../fixtures/flows/crash_crash_workflo
 
 async fn crash_during_wait(backend: Backend, durability: &str) {
     let db = TestDb::new(backend).await;
-    let project = Project::new();
-    project.workflow("crash.toml", CRASH_WORKFLOW);
+    let project = Project::with_workflow("crash.toml", CRASH_WORKFLOW);
     project.config(&format!(
         "database_url = \"{}\"\ndurability = \"{durability}\"\nnode_id = \"crash-node\"\n\n[engine]\npoll_interval = \"100ms\"\n",
         db.url
@@ -69,13 +69,7 @@ async fn crash_during_wait(backend: Backend, durability: &str) {
     );
 
     let mut b = Daemon::start(dir, "b", &[]);
-    let run = wait_done(&store, &id).await;
-    assert_eq!(
-        run.status,
-        RunStatus::Succeeded,
-        "{run:?}\n{}",
-        b.log_text()
-    );
+    let run = b.expect_done(&store, &id, RunStatus::Succeeded).await;
     b.wait_log(&format!("SECOND-MARK {id}"), Duration::from_secs(5));
 
     let logs = a.log_text() + &b.log_text();
@@ -132,10 +126,10 @@ async fn repeated_kill9_at_random_moments_loses_and_repeats_nothing() {
         ));
     }
     project.workflow("chain.toml", &wf);
-    project.config(&format!(
-        "database_url = \"{}\"\nnode_id = \"chaos\"\n\n[engine]\npoll_interval = \"50ms\"\n",
-        db.url
-    ));
+    project.config_on(
+        &db,
+        "node_id = \"chaos\"\n\n[engine]\npoll_interval = \"50ms\"\n",
+    );
     let dir = project.path();
     let (code, out, err) = cli(dir, &["trigger", "chain"]);
     assert_eq!(code, 0, "{err}");
@@ -201,8 +195,7 @@ async fn repeated_kill9_at_random_moments_loses_and_repeats_nothing() {
 /// is killed with SIGKILL the lock is gone and a new daemon starts.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_daemon_on_one_sqlite_file_is_refused() {
-    let project = Project::new();
-    project.workflow("crash.toml", CRASH_WORKFLOW);
+    let project = Project::with_workflow("crash.toml", CRASH_WORKFLOW);
     let mut first = Daemon::start(project.path(), "first", &[]);
     first.wait_log("workflows loaded", STARTUP);
     let mut second = Daemon::start(project.path(), "second", &[]);
@@ -233,16 +226,9 @@ async fn a_second_daemon_on_one_sqlite_file_is_refused() {
 /// LISTENs for `pg_notify`, so its 20-second poll is only the fallback.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_wakes_daemons_for_runs_created_elsewhere() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let project = Project::new();
-    project.workflow(
-        "quick.toml",
-        "id = \"quick\"\n[[steps]]\nid = \"only\"\naction = \"log\"\nwith = { message = \"QUICK {{ run.id }}\" }\n",
-    );
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"20s\"\n",
-        db.url
-    ));
+    let (db, project) = fresh(Backend::Postgres, "quick.toml",
+        "id = \"quick\"\n[[steps]]\nid = \"only\"\naction = \"log\"\nwith = { message = \"QUICK {{ run.id }}\" }\n").await;
+    project.config_on(&db, "[engine]\npoll_interval = \"20s\"\n");
     let d = Daemon::start(project.path(), "d", &[]);
     d.wait_log("listening for wake-ups", STARTUP);
     // pace: let the first poll pass, so that only a notification can start the next run soon.

@@ -3,6 +3,7 @@
 //! chain is generated here (rcgen) to expire in a known number of days. Also the network
 //! capabilities' allowlist as the plugin meets it.
 
+use pmoflow_tests::read_head;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -29,15 +30,9 @@ async fn rdap_server(routes: Vec<(&'static str, Value)>) -> (u16, Arc<AtomicUsiz
             counter.fetch_add(1, Ordering::SeqCst);
             let routes = routes.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf).to_string();
+                let Some(head) = read_head(&mut sock).await else {
+                    return;
+                };
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let found = routes
                     .iter()

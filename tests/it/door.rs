@@ -2,9 +2,11 @@
 //! tokens, slow-header and idle connections, cross-site logins, control characters in paths,
 //! and files outside the workflows directory.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use pmoflow_tests::Call;
+use pmoflow_tests::door::{client_from, unknown_token_flood};
 use pmoflow_tests::{Daemon, Project, STARTUP, cli, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -18,8 +20,7 @@ struct Door {
 }
 
 fn open(http: &str) -> Door {
-    let project = Project::new();
-    project.workflow("hello.toml", HELLO);
+    let project = Project::with_workflow("hello.toml", HELLO);
     let (token, entry) = pmoflow_tests::new_api_token(project.path(), "monitoring", "operator");
     let port = free_port();
     project.config_as_is(&format!(
@@ -33,15 +34,6 @@ fn open(http: &str) -> Door {
         port,
         token,
     }
-}
-
-/// A client whose connections come from `ip` (any of 127.0.0.0/8).
-fn client_from(ip: [u8; 4]) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(IpAddr::from(ip))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 /// A TCP connection to the daemon from `ip`.
@@ -75,22 +67,7 @@ async fn unknown_tokens_never_reach_argon2_and_never_delay_a_valid_one() {
     // 500 unknown tokens from 25 addresses, 20 each (within the per-address limit): half of
     // them look like real ones (an id and a secret), half do not.
     let began = Instant::now();
-    let mut flood = Vec::new();
-    for a in 0..25u8 {
-        let client = client_from([127, 0, 0, 2 + a]);
-        for i in 0..20u32 {
-            let (client, url) = (client.clone(), url.clone());
-            let token = if i % 2 == 0 {
-                format!("pmo_{:08x}_{}", u32::from(a) << 8 | i, "0".repeat(40))
-            } else {
-                format!("pmo_bad{a}x{i}")
-            };
-            flood.push(tokio::spawn(async move {
-                let res = client.get(&url).bearer_auth(&token).send().await.unwrap();
-                res.status().as_u16()
-            }));
-        }
-    }
+    let flood = unknown_token_flood(&url);
     // Meanwhile, a valid token's first use (the one argon2 verification it needs).
     let t = Instant::now();
     let res = client_from([127, 0, 0, 1])
@@ -103,7 +80,7 @@ async fn unknown_tokens_never_reach_argon2_and_never_delay_a_valid_one() {
     assert_eq!(res.status(), 200);
     let mut statuses = Vec::new();
     for f in flood {
-        statuses.push(f.await.unwrap());
+        statuses.push(f.await.unwrap().0);
     }
     let flood_time = began.elapsed();
     assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
@@ -121,13 +98,11 @@ async fn unknown_tokens_never_reach_argon2_and_never_delay_a_valid_one() {
         "the valid token waited {first_use:?}"
     );
     // Later uses come from the cache.
-    let res = reqwest::Client::new()
+    reqwest::Client::new()
         .get(&url)
         .bearer_auth(&door.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,12 +120,10 @@ async fn slow_header_and_idle_connections_are_closed_and_others_served() {
     }
     // Another client is served at once.
     let t = Instant::now();
-    let res = client_from([127, 0, 0, 1])
+    client_from([127, 0, 0, 1])
         .get(format!("http://127.0.0.1:{port}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     // Past the per-address cap, connections were closed at once; the rest by the timeout.
     let mut closed = 0;
@@ -182,12 +155,10 @@ async fn slow_header_and_idle_connections_are_closed_and_others_served() {
         t.elapsed()
     );
     // Seats were given back: the address that flooded is served again.
-    let res = client_from([127, 0, 0, 9])
+    client_from([127, 0, 0, 9])
         .get(format!("http://127.0.0.1:{port}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,19 +204,15 @@ async fn cross_site_logins_bad_paths_and_untyped_bodies_are_refused() {
     let res = web
         .get(format!("{base}/api/runs/a%0D%0Ab"))
         .bearer_auth(&door.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
+        .expect(400)
+        .await;
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], "the path contains a control character");
     let res = web
         .post(format!("{base}/runs/x%0d%0aSet-Cookie:%20a=b/cancel"))
         .form(&[("csrf", "x")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
+        .expect(400)
+        .await;
     assert!(!res.headers().contains_key("set-cookie"));
 
     // JSON endpoints take JSON only.
@@ -265,14 +232,11 @@ async fn cross_site_logins_bad_paths_and_untyped_bodies_are_refused() {
         let res = req.send().await.unwrap();
         assert_eq!(res.status(), status, "{ct:?}");
     }
-    let res = web
-        .post(format!("{base}/api/runs"))
+    web.post(format!("{base}/api/runs"))
         .bearer_auth(&door.token)
         .json(&serde_json::json!({ "workflow": "hello" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+        .expect(201)
+        .await;
 }
 
 #[test]

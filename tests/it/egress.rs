@@ -4,6 +4,8 @@
 //! listed exactly are reached; `validate` refuses a literal URL outside the policy.
 
 use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::Call;
+use pmoflow_tests::fresh;
 use pmoflow_tests::wait_done;
 use pmoflow_tests::{Backend, Daemon, Project, STARTUP, SlowHttp, TestDb, cli, free_port};
 use serde_json::{Value as Json, json};
@@ -45,9 +47,7 @@ struct Site {
 }
 
 async fn start(egress: &str) -> Site {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("fetch.toml", FETCH);
+    let (db, project) = fresh(Backend::Sqlite, "fetch.toml", FETCH).await;
     project.workflow("notify.toml", NOTIFY);
     project.workflow("tagged.toml", TAGGED);
     let (token, entry) = pmoflow_tests::new_api_token(project.path(), "monitoring", "operator");
@@ -80,10 +80,8 @@ impl Site {
             .post(format!("{}/hooks/{workflow}", self.base))
             .bearer_auth(&self.token)
             .json(&inputs)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202);
+            .expect(202)
+            .await;
         let body: Json = res.json().await.unwrap();
         let id = body["run_id"].as_str().unwrap().to_string();
         wait_done(&self.store, &id).await
@@ -177,8 +175,7 @@ async fn listed_hosts_are_reached_and_redirects_are_checked() {
 
 #[test]
 fn validate_refuses_a_literal_url_outside_the_policy() {
-    let project = Project::new();
-    project.workflow(
+    let project = Project::with_workflow(
         "meta.toml",
         "id = \"meta\"\n\n[[steps]]\nid = \"peek\"\naction = \"http\"\nwith = { url = \"http://169.254.169.254/latest/meta-data/\" }\n",
     );

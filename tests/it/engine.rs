@@ -5,22 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use pmoflow::clock::{SharedClock, SimClock, SystemClock};
-use pmoflow::engine::{EngineConfig, RunRequest};
+use pmoflow::clock::{SharedClock, SimClock};
+use pmoflow::engine::RunRequest;
 use pmoflow::store::{CancelOutcome, Durability, RunFilter, RunStatus, StepStatus};
 use pmoflow::workflow::Catalog;
 use pmoflow_tests::backend_tests;
+use pmoflow_tests::fast_config;
+use pmoflow_tests::fresh;
 use pmoflow_tests::{Backend, InProcess, Project, TestDb};
 use pmoflow_tests::{expect_done, wait_done, wait_status};
 use serde_json::json;
-
-fn fast_config(node: &str) -> EngineConfig {
-    EngineConfig {
-        node_id: node.to_string(),
-        poll_interval: Duration::from_millis(50),
-        ..EngineConfig::default()
-    }
-}
 
 fn ten_steps() -> String {
     let mut wf = String::from("id = \"ten\"\n[inputs]\nn = 0\n");
@@ -34,31 +28,14 @@ fn ten_steps() -> String {
 
 async fn hundred_concurrent_runs(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let project = Project::new();
-    project.workflow("ten.toml", &ten_steps());
-    let clock: SharedClock = Arc::new(SystemClock);
-    let engine = InProcess::start(
-        &db.url,
-        Durability::Process,
-        &project.workflows(),
-        clock,
-        fast_config("t100"),
-    )
-    .await;
+    let project = Project::with_workflow("ten.toml", &ten_steps());
+    let engine = InProcess::quick(&db.url, &project, "t100").await;
     let mut ids = Vec::new();
     for n in 0..100 {
         let inputs = json!({ "n": n });
-        ids.push(
-            engine
-                .engine
-                .trigger("ten", &RunRequest::manual(&inputs))
-                .await
-                .unwrap()
-                .id()
-                .to_string(),
-        );
+        ids.push(engine.trigger("ten", &inputs).await);
     }
-    let store = engine.engine.store().clone();
+    let store = engine.store();
     pmoflow_tests::wait_runs(&store, RunStatus::Succeeded, 100, Duration::from_secs(120)).await;
     for (n, id) in ids.iter().enumerate() {
         let run = store.get_run(id).await.unwrap().unwrap();
@@ -90,25 +67,10 @@ const RETRY: &str = include_str!("../fixtures/flows/engine_retry.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retryable_failures_are_retried_with_backoff_then_fail_the_run() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("flaky.toml", RETRY);
-    let engine = InProcess::start(
-        &db.url,
-        Durability::Process,
-        &project.workflows(),
-        Arc::new(SystemClock),
-        fast_config("retry"),
-    )
-    .await;
-    let id = engine
-        .engine
-        .trigger("flaky", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
-    let store = engine.engine.store().clone();
+    let (db, project) = fresh(Backend::Sqlite, "flaky.toml", RETRY).await;
+    let engine = InProcess::quick(&db.url, &project, "retry").await;
+    let id = engine.trigger("flaky", &json!(null)).await;
+    let store = engine.store();
     let run = expect_done(&store, &id, RunStatus::Failed).await;
     assert!(
         run.error
@@ -139,30 +101,15 @@ const FOREACH: &str = include_str!("../fixtures/flows/engine_foreach.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreach_fans_out_over_reference_data_in_order() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("fanout.toml", FOREACH);
+    let (db, project) = fresh(Backend::Sqlite, "fanout.toml", FOREACH).await;
     let mut data = String::new();
     for i in 0..7 {
         data.push_str(&format!("[[projects]]\ncode = \"P{i:03}\"\n"));
     }
     std::fs::write(project.workflows().join("data/projects.toml"), data).unwrap();
-    let engine = InProcess::start(
-        &db.url,
-        Durability::Process,
-        &project.workflows(),
-        Arc::new(SystemClock),
-        fast_config("fe"),
-    )
-    .await;
-    let id = engine
-        .engine
-        .trigger("fanout", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
-    let store = engine.engine.store().clone();
+    let engine = InProcess::quick(&db.url, &project, "fe").await;
+    let id = engine.trigger("fanout", &json!(null)).await;
+    let store = engine.store();
     expect_done(&store, &id, RunStatus::Succeeded).await;
     let steps = store.get_steps(&id).await.unwrap();
     let each = steps.iter().find(|s| s.step_key == "each").unwrap();
@@ -198,9 +145,7 @@ const LONG_WAIT: &str = include_str!("../fixtures/flows/engine_long_wait.toml");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_simulated_clock_drives_the_same_engine() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("long.toml", LONG_WAIT);
+    let (db, project) = fresh(Backend::Sqlite, "long.toml", LONG_WAIT).await;
     let start = Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap();
     let sim = SimClock::new(start);
     let clock: SharedClock = Arc::new(sim.clone());
@@ -212,14 +157,8 @@ async fn a_simulated_clock_drives_the_same_engine() {
         fast_config("sim"),
     )
     .await;
-    let id = engine
-        .engine
-        .trigger("long", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
-    let store = engine.engine.store().clone();
+    let id = engine.trigger("long", &json!(null)).await;
+    let store = engine.store();
     let run = wait_status(&store, &id, RunStatus::Waiting).await;
     assert_eq!(run.wake_at, Some(start + chrono::Duration::hours(1)));
     // Time stands still: nothing happens however long we (really) wait a little.
@@ -239,25 +178,15 @@ async fn a_simulated_clock_drives_the_same_engine() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_keeps_the_workflow_version_it_started_with() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("long.toml", &LONG_WAIT.replace("1h", "300ms"));
-    let engine = InProcess::start(
-        &db.url,
-        Durability::Process,
-        &project.workflows(),
-        Arc::new(SystemClock),
-        fast_config("ver"),
+    let (db, project) = fresh(
+        Backend::Sqlite,
+        "long.toml",
+        &LONG_WAIT.replace("1h", "300ms"),
     )
     .await;
-    let id = engine
-        .engine
-        .trigger("long", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
-    let store = engine.engine.store().clone();
+    let engine = InProcess::quick(&db.url, &project, "ver").await;
+    let id = engine.trigger("long", &json!(null)).await;
+    let store = engine.store();
     wait_status(&store, &id, RunStatus::Waiting).await;
     // The administrator edits the file while the run waits.
     project.workflow(
@@ -278,13 +207,7 @@ async fn a_run_keeps_the_workflow_version_it_started_with() {
         json!("version 1: x")
     );
     // A new run uses the new version.
-    let id2 = engine
-        .engine
-        .trigger("long", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
+    let id2 = engine.trigger("long", &json!(null)).await;
     let run2 = wait_done(&store, &id2).await;
     assert_ne!(run2.version_hash, run.version_hash);
     let steps = store.get_steps(&id2).await.unwrap();
@@ -298,25 +221,10 @@ async fn a_run_keeps_the_workflow_version_it_started_with() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_a_waiting_run_stops_it() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let project = Project::new();
-    project.workflow("long.toml", LONG_WAIT);
-    let engine = InProcess::start(
-        &db.url,
-        Durability::Process,
-        &project.workflows(),
-        Arc::new(SystemClock),
-        fast_config("cancel"),
-    )
-    .await;
-    let id = engine
-        .engine
-        .trigger("long", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
-    let store = engine.engine.store().clone();
+    let (db, project) = fresh(Backend::Postgres, "long.toml", LONG_WAIT).await;
+    let engine = InProcess::quick(&db.url, &project, "cancel").await;
+    let id = engine.trigger("long", &json!(null)).await;
+    let store = engine.store();
     wait_status(&store, &id, RunStatus::Waiting).await;
     assert_eq!(
         store.cancel_run(&id, Utc::now(), "test").await.unwrap(),
@@ -348,33 +256,12 @@ const RUNTIME_ERROR: &str = include_str!("../fixtures/flows/engine_runtime_error
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_template_error_at_run_time_fails_that_run_only() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("oops.toml", RUNTIME_ERROR);
+    let (db, project) = fresh(Backend::Sqlite, "oops.toml", RUNTIME_ERROR).await;
     project.workflow("ten.toml", &ten_steps());
-    let engine = InProcess::start(
-        &db.url,
-        Durability::Process,
-        &project.workflows(),
-        Arc::new(SystemClock),
-        fast_config("err"),
-    )
-    .await;
-    let bad = engine
-        .engine
-        .trigger("oops", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
-    let good = engine
-        .engine
-        .trigger("ten", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
-    let store = engine.engine.store().clone();
+    let engine = InProcess::quick(&db.url, &project, "err").await;
+    let bad = engine.trigger("oops", &json!(null)).await;
+    let good = engine.trigger("ten", &json!(null)).await;
+    let store = engine.store();
     let run = expect_done(&store, &bad, RunStatus::Failed).await;
     let error = run.error.unwrap();
     assert!(
@@ -388,17 +275,8 @@ async fn a_template_error_at_run_time_fails_that_run_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dedup_key_creates_at_most_one_run() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let project = Project::new();
-    project.workflow("ten.toml", &ten_steps());
-    let engine = InProcess::start(
-        &db.url,
-        Durability::Process,
-        &project.workflows(),
-        Arc::new(SystemClock),
-        fast_config("dedup"),
-    )
-    .await;
+    let (db, project) = fresh(Backend::Postgres, "ten.toml", &ten_steps()).await;
+    let engine = InProcess::quick(&db.url, &project, "dedup").await;
     let fire = Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap();
     let inputs = json!(null);
     let req = RunRequest {

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::Call;
+use pmoflow_tests::Succeeds;
 use pmoflow_tests::{Daemon, PrivatePg, Project, STARTUP, SmtpSink, decode_mail, free_port, wait};
 use serde_json::json;
 
@@ -21,8 +23,7 @@ const WORKFLOW: &str = include_str!("../fixtures/flows/faults_workflow.toml");
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_outage_in_the_middle_of_100_runs_loses_and_doubles_nothing() {
     let pg = PrivatePg::start();
-    let project = Project::new();
-    project.workflow("report.toml", WORKFLOW);
+    let project = Project::with_workflow("report.toml", WORKFLOW);
     let (token, entry) = pmoflow_tests::new_api_token(project.path(), "ops", "operator");
     let (smtp_port, http_port) = (free_port(), free_port());
     let maildir = project.path().join("maildir");
@@ -44,10 +45,8 @@ async fn a_postgres_outage_in_the_middle_of_100_runs_loses_and_doubles_nothing()
             .post(format!("{base}/api/runs"))
             .bearer_auth(&token)
             .json(&json!({ "workflow": "report", "inputs": { "n": n } }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
+            .expect(201)
+            .await;
         ids.push(
             res.json::<serde_json::Value>().await.unwrap()["run_id"]
                 .as_str()
@@ -210,16 +209,10 @@ struct Tmpfs(std::path::PathBuf);
 impl Tmpfs {
     fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
+        std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root (CI runs as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .succeeds_with("mount: mounting a tmpfs needs root (CI runs as root)");
         Tmpfs(dir.to_path_buf())
     }
 }
@@ -368,12 +361,8 @@ async fn store_runs_not_done(
         let v: serde_json::Value = web
             .get(format!("{base}/api/runs/{id}"))
             .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .expect_json(200)
+            .await;
         let status = v["run"]["status"].as_str().unwrap_or_default().to_string();
         assert_ne!(status, "failed", "{v}");
         left += usize::from(status != "succeeded");
@@ -400,13 +389,12 @@ async fn clock_steps_neither_double_nor_lose_a_fire_and_waits_keep_their_deadlin
     .find(|p| std::path::Path::new(p).exists())
     .expect("libfaketime (Debian: faketime; tests/run installs it)");
     let db = pmoflow_tests::TestDb::new(pmoflow_tests::Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("tick.toml", TICK);
+    let project = Project::with_workflow("tick.toml", TICK);
     project.workflow("pause.toml", PAUSE);
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n[http]\nenabled = false\n",
-        db.url
-    ));
+    project.config_on(
+        &db,
+        "[engine]\npoll_interval = \"100ms\"\n[http]\nenabled = false\n",
+    );
     let offset = project.path().join("faketime");
     let set = |spec: &str| std::fs::write(&offset, format!("{spec}\n")).unwrap();
     set("+0");

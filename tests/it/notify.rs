@@ -141,8 +141,7 @@ const FIFTY: &str = include_str!("../fixtures/flows/notify_fifty.toml");
 async fn fifty_messages_survive_a_down_server_and_a_kill9_and_arrive_once() {
     let db = TestDb::new(Backend::Sqlite).await;
     let port = free_port();
-    let project = Project::new();
-    project.workflow("fifty.toml", FIFTY);
+    let project = Project::with_workflow("fifty.toml", FIFTY);
     project.config(&format!(
         "database_url = \"{}\"\nnode_id = \"mailer\"\n[mail]\nfrom = \"pmo@example.go.jp\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = \"2s\"\n[outbox]\nbackoff = \"200ms\"\nmax_backoff = \"1s\"\nmax_attempts = 1000\n",
         db.url
@@ -209,10 +208,7 @@ async fn webhook_retries_until_accepted_and_is_signed() {
         "hook.toml",
         &format!("id = \"hook\"\n[[steps]]\nid = \"notify\"\naction = \"webhook\"\nwith = {{ url = \"http://127.0.0.1:{}/incident\", json = {{ severity = \"S1\", summary = \"基幹システム停止\" }}, secret = \"hook_key\" }}\n", server.port),
     );
-    project.config(&format!(
-        "database_url = \"{}\"\n[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\n[secrets]\nhook_key = {{ env = \"TEST_HOOK_SECRET\" }}\n",
-        db.url
-    ));
+    project.config_on(&db, "[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\n[secrets]\nhook_key = { env = \"TEST_HOOK_SECRET\" }\n");
     let d = Daemon::start(project.path(), "d", &[("TEST_HOOK_SECRET", "s3cret-値")]);
     let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
     assert_eq!(code, 0, "{err}");
@@ -306,10 +302,7 @@ with = {{ url_secret = "teams_url", format = "teams", text = "秘密のURLへ" }
 "#
         ),
     );
-    project.config(&format!(
-        "database_url = \"{}\"\n[secrets]\nteams_url = {{ env = \"TEST_TEAMS_URL\" }}\n",
-        db.url
-    ));
+    project.config_on(&db, "[secrets]\nteams_url = { env = \"TEST_TEAMS_URL\" }\n");
     let secret_url = format!("{base}/workflows/abc/triggers/manual/paths/invoke?sig=TOPSECRET");
     let d = Daemon::start(
         project.path(),
@@ -421,10 +414,7 @@ async fn a_permanent_refusal_is_a_dead_letter_that_can_be_retried() {
         "hook.toml",
         &format!("id = \"hook\"\n[[steps]]\nid = \"notify\"\naction = \"webhook\"\nwith = {{ url = \"http://127.0.0.1:{}/gone\", format = \"slack\", text = \"テスト\" }}\n", server.port),
     );
-    project.config(&format!(
-        "database_url = \"{}\"\n[outbox]\nbackoff = \"100ms\"\n",
-        db.url
-    ));
+    project.config_on(&db, "[outbox]\nbackoff = \"100ms\"\n");
     let d = Daemon::start(project.path(), "d", &[]);
     d.wait_log("workflows loaded", STARTUP);
     let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
@@ -521,10 +511,7 @@ async fn http_step_output_is_the_response_and_5xx_is_retried() {
             server.port
         ),
     );
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"50ms\"\n",
-        db.url
-    ));
+    project.config_on(&db, "[engine]\npoll_interval = \"50ms\"\n");
     let d = Daemon::start(project.path(), "d", &[]);
     d.wait_log("workflows loaded", STARTUP);
     let out = cli_ok(project.path(), &["trigger", "call"]);
@@ -560,8 +547,10 @@ async fn a_5xx_smtp_reply_is_a_dead_letter_at_once_with_the_servers_reply() {
     let db = TestDb::new(Backend::Sqlite).await;
     let port = free_port();
     let _smtp = SmtpSink::rejecting(port);
-    let project = Project::new();
-    project.workflow("m.toml", "id = \"m\"\n[[steps]]\nid = \"send\"\naction = \"email\"\nwith = { to = \"nobody@example.go.jp\", subject = \"件名\", body = \"本文\" }\n");
+    let project = Project::with_workflow(
+        "m.toml",
+        "id = \"m\"\n[[steps]]\nid = \"send\"\naction = \"email\"\nwith = { to = \"nobody@example.go.jp\", subject = \"件名\", body = \"本文\" }\n",
+    );
     project.config(&format!(
         "database_url = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n[outbox]\nbackoff = \"100ms\"\n",
         db.url
@@ -765,10 +754,10 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_the_server_asked() {
         &format!("id = \"hook\"\n[[steps]]\nid = \"notify\"\naction = \"webhook\"\nwith = {{ url = \"http://127.0.0.1:{port}/busy\", text = \"障害発生\" }}\n"),
     );
     // The outbox's own backoff (100 ms) is far shorter than what the server asks for.
-    project.config(&format!(
-        "database_url = \"{}\"\n[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\n",
-        db.url
-    ));
+    project.config_on(
+        &db,
+        "[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\n",
+    );
     let _d = Daemon::start(project.path(), "d", &[]);
     let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
     assert_eq!(code, 0, "{err}");
@@ -923,10 +912,10 @@ async fn a_webhook_receiver_that_never_answers_times_out_and_is_retried() {
         "hook.toml",
         &format!("id = \"hook\"\n[[steps]]\nid = \"notify\"\naction = \"webhook\"\nwith = {{ url = \"http://127.0.0.1:{port}/slow\", text = \"障害発生\" }}\n"),
     );
-    project.config(&format!(
-        "database_url = \"{}\"\n[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\nwebhook_timeout = \"1s\"\n",
-        db.url
-    ));
+    project.config_on(
+        &db,
+        "[outbox]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"\nwebhook_timeout = \"1s\"\n",
+    );
     let _d = Daemon::start(project.path(), "d", &[]);
     let (code, _, err) = cli(project.path(), &["trigger", "hook"]);
     assert_eq!(code, 0, "{err}");

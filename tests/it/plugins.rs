@@ -9,6 +9,7 @@ use pmoflow::clock::SystemClock;
 use pmoflow::engine::{EngineConfig, RunRequest};
 use pmoflow::plugins::{Grant, Grants, HostRule, Limits, PluginHost};
 use pmoflow::store::{Durability, RunStatus};
+use pmoflow_tests::fresh;
 use pmoflow_tests::{Backend, InProcess, Project, TestDb, wait_run};
 use pmoflow_tests::{expect_done, wait_done};
 use serde_json::json;
@@ -140,16 +141,14 @@ async fn engine(db: &TestDb, project: &Project, grants: &Grants) -> InProcess {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_plugins_fail_with_the_right_reason_and_the_engine_keeps_serving() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("p.toml", WORKFLOW);
+    let (db, project) = fresh(Backend::Sqlite, "p.toml", WORKFLOW).await;
     // Two real HTTP servers on loopback: one reachable only through a wildcard entry (so never),
     // one listed exactly.
     let (wild_dir, exact_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let wild = pmoflow_tests::WebhookServer::start(wild_dir.path(), 0, 200);
     let exact = pmoflow_tests::WebhookServer::start(exact_dir.path(), 0, 200);
     let engine = engine(&db, &project, &hostile_grants(wild.port, exact.port)).await;
-    let store = engine.engine.store().clone();
+    let store = engine.store();
     let wild_url = format!("http://127.0.0.1:{}/hook", wild.port);
     let wild_name = format!("http://localhost:{}/hook", wild.port);
     let cases = [
@@ -196,15 +195,7 @@ async fn hostile_plugins_fail_with_the_right_reason_and_the_engine_keeps_serving
     let mut ids = Vec::new();
     for (what, url, _) in &cases {
         let inputs = json!({ "what": what, "url": url });
-        ids.push(
-            engine
-                .engine
-                .trigger("p", &RunRequest::manual(&inputs))
-                .await
-                .unwrap()
-                .id()
-                .to_string(),
-        );
+        ids.push(engine.trigger("p", &inputs).await);
     }
     let mut timed_out = Vec::new();
     for ((what, _, reason), id) in cases.iter().zip(&ids) {
@@ -251,24 +242,12 @@ async fn hostile_plugins_fail_with_the_right_reason_and_the_engine_keeps_serving
     assert_eq!(wild.requests().len(), 0);
     // The exactly listed host is reachable: the allowlist is a list, not a wall.
     let inputs = json!({ "what": "fetch", "url": format!("http://127.0.0.1:{}/hook", exact.port) });
-    let id = engine
-        .engine
-        .trigger("p", &RunRequest::manual(&inputs))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
+    let id = engine.trigger("p", &inputs).await;
     expect_done(&store, &id, RunStatus::Succeeded).await;
     assert_eq!(exact.requests().len(), 1);
     // No environment, and the engine is unaffected: a plugin still runs fine afterwards.
     let inputs = json!({ "what": "env" });
-    let id = engine
-        .engine
-        .trigger("p", &RunRequest::manual(&inputs))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
+    let id = engine.trigger("p", &inputs).await;
     expect_done(&store, &id, RunStatus::Succeeded).await;
     let steps = store.get_steps(&id).await.unwrap();
     let bad = steps.iter().find(|s| s.step_id == "bad").unwrap();
@@ -281,20 +260,14 @@ async fn hostile_plugins_fail_with_the_right_reason_and_the_engine_keeps_serving
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_that_is_not_installed_fails_the_step_clearly() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow(
+    let (db, project) = fresh(
+        Backend::Sqlite,
         "q.toml",
         "id = \"q\"\n[[steps]]\nid = \"a\"\naction = \"plugin:nope\"\n",
-    );
+    )
+    .await;
     let engine = engine(&db, &project, &hostile_grants(1, 2)).await;
-    let id = engine
-        .engine
-        .trigger("q", &RunRequest::manual(&json!(null)))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
+    let id = engine.trigger("q", &json!(null)).await;
     let run = wait_run(engine.engine.store(), &id, Duration::from_secs(10), |r| {
         r.status.is_terminal()
     })
@@ -363,8 +336,7 @@ fn plugin_inspect_and_run_from_the_command_line() {
 
 #[test]
 fn validate_checks_plugins_and_their_input_schemas() {
-    let project = Project::new();
-    project.workflow("p.toml", WORKFLOW);
+    let project = Project::with_workflow("p.toml", WORKFLOW);
     project.workflow(
         "q.toml",
         "id = \"q\"\n[[steps]]\nid = \"a\"\naction = \"plugin:domain-check\"\n",
@@ -452,9 +424,7 @@ fn pmoflow_toml_grants_are_checked_with_positions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_is_persistent_per_plugin_and_committed_only_when_run_returns() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let project = Project::new();
-    project.workflow("p.toml", WORKFLOW);
+    let (db, project) = fresh(Backend::Postgres, "p.toml", WORKFLOW).await;
     let grants = hostile_grants(1, 2);
     let go = |engine: &InProcess, what: &'static str| {
         let engine = engine.engine.clone();
@@ -731,9 +701,7 @@ async fn status_digest_summarises_a_collection_with_a_csv() {
 /// log keeps at most `max_log` bytes of it and still succeeds.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_stuck_in_a_host_call_is_stopped_and_a_log_flood_is_capped() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow("p.toml", WORKFLOW);
+    let (db, project) = fresh(Backend::Sqlite, "p.toml", WORKFLOW).await;
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -744,24 +712,12 @@ async fn a_plugin_stuck_in_a_host_call_is_stopped_and_a_log_flood_is_capped() {
         }
     });
     let engine = engine(&db, &project, &hostile_grants(1, port)).await;
-    let store = engine.engine.store().clone();
+    let store = engine.store();
     let started = Instant::now();
     let inputs = json!({ "what": "fetch", "url": format!("http://127.0.0.1:{port}/never") });
-    let stuck = engine
-        .engine
-        .trigger("p", &RunRequest::manual(&inputs))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
+    let stuck = engine.trigger("p", &inputs).await;
     let inputs = json!({ "what": "log-flood", "url": "" });
-    let flood = engine
-        .engine
-        .trigger("p", &RunRequest::manual(&inputs))
-        .await
-        .unwrap()
-        .id()
-        .to_string();
+    let flood = engine.trigger("p", &inputs).await;
     let run = expect_done(&store, &stuck, RunStatus::Failed).await;
     let error = run.error.unwrap_or_default();
     assert!(error.contains("ran past 2 s"), "{error}");

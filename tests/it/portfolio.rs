@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, PortfolioQuery, RunStatus, Store};
+use pmoflow_tests::Call;
 use pmoflow_tests::backend_tests;
 use pmoflow_tests::mail::{answer_link, answer_on_page, reply, reply_with_file};
 use pmoflow_tests::{
@@ -34,8 +35,7 @@ struct Setup {
 
 async fn setup(backend: Backend) -> Setup {
     let db = TestDb::new(backend).await;
-    let project = Project::new();
-    project.workflow("status.toml", WORKFLOW);
+    let project = Project::with_workflow("status.toml", WORKFLOW);
     let data = project.workflows().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("projects.toml"), PROJECTS).unwrap();
@@ -122,12 +122,8 @@ async fn api(s: &Setup, query: &str) -> Vec<(String, String, String, bool, Json)
     let body: Json = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}/api/portfolio{query}", s.http))
         .bearer_auth(&s.viewer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect_json(200)
+        .await;
     body["entries"]
         .as_array()
         .unwrap_or_else(|| panic!("{body}"))

@@ -43,10 +43,10 @@ async fn hot_reload_within_a_second_keeps_the_last_good_version() {
     let db = TestDb::new(Backend::Sqlite).await;
     let project = Project::new();
     // The periodic re-read is set far away: only file-system events can make the 1 s.
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\nreload_interval = \"60s\"\n",
-        db.url
-    ));
+    project.config_on(
+        &db,
+        "[engine]\npoll_interval = \"100ms\"\nreload_interval = \"60s\"\n",
+    );
     let dir = project.path();
     let wf = project.workflows().join("tick.toml");
     let d = Daemon::start(dir, "d", &[]);

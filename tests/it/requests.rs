@@ -13,6 +13,7 @@ use pmoflow_tests::mail::{nonce_in, url_in};
 use pmoflow_tests::{
     Backend, Daemon, Dovecot, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, free_port, wait,
 };
+use pmoflow_tests::{Call, Succeeds};
 use pmoflow_tests::{
     deliver, expect_done, mail_to, reply_address, step_output, to_addr, wait_done, wait_mail,
 };
@@ -216,13 +217,7 @@ async fn replies_by_imap_resume_the_waiting_run_with_parsed_answers() {
     assert_eq!(n, 5);
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_done(&store, &run_id).await;
-    assert_eq!(
-        run.status,
-        RunStatus::Succeeded,
-        "{run:?}\n{}",
-        d.log_text()
-    );
+    d.expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let out = step_output(&store, &run_id, "ask").await;
     let y = &out[0];
     let z = &out[1];
@@ -401,13 +396,7 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
         .arg("inbound")
         .current_dir(s.project.path())
         .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     assert!(String::from_utf8_lossy(&out.stdout).contains("answer (done)"));
     // The same message delivered again is taken once.
     let (code, again, _) = cli(s.project.path(), &["inbound", path.to_str().unwrap()]);
@@ -446,7 +435,7 @@ async fn reminders_go_only_to_those_who_have_not_answered_and_the_deadline_recor
     assert_eq!(reminders.len(), 1, "{mails:#?}");
     assert!(to_addr(reminders[0]).contains("suzuki@"));
     assert_eq!(
-        reply_address(&reminders[0]),
+        reply_address(reminders[0]),
         reply_address(mail_to(&mails, "suzuki@")),
         "the reminder carries the same reply address"
     );
@@ -679,8 +668,7 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     let web = reqwest::Client::new();
 
     // GET shows the form (and changes nothing), with the security headers.
-    let res = web.get(&url).send().await.unwrap();
-    assert_eq!(res.status(), 200);
+    let res = web.get(&url).expect(200).await;
     let h = res.headers().clone();
     let csp = h["content-security-policy"].to_str().unwrap();
     assert!(
@@ -693,8 +681,7 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     assert!(html.contains("総合評価") && html.contains("必須"), "{html}");
     let first_nonce = nonce_in(&html);
     // A request without a 様式 has none to download.
-    let res = web.get(format!("{url}/form")).send().await.unwrap();
-    assert_eq!(res.status(), 404);
+    web.get(format!("{url}/form")).expect(404).await;
     // An upload over the message size limit (10 MiB by default): 413 and a page saying so.
     let mut body = format!(
         "--b\r\nContent-Disposition: form-data; name=\"nonce\"\r\n\r\n{first_nonce}\r\n\
@@ -721,10 +708,8 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     let res = web
         .post(&url)
         .form(&[("nonce", nonce_in(&html).as_str()), ("field:進捗", "80%")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 422);
+        .expect(422)
+        .await;
     let html = res.text().await.unwrap();
     assert!(html.contains("「総合評価」は必須項目です"), "{html}");
     let nonce = nonce_in(&html);
@@ -734,23 +719,18 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
         ("field:進捗", "８０％"),
         ("text", "順調です"),
     ];
-    let res = web.post(&url).form(&answer).send().await.unwrap();
-    assert_eq!(res.status(), 200);
+    let res = web.post(&url).form(&answer).expect(200).await;
     assert!(res.text().await.unwrap().contains("回答を受け付けました"));
     // The same submission again (a replay): refused.
-    let res = web.post(&url).form(&answer).send().await.unwrap();
-    assert_eq!(res.status(), 409);
+    web.post(&url).form(&answer).expect(409).await;
     // A tampered nonce, a forged token, garbage: refused and logged.
     let mut bad = nonce.clone();
     bad.pop();
     bad.push(if nonce.ends_with('0') { '1' } else { '0' });
-    let res = web
-        .post(&url)
+    web.post(&url)
         .form(&[("nonce", bad.as_str()), ("field:総合評価", "要対応")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
+        .expect(403)
+        .await;
     let token = url.rsplit('/').next().unwrap();
     let mut forged = token.to_string().into_bytes();
     forged[25] = if forged[25] == b'a' { b'b' } else { b'a' };
@@ -777,33 +757,24 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
         "",
     );
     let inbound = format!("{base}/inbound/email");
-    let res = web.post(&inbound).body(raw.clone()).send().await.unwrap();
-    assert_eq!(res.status(), 401);
+    let res = web.post(&inbound).body(raw.clone()).expect(401).await;
     assert!(res.headers().contains_key("www-authenticate"));
-    let res = web
-        .post(&inbound)
+    web.post(&inbound)
         .bearer_auth("pmo_not_a_token")
         .body(raw.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
-    let res = web
-        .post(&inbound)
+        .expect(401)
+        .await;
+    web.post(&inbound)
         .bearer_auth(&viewer)
         .body(raw.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
+        .expect(403)
+        .await;
     let res = web
         .post(&inbound)
         .bearer_auth(&operator)
         .body(raw.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
+        .expect(202)
+        .await;
     let body: Json = res.json().await.unwrap();
     assert_eq!(body["outcome"], "answer", "{body}");
     let res = web
@@ -826,21 +797,16 @@ async fn answer_links_open_a_form_that_records_the_answer_once() {
     assert_eq!(out[1]["via"], "email");
     // The step has finished: the link says the request is closed, and a submission with a
     // valid, unused nonce is refused (it could no longer count); the replay is still a replay.
-    let res = web.get(&url).send().await.unwrap();
-    assert_eq!(res.status(), 410);
+    let res = web.get(&url).expect(410).await;
     assert!(res.text().await.unwrap().contains("受付終了"));
-    let res = web
-        .post(&url)
+    web.post(&url)
         .form(&[
             ("nonce", first_nonce.as_str()),
             ("field:総合評価", "要対応"),
         ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 410);
-    let res = web.post(&url).form(&answer).send().await.unwrap();
-    assert_eq!(res.status(), 409);
+        .expect(410)
+        .await;
+    web.post(&url).form(&answer).expect(409).await;
     let out = step_output(&store, &run_id, "ask").await;
     assert_eq!(out[0]["fields"]["総合評価"], "良好", "{out:#}");
     assert_eq!(out[0]["history"].as_array().unwrap().len(), 1, "{out:#}");
@@ -915,8 +881,7 @@ async fn acknowledgements_by_reply_link_and_api() {
         url
     };
     let (link1, link2) = (link("oncall1@"), link("oncall2@"));
-    let res = web.get(&link1).send().await.unwrap();
-    assert_eq!(res.status(), 200);
+    let res = web.get(&link1).expect(200).await;
     let html = res.text().await.unwrap();
     assert!(html.contains("確認しました"), "{html}");
     let nonce1 = nonce_in(&html);
@@ -934,24 +899,17 @@ async fn acknowledgements_by_reply_link_and_api() {
     let acks = format!("{base}/api/acks");
     let token2 = link2.rsplit('/').next().unwrap().to_string();
     let body = serde_json::json!({ "token": token2, "by": "佐藤（当番）" });
-    let res = web.post(&acks).json(&body).send().await.unwrap();
-    assert_eq!(res.status(), 401);
-    let res = web
-        .post(&acks)
+    web.post(&acks).json(&body).expect(401).await;
+    web.post(&acks)
         .bearer_auth(&viewer)
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
-    let res = web
-        .post(&acks)
+        .expect(403)
+        .await;
+    web.post(&acks)
         .bearer_auth(&operator)
         .json(&serde_json::json!({ "token": "aaaaaaaaaaaaaaaaaaaaaaaaaa" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+        .expect(404)
+        .await;
     let res = web
         .post(&acks)
         .bearer_auth(&operator)
@@ -960,31 +918,23 @@ async fn acknowledgements_by_reply_link_and_api() {
         .await
         .unwrap();
     assert_eq!(res.status(), 415, "a body without a JSON content type");
-    let res = web
-        .post(&acks)
+    web.post(&acks)
         .bearer_auth(&operator)
         .header("content-type", "application/json")
         .body("not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
+        .expect(400)
+        .await;
+    web.post(&acks)
+        .bearer_auth(&operator)
+        .json(&body)
+        .expect(201)
+        .await;
     let res = web
         .post(&acks)
         .bearer_auth(&operator)
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let res = web
-        .post(&acks)
-        .bearer_auth(&operator)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
     let again: Json = res.json().await.unwrap();
     assert_eq!(again["status"], "already_acknowledged");
     expect_done(&store, &run2, RunStatus::Succeeded).await;
@@ -993,13 +943,10 @@ async fn acknowledgements_by_reply_link_and_api() {
     assert_eq!(out[1]["via"], "api");
     assert_eq!(out[1]["from"], "佐藤（当番）");
     // The chain is over: oncall1's link no longer acknowledges.
-    let res = web
-        .post(&link1)
+    web.post(&link1)
         .form(&[("nonce", nonce1.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 410);
+        .expect(410)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,23 +4,17 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunFilter, RunStatus, Store};
-use pmoflow_tests::{Backend, Daemon, Project, STARTUP, TestDb, wait};
+use pmoflow_tests::fresh;
+use pmoflow_tests::{Backend, Daemon, STARTUP, wait};
 
 /// Two daemons on one database: one holds the scheduler role and fires; when it stops, the
 /// other takes the role over and goes on. Every instant is fired once, none is missed (a fire
 /// that fell in the handover is caught up or recorded `skipped`).
 #[tokio::test(flavor = "multi_thread")]
 async fn two_daemons_on_one_database_fire_each_instant_once() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let project = Project::new();
-    project.workflow(
-        "tick.toml",
-        "id = \"tick\"\n[[triggers]]\ncron = \"* * * * * *\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"TICK {{ run.scheduled_at }}\" }\n",
-    );
-    project.config(&format!(
-        "database_url = \"{}\"\n[engine]\npoll_interval = \"100ms\"\n",
-        db.url
-    ));
+    let (db, project) = fresh(Backend::Postgres, "tick.toml",
+        "id = \"tick\"\n[[triggers]]\ncron = \"* * * * * *\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"TICK {{ run.scheduled_at }}\" }\n").await;
+    project.config_on(&db, "[engine]\npoll_interval = \"100ms\"\n");
     let dir = project.path();
     let a = Daemon::start(dir, "a", &[("PMOFLOW_NODE_ID", "node-a")]);
     let b = Daemon::start(dir, "b", &[("PMOFLOW_NODE_ID", "node-b")]);

@@ -11,7 +11,8 @@ use pmoflow::daemon::scheduler;
 use pmoflow::engine::EngineConfig;
 use pmoflow::store::{Durability, RunFilter, RunRow, RunStatus};
 use pmoflow::workflow::schedule::TriggerSchedule;
-use pmoflow_tests::{Backend, InProcess, Project, TestDb, cli, cli_ok, wait};
+use pmoflow_tests::fresh;
+use pmoflow_tests::{Backend, InProcess, Project, cli, cli_ok, wait};
 
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,8 +72,7 @@ fn computed_holidays_match_the_cabinet_office_list_2025_2027() {
 
 #[test]
 fn imported_csv_and_ministry_days_override_the_computed_calendar() {
-    let project = Project::new();
-    project.workflow(
+    let project = Project::with_workflow(
         "q.toml",
         "id = \"q\"\n[[triggers]]\nbusiness_day = 1\nat = \"09:00\"\nmonths = [4]\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"x\" }\n",
     );
@@ -183,8 +183,7 @@ fn encoding_rs_like(text: &str) -> (Vec<u8>, (), ()) {
 
 #[test]
 fn first_business_day_of_each_quarter() {
-    let project = Project::new();
-    project.workflow(
+    let project = Project::with_workflow(
         "quarterly.toml",
         "id = \"quarterly\"\n[[triggers]]\nbusiness_day = 1\nat = \"09:00\"\nmonths = [4, 7, 10, 1]\ntimezone = \"Asia/Tokyo\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"x\" }\n",
     );
@@ -230,10 +229,11 @@ fn first_business_day_of_each_quarter() {
 }
 
 fn new_york(cron: &str, dst: &str) -> String {
-    let project = Project::new();
-    project.workflow(
+    let project = Project::with_workflow(
         "ny.toml",
-        &format!("id = \"ny\"\n[[triggers]]\ncron = \"{cron}\"\ntimezone = \"America/New_York\"\ndst = \"{dst}\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = {{ message = \"x\" }}\n"),
+        &format!(
+            "id = \"ny\"\n[[triggers]]\ncron = \"{cron}\"\ntimezone = \"America/New_York\"\ndst = \"{dst}\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = {{ message = \"x\" }}\n"
+        ),
     );
     let from = if cron.contains(" 2 ") {
         "2027-03-13T00:00:00-05:00"
@@ -277,8 +277,10 @@ fn dst_in_new_york_both_transitions() {
         "2027-11-06T01:30:00-04:00\n2027-11-07T01:30:00-04:00\n2027-11-07T01:30:00-05:00\n"
     );
     // An hourly job keeps one run per wall-clock hour on both days.
-    let project = Project::new();
-    project.workflow("h.toml", "id = \"h\"\n[[triggers]]\ncron = \"0 * * * *\"\ntimezone = \"America/New_York\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"x\" }\n");
+    let project = Project::with_workflow(
+        "h.toml",
+        "id = \"h\"\n[[triggers]]\ncron = \"0 * * * *\"\ntimezone = \"America/New_York\"\n[[steps]]\nid = \"a\"\naction = \"log\"\nwith = { message = \"x\" }\n",
+    );
     let out = cli_ok(
         project.path(),
         &[
@@ -337,12 +339,12 @@ async fn runs_of(engine: &InProcess) -> Vec<RunRow> {
 /// Registers the trigger at 4/5 08:00, "stops" until 4/7 10:00 (fires at 4/5, 4/6 and 4/7 09:00
 /// are missed), then runs the scheduler again.
 async fn catch_up(policy: &str, window: &str) -> Vec<(String, RunStatus)> {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow(
+    let (db, project) = fresh(
+        Backend::Sqlite,
         "daily.toml",
         &DAILY.replace("POLICY", policy).replace("WINDOW", window),
-    );
+    )
+    .await;
     let sim = SimClock::new(jst(2027, 4, 5, 8));
     let clock: SharedClock = Arc::new(sim.clone());
     let config = EngineConfig {
@@ -433,14 +435,14 @@ async fn catch_up_policies_after_downtime() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scheduler_loop_fires_on_time_on_a_simulated_clock_and_runs_execute() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let project = Project::new();
-    project.workflow(
+    let (db, project) = fresh(
+        Backend::Sqlite,
         "daily.toml",
         &DAILY
             .replace("POLICY", "latest")
             .replace("WINDOW", "jitter = \"10m\""),
-    );
+    )
+    .await;
     let sim = SimClock::new(jst(2027, 4, 5, 8));
     let clock: SharedClock = Arc::new(sim.clone());
     let config = EngineConfig {
@@ -511,12 +513,10 @@ async fn the_scheduler_loop_fires_on_time_on_a_simulated_clock_and_runs_execute(
 #[tokio::test(flavor = "multi_thread")]
 async fn overlap_skip_and_queue() {
     for (policy, expected) in [("skip", RunStatus::Skipped), ("queue", RunStatus::Queued)] {
-        let db = TestDb::new(Backend::Postgres).await;
-        let project = Project::new();
-        project.workflow(
-            "slow.toml",
-            &format!("id = \"slow\"\n[[triggers]]\ncron = \"0 * * * *\"\noverlap = \"{policy}\"\n[[steps]]\nid = \"w\"\naction = \"wait\"\nwith = {{ duration = \"90m\" }}\n"),
-        );
+        let (db, project) = fresh(Backend::Postgres, "slow.toml",
+            &format!(
+                "id = \"slow\"\n[[triggers]]\ncron = \"0 * * * *\"\noverlap = \"{policy}\"\n[[steps]]\nid = \"w\"\naction = \"wait\"\nwith = {{ duration = \"90m\" }}\n"
+            )).await;
         let sim = SimClock::new(jst(2027, 4, 5, 8));
         let clock: SharedClock = Arc::new(sim.clone());
         let config = EngineConfig {
@@ -535,7 +535,7 @@ async fn overlap_skip_and_queue() {
         scheduler::tick(&engine.engine, tz, Clock::now(&sim)).await;
         sim.set(jst(2027, 4, 5, 9));
         scheduler::tick(&engine.engine, tz, Clock::now(&sim)).await;
-        let store = engine.engine.store().clone();
+        let store = engine.store();
         let first = runs_of(&engine).await[0].id.clone();
         pmoflow_tests::wait_run(&store, &first, std::time::Duration::from_secs(10), |r| {
             r.status == RunStatus::Waiting

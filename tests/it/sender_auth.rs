@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use pmoflow::store::{Durability, Store};
+use pmoflow_tests::Call;
 use pmoflow_tests::backend_tests;
 use pmoflow_tests::dns::{Nsd, txt};
 use pmoflow_tests::mail::tag_only_reply;
@@ -62,7 +63,7 @@ async fn held_until_confirmed(backend: Backend) {
     // Anyone can write Yamada's address and the tag: held, nothing counted.
     let out = deliver(
         project,
-        &tag_only_reply(YAMADA, yamada, "総合評価: 良好\n進捗: 予定どおり", ""),
+        tag_only_reply(YAMADA, yamada, "総合評価: 良好\n進捗: 予定どおり", ""),
     );
     assert!(out.contains("unauthenticated (held)"), "{out}");
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
@@ -118,13 +119,11 @@ async fn held_until_confirmed(backend: Backend) {
     assert_eq!(answers(&store, &run_id, "ask[0]").await.0, "open");
     // A POST without the page's nonce is refused; an unknown token is a 404.
     let client = reqwest::Client::new();
-    let res = client
+    client
         .post(&url)
         .form(&[("nonce", "1.2.3")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
+        .expect(403)
+        .await;
     let unknown = format!("http://127.0.0.1:{port}/confirm/{}", "a".repeat(26));
     assert_eq!(reqwest::get(&unknown).await.unwrap().status(), 404);
     assert_eq!(answers(&store, &run_id, "ask[0]").await.0, "open");
@@ -133,10 +132,8 @@ async fn held_until_confirmed(backend: Backend) {
     let res = client
         .post(&url)
         .form(&[("nonce", nonce_in(&html))])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
     assert!(res.text().await.unwrap().contains("回答を受け付けました"));
     let (status, got) = answers(&store, &run_id, "ask[0]").await;
     assert_eq!(status, "answered");
@@ -145,10 +142,8 @@ async fn held_until_confirmed(backend: Backend) {
     let again = client
         .post(&url)
         .form(&[("nonce", nonce_in(&html))])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 200);
+        .expect(200)
+        .await;
     assert!(again.text().await.unwrap().contains("確認済み"));
     assert_eq!(answers(&store, &run_id, "ask[0]").await.1.len(), 1);
     let row = inbound_rows(project)
@@ -168,7 +163,7 @@ async fn held_until_confirmed(backend: Backend) {
     let suzuki = mail_to(&mails, "suzuki@");
     let out = deliver(
         project,
-        &gmail_reply(
+        gmail_reply(
             "suzuki@pjmo-b.example.go.jp",
             &reply_address(suzuki),
             suzuki,

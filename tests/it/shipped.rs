@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pmoflow::store::{Durability, RunStatus, Store};
+use pmoflow_tests::Call;
 use pmoflow_tests::mail::{answer_link, answer_on_page, is_copy, reply, reply_with_file};
 use pmoflow_tests::wait_done;
 use pmoflow_tests::{
@@ -231,13 +232,7 @@ async fn pjmo_status_collection_end_to_end() {
     assert_eq!(status, 200);
 
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_done(&store, &run_id).await;
-    assert_eq!(
-        run.status,
-        RunStatus::Succeeded,
-        "{run:?}\n{}",
-        d.log_text()
-    );
+    d.expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let m = wait_mails(&s, "the summary", Duration::from_secs(20), |m| {
         !with_subject(m, "ポートフォリオ概況").is_empty()
     });
@@ -328,12 +323,8 @@ async fn pjmo_status_collection_end_to_end() {
             s.http_port
         ))
         .bearer_auth(&s.operator)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect_json(200)
+        .await;
     let got: Vec<(String, String, String, Json)> = api["entries"]
         .as_array()
         .unwrap()
@@ -395,7 +386,7 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
     // A monitoring system opens the incident through the webhook trigger.
     let web = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", s.http_port);
-    let res = web
+    let run_id = web
         .post(format!("{base}/hooks/emergency-escalation"))
         .bearer_auth(&s.operator)
         .json(&json!({
@@ -403,14 +394,8 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
             "first_wait": "6s", "second_wait": "6s", "third_wait": "6s", "repeat": 0,
             "webhook_url": format!("http://127.0.0.1:{}/teams", hooks.port),
         }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let run_id = res.json::<Json>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .run_id(202)
+        .await;
     let m = wait_mails(&s, "the first level", Duration::from_secs(20), |m| {
         with_subject(m, "【緊急・第一報】").len() >= 3
     });
@@ -473,14 +458,11 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("has no open escalation"), "{err}");
     // Resolved through the API: the 最終報 to everyone alerted and informed.
-    let res = web
-        .post(format!("{base}/api/runs/{run_id}/resolve"))
+    web.post(format!("{base}/api/runs/{run_id}/resolve"))
         .bearer_auth(&s.operator)
         .json(&json!({ "note": "再起動により復旧", "by": "伊藤" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect(200)
+        .await;
     let again = web
         .post(format!("{base}/api/runs/{run_id}/resolve"))
         .bearer_auth(&s.operator)
@@ -488,13 +470,7 @@ async fn emergency_escalation_end_to_end_with_a_restart_mid_chain() {
         .await
         .unwrap();
     assert_eq!(again.status(), 409, "already resolved");
-    let run = wait_done(&store, &run_id).await;
-    assert_eq!(
-        run.status,
-        RunStatus::Succeeded,
-        "{run:?}\n{}",
-        d.log_text()
-    );
+    d.expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let m = wait_mails(&s, "the final report", Duration::from_secs(20), |m| {
         with_subject(m, "【最終報】").len() >= 4
     });
@@ -649,13 +625,7 @@ async fn budget_request_cycle_end_to_end() {
         )],
     );
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_done(&store, &run_id).await;
-    assert_eq!(
-        run.status,
-        RunStatus::Succeeded,
-        "{run:?}\n{}",
-        d.log_text()
-    );
+    d.expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let m = wait_mails(&s, "the gate report", Duration::from_secs(20), |m| {
         !with_subject(m, "一覧（PMOレビュー後）").is_empty()
     });
@@ -768,13 +738,7 @@ async fn quarterly_audit_end_to_end() {
         ],
     );
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_done(&store, &run_id).await;
-    assert_eq!(
-        run.status,
-        RunStatus::Succeeded,
-        "{run:?}\n{}",
-        d.log_text()
-    );
+    d.expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let m = wait_mails(&s, "the quarter report", Duration::from_secs(20), |m| {
         !with_subject(m, "システム監査の実施状況").is_empty()
     });
@@ -1094,13 +1058,7 @@ async fn budget_request_cycle_with_excel_forms_end_to_end() {
         )],
     );
     let store = Store::open(&s.db.url, Durability::Process).await.unwrap();
-    let run = wait_done(&store, &run_id).await;
-    assert_eq!(
-        run.status,
-        RunStatus::Succeeded,
-        "{run:?}\n{}",
-        d.log_text()
-    );
+    d.expect_done(&store, &run_id, RunStatus::Succeeded).await;
     let m = wait_mails(&s, "the gate report", Duration::from_secs(20), |m| {
         !with_subject(m, "一覧（PMOレビュー後）").is_empty()
     });

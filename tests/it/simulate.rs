@@ -10,6 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use pmoflow_tests::Succeeds;
 use pmoflow_tests::bin;
 use pmoflow_tests::golden::{GoldenSet, Mode, fixtures_root};
 
@@ -33,13 +34,7 @@ fn simulate(workflow: &str, from: &str, until: &str, format: &str) -> String {
             format,
         ])
         .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "simulate {workflow} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -564,13 +559,7 @@ fn simulate_takes_a_workflow_file_like_schedule() {
             "workflows/scenarios/pjmo-status-collection.toml",
         ])
         .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     assert_eq!(String::from_utf8_lossy(&out.stdout), by_id);
     // A copy elsewhere, broken: the error names the file, line and column.
     let dir = tempfile::tempdir().unwrap();
@@ -656,13 +645,7 @@ fn emergency_deadline_timers_fire_while_the_incident_is_open() {
             "json",
         ])
         .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     let events = json["events"].as_array().unwrap();
     let notice = mails(events, "【期限通知】個人情報保護委員会への速報");
@@ -747,13 +730,7 @@ fn pjmo_status_collection_over_a_year_fills_the_portfolio() {
             xlsx.to_str().unwrap(),
         ])
         .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let text = String::from_utf8(out.stdout).unwrap();
     let dir = fixtures_root().join("simulate");
     let mut set = GoldenSet::new(&dir, &["txt"], Mode::from_env());

@@ -1,6 +1,7 @@
 //! A real authoritative DNS server for tests: NSD (Debian `nsd`) on a loopback port, serving
 //! zones the test writes, started in a temp dir (the system service is never used).
 
+use crate::Succeeds;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -47,15 +48,9 @@ impl Nsd {
         }
         let conf_path = dir.path().join("nsd.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let check = Command::new("nsd-checkconf")
+        let _check = Command::new("nsd-checkconf")
             .arg(&conf_path)
-            .output()
-            .expect("nsd-checkconf (Debian: nsd)");
-        assert!(
-            check.status.success(),
-            "nsd.conf: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+            .succeeds_with("nsd-checkconf (Debian: nsd): nsd.conf");
         let child = Command::new("nsd")
             .arg("-d")
             .arg("-c")

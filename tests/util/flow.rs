@@ -39,6 +39,15 @@ pub async fn expect_done(store: &Store, id: &str, status: RunStatus) -> RunRow {
     run
 }
 
+impl crate::Daemon {
+    /// [`expect_done`] for a run this daemon executes: the message shows its log too.
+    pub async fn expect_done(&self, store: &Store, id: &str, status: RunStatus) -> RunRow {
+        let run = wait_done(store, id).await;
+        assert_eq!(run.status, status, "{run:?}\n{}", self.log_text());
+        run
+    }
+}
+
 /// The engine configuration of in-process tests: node `node`, polling every 50 ms.
 pub fn fast_config(node: &str) -> EngineConfig {
     EngineConfig {

@@ -2,17 +2,20 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 pub mod dns;
+pub mod door;
 pub mod flow;
 pub mod golden;
 pub mod mail;
 pub mod outbox;
 pub mod wait;
+pub mod web;
 
 pub use flow::{RUN_END, expect_done, fast_config, step_output, wait_done, wait_status};
 pub use outbox::{
     MAIL_WAIT, bare, copies_of, deliver, mail_to, received, reply_address, to_addr, wait_mail,
     wait_mail_where, wait_subject, with_subject,
 };
+pub use web::{Call, Succeeds, client, read_head};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,6 +140,14 @@ lead = "鈴木 一郎"
 lead_email = "suzuki@pjmo-b.example.go.jp"
 "#;
 
+/// A fresh database on `backend` and a new project holding one workflow, `workflows/NAME`.
+pub async fn fresh(backend: Backend, name: &str, workflow: &str) -> (TestDb, Project) {
+    (
+        TestDb::new(backend).await,
+        Project::with_workflow(name, workflow),
+    )
+}
+
 /// A temp directory laid out like an installation: `workflows/`, `var/`, `pmoflow.toml`.
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -157,6 +168,13 @@ impl Project {
         self.path().join("workflows")
     }
 
+    /// A new project holding one workflow, `workflows/NAME`.
+    pub fn with_workflow(name: &str, text: &str) -> Project {
+        let project = Project::new();
+        project.workflow(name, text);
+        project
+    }
+
     /// Writes `workflows/NAME`.
     pub fn workflow(&self, name: &str, text: &str) -> &Self {
         std::fs::write(self.workflows().join(name), text).unwrap();
@@ -173,6 +191,11 @@ impl Project {
         self.config_as_is(&format!(
             "{text}\n[egress]\nallow_hosts = [\"*\", \"127.0.0.1\", \"localhost\"]\n"
         ))
+    }
+
+    /// Writes `pmoflow.toml` for `db`: its `database_url`, then `rest` (as [`Project::config`]).
+    pub fn config_on(&self, db: &TestDb, rest: &str) -> PathBuf {
+        self.config(&format!("database_url = \"{}\"\n{rest}", db.url))
     }
 
     /// Writes `pmoflow.toml` exactly as given.
@@ -566,18 +589,24 @@ impl SmtpSink {
     /// `python -m aiosmtpd` on loopback `port` with `handler` (from aiosmtpd or
     /// `tests/support/`), once it listens.
     fn aiosmtpd(port: u16, handler: &str, args: &[&std::ffi::OsStr]) -> SmtpSink {
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                handler,
-            ])
-            .args(args)
-            .env("PYTHONPATH", support(""))
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            handler,
+        ])
+        .args(args)
+        .env("PYTHONPATH", support(""));
+        Self::spawn(cmd, port, PathBuf::new())
+    }
+
+    /// Spawns the server `cmd` (quietly) and waits until it listens on `port`.
+    fn spawn(mut cmd: Command, port: u16, maildir: PathBuf) -> SmtpSink {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -586,7 +615,7 @@ impl SmtpSink {
         SmtpSink {
             child,
             port,
-            maildir: PathBuf::new(),
+            maildir,
         }
     }
 }
@@ -617,13 +646,7 @@ pub fn decode_mail(dir: &Path) -> Vec<serde_json::Value> {
     let out = Command::new("python3")
         .arg(support("decode_mail.py"))
         .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
         .unwrap()
         .as_array()
@@ -898,17 +921,11 @@ protocol imap {{
 
     /// Ends every IMAP session of the test user (`doveadm kick`): clients must reconnect.
     pub fn kick(&self) {
-        let out = Command::new("doveadm")
+        Command::new("doveadm")
             .arg("-c")
             .arg(self.dir.path().join("dovecot.conf"))
             .args(["kick", &self.user])
-            .output()
-            .expect("doveadm");
-        assert!(
-            out.status.success(),
-            "doveadm kick: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .succeeds_with("doveadm: doveadm kick");
     }
 
     /// The `[imap]` table for pmoflow.toml (password from `PMOFLOW_IMAP_PASSWORD`).
@@ -928,13 +945,7 @@ protocol imap {{
             .arg(&self.password)
             .arg(mailbox)
             .args(files)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "imap append failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .succeeds();
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
@@ -1095,17 +1106,7 @@ pub fn oauth_smtp(
     if let Some(p) = password {
         cmd.arg(p);
     }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with aiosmtpd");
-    wait_port(port, Duration::from_secs(20));
-    SmtpSink {
-        child,
-        port,
-        maildir: maildir.to_path_buf(),
-    }
+    SmtpSink::spawn(cmd, port, maildir.to_path_buf())
 }
 
 /// An RSA key pair and a self-signed certificate made by the `openssl` command:
@@ -1170,15 +1171,9 @@ impl SlowHttp {
                 };
                 let calls = shared.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let Some(head) = read_head(&mut sock).await else {
+                        return;
+                    };
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                     let ms: u64 = path
                         .split("ms=")
@@ -1349,8 +1344,7 @@ impl PrivatePg {
             dir,
         };
         let data = pg.dir.path().join("data");
-        let out = pg
-            .command(as_root, "initdb")
+        pg.command(as_root, "initdb")
             .args([
                 "-A",
                 "trust",
@@ -1362,13 +1356,7 @@ impl PrivatePg {
                 "-D",
             ])
             .arg(&data)
-            .output()
-            .expect("initdb (Debian: postgresql)");
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .succeeds_with("initdb (Debian: postgresql): initdb");
         pg.pg_ctl("start");
         pg
     }

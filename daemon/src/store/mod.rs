@@ -221,6 +221,12 @@ impl Store {
             let pool = loop {
                 match SqlitePoolOptions::new()
                     .max_connections(1)
+                    // No reaper: with an idle timeout or a lifetime, sqlx 0.8 runs a maintenance
+                    // task that can spin a core forever and hang shutdown (sqlx#3645, a
+                    // `num_idle` underflow; seen in our tests). One local connection needs no
+                    // recycling.
+                    .idle_timeout(None)
+                    .max_lifetime(None)
                     // A connection must not go back to the pool inside a transaction. After a
                     // COMMIT that failed (`database or disk is full`), sqlx still counts the
                     // transaction as open and the next one became a savepoint inside it: the
@@ -260,6 +266,10 @@ impl Store {
             )]);
             let pool = PgPoolOptions::new()
                 .max_connections(16)
+                // No reaper (sqlx#3645, as for SQLite above): a connection the server dropped is
+                // found by the ping before each acquire and replaced.
+                .idle_timeout(None)
+                .max_lifetime(None)
                 .connect_with(opts)
                 .await?;
             let backend = Backend::Postgres(pool);
