@@ -281,6 +281,17 @@ enum PluginAction {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    /// Compile a component read from standard input (the daemon runs this in a child
+    /// process when a plugin is not in its cache yet).
+    #[command(hide = true)]
+    Compile {
+        /// Where to write the compiled code.
+        #[arg(long)]
+        out: PathBuf,
+        /// The pooling allocator's slot size the daemon's engine uses (none: on demand).
+        #[arg(long)]
+        pool_memory: Option<usize>,
+    },
     /// Print a component's descriptor and imports (exit 1 if the host would refuse it).
     Inspect {
         /// The component (`.wasm`).
@@ -414,6 +425,17 @@ fn main() -> ExitCode {
         } => {
             return report(cli::plugin_new(name, dir, sdk.as_deref()).map(|m| println!("{m}")));
         }
+        Command::Plugin {
+            action: PluginAction::Compile { out, pool_memory },
+        } => {
+            return match pmoflow::plugins::compile_to_file(*pool_memory, out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Calendar { year, action } => {
             return report(match action {
                 None => cli::calendar_list(&config, *year),
@@ -455,6 +477,9 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
     let result = match command {
         Command::Run => {
             init_logging(config.log_format);
+            if let Ok(exe) = std::env::current_exe() {
+                pmoflow::plugins::compile_in_child(exe);
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(signals(shutdown.clone()));
             return match pmoflow::daemon::run(config, Arc::new(SystemClock), shutdown).await {
@@ -542,7 +567,9 @@ async fn async_main(command: Command, config: Config) -> ExitCode {
             .await
         }
         Command::Plugin { action } => match action {
-            PluginAction::New { .. } => unreachable!("handled before the runtime starts"),
+            PluginAction::New { .. } | PluginAction::Compile { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
             PluginAction::Inspect { file } => cli::plugin_inspect(&file).await,
             PluginAction::Run {
                 file,

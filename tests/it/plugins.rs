@@ -736,3 +736,69 @@ async fn a_plugin_stuck_in_a_host_call_is_stopped_and_a_log_flood_is_capped() {
     assert_eq!(bad.output.as_ref().unwrap(), &json!({ "logged": 20000 }));
     engine.stop().await;
 }
+
+/// The daemon compiles a plugin missing from its cache in a child process (`pmoflow plugin
+/// compile`) and maps the code the child wrote, so the compiler never enters the daemon's
+/// memory; a plugin step runs on that code; the next start finds everything in the cache and
+/// compiles nothing. The child refuses what is not a component, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_plugins_are_compiled_in_a_child_process_and_cached() {
+    let (db, project) = fresh(
+        Backend::Sqlite,
+        "e.toml",
+        "id = \"e\"\n[[steps]]\nid = \"echo\"\naction = \"plugin:echo\"\nwith = { greeting = \"こんにちは\" }\n",
+    )
+    .await;
+    project.config_on(
+        &db,
+        "plugin_cache_dir = \"var/cache\"\n[engine]\npoll_interval = \"100ms\"\n",
+    );
+    let dir = project.path();
+    let mut d = pmoflow_tests::Daemon::start(dir, "first", &[]);
+    let log = d.wait_log("plugins ready", pmoflow_tests::STARTUP);
+    assert!(
+        log.matches("plugin compiled by a child process").count() >= 2,
+        "{log}"
+    );
+    assert!(!log.contains("compiling here"), "{log}");
+    let cached = std::fs::read_dir(dir.join("var/cache"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "cwasm")
+        })
+        .count();
+    assert!(cached >= 2, "{cached} compiled files in the cache");
+    let store = pmoflow::store::Store::open(&db.url, Durability::Process)
+        .await
+        .unwrap();
+    let id = pmoflow_tests::cli_ok(dir, &["trigger", "e"])
+        .trim()
+        .to_string();
+    d.expect_done(&store, &id, RunStatus::Succeeded).await;
+    let out = pmoflow_tests::step_output(&store, &id, "echo").await;
+    assert_eq!(out["echo"]["greeting"], "こんにちは", "{out}");
+    assert_eq!(d.terminate(Duration::from_secs(15)), Some(0));
+
+    let again = pmoflow_tests::Daemon::start(dir, "second", &[]);
+    let log = again.wait_log("plugins ready", pmoflow_tests::STARTUP);
+    assert!(!log.contains("plugin compiled by a child process"), "{log}");
+
+    let mut child = std::process::Command::new(pmoflow_tests::bin())
+        .args(["plugin", "compile", "--out"])
+        .arg(dir.join("junk.cwasm"))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"not wasm").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!dir.join("junk.cwasm").exists());
+    store.close().await;
+}

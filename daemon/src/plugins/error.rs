@@ -33,6 +33,9 @@ pub enum LoadError {
     /// The component could not be compiled.
     #[error("{0}")]
     Compile(wasmtime::Error),
+    /// The child process compiling a component failed (its standard error).
+    #[error("compiling in a child process failed: {0}")]
+    Child(String),
     /// A shipped component could not be compiled.
     #[error("cannot load the component: {0}")]
     Shipped(Box<LoadError>),

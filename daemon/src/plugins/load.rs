@@ -22,11 +22,13 @@ impl PluginHost {
         // `PMOFLOW_PLUGIN_POOLING=0` allocates on demand (for hosts that refuse large
         // address-space reservations, and for comparison in the benchmark).
         let pooling = std::env::var("PMOFLOW_PLUGIN_POOLING").map_or(true, |v| v != "0");
-        let engine = match Engine::new(&Self::config(pooling.then_some(max_memory))) {
+        let mut pool_memory = pooling.then_some(max_memory);
+        let engine = match Engine::new(&Self::config(pool_memory)) {
             Ok(engine) => engine,
             Err(e) => {
                 // Pooling reserves address space up front; some sandboxes refuse that.
                 tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand");
+                pool_memory = None;
                 Engine::new(&Self::config(None)).map_err(|error| LoadError::Engine {
                     what: "wasmtime",
                     error,
@@ -64,6 +66,7 @@ impl PluginHost {
             kv_store: None,
             linker: linker.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(POOL_INSTANCES as usize)),
+            pool_memory,
             _ticker: stop,
         };
         Ok((host, linker))
@@ -344,12 +347,34 @@ impl PluginHost {
                 }
             }
         }
+        let tmp = cache.join(format!(".{}.tmp", std::process::id()));
+        if let Some(exe) = super::child::compiler() {
+            let compiled = std::fs::create_dir_all(cache)
+                .map_err(LoadError::from)
+                .and_then(|()| super::child::compile(exe, bytes, self.pool_memory, &tmp))
+                .and_then(|()| Ok(std::fs::rename(&tmp, &cached)?));
+            match compiled {
+                // SAFETY: as above; the file was written a moment ago by this binary's
+                // `plugin compile` from `precompile_component` for an engine configured as
+                // this one (a mismatch is refused by wasmtime's compatibility check).
+                #[allow(unsafe_code)]
+                Ok(()) => match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                    Ok(c) => {
+                        tracing::info!(file = %cached.display(), "plugin compiled by a child process");
+                        return Ok(c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the compiled plugin from the child process is unusable; compiling here")
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "compiling here instead"),
+            }
+        }
         let compiled = self
             .engine
             .precompile_component(bytes)
             .map_err(LoadError::Compile)?;
         let written = std::fs::create_dir_all(cache).and_then(|()| {
-            let tmp = cache.join(format!(".{}.tmp", std::process::id()));
             std::fs::write(&tmp, &compiled)?;
             std::fs::rename(&tmp, &cached)
         });

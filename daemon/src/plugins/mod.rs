@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 mod capabilities;
+mod child;
 mod error;
 pub mod grant;
 mod load;
@@ -27,6 +28,7 @@ pub mod shipped;
 
 use capabilities::{Kv, State};
 
+pub use child::{compile_in_child, compile_to_file};
 pub use error::LoadError;
 pub use grant::{Grant, HostRule, HostRuleError};
 pub use load::{installed, manifests};
@@ -205,6 +207,9 @@ pub struct PluginHost {
     kv_store: Option<crate::store::Store>,
     linker: Arc<Linker<State>>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The pooling allocator's slot size the engine was made with (none: on demand), for a
+    /// child process compiling for it.
+    pool_memory: Option<usize>,
     _ticker: Arc<std::sync::atomic::AtomicBool>,
 }
 
