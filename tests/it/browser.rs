@@ -4,14 +4,14 @@
 //! continue. Screenshots of the main pages are kept in `$CARGO_TARGET_TMPDIR/screenshots/`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use pmoflow::store::{Durability, RunStatus, Store};
 use pmoflow_tests::Call;
+use pmoflow_tests::browser::{browser, log_in, submit, type_into, until_page_has, wait_source};
 use pmoflow_tests::{
-    Backend, Daemon, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, free_port, wait, wait_port,
+    Backend, Daemon, PROJECTS, Project, STARTUP, SmtpSink, TestDb, cli, free_port,
 };
 use pmoflow_tests::{deliver, expect_done, reply_address, wait_mail};
 use serde_json::{Value as Json, json};
@@ -32,93 +32,18 @@ fn config(db_url: &str, smtp_port: u16, http_port: u16, extra: &str) -> String {
     )
 }
 
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn browser() -> (Driver, Client) {
-    let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (apt-get install chromium-driver; tests/run does)");
-    let driver = Driver(child);
-    wait_port(port, Duration::from_secs(20));
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000", "--lang=ja"],
-        }),
-    );
-    // Two rustls crypto providers are linked into the tests (ring, and aws-lc-rs through the
-    // WebDriver client): pick one for the process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = ClientBuilder::rustls()
-        .unwrap()
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("a Chromium session");
-    (driver, client)
-}
-
+/// Where screenshots go.
 fn screenshots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
+/// Saves a screenshot of the page as `NAME.png`.
 async fn shot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     assert!(png.len() > 1000, "a real screenshot");
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
-}
-
-/// Reloads until the page source contains `needle`.
-async fn until_page_has(c: &Client, needle: &str, timeout: Duration) -> String {
-    let mut first = true;
-    wait::until(&format!("the page to show {needle:?}"), timeout, || {
-        let reload = !std::mem::take(&mut first);
-        async move {
-            if reload {
-                c.refresh().await.unwrap();
-            }
-            let src = c.source().await.unwrap();
-            if src.contains(needle) {
-                Ok(src)
-            } else {
-                Err(src)
-            }
-        }
-    })
-    .await
-}
-
-/// Waits (without reloading) until the page source contains `needle`: after a click, the next
-/// page may still be loading.
-async fn wait_source(c: &Client, needle: &str) -> String {
-    wait::until(
-        &format!("the page to show {needle:?}"),
-        Duration::from_secs(30),
-        || async {
-            let src = c.source().await.unwrap_or_default();
-            if src.contains(needle) {
-                Ok(src)
-            } else {
-                Err(src)
-            }
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,32 +66,12 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
     // Not logged in: the dashboard sends us to the login page. A wrong token is refused.
     c.goto(&format!("{base}/")).await.unwrap();
     assert!(c.current_url().await.unwrap().as_str().ends_with("/login"));
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys("pmo_wrong")
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "token", "pmo_wrong").await;
+    submit(&c).await;
     wait_source(&c, "トークンが正しくありません").await;
     shot(&c, "login").await;
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&token)
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "token", &token).await;
+    submit(&c).await;
     wait_source(&c, "pmo-desk").await;
 
     // A monitoring system calls the webhook; the run shows up on the dashboard.
@@ -244,12 +149,7 @@ async fn log_in_watch_a_webhook_run_and_answer_a_request_in_the_browser() {
         .send_keys("順調です")
         .await
         .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&c).await;
     wait_source(&c, "回答を受け付けました").await;
 
     // The run still waits for Suzuki; the board shows who answered what.
@@ -349,19 +249,7 @@ async fn html_and_script_in_names_inputs_and_answers_stay_inert_in_the_browser()
     assert!(out.trim_end().ends_with(": answer (done)"), "{out}");
 
     let (_driver, c) = browser().await;
-    c.goto(&format!("{base}/login")).await.unwrap();
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&token)
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&c, &base, &token).await;
     wait_source(&c, "pmo-desk").await;
     for (page, shown) in [
         ("/".to_string(), "状況報告"),
@@ -461,12 +349,7 @@ async fn a_filled_form_is_uploaded_on_the_answer_page_and_corrected_there() {
                 .send_keys(path.to_str().unwrap())
                 .await
                 .unwrap();
-            c.find(Locator::Css("button[type=submit]"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            submit(&c).await;
         }
     };
     // The page also offers the 様式 exactly as mailed (for mail systems that hold attachments
@@ -636,12 +519,7 @@ async fn the_portfolio_and_typed_answers_in_the_browser() {
             .await
             .unwrap();
     }
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&c).await;
     let src = wait_source(&c, "入力内容を確認してください").await;
     assert!(
         src.contains("見込額は数値で入力してください（入力値: 「たくさん」）"),
@@ -671,28 +549,11 @@ async fn the_portfolio_and_typed_answers_in_the_browser() {
         .unwrap();
     forecast.clear().await.unwrap();
     forecast.send_keys("1億3,000万円").await.unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&c).await;
     wait_source(&c, "回答を受け付けました").await;
 
     // Log in and look at the portfolio.
-    c.goto(&format!("{base}/login")).await.unwrap();
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&token)
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&c, &base, &token).await;
     wait_source(&c, "pmo-desk").await;
     c.goto(&format!("{base}/portfolio")).await.unwrap();
     let rows = c

@@ -1,6 +1,7 @@
 //! Helpers for pmoflow's integration tests: temp projects, real databases, the real binary.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod browser;
 pub mod dns;
 pub mod door;
 pub mod flow;
