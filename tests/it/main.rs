@@ -1,6 +1,7 @@
 //! pmoflow's integration tests: one binary, real databases, the real daemon.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod answers;
 mod api;
 mod browser;
 mod chaos;

@@ -21,9 +21,12 @@ fn outcome(raw: &[u8]) -> Value {
     let fields: Vec<String> = ["総合評価", "進捗", "経費", "リスク", "課題"]
         .map(String::from)
         .to_vec();
-    let text = reply::new_text(&msg.text);
-    let answers = reply::parse_fields(&text, &fields, msg.from_name.as_deref());
+    let reading = reply::read(&msg.text, &fields, msg.from_name.as_deref());
+    let answers = reading.answers;
     let mut out = serde_json::to_value(&msg.kind).unwrap();
+    if let Some(place) = reading.found_in {
+        out["fields_found_in"] = json!(place);
+    }
     let rest = json!({
         "from": msg.from,
         "sender_is_addressee": msg.from.as_deref() == Some(LEAD),
@@ -163,6 +166,83 @@ fn answers_are_read_from_every_client_shape() {
 }
 
 #[test]
+fn answers_written_into_the_quote_in_tables_and_under_banners_are_read() {
+    // A value on its own line under the quoted `> 項目:` it answers; a label left empty is
+    // not answered.
+    let c = case("51-");
+    assert_eq!(c["fields"]["総合評価"], "良好", "{c:#}");
+    assert_eq!(c["fields"]["進捗"], 90);
+    assert_eq!(c["fields"]["経費"], "予算どおり");
+    assert_eq!(c["fields"]["課題"], "ベンダーの要員交代");
+    assert!(c["fields"].get("リスク").is_none(), "{c:#}");
+    assert_eq!(c["free_text"], "お疲れ様です。");
+    // The whole request quoted, cut marker included, answers typed between its lines.
+    let c = case("52-");
+    assert_eq!(c["fields"]["総合評価"], "注意", "{c:#}");
+    assert_eq!(c["fields"]["課題"], "移行計画の見直し");
+    assert_eq!(c["free_text"], "お疲れ様です。下記のとおりです。");
+    // Outlook without `>`: the request's own form filled in below the original's header block,
+    // read because nothing above answers.
+    let c = case("53-");
+    assert_eq!(c["fields_found_in"], "original_form", "{c:#}");
+    assert_eq!(c["fields"]["総合評価"], "良好");
+    assert_eq!(c["fields"]["進捗"], 95);
+    assert_eq!(c["fields"]["課題"], "特になし");
+    assert!(c["fields"].get("経費").is_none());
+    assert_eq!(c["free_text"], "お疲れ様です。下記にご回答しました。");
+    // A table pasted from Excel: names in the first column (tab-separated text), or in the
+    // first row of an HTML table (Outlook's cells with paragraphs inside).
+    let c = case("54-");
+    assert_eq!(c["fields"]["総合評価"], "注意", "{c:#}");
+    assert_eq!(c["fields"]["進捗"], 70);
+    assert_eq!(c["fields"]["経費"], "1,200万円 (見込)");
+    assert_eq!(c["fields"]["課題"], "要員の確保");
+    assert!(c["fields"].get("リスク").is_none());
+    let c = case("55-");
+    assert_eq!(c["fields"]["総合評価"], "要対応", "{c:#}");
+    assert_eq!(c["fields"]["進捗"], 55);
+    assert_eq!(c["fields"]["経費"], "予算超過の見込み");
+    assert_eq!(c["fields"]["課題"], "仕様の追加");
+    assert_eq!(c["free_text"], "お疲れ様です。\nよろしくお願いいたします。");
+    // A byte-order mark, and format=flowed with DelSp=yes undone.
+    let c = case("56-");
+    assert_eq!(c["fields"]["総合評価"], "良好", "{c:#}");
+    assert_eq!(
+        c["fields"]["課題"],
+        "移行データの品質確認に時間を要しており、来週までに完了の見込みです。"
+    );
+    assert_eq!(c["free_text"], "よろしくお願いいたします。");
+    // A gateway's banner is neither the answer nor a signature.
+    let c = case("57-");
+    assert_eq!(c["fields"]["総合評価"], "注意", "{c:#}");
+    assert_eq!(c["fields"]["進捗"], 65);
+    assert_eq!(c["fields"]["リスク"], "調達の遅れ");
+    assert!(!c["free_text"].as_str().unwrap().contains("組織外"));
+    // A signature straight under the last value, its address over several lines.
+    let c = case("58-");
+    assert_eq!(c["fields"]["課題"], "ベンダーとの定例を週次に変更", "{c:#}");
+    assert!(
+        c["free_text"]
+            .as_str()
+            .unwrap()
+            .contains("中央合同庁舎第5号館 12階")
+    );
+    // A full-width space, `＝` and an arrow between name and value.
+    let c = case("61-");
+    assert_eq!(c["fields"]["総合評価"], "良好", "{c:#}");
+    assert_eq!(c["fields"]["進捗"], 100);
+    assert_eq!(c["fields"]["経費"], "予算内で執行");
+    // The answer to a 【要再回答】: only the field that was missing (intake completes the earlier
+    // answer with it: requests.rs).
+    let c = case("62-");
+    assert_eq!(
+        c["fields"],
+        json!({ "経費": "予算 900万円 / 見込 880万円" }),
+        "{c:#}"
+    );
+}
+
+#[test]
 fn correlation_falls_back_from_address_to_references_to_subject_tag() {
     assert_eq!(
         case("13-")["keys"],
@@ -198,7 +278,9 @@ fn auto_replies_and_bounces_are_recognised() {
         assert_eq!(c["kind"], "auto_reply", "{name}: {c:#}");
         assert_eq!(c["reason"], reason, "{name}");
     }
-    for name in ["22-", "23-"] {
+    // A text-only report (qmail), sent to the plain envelope sender with the original inline:
+    // the recipient from the report, the request from the original's Message-ID.
+    for name in ["22-", "23-", "59-"] {
         let c = case(name);
         assert_eq!(c["kind"], "bounce", "{name}: {c:#}");
         assert_eq!(c["recipients"], json!([LEAD]), "{name}");
@@ -208,6 +290,15 @@ fn auto_replies_and_bounces_are_recognised() {
             "{name}"
         );
     }
+    // A full mailbox (452 4.2.2) in a text-only report is temporary: never a bounce.
+    let c = case("60-");
+    assert_eq!(c["kind"], "delivery_report", "{c:#}");
+    assert_eq!(c["action"], "delayed");
+    assert_eq!(c["recipients"], json!([LEAD]));
+    assert_eq!(
+        c["original_message_id"],
+        format!("pmoflow.{TOKEN}@example.go.jp")
+    );
     assert_eq!(
         case("33-")["error"],
         "not a readable email message",

@@ -345,6 +345,20 @@ fn hostile_and_broken_workbooks_are_refused_with_a_reason() {
         huge.to_string().contains("1000000個を超えています"),
         "{huge}"
     );
+    // LibreOffice's own format: not read, and the sender is told which format to send.
+    py(&[
+        "convert",
+        filled.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+        "ods",
+    ]);
+    let ods = open("filled.ods").unwrap_err();
+    assert!(matches!(ods, WorkbookError::OpenDocument), "{ods}");
+    assert!(ods.to_string().contains("Excel形式（.xlsx）"), "{ods}");
+    assert!(pmoflow::workbook::is_workbook(
+        "回答.ods",
+        "application/vnd.oasis.opendocument.spreadsheet"
+    ));
     let not_a_book = read_answer(&spec, "x.xlsx", b"hello", &Limits::default()).unwrap_err();
     assert!(matches!(not_a_book, WorkbookError::NotAWorkbook));
     // Macros: values only, never run; said so.

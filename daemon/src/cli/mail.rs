@@ -93,8 +93,8 @@ pub fn inbound_explain(
     // One line: the parser's reason is the whole explanation (and what mail filters log).
     let msg = crate::inbound::parse(&raw, crate::inbound::DEFAULT_MAX_SIZE)
         .map_err(|e| CliError::new(format!("the message cannot be read: {e}")))?;
-    let text = crate::message::reply::new_text(&msg.text);
-    let mut answers = crate::message::reply::parse_fields(&text, fields, msg.from_name.as_deref());
+    let reading = crate::message::reply::read(&msg.text, fields, msg.from_name.as_deref());
+    let (text, mut answers) = (reading.new_text, reading.answers);
     // With the request's 様式: its attached workbooks read and merged as a reply's would be (the
     // fields found by the template's defined names).
     let mut workbooks = Json::Null;
@@ -168,6 +168,7 @@ pub fn inbound_explain(
         "new_text": text,
         "fields": answers.fields,
         "free_text": answers.free_text,
+        "fields_found_in": reading.found_in,
         "attachments": msg.attachments,
         "workbooks": workbooks,
     });

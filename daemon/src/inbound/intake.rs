@@ -24,7 +24,7 @@ use super::{Inbound, Kind, reply};
 use crate::actions::StepServices;
 use crate::clock::SharedClock;
 use crate::store::NewMessage;
-use crate::store::{Disposition, InboundRow, NewAnswer, RequestRow, Store, StoreError};
+use crate::store::{AnswerRow, Disposition, InboundRow, NewAnswer, RequestRow, Store, StoreError};
 use crate::workbook::form::{Offered, read_offered};
 use crate::workbook::{FormRead, FormSpec, Problem};
 
@@ -32,6 +32,7 @@ mod held;
 use held::Gate;
 pub use held::confirm_hash;
 mod notices;
+mod unmatched;
 
 /// Receives and processes inbound messages.
 #[derive(Clone)]
@@ -290,7 +291,14 @@ impl Intake {
         let disposition = match (&msg.kind, found) {
             (Kind::Bounce { recipients, .. }, Some((req, _))) => Disposition::Bounce {
                 token: req.token.clone(),
-                detail: format!("delivery to {} failed", recipients.join(", ")),
+                detail: format!(
+                    "delivery to {} failed",
+                    if recipients.is_empty() {
+                        req.recipient.clone()
+                    } else {
+                        recipients.join(", ")
+                    }
+                ),
             },
             (Kind::Bounce { .. }, None) => Disposition::Record {
                 outcome: "bounce".into(),
@@ -324,9 +332,7 @@ impl Intake {
                 detail: format!("automatic reply ({reason}); not an answer"),
             },
             (Kind::Reply, None) => {
-                let detail = "no request matches this message (no reply token, no Message-ID of \
-                              ours, no subject tag)"
-                    .to_string();
+                let detail = self.unmatched_detail(&msg).await?;
                 let notify = self.pmo_notice(row, from.as_deref(), subject.as_deref(), &detail);
                 quarantine("unmatched", None, detail, notify)
             }
@@ -350,7 +356,12 @@ impl Intake {
                     }
                     None => (Vec::new(), Vec::new()),
                 };
-                self.answer(row, &msg, req, &by, now, form, workbooks)
+                // A follow-up completes the earlier answer (to a 【要再回答】, say).
+                let earlier = self
+                    .store
+                    .answers_for(std::slice::from_ref(&req.token))
+                    .await?;
+                self.answer(row, &msg, req, &by, now, form, workbooks, &earlier)
             }
         };
         Ok(Decision {
@@ -418,6 +429,7 @@ impl Intake {
         now: DateTime<Utc>,
         form: Option<FormSpec>,
         workbooks: (Vec<FormRead>, Vec<(String, String)>),
+        earlier: &[AnswerRow],
     ) -> Disposition {
         let from = msg.from.clone().unwrap_or_default();
         if !req.allowed.contains(&from) {
@@ -461,7 +473,8 @@ impl Intake {
                     .into(),
             };
         }
-        let text = reply::new_text(&msg.text);
+        let reading = reply::read(&msg.text, &req.fields, msg.from_name.as_deref());
+        let text = reading.new_text;
         if req.kind == "ack" {
             if !reply::is_ack(&text) {
                 return Disposition::Record {
@@ -483,9 +496,11 @@ impl Intake {
                     form_fields: Vec::new(),
                 },
                 notices: Vec::new(),
+                detail: String::new(),
             };
         }
-        let mut parsed = reply::parse_fields(&text, &req.fields, msg.from_name.as_deref());
+        let mut parsed = reading.answers;
+        let detail = complete_from_earlier(&mut parsed.fields, earlier);
         let (reads, broken) = workbooks;
         let mut problems: Vec<Problem> = Vec::new();
         if let Some(spec) = &form {
@@ -562,7 +577,45 @@ impl Intake {
                 form_fields,
             },
             notices,
+            detail,
         }
+    }
+}
+
+/// Completes a reply's fields with those of the earlier answers to the same request (by email,
+/// the web form or the API; later ones first): fields given now replace, the others are kept.
+/// The inbound row's detail says which were kept, and from when.
+fn complete_from_earlier(
+    fields: &mut std::collections::BTreeMap<String, Json>,
+    earlier: &[AnswerRow],
+) -> String {
+    let given: Vec<String> = fields.keys().cloned().collect();
+    let mut kept: Vec<String> = Vec::new();
+    let mut from = None;
+    for a in earlier.iter().rev() {
+        let Some(old) = a.fields.as_object() else {
+            continue;
+        };
+        for (k, v) in old {
+            if !fields.contains_key(k) && !v.is_null() {
+                fields.insert(k.clone(), v.clone());
+                kept.push(k.clone());
+                from = from.or(Some(a.received_at));
+            }
+        }
+    }
+    match from {
+        None => String::new(),
+        Some(at) => format!(
+            "completes the earlier answer of {}: {} given now; {} kept from it",
+            at.to_rfc3339(),
+            if given.is_empty() {
+                "nothing".to_string()
+            } else {
+                given.join(", ")
+            },
+            kept.join(", ")
+        ),
     }
 }
 
@@ -582,14 +635,14 @@ fn quarantine(
 
 fn describe(d: &Disposition) -> (&'static str, &str, &str) {
     match d {
-        Disposition::Answer { answer, .. } => (
+        Disposition::Answer { answer, detail, .. } => (
             "done",
             if answer.complete {
                 "answer"
             } else {
                 "incomplete_answer"
             },
-            "",
+            detail,
         ),
         Disposition::Bounce { detail, .. } => ("done", "bounce", detail),
         Disposition::Record {

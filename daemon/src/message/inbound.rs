@@ -151,7 +151,7 @@ pub fn parse(raw: &[u8], max_size: usize) -> Result<Inbound, InboundError> {
     {
         text = salvaged;
     }
-    let kind = classify(&msg, from.as_deref(), &subject);
+    let kind = classify(&msg, from.as_deref(), &subject, &text);
     let attachments = if matches!(kind, Kind::Bounce { .. }) {
         Vec::new()
     } else {
@@ -220,7 +220,7 @@ fn sender((address, name): (Option<String>, Option<String>)) -> (Option<String>,
     )
 }
 
-fn strip_brackets(s: &str) -> String {
+pub(super) fn strip_brackets(s: &str) -> String {
     s.trim()
         .trim_start_matches('<')
         .trim_end_matches('>')
@@ -236,13 +236,27 @@ fn body_text(msg: &mail_parser::Message<'_>) -> String {
         .and_then(|&i| msg.parts.get(i as usize))
         .filter(|p| matches!(p.body, PartType::Text(_)));
     let text = match plain {
-        Some(p) => p.text_contents().unwrap_or("").to_string(),
+        Some(p) => {
+            let text = p.text_contents().unwrap_or("");
+            let param = |name: &str| {
+                p.content_type()
+                    .and_then(|c| c.attribute(name))
+                    .map(str::to_ascii_lowercase)
+            };
+            if param("format").as_deref() == Some("flowed") {
+                super::flowed::unflow(text, param("delsp").as_deref() == Some("yes"))
+            } else {
+                text.to_string()
+            }
+        }
         None => match msg.body_html(0) {
             Some(html) => html_to_text(&html),
             None => msg.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
         },
     };
-    text.replace("\r\n", "\n").replace('\u{a0}', " ")
+    text.trim_start_matches('\u{feff}')
+        .replace("\r\n", "\n")
+        .replace('\u{a0}', " ")
 }
 
 /// The text of a message a gateway cut short (a size limit, a broken relay): the closing
@@ -345,6 +359,8 @@ pub fn html_to_text(html: &str) -> String {
     let mut depth = 0usize;
     let mut rest = html;
     let mut at_line_start = true;
+    let mut row_start = true;
+    let mut in_cell = false;
     let newline = |out: &mut String, at_line_start: &mut bool| {
         if !*at_line_start {
             out.push('\n');
@@ -372,6 +388,11 @@ pub fn html_to_text(html: &str) -> String {
                         None => "",
                     };
                 }
+                // Inside a table cell, paragraphs and breaks keep the cell on its row.
+                "br" | "p" | "div" if in_cell && !at_line_start && !out.ends_with([' ', '\t']) => {
+                    out.push(' ');
+                }
+                "br" | "p" | "div" if in_cell => {}
                 "br" => {
                     at_line_start = false;
                     newline(&mut out, &mut at_line_start);
@@ -384,8 +405,29 @@ pub fn html_to_text(html: &str) -> String {
                         depth + 1
                     };
                 }
-                "p" | "div" | "li" | "tr" | "table" | "ul" | "ol" | "h1" | "h2" | "h3" | "h4"
-                | "h5" | "h6" | "hr" | "pre" => newline(&mut out, &mut at_line_start),
+                // Table cells are separated by a tab, rows are lines (answers pasted from
+                // Excel arrive as a table: see `reply`'s table layouts).
+                "td" | "th" if closing => in_cell = false,
+                "td" | "th" => {
+                    in_cell = true;
+                    if !row_start {
+                        if at_line_start {
+                            for _ in 0..depth {
+                                out.push_str("> ");
+                            }
+                            at_line_start = false;
+                        }
+                        out.push('\t');
+                    }
+                    row_start = false;
+                }
+                "tr" => {
+                    row_start = true;
+                    in_cell = false;
+                    newline(&mut out, &mut at_line_start);
+                }
+                "p" | "div" | "li" | "table" | "ul" | "ol" | "h1" | "h2" | "h3" | "h4" | "h5"
+                | "h6" | "hr" | "pre" => newline(&mut out, &mut at_line_start),
                 _ => {}
             }
             continue;
@@ -408,7 +450,7 @@ pub fn html_to_text(html: &str) -> String {
                 }
                 at_line_start = false;
             }
-            if c == ' ' && out.ends_with(' ') {
+            if c == ' ' && out.ends_with([' ', '\t']) {
                 continue;
             }
             out.push(c);
@@ -478,8 +520,8 @@ fn decode_entities(s: &str) -> String {
 }
 
 /// Auto-reply signs (RFC 3834 and the de facto ones), then delivery reports.
-fn classify(msg: &mail_parser::Message<'_>, from: Option<&str>, subject: &str) -> Kind {
-    if let Some(bounce) = bounce(msg, from) {
+fn classify(msg: &mail_parser::Message<'_>, from: Option<&str>, subject: &str, text: &str) -> Kind {
+    if let Some(bounce) = super::bounce::bounce(msg, from, text) {
         return bounce;
     }
     let header = |name: &str| msg.header_raw(name).map(|v| v.trim().to_ascii_lowercase());
@@ -522,156 +564,4 @@ fn classify(msg: &mail_parser::Message<'_>, from: Option<&str>, subject: &str) -
         }
     }
     Kind::Reply
-}
-
-/// A delivery status notification (`multipart/report; report-type=delivery-status`), or a
-/// message from the mailer daemon.
-fn bounce(msg: &mail_parser::Message<'_>, from: Option<&str>) -> Option<Kind> {
-    let is_report = msg.content_type().is_some_and(|c| {
-        c.ctype().eq_ignore_ascii_case("multipart")
-            && c.subtype()
-                .is_some_and(|s| s.eq_ignore_ascii_case("report"))
-    });
-    let daemon = from.is_some_and(|f| {
-        let local = f.split('@').next().unwrap_or("");
-        local.eq_ignore_ascii_case("mailer-daemon") || local.eq_ignore_ascii_case("postmaster")
-    });
-    if !is_report && !daemon {
-        return None;
-    }
-    let mut recipients = Vec::new();
-    let mut reported: Vec<(String, String)> = Vec::new();
-    let mut dsn = false;
-    let mut original = None;
-    for part in msg.parts.iter() {
-        let ct = part
-            .content_type()
-            .map(|c| {
-                format!(
-                    "{}/{}",
-                    c.ctype().to_ascii_lowercase(),
-                    c.subtype().unwrap_or("").to_ascii_lowercase()
-                )
-            })
-            .unwrap_or_default();
-        match ct.as_str() {
-            "message/delivery-status" | "message/global-delivery-status" => {
-                dsn = true;
-                let text = String::from_utf8_lossy(part.contents()).to_string();
-                for (recipient, action) in dsn_recipients(&text) {
-                    if action == "failed" {
-                        recipients.push(recipient);
-                    } else {
-                        reported.push((recipient, action));
-                    }
-                }
-            }
-            "text/rfc822-headers" | "message/rfc822-headers" => {
-                let text = String::from_utf8_lossy(part.contents()).to_string();
-                original = original.or_else(|| message_id_in(&text));
-            }
-            _ => {}
-        }
-        if let PartType::Message(inner) = &part.body {
-            original = original.or_else(|| inner.message_id().map(strip_brackets));
-        }
-    }
-    // A report that names no failed recipient is not a bounce: a delay warning (the server
-    // keeps trying) or a success notice. Without a machine-readable part, the subject tells.
-    let delay_subject = {
-        let s = super::correlate::nfkc(msg.subject().unwrap_or("")).to_lowercase();
-        [
-            "delayed",
-            "delay)",
-            "遅延",
-            "still being retried",
-            "warning: message",
-        ]
-        .iter()
-        .any(|w| s.contains(w))
-    };
-    if recipients.is_empty() && ((dsn && !reported.is_empty()) || (!dsn && delay_subject)) {
-        let action = reported
-            .iter()
-            .map(|(_, a)| a.as_str())
-            .find(|a| *a == "delayed")
-            .or_else(|| reported.first().map(|(_, a)| a.as_str()))
-            .unwrap_or("delayed")
-            .to_string();
-        let mut recipients: Vec<String> = reported.into_iter().map(|(r, _)| r).collect();
-        recipients.dedup();
-        return Some(Kind::DeliveryReport {
-            action,
-            recipients,
-            original_message_id: original,
-        });
-    }
-    if !is_report && recipients.is_empty() && original.is_none() {
-        // A note from the postmaster that is not a report: treat it as an auto-reply.
-        return Some(Kind::AutoReply {
-            reason: format!("sender {}", from.unwrap_or("")),
-        });
-    }
-    recipients.dedup();
-    Some(Kind::Bounce {
-        recipients,
-        original_message_id: original,
-    })
-}
-
-/// The per-recipient fields of an RFC 3464 `message/delivery-status` body: each recipient with
-/// its action (`failed`, `delayed`, `delivered`, `relayed`, `expanded`). Without an `Action:`
-/// field, the status class decides (5.x.x failed, 4.x.x delayed, 2.x.x delivered).
-fn dsn_recipients(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    // Blocks are separated by blank lines; the first one is about the message (Reporting-MTA).
-    for block in text.replace("\r\n", "\n").split("\n\n") {
-        let (mut recipient, mut original, mut action, mut status) = (None, None, None, None);
-        for line in block.lines() {
-            let Some((key, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            let address = || {
-                value
-                    .rsplit(';')
-                    .next()
-                    .unwrap_or(value)
-                    .trim()
-                    .trim_matches(['<', '>'])
-                    .to_lowercase()
-            };
-            match key.trim().to_ascii_lowercase().as_str() {
-                "final-recipient" => recipient = Some(address()),
-                "original-recipient" => original = Some(address()),
-                "action" => action = Some(value.to_ascii_lowercase()),
-                "status" => status = value.chars().next(),
-                _ => {}
-            }
-        }
-        let Some(recipient) = recipient.or(original) else {
-            continue;
-        };
-        let action = action
-            .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
-            .or_else(|| match status {
-                Some('5') => Some("failed".into()),
-                Some('4') => Some("delayed".into()),
-                Some('2') => Some("delivered".into()),
-                _ => None,
-            });
-        if let Some(action) = action {
-            out.push((recipient, action));
-        }
-    }
-    out
-}
-
-fn message_id_in(headers: &str) -> Option<String> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("message-id")
-            .then(|| strip_brackets(v))
-    })
 }

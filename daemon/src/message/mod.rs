@@ -9,8 +9,10 @@
 //! - [`inbound`]: raw RFC 5322 bytes → [`inbound::Inbound`] (decoded and classified).
 //! - [`reply`]: the new text of a reply and the `項目: 値` fields in it.
 
+mod bounce;
 pub mod correlate;
 pub mod email;
+mod flowed;
 pub mod inbound;
 pub mod reply;
 pub mod settings;

@@ -61,6 +61,8 @@ pub enum Disposition {
         answer: NewAnswer,
         /// A message to queue in the same transaction.
         notices: Vec<super::NewMessage>,
+        /// What the inbound row's detail says (e.g. which earlier answer this one completes).
+        detail: String,
     },
     /// A bounce for a request: the request marked bounced, the run woken.
     Bounce {
@@ -309,7 +311,9 @@ impl Store {
     ) -> Result<Option<Applied>> {
         let (status, outcome, token, detail): (&str, &str, Option<&str>, String) = match disposition
         {
-            Disposition::Answer { answer: a, .. } => (
+            Disposition::Answer {
+                answer: a, detail, ..
+            } => (
                 "done",
                 if a.complete {
                     "answer"
@@ -317,7 +321,7 @@ impl Store {
                     "incomplete_answer"
                 },
                 Some(a.token.as_str()),
-                String::new(),
+                detail.clone(),
             ),
             Disposition::Bounce { token, detail } => {
                 ("done", "bounce", Some(token.as_str()), detail.clone())
@@ -377,7 +381,9 @@ impl Store {
             let mut wake = None;
             let mut after_close = None;
             match disposition {
-                Disposition::Answer { answer: a, notices } => {
+                Disposition::Answer {
+                    answer: a, notices, ..
+                } => {
                     let req = sqlx::query(
                         "SELECT run_id, status, deadline, tag, final_at, workflow_id, record, types, fields \
                          FROM requests WHERE token = $1",

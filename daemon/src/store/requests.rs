@@ -516,6 +516,7 @@ impl Store {
                 &Disposition::Answer {
                     answer: answer.clone(),
                     notices: Vec::new(),
+                    detail: String::new(),
                 },
             )
             .await?;

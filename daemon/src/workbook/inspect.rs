@@ -93,7 +93,19 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<(Format, Inspection)> {
         }
     }
     if !has_workbook {
-        return Err(WorkbookError::NotAWorkbook);
+        let opendocument = zip
+            .by_name("mimetype")
+            .ok()
+            .and_then(|mut m| {
+                let mut s = String::new();
+                (&mut m).take(100).read_to_string(&mut s).ok().map(|_| s)
+            })
+            .is_some_and(|m| m.contains("opendocument.spreadsheet"));
+        return Err(if opendocument {
+            WorkbookError::OpenDocument
+        } else {
+            WorkbookError::NotAWorkbook
+        });
     }
     Ok((Format::Zip, found))
 }
@@ -384,6 +396,14 @@ fn sheet_cells(sheet: &[u8], limits: &Limits) -> Result<u64> {
 /// found as calamine finds them, by the offsets of the BoundSheet records of the workbook's
 /// globals. All of it found by the `workbook` fuzz target.
 fn check_biff(stream: &[u8], limits: &Limits) -> Result<()> {
+    // A password to open: a FILEPASS record in the globals, after which every record's data is
+    // encrypted (the dimensions read as nonsense, so this comes first).
+    if records(stream)
+        .take_while(|(typ, _)| *typ != 0x000A)
+        .any(|(typ, _)| typ == 0x002F)
+    {
+        return Err(WorkbookError::Encrypted);
+    }
     for (typ, data) in records(stream) {
         if typ == 0x0200 {
             check_dimensions(data, limits)?;

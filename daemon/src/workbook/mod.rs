@@ -30,6 +30,12 @@ pub enum WorkbookError {
     /// Not a workbook at all.
     #[error("ファイルがExcelブック（.xlsx / .xlsm / .xls）として読み取れません")]
     NotAWorkbook,
+    /// An OpenDocument spreadsheet (`.ods`, LibreOffice's own format): not read (the 様式's
+    /// defined names, merged cells and types are Excel's), the sender is asked for `.xlsx`.
+    #[error(
+        "OpenDocument形式（.ods）のファイルは読み取れません。お手数ですが、Excel形式（.xlsx）で保存し直したブックを添付してください（LibreOffice Calcでは「名前を付けて保存」で「Excel 2007-365 (.xlsx)」を選べます）"
+    )]
+    OpenDocument,
     /// Damaged.
     #[error("ファイルが壊れているため読み取れません（{0}）")]
     Corrupt(String),
@@ -212,9 +218,12 @@ pub fn col_name(col: u32) -> String {
 /// Whether an attachment is a workbook, by name or type.
 pub fn is_workbook(name: &str, content_type: &str) -> bool {
     let n = name.to_lowercase();
-    [".xlsx", ".xlsm", ".xls"].iter().any(|e| n.ends_with(e))
+    [".xlsx", ".xlsm", ".xls", ".ods"]
+        .iter()
+        .any(|e| n.ends_with(e))
         || content_type.contains("spreadsheetml")
         || content_type.contains("ms-excel")
+        || content_type.contains("opendocument.spreadsheet")
 }
 
 /// Whether an attachment is Outlook's `winmail.dat` (TNEF), in which Outlook wraps every

@@ -683,6 +683,34 @@ mod tests {
     }
 
     #[test]
+    fn an_xls_with_a_password_to_open_is_recognised_as_encrypted() {
+        use std::io::Write as _;
+        // Excel's RC4 CryptoAPI FILEPASS after the globals' BOF; from there on every record's
+        // data is encrypted, so the sheet's DIMENSIONS read as nonsense (a huge grid).
+        let mut stream = record(
+            0x0809,
+            &[0x00, 0x06, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
+        let mut filepass = vec![0x01, 0x00, 0x04, 0x00, 0x02, 0x00];
+        filepass.extend([0x5A; 48]);
+        stream.extend(record(0x002F, &filepass));
+        stream.extend(record(0x0200, &[0xFF; 14]));
+        stream.extend(record(0x000A, &[]));
+        let mut file =
+            cfb::CompoundFile::create_with_version(cfb::Version::V3, Cursor::new(Vec::new()))
+                .unwrap();
+        file.create_stream("/Workbook")
+            .unwrap()
+            .write_all(&stream)
+            .unwrap();
+        file.flush().unwrap();
+        let bytes = file.into_inner().into_inner();
+        let err = inspect(&bytes, &Limits::default()).map(|_| ()).unwrap_err();
+        assert!(matches!(err, WorkbookError::Encrypted), "{err}");
+        assert!(err.to_string().contains("パスワード"), "{err}");
+    }
+
+    #[test]
     fn fill_replaces_inserts_and_keeps_styles() {
         let xml = r#"<worksheet><sheetData><row r="2" spans="1:3"><c r="A2" s="3"/><c r="C2" s="4" t="s"><v>0</v></c></row><row r="5"/></sheetData><dataValidations count="0"/></worksheet>"#;
         let out = fill_sheet(
