@@ -1,4 +1,5 @@
-//! The commands behind the `pmoflow` binary other than `run`: they work on the files and the
+//! The `pmoflow` program: [`app`] (flags in `args`, logging, config, dispatch; the binary's
+//! `main` calls [`app::main`]) and the commands other than `run`, which work on the files and the
 //! database directly, so they also work while no daemon is running.
 
 use std::io::Write;
@@ -15,6 +16,8 @@ use crate::failure::Failure;
 use crate::store::{RunFilter, RunRow, RunStatus, Store, StoreError};
 use crate::workflow::Catalog;
 
+pub mod app;
+mod args;
 mod cluster;
 mod mail;
 mod mailcheck;
