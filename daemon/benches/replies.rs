@@ -3,7 +3,8 @@
 //! intake does for a reply to a status request. Prints messages/s (median of 7 rounds) and the
 //! per-message time; asserts nothing.
 //!
-//! Run: `cargo bench -p pmoflow --bench replies`
+//! Run: `cargo bench -p pmoflow --bench replies` (`PMOFLOW_BENCH_CORPUS=DIR` for another set of
+//! `.eml` files)
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -13,7 +14,13 @@ use pmoflow::message::{inbound, reply};
 const FIELDS: [&str; 5] = ["総合評価", "進捗", "経費", "リスク", "課題"];
 
 fn main() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/replies");
+    // Another corpus (an older checkout's, to compare releases on the same messages):
+    // PMOFLOW_BENCH_CORPUS=DIR.
+    let dir = std::env::var_os("PMOFLOW_BENCH_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/replies")
+        });
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -42,6 +49,32 @@ fn main() {
     times.sort();
     let median = times[rounds / 2];
     let n = (messages.len() * per_round) as f64;
+    // The two halves apart: the new text, and the fields read from it.
+    let texts: Vec<String> = messages.iter().map(|m| reply::new_text(&m.text)).collect();
+    let half = |f: &dyn Fn(usize)| {
+        let mut t: Vec<Duration> = (0..rounds)
+            .map(|_| {
+                let s = Instant::now();
+                for _ in 0..per_round {
+                    (0..messages.len()).for_each(f);
+                }
+                s.elapsed()
+            })
+            .collect();
+        t.sort();
+        t[rounds / 2].as_secs_f64() * 1e6 / n
+    };
+    let new_text_us = half(&|i| {
+        std::hint::black_box(reply::new_text(&messages[i].text));
+    });
+    let fields_us = half(&|i| {
+        std::hint::black_box(reply::parse_fields(
+            &texts[i],
+            &fields,
+            messages[i].from_name.as_deref(),
+        ));
+    });
+    println!("replies: new_text {new_text_us:.1} us, parse_fields {fields_us:.1} us per message");
     println!(
         "replies: {} messages of the corpus, {} rounds x {per_round}: {:.0} messages/s (median), {:.1} us per message, {} fields read",
         messages.len(),

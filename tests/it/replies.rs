@@ -232,6 +232,11 @@ fn answers_written_into_the_quote_in_tables_and_under_banners_are_read() {
     assert_eq!(c["fields"]["総合評価"], "良好", "{c:#}");
     assert_eq!(c["fields"]["進捗"], 100);
     assert_eq!(c["fields"]["経費"], "予算内で執行");
+    // An .ods 様式 is kept with the answer (intake tells the sender to send .xlsx: see
+    // inbound_explain_shows_how_a_message_is_read).
+    let c = case("63-");
+    assert_eq!(c["fields"]["総合評価"], "良好", "{c:#}");
+    assert_eq!(c["attachments"][0]["name"], "kaitou.ods");
     // The answer to a 【要再回答】: only the field that was missing (intake completes the earlier
     // answer with it: requests.rs).
     let c = case("62-");
@@ -402,6 +407,52 @@ fn inbound_explain_shows_how_a_message_is_read() {
     );
     assert_eq!(doc["workbooks"]["read"][0]["file"], "youshiki.xlsx");
     assert_eq!(doc["workbooks"]["problems"], json!([]), "{doc:#}");
+    // The same 様式 saved by LibreOffice in its own format: not read, and the sentence for the
+    // 【要修正】 says which format to send (corpus 63 is such a reply).
+    pmoflow_tests::workbooks_py(&[
+        "convert",
+        filled.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+        "ods",
+    ]);
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(dir.path().join("filled.ods")).unwrap())
+    };
+    std::fs::write(
+        &eml,
+        format!(
+            "From: {LEAD}\r\nTo: pmo@example.go.jp\r\nSubject: Re: 様式\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+             Content-Type: text/plain; charset=UTF-8\r\n\r\n運用等経費: 300\r\n--b\r\n\
+             Content-Type: application/vnd.oasis.opendocument.spreadsheet\r\n\
+             Content-Disposition: attachment; filename=\"kaitou.ods\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = pmoflow_tests::cli(
+        dir.path(),
+        &[
+            "inbound",
+            "explain",
+            "--fields",
+            "区分,整備経費,運用等経費,KPI",
+            "--form",
+            template.to_str().unwrap(),
+            eml.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let problems = doc["workbooks"]["problems"].to_string();
+    assert!(
+        problems.contains(
+            "添付ファイル「kaitou.ods」: OpenDocument形式（.ods）のファイルは読み取れません"
+        ) && problems.contains("Excel形式（.xlsx）で保存し直した"),
+        "{doc:#}"
+    );
     // Unreadable input is a clear error, exit 1.
     let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies/33-malformed.eml");
     let (code, _, err) =

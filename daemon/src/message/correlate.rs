@@ -68,6 +68,10 @@ pub fn subject_tag(n: u64) -> String {
 
 /// NFKC: full-width ASCII to ASCII, half-width katakana to full-width, and so on.
 pub fn nfkc(s: &str) -> String {
+    // Most lines are already in NFKC (ASCII, kana, kanji): a quick check spares the normaliser.
+    if unicode_normalization::is_nfkc_quick(s.chars()) == unicode_normalization::IsNormalized::Yes {
+        return s.to_string();
+    }
     s.nfkc().collect()
 }
 

@@ -25,8 +25,16 @@ pub(super) fn parse(text: &str, wanted: &Wanted<'_>, sender: Option<&str>) -> An
             }
         }
     };
-    let lines = tables_as_fields(text, wanted);
-    for line in lines.iter().map(String::as_str) {
+    // Tables are rewritten as field lines; most replies have none.
+    let lines: Vec<std::borrow::Cow<'_, str>> = if text.contains('\t') {
+        tables_as_fields(text, wanted)
+            .into_iter()
+            .map(std::borrow::Cow::Owned)
+            .collect()
+    } else {
+        text.lines().map(std::borrow::Cow::Borrowed).collect()
+    };
+    for line in lines.iter().map(|l| l.as_ref()) {
         if let Some((name, value)) = wanted.field_line(line) {
             finish(&mut answers, current.take());
             current = Some((name, vec![value]));
@@ -219,6 +227,11 @@ pub(super) fn form_in_history(body: &str, wanted: &Wanted<'_>) -> BTreeMap<Strin
     use super::history::{is_history_start, is_marker, is_quoted};
     let lines: Vec<&str> = body.lines().collect();
     let mut fields = BTreeMap::new();
+    // Most messages hold no cut marker at all: skip the line-by-line look.
+    if !body.contains("この線より上") && !body.to_lowercase().contains("reply above this line")
+    {
+        return fields;
+    }
     let Some(marker) = lines.iter().position(|l| !is_quoted(l) && is_marker(l)) else {
         return fields;
     };

@@ -1,6 +1,7 @@
 //! Where the new text of a reply ends and the history begins, and what of the history the
 //! sender wrote into: answers between `>` lines, values typed under a quoted `項目:` line.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -24,7 +25,7 @@ pub(super) fn new_text(body: &str, wanted: &Wanted<'_>) -> String {
     let kept = values_under_quoted_labels(&kept);
     let kept: Vec<&str> = kept
         .iter()
-        .map(String::as_str)
+        .map(|l| l.as_ref())
         .filter(|l| !is_quoted(l))
         .collect();
     let mut end = strip_signature(&kept, wanted);
@@ -89,8 +90,8 @@ fn inline_answers<'a>(lines: &[&'a str], cut: usize) -> Vec<&'a str> {
 
 /// A value typed on its own line right under the quoted `> 項目:` line it answers becomes
 /// `項目: 値` (unless the sender wrote the label again).
-fn values_under_quoted_labels(lines: &[&str]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+fn values_under_quoted_labels<'a>(lines: &[&'a str]) -> Vec<Cow<'a, str>> {
+    let mut out: Vec<Cow<'a, str>> = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         let label = i
             .checked_sub(1)
@@ -103,9 +104,9 @@ fn values_under_quoted_labels(lines: &[&str]) -> Vec<String> {
                     && !line.trim().is_empty()
                     && field_label(line).is_none_or(|l| l != super::fields::key_form(&label)) =>
             {
-                out.push(format!("{label}: {}", line.trim()));
+                out.push(Cow::Owned(format!("{label}: {}", line.trim())));
             }
-            _ => out.push((*line).to_string()),
+            _ => out.push(Cow::Borrowed(line)),
         }
     }
     out
@@ -163,6 +164,15 @@ fn gateway_banner_end(lines: &[&str]) -> usize {
 
 /// A line of a gateway's warning banner.
 fn is_gateway_warning(line: &str) -> bool {
+    // Most first lines say nothing of the kind: a cheap look before the pattern.
+    let lower = line.to_lowercase();
+    if !(line.contains(['外', '注', '警'])
+        || ["external", "caution", "warning", "outside"]
+            .iter()
+            .any(|w| lower.contains(w)))
+    {
+        return false;
+    }
     static WARNING: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(
             r"(?i)組織外|外部から|社外から|庁外から|省外から|外部(の)?メール|外部送信者|^\[(external|外部)|^【(外部|注意|警告)|^\*?(caution|warning|external).{0,20}(email|e-mail|message|sender)|originated from outside|from an external sender|external email|このメールは.{0,20}(送信|受信)",
@@ -209,7 +219,11 @@ fn is_phone_signature(line: &str) -> bool {
         .map(|r| Regex::new(&format!("(?i){r}")).expect("a valid pattern"))
         .collect()
     });
-    let t = nfkc(line.trim());
+    let line = line.trim();
+    if line.chars().count() > 60 {
+        return false;
+    }
+    let t = nfkc(line);
     t.chars().count() <= 60 && FOOTERS.iter().any(|r| r.is_match(&t))
 }
 
@@ -373,7 +387,7 @@ fn attribution_len(lines: &[&str], i: usize) -> usize {
             let Some(line) = lines.get(i + k) else {
                 break;
             };
-            let part = nfkc(line.trim().trim_start_matches('>').trim());
+            let part = line.trim().trim_start_matches(['>', '＞']).trim();
             if part.chars().count() >= 120 {
                 break;
             }
@@ -381,8 +395,8 @@ fn attribution_len(lines: &[&str], i: usize) -> usize {
                 continue;
             }
             joined.push(' ');
-            joined.push_str(&part);
-            if joined.ends_with(':') && is_attribution_line(&joined) {
+            joined.push_str(part);
+            if joined.ends_with([':', '：']) && is_attribution_line(&nfkc(&joined)) {
                 return k + 1;
             }
         }

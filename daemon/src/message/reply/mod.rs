@@ -146,6 +146,16 @@ mod tests {
     }
 
     #[test]
+    fn a_ruled_block_with_field_lines_is_not_a_signature() {
+        let body = "お疲れ様です。\n\n━━━━━━━━━━\n総合評価: 良好\n進捗: 80%\n━━━━━━━━━━\n";
+        let r = read(body, &fields(), None);
+        assert_eq!(r.answers.fields["総合評価"], Json::from("良好"));
+        assert_eq!(r.answers.fields["進捗"], Json::from(80));
+        // Without the request's fields the block is still taken for a signature.
+        assert_eq!(new_text(body), "お疲れ様です。");
+    }
+
+    #[test]
     fn outlook_block_and_signature() {
         let body = "【総合評価】要対応\n経費: 「105%」\n\n━━━━━━━━━━\n架空省 情報システム課\n山田 太郎\n━━━━━━━━━━\n\n差出人: PMO事務局 <pmo@example.go.jp>\n送信日時: 2027年4月1日 9:00\n宛先: 山田\n件名: 【要回答】\n";
         let text = new_text(body);
