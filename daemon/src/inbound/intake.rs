@@ -356,11 +356,16 @@ impl Intake {
                     }
                     None => (Vec::new(), Vec::new()),
                 };
-                // A follow-up completes the earlier answer (to a 【要再回答】, say).
-                let earlier = self
-                    .store
-                    .answers_for(std::slice::from_ref(&req.token))
-                    .await?;
+                // A follow-up to an incomplete answer (a reply to the 【要再回答】, say) completes
+                // it. Once answered, a later reply is a correction and carries what it carries
+                // (the portfolio supersedes only the values it gives).
+                let earlier = if req.status == "open" {
+                    self.store
+                        .answers_for(std::slice::from_ref(&req.token))
+                        .await?
+                } else {
+                    Vec::new()
+                };
                 self.answer(row, &msg, req, &by, now, form, workbooks, &earlier)
             }
         };
@@ -582,8 +587,9 @@ impl Intake {
     }
 }
 
-/// Completes a reply's fields with those of the earlier answers to the same request (by email,
-/// the web form or the API; later ones first): fields given now replace, the others are kept.
+/// Completes a reply's fields with those of the earlier (incomplete) answers to the same open
+/// request (by email, the web form or the API; later ones first): fields given now replace, the
+/// others are kept.
 /// The inbound row's detail says which were kept, and from when.
 fn complete_from_earlier(
     fields: &mut std::collections::BTreeMap<String, Json>,
