@@ -618,7 +618,6 @@ mod tests {
     /// A BIFF8 `.xls` with `sheets` BoundSheets that all name one sheet holding a number at
     /// each of `cells`, in a compound file.
     fn xls(sheets: usize, cells: &[(u16, u16)]) -> Vec<u8> {
-        use std::io::Write as _;
         let bof = |dt: u8| {
             record(
                 0x0809,
@@ -649,12 +648,18 @@ mod tests {
             stream.extend(record(0x0203, &d));
         }
         stream.extend(&eof);
+        compound(&stream)
+    }
+
+    /// A workbook stream in a compound file, as Excel writes `.xls`.
+    fn compound(stream: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
         let mut file =
             cfb::CompoundFile::create_with_version(cfb::Version::V3, Cursor::new(Vec::new()))
                 .unwrap();
         file.create_stream("/Workbook")
             .unwrap()
-            .write_all(&stream)
+            .write_all(stream)
             .unwrap();
         file.flush().unwrap();
         file.into_inner().into_inner()
@@ -684,7 +689,6 @@ mod tests {
 
     #[test]
     fn an_xls_with_a_password_to_open_is_recognised_as_encrypted() {
-        use std::io::Write as _;
         // Excel's RC4 CryptoAPI FILEPASS after the globals' BOF; from there on every record's
         // data is encrypted, so the sheet's DIMENSIONS read as nonsense (a huge grid).
         let mut stream = record(
@@ -696,15 +700,7 @@ mod tests {
         stream.extend(record(0x002F, &filepass));
         stream.extend(record(0x0200, &[0xFF; 14]));
         stream.extend(record(0x000A, &[]));
-        let mut file =
-            cfb::CompoundFile::create_with_version(cfb::Version::V3, Cursor::new(Vec::new()))
-                .unwrap();
-        file.create_stream("/Workbook")
-            .unwrap()
-            .write_all(&stream)
-            .unwrap();
-        file.flush().unwrap();
-        let bytes = file.into_inner().into_inner();
+        let bytes = compound(&stream);
         let err = inspect(&bytes, &Limits::default()).map(|_| ()).unwrap_err();
         assert!(matches!(err, WorkbookError::Encrypted), "{err}");
         assert!(err.to_string().contains("パスワード"), "{err}");
